@@ -1,0 +1,34 @@
+# make run   - set up everything (venv, dev config, CA, demo users) and run the whole stack
+# make test  - install the test dependencies and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SOURCES := $(shell find mailstack twisted -name '*.py') pyproject.toml
+
+.PHONY: run test install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# A real (non-editable) install: exactly what 'pip install .' gives an administrator.
+$(VENV)/.installed: $(BIN)/python $(SOURCES)
+	$(BIN)/pip install -q ".[test]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+var/mailstack.toml: | $(VENV)/.installed
+	$(BIN)/mailstack init --dev --dir var
+
+run: $(VENV)/.installed var/mailstack.toml
+	$(BIN)/twistd --nodaemon --pidfile= mailstack --config var/mailstack.toml
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/store_open.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

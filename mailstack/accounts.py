@@ -1,0 +1,477 @@
+"""Users, passwords, aliases, and authentication through ``twisted.cred``.
+
+Users file: Dovecot's passwd-file form, one user a line, ``user@domain:{SCHEME}hash`` with any
+further ``:``-separated Dovecot fields ignored, so an administrator can bring users over
+from Dovecot unchanged.  New hashes are ``{ARGON2ID}`` (argon2-cffi); ``{ARGON2I}``,
+``{BLF-CRYPT}`` (bcrypt) and the salted SHA-2 schemes ``doveadm pw`` makes are verified too.
+
+Aliases file: ``source: target, target`` a line.  ``source`` is an address or ``@domain``
+(that domain's catch-all); targets are local users, other aliases or outside addresses.
+Plus-addressing (``bob+lists@example.test``) reaches bob unless an alias names the full
+address.
+
+Both files are re-read whenever they change on disk (checked on each use: one ``stat``), so
+``mailstack user add`` takes effect in a running server at once.  Edits from the CLI go
+through :class:`UsersFile`/:class:`AliasesFile`, which keep comments and write atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import hmac
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+
+from twisted.cred import credentials, error, portal
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.internet import threads
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from mailstack.errors import ConfigError
+
+log = Logger()
+
+_ADDRESS_RE = re.compile(r"^[^\x00-\x20\x7f()<>,;:\\\"\[\]@/]+@[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?$")
+
+
+def normalise_address(address: str) -> str:
+    return address.strip().lower()
+
+
+def valid_address(address: str) -> bool:
+    local = address.rpartition("@")[0]
+    return bool(_ADDRESS_RE.match(address)) and not local.startswith(".") and len(local) <= 64 and ".." not in local
+
+
+# -- password hashes --------------------------------------------------------------------------
+
+_argon2 = None
+
+
+def _argon2_hasher():
+    global _argon2
+    if _argon2 is None:
+        from argon2 import PasswordHasher
+
+        _argon2 = PasswordHasher()
+    return _argon2
+
+
+def hash_password(password: str) -> str:
+    """A new ``{ARGON2ID}`` hash (argon2-cffi's RFC 9106 parameters)."""
+    return "{ARGON2ID}" + _argon2_hasher().hash(password)
+
+
+def _salted_sha(algorithm: str, digest_size: int):
+    def verify(encoded: str, password: bytes) -> bool:
+        raw = base64.b64decode(encoded)
+        digest, salt = raw[:digest_size], raw[digest_size:]
+        return hmac.compare_digest(hashlib.new(algorithm, password + salt).digest(), digest)
+
+    return verify
+
+
+def _plain_sha(algorithm: str):
+    def verify(encoded: str, password: bytes) -> bool:
+        return hmac.compare_digest(base64.b64decode(encoded), hashlib.new(algorithm, password).digest())
+
+    return verify
+
+
+def _verify_argon2(encoded: str, password: bytes) -> bool:
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    try:
+        return _argon2_hasher().verify(encoded, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _verify_bcrypt(encoded: str, password: bytes) -> bool:
+    import bcrypt
+
+    try:
+        return bcrypt.checkpw(password, encoded.encode("ascii"))
+    except ValueError:
+        return False
+
+
+SCHEMES = {
+    "ARGON2ID": _verify_argon2,
+    "ARGON2I": _verify_argon2,
+    "BLF-CRYPT": _verify_bcrypt,
+    "SSHA512": _salted_sha("sha512", 64),
+    "SSHA256": _salted_sha("sha256", 32),
+    "SSHA": _salted_sha("sha1", 20),
+    "SHA512": _plain_sha("sha512"),
+    "SHA256": _plain_sha("sha256"),
+}
+_SCHEME_RE = re.compile(r"^\{([A-Z0-9.-]+)\}(.+)$")
+_DUMMY_HASH = None
+
+
+def check_hash_syntax(stored: str) -> str | None:
+    """None if ``stored`` is a hash we can verify, else why not."""
+    m = _SCHEME_RE.match(stored)
+    if not m:
+        return "password must be {SCHEME}hash (make one with 'mailstack user add' or 'doveadm pw')"
+    if m.group(1) not in SCHEMES:
+        return f"password scheme {{{m.group(1)}}} is not supported (use one of {', '.join(SCHEMES)})"
+    return None
+
+
+def verify_password(stored: str, password: str) -> bool:
+    m = _SCHEME_RE.match(stored)
+    if not m or m.group(1) not in SCHEMES:
+        return False
+    try:
+        return SCHEMES[m.group(1)](m.group(2), password.encode("utf-8"))
+    except (ValueError, TypeError):
+        return False
+
+
+def _burn_time(password: str) -> None:
+    """Spend what a real verification costs, so unknown users cannot be told apart by timing."""
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = hash_password("not a password")
+    verify_password(_DUMMY_HASH, password)
+
+
+# -- the two files -----------------------------------------------------------------------------
+
+
+class _WatchedFile:
+    """A text file whose parsed form is refreshed when its (inode, size, mtime) changes."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._stamp: tuple | None = None
+        self._lock = threading.Lock()
+
+    def _current_stamp(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def refresh(self, force: bool = False) -> None:
+        """Re-read if changed.  A broken file at reload keeps the last good state (logged)."""
+        stamp = self._current_stamp()
+        if stamp == self._stamp and not force:
+            return
+        with self._lock:
+            stamp = self._current_stamp()
+            if stamp == self._stamp and not force:
+                return
+            try:
+                lines = [] if stamp is None else open(self.path, encoding="utf-8").read().splitlines()
+                self._parse(lines)
+            except ConfigError as e:
+                if self._stamp is None:
+                    raise
+                log.error("not reloading {path}: {error}", path=self.path, error=str(e))
+            self._stamp = stamp
+
+    def _parse(self, lines: list[str]) -> None:
+        """Subclasses parse the lines into their own attributes."""
+
+    def _edit(self, change) -> None:
+        """Apply ``change(lines) -> lines`` under a lock and replace the file atomically."""
+        lock_path = self.path + ".lock"
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                lines = open(self.path, encoding="utf-8").read().splitlines()
+            except FileNotFoundError:
+                lines = []
+            new = change(lines)
+            tmp = f"{self.path}.tmp{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("".join(line + "\n" for line in new))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                st = os.stat(self.path)
+                os.chmod(tmp, st.st_mode & 0o777)
+            except FileNotFoundError:
+                os.chmod(tmp, 0o640)
+            os.rename(tmp, self.path)
+        self.refresh(force=True)
+
+
+def _content(line: str) -> str:
+    return "" if line.lstrip().startswith("#") else line.strip()
+
+
+class UsersFile(_WatchedFile):
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.users: dict[str, str] = {}
+
+    def _parse(self, lines: list[str]) -> None:
+        users: dict[str, str] = {}
+        for n, line in enumerate(lines, 1):
+            text = _content(line)
+            if not text:
+                continue
+            user, sep, rest = text.partition(":")
+            user = normalise_address(user)
+            stored = rest.split(":", 1)[0]
+            where = f"line {n}"
+            if not sep or not valid_address(user):
+                raise ConfigError(self.path, where, f"expected user@domain:{{SCHEME}}hash, got {text[:60]!r}")
+            problem = check_hash_syntax(stored)
+            if problem:
+                raise ConfigError(self.path, where, f"{user}: {problem}")
+            if user in users:
+                raise ConfigError(self.path, where, f"{user} is listed twice")
+            users[user] = stored
+        self.users = users
+
+    def set(self, user: str, stored: str, must_exist: bool | None) -> None:
+        user = normalise_address(user)
+
+        def change(lines):
+            out, found = [], False
+            for line in lines:
+                text = _content(line)
+                if text and normalise_address(text.partition(":")[0]) == user:
+                    found = True
+                    if stored:
+                        rest = text.partition(":")[2].split(":", 1)
+                        out.append(f"{user}:{stored}" + (":" + rest[1] if len(rest) > 1 else ""))
+                    continue
+                out.append(line)
+            if must_exist is True and not found:
+                raise KeyError(f"no such user: {user}")
+            if must_exist is False and found:
+                raise KeyError(f"user exists: {user}")
+            if not found and stored:
+                out.append(f"{user}:{stored}")
+            return out
+
+        self._edit(change)
+
+
+class AliasesFile(_WatchedFile):
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.aliases: dict[str, list[str]] = {}
+
+    def _parse(self, lines: list[str]) -> None:
+        aliases: dict[str, list[str]] = {}
+        for n, line in enumerate(lines, 1):
+            text = _content(line)
+            if not text:
+                continue
+            source, sep, targets = text.partition(":")
+            source = normalise_address(source)
+            where = f"line {n}"
+            ok_source = valid_address(source) or (source.startswith("@") and valid_address("x" + source))
+            if not sep or not ok_source:
+                raise ConfigError(self.path, where, f"expected 'alias@domain: target, ...' or '@domain: target', got {text[:60]!r}")
+            dests = [normalise_address(t) for t in targets.split(",") if t.strip()]
+            if not dests:
+                raise ConfigError(self.path, where, f"{source} has no target")
+            for d in dests:
+                if not valid_address(d):
+                    raise ConfigError(self.path, where, f"{source}: target {d!r} is not an address")
+            aliases.setdefault(source, []).extend(d for d in dests if d not in aliases.get(source, []))
+        self.aliases = aliases
+
+    def add(self, source: str, targets: list[str]) -> None:
+        source = normalise_address(source)
+
+        def change(lines):
+            return lines + [f"{source}: {', '.join(normalise_address(t) for t in targets)}"]
+
+        self._edit(change)
+
+    def delete(self, source: str) -> None:
+        source = normalise_address(source)
+
+        def change(lines):
+            out = [l for l in lines if not (_content(l) and normalise_address(_content(l).partition(":")[0]) == source)]
+            if len(out) == len(lines):
+                raise KeyError(f"no such alias: {source}")
+            return out
+
+        self._edit(change)
+
+
+# -- the accounts as protocols see them --------------------------------------------------------
+
+
+@dataclass
+class Resolution:
+    """Where mail for one address goes."""
+
+    local: list[str] = field(default_factory=list)  # users of this server
+    remote: list[str] = field(default_factory=list)  # outside addresses (alias forwarding)
+
+
+class Accounts:
+    """Users and aliases of the server, always current with the files on disk."""
+
+    MAX_ALIAS_DEPTH = 10
+
+    def __init__(self, users_file: str, aliases_file: str = "", domains: list[str] = (), recipient_delimiter: str = "+"):
+        self.users_file = UsersFile(users_file)
+        self.aliases_file = AliasesFile(aliases_file) if aliases_file else None
+        self.domains = [d.lower() for d in domains]
+        self.delimiter = recipient_delimiter
+        self.reload()
+
+    def reload(self, force: bool = False) -> None:
+        self.users_file.refresh(force)
+        if self.aliases_file:
+            self.aliases_file.refresh(force)
+
+    @property
+    def users(self) -> dict[str, str]:
+        self.reload()
+        return self.users_file.users
+
+    @property
+    def aliases(self) -> dict[str, list[str]]:
+        self.reload()
+        return self.aliases_file.aliases if self.aliases_file else {}
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") in self.domains
+
+    def canonical_login(self, username: str) -> str:
+        """What a client typed as user name -> the account address (bare names need one domain)."""
+        username = normalise_address(username)
+        if "@" not in username and len(self.domains) == 1:
+            username = f"{username}@{self.domains[0]}"
+        return username
+
+    def authenticate(self, username: str, password: str) -> str | None:
+        """The account address if the password is right, else None.  Blocks (hashing)."""
+        user = self.canonical_login(username)
+        stored = self.users.get(user)
+        if stored is None:
+            _burn_time(password)
+            return None
+        return user if verify_password(stored, password) else None
+
+    def _strip_detail(self, address: str) -> str:
+        local, _, domain = address.rpartition("@")
+        if self.delimiter and self.delimiter in local:
+            local = local.split(self.delimiter, 1)[0]
+        return f"{local}@{domain}"
+
+    def resolve(self, address: str) -> Resolution | None:
+        """Expand an address of a local domain to users (and outside addresses); None if unknown."""
+        address = normalise_address(address)
+        if not self.is_local_domain(address.rpartition("@")[2]):
+            return None
+        result = Resolution()
+        if not self._expand(address, result, set(), 0):
+            return None
+        return result
+
+    def _expand(self, address: str, result: Resolution, seen: set, depth: int) -> bool:
+        if address in seen or depth > self.MAX_ALIAS_DEPTH:
+            return True  # a loop or a chain too long adds nothing more
+        seen.add(address)
+        domain = address.rpartition("@")[2]
+        if not self.is_local_domain(domain):
+            if address not in result.remote:
+                result.remote.append(address)
+            return True
+        aliases, users = self.aliases, self.users
+        bare = self._strip_detail(address)
+        targets = aliases.get(address) or aliases.get(bare)
+        if targets:
+            for target in targets:
+                self._expand(target, result, seen, depth + 1)
+            return True
+        if bare in users:
+            if bare not in result.local:
+                result.local.append(bare)
+            return True
+        catchall = aliases.get("@" + domain)
+        if catchall:
+            for target in catchall:
+                self._expand(target, result, seen, depth + 1)
+            return True
+        return False
+
+    def owns(self, user: str, address: str) -> bool:
+        """May ``user`` send with ``address`` as MAIL FROM / From (own address, plus-detail or alias)?"""
+        user, address = normalise_address(user), normalise_address(address)
+        if self._strip_detail(address) == user:
+            return True
+        targets = self.aliases.get(address) or self.aliases.get(self._strip_detail(address))
+        return bool(targets) and user in (self.resolve(address) or Resolution()).local
+
+
+# -- twisted.cred -------------------------------------------------------------------------------
+
+
+class IMailUser(Interface):
+    """The avatar every protocol can ask for: who logged in."""
+
+    address = Attribute("the account's address, lower case")
+
+
+@implementer(IMailUser)
+class MailUser:
+    def __init__(self, address: str):
+        self.address = address
+
+
+@implementer(ICredentialsChecker)
+class AccountsChecker:
+    """Checks user name and password against the users file, in a worker thread."""
+
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def __init__(self, accounts: Accounts):
+        self.accounts = accounts
+
+    def requestAvatarId(self, creds):
+        username = creds.username.decode("utf-8", "replace") if isinstance(creds.username, bytes) else creds.username
+        password = creds.password.decode("utf-8", "replace") if isinstance(creds.password, bytes) else creds.password
+
+        def done(address):
+            if address is None:
+                raise error.UnauthorizedLogin("authentication failed")
+            return address
+
+        return threads.deferToThread(self.accounts.authenticate, username, password).addCallback(done)
+
+
+@implementer(portal.IRealm)
+class MailRealm:
+    """Hands each protocol its avatar.  Protocol packages register a factory per interface."""
+
+    def __init__(self):
+        self.factories = {IMailUser: lambda address: (MailUser(address), lambda: None)}
+
+    def register(self, interface, factory) -> None:
+        """``factory(address) -> (avatar, logout)`` for sessions asking for ``interface``."""
+        self.factories[interface] = factory
+
+    def requestAvatar(self, avatarId, mind, *interfaces):
+        address = avatarId.decode() if isinstance(avatarId, bytes) else avatarId
+        for iface in interfaces:
+            factory = self.factories.get(iface)
+            if factory is not None:
+                avatar, logout = factory(address)
+                return iface, avatar, logout
+        raise LookupError(f"no avatar for {interfaces}")
+
+
+def make_portal(accounts: Accounts) -> tuple[portal.Portal, MailRealm]:
+    realm = MailRealm()
+    return portal.Portal(realm, [AccountsChecker(accounts)]), realm

@@ -1,0 +1,192 @@
+"""The ``mailstack`` administration command.
+
+    mailstack init --dev [--dir var]
+    mailstack [--config FILE] user add|passwd|del|list ...
+    mailstack [--config FILE] alias add|del|list ...
+    mailstack [--config FILE] store check [--repair] USER
+
+The configuration is ``--config``, else ``$MAILSTACK_CONFIG``, else ``var/mailstack.toml`` when
+present, else ``/etc/mailstack/mailstack.toml``.  Passwords are read from a prompt or from
+``--password-file`` (``-`` for standard input), never from the command line, where ``ps``
+would show them.  Edits go to the files a running server watches, so they apply at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+from mailstack import config as config_mod
+from mailstack.accounts import AliasesFile, UsersFile, hash_password, normalise_address, valid_address
+from mailstack.errors import ConfigError, MailstackError
+
+
+def _read_password(args) -> str:
+    if args.password_file == "-":
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif args.password_file:
+        with open(args.password_file, encoding="utf-8") as f:
+            password = f.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise SystemExit("mailstack: the passwords differ")
+    if not password:
+        raise SystemExit("mailstack: empty password")
+    return password
+
+
+def _config(args) -> config_mod.Config:
+    return config_mod.load(args.config or config_mod.default_path())
+
+
+def cmd_init(args) -> int:
+    from mailstack.devinit import init_dev
+
+    if not args.dev:
+        print("mailstack init: only --dev is supported; for production follow README.md", file=sys.stderr)
+        return 2
+    passwords = init_dev(args.dir)
+    print(f"made {args.dir}/mailstack.toml, a dev CA in {args.dir}/tls/, users:")
+    for address, password in passwords.items():
+        print(f"  {address}  password: {password}")
+    return 0
+
+
+def cmd_user(args) -> int:
+    cfg = _config(args)
+    users = UsersFile(cfg.users_file)
+    users.refresh()
+    if args.action == "list":
+        for user in sorted(users.users):
+            print(user)
+        return 0
+    address = normalise_address(args.address)
+    if not valid_address(address):
+        raise SystemExit(f"mailstack: not a usable address: {args.address!r}")
+    if args.action in ("add", "passwd"):
+        domain = address.rpartition("@")[2]
+        if args.action == "add" and domain not in cfg.domains:
+            raise SystemExit(f"mailstack: {domain} is not one of [server] domains in {cfg.path}")
+        stored = hash_password(_read_password(args))
+        try:
+            users.set(address, stored, must_exist=(args.action == "passwd"))
+        except KeyError as e:
+            raise SystemExit(f"mailstack: {e.args[0]}")
+        if args.action == "add":
+            from mailstack.store import MaildirStore
+
+            MaildirStore(cfg.store_root, fsync=cfg.store_fsync).mailbox(address)
+        print(f"{'added' if args.action == 'add' else 'changed password of'} {address}")
+    elif args.action == "del":
+        try:
+            users.set(address, "", must_exist=True)
+        except KeyError as e:
+            raise SystemExit(f"mailstack: {e.args[0]}")
+        print(f"deleted {address} (its mail stays in the store)")
+    return 0
+
+
+def cmd_alias(args) -> int:
+    cfg = _config(args)
+    if not cfg.aliases_file:
+        raise SystemExit(f"mailstack: no [accounts] aliases file is set in {cfg.path}")
+    aliases = AliasesFile(cfg.aliases_file)
+    aliases.refresh()
+    if args.action == "list":
+        for source, targets in sorted(aliases.aliases.items()):
+            print(f"{source}: {', '.join(targets)}")
+        return 0
+    try:
+        if args.action == "add":
+            source = normalise_address(args.source)
+            if not (valid_address(source) or (source.startswith("@") and valid_address("x" + source))):
+                raise SystemExit(f"mailstack: not an address or @domain: {args.source!r}")
+            bad = [t for t in args.targets if not valid_address(normalise_address(t))]
+            if bad:
+                raise SystemExit(f"mailstack: not an address: {bad[0]!r}")
+            aliases.add(source, args.targets)
+            print(f"added {source}: {', '.join(args.targets)}")
+        else:
+            aliases.delete(args.source)
+            print(f"deleted {normalise_address(args.source)}")
+    except KeyError as e:
+        raise SystemExit(f"mailstack: {e.args[0]}")
+    return 0
+
+
+def cmd_store(args) -> int:
+    from mailstack.store import MaildirStore
+    from mailstack.store.check import check_user
+
+    cfg = _config(args)
+    store = MaildirStore(cfg.store_root, fsync=cfg.store_fsync)
+    if bool(args.user) == args.all:
+        raise SystemExit("mailstack: name one USER or --all")
+    users = list(store.users()) if args.all else [normalise_address(args.user)]
+    bad = 0
+    for user in users:
+        for report in check_user(store, user, repair=args.repair):
+            status = "ok" if not report.problems else ("repaired" if report.repaired else "PROBLEMS")
+            print(f"{user} {report.folder}: {report.messages} messages, {status}")
+            for problem in report.problems:
+                print(f"  - {problem}")
+            bad += bool(report.problems) and not report.repaired
+    return 1 if bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailstack", description="Administer a mailstack mail server.")
+    parser.add_argument("--config", help="configuration file (default: $MAILSTACK_CONFIG, var/mailstack.toml, /etc/mailstack/mailstack.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="make a configuration")
+    p.add_argument("--dev", action="store_true", help="a throw-away development set-up on loopback")
+    p.add_argument("--dir", default="var", help="where to put it (default: var)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("user", help="add, change, delete and list users")
+    usub = p.add_subparsers(dest="action", required=True)
+    for action, text in (("add", "add a user"), ("passwd", "change a password"), ("del", "delete a user")):
+        q = usub.add_parser(action, help=text)
+        q.add_argument("address")
+        if action != "del":
+            q.add_argument("--password-file", help="read the password from this file's first line ('-': standard input)")
+    usub.add_parser("list", help="list users")
+    p.set_defaults(func=cmd_user)
+
+    p = sub.add_parser("alias", help="add, delete and list aliases")
+    asub = p.add_subparsers(dest="action", required=True)
+    q = asub.add_parser("add", help="add an alias (or @domain catch-all)")
+    q.add_argument("source")
+    q.add_argument("targets", nargs="+")
+    q = asub.add_parser("del", help="delete an alias")
+    q.add_argument("source")
+    asub.add_parser("list", help="list aliases")
+    p.set_defaults(func=cmd_alias)
+
+    p = sub.add_parser("store", help="check the store")
+    ssub = p.add_subparsers(dest="action", required=True)
+    q = ssub.add_parser("check", help="check a user's Maildir against its UID state")
+    q.add_argument("--repair", action="store_true", help="fix what is wrong, keeping UIDs that still match")
+    q.add_argument("--all", action="store_true", help="check every user in the store")
+    q.add_argument("user", nargs="?")
+    p.set_defaults(func=cmd_store)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"mailstack: {e}", file=sys.stderr)
+        return 2
+    except (MailstackError, OSError) as e:
+        print(f"mailstack: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

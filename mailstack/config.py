@@ -1,0 +1,299 @@
+"""The configuration: one TOML file, read with tomllib, checked against a schema.
+
+Every option, its type and its default is in :data:`SCHEMA`; ``etc/mailstack.toml`` documents
+the same options for administrators (a test keeps the two in step).  Any problem stops
+start-up with a :class:`~mailstack.errors.ConfigError` naming the file, the key and what is
+wrong.  Relative paths are taken relative to the directory of the configuration file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailstack.errors import ConfigError
+
+#: What each listener key means: (protocol, TLS mode). "implicit": TLS from the first byte
+#: (RFC 8314); "starttls": plaintext with STARTTLS/STLS offered; "optional": STARTTLS offered
+#: when a certificate is configured (the MX port, where TLS is opportunistic).
+LISTENERS = {
+    "smtp": ("smtp", "optional"),
+    "submission": ("submission", "starttls"),
+    "submissions": ("submission", "implicit"),
+    "imap": ("imap", "starttls"),
+    "imaps": ("imap", "implicit"),
+    "pop3": ("pop3", "starttls"),
+    "pop3s": ("pop3", "implicit"),
+}
+
+#: The dev ports `mailstack init --dev` writes; production uses the well-known ports.
+DEV_PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "imap": 2143, "imaps": 2993, "pop3": 2110, "pop3s": 2995}
+STANDARD_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995}
+
+_REQUIRED = object()
+
+# section -> key -> (type, default).  Types: str, bool, int, "path", "list[str]", "endpoint".
+SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
+    "server": {
+        "hostname": (str, None),  # default: this machine's FQDN
+        "domains": ("list[str]", _REQUIRED),
+        "ports_file": ("path", ""),
+    },
+    "listeners": {key: ("endpoint", "") for key in LISTENERS},
+    "tls": {
+        "certificate": ("path", ""),
+        "key": ("path", ""),
+    },
+    "accounts": {
+        "users": ("path", _REQUIRED),
+        "aliases": ("path", ""),
+        "recipient_delimiter": (str, "+"),
+    },
+    "auth": {
+        "plaintext_on_loopback": (bool, True),
+    },
+    "store": {
+        "root": ("path", _REQUIRED),
+        "fsync": (bool, True),
+        "poll_interval": (float, 1.0),
+    },
+    "smtp": {
+        "trusted_networks": ("list[str]", []),
+        "timeout": (int, 300),
+    },
+    "limits": {
+        "connections": (int, 1000),
+        "connections_per_address": (int, 20),
+        "message_size": (int, 50 * 1024 * 1024),
+        "recipients": (int, 100),
+        "commands_per_session": (int, 10000),
+    },
+}
+
+
+@dataclass
+class Listener:
+    key: str  # "imaps"
+    protocol: str  # "imap"
+    tls: str  # "implicit" | "starttls" | "optional"
+    endpoint: str  # Twisted endpoint description
+
+
+@dataclass
+class Config:
+    path: str
+    hostname: str
+    domains: list[str]
+    ports_file: str
+    listeners: list[Listener]
+    tls_certificate: str
+    tls_key: str
+    users_file: str
+    aliases_file: str
+    recipient_delimiter: str
+    plaintext_on_loopback: bool
+    store_root: str
+    store_fsync: bool
+    poll_interval: float
+    max_connections: int
+    max_connections_per_address: int
+    max_message_size: int
+    max_recipients: int
+    max_commands: int
+    trusted_networks: list[str]
+    smtp_timeout: int
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def has_tls(self) -> bool:
+        return bool(self.tls_certificate)
+
+    def listener(self, key: str) -> Listener | None:
+        return next((l for l in self.listeners if l.key == key), None)
+
+
+def _type_name(t: Any) -> str:
+    return {str: "a string", bool: "true or false", int: "an integer", float: "a number", "path": "a path (string)",
+            "list[str]": "a list of strings", "endpoint": "an endpoint string"}[t]
+
+
+def _check_type(path: str, key: str, value: Any, t: Any) -> Any:
+    ok = {
+        str: isinstance(value, str),
+        "path": isinstance(value, str),
+        "endpoint": isinstance(value, str),
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
+    }[t]
+    if not ok:
+        raise ConfigError(path, key, f"must be {_type_name(t)}, not {type(value).__name__} {value!r}")
+    return float(value) if t is float else value
+
+
+def _readable(path: str, key: str, filename: str) -> None:
+    if not os.path.exists(filename):
+        raise ConfigError(path, key, f"file not found: {filename}")
+    if not os.path.isfile(filename):
+        raise ConfigError(path, key, f"not a regular file: {filename}")
+    if not os.access(filename, os.R_OK):
+        raise ConfigError(path, key, f"file not readable: {filename}")
+
+
+def check_endpoint(path: str, key: str, description: str) -> None:
+    """Parse an endpoint description without binding anything."""
+    from twisted.internet import endpoints, reactor
+
+    kind = description.split(":", 1)[0]
+    if kind not in ("tcp", "tcp6", "unix", "systemd"):
+        raise ConfigError(path, key, f"endpoint {description!r}: use tcp:, tcp6:, unix: or systemd: "
+                          "(TLS is chosen by the listener key, not the endpoint)")
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as e:
+        raise ConfigError(path, key, f"bad endpoint {description!r}: {e}") from None
+
+
+def load(path: str) -> Config:
+    """Read and check the configuration file at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, None, "configuration file not found") from None
+    except PermissionError:
+        raise ConfigError(path, None, "configuration file not readable (permission denied)") from None
+    except IsADirectoryError:
+        raise ConfigError(path, None, "is a directory, not a configuration file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, None, f"not valid TOML: {e}") from None
+    return from_dict(raw, path)
+
+
+def from_dict(raw: dict, path: str) -> Config:
+    base = os.path.dirname(os.path.abspath(path))
+    values: dict[str, dict[str, Any]] = {}
+    for section, content in raw.items():
+        if section not in SCHEMA:
+            raise ConfigError(path, f"[{section}]", f"unknown section (known: {', '.join(SCHEMA)})")
+        if not isinstance(content, dict):
+            raise ConfigError(path, f"[{section}]", "must be a table")
+        for key in content:
+            if key not in SCHEMA[section]:
+                raise ConfigError(path, f"[{section}] {key}", f"unknown key (known in [{section}]: {', '.join(SCHEMA[section])})")
+    for section, keys in SCHEMA.items():
+        values[section] = {}
+        for key, (t, default) in keys.items():
+            name = f"[{section}] {key}"
+            if key in raw.get(section, {}):
+                value = _check_type(path, name, raw[section][key], t)
+            elif default is _REQUIRED:
+                raise ConfigError(path, name, "required key is missing")
+            else:
+                value = default
+            if t == "path" and value:
+                value = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+            values[section][key] = value
+
+    server = values["server"]
+    hostname = server["hostname"] or socket.getfqdn()
+    domains = [d.strip().lower().rstrip(".") for d in server["domains"]]
+    if not domains or any(not d or " " in d for d in domains):
+        raise ConfigError(path, "[server] domains", "must list at least one domain, without blanks")
+
+    listeners = []
+    for key, (protocol, tls) in LISTENERS.items():
+        description = values["listeners"][key]
+        if description:
+            check_endpoint(path, f"[listeners] {key}", description)
+            listeners.append(Listener(key, protocol, tls, description))
+
+    cert, key = values["tls"]["certificate"], values["tls"]["key"]
+    if bool(cert) != bool(key):
+        missing = "[tls] key" if cert else "[tls] certificate"
+        raise ConfigError(path, missing, "certificate and key go together: set both or neither")
+    for listener in listeners:
+        if listener.tls in ("implicit", "starttls") and not cert:
+            raise ConfigError(path, f"[listeners] {listener.key}", "needs TLS: set [tls] certificate and key")
+    if cert:
+        _readable(path, "[tls] certificate", cert)
+        _readable(path, "[tls] key", key)
+        from mailstack.tls import load_context_factory
+
+        load_context_factory(cert, key, path)
+
+    _readable(path, "[accounts] users", values["accounts"]["users"])
+    if values["accounts"]["aliases"]:
+        _readable(path, "[accounts] aliases", values["accounts"]["aliases"])
+    delimiter = values["accounts"]["recipient_delimiter"]
+    if len(delimiter) > 1 or delimiter in ("@", ".", " ", "/"):
+        raise ConfigError(path, "[accounts] recipient_delimiter", "must be one character such as + or -, or empty to turn it off")
+
+    root = values["store"]["root"]
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ConfigError(path, "[store] root", f"not a directory: {root}")
+    parent = root
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(path, "[store] root", f"not writable: {parent}")
+    if values["store"]["poll_interval"] <= 0:
+        raise ConfigError(path, "[store] poll_interval", "must be above 0")
+
+    for net in values["smtp"]["trusted_networks"]:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(path, "[smtp] trusted_networks", f"not a network: {net!r} (use CIDR such as 192.0.2.0/24)") from None
+    if values["smtp"]["timeout"] < 1:
+        raise ConfigError(path, "[smtp] timeout", "must be at least 1 (seconds)")
+    for k in ("connections", "connections_per_address", "message_size", "recipients", "commands_per_session"):
+        if values["limits"][k] < 1:
+            raise ConfigError(path, f"[limits] {k}", "must be at least 1")
+
+    return Config(
+        path=os.path.abspath(path),
+        hostname=hostname,
+        domains=domains,
+        ports_file=server["ports_file"],
+        listeners=listeners,
+        tls_certificate=cert,
+        tls_key=key,
+        users_file=values["accounts"]["users"],
+        aliases_file=values["accounts"]["aliases"],
+        recipient_delimiter=delimiter,
+        plaintext_on_loopback=values["auth"]["plaintext_on_loopback"],
+        store_root=root,
+        store_fsync=values["store"]["fsync"],
+        poll_interval=values["store"]["poll_interval"],
+        max_connections=values["limits"]["connections"],
+        max_connections_per_address=values["limits"]["connections_per_address"],
+        max_message_size=values["limits"]["message_size"],
+        max_recipients=values["limits"]["recipients"],
+        max_commands=values["limits"]["commands_per_session"],
+        trusted_networks=values["smtp"]["trusted_networks"],
+        smtp_timeout=values["smtp"]["timeout"],
+        raw=raw,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def default_path() -> str:
+    """$MAILSTACK_CONFIG, then var/mailstack.toml when present, then /etc/mailstack/mailstack.toml."""
+    env = os.environ.get("MAILSTACK_CONFIG")
+    if env:
+        return env
+    if os.path.exists(os.path.join("var", "mailstack.toml")):
+        return os.path.join("var", "mailstack.toml")
+    return "/etc/mailstack/mailstack.toml"

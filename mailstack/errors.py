@@ -1,0 +1,62 @@
+"""Errors shared across mailstack.
+
+Policy and store code raise; protocol sessions turn the error into their own reply.  A
+:class:`MailError` carries everything a reply needs (maddy's ``exterrors`` and mox's
+``xsmtpUserErrorf`` work the same way): the SMTP reply code, the enhanced status code of
+RFC 3463, whether the failure is temporary, and a message safe to show the client.
+"""
+
+from __future__ import annotations
+
+
+class MailstackError(Exception):
+    """Base class of every error mailstack raises on purpose."""
+
+
+class ConfigError(MailstackError):
+    """Invalid configuration.  The message names the file, the key and what is wrong."""
+
+    def __init__(self, path: str, key: str | None, problem: str):
+        self.path, self.key, self.problem = path, key, problem
+        where = f"{path}: {key}: " if key else f"{path}: "
+        super().__init__(where + problem)
+
+
+class MailError(MailstackError):
+    """A failure with a protocol-neutral description of how to report it."""
+
+    def __init__(self, code: int, enhanced: str, message: str):
+        self.code, self.enhanced, self.message = code, enhanced, message
+        super().__init__(f"{code} {enhanced} {message}")
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+
+class StoreError(MailstackError):
+    """Base of store failures; protocols map them to NO / -ERR / 4xx replies."""
+
+
+class InvalidFolderName(StoreError):
+    pass
+
+
+class FolderNotFound(StoreError):
+    pass
+
+
+class FolderExists(StoreError):
+    pass
+
+
+class MessageGone(StoreError):
+    """The message was expunged (possibly by another session or process)."""
+
+
+class KeywordLimit(StoreError):
+    """Maildir filenames hold at most 26 keywords per folder (letters a-z)."""
+
+
+class UnknownUser(StoreError):
+    pass

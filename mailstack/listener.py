@@ -1,0 +1,86 @@
+"""What every listener does before a protocol sees a byte: connection limits, session logging,
+and implicit TLS (RFC 8314) on the ``*s`` ports.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from twisted.internet import protocol
+from twisted.logger import Logger
+from twisted.protocols import policies
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+log = Logger()
+
+
+class SessionProtocol(policies.ProtocolWrapper):
+    def connectionMade(self):
+        factory: ListenerFactory = self.factory
+        self.started = time.monotonic()
+        factory.sessions += 1
+        log.info("session start {listener} from {peer}", listener=factory.key, peer=self.peer_host)
+        super().connectionMade()
+
+    def connectionLost(self, reason):
+        factory: ListenerFactory = self.factory
+        factory.sessions -= 1
+        log.info("session end {listener} from {peer} after {seconds:.1f}s", listener=factory.key,
+                 peer=self.peer_host, seconds=time.monotonic() - self.started)
+        super().connectionLost(reason)
+
+
+class _Refuse(protocol.Protocol):
+    def __init__(self, message: bytes):
+        self.message = message
+
+    def connectionMade(self):
+        self.transport.write(self.message)
+        self.transport.loseConnection()
+
+
+class ListenerFactory(policies.WrappingFactory):
+    """Wraps a protocol factory with per-listener connection limits and session logging.
+
+    Over a limit the client hears the protocol's own "busy" line (``busy_message``, e.g.
+    ``421 4.7.0 ...`` for SMTP) and is disconnected; nothing is parsed.
+    """
+
+    protocol = SessionProtocol
+    noisy = False
+
+    def __init__(self, key: str, wrapped, busy_message: bytes, max_total: int, max_per_address: int):
+        super().__init__(wrapped)
+        self.key = key
+        self.busy_message = busy_message
+        self.max_total, self.max_per_address = max_total, max_per_address
+        self.per_address: Counter = Counter()
+        self.sessions = 0
+
+    def buildProtocol(self, addr):
+        host = getattr(addr, "host", None)
+        if len(self.protocols) >= self.max_total or (host and self.per_address[host] >= self.max_per_address):
+            log.warn("refused {listener} connection from {peer}: connection limit", listener=self.key, peer=host)
+            return _Refuse(self.busy_message)
+        p = super().buildProtocol(addr)
+        p.peer_host = host or str(addr)
+        if host:
+            self.per_address[host] += 1
+        return p
+
+    def unregisterProtocol(self, p):
+        super().unregisterProtocol(p)
+        host = getattr(p, "peer_host", None)
+        if host and self.per_address[host] > 0:
+            self.per_address[host] -= 1
+            if not self.per_address[host]:
+                del self.per_address[host]
+
+
+def wrap(key: str, factory, tls_mode: str, tls_creator, busy_message: bytes, max_total: int, max_per_address: int):
+    """The factory to listen with: limits outside, TLS (when implicit) next, protocol inside."""
+    inner = factory
+    if tls_mode == "implicit":
+        inner = TLSMemoryBIOFactory(tls_creator, False, factory)
+    return ListenerFactory(key, inner, busy_message, max_total, max_per_address)

@@ -1,0 +1,177 @@
+"""Build the running server from the configuration: one ``MultiService``.
+
+Order of start-up: everything that can fail is checked first (configuration, users file,
+certificate), then every listener is bound in ``privilegedStartService``.  If any endpoint
+cannot bind, the ones already bound are closed and start-up stops with one message naming
+the file and the key; no listener is left open.
+
+Each protocol package provides ``build_factory(context, listener)`` and a ``BUSY`` line; the
+table :data:`PROTOCOLS` says where.  Protocol packages never import each other.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from mailstack import accounts as accounts_mod
+from mailstack import config as config_mod
+from mailstack import listener as listener_mod
+from mailstack.errors import ConfigError
+from mailstack.store import MaildirStore
+from mailstack.store.watch import FolderWatcher
+from mailstack.tls import ReloadableTLS
+
+log = Logger()
+
+#: protocol -> module providing ``build_factory(context, listener)`` and ``BUSY`` (the line a
+#: client hears when a connection limit turns it away).
+PROTOCOLS: dict[str, str] = {
+    "smtp": "mailstack.smtp.server",
+    "submission": "mailstack.smtp.server",
+    "pop3": "mailstack.pop3.server",
+}
+
+
+@dataclass
+class ServerContext:
+    """Everything a protocol needs, built once from the configuration."""
+
+    config: config_mod.Config
+    store: MaildirStore
+    watcher: FolderWatcher | None
+    accounts: accounts_mod.Accounts
+    portal: object
+    realm: accounts_mod.MailRealm
+    tls: ReloadableTLS | None
+
+
+class MailstackService(service.MultiService):
+    def __init__(self, cfg: config_mod.Config, reactor=None):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.config = cfg
+        os.makedirs(cfg.store_root, mode=0o700, exist_ok=True)
+        store = MaildirStore(cfg.store_root, fsync=cfg.store_fsync, hostname=cfg.hostname)
+        accounts = accounts_mod.Accounts(cfg.users_file, cfg.aliases_file, cfg.domains, cfg.recipient_delimiter)
+        portal, realm = accounts_mod.make_portal(accounts)
+        tls = ReloadableTLS(cfg.tls_certificate, cfg.tls_key, cfg.path) if cfg.has_tls else None
+        self.context = ServerContext(cfg, store, None, accounts, portal, realm, tls)
+        self.factories = []
+        for lst in cfg.listeners:
+            module_name = PROTOCOLS.get(lst.protocol)
+            if module_name is None:
+                raise ConfigError(cfg.path, f"[listeners] {lst.key}", f"the {lst.protocol} server is not part of this build yet")
+            module = importlib.import_module(module_name)
+            factory = module.build_factory(self.context, lst)
+            wrapped = listener_mod.wrap(lst.key, factory, lst.tls, tls, module.BUSY,
+                                        cfg.max_connections, cfg.max_connections_per_address)
+            self.factories.append((lst, wrapped))
+        self.ports: list = []
+        self.bound: dict[str, dict] = {}
+
+    def privilegedStartService(self):
+        """Bind every listener now (before privileges are dropped), or none at all."""
+        for lst, factory in self.factories:
+            endpoint = endpoints.serverFromString(self.reactor, lst.endpoint)
+            d = endpoint.listen(factory)
+            result = []
+            d.addBoth(result.append)
+            if not result:  # every endpoint we allow binds synchronously
+                result.append(defer.fail(RuntimeError("endpoint did not bind at once")))
+            outcome = result[0]
+            if not hasattr(outcome, "getHost"):
+                for port in self.ports:
+                    port.stopListening()
+                self.ports = []
+                reason = getattr(outcome, "value", outcome)
+                message = f"{self.config.path}: [listeners] {lst.key}: cannot listen on {lst.endpoint}: {reason}"
+                sys.stderr.write(f"mailstack: {message}\n")
+                sys.stderr.flush()
+                raise SystemExit(1)
+            self.ports.append(outcome)
+            host = outcome.getHost()
+            self.bound[lst.key] = {"host": getattr(host, "host", None), "port": getattr(host, "port", None),
+                                   "tls": lst.tls, "protocol": lst.protocol}
+        super().privilegedStartService()
+
+    def startService(self):
+        super().startService()
+        self.context.watcher = FolderWatcher(self.context.store, self.reactor, self.config.poll_interval)
+        if self.config.ports_file:
+            tmp = self.config.ports_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"pid": os.getpid(), "listeners": self.bound}, f, indent=1)
+            os.rename(tmp, self.config.ports_file)
+        try:
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        except ValueError:  # not the main thread (tests embedding the service)
+            pass
+        log.info("{banner}", banner=banner(self.config, self.bound))
+
+    def stopService(self):
+        for port in self.ports:
+            port.stopListening()
+        self.ports = []
+        if self.context.watcher is not None:
+            self.context.watcher.stop()
+        if self.config.ports_file:
+            try:
+                os.unlink(self.config.ports_file)
+            except FileNotFoundError:
+                pass
+        return super().stopService()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read users, aliases and the certificate; keep the old ones on error."""
+        try:
+            self.context.accounts.reload(force=True)
+        except ConfigError as e:
+            log.error("reload: {error}", error=str(e))
+        if self.context.tls is not None:
+            try:
+                self.context.tls.reload()
+            except ConfigError as e:
+                log.error("reload: {error}", error=str(e))
+        log.info("reloaded users, aliases and certificate")
+
+
+def banner(cfg: config_mod.Config, bound: dict[str, dict]) -> str:
+    mode = {"implicit": "TLS", "starttls": "STARTTLS", "optional": "STARTTLS if offered"}
+    lines = ["", "mailstack is running", f"  hostname {cfg.hostname}, domains {', '.join(cfg.domains)}", "  listeners:"]
+    for key, b in bound.items():
+        lines.append(f"    {key:<12} {b['host']}:{b['port']:<6} {mode[b['tls']]}")
+    creds = os.path.join(os.path.dirname(cfg.path), "dev-credentials.txt")
+    if os.path.exists(creds):
+        lines.append("  demo users (from " + creds + "):")
+        with open(creds) as f:
+            lines += ["    " + line.rstrip() for line in f if line.strip() and not line.startswith("#")]
+    incoming = bound.get("imaps") or bound.get("imap") or bound.get("pop3s") or bound.get("pop3")
+    outgoing = bound.get("submissions") or bound.get("submission")
+    if incoming or outgoing:
+        lines.append("  Thunderbird (Account Settings > manual configuration):")
+        for label, b, key in (("incoming", incoming, None), ("outgoing", outgoing, None)):
+            if not b:
+                continue
+            proto = {"imap": "IMAP", "pop3": "POP3", "submission": "SMTP"}[b["protocol"]]
+            security = "SSL/TLS" if b["tls"] == "implicit" else "STARTTLS"
+            lines.append(f"    {label}: {proto}, server {cfg.hostname if not config_mod.is_loopback(b['host'] or '') else 'localhost'}, "
+                         f"port {b['port']}, {security}, normal password, user name = full address")
+        if cfg.has_tls:
+            lines.append(f"    trust the certificate, or import the CA next to {cfg.tls_certificate}")
+    return "\n".join(lines)
+
+
+def make_service(config_path: str, reactor=None) -> MailstackService:
+    cfg = config_mod.load(config_path)
+    return MailstackService(cfg, reactor)

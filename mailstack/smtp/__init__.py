@@ -1,0 +1,1 @@
+"""SMTP: the MX and submission servers (and, later, the outbound queue)."""

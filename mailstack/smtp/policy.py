@@ -1,0 +1,82 @@
+"""Who may send what to whom: the SMTP decisions, kept out of the protocol code.
+
+Policy raises :class:`~mailstack.errors.MailError` carrying the exact reply; the session
+sends it.  The rules:
+
+* MX port (``smtp``): mail for local domains only; anything else is ``554 5.7.1`` relay
+  denied, whoever asks, unless the client is in ``[smtp] trusted_networks``.
+* Submission ports: AUTH first (``530 5.7.0``); the MAIL FROM must be one of the user's own
+  addresses, plus-variants or aliases (``553 5.7.1``); any recipient domain is allowed.
+* Unknown local recipient ``550 5.1.1``; too many recipients ``452 4.5.3`` (RFC 5321 4.5.3.1.8
+  says 452 for this, so the client sends the rest in another transaction).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from mailstack.errors import MailError
+
+
+@dataclass
+class SessionFacts:
+    """What policy may know of a session."""
+
+    peer: str
+    submission: bool
+    user: str | None = None  # the authenticated account
+    tls: bool = False
+
+
+@dataclass
+class Recipient:
+    address: str  # as the client gave it (domain lower-cased)
+    local: list[str] = field(default_factory=list)  # accounts it reaches here
+    remote: list[str] = field(default_factory=list)  # outside addresses (relay or alias forwarding)
+
+
+class SmtpPolicy:
+    def __init__(self, accounts, domains: list[str], max_recipients: int, trusted_networks: list[str],
+                 relay_available: bool = False):
+        self.accounts = accounts
+        self.domains = domains
+        self.max_recipients = max_recipients
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
+        self.relay_available = relay_available
+
+    def trusted_peer(self, peer: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
+    def may_relay(self, facts: SessionFacts) -> bool:
+        return (facts.submission and facts.user is not None) or self.trusted_peer(facts.peer)
+
+    def check_sender(self, facts: SessionFacts, sender: str) -> None:
+        if facts.submission:
+            if facts.user is None:
+                raise MailError(530, "5.7.0", "Authentication required")
+            if sender and not self.accounts.owns(facts.user, sender):
+                raise MailError(553, "5.7.1", f"Sender address <{sender}> is not owned by {facts.user}")
+
+    def check_recipient(self, facts: SessionFacts, address: str, accepted: int) -> Recipient:
+        if accepted >= self.max_recipients:
+            raise MailError(452, "4.5.3", f"Too many recipients (at most {self.max_recipients} per message)")
+        if "@" not in address and address.lower() == "postmaster":
+            address = f"postmaster@{self.domains[0]}"  # RFC 5321 4.1.1.3: bare <Postmaster>
+        domain = address.rpartition("@")[2]
+        if self.accounts.is_local_domain(domain):
+            resolution = self.accounts.resolve(address)
+            if resolution is None:
+                raise MailError(550, "5.1.1", f"<{address}>: no such user here")
+            if resolution.remote and not self.relay_available:
+                raise MailError(451, "4.3.0", f"<{address}> forwards outside; outbound delivery is not available yet")
+            return Recipient(address, resolution.local, resolution.remote)
+        if not self.may_relay(facts):
+            raise MailError(554, "5.7.1", f"<{address}>: relay access denied")
+        if not self.relay_available:
+            raise MailError(451, "4.4.3", "Outbound delivery is not available yet; try again later")
+        return Recipient(address, [], [address])

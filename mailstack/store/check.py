@@ -1,0 +1,93 @@
+"""Check a user's Maildir against its UID state, and repair it.
+
+The UID state is a cache of facts about the mail files plus the UIDs already shown to
+clients.  The checker reads it *without* the automatic fix-ups that opening a folder does, so
+it can report what is wrong: files without a UID, UIDs without a file, duplicate UIDs, UIDNEXT
+too low, unreadable records.  Repair keeps every UID that still names a file (clients have
+cached them), gives new UIDs above UIDNEXT to the rest, and rewrites the log.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from mailstack.store.maildir import MaildirFolder, MaildirStore, base_of
+from mailstack.store.uidlist import UidList, UidState, next_uidvalidity
+
+
+@dataclass
+class FolderReport:
+    folder: str
+    messages: int = 0
+    problems: list[str] = field(default_factory=list)
+    repaired: bool = False
+
+
+def _listing(path: str) -> dict[str, list[str]]:
+    files: dict[str, list[str]] = {}
+    for sub in ("new", "cur"):
+        for name in os.listdir(os.path.join(path, sub)):
+            if not name.startswith("."):
+                files.setdefault(base_of(name), []).append(f"{sub}/{name}")
+    return files
+
+
+def check_folder(folder: MaildirFolder, repair: bool = False) -> FolderReport:
+    report = FolderReport(folder.name)
+    with folder.locked():
+        raw = UidList(folder.path, fsync=False)
+        missing = raw.refresh()
+        state = raw.state
+        files = _listing(folder.path)
+        report.messages = len(files)
+        if missing:
+            report.problems.append("no UID state file")
+        elif state.uidvalidity < 1:
+            report.problems.append("UID state has no valid UIDVALIDITY")
+        report.problems += state.problems
+        for base, rels in sorted(files.items()):
+            if len(rels) > 1:
+                report.problems.append(f"{base} is present {len(rels)} times: {', '.join(rels)}")
+            if base not in state.by_base:
+                report.problems.append(f"file without UID: {rels[0]}")
+        for uid, entry in sorted(state.entries.items()):
+            if entry.base not in files:
+                report.problems.append(f"UID {uid} has no file ({entry.base})")
+        if state.entries and state.uidnext <= max(state.entries):
+            report.problems.append(f"UIDNEXT {state.uidnext} is not above the highest UID {max(state.entries)}")
+        if repair and report.problems:
+            _repair(folder, state, files)
+            report.repaired = True
+    return report
+
+
+def _repair(folder: MaildirFolder, state: UidState, files: dict[str, list[str]]) -> None:
+    for rels in files.values():
+        # The same message in new/ and cur/: keep the one in cur/ (it carries the flags).
+        for rel in sorted(rels, key=lambda r: r.startswith("cur/"))[:-1]:
+            os.unlink(os.path.join(folder.path, rel))
+    keep = {uid: e for uid, e in state.entries.items() if e.base in files}
+    fixed = UidState(
+        uidvalidity=state.uidvalidity if state.uidvalidity >= 1 else next_uidvalidity(folder.mailbox.path, folder.store.fsync),
+        uidnext=max([state.uidnext] + [uid + 1 for uid in keep]),
+        highestmodseq=state.highestmodseq,
+        entries=keep,
+        by_base={e.base: uid for uid, e in keep.items()},
+    )
+    ul = folder.uidlist
+    ul.state = fixed
+    records: list[str] = []
+    for base in sorted(b for b in files if b not in fixed.by_base):
+        ul.add(base, folder._internaldate_of(base, files[base][-1]), records)
+    ul.rewrite()
+    folder._scan_mtimes = None
+
+
+def check_user(store: MaildirStore, address: str, repair: bool = False) -> list[FolderReport]:
+    mailbox = store.mailbox(address, create=False)
+    reports = []
+    for info in mailbox.list_folders():
+        if info.selectable:
+            reports.append(check_folder(mailbox.folder(info.name), repair=repair))
+    return reports

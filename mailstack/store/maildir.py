@@ -1,0 +1,817 @@
+"""The Maildir store: the one place mail lives, shared by SMTP, IMAP and POP3.
+
+Layout (Maildir++ as Dovecot and Courier use it)::
+
+    <root>/<domain>/<localpart>/            the user's INBOX (cur/ new/ tmp/)
+    <root>/<domain>/<localpart>/.Sent/      a folder; nested folders are .Work.Projects
+    .../mailstack-uidlist                   UID state of that folder (see uidlist.py)
+    .../dovecot-keywords                    keyword <-> filename letter map, Dovecot's format
+    <root>/<domain>/<localpart>/subscriptions
+
+Mail files are named ``<time>.M<usec>P<pid>Q<n>R<rand>.<host>,S=<size>[:2,<flags>]`` so a
+listing needs neither stat nor read, and flags live in the ``:2,`` suffix with Dovecot's
+letters (D draft, F flagged, R answered, S seen, T deleted; a-z keywords), so the files can be
+rsynced between mailstack and Dovecot.
+
+Every method here blocks on disk I/O (and fsync); Twisted callers run them in a thread pool.
+The classes are thread-safe.  They know nothing of any protocol: change notification is a
+plain callback (``MaildirStore.on_change``) that :mod:`mailstack.store.watch` wires to the
+reactor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import re
+import secrets
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from mailstack.errors import (
+    FolderExists,
+    FolderNotFound,
+    InvalidFolderName,
+    KeywordLimit,
+    MessageGone,
+    StoreError,
+    UnknownUser,
+)
+from mailstack.store import names
+from mailstack.store.uidlist import FolderLock, UidList, fsync_dir, next_uidvalidity
+
+SYSTEM_FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
+LETTER_SYSTEM_FLAGS = {v: k for k, v in SYSTEM_FLAG_LETTERS.items()}
+KEYWORDS_FILE = "dovecot-keywords"
+SUBSCRIPTIONS_FILE = "subscriptions"
+
+#: Folders made with every account, with their RFC 6154 special-use attribute.
+SPECIAL_FOLDERS = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk", "Archive": "\\Archive"}
+
+_SIZE_RE = re.compile(r",S=(\d+)")
+_LOCALPART_RE = re.compile(r"^[^\x00-\x20\x7f/\\:@]+$")
+_DOMAIN_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?)*$")
+_counter = itertools.count(1)
+_CHUNK = 64 * 1024
+
+
+@dataclass(slots=True, frozen=True)
+class MessageInfo:
+    """One message as a folder snapshot sees it."""
+
+    uid: int
+    base: str
+    filename: str  # relative to the folder: "new/..." or "cur/..."
+    flags: frozenset
+    size: int
+    internaldate: int
+    modseq: int
+
+    @property
+    def recent(self) -> bool:
+        """Still in new/: no session has claimed it yet (IMAP \\Recent)."""
+        return self.filename.startswith("new/")
+
+
+@dataclass(slots=True, frozen=True)
+class FolderSnapshot:
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    messages: tuple  # of MessageInfo, ascending UID
+
+    def by_uid(self) -> dict[int, MessageInfo]:
+        return {m.uid: m for m in self.messages}
+
+
+@dataclass(slots=True, frozen=True)
+class FolderInfo:
+    name: str
+    special_use: str | None
+    selectable: bool = True  # False for a parent that exists only through its children
+
+
+def base_of(filename: str) -> str:
+    i = filename.find(":2,")
+    return filename if i < 0 else filename[:i]
+
+
+def size_of(base: str) -> int | None:
+    m = _SIZE_RE.search(base)
+    return int(m.group(1)) if m else None
+
+
+def _hostname() -> str:
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """``Local@Domain`` -> (localpart, domain) lowercased, refusing names unsafe as paths."""
+    local, sep, domain = address.rpartition("@")
+    if not sep:
+        raise UnknownUser(f"not an address: {address!r}")
+    local, domain = local.lower(), domain.lower()
+    if not _LOCALPART_RE.match(local) or local.startswith(".") or len(local) > 64:
+        raise UnknownUser(f"local part not usable as a mailbox name: {address!r}")
+    if not _DOMAIN_RE.match(domain) or len(domain) > 253:
+        raise UnknownUser(f"bad domain: {address!r}")
+    return local, domain
+
+
+class MaildirStore:
+    """All users' Maildirs under one root."""
+
+    def __init__(self, root: str, fsync: bool = True, hostname: str | None = None):
+        self.root = os.path.abspath(root)
+        self.fsync = fsync
+        self.hostname = hostname or _hostname()
+        self._folders: dict[str, MaildirFolder] = {}
+        self._folders_lock = threading.Lock()
+        #: Called with a folder path after this process changed that folder.
+        self.on_change: Callable[[str], None] = lambda path: None
+
+    def user_path(self, address: str) -> str:
+        local, domain = split_address(address)
+        return os.path.join(self.root, domain, local)
+
+    def mailbox(self, address: str, create: bool = True) -> "Mailbox":
+        """The user's Maildir; made, with its special folders, on first use when ``create``."""
+        path = self.user_path(address)
+        mailbox = Mailbox(self, address.lower(), path)
+        if not os.path.isdir(os.path.join(path, "cur")):
+            if not create:
+                raise UnknownUser(f"no mailbox for {address}")
+            mailbox.initialise()
+        return mailbox
+
+    def exists(self, address: str) -> bool:
+        return os.path.isdir(os.path.join(self.user_path(address), "cur"))
+
+    def users(self) -> Iterator[str]:
+        """Addresses that have a Maildir."""
+        if not os.path.isdir(self.root):
+            return
+        for domain in sorted(os.listdir(self.root)):
+            ddir = os.path.join(self.root, domain)
+            if not os.path.isdir(ddir):
+                continue
+            for local in sorted(os.listdir(ddir)):
+                if os.path.isdir(os.path.join(ddir, local, "cur")):
+                    yield f"{local}@{domain}"
+
+    def deliver(self, address: str, source, folder: str = "INBOX", flags: Iterable[str] = ()) -> int:
+        """Store a message durably in a user's folder; return its UID."""
+        return self.mailbox(address).folder(folder).append(source, flags=flags)
+
+    def _folder(self, mailbox: "Mailbox", name: str, path: str) -> "MaildirFolder":
+        with self._folders_lock:
+            folder = self._folders.get(path)
+            if folder is None:
+                folder = self._folders[path] = MaildirFolder(self, mailbox, name, path)
+            return folder
+
+    def _forget(self, path_prefix: str) -> None:
+        with self._folders_lock:
+            for path in [p for p in self._folders if p == path_prefix or p.startswith(path_prefix + ".")]:
+                del self._folders[path]
+
+
+def _make_maildir(path: str, fsync: bool, folder: bool) -> None:
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+    if folder:
+        open(os.path.join(path, "maildirfolder"), "a").close()
+    if fsync:
+        for sub in ("tmp", "new", "cur"):
+            fsync_dir(os.path.join(path, sub))
+        fsync_dir(path)
+        fsync_dir(os.path.dirname(path))
+
+
+class Mailbox:
+    """One user's Maildir: the folder tree and subscriptions."""
+
+    def __init__(self, store: MaildirStore, address: str, path: str):
+        self.store, self.address, self.path = store, address, path
+
+    def initialise(self) -> None:
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        _make_maildir(self.path, self.store.fsync, folder=False)
+        for name in SPECIAL_FOLDERS:
+            if not os.path.isdir(self._path_of(name)):
+                try:
+                    self.create_folder(name)
+                except FolderExists:
+                    pass  # another process initialising the same mailbox made it first
+            self.subscribe(name)
+
+    def _path_of(self, name: str) -> str:
+        return os.path.join(self.path, names.to_dirname(name))
+
+    def folder(self, name: str) -> "MaildirFolder":
+        name = names.normalise(name)
+        path = self._path_of(name)
+        if not os.path.isdir(os.path.join(path, "cur")):
+            raise FolderNotFound(f"no folder {name!r}")
+        return self.store._folder(self, name, path)
+
+    def folder_exists(self, name: str) -> bool:
+        try:
+            return os.path.isdir(os.path.join(self._path_of(name), "cur"))
+        except InvalidFolderName:
+            return False
+
+    def list_folders(self) -> list[FolderInfo]:
+        """INBOX and every folder, plus parents that exist only through their children."""
+        found: dict[str, bool] = {"INBOX": True}
+        with os.scandir(self.path) as it:
+            for entry in it:
+                if not entry.name.startswith(".") or entry.name in (".", "..") or not entry.is_dir():
+                    continue
+                try:
+                    name = names.from_dirname(entry.name)
+                except InvalidFolderName:
+                    continue
+                if os.path.isdir(os.path.join(entry.path, "cur")):
+                    found[name] = True
+        for name in list(found):
+            parts = name.split(names.SEPARATOR)
+            for i in range(1, len(parts)):
+                found.setdefault(names.SEPARATOR.join(parts[:i]), False)
+        return [
+            FolderInfo(name, SPECIAL_FOLDERS.get(name), selectable)
+            for name, selectable in sorted(found.items(), key=lambda kv: (kv[0] != "INBOX", kv[0]))
+        ]
+
+    def create_folder(self, name: str) -> "MaildirFolder":
+        """Create a folder and any missing parents (RFC 3501 6.3.3)."""
+        name = names.normalise(name)
+        if name == "INBOX" or self.folder_exists(name):
+            raise FolderExists(f"folder {name!r} exists")
+        parts = name.split(names.SEPARATOR)
+        for i in range(1, len(parts) + 1):
+            sub = names.SEPARATOR.join(parts[:i])
+            path = self._path_of(sub)
+            if not os.path.isdir(os.path.join(path, "cur")):
+                _make_maildir(path, self.store.fsync, folder=True)
+                folder = self.store._folder(self, sub, path)
+                with folder.locked():
+                    folder._ensure_uidlist()
+        return self.folder(name)
+
+    def delete_folder(self, name: str) -> None:
+        """Delete a folder and its mail; its children stay (RFC 3501 6.3.4)."""
+        name = names.normalise(name)
+        if name == "INBOX":
+            raise StoreError("INBOX cannot be deleted")
+        path = self._path_of(name)
+        if not os.path.isdir(os.path.join(path, "cur")):
+            raise FolderNotFound(f"no folder {name!r}")
+        # Move it out of the folder namespace atomically, then remove at leisure.
+        graveyard = os.path.join(self.path, "tmp", f"deleted-{secrets.token_hex(8)}")
+        os.rename(path, graveyard)
+        self.store._forget(path)
+        if self.store.fsync:
+            fsync_dir(self.path)
+        shutil.rmtree(graveyard, ignore_errors=True)
+        self.unsubscribe(name)
+
+    def rename_folder(self, old: str, new: str) -> None:
+        """Rename a folder with all its children; renaming INBOX moves its mail (RFC 3501 6.3.5)."""
+        old, new = names.normalise(old), names.normalise(new)
+        if new == "INBOX" or self.folder_exists(new):
+            raise FolderExists(f"folder {new!r} exists")
+        if old == "INBOX":
+            source = self.folder("INBOX")
+            dest = self.create_folder(new)
+            uids = [m.uid for m in source.snapshot().messages]
+            source.move(uids, dest)
+            return
+        if not self.folder_exists(old) and not any(f.name.startswith(old + "/") for f in self.list_folders()):
+            raise FolderNotFound(f"no folder {old!r}")
+        if new.startswith(old + names.SEPARATOR):
+            raise StoreError("a folder cannot be moved into itself")
+        old_dir, new_dir = names.to_dirname(old), names.to_dirname(new)
+        moves = []
+        for entry in os.listdir(self.path):
+            if entry == old_dir or entry.startswith(old_dir + "."):
+                moves.append((entry, new_dir + entry[len(old_dir):]))
+        for src, dst in moves:
+            if os.path.exists(os.path.join(self.path, dst)):
+                raise FolderExists(f"folder {names.from_dirname(dst)!r} exists")
+        for src, dst in moves:
+            os.rename(os.path.join(self.path, src), os.path.join(self.path, dst))
+            self.store._forget(os.path.join(self.path, src))
+        if self.store.fsync:
+            fsync_dir(self.path)
+        subs = self.subscriptions()
+        for sub in subs:
+            if sub == old or sub.startswith(old + names.SEPARATOR):
+                self.unsubscribe(sub)
+                self.subscribe(new + sub[len(old):])
+
+    # -- subscriptions: one folder name per line, UTF-8 -------------------------------------
+
+    def subscriptions(self) -> list[str]:
+        try:
+            with open(os.path.join(self.path, SUBSCRIPTIONS_FILE), encoding="utf-8") as f:
+                return [line.rstrip("\n") for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def _write_subscriptions(self, subs: list[str]) -> None:
+        path = os.path.join(self.path, SUBSCRIPTIONS_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(s + "\n" for s in subs))
+        os.rename(tmp, path)
+
+    def subscribe(self, name: str) -> None:
+        name = names.normalise(name)
+        with FolderLock(self.path, SUBSCRIPTIONS_FILE + ".lock"):
+            subs = self.subscriptions()
+            if name not in subs:
+                self._write_subscriptions(subs + [name])
+
+    def unsubscribe(self, name: str) -> None:
+        name = names.normalise(name)
+        with FolderLock(self.path, SUBSCRIPTIONS_FILE + ".lock"):
+            subs = self.subscriptions()
+            if name in subs:
+                self._write_subscriptions([s for s in subs if s != name])
+
+
+class MaildirFolder:
+    """One Maildir folder: its messages, flags and UID state."""
+
+    def __init__(self, store: MaildirStore, mailbox: Mailbox, name: str, path: str):
+        self.store, self.mailbox, self.name, self.path = store, mailbox, name, path
+        self.uidlist = UidList(path, fsync=store.fsync)
+        self._files: dict[str, str] = {}  # base -> "new/name" | "cur/name"
+        self._scan_mtimes: tuple[int, int] | None = None
+        self._keywords: list[str] | None = None
+        self._keywords_mtime: int | None = None
+        self._lock_depth = 0
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold this folder's lock: the in-process mutex first, then the cross-process flock.
+
+        Re-entrant within a thread; always taken in this order, so no two threads deadlock.
+        """
+        with self.uidlist.mutex:
+            if self._lock_depth:
+                self._lock_depth += 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth -= 1
+                return
+            with FolderLock(self.path):
+                self._lock_depth = 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth = 0
+
+    # -- scanning --------------------------------------------------------------------------
+
+    def _scan(self) -> dict[str, str]:
+        """base -> relative filename for every message file.
+
+        new/ is listed before cur/: a file renamed from new/ to cur/ between the two listings
+        is then seen in cur/, never missed.  A listing is reused while neither directory
+        changed, unless a change could hide inside the file system's timestamp granularity.
+        """
+        try:
+            st_new = os.stat(os.path.join(self.path, "new")).st_mtime_ns
+            st_cur = os.stat(os.path.join(self.path, "cur")).st_mtime_ns
+        except FileNotFoundError:
+            raise FolderNotFound(f"folder {self.name!r} vanished") from None
+        now = time.time_ns()
+        if self._scan_mtimes == (st_new, st_cur) and now - max(st_new, st_cur) > 2_000_000_000:
+            return self._files
+        files: dict[str, str] = {}
+        for sub in ("new", "cur"):
+            with os.scandir(os.path.join(self.path, sub)) as it:
+                for entry in it:
+                    if entry.name.startswith("."):
+                        continue
+                    files[base_of(entry.name)] = f"{sub}/{entry.name}"
+        self._files, self._scan_mtimes = files, (st_new, st_cur)
+        return files
+
+    def _ensure_uidlist(self) -> None:
+        """Caller holds the lock.  Make the UID state if it is missing or unreadable."""
+        missing = self.uidlist.refresh()
+        if missing or self.uidlist.state.uidvalidity < 1:
+            self.uidlist.create(next_uidvalidity(self.mailbox.path, self.store.fsync))
+
+    def _internaldate_of(self, base: str, rel: str) -> int:
+        head = base.split(".", 1)[0]
+        if head.isdigit():
+            return int(head)
+        try:
+            return int(os.stat(os.path.join(self.path, rel)).st_mtime)
+        except FileNotFoundError:
+            return int(time.time())
+
+    def _sync(self) -> dict[str, str]:
+        """Make sure every file has a UID and every UID a file; return the listing."""
+        ul = self.uidlist
+        with ul.mutex:
+            ul.refresh()
+            files = self._scan()
+            state = ul.state
+            if state.uidvalidity >= 1 and all(b in state.by_base for b in files) and len(state.by_base) == len(files):
+                return files
+            with self.locked():
+                self._ensure_uidlist()
+                self._scan_mtimes = None
+                files = self._scan()
+                state = ul.state
+                records: list[str] = []
+                fresh = [b for b in files if b not in state.by_base]
+                fresh.sort(key=lambda b: (self._internaldate_of(b, files[b]), b))
+                for base in fresh:
+                    ul.add(base, self._internaldate_of(base, files[base]), records)
+                gone = [e.uid for e in state.entries.values() if e.base not in files]
+                if gone:
+                    self._scan_mtimes = None
+                    again = self._scan()
+                    for uid in gone:
+                        if state.entries[uid].base not in again:
+                            ul.remove(uid, records)
+                    files = again
+                ul.append(records)
+                return files
+
+    def snapshot(self) -> FolderSnapshot:
+        """The folder's messages as (uid, flags, size, internal date, modseq); reads no mail file."""
+        files = self._sync()
+        ul = self.uidlist
+        with ul.mutex:
+            state = ul.state
+            keywords = self._load_keywords()
+            messages = []
+            for uid in sorted(state.entries):
+                entry = state.entries[uid]
+                rel = files.get(entry.base)
+                if rel is None:
+                    continue
+                size = size_of(entry.base)
+                if size is None:
+                    try:
+                        size = os.stat(os.path.join(self.path, rel)).st_size
+                    except FileNotFoundError:
+                        continue
+                messages.append(
+                    MessageInfo(uid, entry.base, rel, self._flags_of(rel, keywords), size, entry.internaldate, entry.modseq)
+                )
+            return FolderSnapshot(self.name, state.uidvalidity, state.uidnext, state.highestmodseq, tuple(messages))
+
+    # -- flags and keywords ----------------------------------------------------------------
+
+    def _load_keywords(self) -> list[str]:
+        path = os.path.join(self.path, KEYWORDS_FILE)
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            self._keywords, self._keywords_mtime = [], None
+            return []
+        if self._keywords is not None and mtime == self._keywords_mtime:
+            return self._keywords
+        keywords: list[str] = [""] * 26
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                idx, _, word = line.rstrip("\n").partition(" ")
+                if idx.isdigit() and int(idx) < 26 and word:
+                    keywords[int(idx)] = word
+        while keywords and not keywords[-1]:
+            keywords.pop()
+        self._keywords, self._keywords_mtime = keywords, mtime
+        return keywords
+
+    def _keyword_letter(self, word: str, keywords: list[str]) -> str:
+        """Caller holds the lock.  Give ``word`` a letter, recording it in dovecot-keywords."""
+        for i, known in enumerate(keywords):
+            if known.lower() == word.lower():
+                return chr(ord("a") + i)
+        if len(keywords) >= 26:
+            raise KeywordLimit("this folder already has 26 keywords")
+        keywords.append(word)
+        path = os.path.join(self.path, KEYWORDS_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(f"{i} {w}\n" for i, w in enumerate(keywords) if w))
+            if self.store.fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.rename(tmp, path)
+        self._keywords, self._keywords_mtime = keywords, os.stat(path).st_mtime_ns
+        return chr(ord("a") + len(keywords) - 1)
+
+    def _flags_of(self, rel: str, keywords: list[str]) -> frozenset:
+        i = rel.find(":2,")
+        if i < 0:
+            return frozenset()
+        flags = set()
+        for letter in rel[i + 3 :]:
+            if letter in LETTER_SYSTEM_FLAGS:
+                flags.add(LETTER_SYSTEM_FLAGS[letter])
+            elif "a" <= letter <= "z":
+                idx = ord(letter) - ord("a")
+                if idx < len(keywords) and keywords[idx]:
+                    flags.add(keywords[idx])
+        return frozenset(flags)
+
+    def _letters(self, flags: Iterable[str], keep_unknown: str = "") -> str:
+        """Caller holds the lock.  The ``:2,`` letters for ``flags`` (sorted, as Maildir wants)."""
+        keywords = self._load_keywords()
+        keywords = list(keywords)
+        letters = set(c for c in keep_unknown if c.isupper() and c not in LETTER_SYSTEM_FLAGS)
+        for flag in flags:
+            if flag in SYSTEM_FLAG_LETTERS:
+                letters.add(SYSTEM_FLAG_LETTERS[flag])
+            elif flag.startswith("\\"):
+                continue  # \Recent and unknown system flags are not stored
+            else:
+                letters.add(self._keyword_letter(flag, keywords))
+        return "".join(sorted(letters))
+
+    # -- adding mail -----------------------------------------------------------------------
+
+    def _new_base(self) -> str:
+        now = time.time()
+        sec = int(now)
+        usec = int((now - sec) * 1_000_000)
+        return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(4)}.{self.store.hostname}"
+
+    def _write_tmp(self, source, tmp_path: str) -> int:
+        size = 0
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as f:
+                for chunk in _chunks(source):
+                    f.write(chunk)
+                    size += len(chunk)
+                f.flush()
+                if self.store.fsync:
+                    os.fsync(fd)
+        finally:
+            os.close(fd)
+        return size
+
+    def append(self, source, flags: Iterable[str] = (), internaldate: int | None = None) -> int:
+        """Store a message durably (RFC 3501 APPEND, or local delivery); return its UID.
+
+        The file is written under tmp/, fsynced, given its internal date as mtime, linked into
+        new/ (or cur/ when it carries flags) and the directory fsynced, all before the UID is
+        recorded and returned: a caller that says "OK" or "250" afterwards never lies.
+        """
+        flags = [f for f in flags if f != "\\Recent"]
+        base = self._new_base()
+        tmp_path = os.path.join(self.path, "tmp", base)
+        try:
+            size = self._write_tmp(source, tmp_path)
+            when = int(time.time()) if internaldate is None else int(internaldate)
+            os.utime(tmp_path, (when, when))
+            base += f",S={size}"
+            with self.locked():
+                letters = self._letters(flags) if flags else ""
+                rel = f"cur/{base}:2,{letters}" if flags else f"new/{base}"
+                os.link(tmp_path, os.path.join(self.path, rel))
+                if self.store.fsync:
+                    fsync_dir(os.path.join(self.path, rel.split("/")[0]))
+                uid = self._record_new(base, when)
+        finally:
+            try:
+                os.unlink(tmp_path)
+            except FileNotFoundError:
+                pass
+        self.store.on_change(self.path)
+        return uid
+
+    def _record_new(self, base: str, when: int) -> int:
+        """Caller holds the lock.  Give a file just linked in its UID (once)."""
+        ul = self.uidlist
+        with ul.mutex:
+            self._ensure_uidlist()
+            existing = ul.state.by_base.get(base)
+            if existing is not None:
+                return existing
+            records: list[str] = []
+            uid = ul.add(base, when, records)
+            ul.append(records)
+            return uid
+
+    # -- reading mail ----------------------------------------------------------------------
+
+    def open_message(self, uid: int) -> BinaryIO:
+        """Open a message's file for reading (stream it; do not read it whole)."""
+        ul = self.uidlist
+        with ul.mutex:
+            ul.refresh()
+            entry = ul.state.entries.get(uid)
+            if entry is None:
+                raise MessageGone(f"UID {uid} is not in {self.name}")
+            for attempt in range(2):
+                rel = self._files.get(entry.base)
+                if rel is not None:
+                    try:
+                        return open(os.path.join(self.path, rel), "rb")
+                    except FileNotFoundError:
+                        pass
+                self._scan_mtimes = None
+                self._scan()
+        raise MessageGone(f"UID {uid} was expunged from {self.name}")
+
+    def read_message(self, uid: int) -> bytes:
+        with self.open_message(uid) as f:
+            return f.read()
+
+    # -- changing mail ---------------------------------------------------------------------
+
+    def set_flags(
+        self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace", unchangedsince: int | None = None
+    ) -> tuple[dict[int, tuple[frozenset, int]], list[int]]:
+        """Change flags (mode ``replace``, ``add`` or ``remove``).
+
+        Returns ({uid: (new flags, modseq)} for messages whose flags changed, [uids refused
+        because their MODSEQ is above ``unchangedsince``] (RFC 7162 3.1.3)).  A message moves
+        from new/ to cur/ when its flags are set.  Expunged UIDs are skipped silently.
+        """
+        if mode not in ("replace", "add", "remove"):
+            raise ValueError(mode)
+        wanted = frozenset(f for f in flags if f != "\\Recent")
+        changed: dict[int, tuple[frozenset, int]] = {}
+        refused: list[int] = []
+        with self.locked():
+            files = self._sync()
+            state = self.uidlist.state
+            keywords = self._load_keywords()
+            records: list[str] = []
+            dirs_touched = set()
+            for uid in uids:
+                entry = state.entries.get(uid)
+                rel = files.get(entry.base) if entry else None
+                if rel is None:
+                    continue
+                if unchangedsince is not None and entry.modseq > unchangedsince:
+                    refused.append(uid)
+                    continue
+                old = self._flags_of(rel, keywords)
+                new = wanted if mode == "replace" else (old | wanted if mode == "add" else old - wanted)
+                old_suffix = rel.split(":2,", 1)[1] if ":2," in rel else ""
+                letters = self._letters(new, keep_unknown=old_suffix)
+                keywords = self._load_keywords()
+                target = f"cur/{entry.base}:2,{letters}"
+                if target == rel:
+                    continue
+                try:
+                    os.rename(os.path.join(self.path, rel), os.path.join(self.path, target))
+                except FileNotFoundError:
+                    continue
+                dirs_touched.update({rel[:3], "cur"})
+                files[entry.base] = target
+                if new != old:
+                    changed[uid] = (new, self.uidlist.touch(uid, records))
+            if self.store.fsync:
+                for d in dirs_touched:
+                    fsync_dir(os.path.join(self.path, d))
+            self.uidlist.append(records)
+            self._scan_mtimes = None
+        if changed or dirs_touched:
+            self.store.on_change(self.path)
+        return changed, refused
+
+    def take_recent(self) -> list[int]:
+        """Move every message in new/ to cur/ and return their UIDs.
+
+        The session that does this is the one that reports them as \\Recent (RFC 3501 2.3.2).
+        """
+        taken = []
+        with self.locked():
+            files = self._sync()
+            state = self.uidlist.state
+            for base, rel in list(files.items()):
+                if not rel.startswith("new/"):
+                    continue
+                target = f"cur/{base}:2,"
+                try:
+                    os.rename(os.path.join(self.path, rel), os.path.join(self.path, target))
+                except FileNotFoundError:
+                    continue
+                files[base] = target
+                uid = state.by_base.get(base)
+                if uid is not None:
+                    taken.append(uid)
+            if taken and self.store.fsync:
+                fsync_dir(os.path.join(self.path, "new"))
+                fsync_dir(os.path.join(self.path, "cur"))
+            self._scan_mtimes = None
+        return sorted(taken)
+
+    def expunge(self, uids: Iterable[int]) -> list[int]:
+        """Remove messages for good; return the UIDs that were removed."""
+        removed = []
+        with self.locked():
+            files = self._sync()
+            state = self.uidlist.state
+            records: list[str] = []
+            for uid in sorted(set(uids)):
+                entry = state.entries.get(uid)
+                rel = files.get(entry.base) if entry else None
+                if rel is None:
+                    continue
+                try:
+                    os.unlink(os.path.join(self.path, rel))
+                except FileNotFoundError:
+                    pass
+                files.pop(entry.base, None)
+                self.uidlist.remove(uid, records)
+                removed.append(uid)
+            if removed and self.store.fsync:
+                fsync_dir(os.path.join(self.path, "cur"))
+                fsync_dir(os.path.join(self.path, "new"))
+            self.uidlist.append(records)
+            self._scan_mtimes = None
+        if removed:
+            self.store.on_change(self.path)
+        return removed
+
+    def copy(self, uids: Iterable[int], dest: "MaildirFolder") -> list[tuple[int, int]]:
+        """Copy messages with their flags and internal dates; return [(source uid, new uid)].
+
+        The copy is a hard link under a new name (mail files never change once written), or a
+        byte copy where the folders are on different file systems.
+        """
+        snap = self.snapshot().by_uid()
+        pairs = []
+        for uid in uids:
+            info = snap.get(uid)
+            if info is None:
+                continue
+            try:
+                src = self.open_message(uid)
+            except MessageGone:
+                continue
+            with src:
+                new_uid = dest._add_copy(src, info)
+            pairs.append((uid, new_uid))
+        if pairs:
+            self.store.on_change(dest.path)
+        return pairs
+
+    def _add_copy(self, src: BinaryIO, info: MessageInfo) -> int:
+        base = self._new_base() + f",S={info.size}"
+        tmp_path = os.path.join(self.path, "tmp", base)
+        try:
+            try:
+                os.link(src.name, tmp_path)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+                size = self._write_tmp(src, tmp_path)
+                base = base.rsplit(",S=", 1)[0] + f",S={size}"
+                os.rename(tmp_path, os.path.join(self.path, "tmp", base))
+                tmp_path = os.path.join(self.path, "tmp", base)
+            with self.locked():
+                letters = self._letters(info.flags) if info.flags else ""
+                rel = f"cur/{base}:2,{letters}"
+                os.link(tmp_path, os.path.join(self.path, rel))
+                if self.store.fsync:
+                    fsync_dir(os.path.join(self.path, "cur"))
+                return self._record_new(base, info.internaldate)
+        finally:
+            try:
+                os.unlink(tmp_path)
+            except FileNotFoundError:
+                pass
+
+    def move(self, uids: Iterable[int], dest: "MaildirFolder") -> list[tuple[int, int]]:
+        """Copy then expunge (RFC 6851 3.1 allows exactly this); return [(old uid, new uid)]."""
+        pairs = self.copy(uids, dest)
+        self.expunge([old for old, _ in pairs])
+        return pairs
+
+
+def _chunks(source) -> Iterator[bytes]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield bytes(source)
+    elif hasattr(source, "read"):
+        while True:
+            chunk = source.read(_CHUNK)
+            if not chunk:
+                return
+            yield chunk
+    else:
+        for chunk in source:
+            yield bytes(chunk)

@@ -1,0 +1,85 @@
+"""TLS server contexts, shared by every listener and reloadable on SIGHUP.
+
+TLS 1.2 is the minimum, Twisted's default cipher list (forward-secret AEAD suites) is used
+with server preference, and a reload swaps the context used for *new* handshakes only, so
+sessions already running keep theirs.
+"""
+
+from __future__ import annotations
+
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
+
+from mailstack.errors import ConfigError
+
+
+def load_context_factory(cert_path: str, key_path: str, config_path: str = "") -> ssl.CertificateOptions:
+    """Read a PEM certificate chain and key; raise ConfigError naming the file on failure."""
+    try:
+        with open(cert_path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise ConfigError(config_path, "[tls] certificate", f"cannot read {cert_path}: {e.strerror}") from None
+    try:
+        with open(key_path, "rb") as f:
+            key_pem = f.read()
+    except OSError as e:
+        raise ConfigError(config_path, "[tls] key", f"cannot read {key_path}: {e.strerror}") from None
+    marker = b"-----BEGIN CERTIFICATE-----"
+    blocks = [marker + part for part in pem.split(marker)[1:]]
+    if not blocks:
+        raise ConfigError(config_path, "[tls] certificate", f"no PEM certificate in {cert_path}")
+    try:
+        chain = [crypto.load_certificate(crypto.FILETYPE_PEM, b) for b in blocks]
+    except crypto.Error:
+        raise ConfigError(config_path, "[tls] certificate", f"unreadable PEM certificate in {cert_path}") from None
+    try:
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
+    except crypto.Error:
+        raise ConfigError(config_path, "[tls] key", f"unreadable PEM private key in {key_path}") from None
+    options = ssl.CertificateOptions(
+        privateKey=key,
+        certificate=chain[0],
+        extraCertChain=chain[1:],
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+    )
+    try:
+        options.getContext()  # checks that the key matches the certificate
+    except SSL.Error:
+        raise ConfigError(config_path, "[tls] key", f"{key_path} does not match the certificate in {cert_path}") from None
+    return options
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableTLS:
+    """A server connection creator whose certificate can be swapped while running."""
+
+    def __init__(self, cert_path: str, key_path: str, config_path: str = ""):
+        self.cert_path, self.key_path, self.config_path = cert_path, key_path, config_path
+        self.options = load_context_factory(cert_path, key_path, config_path)
+
+    def reload(self) -> None:
+        """Re-read the files; on error keep the old certificate and raise ConfigError."""
+        self.options = load_context_factory(self.cert_path, self.key_path, self.config_path)
+
+    def getContext(self) -> SSL.Context:
+        return self.options.getContext()
+
+    def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+        return SSL.Connection(self.options.getContext(), None)
+
+
+def tls_info(transport) -> tuple[str, str] | None:
+    """(protocol version, cipher) of a transport's TLS session, or None if it has none."""
+    try:
+        handle = transport.getHandle()
+    except Exception:
+        return None
+    if not isinstance(handle, SSL.Connection):
+        return None
+    try:
+        return handle.get_protocol_version_name(), handle.get_cipher_name() or "unknown"
+    except SSL.Error:
+        return None
