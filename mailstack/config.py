@@ -176,7 +176,7 @@ def load(path: str) -> Config:
 
 
 def from_dict(raw: dict, path: str) -> Config:
-    base = os.path.dirname(os.path.abspath(path))
+    base = os.path.dirname(os.path.realpath(path))  # a symlinked config keeps its own relative paths
     values: dict[str, dict[str, Any]] = {}
     for section, content in raw.items():
         if section not in SCHEMA:

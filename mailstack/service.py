@@ -15,7 +15,6 @@ import importlib
 import json
 import os
 import signal
-import sys
 from dataclasses import dataclass
 
 from twisted.application import service
@@ -96,8 +95,8 @@ class MailstackService(service.MultiService):
                 self.ports = []
                 reason = getattr(outcome, "value", outcome)
                 message = f"{self.config.path}: [listeners] {lst.key}: cannot listen on {lst.endpoint}: {reason}"
-                sys.stderr.write(f"mailstack: {message}\n")
-                sys.stderr.flush()
+                # Straight to fd 2: twistd may have redirected sys.stderr into its log by now.
+                os.write(2, f"mailstack: {message}\n".encode())
                 raise SystemExit(1)
             self.ports.append(outcome)
             host = outcome.getHost()
