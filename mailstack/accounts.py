@@ -153,6 +153,12 @@ class _WatchedFile:
         self.path = path
         self._stamp: tuple | None = None
         self._lock = threading.Lock()
+        #: Set while something (inotify) promises to call :meth:`changed`: no stat per use then.
+        self.watched = False
+        self._dirty = True
+
+    def changed(self) -> None:
+        self._dirty = True
 
     def _current_stamp(self) -> tuple | None:
         try:
@@ -163,6 +169,9 @@ class _WatchedFile:
 
     def refresh(self, force: bool = False) -> None:
         """Re-read if changed.  A broken file at reload keeps the last good state (logged)."""
+        if self.watched and not self._dirty and not force:
+            return
+        self._dirty = False
         stamp = self._current_stamp()
         if stamp == self._stamp and not force:
             return

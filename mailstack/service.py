@@ -51,6 +51,7 @@ class ServerContext:
     portal: object
     realm: accounts_mod.MailRealm
     tls: ReloadableTLS | None
+    delivery_batcher: object = None  # set by the first SMTP listener that needs it
 
 
 class MailstackService(service.MultiService):
@@ -107,6 +108,9 @@ class MailstackService(service.MultiService):
     def startService(self):
         super().startService()
         self.context.watcher = FolderWatcher(self.context.store, self.reactor, self.config.poll_interval)
+        accounts = self.context.accounts
+        for watched in filter(None, (accounts.users_file, accounts.aliases_file)):
+            self.context.watcher.watch_file(watched)
         if self.config.ports_file:
             tmp = self.config.ports_file + ".tmp"
             with open(tmp, "w") as f:

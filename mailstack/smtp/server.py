@@ -29,7 +29,6 @@ import secrets
 import time
 
 from twisted.cred import credentials, error as cred_error
-from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols import basic
@@ -38,6 +37,7 @@ from mailstack import config as config_mod
 from mailstack.accounts import IMailUser
 from mailstack.errors import MailError
 from mailstack.smtp import address as addr
+from mailstack.smtp.delivery import DeliveryBatcher
 from mailstack.smtp.message import DotDecoder, MessageSpool
 from mailstack.smtp.policy import SessionFacts, SmtpPolicy
 from mailstack.tls import tls_info
@@ -81,6 +81,8 @@ CAPABILITIES = (
 
 #: RFC 4954 4: an AUTH line may be 12288 octets; any other command line is refused past this.
 MAX_LINE = 12288
+#: Input buffered while a reply is pending before the socket is paused.
+PAUSE_BUFFER = 1 << 20
 
 
 class SMTPSession(smtp.ESMTP):
@@ -107,6 +109,8 @@ class SMTPSession(smtp.ESMTP):
         self._raw_handler = None
         self._discard_line = False
         self._lost = False
+        self._transport_paused = False
+        self._messages = 0
 
     # -- connection ------------------------------------------------------------------------
 
@@ -140,19 +144,32 @@ class SMTPSession(smtp.ESMTP):
         self.reply(e.code, e.enhanced, e.message)
 
     def pause(self) -> None:
-        """Stop reading commands until :meth:`resume` (a reply is pending on a thread)."""
+        """Stop acting on input until :meth:`resume` (a reply is pending on a thread).
+
+        Input keeps being buffered (a pipelining client sends ahead); only past
+        ``PAUSE_BUFFER`` bytes is the socket itself paused, so memory stays bounded without
+        an epoll change for every message.
+        """
         self.paused = True
-        self.transport.pauseProducing()
 
     def resume(self) -> None:
         self.paused = False
-        if not self._lost:
+        if self._lost:
+            return
+        if self._transport_paused:
+            self._transport_paused = False
             self.transport.resumeProducing()
-            self.dataReceived(b"")
+        self.dataReceived(b"")
 
     # -- reading ---------------------------------------------------------------------------
 
     def dataReceived(self, data):
+        if self.paused:
+            self._buffer += data
+            if len(self._buffer) > PAUSE_BUFFER and not self._transport_paused:
+                self._transport_paused = True
+                self.transport.pauseProducing()
+            return
         if self._discard_line:
             end = data.find(b"\n")
             if end < 0:
@@ -494,9 +511,10 @@ class SMTPSession(smtp.ESMTP):
             for account in r.local:
                 if account not in accounts:
                     accounts.append(account)
-        message_id = secrets.token_hex(8)
+        self._messages += 1
+        message_id = f"{self.session_id}.{self._messages}"
         self.pause()
-        d = threads.deferToThread(self.settings.deliver_local, accounts, sender, trace, spool)
+        d = self.settings.deliver_local(accounts, sender, trace, spool)
 
         def delivered(_):
             log.info("delivered {id} from <{sender}> to {accounts} ({size} bytes) via {listener}",
@@ -549,17 +567,23 @@ class SMTPSettings:
         self.timeout = cfg.smtp_timeout
         self.plaintext_on_loopback = cfg.plaintext_on_loopback
         self.policy = SmtpPolicy(context.accounts, cfg.domains, cfg.max_recipients, cfg.trusted_networks)
+        if context.delivery_batcher is None:  # one for all SMTP listeners, so they batch together
+            context.delivery_batcher = DeliveryBatcher(context.store)
+        self.batcher = context.delivery_batcher
 
-    def deliver_local(self, accounts: list[str], sender: str, trace: bytes, spool: MessageSpool) -> None:
-        """Store one copy per account, each fsynced (runs in a worker thread)."""
+    def deliver_local(self, accounts: list[str], sender: str, trace: bytes, spool: MessageSpool):
+        """One copy per account, each with its own Return-Path and Delivered-To; a Deferred."""
+        items = []
         for account in accounts:
             head = f"Return-Path: <{sender}>\r\nDelivered-To: {account}\r\n".encode("utf-8") + trace
-            self.store.deliver(account, _prepend(head, spool.chunks()))
+            items.append((account, _prepend(head, spool)))
+        return self.batcher.deliver(items)
 
 
-def _prepend(head: bytes, chunks):
+def _prepend(head: bytes, spool: MessageSpool):
+    """The message for one account; read in the worker thread, one account after another."""
     yield head
-    yield from chunks
+    yield from spool.chunks()
 
 
 class SMTPFactory(smtp.SMTPFactory):

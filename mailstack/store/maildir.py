@@ -58,6 +58,7 @@ _SIZE_RE = re.compile(r",S=(\d+)")
 _LOCALPART_RE = re.compile(r"^[^\x00-\x20\x7f/\\:@]+$")
 _DOMAIN_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?)*$")
 _counter = itertools.count(1)
+_PROCESS_TOKEN = secrets.token_hex(4)  # with pid and counter, unique even across pid reuse
 _CHUNK = 64 * 1024
 
 
@@ -125,6 +126,46 @@ def split_address(address: str) -> tuple[str, str]:
     return local, domain
 
 
+class DirSyncer:
+    """Group commit of directory fsyncs.
+
+    Many threads delivering into one directory each need its entry durable before they
+    answer.  One ``fsync`` of the directory covers every link made before it started, so a
+    thread whose link is older than a running fsync waits for the *next* one, and every
+    thread that arrives while that one runs shares it: N concurrent deliveries cost about
+    two directory fsyncs instead of N.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._state: dict[str, list[int]] = {}  # path -> [requests, started, completed, running]
+
+    def sync(self, path: str) -> None:
+        with self._cond:
+            st = self._state.setdefault(path, [0, 0, 0, 0])
+            st[0] += 1
+            ticket = st[0]  # our link happened before this ticket was taken
+            while True:
+                if st[2] >= ticket:  # an fsync that started after our ticket has finished
+                    return
+                if not st[3]:
+                    break
+                self._cond.wait()
+            st[3], st[1] = 1, st[0]
+        ok = False
+        try:
+            fsync_dir(path)
+            ok = True
+        finally:
+            with self._cond:
+                st[3] = 0
+                if ok:  # after a failure nobody is covered: the next waiter tries (and fails) itself
+                    st[2] = st[1]
+                    if st[2] == st[0]:
+                        del self._state[path]
+                self._cond.notify_all()
+
+
 class MaildirStore:
     """All users' Maildirs under one root."""
 
@@ -136,6 +177,7 @@ class MaildirStore:
         self._folders_lock = threading.Lock()
         #: Called with a folder path after this process changed that folder.
         self.on_change: Callable[[str], None] = lambda path: None
+        self.dir_syncer = DirSyncer()
 
     def user_path(self, address: str) -> str:
         local, domain = split_address(address)
@@ -166,9 +208,61 @@ class MaildirStore:
                 if os.path.isdir(os.path.join(ddir, local, "cur")):
                     yield f"{local}@{domain}"
 
-    def deliver(self, address: str, source, folder: str = "INBOX", flags: Iterable[str] = ()) -> int:
-        """Store a message durably in a user's folder; return its UID."""
-        return self.mailbox(address).folder(folder).append(source, flags=flags)
+    def deliver(self, address: str, source, folder: str = "INBOX", flags: Iterable[str] = ()) -> None:
+        """Store a message durably in a user's folder (its UID is given when the folder is next read)."""
+        self.mailbox(address).folder(folder).append(source, flags=flags, assign_uid=False)
+
+    def deliver_batch(self, items: list[tuple[str, object]]) -> list[Exception | None]:
+        """Deliver many messages into users' INBOXes with one flush for the lot (group commit).
+
+        Every file is written to tmp/ first, then each is fsynced (the first fsync's journal
+        commit usually carries the others' data too, so the rest return at once), then each
+        is linked into new/ and every new/ directory fsynced once.  Each item gets the same
+        guarantee as :meth:`deliver`; returns, per item, None or the exception that stopped it.
+        """
+        results: list[Exception | None] = [None] * len(items)
+        staged = []
+        for i, (address, source) in enumerate(items):
+            tmp_path = None
+            try:
+                folder = self.mailbox(address).folder("INBOX")
+                base = folder._new_base()
+                tmp_path = os.path.join(folder.path, "tmp", base)
+                size = folder._write_tmp(source, tmp_path, fsync=False)
+                staged.append((i, folder, tmp_path, f"{base},S={size}"))
+            except Exception as e:
+                results[i] = e
+                if tmp_path:
+                    _unlink_quietly(tmp_path)
+        if self.fsync:
+            for i, folder, tmp_path, base in staged:
+                try:
+                    fd = os.open(tmp_path, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                except OSError as e:
+                    results[i] = e
+        dirs: dict[str, list[int]] = {}
+        for i, folder, tmp_path, base in staged:
+            try:
+                if results[i] is None:
+                    os.link(tmp_path, os.path.join(folder.path, "new", base))
+                    dirs.setdefault(folder.path, []).append(i)
+            except OSError as e:
+                results[i] = e
+            finally:
+                _unlink_quietly(tmp_path)
+        for path, indexes in dirs.items():
+            try:
+                if self.fsync:
+                    self.dir_syncer.sync(os.path.join(path, "new"))
+            except OSError as e:
+                for i in indexes:
+                    results[i] = e
+            self.on_change(path)
+        return results
 
     def _folder(self, mailbox: "Mailbox", name: str, path: str) -> "MaildirFolder":
         with self._folders_lock:
@@ -552,9 +646,9 @@ class MaildirFolder:
         now = time.time()
         sec = int(now)
         usec = int((now - sec) * 1_000_000)
-        return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(4)}.{self.store.hostname}"
+        return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{_PROCESS_TOKEN}.{self.store.hostname}"
 
-    def _write_tmp(self, source, tmp_path: str) -> int:
+    def _write_tmp(self, source, tmp_path: str, fsync: bool = True) -> int:
         size = 0
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -563,18 +657,21 @@ class MaildirFolder:
                     f.write(chunk)
                     size += len(chunk)
                 f.flush()
-                if self.store.fsync:
+                if fsync and self.store.fsync:
                     os.fsync(fd)
         finally:
             os.close(fd)
         return size
 
-    def append(self, source, flags: Iterable[str] = (), internaldate: int | None = None) -> int:
+    def append(self, source, flags: Iterable[str] = (), internaldate: int | None = None,
+               assign_uid: bool = True) -> int | None:
         """Store a message durably (RFC 3501 APPEND, or local delivery); return its UID.
 
         The file is written under tmp/, fsynced, given its internal date as mtime, linked into
-        new/ (or cur/ when it carries flags) and the directory fsynced, all before the UID is
-        recorded and returned: a caller that says "OK" or "250" afterwards never lies.
+        new/ (or cur/ when it carries flags) and the directory fsynced before this returns:
+        a caller that says "OK" or "250" afterwards never lies.  With ``assign_uid=False``
+        (SMTP delivery, which needs no UID) the UID is given by the next snapshot instead,
+        which keeps the folder lock and the UID log out of the delivery path; returns None.
         """
         flags = [f for f in flags if f != "\\Recent"]
         base = self._new_base()
@@ -584,13 +681,18 @@ class MaildirFolder:
             when = int(time.time()) if internaldate is None else int(internaldate)
             os.utime(tmp_path, (when, when))
             base += f",S={size}"
-            with self.locked():
-                letters = self._letters(flags) if flags else ""
-                rel = f"cur/{base}:2,{letters}" if flags else f"new/{base}"
-                os.link(tmp_path, os.path.join(self.path, rel))
-                if self.store.fsync:
-                    fsync_dir(os.path.join(self.path, rel.split("/")[0]))
-                uid = self._record_new(base, when)
+            if flags:
+                with self.locked():
+                    rel = f"cur/{base}:2,{self._letters(flags)}"
+            else:
+                rel = f"new/{base}"
+            os.link(tmp_path, os.path.join(self.path, rel))
+            if self.store.fsync:
+                self.store.dir_syncer.sync(os.path.join(self.path, rel.split("/")[0]))
+            uid = None
+            if assign_uid:
+                with self.locked():
+                    uid = self._record_new(base, when)
         finally:
             try:
                 os.unlink(tmp_path)
@@ -801,6 +903,13 @@ class MaildirFolder:
         pairs = self.copy(uids, dest)
         self.expunge([old for old, _ in pairs])
         return pairs
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _chunks(source) -> Iterator[bytes]:

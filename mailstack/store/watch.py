@@ -43,6 +43,7 @@ class FolderWatcher:
         self._subs: dict[str, list[Subscription]] = {}
         self._pending: dict[str, object] = {}
         self._stamps: dict[str, tuple] = {}
+        self._file_watches: dict[str, dict[str, list]] = {}
         self._notifier = None
         if use_inotify and inotify is not None:
             try:
@@ -130,6 +131,34 @@ class FolderWatcher:
             if stamp != self._stamps[path]:
                 self._stamps[path] = stamp
                 self.changed(path)
+
+    def watch_file(self, watched) -> None:
+        """Call ``watched.changed()`` whenever the file at ``watched.path`` is replaced or written.
+
+        The directory is watched, not the file, because editors and the CLI replace files by
+        rename.  Without inotify nothing is set up and ``watched`` keeps checking by ``stat``.
+        """
+        if self._notifier is None:
+            return
+        directory = os.path.dirname(os.path.abspath(watched.path))
+        names = self._file_watches.get(directory)
+        if names is None:
+            names = self._file_watches[directory] = {}
+            mask = inotify.IN_CLOSE_WRITE | inotify.IN_MOVED_TO | inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_ATTRIB
+
+            def event(_w, path, _mask):
+                for target in names.get(os.fsdecode(path.basename()), ()):
+                    target.changed()
+
+            try:
+                self._notifier.watch(filepath.FilePath(directory), mask=mask, callbacks=[event])
+            except Exception as e:
+                del self._file_watches[directory]
+                log.warn("cannot watch {path} ({error}); checking it on each use", path=watched.path, error=e)
+                return
+        names.setdefault(os.path.basename(watched.path), []).append(watched)
+        watched.watched = True
+        watched.changed()
 
     def stop(self) -> None:
         if self._poller.running:
