@@ -1,0 +1,141 @@
+"""Accounts: password schemes, the two files, alias resolution, twisted.cred."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+
+import bcrypt
+import pytest
+from twisted.cred import credentials, error
+
+from mailstack.accounts import Accounts, AccountsChecker, IMailUser, hash_password, make_portal, verify_password
+from mailstack.errors import ConfigError
+
+
+def ssha(algorithm: str, password: bytes, salt: bytes) -> str:
+    return base64.b64encode(hashlib.new(algorithm, password + salt).digest() + salt).decode()
+
+
+@pytest.mark.parametrize("stored", [
+    hash_password("pässword"),
+    "{BLF-CRYPT}" + bcrypt.hashpw("pässword".encode(), bcrypt.gensalt(rounds=4)).decode().replace("$2b$", "$2y$"),
+    "{SSHA512}" + ssha("sha512", "pässword".encode(), b"saltsalt"),
+    "{SSHA256}" + ssha("sha256", "pässword".encode(), b"salty"),
+    "{SSHA}" + ssha("sha1", "pässword".encode(), b"s4lt"),
+    "{SHA512}" + base64.b64encode(hashlib.sha512("pässword".encode()).digest()).decode(),
+    "{SHA256}" + base64.b64encode(hashlib.sha256("pässword".encode()).digest()).decode(),
+])
+def test_password_schemes(stored):
+    assert verify_password(stored, "pässword")
+    assert not verify_password(stored, "password")
+    assert not verify_password(stored, "")
+
+
+def test_new_hashes_are_argon2id_and_salted():
+    a, b = hash_password("x"), hash_password("x")
+    assert a.startswith("{ARGON2ID}$argon2id$") and a != b
+
+
+def test_unknown_or_malformed_hashes_never_verify():
+    assert not verify_password("{PLAIN}secret", "secret")
+    assert not verify_password("secret", "secret")
+    assert not verify_password("{SSHA512}!!!notbase64", "secret")
+
+
+def make_accounts(tmp_path, users: str, aliases: str = "", domains=("example.test",)) -> Accounts:
+    (tmp_path / "users").write_text(users)
+    (tmp_path / "aliases").write_text(aliases)
+    return Accounts(str(tmp_path / "users"), str(tmp_path / "aliases"), list(domains), "+")
+
+
+H = hash_password("pw")
+
+
+def test_users_file_errors_name_file_and_line(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        make_accounts(tmp_path, f"# comment\nalice@example.test:{H}\nbob@example.test:{{PLAIN}}pw\n")
+    assert str(e.value).startswith(f"{tmp_path / 'users'}: line 3: bob@example.test: password scheme {{PLAIN}} is not supported")
+    with pytest.raises(ConfigError) as e:
+        make_accounts(tmp_path, f"alice@example.test:{H}\nALICE@example.test:{H}\n")
+    assert "line 2: alice@example.test is listed twice" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        make_accounts(tmp_path, "not an entry\n")
+    assert "line 1: expected user@domain:{SCHEME}hash" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        make_accounts(tmp_path, f"alice@example.test:{H}\n", "sales@example.test:\n")
+    assert f"{tmp_path / 'aliases'}: line 1: sales@example.test has no target" in str(e.value)
+
+
+def test_dovecot_extra_fields_are_ignored(tmp_path):
+    acc = make_accounts(tmp_path, f"alice@example.test:{H}:1000:1000::/home/alice::userdb_quota_rule=*:storage=1G\n")
+    assert acc.authenticate("alice@example.test", "pw") == "alice@example.test"
+
+
+def test_authenticate(tmp_path):
+    acc = make_accounts(tmp_path, f"alice@example.test:{H}\n")
+    assert acc.authenticate("Alice@Example.TEST", "pw") == "alice@example.test"
+    assert acc.authenticate("alice", "pw") == "alice@example.test"  # one domain: bare name allowed
+    assert acc.authenticate("alice@example.test", "PW") is None
+    assert acc.authenticate("nobody@example.test", "pw") is None
+
+
+def test_resolution(tmp_path):
+    acc = make_accounts(
+        tmp_path,
+        f"alice@example.test:{H}\nbob@example.test:{H}\ncarol@other.test:{H}\n",
+        "sales@example.test: alice@example.test, bob@example.test, partner@remote.test\n"
+        "loop1@example.test: loop2@example.test\nloop2@example.test: loop1@example.test, alice@example.test\n"
+        "bob+vip@example.test: carol@other.test\n"
+        "@other.test: carol@other.test\n",
+        domains=("example.test", "other.test"),
+    )
+    r = acc.resolve("Sales@Example.test")
+    assert r.local == ["alice@example.test", "bob@example.test"] and r.remote == ["partner@remote.test"]
+    assert acc.resolve("bob+lists@example.test").local == ["bob@example.test"]
+    assert acc.resolve("bob+vip@example.test").local == ["carol@other.test"]  # full address alias wins
+    assert acc.resolve("loop1@example.test").local == ["alice@example.test"]  # loops end
+    assert acc.resolve("nobody@example.test") is None
+    assert acc.resolve("whoever@other.test").local == ["carol@other.test"]  # catch-all
+    assert acc.resolve("someone@remote.test") is None  # not a local domain
+    assert acc.owns("alice@example.test", "alice+x@example.test")
+    assert acc.owns("alice@example.test", "sales@example.test")
+    assert not acc.owns("alice@example.test", "bob@example.test")
+    assert not acc.owns("carol@other.test", "anything@other.test")  # a catch-all is not ownership
+
+
+def test_file_edits_are_seen_without_restart(tmp_path):
+    acc = make_accounts(tmp_path, f"alice@example.test:{H}\n")
+    assert acc.authenticate("bob@example.test", "pw") is None
+    acc.users_file.set("bob@example.test", H, must_exist=False)
+    assert acc.authenticate("bob@example.test", "pw") == "bob@example.test"
+    (tmp_path / "users").write_text(f"alice@example.test:{H}\nbroken line\n")
+    os.utime(tmp_path / "users", ns=(1, 1))
+    assert acc.authenticate("alice@example.test", "pw") == "alice@example.test"  # last good state kept
+
+
+def test_cred_checker_and_realm(tmp_path):
+    from twisted.internet import reactor
+
+    pool = reactor.getThreadPool()  # the checker hashes in the reactor's pool, started with the reactor
+    pool.start()
+    try:
+        _login_twice(tmp_path, reactor)
+    finally:
+        pool.stop()
+
+
+def _login_twice(tmp_path, reactor):
+    acc = make_accounts(tmp_path, f"alice@example.test:{H}\n")
+    portal, realm = make_portal(acc)
+    results = []
+    portal.login(credentials.UsernamePassword(b"alice@example.test", b"pw"), None, IMailUser).addBoth(results.append)
+    portal.login(credentials.UsernamePassword(b"alice@example.test", b"no"), None, IMailUser).addBoth(results.append)
+    deadline = reactor.seconds() + 10
+    while len(results) < 2 and reactor.seconds() < deadline:
+        reactor.iterate(0.05)
+    ok, bad = results
+    assert ok[0] is IMailUser and ok[1].address == "alice@example.test"
+    assert bad.check(error.UnauthorizedLogin)
+    assert AccountsChecker.credentialInterfaces == (credentials.IUsernamePassword,)
