@@ -813,3 +813,16 @@ def test_torn_final_line_is_ignored_and_cut(store, five):
     assert last.startswith(f"+{uid} ")
     assert fresh(store).read_message(uid) == message(42)
     assert check_folder(fresh(store)).problems == []
+
+
+def test_uids_follow_arrival_order_within_one_second(tmp_path):
+    """Files named in one second with fewer microsecond digits arrived earlier."""
+    from mailstack.store import MaildirStore
+
+    store = MaildirStore(str(tmp_path))
+    folder = store.mailbox("bob@example.test").folder("INBOX")
+    names = ["1700000000.M98765P1Q1.host,S=1", "1700000000.M123456P1Q2.host,S=1", "1700000000.M5P2Q1.host,S=1"]
+    for name in names:
+        (tmp_path / "example.test" / "bob" / "new" / name).write_bytes(b"x")
+    order = [m.base for m in folder.snapshot().messages]
+    assert order == [names[2], names[0], names[1]]

@@ -533,7 +533,7 @@ class MaildirFolder:
                 state = ul.state
                 records: list[str] = []
                 fresh = [b for b in files if b not in state.by_base]
-                fresh.sort(key=lambda b: (self._internaldate_of(b, files[b]), b))
+                fresh.sort(key=lambda b: _arrival_key(b, self._internaldate_of(b, files[b])))
                 for base in fresh:
                     ul.add(base, self._internaldate_of(base, files[base]), records)
                 gone = [e.uid for e in state.entries.values() if e.base not in files]
@@ -903,6 +903,21 @@ class MaildirFolder:
         pairs = self.copy(uids, dest)
         self.expunge([old for old, _ in pairs])
         return pairs
+
+
+_ARRIVAL_RE = re.compile(r"^(\d+)\.M(\d+)P(\d+)Q(\d+)")
+
+
+def _arrival_key(base: str, internaldate: int) -> tuple:
+    """Sort key putting new files in arrival order (RFC 3501 2.3.1.1: UIDs ascend with it).
+
+    Names of the form ``<sec>.M<usec>P<pid>Q<n>`` compare by their numbers: as text,
+    ``M98765`` would sort after ``M123456``.  Other names sort by internal date.
+    """
+    m = _ARRIVAL_RE.match(base)
+    if m:
+        return (int(m.group(1)), int(m.group(2)), int(m.group(4)), base)
+    return (internaldate, 0, 0, base)
 
 
 def _unlink_quietly(path: str) -> None:
