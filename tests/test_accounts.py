@@ -129,13 +129,15 @@ def test_cred_checker_and_realm(tmp_path):
 def _login_twice(tmp_path, reactor):
     acc = make_accounts(tmp_path, f"alice@example.test:{H}\n")
     portal, realm = make_portal(acc)
-    results = []
-    portal.login(credentials.UsernamePassword(b"alice@example.test", b"pw"), None, IMailUser).addBoth(results.append)
-    portal.login(credentials.UsernamePassword(b"alice@example.test", b"no"), None, IMailUser).addBoth(results.append)
+    results = {}
+    portal.login(credentials.UsernamePassword(b"alice@example.test", b"pw"), None, IMailUser).addBoth(
+        lambda r: results.setdefault("ok", r))
+    portal.login(credentials.UsernamePassword(b"alice@example.test", b"no"), None, IMailUser).addBoth(
+        lambda r: results.setdefault("bad", r))
     deadline = reactor.seconds() + 10
     while len(results) < 2 and reactor.seconds() < deadline:
         reactor.iterate(0.05)
-    ok, bad = results
+    ok, bad = results["ok"], results["bad"]
     assert ok[0] is IMailUser and ok[1].address == "alice@example.test"
     assert bad.check(error.UnauthorizedLogin)
     assert AccountsChecker.credentialInterfaces == (credentials.IUsernamePassword,)
