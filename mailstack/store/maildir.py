@@ -54,7 +54,6 @@ SUBSCRIPTIONS_FILE = "subscriptions"
 #: Folders made with every account, with their RFC 6154 special-use attribute.
 SPECIAL_FOLDERS = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk", "Archive": "\\Archive"}
 
-_SIZE_RE = re.compile(r",S=(\d+)")
 _LOCALPART_RE = re.compile(r"^[^\x00-\x20\x7f/\\:@]+$")
 _DOMAIN_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?)*$")
 _counter = itertools.count(1)
@@ -105,8 +104,12 @@ def base_of(filename: str) -> str:
 
 
 def size_of(base: str) -> int | None:
-    m = _SIZE_RE.search(base)
-    return int(m.group(1)) if m else None
+    """The size from a ``,S=<size>`` field of the name (Maildir++), or None."""
+    i = base.find(",S=")
+    if i < 0:
+        return None
+    digits = base[i + 3 :].split(",", 1)[0]
+    return int(digits) if digits.isdigit() else None
 
 
 def _hostname() -> str:
@@ -453,6 +456,8 @@ class MaildirFolder:
         self._keywords: list[str] | None = None
         self._keywords_mtime: int | None = None
         self._lock_depth = 0
+        self._files_gen = 0
+        self._snapshot: tuple[tuple, FolderSnapshot] | None = None
 
     @contextlib.contextmanager
     def locked(self):
@@ -500,7 +505,13 @@ class MaildirFolder:
                         continue
                     files[base_of(entry.name)] = f"{sub}/{entry.name}"
         self._files, self._scan_mtimes = files, (st_new, st_cur)
+        self._files_gen += 1
         return files
+
+    def _invalidate_listing(self) -> None:
+        """The listing is stale (this process moved files): rescan next time."""
+        self._scan_mtimes = None
+        self._files_gen += 1
 
     def _ensure_uidlist(self) -> None:
         """Caller holds the lock.  Make the UID state if it is missing or unreadable."""
@@ -528,7 +539,7 @@ class MaildirFolder:
                 return files
             with self.locked():
                 self._ensure_uidlist()
-                self._scan_mtimes = None
+                self._invalidate_listing()
                 files = self._scan()
                 state = ul.state
                 records: list[str] = []
@@ -538,7 +549,7 @@ class MaildirFolder:
                     ul.add(base, self._internaldate_of(base, files[base]), records)
                 gone = [e.uid for e in state.entries.values() if e.base not in files]
                 if gone:
-                    self._scan_mtimes = None
+                    self._invalidate_listing()
                     again = self._scan()
                     for uid in gone:
                         if state.entries[uid].base not in again:
@@ -554,6 +565,11 @@ class MaildirFolder:
         with ul.mutex:
             state = ul.state
             keywords = self._load_keywords()
+            # Nothing changed since the last snapshot (same listing, same UID log, same
+            # keywords): hand out the same immutable snapshot again.
+            key = (self._files_gen, ul._inode, ul._offset, state.uidvalidity, self._keywords_mtime)
+            if self._snapshot is not None and self._snapshot[0] == key:
+                return self._snapshot[1]
             messages = []
             for uid in sorted(state.entries):
                 entry = state.entries[uid]
@@ -569,7 +585,9 @@ class MaildirFolder:
                 messages.append(
                     MessageInfo(uid, entry.base, rel, self._flags_of(rel, keywords), size, entry.internaldate, entry.modseq)
                 )
-            return FolderSnapshot(self.name, state.uidvalidity, state.uidnext, state.highestmodseq, tuple(messages))
+            snapshot = FolderSnapshot(self.name, state.uidvalidity, state.uidnext, state.highestmodseq, tuple(messages))
+            self._snapshot = (key, snapshot)
+            return snapshot
 
     # -- flags and keywords ----------------------------------------------------------------
 
@@ -731,7 +749,7 @@ class MaildirFolder:
                         return open(os.path.join(self.path, rel), "rb")
                     except FileNotFoundError:
                         pass
-                self._scan_mtimes = None
+                self._invalidate_listing()
                 self._scan()
         raise MessageGone(f"UID {uid} was expunged from {self.name}")
 
@@ -789,7 +807,7 @@ class MaildirFolder:
                 for d in dirs_touched:
                     fsync_dir(os.path.join(self.path, d))
             self.uidlist.append(records)
-            self._scan_mtimes = None
+            self._invalidate_listing()
         if changed or dirs_touched:
             self.store.on_change(self.path)
         return changed, refused
@@ -818,7 +836,7 @@ class MaildirFolder:
             if taken and self.store.fsync:
                 fsync_dir(os.path.join(self.path, "new"))
                 fsync_dir(os.path.join(self.path, "cur"))
-            self._scan_mtimes = None
+            self._invalidate_listing()
         return sorted(taken)
 
     def expunge(self, uids: Iterable[int]) -> list[int]:
@@ -844,7 +862,7 @@ class MaildirFolder:
                 fsync_dir(os.path.join(self.path, "cur"))
                 fsync_dir(os.path.join(self.path, "new"))
             self.uidlist.append(records)
-            self._scan_mtimes = None
+            self._invalidate_listing()
         if removed:
             self.store.on_change(self.path)
         return removed
