@@ -4,6 +4,7 @@
     mailstack [--config FILE] user add|passwd|del|list ...
     mailstack [--config FILE] alias add|del|list ...
     mailstack [--config FILE] store check [--repair] USER
+    mailstack [--config FILE] queue list|show ID|retry ID|delete ID|flush
 
 The configuration is ``--config``, else ``$MAILSTACK_CONFIG``, else ``var/mailstack.toml`` when
 present, else ``/etc/mailstack/mailstack.toml``.  Passwords are read from a prompt or from
@@ -136,6 +137,55 @@ def cmd_store(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_queue(args) -> int:
+    import datetime
+
+    from mailstack.smtp.queue import OutboundQueue
+
+    cfg = _config(args)
+    queue = OutboundQueue(cfg.queue_dir, cfg.store_fsync)
+
+    def when(t: float) -> str:
+        return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+    if args.action == "list":
+        entries = list(queue.all())
+        if not entries:
+            print("queue is empty")
+        for env, where in entries:
+            pending = [r.address for r in env.pending()]
+            print(f"{env.id}  {where:<7} {env.size:>9} bytes  from <{env.sender}>  attempts {env.attempts}  "
+                  f"next {when(env.next_attempt)}  to {', '.join(pending)}")
+        return 0
+    if args.action == "flush":
+        n = sum(queue.reschedule(env.id) for env, where in list(queue.all()) if where == "waiting")
+        print(f"{n} messages due now")
+        return 0
+    found = queue.load(args.id)
+    if found is None:
+        raise SystemExit(f"mailstack: no queued message {args.id}")
+    env, where = found
+    if args.action == "show":
+        print(f"id {env.id} ({where}), from <{env.sender}>, {env.size} bytes, queued {when(env.created)}, "
+              f"attempts {env.attempts}, next {when(env.next_attempt)}")
+        for r in env.recipients:
+            detail = f"  last: {r.code} {r.diagnostic}" + (f" ({r.remote_mta})" if r.remote_mta else "") if r.code else ""
+            print(f"  {r.address}: {r.status}{detail}")
+        with queue.open_message(env.id) as f:
+            head = f.read(64 * 1024).split(b"\r\n\r\n", 1)[0]
+        print(head.decode("utf-8", "replace"))
+        return 0
+    if where != "waiting":
+        raise SystemExit(f"mailstack: {env.id} is being delivered right now; try again in a moment")
+    if args.action == "retry":
+        queue.reschedule(env.id)
+        print(f"{env.id} due now")
+    elif args.action == "delete":
+        queue.delete(env.id)
+        print(f"deleted {env.id} (no bounce is sent)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailstack", description="Administer a mailstack mail server.")
     parser.add_argument("--config", help="configuration file (default: $MAILSTACK_CONFIG, var/mailstack.toml, /etc/mailstack/mailstack.toml)")
@@ -165,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("source")
     asub.add_parser("list", help="list aliases")
     p.set_defaults(func=cmd_alias)
+
+    p = sub.add_parser("queue", help="the outbound queue of a running (or stopped) server")
+    qsub = p.add_subparsers(dest="action", required=True)
+    qsub.add_parser("list", help="list queued messages")
+    qsub.add_parser("flush", help="make every waiting message due now")
+    for action, text in (("show", "show a message's envelope, state and headers"), ("retry", "make one message due now"),
+                         ("delete", "remove a message without a bounce")):
+        q = qsub.add_parser(action, help=text)
+        q.add_argument("id")
+    p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("store", help="check the store")
     ssub = p.add_subparsers(dest="action", required=True)

@@ -65,6 +65,29 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "trusted_networks": ("list[str]", []),
         "timeout": (int, 300),
     },
+    "relay": {
+        "queue": ("path", ""),  # default: "queue" beside the store root
+        "nameservers": ("list[str]", []),
+        "dns_port": (int, 53),
+        "dns_timeout": (float, 10.0),
+        "port": (int, 25),
+        "retry_schedule": ("list[int]", [300, 900, 1800, 3600, 7200, 14400]),
+        "max_age": (int, 5 * 86400),
+        "delay_warning": (int, 4 * 3600),
+        "connect_timeout": (float, 30.0),
+        "reply_timeout": (float, 300.0),
+        "max_connections": (int, 20),
+        "max_connections_per_domain": (int, 3),
+        "tls": (str, "opportunistic"),
+        "plaintext_fallback": (bool, True),
+        "scan_interval": (float, 10.0),
+        "smarthost": (str, ""),
+        "smarthost_tls": (str, "starttls"),
+        "smarthost_username": (str, ""),
+        "smarthost_password_file": ("path", ""),
+        "smarthost_ca_file": ("path", ""),
+        "smarthost_verify": (bool, True),
+    },
     "limits": {
         "connections": (int, 1000),
         "connections_per_address": (int, 20),
@@ -106,6 +129,9 @@ class Config:
     max_commands: int
     trusted_networks: list[str]
     smtp_timeout: int
+    relay: dict = field(default_factory=dict)  # [relay], checked; see mailstack.smtp.relay.RelaySettings
+    queue_dir: str = ""
+    smarthost_password: str = field(default="", repr=False)
     raw: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -118,7 +144,7 @@ class Config:
 
 def _type_name(t: Any) -> str:
     return {str: "a string", bool: "true or false", int: "an integer", float: "a number", "path": "a path (string)",
-            "list[str]": "a list of strings", "endpoint": "an endpoint string"}[t]
+            "list[str]": "a list of strings", "list[int]": "a list of integers", "endpoint": "an endpoint string"}[t]
 
 
 def _check_type(path: str, key: str, value: Any, t: Any) -> Any:
@@ -130,6 +156,7 @@ def _check_type(path: str, key: str, value: Any, t: Any) -> Any:
         int: isinstance(value, int) and not isinstance(value, bool),
         float: isinstance(value, (int, float)) and not isinstance(value, bool),
         "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "list[int]": isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
     }[t]
     if not ok:
         raise ConfigError(path, key, f"must be {_type_name(t)}, not {type(value).__name__} {value!r}")
@@ -252,6 +279,37 @@ def from_dict(raw: dict, path: str) -> Config:
             raise ConfigError(path, "[smtp] trusted_networks", f"not a network: {net!r} (use CIDR such as 192.0.2.0/24)") from None
     if values["smtp"]["timeout"] < 1:
         raise ConfigError(path, "[smtp] timeout", "must be at least 1 (seconds)")
+    relay = values["relay"]
+    queue_dir = relay.pop("queue") or os.path.join(os.path.dirname(root), "queue")
+    if relay["tls"] not in ("opportunistic", "required", "none"):
+        raise ConfigError(path, "[relay] tls", "must be opportunistic, required or none")
+    if relay["smarthost_tls"] not in ("starttls", "implicit"):
+        raise ConfigError(path, "[relay] smarthost_tls", "must be starttls or implicit")
+    if relay["smarthost"]:
+        host, sep, port = relay["smarthost"].rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(path, "[relay] smarthost", f"must be host:port, not {relay['smarthost']!r}")
+    if not relay["retry_schedule"] or any(v < 1 for v in relay["retry_schedule"]):
+        raise ConfigError(path, "[relay] retry_schedule", "must list at least one delay, each at least 1 second")
+    for k in ("dns_port", "port", "max_age", "max_connections", "max_connections_per_domain"):
+        if relay[k] < 1:
+            raise ConfigError(path, f"[relay] {k}", "must be at least 1")
+    for k in ("dns_timeout", "connect_timeout", "reply_timeout", "scan_interval"):
+        if relay[k] <= 0:
+            raise ConfigError(path, f"[relay] {k}", "must be above 0")
+    for ns in relay["nameservers"]:
+        try:
+            ipaddress.ip_address(ns)
+        except ValueError:
+            raise ConfigError(path, "[relay] nameservers", f"not an IP address: {ns!r}") from None
+    smarthost_password = ""
+    password_file = relay.pop("smarthost_password_file")
+    if password_file:
+        _readable(path, "[relay] smarthost_password_file", password_file)
+        with open(password_file, encoding="utf-8") as f:
+            smarthost_password = f.readline().rstrip("\r\n")
+    if relay["smarthost_ca_file"]:
+        _readable(path, "[relay] smarthost_ca_file", relay["smarthost_ca_file"])
     for k in ("connections", "connections_per_address", "message_size", "recipients", "commands_per_session"):
         if values["limits"][k] < 1:
             raise ConfigError(path, f"[limits] {k}", "must be at least 1")
@@ -278,6 +336,9 @@ def from_dict(raw: dict, path: str) -> Config:
         max_commands=values["limits"]["commands_per_session"],
         trusted_networks=values["smtp"]["trusted_networks"],
         smtp_timeout=values["smtp"]["timeout"],
+        relay=relay,
+        queue_dir=queue_dir,
+        smarthost_password=smarthost_password,
         raw=raw,
     )
 

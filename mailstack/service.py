@@ -52,6 +52,7 @@ class ServerContext:
     realm: accounts_mod.MailRealm
     tls: ReloadableTLS | None
     delivery_batcher: object = None  # set by the first SMTP listener that needs it
+    relay: object = None  # the outbound RelayService
 
 
 class MailstackService(service.MultiService):
@@ -67,6 +68,8 @@ class MailstackService(service.MultiService):
         portal, realm = accounts_mod.make_portal(accounts)
         tls = ReloadableTLS(cfg.tls_certificate, cfg.tls_key, cfg.path) if cfg.has_tls else None
         self.context = ServerContext(cfg, store, None, accounts, portal, realm, tls)
+        self.context.relay = _make_relay(cfg, store, accounts, reactor)
+        self.context.relay.setServiceParent(self)
         self.factories = []
         for lst in cfg.listeners:
             module_name = PROTOCOLS.get(lst.protocol)
@@ -147,6 +150,34 @@ class MailstackService(service.MultiService):
             except ConfigError as e:
                 log.error("reload: {error}", error=str(e))
         log.info("reloaded users, aliases and certificate")
+
+
+def _make_relay(cfg: config_mod.Config, store: MaildirStore, accounts, reactor):
+    from mailstack.smtp.queue import OutboundQueue
+    from mailstack.smtp.relay import RelaySettings, RelayService
+    from mailstack.smtp.routing import MXRouter
+
+    r = cfg.relay
+    settings = RelaySettings(
+        hostname=cfg.hostname, port=r["port"], retry_schedule=r["retry_schedule"], max_age=r["max_age"],
+        delay_warning=r["delay_warning"], connect_timeout=r["connect_timeout"], reply_timeout=r["reply_timeout"],
+        max_connections=r["max_connections"], max_connections_per_domain=r["max_connections_per_domain"],
+        tls=r["tls"], plaintext_fallback=r["plaintext_fallback"], scan_interval=r["scan_interval"],
+        smarthost=r["smarthost"], smarthost_tls=r["smarthost_tls"], smarthost_username=r["smarthost_username"],
+        smarthost_password=cfg.smarthost_password, smarthost_ca_file=r["smarthost_ca_file"],
+        smarthost_verify=r["smarthost_verify"])
+    router = MXRouter(r["nameservers"], r["dns_port"], r["dns_timeout"])
+
+    def deliver_local(address: str, data: bytes) -> bool:
+        """A bounce for a sender of ours goes straight to their mailbox (blocking)."""
+        resolution = accounts.resolve(address)
+        if resolution is None or not resolution.local:
+            return False
+        for account in resolution.local:
+            store.deliver(account, f"Return-Path: <>\r\nDelivered-To: {account}\r\n".encode() + data)
+        return True
+
+    return RelayService(OutboundQueue(cfg.queue_dir, cfg.store_fsync), router, settings, deliver_local, reactor)
 
 
 def banner(cfg: config_mod.Config, bound: dict[str, dict]) -> str:

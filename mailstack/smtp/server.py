@@ -29,6 +29,7 @@ import secrets
 import time
 
 from twisted.cred import credentials, error as cred_error
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols import basic
@@ -506,19 +507,24 @@ class SMTPSession(smtp.ESMTP):
             self.reply(552, "5.3.4", f"Message size exceeds fixed maximum message size ({self.settings.max_size})")
             return
         trace = self._trace_headers(recipients, spool)
-        accounts = []
+        accounts, remote = [], []
         for r in recipients:
-            for account in r.local:
-                if account not in accounts:
-                    accounts.append(account)
+            accounts += [a for a in r.local if a not in accounts]
+            remote += [a for a in r.remote if a not in remote]
         self._messages += 1
         message_id = f"{self.session_id}.{self._messages}"
         self.pause()
-        d = self.settings.deliver_local(accounts, sender, trace, spool)
+        # Queue for the outside first, then the local copies: both read the one spool, in turn.
+        if remote:
+            d = self.settings.relay.enqueue(sender, remote, _prepend(trace, spool))
+        else:
+            d = defer.succeed(None)
+        d.addCallback(lambda qid: self.settings.deliver_local(accounts, sender, trace, spool).addCallback(lambda _: qid))
 
-        def delivered(_):
-            log.info("delivered {id} from <{sender}> to {accounts} ({size} bytes) via {listener}",
-                     id=message_id, sender=sender, accounts=accounts, size=spool.size, listener=self.listener.key)
+        def delivered(qid):
+            log.info("delivered {id} from <{sender}> to {accounts} ({size} bytes) via {listener}{queued}",
+                     id=message_id, sender=sender, accounts=accounts, size=spool.size, listener=self.listener.key,
+                     queued=f", queued {qid} for {remote}" if qid else "")
             self.reply(250, "2.0.0", f"OK id={message_id}")
 
         def failed(failure):
@@ -566,7 +572,9 @@ class SMTPSettings:
         self.max_commands = cfg.max_commands
         self.timeout = cfg.smtp_timeout
         self.plaintext_on_loopback = cfg.plaintext_on_loopback
-        self.policy = SmtpPolicy(context.accounts, cfg.domains, cfg.max_recipients, cfg.trusted_networks)
+        self.relay = context.relay
+        self.policy = SmtpPolicy(context.accounts, cfg.domains, cfg.max_recipients, cfg.trusted_networks,
+                                 relay_available=context.relay is not None)
         if context.delivery_batcher is None:  # one for all SMTP listeners, so they batch together
             context.delivery_batcher = DeliveryBatcher(context.store)
         self.batcher = context.delivery_batcher

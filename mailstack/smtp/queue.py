@@ -1,0 +1,245 @@
+"""The outbound queue: messages waiting to leave the server, on disk, crash-safe.
+
+Layout under the queue directory::
+
+    msg/<id>                      the message bytes, written once (fsynced before the 250)
+    env/<id>.json                 its envelope while it waits: sender, recipients with their
+                                  state, attempts, next attempt time, last errors
+    active/<id>.<host>.<pid>.json the envelope while one process is delivering it
+
+Claiming a message is ``rename(env/<id>.json, active/...)``: the file system lets exactly one
+process win, so two mailstack processes sharing the directory never send a message twice.
+Every envelope change is written to a temporary file, fsynced and renamed over, so a crash
+leaves either the old or the new state.  After a crash, envelopes in ``active/`` whose
+process is gone are put back.  A recipient is marked delivered the moment the remote server
+has answered 250 to the data, so a duplicate can only come from a crash in that instant.
+
+Plain blocking file I/O; the relay calls it from worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Iterator
+
+from mailstack.store.uidlist import fsync_dir
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+@dataclass
+class RecipientState:
+    address: str
+    status: str = PENDING
+    code: int = 0  # last reply code (0: none yet)
+    diagnostic: str = ""  # last reply text or local error
+    remote_mta: str = ""  # the host that gave that reply
+
+
+@dataclass
+class Envelope:
+    id: str
+    sender: str  # "" for the null reverse-path (bounces)
+    recipients: list[RecipientState]
+    created: float
+    next_attempt: float
+    attempts: int = 0
+    warned: bool = False  # delay warning sent
+    size: int = 0
+
+    def pending(self) -> list[RecipientState]:
+        return [r for r in self.recipients if r.status == PENDING]
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Envelope":
+        raw = json.loads(data)
+        raw["recipients"] = [RecipientState(**r) for r in raw["recipients"]]
+        return cls(**raw)
+
+
+def _write_atomic(path: str, data: bytes, fsync: bool) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.rename(tmp, path)
+    if fsync:
+        fsync_dir(os.path.dirname(path))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OutboundQueue:
+    def __init__(self, directory: str, fsync: bool = True):
+        self.dir = os.path.abspath(directory)
+        self.fsync = fsync
+        self.host = socket.gethostname().replace(".", "_").replace("/", "_") or "localhost"
+        for sub in ("msg", "env", "active"):
+            os.makedirs(os.path.join(self.dir, sub), mode=0o700, exist_ok=True)
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def msg_path(self, qid: str) -> str:
+        return os.path.join(self.dir, "msg", qid)
+
+    def env_path(self, qid: str) -> str:
+        return os.path.join(self.dir, "env", qid + ".json")
+
+    def active_path(self, qid: str) -> str:
+        return os.path.join(self.dir, "active", f"{qid}.{self.host}.{os.getpid()}.json")
+
+    @staticmethod
+    def valid_id(qid: str) -> bool:
+        return bool(qid) and all(c.isalnum() or c == "-" for c in qid) and len(qid) < 64
+
+    # -- adding --------------------------------------------------------------------------------
+
+    def enqueue(self, sender: str, recipients: Iterable[str], source) -> str:
+        """Store a message for delivery; durable when this returns.  Returns its queue id."""
+        qid = f"{int(time.time()):x}-{secrets.token_hex(6)}"
+        path = self.msg_path(qid)
+        tmp = path + ".tmp"
+        size = 0
+        with open(tmp, "wb") as f:
+            chunks = [source] if isinstance(source, (bytes, bytearray)) else source
+            for chunk in chunks:
+                f.write(chunk)
+                size += len(chunk)
+            if self.fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.rename(tmp, path)
+        if self.fsync:
+            fsync_dir(os.path.dirname(path))
+        now = time.time()
+        env = Envelope(qid, sender, [RecipientState(r) for r in recipients], created=now, next_attempt=now, size=size)
+        _write_atomic(self.env_path(qid), env.to_json(), self.fsync)
+        return qid
+
+    # -- claiming and releasing ----------------------------------------------------------------
+
+    def due(self, now: float | None = None) -> list[tuple[float, str]]:
+        """(next attempt, id) of every waiting envelope, soonest first."""
+        now = time.time() if now is None else now
+        out = []
+        for name in os.listdir(os.path.join(self.dir, "env")):
+            if not name.endswith(".json"):
+                continue
+            qid = name[:-5]
+            try:
+                with open(self.env_path(qid), "rb") as f:
+                    env = Envelope.from_json(f.read())
+            except (FileNotFoundError, ValueError, TypeError, KeyError):
+                continue
+            out.append((env.next_attempt, qid))
+        out.sort()
+        return out
+
+    def claim(self, qid: str) -> Envelope | None:
+        """Take a waiting message for delivery; None if another process was quicker."""
+        try:
+            os.rename(self.env_path(qid), self.active_path(qid))
+        except FileNotFoundError:
+            return None
+        with open(self.active_path(qid), "rb") as f:
+            return Envelope.from_json(f.read())
+
+    def update(self, env: Envelope) -> None:
+        """Record progress (a recipient delivered) on a claimed message."""
+        _write_atomic(self.active_path(env.id), env.to_json(), self.fsync)
+
+    def release(self, env: Envelope) -> None:
+        """Put a claimed message back to wait for its next attempt."""
+        _write_atomic(self.active_path(env.id), env.to_json(), self.fsync)
+        os.rename(self.active_path(env.id), self.env_path(env.id))
+        if self.fsync:
+            fsync_dir(os.path.join(self.dir, "env"))
+
+    def finish(self, env: Envelope) -> None:
+        """Every recipient is delivered or bounced: forget the message."""
+        for path in (self.active_path(env.id), self.env_path(env.id), self.msg_path(env.id)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def recover(self) -> list[str]:
+        """Put back envelopes claimed by processes of this host that no longer run."""
+        recovered = []
+        for name in os.listdir(os.path.join(self.dir, "active")):
+            parts = name.rsplit(".", 3)
+            if len(parts) != 4 or parts[3] != "json" or parts[1] != self.host or not parts[2].isdigit():
+                continue
+            if _pid_alive(int(parts[2])) and int(parts[2]) != os.getpid():
+                continue
+            try:
+                os.rename(os.path.join(self.dir, "active", name), self.env_path(parts[0]))
+                recovered.append(parts[0])
+            except FileNotFoundError:
+                pass
+        return recovered
+
+    def open_message(self, qid: str):
+        return open(self.msg_path(qid), "rb")
+
+    # -- administration ------------------------------------------------------------------------
+
+    def load(self, qid: str) -> tuple[Envelope, str] | None:
+        """(envelope, "waiting" | "active") of a message, or None."""
+        if not self.valid_id(qid):
+            return None
+        try:
+            with open(self.env_path(qid), "rb") as f:
+                return Envelope.from_json(f.read()), "waiting"
+        except FileNotFoundError:
+            pass
+        for name in os.listdir(os.path.join(self.dir, "active")):
+            if name.startswith(qid + "."):
+                try:
+                    with open(os.path.join(self.dir, "active", name), "rb") as f:
+                        return Envelope.from_json(f.read()), "active"
+                except FileNotFoundError:
+                    pass
+        return None
+
+    def all(self) -> Iterator[tuple[Envelope, str]]:
+        ids = [n[:-5] for n in os.listdir(os.path.join(self.dir, "env")) if n.endswith(".json")]
+        ids += [n.split(".", 1)[0] for n in os.listdir(os.path.join(self.dir, "active")) if n.endswith(".json")]
+        for qid in sorted(set(ids)):
+            found = self.load(qid)
+            if found:
+                yield found
+
+    def reschedule(self, qid: str, when: float = 0.0) -> bool:
+        """Make a waiting message due at ``when`` (flush, retry).  False if not waiting."""
+        claimed = self.claim(qid)
+        if claimed is None:
+            return False
+        claimed.next_attempt = when
+        self.release(claimed)
+        return True
+
+    def delete(self, qid: str) -> bool:
+        claimed = self.claim(qid)
+        if claimed is None:
+            return False
+        self.finish(claimed)
+        return True

@@ -1,0 +1,283 @@
+"""Outbound delivery: takes messages from the queue to the recipients' MX hosts (or a smarthost).
+
+A scheduler claims due messages from :class:`~mailstack.smtp.queue.OutboundQueue`, groups
+their recipients by domain, looks up each domain's route in a worker thread
+(:mod:`routing`), and delivers each domain's recipients over one connection per host
+(:mod:`client`), within a cap on connections overall and per domain.  The outcome per
+recipient: 2xx delivered (recorded at once), 4xx or a network failure retried on the backoff
+schedule, 5xx (or expiry) bounced to the sender as an RFC 3464 report (:mod:`dsn`).
+Bounces for local senders go straight into the store; others go back into the queue from
+the null sender.  Nothing here blocks the reactor: disk and DNS work runs in threads.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from twisted.application import service
+from twisted.internet import defer, ssl, task, threads
+from twisted.logger import Logger
+
+from mailstack.errors import MailError
+from mailstack.smtp import client, dsn
+from mailstack.smtp.queue import DELIVERED, FAILED, PENDING, Envelope, OutboundQueue
+from mailstack.smtp.routing import Hop, MXRouter
+
+log = Logger()
+
+
+@dataclass
+class RelaySettings:
+    hostname: str
+    port: int = 25
+    retry_schedule: list[int] = field(default_factory=lambda: [300, 900, 1800, 3600, 7200, 14400])
+    max_age: int = 5 * 86400
+    delay_warning: int = 4 * 3600
+    connect_timeout: float = 30
+    reply_timeout: float = 300
+    max_connections: int = 20
+    max_connections_per_domain: int = 3
+    tls: str = "opportunistic"  # "opportunistic" | "required" | "none"
+    plaintext_fallback: bool = True  # after a failed STARTTLS handshake, try again without TLS
+    scan_interval: float = 10
+    smarthost: str = ""  # "host:port"
+    smarthost_tls: str = "starttls"  # "starttls" | "implicit"
+    smarthost_username: str = ""
+    smarthost_password: str = ""
+    smarthost_ca_file: str = ""
+    smarthost_verify: bool = True
+
+
+class RelayService(service.Service):
+    name = "relay"
+
+    def __init__(self, queue: OutboundQueue, router: MXRouter, settings: RelaySettings, deliver_local, reactor=None):
+        """``deliver_local(address, bytes)`` stores a bounce for a local sender (blocking), or
+        returns False when the address is not local."""
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.queue, self.router, self.settings = queue, router, settings
+        self.deliver_local = deliver_local
+        self.inflight: set[str] = set()
+        self.connections = defer.DeferredSemaphore(settings.max_connections)
+        self.per_domain: dict[str, defer.DeferredSemaphore] = {}
+        self._scan_call = None
+        self._scanning = False
+        self._loop = task.LoopingCall(self.kick)
+        self._loop.clock = reactor
+        # No certificate check on opportunistic STARTTLS to MX hosts (RFC 7435: better than
+        # plaintext; MX certificates rarely match); the smarthost is verified.
+        self._mx_tls = ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2) if settings.tls != "none" else None
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        recovered = self.queue.recover()
+        if recovered:
+            log.info("relay: recovered {n} messages claimed by a process that is gone", n=len(recovered))
+        self._loop.start(self.settings.scan_interval, now=True)
+
+    def stopService(self):
+        if self._loop.running:
+            self._loop.stop()
+        if self._scan_call is not None and self._scan_call.active():
+            self._scan_call.cancel()
+        return super().stopService()
+
+    def enqueue(self, sender: str, recipients: list[str], source) -> defer.Deferred:
+        """Queue a message durably (thread); fires with its queue id, then delivery starts."""
+        d = threads.deferToThread(self.queue.enqueue, sender, recipients, source)
+
+        def queued(qid):
+            log.info("relay: queued {id} from <{sender}> for {recipients}", id=qid, sender=sender, recipients=recipients)
+            self.kick()
+            return qid
+
+        return d.addCallback(queued)
+
+    def kick(self) -> None:
+        """Look for due messages soon."""
+        if self.running and (self._scan_call is None or not self._scan_call.active()):
+            self._scan_call = self.reactor.callLater(0, self._scan)
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _scan(self):
+        if self._scanning:
+            return
+        self._scanning = True
+        try:
+            due = yield threads.deferToThread(self.queue.due)
+            now = time.time()
+            for when, qid in due:
+                if when > now:
+                    self._scan_call = self.reactor.callLater(min(when - now, self.settings.scan_interval), self._scan)
+                    break
+                if qid in self.inflight:
+                    continue
+                env = yield threads.deferToThread(self.queue.claim, qid)
+                if env is None:
+                    continue  # another process took it
+                self.inflight.add(qid)
+                self._process(env).addErrback(lambda f, qid=qid: log.failure("relay: processing {id} failed", f, id=qid))
+        except Exception:
+            log.failure("relay: queue scan failed")
+        finally:
+            self._scanning = False
+
+    def _domain_lock(self, domain: str) -> defer.DeferredSemaphore:
+        if domain not in self.per_domain:
+            self.per_domain[domain] = defer.DeferredSemaphore(self.settings.max_connections_per_domain)
+        return self.per_domain[domain]
+
+    @defer.inlineCallbacks
+    def _process(self, env: Envelope):
+        try:
+            env.attempts += 1
+            failed_before = {r.address for r in env.recipients if r.status == FAILED}
+            by_domain: dict[str, list[str]] = {}
+            for r in env.pending():
+                by_domain.setdefault(r.address.rpartition("@")[2].lower(), []).append(r.address)
+            yield defer.DeferredList([self._deliver_domain(env, d, rcpts) for d, rcpts in by_domain.items()],
+                                     consumeErrors=True)
+            yield self._after_attempt(env, failed_before)
+        finally:
+            self.inflight.discard(env.id)
+
+    @defer.inlineCallbacks
+    def _deliver_domain(self, env: Envelope, domain: str, recipients: list[str]):
+        lock = self._domain_lock(domain)
+        yield lock.acquire()
+        try:
+            outcome = yield self._try_hops(env, domain, recipients)
+        except MailError as e:
+            outcome = {r: (e.code, f"{e.enhanced} {e.message}", "") for r in recipients}
+        finally:
+            lock.release()
+        for r in env.recipients:
+            if r.address in outcome:
+                code, text, host = outcome[r.address]
+                r.code, r.diagnostic, r.remote_mta = code, text, host
+                r.status = DELIVERED if 200 <= code < 300 else FAILED if code >= 500 else PENDING
+                log.info("relay: {id} to <{rcpt}> via {host}: {code} {text}", id=env.id, rcpt=r.address,
+                         host=host or "-", code=code, text=text)
+        yield threads.deferToThread(self.queue.update, env)  # delivered recipients are recorded now
+
+    @defer.inlineCallbacks
+    def _routes(self, domain: str):
+        s = self.settings
+        if s.smarthost:
+            host, _, port = s.smarthost.rpartition(":")
+            addresses = yield threads.deferToThread(self.router.addresses, host)
+            return [Hop(host, addresses)], int(port)
+        hops = yield threads.deferToThread(self.router.route, domain)
+        return hops, s.port
+
+    @defer.inlineCallbacks
+    def _try_hops(self, env: Envelope, domain: str, recipients: list[str]):
+        """{recipient: (code, text, host)}; raises MailError when no host could be asked."""
+        s = self.settings
+        hops, port = yield self._routes(domain)
+        last: MailError | None = None
+        for hop in hops:
+            for address in hop.addresses:
+                result = yield self._attempt(env, hop.host, address, port, recipients, use_tls=True)
+                if result.tls_failed and s.plaintext_fallback and s.tls == "opportunistic" and not s.smarthost:
+                    log.warn("relay: TLS handshake with {host} failed; trying again without TLS", host=hop.host)
+                    result = yield self._attempt(env, hop.host, address, port, recipients, use_tls=False)
+                if result.recipients:
+                    outcome = {r: (c, t, hop.host) for r, (c, t) in result.recipients.items()}
+                    for r in recipients:
+                        outcome.setdefault(r, (451, "4.4.2 no answer for this recipient", hop.host))
+                    return outcome
+                last = result.error
+                log.info("relay: {id}: {host} [{address}] failed: {error}", id=env.id, host=hop.host, address=address,
+                         error=str(last))
+                if last is not None and not last.temporary:
+                    break  # a 5xx greeting: this host refuses; the next MX may not
+        raise last or MailError(451, "4.4.4", f"no host for {domain} could be reached")
+
+    @defer.inlineCallbacks
+    def _attempt(self, env: Envelope, host: str, address: str, port: int, recipients: list[str], use_tls: bool):
+        s = self.settings
+        yield self.connections.acquire()
+        try:
+            starttls, implicit, require = None, None, False
+            username = password = None
+            if s.smarthost:
+                creator = ssl.optionsForClientTLS(
+                    host, trustRoot=ssl.Certificate.loadPEM(open(s.smarthost_ca_file, "rb").read())
+                    if s.smarthost_ca_file else ssl.platformTrust()) if s.smarthost_verify else self._mx_tls_creator()
+                if s.smarthost_tls == "implicit":
+                    implicit = creator
+                else:
+                    starttls, require = creator, True
+                username, password = s.smarthost_username or None, s.smarthost_password or None
+            elif use_tls and self._mx_tls is not None:
+                starttls, require = self._mx_tls, s.tls == "required"
+            result = yield client.attempt(
+                self.reactor, host, address, port, s.hostname, env.sender, recipients,
+                lambda: self.queue.open_message(env.id), starttls_context=starttls, implicit_tls_creator=implicit,
+                require_tls=require, username=username, password=password,
+                connect_timeout=s.connect_timeout, reply_timeout=s.reply_timeout)
+            return result
+        finally:
+            self.connections.release()
+
+    def _mx_tls_creator(self):
+        return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+
+    # -- after an attempt: bounces, warnings, the next try ----------------------------------------------
+
+    @defer.inlineCallbacks
+    def _after_attempt(self, env: Envelope, failed_before: set[str]):
+        s = self.settings
+        now = time.time()
+        pending = env.pending()
+        if pending and now - env.created > s.max_age:
+            for r in pending:
+                r.status = FAILED
+                r.diagnostic = f"4.4.7 gave up after {env.attempts} attempts over {int((now - env.created) / 3600)} h; last: {r.diagnostic}"
+            pending = []
+        newly_failed = [r for r in env.recipients if r.status == FAILED and r.address not in failed_before]
+        if newly_failed:
+            yield self._bounce(env, newly_failed, "failed")
+        elif pending and s.delay_warning and not env.warned and now - env.created > s.delay_warning:
+            env.warned = True
+            yield self._bounce(env, pending, "delayed")
+        if not pending:
+            yield threads.deferToThread(self.queue.finish, env)
+            log.info("relay: {id} done after {n} attempts", id=env.id, n=env.attempts)
+            return
+        delay = s.retry_schedule[min(env.attempts - 1, len(s.retry_schedule) - 1)]
+        env.next_attempt = now + delay
+        yield threads.deferToThread(self.queue.release, env)
+        log.info("relay: {id} deferred for {n} recipients, next attempt in {delay}s", id=env.id, n=len(pending), delay=delay)
+        self.kick()
+
+    @defer.inlineCallbacks
+    def _bounce(self, env: Envelope, recipients, action: str):
+        if not env.sender:
+            log.info("relay: {id}: not bouncing a message from the null sender", id=env.id)
+            return
+        reports = [dsn.RecipientReport(r.address, action, dsn.enhanced_of(r.code or 451, r.diagnostic),
+                                       f"{r.code} {r.diagnostic}" if r.code else r.diagnostic, r.remote_mta)
+                   for r in recipients]
+
+        def build_and_send():
+            with self.queue.open_message(env.id) as f:
+                head = f.read(64 * 1024)
+            report = dsn.build(self.settings.hostname, env.sender, reports, head, env.id, env.created)
+            if not self.deliver_local(env.sender, report):
+                return self.queue.enqueue("", [env.sender], report)
+            return None
+
+        qid = yield threads.deferToThread(build_and_send)
+        log.info("relay: {id}: {action} report to <{sender}>{via}", id=env.id, action=action, sender=env.sender,
+                 via=f" queued as {qid}" if qid else " delivered locally")
+        if qid:
+            self.kick()

@@ -1,0 +1,300 @@
+"""Outbound relay end to end, on loopback only: a twisted.names DNS server serves MX records,
+scriptable SMTP receivers (tests/tools/fake_mx.py) play the remote hosts."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PASSWORDS, MailServer, env_with_tree
+
+TOOLS = Path(__file__).parent / "tools"
+ALICE = "alice@example.test"
+SOA = "SOA('{z}', mname='ns.{z}', rname='root.{z}', serial=1, refresh=60, retry=60, expire=600, minimum=60)"
+
+
+def free_port(host: str = "127.0.0.1", also: tuple = ()) -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        ok = True
+        for other in also:
+            with socket.socket() as s:
+                try:
+                    s.bind((other, port))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+
+
+def udp_tcp_free_port() -> int:
+    while True:
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+
+
+class Proc:
+    def __init__(self, argv, env=None):
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        line = self.p.stdout.readline()
+        assert line.strip() == "ready", line + (self.p.stdout.read() if self.p.poll() is not None else "")
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            self.p.wait(10)
+
+
+@pytest.fixture
+def dns_server(tmp_path):
+    zones = {
+        "remote.test": ["MX('remote.test', 10, 'mx.remote.test')", "A('mx.remote.test', '127.0.0.2')"],
+        "nullmx.test": ["MX('nullmx.test', 0, b'')"],  # b'': the root name, a null MX,
+        "implicit.test": ["A('implicit.test', '127.0.0.3')"],
+        "localhost": ["A('localhost', '127.0.0.1')"],
+    }
+    files = []
+    for zone, records in zones.items():
+        path = tmp_path / f"{zone}.zone"
+        path.write_text("zone = [\n    " + ",\n    ".join([SOA.format(z=zone)] + records) + ",\n]\n")
+        files.append(str(path))
+    port = udp_tcp_free_port()
+    proc = Proc([sys.executable, str(TOOLS / "dnsserver.py"), str(port)] + files)
+    yield port
+    proc.stop()
+
+
+@pytest.fixture
+def relay_env(tmp_path, dns_server, server_factory):
+    """(mailstack server, MX port, start_fake(ip, *args) -> outdir)."""
+    mx_port = free_port("127.0.0.2", also=("127.0.0.3",))
+    fakes = []
+
+    def start_fake(ip="127.0.0.2", *args, name="fake"):
+        outdir = tmp_path / f"{name}{len(fakes)}"
+        fakes.append(Proc([sys.executable, str(TOOLS / "fake_mx.py"), ip, str(mx_port), str(outdir), *args]))
+        return outdir
+
+    def make(extra: str = "", listeners=("smtp", "submission"), retry: str = "[1]"):
+        relay = (f"[relay]\nnameservers = [\"127.0.0.1\"]\ndns_port = {dns_server}\nport = {mx_port}\n"
+                 f"retry_schedule = {retry}\nscan_interval = 0.5\nconnect_timeout = 3\n{extra}")
+        return server_factory(listeners=list(listeners), extra=relay)
+
+    yield make, start_fake, mx_port
+    for f in fakes:
+        f.stop()
+
+
+def submit(srv: MailServer, to: str, subject: str = "hello", body: str = "Hi there.\r\n.dot line\r\n") -> bytes:
+    msg = f"From: {ALICE}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@example.test>\r\n\r\n{body}".encode()
+    with smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=20) as s:
+        s.starttls(context=srv.ssl_context())
+        s.login(ALICE, PASSWORDS[ALICE])
+        s.sendmail(ALICE, [to], msg)
+    return msg
+
+
+def wait_files(directory: Path, pattern: str, count: int, timeout: float = 20) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(directory.glob(pattern)) if directory.exists() else []
+        if len(found) >= count:
+            return found
+        time.sleep(0.1)
+    return sorted(directory.glob(pattern)) if directory.exists() else []
+
+
+def queue_files(srv: MailServer) -> list[str]:
+    q = srv.base / "queue"
+    return [str(p.relative_to(q)) for p in q.rglob("*") if p.is_file()] if q.exists() else []
+
+
+def test_submitted_mail_reaches_the_remote_mx(relay_env):
+    make, start_fake, _ = relay_env
+    out = start_fake()
+    srv = make().start()
+    sent = submit(srv, "carol@remote.test")
+    [eml] = wait_files(out, "*.eml", 1)
+    data = eml.read_bytes()
+    assert data.endswith(sent)  # byte-exact, dot line unstuffed again by the receiver
+    assert b"by mail.example.test (mailstack)" in data.split(b"\r\n\r\n")[0]
+    env = json.loads(eml.with_suffix(".json").read_text())
+    assert env["sender"] == ALICE and env["recipients"] == ["carol@remote.test"]
+    assert wait_for(lambda: queue_files(srv) == [])
+    assert "relay: " in srv.log_text() and "done after 1 attempts" in srv.log_text()
+
+
+def wait_for(predicate, timeout=20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_temporary_failures_are_retried(relay_env):
+    make, start_fake, _ = relay_env
+    out = start_fake("127.0.0.2", "--tempfail", "2")
+    srv = make().start()
+    submit(srv, "carol@remote.test", subject="retry")
+    [eml] = wait_files(out, "*.eml", 1, timeout=30)
+    assert b"Subject: retry" in eml.read_bytes()
+    assert wait_for(lambda: "done after 3 attempts" in srv.log_text())
+    assert srv.messages(ALICE) == []  # no bounce
+
+
+def read_dsn(raw: bytes):
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    parts = msg.get_payload()
+    status = [p for p in parts if p.get_content_type() == "message/delivery-status"][0]
+    blocks = status.get_payload()  # [per-message, per-recipient...]
+    headers = [p for p in parts if p.get_content_type() == "text/rfc822-headers"][0]
+    return msg, blocks, headers
+
+
+def test_permanent_failure_bounces_to_the_sender(relay_env):
+    make, start_fake, _ = relay_env
+    start_fake("127.0.0.2", "--rcpt-code", "550")
+    srv = make().start()
+    submit(srv, "nobody@remote.test", subject="bounceme")
+    [raw] = srv.wait_for_messages(ALICE, 1, timeout=20)
+    msg, blocks, headers = read_dsn(raw)
+    assert msg["From"].startswith("Mail Delivery System") and b"Return-Path: <>" in raw
+    rcpt = blocks[1]
+    assert rcpt["Final-Recipient"] == "rfc822; nobody@remote.test"
+    assert rcpt["Action"] == "failed" and rcpt["Status"] == "5.1.1"
+    assert "550" in rcpt["Diagnostic-Code"] and rcpt["Remote-MTA"] == "dns; mx.remote.test"
+    assert "Subject: bounceme" in str(headers.get_payload())
+    assert wait_for(lambda: queue_files(srv) == [])
+
+
+@pytest.mark.parametrize("domain, status", [("nullmx.test", "5.1.10"), ("missing.remote.test", "5.1.2")])
+def test_null_mx_and_nxdomain_bounce_at_once(relay_env, domain, status):
+    make, _, _ = relay_env
+    srv = make().start()
+    submit(srv, f"someone@{domain}", subject="nowhere")
+    [raw] = srv.wait_for_messages(ALICE, 1, timeout=20)
+    _, blocks, _ = read_dsn(raw)
+    assert blocks[1]["Status"] == status and blocks[1]["Action"] == "failed"
+
+
+def test_implicit_mx_uses_the_address_record(relay_env):
+    make, start_fake, _ = relay_env
+    out = start_fake("127.0.0.3")
+    srv = make().start()
+    submit(srv, "dave@implicit.test", subject="implicit")
+    assert wait_files(out, "*.eml", 1)
+
+
+def test_no_bounce_to_the_null_sender(relay_env):
+    make, start_fake, _ = relay_env
+    start_fake("127.0.0.2", "--rcpt-code", "550")
+    srv = make(listeners=("smtp",), extra="").start()
+    # a bounce from elsewhere to a local alias forwarding outside: sender <>
+    (srv.base / "aliases").write_text("fwd@example.test: carol@remote.test\n")
+    time.sleep(0.3)
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp")) as s:
+        s.sendmail("<>", ["fwd@example.test"], b"Subject: a bounce\r\n\r\nx\r\n")
+    assert wait_for(lambda: "not bouncing a message from the null sender" in srv.log_text())
+    assert wait_for(lambda: queue_files(srv) == [])
+
+
+def test_queue_survives_sigkill_and_delivers_each_message_once(relay_env):
+    make, start_fake, _ = relay_env
+    srv = make(retry="[3600]").start()  # remote down: everything waits
+    with smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=30) as s:
+        s.starttls(context=srv.ssl_context())
+        s.login(ALICE, PASSWORDS[ALICE])
+        for i in range(200):
+            s.sendmail(ALICE, ["carol@remote.test"], f"Subject: n{i}\r\nX-Seq: {i}\r\n\r\nbody {i}\r\n".encode())
+    assert wait_for(lambda: len([f for f in queue_files(srv) if f.startswith("msg/")]) == 200)
+    srv.kill()
+    out = start_fake()
+    # the next attempt is an hour away: flush the queue with the CLI, as an administrator would
+    srv.start()
+    flush = subprocess.run([sys.executable, "-m", "mailstack.cli", "--config", str(srv.config_path), "queue", "flush"],
+                           capture_output=True, text=True, env=env_with_tree())
+    assert flush.returncode == 0, flush.stderr
+    files = wait_files(out, "*.eml", 200, timeout=60)
+    seqs = sorted(int(f.read_bytes().split(b"X-Seq: ")[1].split(b"\r\n")[0]) for f in files)
+    assert seqs == list(range(200))  # all 200, each exactly once
+    assert wait_for(lambda: queue_files(srv) == [], timeout=30)
+
+
+def test_queue_cli(relay_env):
+    make, _, _ = relay_env
+    srv = make(retry="[3600]").start()
+    submit(srv, "carol@remote.test", subject="waiting")
+    cli = lambda *a: subprocess.run([sys.executable, "-m", "mailstack.cli", "--config", str(srv.config_path), "queue", *a],  # noqa: E731
+                                    capture_output=True, text=True, env=env_with_tree())
+    assert wait_for(lambda: "carol@remote.test" in cli("list").stdout and "attempts 1" in cli("list").stdout)
+    qid = cli("list").stdout.split()[0]
+    shown = cli("show", qid)
+    assert shown.returncode == 0 and "from <alice@example.test>" in shown.stdout and "carol@remote.test" in shown.stdout
+    assert "Subject: waiting" in shown.stdout
+    assert cli("retry", qid).returncode == 0
+    assert cli("show", "nonexistent").returncode != 0
+    assert wait_for(lambda: cli("delete", qid).returncode == 0)
+    assert cli("list").stdout.strip() == "queue is empty"
+
+
+def test_smarthost_with_starttls_auth_and_verified_certificate(relay_env, tmp_path):
+    make, start_fake, mx_port = relay_env
+    (tmp_path / "certs").mkdir()
+    srv_tmp = MailServer(tmp_path / "certs", listeners=[])  # only for its CA and server certificate
+    tls = srv_tmp.base / "tls"
+    out = start_fake("127.0.0.1", "--tls", str(tls / "server.pem"), str(tls / "server-key.pem"), "--auth", "relay:s3cret",
+                     name="smarthost")
+    (tmp_path / "smarthost-password").write_text("s3cret\n")
+    srv = make(extra=(f'smarthost = "localhost:{mx_port}"\nsmarthost_username = "relay"\n'
+                      f'smarthost_password_file = "{tmp_path / "smarthost-password"}"\n'
+                      f'smarthost_ca_file = "{tls / "ca.pem"}"\n')).start()
+    submit(srv, "carol@anywhere.example", subject="via smarthost")
+    [eml] = wait_files(out, "*.eml", 1)
+    env = json.loads(eml.with_suffix(".json").read_text())
+    assert env["tls"] and env["auth"] and env["recipients"] == ["carol@anywhere.example"]
+
+
+def test_opportunistic_starttls_to_the_mx(relay_env, tmp_path):
+    make, start_fake, _ = relay_env
+    (tmp_path / "certs").mkdir()
+    tls = MailServer(tmp_path / "certs", listeners=[]).base / "tls"
+    out = start_fake("127.0.0.2", "--tls", str(tls / "server.pem"), str(tls / "server-key.pem"))
+    srv = make().start()
+    submit(srv, "carol@remote.test", subject="tls")
+    [eml] = wait_files(out, "*.eml", 1)
+    assert json.loads(eml.with_suffix(".json").read_text())["tls"] is True
+
+
+def test_delay_warning_is_sent_once(relay_env):
+    make, start_fake, _ = relay_env
+    start_fake("127.0.0.2", "--tempfail", "1000")
+    srv = make(extra="delay_warning = 1\n").start()
+    submit(srv, "carol@remote.test", subject="slow")
+    [raw] = srv.wait_for_messages(ALICE, 1, timeout=20)
+    msg, blocks, _ = read_dsn(raw)
+    assert msg["Subject"] == "Delivery delayed"
+    assert blocks[1]["Action"] == "delayed" and blocks[1]["Status"].startswith("4.")
+    time.sleep(3)  # more attempts fail, but the warning is not repeated
+    assert len(srv.messages(ALICE)) == 1
