@@ -70,6 +70,10 @@ def dns_server(tmp_path):
         "nullmx.test": ["MX('nullmx.test', 0, b'')"],  # b'': the root name, a null MX,
         "implicit.test": ["A('implicit.test', '127.0.0.3')"],
         "localhost": ["A('localhost', '127.0.0.1')"],
+        "multi.test": ["MX('multi.test', 20, 'b.multi.test')", "MX('multi.test', 10, 'a1.multi.test')",
+                       "MX('multi.test', 10, 'a2.multi.test')", "MX('multi.test', 30, 'noaddress.multi.test')",
+                       "A('a1.multi.test', '127.0.0.11')", "A('a2.multi.test', '127.0.0.12')",
+                       "A('b.multi.test', '127.0.0.13')", "AAAA('b.multi.test', '::1')"],
     }
     files = []
     for zone, records in zones.items():
@@ -298,3 +302,51 @@ def test_delay_warning_is_sent_once(relay_env):
     assert blocks[1]["Action"] == "delayed" and blocks[1]["Status"].startswith("4.")
     time.sleep(3)  # more attempts fail, but the warning is not repeated
     assert len(srv.messages(ALICE)) == 1
+
+
+def test_mx_routing_order_and_failures(dns_server):
+    from mailstack.errors import MailError
+    from mailstack.smtp.routing import MXRouter
+
+    router = MXRouter(["127.0.0.1"], dns_server, timeout=2)
+    seen_first = set()
+    for _ in range(30):
+        hops = router.route("multi.test")
+        assert [h.host for h in hops][2:] == ["b.multi.test"]  # by preference; no address: skipped
+        assert {h.host for h in hops[:2]} == {"a1.multi.test", "a2.multi.test"}
+        seen_first.add(hops[0].host)
+    assert seen_first == {"a1.multi.test", "a2.multi.test"}  # equal preferences in random order
+    assert hops[2].addresses == ["::1", "127.0.0.13"]
+    with pytest.raises(MailError) as e:
+        router.route("nullmx.test")
+    assert (e.value.code, e.value.enhanced) == (556, "5.1.10")
+    with pytest.raises(MailError) as e:
+        router.route("missing.remote.test")
+    assert not e.value.temporary and e.value.enhanced == "5.1.2"
+    dead = MXRouter(["127.0.0.1"], free_port(), timeout=0.5)  # nothing answers there
+    with pytest.raises(MailError) as e:
+        dead.route("remote.test")
+    assert e.value.temporary
+
+
+def test_two_processes_sharing_a_queue_send_each_message_once(relay_env, tmp_path, server_factory):
+    make, start_fake, _ = relay_env
+    shared = tmp_path / "shared-queue"
+    a = make(retry="[3600]", extra=f'queue = "{shared}"\n').start()
+    b = make(retry="[3600]", extra=f'queue = "{shared}"\n').start()
+    with smtplib.SMTP("127.0.0.1", a.port("submission"), timeout=30) as s:
+        s.starttls(context=a.ssl_context())
+        s.login(ALICE, PASSWORDS[ALICE])
+        for i in range(60):
+            s.sendmail(ALICE, ["carol@remote.test"], f"Subject: n{i}\r\nX-Seq: {i}\r\n\r\nbody\r\n".encode())
+    assert wait_for(lambda: len(list((shared / "env").glob("*.json"))) == 60)  # all tried once, waiting
+    out = start_fake()
+    for srv in (a, b):  # both processes race for every message
+        subprocess.run([sys.executable, "-m", "mailstack.cli", "--config", str(srv.config_path), "queue", "flush"],
+                       check=True, capture_output=True, env=env_with_tree())
+    files = wait_files(out, "*.eml", 60, timeout=60)
+    time.sleep(1)
+    files = sorted(out.glob("*.eml"))
+    seqs = sorted(int(f.read_bytes().split(b"X-Seq: ")[1].split(b"\r\n")[0]) for f in files)
+    assert seqs == list(range(60))
+    assert "relay: " in a.log_text() and "relay: " in b.log_text()
