@@ -5,6 +5,8 @@
     mailstack [--config FILE] alias add|del|list ...
     mailstack [--config FILE] store check [--repair] USER
     mailstack [--config FILE] queue list|show ID|retry ID|delete ID|flush
+    mailstack [--config FILE] dkim genkey DOMAIN [--ed25519]
+    mailstack [--config FILE] dns [DOMAIN] [--check]
 
 The configuration is ``--config``, else ``$MAILSTACK_CONFIG``, else ``var/mailstack.toml`` when
 present, else ``/etc/mailstack/mailstack.toml``.  Passwords are read from a prompt or from
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 
 from mailstack import config as config_mod
@@ -186,6 +189,46 @@ def cmd_queue(args) -> int:
     return 0
 
 
+def cmd_dkim(args) -> int:
+    from mailstack.smtp import authentication
+
+    cfg = _config(args)
+    domain = args.domain.lower()
+    if domain not in cfg.domains:
+        raise SystemExit(f"mailstack: {domain} is not one of [server] domains in {cfg.path}")
+    selector = args.selector or cfg.dkim["selector"]
+    records = authentication.generate_keys(cfg.dkim["keys"], domain, selector, args.ed25519 or cfg.dkim["ed25519"])
+    paths = authentication.key_paths(cfg.dkim["keys"], domain, selector)
+    print(f"; keys in {os.path.dirname(paths['rsa'])}; publish:")
+    for algorithm, value in records.items():
+        name = selector if algorithm == "rsa" else authentication.ed25519_selector(selector)
+        print(f'{name}._domainkey.{domain}. TXT "{value}"   ; {algorithm}')
+    return 0
+
+
+def cmd_dns(args) -> int:
+    from mailstack import dnsrecords
+    from mailstack.smtp import authentication
+
+    cfg = _config(args)
+    domains = [args.domain.lower()] if args.domain else cfg.domains
+    bad = 0
+    for domain in domains:
+        records = dnsrecords.records_for(cfg, domain)
+        if not args.check:
+            print(f"; DNS records for {domain} (mail host {cfg.hostname})")
+            print(dnsrecords.format_zone(records))
+            print(f"; MTA-STS policy to serve at https://mta-sts.{domain}/.well-known/mta-sts.txt:")
+            print("\n".join("; " + line for line in dnsrecords.mta_sts_policy(cfg).splitlines()))
+            continue
+        resolver = authentication.set_default_resolver(cfg.dns["nameservers"], cfg.dns["port"], cfg.dns["timeout"])
+        for record, status, found in dnsrecords.check(records, resolver):
+            bad += status != "ok"
+            detail = f"  found: {found}" if found and status != "ok" else ""
+            print(f"{status.upper():<8} {record.name} {record.rtype}{detail}" + (f"\n         want: {record.value}" if status != "ok" else ""))
+    return 1 if bad else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailstack", description="Administer a mailstack mail server.")
     parser.add_argument("--config", help="configuration file (default: $MAILSTACK_CONFIG, var/mailstack.toml, /etc/mailstack/mailstack.toml)")
@@ -225,6 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
         q = qsub.add_parser(action, help=text)
         q.add_argument("id")
     p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("dkim", help="DKIM signing keys")
+    dsub = p.add_subparsers(dest="action", required=True)
+    q = dsub.add_parser("genkey", help="make a domain's signing key (RSA-2048) and print the TXT record")
+    q.add_argument("domain")
+    q.add_argument("--selector", help="default: [dkim] selector")
+    q.add_argument("--ed25519", action="store_true", help="also an Ed25519 key (a second signature)")
+    p.set_defaults(func=cmd_dkim)
+
+    p = sub.add_parser("dns", help="the DNS records to publish for the local domains")
+    p.add_argument("domain", nargs="?", help="default: every domain in [server] domains")
+    p.add_argument("--check", action="store_true", help="ask DNS and report what is missing or wrong")
+    p.set_defaults(func=cmd_dns)
 
     p = sub.add_parser("store", help="check the store")
     ssub = p.add_subparsers(dest="action", required=True)

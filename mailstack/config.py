@@ -55,6 +55,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
     },
     "auth": {
         "plaintext_on_loopback": (bool, True),
+        "max_failures": (int, 10),
+        "lockout": (float, 900.0),
+        "failure_delay": (float, 0.5),
+        "max_failure_delay": (float, 8.0),
+        "failure_window": (float, 900.0),
     },
     "store": {
         "root": ("path", _REQUIRED),
@@ -65,11 +70,27 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "trusted_networks": ("list[str]", []),
         "timeout": (int, 300),
     },
+    "imap": {
+        "autologout": (int, 1800),
+    },
+    "dns": {
+        "nameservers": ("list[str]", []),
+        "port": (int, 53),
+        "timeout": (float, 10.0),
+    },
+    "dkim": {
+        "keys": ("path", ""),  # default: "dkim" beside the store root
+        "selector": (str, "mail"),
+        "ed25519": (bool, False),
+    },
+    "checks": {
+        "spf": (bool, True),
+        "dkim": (bool, True),
+        "dmarc": (bool, True),
+        "dmarc_enforce": (bool, True),
+    },
     "relay": {
         "queue": ("path", ""),  # default: "queue" beside the store root
-        "nameservers": ("list[str]", []),
-        "dns_port": (int, 53),
-        "dns_timeout": (float, 10.0),
         "port": (int, 25),
         "retry_schedule": ("list[int]", [300, 900, 1800, 3600, 7200, 14400]),
         "max_age": (int, 5 * 86400),
@@ -129,6 +150,11 @@ class Config:
     max_commands: int
     trusted_networks: list[str]
     smtp_timeout: int
+    imap_autologout: int = 1800
+    auth: dict = field(default_factory=dict)  # [auth] throttling: see mailstack.throttle.LoginGate
+    dns: dict = field(default_factory=dict)  # [dns] resolver for MX, SPF, DKIM, DMARC lookups
+    dkim: dict = field(default_factory=dict)  # [dkim] signing of submitted mail
+    checks: dict = field(default_factory=dict)  # [checks] SPF/DKIM/DMARC on the MX port
     relay: dict = field(default_factory=dict)  # [relay], checked; see mailstack.smtp.relay.RelaySettings
     queue_dir: str = ""
     smarthost_password: str = field(default="", repr=False)
@@ -279,6 +305,14 @@ def from_dict(raw: dict, path: str) -> Config:
             raise ConfigError(path, "[smtp] trusted_networks", f"not a network: {net!r} (use CIDR such as 192.0.2.0/24)") from None
     if values["smtp"]["timeout"] < 1:
         raise ConfigError(path, "[smtp] timeout", "must be at least 1 (seconds)")
+    if values["imap"]["autologout"] < 1800:
+        raise ConfigError(path, "[imap] autologout", "must be at least 1800 (seconds; RFC 3501 section 5.4)")
+    auth = values["auth"]
+    if auth["max_failures"] < 1:
+        raise ConfigError(path, "[auth] max_failures", "must be at least 1")
+    for k in ("lockout", "failure_delay", "max_failure_delay", "failure_window"):
+        if auth[k] < 0:
+            raise ConfigError(path, f"[auth] {k}", "must not be negative")
     relay = values["relay"]
     queue_dir = relay.pop("queue") or os.path.join(os.path.dirname(root), "queue")
     if relay["tls"] not in ("opportunistic", "required", "none"):
@@ -291,17 +325,26 @@ def from_dict(raw: dict, path: str) -> Config:
             raise ConfigError(path, "[relay] smarthost", f"must be host:port, not {relay['smarthost']!r}")
     if not relay["retry_schedule"] or any(v < 1 for v in relay["retry_schedule"]):
         raise ConfigError(path, "[relay] retry_schedule", "must list at least one delay, each at least 1 second")
-    for k in ("dns_port", "port", "max_age", "max_connections", "max_connections_per_domain"):
+    for k in ("port", "max_age", "max_connections", "max_connections_per_domain"):
         if relay[k] < 1:
             raise ConfigError(path, f"[relay] {k}", "must be at least 1")
-    for k in ("dns_timeout", "connect_timeout", "reply_timeout", "scan_interval"):
+    for k in ("connect_timeout", "reply_timeout", "scan_interval"):
         if relay[k] <= 0:
             raise ConfigError(path, f"[relay] {k}", "must be above 0")
-    for ns in relay["nameservers"]:
+    dns = values["dns"]
+    for ns in dns["nameservers"]:
         try:
             ipaddress.ip_address(ns)
         except ValueError:
-            raise ConfigError(path, "[relay] nameservers", f"not an IP address: {ns!r}") from None
+            raise ConfigError(path, "[dns] nameservers", f"not an IP address: {ns!r}") from None
+    if not 0 < dns["port"] < 65536:
+        raise ConfigError(path, "[dns] port", "must be a port number")
+    if dns["timeout"] <= 0:
+        raise ConfigError(path, "[dns] timeout", "must be above 0")
+    dkim = values["dkim"]
+    dkim["keys"] = dkim["keys"] or os.path.join(os.path.dirname(root), "dkim")
+    if not dkim["selector"] or not all(c.isalnum() or c in "-_" for c in dkim["selector"]):
+        raise ConfigError(path, "[dkim] selector", "must be letters, digits, - or _")
     smarthost_password = ""
     password_file = relay.pop("smarthost_password_file")
     if password_file:
@@ -336,6 +379,11 @@ def from_dict(raw: dict, path: str) -> Config:
         max_commands=values["limits"]["commands_per_session"],
         trusted_networks=values["smtp"]["trusted_networks"],
         smtp_timeout=values["smtp"]["timeout"],
+        imap_autologout=values["imap"]["autologout"],
+        auth=auth,
+        dns=dns,
+        dkim=dkim,
+        checks=values["checks"],
         relay=relay,
         queue_dir=queue_dir,
         smarthost_password=smarthost_password,

@@ -27,6 +27,7 @@ from mailstack import listener as listener_mod
 from mailstack.errors import ConfigError
 from mailstack.store import MaildirStore
 from mailstack.store.watch import FolderWatcher
+from mailstack.throttle import LoginGate
 from mailstack.tls import ReloadableTLS
 
 log = Logger()
@@ -53,6 +54,9 @@ class ServerContext:
     tls: ReloadableTLS | None
     delivery_batcher: object = None  # set by the first SMTP listener that needs it
     relay: object = None  # the outbound RelayService
+    login_gate: object = None  # every password login goes through it (mailstack.throttle)
+    dkim_signer: object = None  # signs what local users submit (mailstack.smtp.authentication)
+    inbound_checker: object = None  # SPF, DKIM, DMARC on the MX port
 
 
 class MailstackService(service.MultiService):
@@ -68,6 +72,17 @@ class MailstackService(service.MultiService):
         portal, realm = accounts_mod.make_portal(accounts)
         tls = ReloadableTLS(cfg.tls_certificate, cfg.tls_key, cfg.path) if cfg.has_tls else None
         self.context = ServerContext(cfg, store, None, accounts, portal, realm, tls)
+        a = cfg.auth
+        self.context.login_gate = LoginGate(portal, reactor, a["max_failures"], a["lockout"], a["failure_delay"],
+                                            a["max_failure_delay"], a["failure_window"])
+        from mailstack.smtp import authentication
+
+        resolver = authentication.set_default_resolver(cfg.dns["nameservers"], cfg.dns["port"], cfg.dns["timeout"])
+        self.context.dkim_signer = authentication.DkimSigner(cfg.dkim["keys"], cfg.dkim["selector"], cfg.domains)
+        checks = cfg.checks
+        if checks["spf"] or checks["dkim"] or checks["dmarc"]:
+            self.context.inbound_checker = authentication.InboundChecker(
+                cfg.hostname, resolver, checks["spf"], checks["dkim"], checks["dmarc"], checks["dmarc_enforce"])
         self.context.relay = _make_relay(cfg, store, accounts, reactor)
         self.context.relay.setServiceParent(self)
         self.factories = []
@@ -166,7 +181,7 @@ def _make_relay(cfg: config_mod.Config, store: MaildirStore, accounts, reactor):
         smarthost=r["smarthost"], smarthost_tls=r["smarthost_tls"], smarthost_username=r["smarthost_username"],
         smarthost_password=cfg.smarthost_password, smarthost_ca_file=r["smarthost_ca_file"],
         smarthost_verify=r["smarthost_verify"])
-    router = MXRouter(r["nameservers"], r["dns_port"], r["dns_timeout"])
+    router = MXRouter(cfg.dns["nameservers"], cfg.dns["port"], cfg.dns["timeout"])
 
     def deliver_local(address: str, data: bytes) -> bool:
         """A bounce for a sender of ours goes straight to their mailbox (blocking)."""

@@ -98,7 +98,7 @@ def relay_env(tmp_path, dns_server, server_factory):
         return outdir
 
     def make(extra: str = "", listeners=("smtp", "submission"), retry: str = "[1]"):
-        relay = (f"[relay]\nnameservers = [\"127.0.0.1\"]\ndns_port = {dns_server}\nport = {mx_port}\n"
+        relay = (f"[dns]\nnameservers = [\"127.0.0.1\"]\nport = {dns_server}\n[relay]\nport = {mx_port}\n"
                  f"retry_schedule = {retry}\nscan_interval = 0.5\nconnect_timeout = 3\n{extra}")
         return server_factory(listeners=list(listeners), extra=relay)
 

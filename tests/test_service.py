@@ -90,6 +90,12 @@ def test_sighup_with_a_broken_certificate_keeps_the_old_one(server_factory):
 @pytest.mark.skipif(not (ROOT / ".venv" / ".installed").exists(), reason="needs the .venv that 'make test' builds")
 def test_make_run_starts_the_stack_and_its_ports_answer(tmp_path):
     """`make run` from a copy of the tree: dev set-up made, banner printed, every port answers."""
+    from mailstack.config import DEV_PORTS
+
+    for port in DEV_PORTS.values():
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.skip(f"dev port {port} is taken by another process on this machine")
     tree = tmp_path / "tree"
     ignore = shutil.ignore_patterns(".venv", "var", ".git", "__pycache__", ".pytest_cache", ".hypothesis")
     shutil.copytree(ROOT, tree, ignore=ignore)

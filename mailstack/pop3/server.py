@@ -25,6 +25,7 @@ from twisted.mail import pop3
 from zope.interface import implementer
 
 from mailstack.config import is_loopback
+from mailstack.throttle import LoginThrottled
 from mailstack.errors import MessageGone, UnknownUser
 from mailstack.pop3.capabilities import SessionView, capability_lines
 
@@ -275,7 +276,6 @@ class POP3Server(pop3.POP3):
     def __init__(self, context, listener):
         self.context = context
         self.listener = listener
-        self.portal = context.portal
         self.secure = listener.tls == "implicit"
         self.peer = "?"
         self.mbox: Maildrop | None = None
@@ -598,7 +598,8 @@ class POP3Server(pop3.POP3):
         return self._login(authcid, password, "AUTH PLAIN")
 
     def _login(self, user: bytes, password: bytes, method: str):
-        d = self.portal.login(credentials.UsernamePassword(user, password), None, pop3.IMailbox)
+        d = self.context.login_gate.login(credentials.UsernamePassword(user, password), self.peer, self.listener.key,
+                                          pop3.IMailbox)
         d.addCallbacks(self._authenticated, self._login_failed, callbackArgs=(user, method), errbackArgs=(user, method))
         return d
 
@@ -616,6 +617,8 @@ class POP3Server(pop3.POP3):
     def _login_failed(self, failure, user: bytes, method: str):
         if failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
             self._login_refused(user, method, "bad user name or password")
+        elif failure.check(LoginThrottled):
+            self._err(f"[SYS/TEMP] {failure.value}")  # RFC 3206 4: temporary, try later
         else:
             log.failure("pop3 authentication error for {user} from {peer}", failure, user=self._shown(user), peer=self.peer)
             self._err("[SYS/TEMP] authentication is unavailable, try again later")

@@ -77,6 +77,11 @@ class MessageSpool:
             return set()
         return {m.group(1).decode("ascii", "replace").lower() for m in _HEADER_NAME.finditer(block)}
 
+    def read_all(self) -> bytes:
+        """The whole message in memory (for DKIM, which needs all of it); at most ``max_size``."""
+        self._file.seek(0)
+        return self._file.read()
+
     def chunks(self) -> Iterator[bytes]:
         self._file.seek(0)
         while True:

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 import email.utils
 import secrets
 import time
 
 from twisted.cred import credentials, error as cred_error
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols import basic
@@ -38,9 +39,11 @@ from mailstack import config as config_mod
 from mailstack.accounts import IMailUser
 from mailstack.errors import MailError
 from mailstack.smtp import address as addr
+from mailstack.smtp import authentication
 from mailstack.smtp.delivery import DeliveryBatcher
 from mailstack.smtp.message import DotDecoder, MessageSpool
 from mailstack.smtp.policy import SessionFacts, SmtpPolicy
+from mailstack.throttle import LoginThrottled
 from mailstack.tls import tls_info
 
 log = Logger()
@@ -373,7 +376,7 @@ class SMTPSession(smtp.ESMTP):
         name = username.decode("utf-8", "replace")
         creds = credentials.UsernamePassword(username, password)
         self.pause()
-        d = self.settings.portal.login(creds, None, IMailUser)
+        d = self.settings.login_gate.login(creds, self.peer, self.listener.key, IMailUser)
 
         def ok(result):
             _iface, avatar, _logout = result
@@ -385,6 +388,8 @@ class SMTPSession(smtp.ESMTP):
             if failure.check(cred_error.UnauthorizedLogin):
                 log.info("auth failed {listener} from {peer} for {user}", listener=self.listener.key, peer=self.peer, user=name)
                 self.reply(535, "5.7.8", "Authentication credentials invalid")
+            elif failure.check(LoginThrottled):
+                self.reply(454, "4.7.0", f"Too many authentication failures from your address; {failure.value}")
             else:
                 log.failure("authentication error", failure)
                 self.reply(454, "4.7.0", "Temporary authentication failure")
@@ -506,7 +511,7 @@ class SMTPSession(smtp.ESMTP):
             spool.close()
             self.reply(552, "5.3.4", f"Message size exceeds fixed maximum message size ({self.settings.max_size})")
             return
-        trace = self._trace_headers(recipients, spool)
+        received, added = self._trace_headers(recipients, spool)
         accounts, remote = [], []
         for r in recipients:
             accounts += [a for a in r.local if a not in accounts]
@@ -514,29 +519,48 @@ class SMTPSession(smtp.ESMTP):
         self._messages += 1
         message_id = f"{self.session_id}.{self._messages}"
         self.pause()
-        # Queue for the outside first, then the local copies: both read the one spool, in turn.
-        if remote:
-            d = self.settings.relay.enqueue(sender, remote, _prepend(trace, spool))
+        settings = self.settings
+        if self.facts.submission:
+            d = threads.deferToThread(settings.sign, spool, added, sender)
         else:
-            d = defer.succeed(None)
-        d.addCallback(lambda qid: self.settings.deliver_local(accounts, sender, trace, spool).addCallback(lambda _: qid))
+            d = threads.deferToThread(settings.check, spool, self.peer, sender, self.helo)
 
-        def delivered(qid):
-            log.info("delivered {id} from <{sender}> to {accounts} ({size} bytes) via {listener}{queued}",
+        def deliver(prepared: Prepared):
+            if prepared.action == "reject":
+                log.info("refused {id} from <{sender}>: {reason}", id=message_id, sender=sender, reason=prepared.reason)
+                raise MailError(550, "5.7.1", f"Message refused: {prepared.reason}")
+            if prepared.action == "tempfail":
+                log.info("deferred {id} from <{sender}>: {reason}", id=message_id, sender=sender, reason=prepared.reason)
+                raise MailError(451, "4.7.0", f"Temporary failure: {prepared.reason}; try again later")
+            head = received + prepared.header
+            body = prepared.body if prepared.body is not None else spool
+            # Queue for the outside first, then the local copies: both read the one spool, in turn.
+            d2 = settings.relay.enqueue(sender, remote, _compose(head, body)) if remote else defer.succeed(None)
+            folder = "Junk" if prepared.action == "junk" else "INBOX"
+            return d2.addCallback(lambda qid: settings.deliver_local(accounts, sender, head, body, folder)
+                                  .addCallback(lambda _: (qid, folder)))
+
+        def delivered(result):
+            qid, folder = result
+            log.info("delivered {id} from <{sender}> to {accounts}{where} ({size} bytes) via {listener}{queued}",
                      id=message_id, sender=sender, accounts=accounts, size=spool.size, listener=self.listener.key,
-                     queued=f", queued {qid} for {remote}" if qid else "")
+                     where=f" ({folder})" if folder != "INBOX" else "", queued=f", queued {qid} for {remote}" if qid else "")
             self.reply(250, "2.0.0", f"OK id={message_id}")
 
         def failed(failure):
+            if failure.check(MailError):
+                self.reply_error(failure.value)
+                return
             log.failure("delivery of {id} failed", failure, id=message_id)
             self.reply(451, "4.3.0", "Local error in processing; message not accepted, try again later")
 
+        d.addCallback(deliver)
         d.addCallbacks(delivered, failed)
         d.addBoth(lambda _: spool.close())
         d.addBoth(lambda _: self.resume())
 
-    def _trace_headers(self, recipients, spool: MessageSpool) -> bytes:
-        """Received (RFC 5321 4.4), plus Message-ID and Date on submission when missing (RFC 6409 8)."""
+    def _trace_headers(self, recipients, spool: MessageSpool) -> tuple[bytes, bytes]:
+        """(Received (RFC 5321 4.4), Message-ID and Date on submission when missing (RFC 6409 8))."""
         tls = tls_info(self.transport) if self.facts.tls else None
         proto = ("ESMTP" if self.esmtp else "SMTP") + ("S" if tls else "") + ("A" if self.facts.user else "")
         if "SMTPUTF8" in self.mail_params and self.esmtp:
@@ -550,13 +574,15 @@ class SMTPSession(smtp.ESMTP):
         if len(recipients) == 1:
             lines.append(f"\tfor <{recipients[0].address}>")
         lines[-1] += f"; {email.utils.format_datetime(email.utils.localtime())}"
+        added = []
         if self.facts.submission:
             present = spool.header_names()
             if "message-id" not in present:
-                lines.append(f"Message-ID: <{time.strftime('%Y%m%d%H%M%S')}.{secrets.token_hex(8)}@{self.settings.hostname}>")
+                added.append(f"Message-ID: <{time.strftime('%Y%m%d%H%M%S')}.{secrets.token_hex(8)}@{self.settings.hostname}>")
             if "date" not in present:
-                lines.append(f"Date: {email.utils.format_datetime(email.utils.localtime())}")
-        return "".join(line + "\r\n" for line in lines).encode("utf-8")
+                added.append(f"Date: {email.utils.format_datetime(email.utils.localtime())}")
+        encode = lambda ls: "".join(line + "\r\n" for line in ls).encode("utf-8")  # noqa: E731
+        return encode(lines), encode(added)
 
 
 class SMTPSettings:
@@ -565,7 +591,7 @@ class SMTPSettings:
     def __init__(self, context, listener: config_mod.Listener):
         cfg = context.config
         self.hostname = cfg.hostname
-        self.portal = context.portal
+        self.login_gate = context.login_gate
         self.tls = context.tls
         self.store = context.store
         self.max_size = cfg.max_message_size
@@ -575,23 +601,58 @@ class SMTPSettings:
         self.relay = context.relay
         self.policy = SmtpPolicy(context.accounts, cfg.domains, cfg.max_recipients, cfg.trusted_networks,
                                  relay_available=context.relay is not None)
+        self.signer = context.dkim_signer
+        self.checker = context.inbound_checker if listener.protocol == "smtp" else None
         if context.delivery_batcher is None:  # one for all SMTP listeners, so they batch together
             context.delivery_batcher = DeliveryBatcher(context.store)
         self.batcher = context.delivery_batcher
 
-    def deliver_local(self, accounts: list[str], sender: str, trace: bytes, spool: MessageSpool):
+    def deliver_local(self, accounts: list[str], sender: str, head: bytes, body, folder: str = "INBOX"):
         """One copy per account, each with its own Return-Path and Delivered-To; a Deferred."""
         items = []
         for account in accounts:
-            head = f"Return-Path: <{sender}>\r\nDelivered-To: {account}\r\n".encode("utf-8") + trace
-            items.append((account, _prepend(head, spool)))
+            top = f"Return-Path: <{sender}>\r\nDelivered-To: {account}\r\n".encode("utf-8") + head
+            items.append((account, _compose(top, body), folder))
         return self.batcher.deliver(items)
 
+    def sign(self, spool: MessageSpool, added: bytes, sender: str) -> "Prepared":
+        """Submission (worker thread): DKIM-sign what the user sent (RFC 6376), when we hold a key."""
+        if self.signer is None:
+            return Prepared(header=added)
+        domain = self.signer.domain_for(authentication.header_from(spool.head), sender)
+        if domain is None:
+            return Prepared(header=added)
+        message = added + spool.read_all()
+        return Prepared(header=self.signer.sign(message, domain), body=message)
 
-def _prepend(head: bytes, spool: MessageSpool):
-    """The message for one account; read in the worker thread, one account after another."""
+    def check(self, spool: MessageSpool, peer: str, sender: str, helo: str) -> "Prepared":
+        """MX (worker thread): SPF, DKIM, DMARC; our own Authentication-Results header on top."""
+        if self.checker is None:
+            return Prepared()
+        message = spool.read_all()
+        verdict = self.checker.check(message, peer, sender, helo)
+        stripped = authentication.strip_own_results(message, self.hostname)
+        return Prepared(header=verdict.header, body=stripped if stripped != message else None,
+                        action=verdict.action, reason=verdict.reason)
+
+
+@dataclass
+class Prepared:
+    """What signing or checking made of a message before it is stored or queued."""
+
+    header: bytes = b""  # header fields to put above the message (DKIM-Signature, Authentication-Results)
+    body: bytes | None = None  # the message to use instead of the spool (None: the spool as it is)
+    action: str = "deliver"  # "deliver" | "junk" | "reject" | "tempfail"
+    reason: str = ""
+
+
+def _compose(head: bytes, body):
+    """Header lines, then the message (the spool, read in the worker thread, or bytes)."""
     yield head
-    yield from spool.chunks()
+    if isinstance(body, bytes):
+        yield body
+    else:
+        yield from body.chunks()
 
 
 class SMTPFactory(smtp.SMTPFactory):

@@ -215,8 +215,8 @@ class MaildirStore:
         """Store a message durably in a user's folder (its UID is given when the folder is next read)."""
         self.mailbox(address).folder(folder).append(source, flags=flags, assign_uid=False)
 
-    def deliver_batch(self, items: list[tuple[str, object]]) -> list[Exception | None]:
-        """Deliver many messages into users' INBOXes with one flush for the lot (group commit).
+    def deliver_batch(self, items: list[tuple]) -> list[Exception | None]:
+        """Deliver many (address, source[, folder]) messages with one flush for the lot (group commit).
 
         Every file is written to tmp/ first, then each is fsynced (the first fsync's journal
         commit usually carries the others' data too, so the rest return at once), then each
@@ -225,10 +225,11 @@ class MaildirStore:
         """
         results: list[Exception | None] = [None] * len(items)
         staged = []
-        for i, (address, source) in enumerate(items):
+        for i, item in enumerate(items):
+            address, source = item[0], item[1]
             tmp_path = None
             try:
-                folder = self.mailbox(address).folder("INBOX")
+                folder = self.mailbox(address).folder(item[2] if len(item) > 2 else "INBOX")
                 base = folder._new_base()
                 tmp_path = os.path.join(folder.path, "tmp", base)
                 size = folder._write_tmp(source, tmp_path, fsync=False)

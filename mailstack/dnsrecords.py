@@ -1,0 +1,105 @@
+"""The DNS records a domain needs for mail, and a checker that compares them with DNS.
+
+``mailstack dns DOMAIN`` prints them; ``--check`` asks DNS (the ``[dns]`` resolver) and says
+which are missing or wrong.  Records: MX; SPF (RFC 7208); the DKIM key (RFC 6376); DMARC
+(RFC 7489); MTA-STS (RFC 8461) and TLS-RPT (RFC 8460); the client set-up SRV records of
+RFC 6186 and an autoconfig name for Thunderbird.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import dns.exception
+import dns.resolver
+
+from mailstack.smtp import authentication
+
+
+@dataclass
+class Record:
+    name: str
+    rtype: str
+    value: str
+    why: str
+    check: str = "exact"  # "exact" | "prefix" (the value starts with what we expect) | "contains"
+
+
+def records_for(cfg, domain: str) -> list[Record]:
+    host = cfg.hostname
+    keys = authentication.key_paths(cfg.dkim["keys"], domain, cfg.dkim["selector"])
+    out = [
+        Record(domain, "MX", f"10 {host}.", "mail for the domain comes here", "contains"),
+        Record(domain, "TXT", "v=spf1 mx -all", "SPF: only the MX hosts send for the domain", "prefix"),
+    ]
+    if os.path.exists(keys["rsa"]):
+        records = authentication.generate_keys(cfg.dkim["keys"], domain, cfg.dkim["selector"],
+                                               os.path.exists(keys["ed25519"]))
+        out.append(Record(f"{cfg.dkim['selector']}._domainkey.{domain}", "TXT", records["rsa"], "DKIM public key (RSA)"))
+        if "ed25519" in records:
+            out.append(Record(f"{authentication.ed25519_selector(cfg.dkim['selector'])}._domainkey.{domain}", "TXT",
+                              records["ed25519"], "DKIM public key (Ed25519)"))
+    else:
+        out.append(Record(f"{cfg.dkim['selector']}._domainkey.{domain}", "TXT", "(run: mailstack dkim genkey " + domain + ")",
+                          "DKIM public key: no key made yet", "contains"))
+    out += [
+        Record(f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}",
+               "DMARC policy and where reports go", "prefix"),
+        Record(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={time.strftime('%Y%m%d%H%M%S')}",
+               f"MTA-STS; also serve https://mta-sts.{domain}/.well-known/mta-sts.txt", "prefix"),
+        Record(f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua=mailto:postmaster@{domain}", "TLS reporting", "prefix"),
+    ]
+    services = {"submissions": 465, "submission": 587, "imaps": 993, "imap": 143, "pop3s": 995, "pop3": 110}
+    for prio, (service, port) in enumerate(services.items()):
+        if cfg.listener(service) is not None:
+            out.append(Record(f"_{service}._tcp.{domain}", "SRV", f"{prio} 1 {port} {host}.", "client set-up (RFC 6186)",
+                              "contains"))
+    out.append(Record(f"autoconfig.{domain}", "CNAME", f"{host}.", "Thunderbird's autoconfiguration", "exact"))
+    return out
+
+
+def mta_sts_policy(cfg) -> str:
+    return f"version: STSv1\nmode: testing\nmx: {cfg.hostname}\nmax_age: 86400\n"
+
+
+def format_zone(records: list[Record]) -> str:
+    width = max(len(r.name) for r in records) + 1
+    lines = []
+    for r in records:
+        value = f'"{r.value}"' if r.rtype == "TXT" and not r.value.startswith("(") else r.value
+        lines.append(f"{r.name + '.':<{width + 1}} {r.rtype:<5} {value}   ; {r.why}")
+    return "\n".join(lines)
+
+
+def check(records: list[Record], resolver: dns.resolver.Resolver) -> list[tuple[Record, str, str]]:
+    """[(record, "ok" | "missing" | "wrong" | "error", detail)] from asking DNS."""
+    results = []
+    for r in records:
+        try:
+            answer = resolver.resolve(r.name, r.rtype, search=False)
+            if r.rtype == "TXT":
+                found = [b"".join(x.strings).decode("utf-8", "replace") for x in answer]
+            else:
+                found = [x.to_text() for x in answer]
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            results.append((r, "missing", ""))
+            continue
+        except dns.exception.DNSException as e:
+            results.append((r, "error", str(e)))
+            continue
+        want = r.value
+        if r.rtype == "TXT" and r.name.startswith("_mta-sts."):
+            want = "v=STSv1"
+        if r.value.startswith("(run:"):
+            results.append((r, "wrong", "a key is published but none is made here: " + "; ".join(found)))
+            continue
+        match = {
+            "exact": lambda f: f.rstrip(".").lower() == want.rstrip(".").lower() or f == want,
+            "prefix": lambda f: f.lower().startswith(want.split(";")[0].split(" ")[0].lower()),
+            "contains": lambda f: want.split()[-1].rstrip(".").lower() in f.lower(),
+        }[r.check]
+        ok = any(match(f) for f in found)
+        results.append((r, "ok" if ok else "wrong", "; ".join(found)))
+    return results

@@ -1,0 +1,235 @@
+"""Message authentication: DKIM signing of what our users send, and SPF, DKIM and DMARC
+checks of what arrives on the MX port, recorded in one Authentication-Results header.
+
+dkimpy signs and verifies, pyspf evaluates SPF, authheaders evaluates DMARC and formats the
+header (RFC 8601); this module decides what the results mean for delivery:
+
+* any DNS failure (a ``temperror``) -> ``451 4.7.0``: a verdict on missing data could be
+  wrong, and the sender will simply try again;
+* DMARC ``fail`` with ``p=reject`` -> ``550 5.7.1`` at the end of DATA;
+  with ``p=quarantine`` -> delivered to the recipient's Junk folder;
+* anything else is delivered, with the results in the header for the user's client to show.
+
+All lookups go through one dnspython resolver (``[dns]`` in the configuration), so tests can
+point them at a DNS server on loopback.  Everything here blocks: callers use threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import os
+import re
+from dataclasses import dataclass
+
+import dns.exception
+import dns.resolver
+
+DKIM_HEADERS = [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to", b"in-reply-to",
+                b"references", b"mime-version", b"content-type", b"content-transfer-encoding"]
+
+
+class DnsTemporaryError(dns.exception.DNSException):
+    """A lookup that failed for now (timeout, SERVFAIL): never read as "no record"."""
+
+
+def set_default_resolver(nameservers: list[str], port: int, timeout: float) -> dns.resolver.Resolver:
+    """pyspf, dkimpy and authheaders use dnspython's default resolver: make it ours."""
+    if nameservers:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = list(nameservers)
+    else:
+        resolver = dns.resolver.Resolver()
+    resolver.port = port
+    resolver.timeout = resolver.lifetime = timeout
+    dns.resolver.default_resolver = resolver
+    return resolver
+
+
+def txt_record(resolver: dns.resolver.Resolver, name: str) -> list[bytes]:
+    """The TXT records of ``name`` ([] when there are none); DnsTemporaryError on failure."""
+    try:
+        answer = resolver.resolve(name, "TXT", search=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.DNSException as e:
+        raise DnsTemporaryError(f"DNS lookup of {name} TXT failed: {e}") from None
+    return [b"".join(r.strings) for r in answer]
+
+
+# -- DKIM signing ---------------------------------------------------------------------------------
+
+
+def ed25519_selector(selector: str) -> str:
+    """The Ed25519 key is published under its own selector: verifiers take the first key
+    record they find at a name, so RSA and Ed25519 keys cannot share one."""
+    return f"{selector}-ed25519"
+
+
+def key_paths(keys_dir: str, domain: str, selector: str) -> dict[str, str]:
+    base = os.path.join(keys_dir, domain.lower(), selector)
+    return {"rsa": base + ".rsa.pem", "ed25519": base + ".ed25519.key"}
+
+
+def generate_keys(keys_dir: str, domain: str, selector: str, ed25519: bool) -> dict[str, str]:
+    """Make the domain's signing key(s); return {algorithm: TXT record value}."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519 as ed, rsa
+
+    paths = key_paths(keys_dir, domain, selector)
+    os.makedirs(os.path.dirname(paths["rsa"]), mode=0o700, exist_ok=True)
+    records = {}
+    if not os.path.exists(paths["rsa"]):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+        _write_private(paths["rsa"], pem)
+    with open(paths["rsa"], "rb") as f:
+        rsa_key = serialization.load_pem_private_key(f.read(), None)
+    der = rsa_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    records["rsa"] = f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+    if ed25519:
+        if not os.path.exists(paths["ed25519"]):
+            seed = ed.Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+            _write_private(paths["ed25519"], base64.b64encode(seed) + b"\n")  # dkimpy's format
+        with open(paths["ed25519"], "rb") as f:
+            seed = base64.b64decode(f.read().strip())
+        pub = ed.Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        records["ed25519"] = f"v=DKIM1; k=ed25519; p={base64.b64encode(pub).decode()}"
+    return records
+
+
+def _write_private(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+class DkimSigner:
+    """Signs with the keys found under ``keys_dir``; domains without a key are not signed."""
+
+    def __init__(self, keys_dir: str, selector: str, domains: list[str]):
+        self.keys_dir, self.selector, self.domains = keys_dir, selector, [d.lower() for d in domains]
+
+    def domain_for(self, header_from: str, envelope_from: str) -> str | None:
+        """The From header's domain if it is ours, else the envelope sender's."""
+        for address in (header_from, envelope_from):
+            domain = address.rpartition("@")[2].lower().strip(">")
+            if domain in self.domains and os.path.exists(key_paths(self.keys_dir, domain, self.selector)["rsa"]):
+                return domain
+        return None
+
+    def sign(self, message: bytes, domain: str) -> bytes:
+        """DKIM-Signature header field(s) to put on top of ``message`` (RSA, and Ed25519 if present)."""
+        import dkim
+
+        paths = key_paths(self.keys_dir, domain, self.selector)
+        out = b""
+        with open(paths["rsa"], "rb") as f:
+            out += dkim.sign(message, self.selector.encode(), domain.encode(), f.read(), include_headers=DKIM_HEADERS,
+                             canonicalize=(b"relaxed", b"relaxed"))
+        if os.path.exists(paths["ed25519"]):
+            with open(paths["ed25519"], "rb") as f:
+                out = dkim.sign(message, ed25519_selector(self.selector).encode(), domain.encode(), f.read().strip(),
+                                include_headers=DKIM_HEADERS, canonicalize=(b"relaxed", b"relaxed"),
+                                signature_algorithm=b"ed25519-sha256") + out
+        return out.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def header_from(head: bytes) -> str:
+    """The address in the From header of a header block ("" if none)."""
+    m = re.search(rb"^From:[ \t]*(.*(?:\r?\n[ \t].*)*)", head, re.I | re.M)
+    if not m:
+        return ""
+    value = re.sub(rb"\r?\n[ \t]", b" ", m.group(1)).decode("utf-8", "replace")
+    return email.utils.parseaddr(value)[1]
+
+
+# -- inbound checks -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    action: str  # "deliver" | "junk" | "reject" | "tempfail"
+    header: bytes  # the Authentication-Results field, CRLF-terminated
+    reason: str = ""
+
+
+def strip_own_results(message: bytes, hostname: str) -> bytes:
+    """Remove Authentication-Results fields that claim to come from us (RFC 8601 5)."""
+    end = message.find(b"\r\n\r\n")
+    head, body = (message, b"") if end < 0 else (message[: end + 2], message[end + 2 :])
+    lines = head.split(b"\r\n")
+    kept, dropping = [], False
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = False
+        m = re.match(rb"authentication-results[ \t]*:[ \t]*([^;\s]+)", line, re.I)
+        if m and m.group(1).decode("ascii", "replace").lower() == hostname.lower():
+            dropping = True
+            continue
+        kept.append(line)
+    return b"\r\n".join(kept) + body
+
+
+class InboundChecker:
+    def __init__(self, hostname: str, resolver: dns.resolver.Resolver, spf: bool = True, dkim: bool = True,
+                 dmarc: bool = True, enforce: bool = True):
+        self.hostname, self.resolver = hostname, resolver
+        self.do_spf, self.do_dkim, self.do_dmarc, self.enforce = spf, dkim, dmarc, enforce
+
+    def _dkim_txt(self, name, timeout=5):
+        name = name.decode() if isinstance(name, bytes) else name
+        records = txt_record(self.resolver, name.rstrip("."))
+        return records[0] if records else None
+
+    def _dmarc_txt(self, name, timeout=5):
+        records = [r.decode("utf-8", "replace") for r in txt_record(self.resolver, name.rstrip("."))]
+        dmarc = [r for r in records if r.startswith("v=DMARC1")]
+        return dmarc[0] if len(dmarc) == 1 else None
+
+    def check(self, message: bytes, ip: str, mail_from: str, helo: str) -> Verdict:
+        import authheaders
+        from authres import AuthenticationResultsHeader
+        from authres.dmarc import DMARCAuthenticationResult
+
+        results, temporary = [], []
+        spf_result = dkim_result = None
+        if self.do_spf:
+            spf_result = authheaders.check_spf(ip, mail_from or f"postmaster@{helo}", helo)
+            results.append(spf_result)
+            if spf_result.result == "temperror":
+                temporary.append("SPF")
+        if self.do_dkim:
+            if re.search(rb"^DKIM-Signature:", message.split(b"\r\n\r\n", 1)[0], re.I | re.M):
+                dkim_result = authheaders.check_dkim(message, dnsfunc=self._dkim_txt)
+            else:
+                from authres import DKIMAuthenticationResult
+
+                dkim_result = DKIMAuthenticationResult(result="none")
+            results.append(dkim_result)
+            if dkim_result.result == "temperror":
+                temporary.append("DKIM")
+        dmarc_result = None
+        if self.do_dmarc:
+            try:
+                dmarc_result = authheaders.check_dmarc(message, spf_result, dkim_result, dnsfunc=self._dmarc_txt)
+            except DnsTemporaryError:
+                dmarc_result = DMARCAuthenticationResult(result="temperror", header_from=header_from(message).rpartition("@")[2])
+                temporary.append("DMARC")
+            results.append(dmarc_result)
+        header = (str(AuthenticationResultsHeader(authserv_id=self.hostname, results=results)) + "\r\n").encode()
+        if temporary:
+            return Verdict("tempfail", header, f"DNS failure during {', '.join(temporary)} checks")
+        if dmarc_result is not None and dmarc_result.result == "fail" and self.enforce:
+            policy = (getattr(dmarc_result, "policy", "") or "").lower()
+            if policy == "reject":
+                return Verdict("reject", header, f"DMARC policy of {dmarc_result.header_from} says reject")
+            if policy == "quarantine":
+                return Verdict("junk", header, f"DMARC policy of {dmarc_result.header_from} says quarantine")
+        return Verdict("deliver", header)

@@ -1,0 +1,172 @@
+"""DKIM signing, SPF/DKIM/DMARC checks and Authentication-Results, with a twisted.names DNS
+server on loopback serving the records."""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import subprocess
+import sys
+from pathlib import Path
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from conftest import PASSWORDS, env_with_tree
+from test_relay import SOA, TOOLS, Proc, free_port, udp_tcp_free_port, wait_files
+
+ALICE, BOB = "alice@example.test", "bob@example.test"
+
+
+# Real top-level domains on purpose: DMARC alignment compares organisational domains found
+# through the public suffix list, where ".test" is unknown (all *.test would look aligned).
+
+
+def rsa_key() -> tuple[bytes, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem, f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
+SENDER_KEY, SENDER_TXT = rsa_key()
+
+
+def txt(name: str, value: str) -> str:
+    # twisted.names TXT strings are limited to 255 octets each: split long ones
+    parts = [value[i:i + 250] for i in range(0, len(value), 250)]
+    return f"TXT('{name}', " + ", ".join(repr(p.encode()) for p in parts) + ")"
+
+
+@pytest.fixture
+def dns_port(tmp_path):
+    zones = {
+        "sendercorp.com": [txt("sendercorp.com", "v=spf1 ip4:127.0.0.1 -all"),
+                        txt("_dmarc.sendercorp.com", "v=DMARC1; p=reject"),
+                        txt("sel._domainkey.sendercorp.com", SENDER_TXT)],
+        "quarantinenews.org": [txt("quarantinenews.org", "v=spf1 -all"), txt("_dmarc.quarantinenews.org", "v=DMARC1; p=quarantine")],
+        "evilcorp.net": [txt("evilcorp.net", "v=spf1 ip4:127.0.0.1 -all")],
+        "remote.test": ["MX('remote.test', 10, 'mx.remote.test')", "A('mx.remote.test', '127.0.0.2')"],
+    }
+    files = []
+    for zone, records in zones.items():
+        path = tmp_path / f"{zone}.zone"
+        path.write_text("zone = [\n    " + ",\n    ".join([SOA.format(z=zone)] + records) + ",\n]\n")
+        files.append(str(path))
+    port = udp_tcp_free_port()
+    proc = Proc([sys.executable, str(TOOLS / "dnsserver.py"), str(port)] + files)
+    yield port
+    proc.stop()
+
+
+def mx_send(srv, sender: str, message: bytes, rcpt: str = BOB) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=30) as s:
+        s.ehlo("client.sendercorp.com")
+        s.mail(sender)
+        s.rcpt(rcpt)
+        return s.data(message)
+
+
+@pytest.fixture
+def checked(server_factory, dns_port):
+    extra = f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns_port}\ntimeout = 3\n'
+    return server_factory(listeners=["smtp"], extra=extra, checks=True).start()
+
+
+def test_pass_fail_and_our_header_stripped(checked):
+    body = (b"From: Boss <boss@sendercorp.com>\r\nTo: bob@example.test\r\nSubject: signed\r\n"
+            b"Message-ID: <s1@sendercorp.com>\r\n\r\nAll good.\r\n")
+    sig = dkim.sign(body, b"sel", b"sendercorp.com", SENDER_KEY, include_headers=[b"from", b"to", b"subject", b"message-id"])
+    forged = (b"Authentication-Results: mail.example.test; dkim=pass header.d=sendercorp.com\r\n"
+              b"Authentication-Results: other.example; spf=pass smtp.mailfrom=x@other.example\r\n")
+    assert mx_send(checked, "boss@sendercorp.com", forged + sig + body)[0] == 250
+    [stored] = checked.wait_for_messages(BOB, 1)
+    head = stored.split(b"\r\n\r\n")[0].decode()
+    ours = [line for line in head.split("\r\n") if line.startswith("Authentication-Results: mail.example.test")]
+    assert len(ours) == 1  # the forged one claiming our name is gone, ours is there once
+    assert "spf=pass" in ours[0] and "dkim=pass" in ours[0] and "dmarc=pass" in ours[0]
+    assert "Authentication-Results: other.example; spf=pass" in head  # others' results are kept
+    assert stored.endswith(body)
+
+
+def test_spoofed_from_with_dmarc_reject_is_refused(checked):
+    spoof = b"From: boss@sendercorp.com\r\nTo: bob@example.test\r\nSubject: pay this invoice\r\n\r\nurgent\r\n"
+    code, text = mx_send(checked, "evil@evilcorp.net", spoof)
+    assert code == 550 and text.startswith(b"5.7.1 Message refused: DMARC policy of sendercorp.com says reject")
+    assert checked.messages(BOB) == []
+
+
+def test_dmarc_quarantine_goes_to_junk(checked):
+    msg = b"From: news@quarantinenews.org\r\nTo: bob@example.test\r\nSubject: maybe spam\r\n\r\nhello\r\n"
+    assert mx_send(checked, "news@quarantinenews.org", msg)[0] == 250
+    [junk] = checked.wait_for_messages(BOB, 1, folder="Junk")
+    assert b"dmarc=fail" in junk and b"spf=fail" in junk
+    assert checked.messages(BOB) == []  # not in the INBOX
+
+
+def test_dns_failure_gives_451_and_temperror(server_factory):
+    dead = free_port()
+    srv = server_factory(listeners=["smtp"], extra=f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dead}\ntimeout = 1\n',
+                         checks=True).start()
+    code, text = mx_send(srv, "boss@sendercorp.com", b"From: boss@sendercorp.com\r\nSubject: x\r\n\r\nx\r\n")
+    assert code == 451 and text.startswith(b"4.7.0 Temporary failure: DNS failure during SPF")
+    from mailstack.smtp.authentication import InboundChecker, set_default_resolver
+
+    resolver = set_default_resolver(["127.0.0.1"], dead, 1)  # as the server does: pyspf uses the default
+    verdict = InboundChecker("mail.example.test", resolver).check(
+        b"From: boss@sendercorp.com\r\nSubject: x\r\n\r\nx\r\n", "127.0.0.1", "boss@sendercorp.com", "client.sendercorp.com")
+    assert verdict.action == "tempfail"
+    assert b"spf=temperror" in verdict.header and b"dmarc=temperror" in verdict.header
+
+
+def test_submitted_mail_is_dkim_signed_and_verifies_after_the_relay(server_factory, dns_port, tmp_path):
+    mx_port = free_port("127.0.0.2")
+    out = tmp_path / "remote"
+    fake = Proc([sys.executable, str(TOOLS / "fake_mx.py"), "127.0.0.2", str(mx_port), str(out)])
+    try:
+        srv = server_factory(listeners=["submission"], extra=(
+            f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns_port}\n[relay]\nport = {mx_port}\nscan_interval = 0.5\n'))
+        gen = subprocess.run([sys.executable, "-m", "mailstack.cli", "--config", str(srv.config_path), "dkim", "genkey",
+                              "example.test"], capture_output=True, text=True, env=env_with_tree())
+        assert gen.returncode == 0, gen.stderr
+        record = gen.stdout.split('TXT "', 1)[1].split('"', 1)[0]
+        assert record.startswith("v=DKIM1; k=rsa; p=")
+        srv.start()
+        msg = (b"From: Alice <alice@example.test>\r\nTo: carol@remote.test\r\nSubject: signed by us\r\n\r\n"
+               b"Hello Carol.\r\n")
+        with smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=20) as s:
+            s.starttls(context=srv.ssl_context())
+            s.login(ALICE, PASSWORDS[ALICE])
+            s.sendmail(ALICE, ["carol@remote.test"], msg)
+        [eml] = wait_files(out, "*.eml", 1)
+        data = eml.read_bytes()
+        assert b"DKIM-Signature: v=1; a=rsa-sha256;" in data and b"d=example.test;" in data and b"s=mail;" in data
+
+        def dnsfunc(name, timeout=5):
+            assert name in (b"mail._domainkey.example.test.", "mail._domainkey.example.test.")
+            return record.encode()
+
+        assert dkim.verify(data, dnsfunc=dnsfunc)
+        assert not dkim.verify(data.replace(b"Hello Carol.", b"Hello Eve."), dnsfunc=dnsfunc)
+    finally:
+        fake.stop()
+
+
+def test_dns_command_prints_and_checks_records(server_factory, dns_port):
+    srv = server_factory(listeners=["smtp", "submission"],
+                         extra=f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns_port}\ntimeout = 2\n')
+    cli = lambda *a: subprocess.run([sys.executable, "-m", "mailstack.cli", "--config", str(srv.config_path), *a],  # noqa: E731
+                                    capture_output=True, text=True, env=env_with_tree())
+    assert cli("dkim", "genkey", "example.test").returncode == 0
+    shown = cli("dns", "example.test")
+    assert shown.returncode == 0
+    for name in ("example.test.", "mail._domainkey.example.test.", "_dmarc.example.test.", "_mta-sts.example.test.",
+                 "_smtp._tls.example.test.", "_submission._tcp.example.test.", "autoconfig.example.test."):
+        assert name in shown.stdout
+    assert "v=spf1 mx -all" in shown.stdout and "v=DKIM1; k=rsa; p=" in shown.stdout
+    checked = cli("dns", "--check", "example.test")
+    assert checked.returncode == 1  # nothing is published for example.test on the test DNS server
+    assert "MISSING  example.test MX" in checked.stdout and "MISSING  _dmarc.example.test TXT" in checked.stdout
