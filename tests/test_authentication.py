@@ -130,10 +130,12 @@ def test_submitted_mail_is_dkim_signed_and_verifies_after_the_relay(server_facto
         srv = server_factory(listeners=["submission"], extra=(
             f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns_port}\n[relay]\nport = {mx_port}\nscan_interval = 0.5\n'))
         gen = subprocess.run([sys.executable, "-m", "mailstack.cli", "--config", str(srv.config_path), "dkim", "genkey",
-                              "example.test"], capture_output=True, text=True, env=env_with_tree())
+                              "example.test", "--ed25519"], capture_output=True, text=True, env=env_with_tree())
         assert gen.returncode == 0, gen.stderr
-        record = gen.stdout.split('TXT "', 1)[1].split('"', 1)[0]
-        assert record.startswith("v=DKIM1; k=rsa; p=")
+        published = dict(line.split(" TXT ", 1) for line in gen.stdout.splitlines() if " TXT " in line)
+        records = {name.rstrip("."): value.split('"')[1] for name, value in published.items()}
+        assert records["mail._domainkey.example.test"].startswith("v=DKIM1; k=rsa; p=")
+        assert records["mail-ed25519._domainkey.example.test"].startswith("v=DKIM1; k=ed25519; p=")
         srv.start()
         msg = (b"From: Alice <alice@example.test>\r\nTo: carol@remote.test\r\nSubject: signed by us\r\n\r\n"
                b"Hello Carol.\r\n")
@@ -144,12 +146,14 @@ def test_submitted_mail_is_dkim_signed_and_verifies_after_the_relay(server_facto
         [eml] = wait_files(out, "*.eml", 1)
         data = eml.read_bytes()
         assert b"DKIM-Signature: v=1; a=rsa-sha256;" in data and b"d=example.test;" in data and b"s=mail;" in data
+        assert b"a=ed25519-sha256;" in data and b"s=mail-ed25519;" in data
 
         def dnsfunc(name, timeout=5):
-            assert name in (b"mail._domainkey.example.test.", "mail._domainkey.example.test.")
-            return record.encode()
+            name = (name.decode() if isinstance(name, bytes) else name).rstrip(".")
+            return records[name].encode()
 
-        assert dkim.verify(data, dnsfunc=dnsfunc)
+        signed = dkim.DKIM(data)
+        assert signed.verify(idx=0, dnsfunc=dnsfunc) and signed.verify(idx=1, dnsfunc=dnsfunc)  # Ed25519 and RSA
         assert not dkim.verify(data.replace(b"Hello Carol.", b"Hello Eve."), dnsfunc=dnsfunc)
     finally:
         fake.stop()
