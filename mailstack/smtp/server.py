@@ -521,9 +521,13 @@ class SMTPSession(smtp.ESMTP):
         self.pause()
         settings = self.settings
         if self.facts.submission:
-            d = threads.deferToThread(settings.sign, spool, added, sender)
-        else:
+            domain = settings.signer.domain_for(authentication.header_from(spool.head), sender) if settings.signer else None
+            d = (threads.deferToThread(settings.sign, spool, added, domain) if domain
+                 else defer.succeed(Prepared(header=added)))
+        elif settings.checker is not None:
             d = threads.deferToThread(settings.check, spool, self.peer, sender, self.helo)
+        else:
+            d = defer.succeed(Prepared())
 
         def deliver(prepared: Prepared):
             if prepared.action == "reject":
@@ -615,20 +619,13 @@ class SMTPSettings:
             items.append((account, _compose(top, body), folder))
         return self.batcher.deliver(items)
 
-    def sign(self, spool: MessageSpool, added: bytes, sender: str) -> "Prepared":
-        """Submission (worker thread): DKIM-sign what the user sent (RFC 6376), when we hold a key."""
-        if self.signer is None:
-            return Prepared(header=added)
-        domain = self.signer.domain_for(authentication.header_from(spool.head), sender)
-        if domain is None:
-            return Prepared(header=added)
+    def sign(self, spool: MessageSpool, added: bytes, domain: str) -> "Prepared":
+        """Submission (worker thread): DKIM-sign what the user sent (RFC 6376) with ``domain``'s key."""
         message = added + spool.read_all()
         return Prepared(header=self.signer.sign(message, domain), body=message)
 
     def check(self, spool: MessageSpool, peer: str, sender: str, helo: str) -> "Prepared":
         """MX (worker thread): SPF, DKIM, DMARC; our own Authentication-Results header on top."""
-        if self.checker is None:
-            return Prepared()
         message = spool.read_all()
         verdict = self.checker.check(message, peer, sender, helo)
         stripped = authentication.strip_own_results(message, self.hostname)
