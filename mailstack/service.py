@@ -196,10 +196,11 @@ def _make_relay(cfg: config_mod.Config, store: MaildirStore, accounts, reactor):
 
 
 def banner(cfg: config_mod.Config, bound: dict[str, dict]) -> str:
-    mode = {"implicit": "TLS", "starttls": "STARTTLS", "optional": "STARTTLS if offered"}
+    mode = {"implicit": "TLS", "starttls": "STARTTLS", "optional": "STARTTLS optional"}
     lines = ["", "mailstack is running", f"  hostname {cfg.hostname}, domains {', '.join(cfg.domains)}", "  listeners:"]
     for key, b in bound.items():
-        lines.append(f"    {key:<12} {b['host']}:{b['port']:<6} {mode[b['tls']]}")
+        tls = "STLS" if b["tls"] == "starttls" and b["protocol"] == "pop3" else mode[b["tls"]]
+        lines.append(f"    {key:<12} {b['host']}:{b['port']:<6} {tls}")
     creds = os.path.join(os.path.dirname(cfg.path), "dev-credentials.txt")
     if os.path.exists(creds):
         lines.append("  demo users (from " + creds + "):")
@@ -213,11 +214,12 @@ def banner(cfg: config_mod.Config, bound: dict[str, dict]) -> str:
             if not b:
                 continue
             proto = {"imap": "IMAP", "pop3": "POP3", "submission": "SMTP"}[b["protocol"]]
-            security = "SSL/TLS" if b["tls"] == "implicit" else "STARTTLS"
+            security = "SSL/TLS" if b["tls"] == "implicit" else "STARTTLS"  # Thunderbird's words, for STLS too
             lines.append(f"    {label}: {proto}, server {cfg.hostname if not config_mod.is_loopback(b['host'] or '') else 'localhost'}, "
                          f"port {b['port']}, {security}, normal password, user name = full address")
-        if cfg.has_tls:
-            lines.append(f"    trust the certificate, or import the CA next to {cfg.tls_certificate}")
+        ca = os.path.join(os.path.dirname(cfg.tls_certificate), "ca.pem")
+        if cfg.has_tls and os.path.exists(ca):
+            lines.append(f"    the certificate is signed by the dev CA {ca}: import it, or accept the exception")
     return "\n".join(lines)
 
 

@@ -342,11 +342,14 @@ def test_two_processes_sharing_a_queue_send_each_message_once(relay_env, tmp_pat
     assert wait_for(lambda: len(list((shared / "env").glob("*.json"))) == 60)  # all tried once, waiting
     out = start_fake()
     for srv in (a, b):  # both processes race for every message
-        subprocess.run([sys.executable, "-m", "mailstack.cli", "--config", str(srv.config_path), "queue", "flush"],
-                       check=True, capture_output=True, env=env_with_tree())
+        flush = subprocess.run([sys.executable, "-m", "mailstack.cli", "--config", str(srv.config_path), "queue", "flush"],
+                               capture_output=True, text=True, env=env_with_tree())
+        assert flush.returncode == 0, flush.stderr
     files = wait_files(out, "*.eml", 60, timeout=60)
     time.sleep(1)
     files = sorted(out.glob("*.eml"))
     seqs = sorted(int(f.read_bytes().split(b"X-Seq: ")[1].split(b"\r\n")[0]) for f in files)
     assert seqs == list(range(60))
-    assert "relay: " in a.log_text() and "relay: " in b.log_text()
+    assert wait_for(lambda: len([l for srv in (a, b) for l in srv.log_text().splitlines() if " done after " in l]) == 60)
+    done = [line for srv in (a, b) for line in srv.log_text().splitlines() if " done after " in line]
+    assert len({line.split("relay: ")[1].split()[0] for line in done}) == len(done)  # each finished by one process

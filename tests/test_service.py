@@ -36,7 +36,7 @@ def test_banner_ports_file_and_session_log(server_factory):
     assert set(data["listeners"]) == {"smtp", "submissions"}
     assert data["listeners"]["submissions"]["tls"] == "implicit"
     log = srv.log_text()
-    assert re.search(rf"smtp\s+127\.0\.0\.1:{srv.port('smtp')}\s+STARTTLS if offered", log)
+    assert re.search(rf"smtp\s+127\.0\.0\.1:{srv.port('smtp')}\s+STARTTLS optional", log)
     assert re.search(rf"submissions\s+127\.0\.0\.1:{srv.port('submissions')}\s+TLS", log)
     with smtplib.SMTP("127.0.0.1", srv.port("smtp")) as s:
         s.sendmail("x@remote.test", ["bob@example.test"], b"Subject: log\r\n\r\nx\r\n")

@@ -360,3 +360,41 @@ def test_swaks_implicit_tls_and_pipelining(srv):
         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert srv.wait_for_messages(BOB, 1) and srv.wait_for_messages(CAROL, 1)
+
+
+def test_header_injection_through_ehlo_or_address_is_refused(srv):
+    c = Raw(srv.port("smtp"))
+    assert c.cmd(b"EHLO evil\nX-Injected: yes")[0] == 501
+    assert c.cmd("EHLO not a hostname")[0] == 501
+    assert c.cmd("EHLO [127.0.0.1]")[0] == 250
+    assert c.cmd(b"MAIL FROM:<spoof@evil.example\n>")[0] == 501
+    assert c.cmd("MAIL FROM:<x@remote.test>")[0] == 250
+
+
+def test_bare_newlines_in_data_are_refused(srv):
+    """SMTP smuggling: a bare LF before "." could end the message at a lenient next hop."""
+    c = Raw(srv.port("smtp"))
+    c.cmd("EHLO client.example")
+    for body in (b"Subject: s\r\n\r\nhi\n.\r\nMAIL FROM:<ceo@victim.example>\r\n", b"Subject: s\r\n\r\na\rb\r\n"):
+        assert c.cmd("MAIL FROM:<x@remote.test>")[0] == 250
+        assert c.cmd("RCPT TO:<bob@example.test>")[0] == 250
+        assert c.cmd("DATA")[0] == 354
+        assert c.cmd(body + b".") == (550, "5.6.11 Bare CR or LF in the message; lines must end with CRLF")
+    assert c.cmd("MAIL FROM:<x@remote.test>")[0] == 250
+    assert c.cmd("RCPT TO:<bob@example.test>")[0] == 250
+    c.send(b"BDAT 12 LAST\r\nSubject: \nx\r\n")
+    assert c.read()[0] == 550
+    assert srv.messages(BOB) == []
+
+
+def test_starttls_forgets_an_earlier_login_and_auth_edge_cases(srv):
+    c = Raw(srv.port("submission"))
+    c.cmd("EHLO client.example")
+    assert c.cmd("AUTH") == (501, "5.5.4 Syntax: AUTH mechanism [initial-response]")
+    assert c.cmd("AUTH PLAIN")[0] == 334
+    assert c.cmd(b"x" * 13000)[0] == 500  # the exchange ends with the over-long line ...
+    assert c.cmd("NOOP")[0] == 250  # ... and the next line is a command again
+    assert c.cmd("AUTH PLAIN " + base64.b64encode(b"\0alice@example.test\0alice-secret-1").decode())[0] == 235
+    c.starttls(srv.ssl_context())
+    c.cmd("EHLO client.example")
+    assert c.cmd("MAIL FROM:<alice@example.test>") == (530, "5.7.0 Authentication required")

@@ -35,9 +35,9 @@ def parse_address(text: str) -> str:
         raise _bad("Local part longer than 64 octets (RFC 5321 4.5.3.1.1)")
     if len(domain.encode()) > 255:
         raise _bad("Domain longer than 255 octets (RFC 5321 4.5.3.1.2)")
-    if not (_DOT_STRING.match(local) or _QUOTED.match(local)):
+    if not (_DOT_STRING.fullmatch(local) or _QUOTED.fullmatch(local)):
         raise _bad("Bad local part syntax")
-    if not (_DOMAIN.match(domain) or _LITERAL.match(domain)):
+    if not (_DOMAIN.fullmatch(domain) or _LITERAL.fullmatch(domain)):
         raise _bad("Bad domain syntax")
     return f"{local}@{domain.lower()}"
 
@@ -90,13 +90,18 @@ def parse_params(params: list[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for p in params:
         key, eq, value = p.partition("=")
-        if not _KEYWORD.match(key) or (eq and not value):
+        if not _KEYWORD.fullmatch(key) or (eq and not value):
             raise MailError(501, SYNTAX, f"Bad parameter syntax: {p[:40]}")
         key = key.upper()
         if key in out:
             raise MailError(501, SYNTAX, f"Parameter {key} given twice")
         out[key] = value if eq else None
     return out
+
+
+def valid_hello(text: str) -> bool:
+    """An EHLO/HELO argument: a domain or an address literal (RFC 5321 4.1.1.1)."""
+    return bool(text) and len(text) <= 255 and bool(_DOMAIN.fullmatch(text) or _LITERAL.fullmatch(text))
 
 
 def is_ascii(text: str) -> bool:

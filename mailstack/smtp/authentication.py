@@ -222,6 +222,8 @@ class InboundChecker:
             except DnsTemporaryError:
                 dmarc_result = DMARCAuthenticationResult(result="temperror", header_from=header_from(message).rpartition("@")[2])
                 temporary.append("DMARC")
+            except Exception:  # no or broken From field: authheaders cannot evaluate (RFC 7489 6.6.1)
+                dmarc_result = DMARCAuthenticationResult(result="permerror", header_from="none")
             results.append(dmarc_result)
         header = (str(AuthenticationResultsHeader(authserv_id=self.hostname, results=results)) + "\r\n").encode()
         if temporary:

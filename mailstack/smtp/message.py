@@ -25,23 +25,51 @@ class DotDecoder:
         # first line looks like one on any other line.
         self._pending = b"\r\n"
         self._at_start = True
+        #: a bare CR or LF was seen: refused, since a next hop may read it as end of data
+        #: ("SMTP smuggling")
+        self.bare_newline = False
 
     def feed(self, data: bytes) -> tuple[bytes, bool, bytes]:
-        """Return (message bytes decoded so far, whether the terminator was seen, bytes after it)."""
+        """Return (message bytes decoded so far, whether the terminator was seen, bytes after it).
+
+        At most a few bytes are held back between calls, whatever the client sends (a
+        message with no line break at all included): only what could still turn out to be
+        part of ``CRLF.CRLF`` or of a stuffed dot.
+        """
         buf = self._pending + data
         end = buf.find(b"\r\n.\r\n")
         if end >= 0:
             out, rest, done = buf[: end + 2], buf[end + 5 :], True
             self._pending = b""
         else:
-            cut = buf.rfind(b"\r\n")
-            if cut < 0:
-                cut = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
+            cut = _safe_cut(buf)
             out, self._pending, rest, done = buf[:cut], buf[cut:], b"", False
+        self.bare_newline = self.bare_newline or _has_bare_newline(out)
         out = out.replace(b"\r\n.", b"\r\n")
         if self._at_start and out:
             out, self._at_start = out[2:], False
         return out, done, rest
+
+
+def _safe_cut(buf: bytes) -> int:
+    """Where ``buf`` may be cut without splitting a possible ``CRLF.CRLF`` or ``CRLF.``.
+
+    Every byte of those sequences is CR, LF or ".", so a cut right after any other byte
+    splits neither.  Four bytes stay behind in any case (a terminator's beginning).
+    """
+    for p in range(len(buf) - 4, max(len(buf) - 68, 0), -1):
+        if buf[p - 1] not in b"\r\n.":
+            return p
+    cut = buf.rfind(b"\r\n")
+    if cut >= 0:
+        return cut
+    return len(buf) - 1 if buf.endswith(b"\r") else len(buf)
+
+
+def _has_bare_newline(data: bytes) -> bool:
+    """A CR or LF that is not part of CRLF (RFC 5321 2.3.8)."""
+    crlf = data.count(b"\r\n")
+    return data.count(b"\n") != crlf or data.count(b"\r") != crlf
 
 
 class MessageSpool:
@@ -55,6 +83,8 @@ class MessageSpool:
         self.size = 0
         self.too_big = False
         self.head = b""  # the first HEAD bytes, for header checks
+        self.bare_newline = False
+        self._last = b""
         self._file = tempfile.SpooledTemporaryFile(max_size=self.MEMORY)
 
     def write(self, data: bytes) -> None:
@@ -68,6 +98,13 @@ class MessageSpool:
         if len(self.head) < self.HEAD:
             self.head += data[: self.HEAD - len(self.head)]
         self._file.write(data)
+
+    def note_raw(self, data: bytes) -> None:
+        """Track bare CR/LF in BDAT chunks (not dot-decoded), across chunk boundaries."""
+        if data:
+            joined = self._last + data
+            self.bare_newline = self.bare_newline or _has_bare_newline(joined[:-1] if joined.endswith(b"\r") else joined)
+            self._last = b"\r" if joined.endswith(b"\r") else b""
 
     def header_names(self) -> set[str]:
         """Lower-cased names of the header fields (from the first 64 KiB)."""

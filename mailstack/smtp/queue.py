@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
@@ -66,7 +67,8 @@ class Envelope:
 
 
 def _write_atomic(path: str, data: bytes, fsync: bool) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
+    # A name of its own per write: two threads of one process may update the same envelope.
+    tmp = f"{path}.tmp{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}"
     with open(tmp, "wb") as f:
         f.write(data)
         if fsync:
@@ -174,12 +176,15 @@ class OutboundQueue:
             fsync_dir(os.path.join(self.dir, "env"))
 
     def finish(self, env: Envelope) -> None:
-        """Every recipient is delivered or bounced: forget the message."""
+        """Every recipient is delivered or bounced: forget the message (envelope first, so a
+        crash in between leaves at worst a message file without an envelope, never the reverse)."""
         for path in (self.active_path(env.id), self.env_path(env.id), self.msg_path(env.id)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        if self.fsync:
+            fsync_dir(os.path.join(self.dir, "active"))
 
     def recover(self) -> list[str]:
         """Put back envelopes claimed by processes of this host that no longer run."""
@@ -209,14 +214,14 @@ class OutboundQueue:
         try:
             with open(self.env_path(qid), "rb") as f:
                 return Envelope.from_json(f.read()), "waiting"
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):
             pass
         for name in os.listdir(os.path.join(self.dir, "active")):
-            if name.startswith(qid + "."):
+            if name.startswith(qid + ".") and name.endswith(".json"):  # not a temporary file being written
                 try:
                     with open(os.path.join(self.dir, "active", name), "rb") as f:
                         return Envelope.from_json(f.read()), "active"
-                except FileNotFoundError:
+                except (FileNotFoundError, ValueError):
                     pass
         return None
 

@@ -99,8 +99,12 @@ class RelayService(service.Service):
         return d.addCallback(queued)
 
     def kick(self) -> None:
-        """Look for due messages soon."""
-        if self.running and (self._scan_call is None or not self._scan_call.active()):
+        """Look for due messages now (a later scan already planned is brought forward)."""
+        if not self.running:
+            return
+        if self._scan_call is not None and self._scan_call.active():
+            self._scan_call.reset(0)
+        else:
             self._scan_call = self.reactor.callLater(0, self._scan)
 
     # -- scheduling ------------------------------------------------------------------------------
@@ -141,10 +145,26 @@ class RelayService(service.Service):
             failed_before = {r.address for r in env.recipients if r.status == FAILED}
             by_domain: dict[str, list[str]] = {}
             for r in env.pending():
+                if not (r.address.isascii() and env.sender.isascii()):
+                    # Twisted's client cannot send SMTPUTF8 (RFC 6531) addresses: say so at once.
+                    r.status, r.code = FAILED, 553
+                    r.diagnostic = "5.6.7 non-ASCII addresses cannot be relayed by this server"
+                    continue
                 by_domain.setdefault(r.address.rpartition("@")[2].lower(), []).append(r.address)
-            yield defer.DeferredList([self._deliver_domain(env, d, rcpts) for d, rcpts in by_domain.items()],
-                                     consumeErrors=True)
+            results = yield defer.DeferredList([self._deliver_domain(env, d, rcpts) for d, rcpts in by_domain.items()],
+                                               consumeErrors=True)
+            for ok, failure in results:
+                if not ok:
+                    log.failure("relay: {id}: delivery attempt failed", failure, id=env.id)
             yield self._after_attempt(env, failed_before)
+        except Exception:
+            # Whatever went wrong, the message must not stay claimed: back to the queue, later.
+            log.failure("relay: {id}: processing failed; will try again", id=env.id)
+            env.next_attempt = time.time() + self.settings.retry_schedule[0]
+            try:
+                yield threads.deferToThread(self.queue.release, env)
+            except Exception:
+                log.failure("relay: {id}: could not put the message back; it returns at the next start", id=env.id)
         finally:
             self.inflight.discard(env.id)
 

@@ -182,6 +182,7 @@ class SMTPSession(smtp.ESMTP):
         return basic.LineReceiver.dataReceived(self, data)
 
     def lineLengthExceeded(self, line):
+        self._auth_step = None  # an AUTH exchange in progress ends here
         self.reply(500, "5.5.2", "Line too long")
         end = line.find(b"\r\n", self.MAX_LENGTH)
         if end < 0:
@@ -215,6 +216,10 @@ class SMTPSession(smtp.ESMTP):
         except UnicodeDecodeError:
             self.reply(501, "5.5.2", "Syntax error: the command is not valid UTF-8")
             return
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+            # A bare CR or LF here would end up inside Received or Return-Path as a header of its own.
+            self.reply(501, "5.5.2", "Syntax error: control characters in the command")
+            return
         try:
             getattr(self, method)(text)
         except MailError as e:
@@ -240,8 +245,9 @@ class SMTPSession(smtp.ESMTP):
         self.spool = None
 
     def _hello_name(self, text: str) -> str:
-        if not text or " " in text:
-            raise MailError(501, "5.5.2", "Syntax: EHLO your-host-name")
+        """RFC 5321 4.1.1.1: a domain or an address literal (it goes into Received)."""
+        if not addr.valid_hello(text):
+            raise MailError(501, "5.5.2", "Syntax: EHLO your-host-name (a domain or [address literal])")
         return text
 
     def cmd_HELO(self, text):
@@ -314,6 +320,7 @@ class SMTPSession(smtp.ESMTP):
         self.clearLineBuffer()
         self.transport.startTLS(self.settings.tls)
         self.facts.tls = True
+        self.facts.user = None  # RFC 3207 4.2: forget everything learnt before TLS, AUTH included
         self.state = FRESH  # RFC 3207 4.2: the client must EHLO again
         self._reset_transaction()
 
@@ -326,6 +333,8 @@ class SMTPSession(smtp.ESMTP):
             raise MailError(538, "5.7.11", "Encryption required: use STARTTLS first")
         mechanism, _, initial = text.partition(" ")
         mechanism = mechanism.upper()
+        if not mechanism:
+            raise MailError(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
         if mechanism == "PLAIN":
             if initial:
                 return self._auth_plain(initial.encode())
@@ -456,6 +465,7 @@ class SMTPSession(smtp.ESMTP):
     def _data_chunk(self, data: bytes):
         out, done, rest = self._decoder.feed(data)
         self.spool.write(out)
+        self.spool.bare_newline = self._decoder.bare_newline
         if done:
             self._raw_handler = None
             self.line_mode = 1
@@ -487,6 +497,7 @@ class SMTPSession(smtp.ESMTP):
         self._bdat_left -= len(take)
         if self._bdat_refusal is None and self.spool is not None:
             self.spool.write(take)
+            self.spool.note_raw(take)
         if self._bdat_left > 0:
             return
         self._raw_handler = None
@@ -510,6 +521,12 @@ class SMTPSession(smtp.ESMTP):
         if spool.too_big:
             spool.close()
             self.reply(552, "5.3.4", f"Message size exceeds fixed maximum message size ({self.settings.max_size})")
+            return
+        if spool.bare_newline:
+            # RFC 5321 2.3.8; passed on, a bare LF before "." lets a sender smuggle a second
+            # message past the next hop ("SMTP smuggling").
+            spool.close()
+            self.reply(550, "5.6.11", "Bare CR or LF in the message; lines must end with CRLF")
             return
         received, added = self._trace_headers(recipients, spool)
         accounts, remote = [], []
@@ -538,11 +555,13 @@ class SMTPSession(smtp.ESMTP):
                 raise MailError(451, "4.7.0", f"Temporary failure: {prepared.reason}; try again later")
             head = received + prepared.header
             body = prepared.body if prepared.body is not None else spool
-            # Queue for the outside first, then the local copies: both read the one spool, in turn.
-            d2 = settings.relay.enqueue(sender, remote, _compose(head, body)) if remote else defer.succeed(None)
+            # Local copies first, then the queue for the outside (both read the one spool, in
+            # turn): a local failure then answers 451 before anything left for elsewhere.
             folder = "Junk" if prepared.action == "junk" else "INBOX"
-            return d2.addCallback(lambda qid: settings.deliver_local(accounts, sender, head, body, folder)
-                                  .addCallback(lambda _: (qid, folder)))
+            d2 = settings.deliver_local(accounts, sender, head, body, folder)
+            if remote:
+                d2.addCallback(lambda _: settings.relay.enqueue(sender, remote, _compose(head, body)))
+            return d2.addCallback(lambda qid: (qid, folder))
 
         def delivered(result):
             qid, folder = result

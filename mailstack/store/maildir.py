@@ -302,6 +302,9 @@ class Mailbox:
     def initialise(self) -> None:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         _make_maildir(self.path, self.store.fsync, folder=False)
+        inbox = self.store._folder(self, "INBOX", self.path)
+        with inbox.locked():
+            inbox._ensure_uidlist()
         for name in SPECIAL_FOLDERS:
             if not os.path.isdir(self._path_of(name)):
                 try:
