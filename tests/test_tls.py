@@ -1,0 +1,32 @@
+"""TLS hygiene on every TLS listener: TLS 1.0 and 1.1 refused, 1.2 and 1.3 accepted
+(checked with openssl s_client, its own security level lowered so that only the server
+can be the one saying no)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+
+
+def handshake(port: int, version: str, ca: str, starttls: str | None = None) -> bool:
+    argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", f"-{version}", "-CAfile", ca,
+            "-cipher", "DEFAULT:@SECLEVEL=0", "-servername", "localhost"]
+    if starttls:
+        argv += ["-starttls", starttls]
+    out = subprocess.run(argv, input="", capture_output=True, text=True, timeout=30)
+    return "Cipher is (NONE)" not in out.stdout and out.returncode == 0 and "Verify return code: 0" in out.stdout
+
+
+def test_old_tls_versions_are_refused_everywhere(server_factory):
+    srv = server_factory(listeners=["smtp", "submission", "submissions", "pop3", "pop3s"]).start()
+    cases = [("submissions", None), ("pop3s", None), ("submission", "smtp"), ("smtp", "smtp"), ("pop3", "pop3")]
+    for key, starttls in cases:
+        port = srv.port(key)
+        assert handshake(port, "tls1_2", srv.ca_file, starttls), f"{key}: TLS 1.2 should work"
+        assert handshake(port, "tls1_3", srv.ca_file, starttls), f"{key}: TLS 1.3 should work"
+        assert not handshake(port, "tls1_1", srv.ca_file, starttls), f"{key}: TLS 1.1 must be refused"
+        assert not handshake(port, "tls1", srv.ca_file, starttls), f"{key}: TLS 1.0 must be refused"
