@@ -319,6 +319,9 @@ class POP3Server(pop3.POP3):
 
     def timeoutConnection(self):
         log.info("pop3 autologout of {peer}", peer=self.peer)
+        if self._streaming:  # a client that stopped reading: nothing more can be flushed to it
+            self.transport.abortConnection()
+            return
         self._close(b"-ERR autologout: idle for too long\r\n")
 
     def _close(self, last: bytes = b""):
@@ -430,8 +433,9 @@ class POP3Server(pop3.POP3):
             result.addErrback(self._unexpected)
             result.addBoth(finished.append)
             if not finished:  # still running (``called`` is not enough: it may wait on another)
+                # The idle timer keeps running: a client that stops reading mid-RETR must not
+                # hold the maildrop lock for ever.  Each chunk sent counts as activity.
                 self._busy = True
-                self.setTimeout(None)
                 result.addBoth(self._command_done)
 
     def _unexpected(self, failure):
@@ -787,6 +791,7 @@ class POP3Server(pop3.POP3):
                 await flow.ready()
                 if flow.stopped:
                     return
+                self.resetTimeout()
                 chunk = await threads.deferToThread(f.read, READ_CHUNK)
             if not self._lost:
                 self.transport.write(encoder.finish())
