@@ -110,7 +110,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "smarthost_verify": (bool, True),
     },
     "limits": {
-        "connections": (int, 1000),
+        "connections": (int, 2000),
         "connections_per_address": (int, 20),
         "message_size": (int, 50 * 1024 * 1024),
         "recipients": (int, 100),

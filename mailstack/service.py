@@ -100,6 +100,7 @@ class MailstackService(service.MultiService):
 
     def privilegedStartService(self):
         """Bind every listener now (before privileges are dropped), or none at all."""
+        _raise_file_limit(self.config.max_connections * len(self.factories) + 1024)
         for lst, factory in self.factories:
             endpoint = endpoints.serverFromString(self.reactor, lst.endpoint)
             d = endpoint.listen(factory)
@@ -165,6 +166,19 @@ class MailstackService(service.MultiService):
             except ConfigError as e:
                 log.error("reload: {error}", error=str(e))
         log.info("reloaded users, aliases and certificate")
+
+
+def _raise_file_limit(wanted: int) -> None:
+    """Every connection is a file descriptor: the usual soft limit of 1024 is too low."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as e:
+            log.warn("cannot raise the open file limit to {n}: {error}", n=target, error=e)
 
 
 def _make_relay(cfg: config_mod.Config, store: MaildirStore, accounts, reactor):
