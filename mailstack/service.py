@@ -38,6 +38,7 @@ PROTOCOLS: dict[str, str] = {
     "smtp": "mailstack.smtp.server",
     "submission": "mailstack.smtp.server",
     "pop3": "mailstack.pop3.server",
+    "imap": "mailstack.imap.server",
 }
 
 

@@ -7,7 +7,6 @@ import base64
 import smtplib
 import subprocess
 import sys
-from pathlib import Path
 
 import dkim
 import pytest

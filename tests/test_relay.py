@@ -6,8 +6,6 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import os
-import signal
 import smtplib
 import socket
 import subprocess

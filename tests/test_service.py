@@ -12,7 +12,6 @@ import socket
 import ssl
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 

@@ -19,12 +19,12 @@ import binascii
 
 from twisted.cred import credentials, error as cred_error
 from twisted.internet import defer, protocol, reactor, threads
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.mail import pop3
 from zope.interface import implementer
 
 from mailstack.config import is_loopback
+from mailstack.flow import Flow
 from mailstack.throttle import LoginThrottled
 from mailstack.errors import MessageGone, UnknownUser
 from mailstack.pop3.capabilities import SessionView, capability_lines
@@ -228,38 +228,6 @@ class DotStuffer:
         return data
 
 
-@implementer(IPushProducer)
-class _Flow:
-    """The transport's flow control for one message being sent."""
-
-    def __init__(self):
-        self.paused = False
-        self.stopped = False
-        self._waiting: defer.Deferred | None = None
-
-    def ready(self) -> defer.Deferred:
-        """Fires when the transport wants more (at once unless paused)."""
-        if not self.paused or self.stopped:
-            return defer.succeed(None)
-        self._waiting = defer.Deferred()
-        return self._waiting
-
-    def _wake(self):
-        d, self._waiting = self._waiting, None
-        if d is not None:
-            d.callback(None)
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        self._wake()
-
-    def stopProducing(self):
-        self.stopped = True
-        self._wake()
-
 
 # -- the protocol ------------------------------------------------------------------------------
 
@@ -292,7 +260,7 @@ class POP3Server(pop3.POP3):
         self._lock: tuple[str, str] | None = None
         self._logout = None
         self._updating = False
-        self._flow: _Flow | None = None
+        self._flow: Flow | None = None
         self._streaming = False  # between a RETR/TOP's "+OK" and its final "."
         self._prefetched: tuple[int, defer.Deferred] | None = None
         self._seen_pending: list[int] = []
@@ -778,7 +746,7 @@ class POP3Server(pop3.POP3):
             if top is None and "\\Seen" not in info.flags:
                 self._mark_seen(info.uid)
             return
-        self._flow = flow = _Flow()
+        self._flow = flow = Flow()
         self.transport.registerProducer(flow, True)
         self._streaming = True
         try:

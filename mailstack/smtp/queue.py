@@ -25,7 +25,7 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator
 
 from mailstack.store.uidlist import fsync_dir

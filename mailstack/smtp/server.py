@@ -517,7 +517,7 @@ class SMTPSession(smtp.ESMTP):
         spool, sender, recipients = self.spool, self.sender, self.recipients
         self.spool = None
         self.state = GREETED
-        self.sender, self.recipients, mail_params = None, [], self.mail_params
+        self.sender, self.recipients = None, []
         if spool.too_big:
             spool.close()
             self.reply(552, "5.3.4", f"Message size exceeds fixed maximum message size ({self.settings.max_size})")

@@ -1,0 +1,53 @@
+"""The one capability table of the IMAP server (RFC 3501 section 6.1.1, CAPABILITY).
+
+Each entry says where it is defined and when it is listed.  Twisted's ``IMAP4Server``
+advertises IDLE and NAMESPACE whatever the session can do; the server uses this table instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """What decides which capabilities a session lists."""
+
+    can_starttls: bool  # the imap listener, not yet under TLS, not yet logged in
+    login_allowed: bool  # LOGIN and AUTHENTICATE would be accepted now (TLS, or loopback if allowed)
+    authenticated: bool
+
+
+@dataclass(frozen=True)
+class Capability:
+    name: str
+    rfc: str
+    listed: Callable[[SessionView], bool] = lambda view: True
+
+
+CAPABILITIES: tuple[Capability, ...] = (
+    Capability("IMAP4rev1", "RFC 3501"),
+    Capability("STARTTLS", "RFC 3501 6.2.1", lambda v: v.can_starttls),
+    # RFC 3501 6.2.3 / RFC 2595 3.2: no clear-text password outside TLS.
+    Capability("LOGINDISABLED", "RFC 3501 6.2.3", lambda v: not v.authenticated and not v.login_allowed),
+    Capability("AUTH=PLAIN", "RFC 3501 6.2.2, RFC 4616", lambda v: not v.authenticated and v.login_allowed),
+    Capability("SASL-IR", "RFC 4959", lambda v: not v.authenticated),
+    Capability("LITERAL+", "RFC 7888"),
+    Capability("ID", "RFC 2971"),
+    Capability("ENABLE", "RFC 5161"),
+    Capability("IDLE", "RFC 2177"),
+    Capability("NAMESPACE", "RFC 2342"),
+    Capability("UIDPLUS", "RFC 4315"),
+    Capability("MOVE", "RFC 6851"),
+    Capability("UNSELECT", "RFC 3691"),
+    Capability("CHILDREN", "RFC 3348"),
+    Capability("SPECIAL-USE", "RFC 6154"),
+    Capability("LIST-EXTENDED", "RFC 5258"),
+    Capability("LIST-STATUS", "RFC 5819"),
+    Capability("CONDSTORE", "RFC 7162 3.1"),
+)
+
+
+def capability_names(view: SessionView) -> list[bytes]:
+    return [c.name.encode("ascii") for c in CAPABILITIES if c.listed(view)]

@@ -1,0 +1,239 @@
+"""SEARCH (RFC 3501 section 6.4.4): the query is compiled first, then run in a worker thread.
+
+Twisted's own SEARCH is not used: KEYWORD never matches there, SENTBEFORE searches the To
+header, BODY and TEXT look at undecoded bytes, and every message is read on the reactor thread.
+Here a message file is read only when a key needs it (header keys read the header only).
+"""
+
+from __future__ import annotations
+
+import re
+
+from mailstack.imap import message as msgmod
+
+SEQSET_RE = re.compile(rb"^(\d+|\*)(:(\d+|\*))?(,(\d+|\*)(:(\d+|\*))?)*$")
+
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True), "DRAFT": ("\\Draft", True),
+    "FLAGGED": ("\\Flagged", True), "SEEN": ("\\Seen", True),
+    "UNANSWERED": ("\\Answered", False), "UNDELETED": ("\\Deleted", False), "UNDRAFT": ("\\Draft", False),
+    "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False),
+}
+_HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
+
+
+class SearchSyntaxError(ValueError):
+    pass
+
+
+def parse_seqset(text: bytes) -> list[tuple[int | None, int | None]]:
+    """RFC 3501 sequence-set -> [(low, high)], None for "*"; SearchSyntaxError if malformed."""
+    if not SEQSET_RE.match(text):
+        raise SearchSyntaxError(f"invalid sequence set {text[:40]!r}")
+    out = []
+    for item in text.split(b","):
+        lo, _, hi = item.partition(b":")
+        a = None if lo == b"*" else int(lo)
+        b = a if not hi else (None if hi == b"*" else int(hi))
+        if a == 0 or b == 0:
+            raise SearchSyntaxError("0 is not a valid message number")
+        out.append((a, b))
+    return out
+
+
+def compile_query(tokens: list, charset: str = "utf-8"):
+    """Parsed tokens (bytes and nested lists) -> a tree of tuples; SearchSyntaxError if bad."""
+    tokens = list(tokens)
+    nodes = []
+    while tokens:
+        nodes.append(_one(tokens, charset))
+    if not nodes:
+        raise SearchSyntaxError("empty search")
+    return ("and", nodes)
+
+
+def _text(tokens: list, charset: str) -> str:
+    if not tokens or isinstance(tokens[0], list):
+        raise SearchSyntaxError("a string argument is missing")
+    try:
+        return tokens.pop(0).decode(charset)
+    except UnicodeDecodeError:
+        raise SearchSyntaxError(f"argument is not valid {charset}") from None
+
+
+def _one(tokens: list, charset: str):
+    t = tokens.pop(0)
+    if isinstance(t, list):
+        return compile_query(t, charset) if t else ("all",)
+    key = t.upper().decode("ascii", "replace")
+    if key == "ALL":
+        return ("all",)
+    if key in _FLAG_KEYS:
+        flag, want = _FLAG_KEYS[key]
+        return ("flag", flag, want)
+    if key in ("KEYWORD", "UNKEYWORD"):
+        return ("flag", _text(tokens, charset), key == "KEYWORD")
+    if key == "RECENT":
+        return ("recent",)
+    if key == "NEW":
+        return ("and", [("recent",), ("flag", "\\Seen", False)])
+    if key == "OLD":
+        return ("not", ("recent",))
+    if key in _HEADER_KEYS:
+        return ("header", _HEADER_KEYS[key], _text(tokens, charset).casefold())
+    if key == "HEADER":
+        name = _text(tokens, charset)
+        return ("header", name.lower(), _text(tokens, charset).casefold())
+    if key in ("BODY", "TEXT"):
+        return (key.lower(), _text(tokens, charset).casefold())
+    if key in ("BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"):
+        try:
+            when = msgmod.parse_search_date(tokens.pop(0))
+        except (ValueError, IndexError, AttributeError):
+            raise SearchSyntaxError(f"{key} needs a date such as 1-Feb-2024") from None
+        sent = key.startswith("SENT")
+        return ("date", key[4:] if sent else key, when, sent)
+    if key in ("LARGER", "SMALLER"):
+        arg = tokens.pop(0) if tokens else b""
+        if not isinstance(arg, bytes) or not arg.isdigit():
+            raise SearchSyntaxError(f"{key} needs a number")
+        return ("size", key, int(arg))
+    if key == "NOT":
+        if not tokens:
+            raise SearchSyntaxError("NOT needs a search key")
+        return ("not", _one(tokens, charset))
+    if key == "OR":
+        if len(tokens) < 2:
+            raise SearchSyntaxError("OR needs two search keys")
+        return ("or", _one(tokens, charset), _one(tokens, charset))
+    if key == "MODSEQ":  # RFC 7162 3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence-value
+        if len(tokens) >= 3 and isinstance(tokens[0], bytes) and not tokens[0].isdigit():
+            del tokens[:2]  # per-flag entries: the message's MODSEQ covers every flag here
+        arg = tokens.pop(0) if tokens else b""
+        if not isinstance(arg, bytes) or not arg.isdigit():
+            raise SearchSyntaxError("MODSEQ needs a number")
+        return ("modseq", int(arg))
+    if key == "UID":
+        if not tokens or not isinstance(tokens[0], bytes):
+            raise SearchSyntaxError("UID needs a set")
+        return ("uid", parse_seqset(tokens.pop(0)))
+    if SEQSET_RE.match(t):
+        return ("seq", parse_seqset(t))
+    raise SearchSyntaxError(f"unknown search key {key[:40]}")
+
+
+class Candidate:
+    """One message being searched; its file is read at most once, and only when needed."""
+
+    def __init__(self, folder, seq: int, uid: int, info, flags: frozenset, recent: bool):
+        self.folder, self.seq, self.uid, self.info, self.flags, self.recent = folder, seq, uid, info, flags, recent
+        self._raw = None
+        self._head = None
+
+    def raw(self) -> bytes:
+        if self._raw is None:
+            self._raw = self.folder.read_message(self.uid)
+        return self._raw
+
+    def head(self) -> msgmod.Entity:
+        if self._head is None:
+            self._head = msgmod.Entity(self._raw if self._raw is not None else read_head(self.folder, self.uid))
+        return self._head
+
+
+def read_head(folder, uid: int, chunk: int = 16384) -> bytes:
+    """The header of a message (up to and including the blank line), without reading the rest."""
+    with folder.open_message(uid) as f:
+        data = b""
+        while True:
+            more = f.read(chunk)
+            data += more
+            m = msgmod._HEADER_END.search(data)
+            if m or data.startswith((b"\r\n", b"\n")):
+                return data[: m.end()] if m else data[:2]
+            if not more:
+                return data
+
+
+def _in_ranges(value: int, ranges, last: int) -> bool:
+    for lo, hi in ranges:
+        lo = last if lo is None else lo
+        hi = last if hi is None else hi
+        if lo > hi:
+            lo, hi = hi, lo
+        if lo <= value <= hi:
+            return True
+    return False
+
+
+def matches(node, c: Candidate, last_seq: int, last_uid: int) -> bool:
+    kind = node[0]
+    if kind == "and":
+        return all(matches(n, c, last_seq, last_uid) for n in node[1])
+    if kind == "all":
+        return True
+    if kind == "not":
+        return not matches(node[1], c, last_seq, last_uid)
+    if kind == "or":
+        return matches(node[1], c, last_seq, last_uid) or matches(node[2], c, last_seq, last_uid)
+    if kind == "flag":
+        flag = node[1].lower()
+        return any(f.lower() == flag for f in c.flags) == node[2]
+    if kind == "recent":
+        return c.recent
+    if kind == "seq":
+        return _in_ranges(c.seq, node[1], last_seq)
+    if kind == "uid":
+        return _in_ranges(c.uid, node[1], last_uid)
+    if kind == "modseq":
+        return c.info.modseq >= node[1]
+    if kind == "size":
+        return c.info.size > node[2] if node[1] == "LARGER" else c.info.size < node[2]
+    if kind == "date":
+        _, op, when, sent = node
+        if sent:
+            day = msgmod.sent_date(c.head())
+            if day is None:
+                return False
+        else:
+            from datetime import datetime, timezone
+
+            day = datetime.fromtimestamp(c.info.internaldate, timezone.utc).date()
+        return day < when if op == "BEFORE" else (day == when if op == "ON" else day >= when)
+    if kind == "header":
+        entity = c.head()
+        if not any(n.lower() == node[1] for n, _ in entity.fields):
+            return False
+        return node[2] in msgmod.decoded_header(entity, node[1]).casefold()
+    if kind == "body":
+        return node[1] in msgmod.body_text(c.raw()).casefold()
+    if kind == "text":
+        raw = c.raw()
+        header = msgmod.Entity(raw).header.decode("utf-8", "replace").casefold()
+        return node[1] in header or node[1] in msgmod.body_text(raw).casefold()
+    raise SearchSyntaxError(f"unknown node {kind}")
+
+
+def uses_modseq(node) -> bool:
+    if node[0] == "modseq":
+        return True
+    if node[0] == "and":
+        return any(uses_modseq(n) for n in node[1])
+    if node[0] == "not":
+        return uses_modseq(node[1])
+    if node[0] == "or":
+        return uses_modseq(node[1]) or uses_modseq(node[2])
+    return False
+
+
+def run(query, candidates: list[Candidate], last_seq: int, last_uid: int) -> list[Candidate]:
+    """*Blocking* (reads message files).  The candidates matching ``query``."""
+    out = []
+    for c in candidates:
+        try:
+            if matches(query, c, last_seq, last_uid):
+                out.append(c)
+        except Exception as e:  # a message expunged meanwhile, or unparseable: no match
+            if isinstance(e, SearchSyntaxError):
+                raise
+    return out
