@@ -1,7 +1,7 @@
 """TLS server contexts, shared by every listener and reloadable on SIGHUP.
 
-TLS 1.2 is the minimum, Twisted's default cipher list (forward-secret AEAD suites) is used
-with server preference, and a reload swaps the context used for *new* handshakes only, so
+TLS 1.2 is the minimum, only forward-secret AEAD cipher suites are offered, the server's
+preference wins, and a reload swaps the context used for *new* handshakes only, so
 sessions already running keep theirs.
 """
 
@@ -13,6 +13,12 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from mailstack.errors import ConfigError
+
+
+#: TLS 1.2 suites: forward-secret key exchange and AEAD only (TLS 1.3 suites are all of that
+#: kind already).  Twisted sets server cipher preference by default.
+MODERN_CIPHERS = ssl.AcceptableCiphers.fromOpenSSLCipherString(
+    "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!MD5:!DSS")
 
 
 def load_context_factory(cert_path: str, key_path: str, config_path: str = "") -> ssl.CertificateOptions:
@@ -44,6 +50,7 @@ def load_context_factory(cert_path: str, key_path: str, config_path: str = "") -
         certificate=chain[0],
         extraCertChain=chain[1:],
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        acceptableCiphers=MODERN_CIPHERS,
     )
     try:
         options.getContext()  # checks that the key matches the certificate

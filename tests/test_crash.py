@@ -3,12 +3,14 @@ nothing is stored twice, no partial message is visible, and the UID state is con
 
 from __future__ import annotations
 
+import imaplib
 import random
 import re
 import smtplib
 import threading
 import time
 
+from conftest import PASSWORDS
 from mailstack.store import MaildirStore
 from mailstack.store.check import check_user
 
@@ -34,7 +36,7 @@ def drive(port: int, first: int, accepted: list, stop: threading.Event):
 
 
 def test_sigkill_during_deliveries_loses_nothing(server_factory):
-    srv = server_factory(listeners=["smtp"], extra="[limits]\nconnections_per_address = 100\n")
+    srv = server_factory(listeners=["smtp", "imaps"], extra="[limits]\nconnections_per_address = 100\n")
     accepted: list[int] = []
     rng = random.Random(20261123)
     for round_ in range(ROUNDS):
@@ -71,4 +73,11 @@ def test_sigkill_during_deliveries_loses_nothing(server_factory):
     assert len(uids) == len(set(uids)) == len(seen)
     assert snap.uidnext > max(uids)
     assert all(not report.problems for report in check_user(store, BOB))
+    # and IMAP serves all of it, in the server that restarted on this store
+    with imaplib.IMAP4_SSL("127.0.0.1", srv.port("imaps"), ssl_context=srv.ssl_context()) as imap:
+        imap.login(BOB, PASSWORDS[BOB])
+        typ, data = imap.select("INBOX", readonly=True)
+        assert typ == "OK" and int(data[0]) == len(seen)
+        typ, data = imap.uid("SEARCH", "HEADER", "X-Seq", '""')  # every message has one
+        assert sorted(int(u) for u in data[0].split()) == sorted(uids)
     print(f"{len(accepted)} accepted over {ROUNDS} kills, {len(seen)} stored")

@@ -68,3 +68,33 @@ def test_flood_of_connections(server_factory, many_files):
     assert answered < 1.0
     assert during - before < 150, f"memory grew by {during - before:.0f} MB"
     assert srv.wait_for_messages("bob@example.test", 1)
+
+
+def test_commands_per_session_on_pop3_and_imap(server_factory):
+    srv = server_factory(listeners=["pop3", "imap"], extra="[limits]\ncommands_per_session = 5\n").start()
+    pop = socket.create_connection(("127.0.0.1", srv.port("pop3")), timeout=5)
+    pop.recv(200)
+    replies = b""
+    for _ in range(6):
+        pop.sendall(b"NOOP\r\n")
+        time.sleep(0.05)
+    time.sleep(0.3)
+    while True:
+        chunk = pop.recv(4096)
+        if not chunk:
+            break
+        replies += chunk
+    assert replies.endswith(b"-ERR [SYS/PERM] too many commands in one session\r\n")
+    imap = socket.create_connection(("127.0.0.1", srv.port("imap")), timeout=5)
+    imap.recv(500)
+    for n in range(6):
+        imap.sendall(b"t%d NOOP\r\n" % n)
+        time.sleep(0.05)
+    time.sleep(0.3)
+    data = b""
+    while True:
+        chunk = imap.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    assert b"t4 OK" in data and b"t5 OK" not in data and b"* BYE too many commands in one session" in data

@@ -841,3 +841,15 @@ def test_mbsync_two_way_sync(srv, tmp_path):
     run()
     assert list(local_files("INBOX").values()) == [norm(message(1))]
     assert "Traceback" not in srv.log_text()
+
+
+def test_starttls_discards_pipelined_plaintext(srv):
+    """CVE-2011-0411 class: a command sent in the clear behind STARTTLS must not run after it."""
+    r = Raw(srv.port("imap"))
+    r.send(b"s1 STARTTLS\r\ns2 LOGIN bob@example.test x\r\n")
+    assert r.until(b"s1")[-1].startswith(b"s1 OK")
+    r.sock = srv.ssl_context().wrap_socket(r.sock, server_hostname="localhost")
+    r.buf = b""
+    lines = r.cmd(b"s3", b"NOOP")
+    assert not any(line.startswith(b"s2 ") for line in lines), lines  # s2 was thrown away
+    assert lines[-1].startswith(b"s3 OK")

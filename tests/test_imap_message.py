@@ -68,3 +68,31 @@ def test_search_compiler():
         with pytest.raises(search.SearchSyntaxError):
             search.compile_query(bad)
     assert search.parse_seqset(b"1,3:5,*") == [(1, 1), (3, 5), (None, None)]
+
+
+# -- fuzzing: whatever bytes a message holds, ENVELOPE, BODYSTRUCTURE and sections come out ----
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_PARTS = [b"From: ", b"To: ", b"Subject: ", b"Content-Type: ", b"multipart/mixed; boundary=", b"message/rfc822",
+          b"text/plain; charset=", b"\"", b"=?utf-8?B?w6Q=?=", b"=?bad?Q?", b"\r\n", b"\r\n\r\n", b"--", b"b",
+          b"--b--", b"\r\n ", b"<", b">", b"@", b",", b";", b"(", b")", b"\\", b"\x00", b"\xff", b"\xc3\xa4",
+          b"Content-Transfer-Encoding: base64", b"Date: Mon, 32 Foo 2026 99:99:99 +9999", b"x" * 100]
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.one_of(st.sampled_from(_PARTS), st.binary(max_size=30)), max_size=60))
+def test_any_bytes_give_an_envelope_bodystructure_and_sections(pieces):
+    raw = b"".join(pieces)
+    entity = msg.Entity(raw)
+    assert isinstance(msg.sexp(msg.envelope(entity)), bytes)
+    for extended in (False, True):
+        assert isinstance(msg.sexp(msg.bodystructure(entity, extended)), bytes)
+    for path in ((1,), (1, 1), (2,), (2, 1, 1)):
+        try:
+            part = entity.locate(path)
+        except KeyError:
+            continue
+        assert isinstance(part.body, bytes)
+    msg.sent_date(entity)
+    msg.decoded_header(entity, "subject")

@@ -30,3 +30,22 @@ def test_old_tls_versions_are_refused_everywhere(server_factory):
         assert handshake(port, "tls1_3", srv.ca_file, starttls), f"{key}: TLS 1.3 should work"
         assert not handshake(port, "tls1_1", srv.ca_file, starttls), f"{key}: TLS 1.1 must be refused"
         assert not handshake(port, "tls1", srv.ca_file, starttls), f"{key}: TLS 1.0 must be refused"
+
+
+def test_only_forward_secret_aead_suites_and_server_preference(server_factory):
+    srv = server_factory(listeners=["submissions"]).start()
+    port = srv.port("submissions")
+
+    def negotiate(ciphers: str) -> str:
+        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2", "-cipher", ciphers,
+                              "-CAfile", srv.ca_file, "-servername", "localhost"],
+                             input="", capture_output=True, text=True, timeout=30)
+        for line in out.stdout.splitlines():
+            if "Cipher is" in line:
+                return line.split("Cipher is")[1].strip()
+        return "(NONE)"
+
+    assert negotiate("ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384") == "(NONE)"  # CBC suites: refused
+    # the client lists CBC first, the server picks its own (AEAD) preference
+    chosen = negotiate("ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305")
+    assert "GCM" in chosen or "CHACHA20" in chosen, chosen

@@ -451,6 +451,12 @@ class IMAPServer(imap4.IMAP4Server):
             self._tagged(tag, b"BAD", b"[SERVERBUG] internal server error")
 
     def dispatchCommand(self, tag, cmd, rest, uid=None):
+        self._commands = getattr(self, "_commands", 0) + 1
+        if self._commands > self.context.config.max_commands:
+            log.warn("imap session of {peer} closed: too many commands", peer=getattr(self, "peer", "?"))
+            self.sendLine(b"* BYE too many commands in one session")
+            self.transport.loseConnection()
+            return
         if not cmd.isalpha():
             raise Bad("unknown command")
         entry = self.lookupCommand(cmd)

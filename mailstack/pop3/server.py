@@ -422,6 +422,11 @@ class POP3Server(pop3.POP3):
     # -- commands ------------------------------------------------------------------------
 
     def _command(self, line: bytes):
+        self._commands = getattr(self, "_commands", 0) + 1
+        if self._commands > self.context.config.max_commands:
+            log.warn("pop3 session of {peer} closed: too many commands", peer=self.peer)
+            self._close(b"-ERR [SYS/PERM] too many commands in one session\r\n")
+            return None
         keyword, _, rest = line.partition(b" ")
         name = keyword.upper().decode("ascii", "replace")
         handler = getattr(self, "cmd_" + name, None) if name.isalpha() and name.isascii() else None
