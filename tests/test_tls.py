@@ -22,8 +22,9 @@ def handshake(port: int, version: str, ca: str, starttls: str | None = None) -> 
 
 
 def test_old_tls_versions_are_refused_everywhere(server_factory):
-    srv = server_factory(listeners=["smtp", "submission", "submissions", "pop3", "pop3s"]).start()
-    cases = [("submissions", None), ("pop3s", None), ("submission", "smtp"), ("smtp", "smtp"), ("pop3", "pop3")]
+    srv = server_factory(listeners=["smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps"]).start()
+    cases = [("submissions", None), ("pop3s", None), ("imaps", None), ("submission", "smtp"), ("smtp", "smtp"),
+             ("pop3", "pop3"), ("imap", "imap")]
     for key, starttls in cases:
         port = srv.port(key)
         assert handshake(port, "tls1_2", srv.ca_file, starttls), f"{key}: TLS 1.2 should work"
