@@ -97,7 +97,7 @@ def relay_env(tmp_path, dns_server, server_factory):
 
     def make(extra: str = "", listeners=("smtp", "submission"), retry: str = "[1]"):
         relay = (f"[dns]\nnameservers = [\"127.0.0.1\"]\nport = {dns_server}\n[relay]\nport = {mx_port}\n"
-                 f"retry_schedule = {retry}\nscan_interval = 0.5\nconnect_timeout = 3\n{extra}")
+                 f"retry_schedule = {retry}\nscan_interval = 0.5\nconnect_timeout = 15\n{extra}")
         return server_factory(listeners=list(listeners), extra=relay)
 
     yield make, start_fake, mx_port
@@ -238,10 +238,10 @@ def test_queue_survives_sigkill_and_delivers_each_message_once(relay_env):
     flush = subprocess.run([sys.executable, "-m", "mailstack.cli", "--config", str(srv.config_path), "queue", "flush"],
                            capture_output=True, text=True, env=env_with_tree())
     assert flush.returncode == 0, flush.stderr
-    files = wait_files(out, "*.eml", 200, timeout=60)
+    files = wait_files(out, "*.eml", 200, timeout=120)
     seqs = sorted(int(f.read_bytes().split(b"X-Seq: ")[1].split(b"\r\n")[0]) for f in files)
     assert seqs == list(range(200))  # all 200, each exactly once
-    assert wait_for(lambda: queue_files(srv) == [], timeout=30)
+    assert wait_for(lambda: queue_files(srv) == [], timeout=60)
 
 
 def test_queue_cli(relay_env):
