@@ -79,6 +79,13 @@ def _write_atomic(path: str, data: bytes, fsync: bool) -> None:
         fsync_dir(os.path.dirname(path))
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -118,7 +125,7 @@ class OutboundQueue:
         """Store a message for delivery; durable when this returns.  Returns its queue id."""
         qid = f"{int(time.time()):x}-{secrets.token_hex(6)}"
         path = self.msg_path(qid)
-        tmp = path + ".tmp"
+        tmp = f"{path}.tmp{os.getpid()}-{threading.get_ident()}"
         size = 0
         with open(tmp, "wb") as f:
             chunks = [source] if isinstance(source, (bytes, bytearray)) else source
@@ -187,7 +194,10 @@ class OutboundQueue:
             fsync_dir(os.path.join(self.dir, "active"))
 
     def recover(self) -> list[str]:
-        """Put back envelopes claimed by processes of this host that no longer run."""
+        """Put back envelopes claimed by processes of this host that no longer run, and clear
+        what such processes left half-written: temporary files, and message files whose
+        envelope was never written (those were never acknowledged to anyone)."""
+        self._clear_leftovers()
         recovered = []
         for name in os.listdir(os.path.join(self.dir, "active")):
             parts = name.rsplit(".", 3)
@@ -201,6 +211,27 @@ class OutboundQueue:
             except FileNotFoundError:
                 pass
         return recovered
+
+    def _clear_leftovers(self, orphan_age: float = 3600.0) -> None:
+        now = time.time()
+        for sub in ("msg", "env", "active"):
+            for name in os.listdir(os.path.join(self.dir, sub)):
+                if ".tmp" not in name:
+                    continue
+                pid = name.rsplit(".tmp", 1)[1].split("-", 1)[0]
+                if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                    _unlink(os.path.join(self.dir, sub, name))
+        known = {n[:-5] for n in os.listdir(os.path.join(self.dir, "env")) if n.endswith(".json")}
+        known |= {n.split(".", 1)[0] for n in os.listdir(os.path.join(self.dir, "active"))}
+        for name in os.listdir(os.path.join(self.dir, "msg")):
+            path = os.path.join(self.dir, "msg", name)
+            if ".tmp" in name or name in known:
+                continue
+            try:
+                if now - os.stat(path).st_mtime > orphan_age:  # a live process may be between the two writes
+                    _unlink(path)
+            except FileNotFoundError:
+                pass
 
     def open_message(self, qid: str):
         return open(self.msg_path(qid), "rb")

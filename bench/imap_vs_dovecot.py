@@ -1,0 +1,462 @@
+"""IMAP: mailstack against Dovecot's IMAP server, same Maildir, same client, same run.
+
+    python bench/imap_vs_dovecot.py [--sizes 1000 10000] [--seed 1] [--keep DIR]
+
+For every folder size N it writes one INBOX of N realistic messages (2-20 KB, varied headers,
+about a quarter multipart) straight into mailstack's store as Maildir files with ",S=<size>"
+names (a third in new/, the rest in cur/ with ":2,S" or ":2,FS"), so mailstack gives them UIDs
+at the first SELECT; it copies that Maildir for Dovecot.  It then starts mailstack
+(tests/conftest.py's MailServer, a real twistd process) and, after it, Dovecot (``dovecot -F``
+with a throw-away configuration: apt-get install dovecot-imapd), and with one plain-socket
+IMAP client over plaintext loopback measures, as client wall time:
+
+* SELECT INBOX, cold (the first SELECT after the server started; both servers index the
+  folder then) and warm (SELECT in a second session on the same server process);
+* Thunderbird's first-sync message list:
+  UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To ... Reply-To)]);
+* UID SEARCH HEADER Subject <word> and UID SEARCH BODY <word>;
+* UID FETCH 1:* BODY.PEEK[] (all bodies, MB/s).
+
+Ratios are mailstack time / Dovecot time (above 1: mailstack slower).  The client is the
+same Python code for both servers, so its own cost is in both figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import PASSWORDS, MailServer, free_port  # noqa: E402
+from mailstack.store import MaildirStore  # noqa: E402
+
+USER = "bob@example.test"
+HOST = "127.0.0.1"
+TB_HEADERS = ("From To Cc Bcc Subject Date Message-ID Priority X-Priority References Newsgroups "
+              "In-Reply-To Content-Type Reply-To")
+SUBJECT_WORD = "quarterly"   # in about 5% of subjects
+BODY_WORD = "xylophone"      # in about 3% of bodies (text parts only)
+
+WORDS = ("the of and to in is that for it as with was on be by this are or from at have an but not "
+         "mail server message queue delivery folder header body line twisted maildir protocol "
+         "meeting report budget release patch review schedule update notes draft plan agenda").split()
+SUBJECT_WORDS = ("re fwd meeting report budget release patch review schedule update notes draft "
+                 "plan agenda lunch friday monday invoice question help urgent project team").split()
+NAMES = ["Alice Archer", "Bruno Blanc", "Chloe Chen", "Dmitri Dvorak", "Eve Evans", "Farah Fadel",
+         "Gustav Gross", "Hana Hoshino", "Ivan Ivanov", "Julia Jones", "Kofi Kone", "Lena Lindqvist"]
+DOMAINS = ["example.org", "example.com", "lists.example.net", "corp.example", "mail.example.io"]
+
+
+# -- building the folder ---------------------------------------------------------------------------
+
+def addr(rnd: random.Random) -> str:
+    name = rnd.choice(NAMES)
+    local = name.split()[0].lower() + rnd.choice(["", ".", "_"]) + name.split()[1].lower()
+    return f'"{name}" <{local}@{rnd.choice(DOMAINS)}>' if rnd.random() < 0.5 else f"{name} <{local}@{rnd.choice(DOMAINS)}>"
+
+
+def text_lines(rnd: random.Random, count: int = 4000) -> list[bytes]:
+    lines = []
+    for _ in range(count):
+        words, width = [], rnd.randint(40, 76)
+        while sum(len(w) + 1 for w in words) < width:
+            words.append(rnd.choice(WORDS))
+        lines.append(" ".join(words).encode() + b"\r\n")
+    return lines
+
+
+def text_body(rnd: random.Random, pool: list[bytes], size: int, word: bool) -> bytes:
+    lines, total = [], 0
+    while total < size:
+        lines.append(rnd.choice(pool))
+        total += len(lines[-1])
+    if word and lines:
+        i = rnd.randrange(len(lines))
+        lines[i] = lines[i][:-2] + f" {BODY_WORD}\r\n".encode()
+    return b"".join(lines)
+
+
+def make_message(rnd: random.Random, n: int, pool: list[bytes], when: int) -> tuple[bytes, bool, bool]:
+    """One message of 2-20 KB; also whether the subject and the body carry the search words."""
+    target = rnd.randint(2 * 1024, 20 * 1024)
+    subj_hit, body_hit = rnd.random() < 0.05, rnd.random() < 0.03
+    subject = " ".join(rnd.choice(SUBJECT_WORDS) for _ in range(rnd.randint(2, 7)))
+    if subj_hit:
+        subject += f" {SUBJECT_WORD} figures"
+    if rnd.random() < 0.3:
+        subject = "Re: " + subject
+    date = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(when))
+    head = [f"Return-Path: <sender{n}@example.org>",
+            f"Received: from mx{rnd.randint(1, 9)}.example.org (mx.example.org [192.0.2.{rnd.randint(1, 254)}])\r\n"
+            f"\tby mail.example.test with ESMTPS id {rnd.getrandbits(48):012x}\r\n\tfor <{USER}>; {date}",
+            f"From: {addr(rnd)}", f"To: Bob <{USER}>" + (f", {addr(rnd)}" if rnd.random() < 0.3 else "")]
+    if rnd.random() < 0.25:
+        head.append(f"Cc: {addr(rnd)}, {addr(rnd)}")
+    if rnd.random() < 0.1:
+        head.append(f"Reply-To: {addr(rnd)}")
+    head += [f"Subject: {subject}", f"Date: {date}", f"Message-ID: <{n}.{rnd.getrandbits(32):08x}@bench.example.org>"]
+    if rnd.random() < 0.3 and n > 1:
+        refs = " ".join(f"<{rnd.randint(1, n - 1)}.ref@bench.example.org>" for _ in range(rnd.randint(1, 4)))
+        head += [f"In-Reply-To: {refs.split()[-1]}", f"References: {refs}"]
+    if rnd.random() < 0.1:
+        head += ["X-Priority: 1 (Highest)", "Priority: urgent"]
+    if rnd.random() < 0.2:
+        head += [f"List-Id: <list{rnd.randint(1, 5)}.lists.example.net>", "Precedence: list"]
+    head.append("MIME-Version: 1.0")
+    kind = rnd.random()
+    if kind < 0.75:
+        head.append("Content-Type: text/plain; charset=utf-8")
+        body = text_body(rnd, pool, target, body_hit)
+    else:
+        boundary = f"=_bench_{rnd.getrandbits(64):016x}"
+        head.append(f'Content-Type: multipart/{"alternative" if kind < 0.88 else "mixed"}; boundary="{boundary}"')
+        text = text_body(rnd, pool, target // 2, body_hit)
+        parts = [b"This is a multi-part message in MIME format.\r\n",
+                 f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                 "Content-Transfer-Encoding: 7bit\r\n\r\n".encode() + text]
+        if kind < 0.88:
+            html = b"<html><body><p>" + text.replace(b"\r\n", b"</p>\r\n<p>") + b"</p></body></html>\r\n"
+            parts.append(f"--{boundary}\r\nContent-Type: text/html; charset=utf-8\r\n"
+                         "Content-Transfer-Encoding: 7bit\r\n\r\n".encode() + html)
+        else:
+            raw = rnd.randbytes(max(256, (target // 2) * 3 // 4))
+            import base64
+            b64 = base64.encodebytes(raw).replace(b"\n", b"\r\n")
+            parts.append(f"--{boundary}\r\nContent-Type: application/octet-stream; name=\"data{n}.bin\"\r\n"
+                         f"Content-Disposition: attachment; filename=\"data{n}.bin\"\r\n"
+                         "Content-Transfer-Encoding: base64\r\n\r\n".encode() + b64)
+        body = b"".join(p if p.endswith(b"\r\n") else p + b"\r\n" for p in parts) + f"--{boundary}--\r\n".encode()
+    return "\r\n".join(head).encode() + b"\r\n\r\n" + body, subj_hit, body_hit
+
+
+def build_folder(store_root: Path, count: int, seed: int) -> dict:
+    """Write ``count`` message files straight into bob's INBOX under ``store_root``."""
+    MaildirStore(str(store_root), fsync=False).mailbox(USER)  # the directories and special folders
+    local, domain = USER.split("@")
+    inbox = store_root / domain / local
+    rnd = random.Random(seed)
+    pool = text_lines(rnd)
+    start = int(time.time()) - count * 60 - 86400
+    total = subj = body = 0
+    for n in range(1, count + 1):
+        when = start + n * 60
+        data, s_hit, b_hit = make_message(rnd, n, pool, when)
+        subj += s_hit
+        body += b_hit
+        total += len(data)
+        base = f"{when}.M{n % 1000000}P{os.getpid()}Q{n}.bench,S={len(data)}"
+        r = rnd.random()
+        rel = f"new/{base}" if r < 1 / 3 else f"cur/{base}:2,S" if r < 0.9 else f"cur/{base}:2,FS"
+        path = inbox / rel
+        with open(path, "wb") as f:
+            f.write(data)
+        os.utime(path, (when, when))
+    return {"path": inbox, "octets": total, "subject_hits": subj, "body_hits": body}
+
+
+# -- the client ------------------------------------------------------------------------------------
+
+class IMAPError(Exception):
+    pass
+
+
+class Client:
+    """A minimal IMAP4rev1 client on a plain socket: commands, literals, tagged completion."""
+
+    LITERAL = re.compile(rb"\{(\d+)\}\r\n$")
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection((HOST, port), timeout=600)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.f = self.sock.makefile("rb", buffering=1 << 16)
+        self.n = 0
+        greeting = self.f.readline()
+        if not greeting.startswith(b"* OK"):
+            raise IMAPError(f"greeting: {greeting!r}")
+
+    def command(self, text: str) -> tuple[list[bytes], int, int]:
+        """Run one command; (untagged lines with literals inlined as b"", literal octets, literal count)."""
+        self.n += 1
+        tag = f"B{self.n:04d}".encode()
+        self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
+        untagged, octets, literals = [], 0, 0
+        readline, read = self.f.readline, self.f.read
+        prefix = tag + b" "
+        while True:
+            line = readline()
+            if not line:
+                raise IMAPError(f"connection closed during {text!r}")
+            if line.startswith(prefix):
+                if not line[len(prefix):].startswith(b"OK"):
+                    raise IMAPError(f"{text!r}: {line!r}")
+                return untagged, octets, literals
+            parts = [line]
+            while line.endswith(b"}\r\n"):
+                m = self.LITERAL.search(line)
+                if m is None:
+                    break
+                size = int(m.group(1))
+                data = read(size)
+                if len(data) != size:
+                    raise IMAPError("short literal")
+                octets += size
+                literals += 1
+                line = readline()
+                parts.append(line)
+            untagged.append(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def login(self, user: str, password: str) -> None:
+        for attempt in range(5):
+            try:
+                self.command(f'LOGIN "{user}" "{password}"')
+                return
+            except IMAPError as e:
+                if "UNAVAILABLE" not in str(e) or attempt == 4:
+                    raise
+                time.sleep(1)
+
+    def close(self) -> None:
+        try:
+            self.command("LOGOUT")
+        except (IMAPError, OSError):
+            pass
+        self.f.close()
+        self.sock.close()
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+def search_uids(lines: list[bytes]) -> list[int]:
+    out = []
+    for line in lines:
+        if line.startswith(b"* SEARCH"):
+            out += [int(x) for x in line.split()[2:]]
+    return out
+
+
+def exists_of(lines: list[bytes]) -> int:
+    for line in lines:
+        m = re.match(rb"\* (\d+) EXISTS", line)
+        if m:
+            return int(m.group(1))
+    return -1
+
+
+def measure(port: int, password: str) -> dict:
+    r: dict = {}
+    c = Client(port)
+    c.login(USER, password)
+    r["select_cold"], (lines, _, _) = timed(lambda: c.command("SELECT INBOX"))
+    r["exists"] = exists_of(lines)
+    c.close()
+    c = Client(port)
+    c.login(USER, password)
+    r["select_warm"], _ = timed(lambda: c.command("SELECT INBOX"))
+    r["tb_fetch"], (lines, r["tb_octets"], r["tb_count"]) = timed(
+        lambda: c.command(f"UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS ({TB_HEADERS})])"))
+    r["search_subject"], (lines, _, _) = timed(lambda: c.command(f"UID SEARCH HEADER Subject {SUBJECT_WORD}"))
+    r["subject_hits"] = len(search_uids(lines))
+    r["search_body"], (lines, _, _) = timed(lambda: c.command(f"UID SEARCH BODY {BODY_WORD}"))
+    r["body_hits"] = len(search_uids(lines))
+    r["fetch_bodies"], (lines, r["body_octets"], r["body_count"]) = timed(lambda: c.command("UID FETCH 1:* BODY.PEEK[]"))
+    r["body_mb_s"] = r["body_octets"] / r["fetch_bodies"] / 1e6
+    c.close()
+    return r
+
+
+# -- Dovecot ---------------------------------------------------------------------------------------
+
+def wait_port(port: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def run_dovecot(base: Path, maildir: Path, password: str) -> tuple[subprocess.Popen | None, int, str]:
+    """Start ``dovecot -F`` serving IMAP on a loopback port; (process, port, why-not)."""
+    binary = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
+    if binary is None:
+        return None, 0, "dovecot is not installed (apt-get install dovecot-imapd)"
+    if not os.path.exists("/usr/lib/dovecot/imap"):
+        return None, 0, "Dovecot's IMAP server is not installed (apt-get install dovecot-imapd)"
+    port = free_port()
+    for sub in ("run", "state", "home"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(base / "run", 0o755)
+    (base / "passwd").write_text(f"{USER}:{{PLAIN}}{password}::::::\n")
+    uid, gid = os.getuid(), os.getgid()
+    if uid == 0:  # Dovecot refuses to access mail as root: serve the copy as nobody
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        uid, gid = nobody.pw_uid, nobody.pw_gid
+        for path in (maildir, base / "home"):
+            for dirpath, dirnames, filenames in os.walk(path):
+                for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+                    os.chown(name, uid, gid)
+    config = base / "dovecot.conf"
+    config.write_text(f"""\
+base_dir = {base}/run
+state_dir = {base}/state
+log_path = {base}/dovecot.log
+instance_name = mailstack-imap-bench
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+first_valid_uid = {uid}
+first_valid_gid = {gid}
+mail_location = maildir:{maildir}
+passdb {{
+  driver = passwd-file
+  args = {base}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={base}/home
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service stats {{
+  unix_listener stats-reader {{
+    mode = 0666
+  }}
+  unix_listener stats-writer {{
+    mode = 0666
+  }}
+}}
+""")
+    log = open(base / "dovecot.out", "wb")
+    proc = subprocess.Popen([binary, "-F", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    if not wait_port(port) or proc.poll() is not None:
+        proc.kill() if proc.poll() is None else None
+        proc.wait()
+        text = (base / "dovecot.out").read_text(errors="replace")
+        if (base / "dovecot.log").exists():
+            text += (base / "dovecot.log").read_text(errors="replace")
+        return None, 0, "dovecot did not start:\n" + text
+    return proc, port, ""
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+ROWS = [  # (label, key, unit)
+    ("SELECT INBOX cold", "select_cold", "s"),
+    ("SELECT INBOX warm", "select_warm", "s"),
+    ("UID FETCH 1:* Thunderbird list", "tb_fetch", "s"),
+    (f"UID SEARCH HEADER Subject {SUBJECT_WORD}", "search_subject", "s"),
+    (f"UID SEARCH BODY {BODY_WORD}", "search_body", "s"),
+    ("UID FETCH 1:* BODY.PEEK[]", "fetch_bodies", "s"),
+]
+
+
+def print_table(n: int, ms: dict, dv: dict | None) -> None:
+    print(f"{'N = ' + str(n):<40} {'mailstack':>12} {'dovecot':>12} {'ms/dovecot':>11}")
+    for label, key, unit in ROWS:
+        a = ms[key]
+        b = dv[key] if dv else None
+        print(f"{label:<40} {a:>10.3f} {unit} " + (f"{b:>10.3f} {unit} {a / b:>10.2f}x" if dv else f"{'-':>12} {'-':>11}"))
+    a, b = ms["body_mb_s"], dv["body_mb_s"] if dv else None
+    print(f"{'  all bodies, throughput':<40} {a:>7.1f} MB/s " + (f"{b:>7.1f} MB/s {a / b:>10.2f}x" if dv else ""))
+    checks, differ = [], False
+    for key, what in (("exists", "EXISTS"), ("tb_count", "header literals"), ("tb_octets", "header octets"),
+                      ("subject_hits", "subject hits"), ("body_hits", "body hits"),
+                      ("body_count", "bodies"), ("body_octets", "body octets")):
+        checks.append(f"{what} {ms[key]}" + (f"/{dv[key]}" if dv and dv[key] != ms[key] else ""))
+        differ = differ or bool(dv and dv[key] != ms[key])
+    note = "" if dv is None else "; a/b = mailstack/dovecot where they differ" if differ else "; same on both servers"
+    print("  (" + ", ".join(checks) + note + ")")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000], help="folder sizes (default 1000 10000)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep", help="work in this directory and leave it (default: a temporary one)")
+    args = ap.parse_args()
+    work = Path(args.keep or tempfile.mkdtemp(prefix="imap-dovecot-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.chmod(work, 0o755)  # Dovecot's auth (user dovecot) and mail (nobody) processes look inside
+    password = PASSWORDS[USER]
+    try:
+        for n in args.sizes:
+            run = work / f"n{n}"
+            ms_base = run / "mailstack"
+            ms_base.mkdir(parents=True, exist_ok=True)
+            os.chmod(run, 0o755)
+            t0 = time.perf_counter()
+            built = build_folder(ms_base / "mail", n, args.seed)
+            dovecot_maildir = run / "dovecot" / "Maildir"
+            shutil.copytree(built["path"], dovecot_maildir,
+                            ignore=shutil.ignore_patterns("mailstack-*", "*.lock"))
+            print(f"\nfolder: {n} messages, {built['octets'] / 1e6:.1f} MB, built and copied in "
+                  f"{time.perf_counter() - t0:.1f} s (expected hits: subject {built['subject_hits']}, "
+                  f"body {built['body_hits']})")
+            time.sleep(2.1)  # let new/ and cur/ age past mailstack's listing-reuse window, as in use
+
+            srv = MailServer(ms_base, listeners=["imap"])
+            srv.start()
+            try:
+                ms = measure(srv.port("imap"), password)
+            finally:
+                srv.stop()
+
+            dv, why = None, ""
+            proc, port, why = run_dovecot(run / "dovecot", dovecot_maildir, password)
+            if proc is not None:
+                try:
+                    dv = measure(port, password)
+                finally:
+                    stop(proc)
+            print_table(n, ms, dv)
+            if dv is None:
+                print(f"dovecot not run: {why}")
+            if not args.keep:
+                shutil.rmtree(run, ignore_errors=True)
+        return 0
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
