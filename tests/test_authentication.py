@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from conftest import PASSWORDS, env_with_tree
-from test_relay import SOA, TOOLS, Proc, free_port, udp_tcp_free_port, wait_files
+from test_relay import TOOLS, Proc, free_port, serve_zones, wait_files
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 
@@ -50,15 +50,7 @@ def dns_port(tmp_path):
         "evilcorp.net": [txt("evilcorp.net", "v=spf1 ip4:127.0.0.1 -all")],
         "remote.test": ["MX('remote.test', 10, 'mx.remote.test')", "A('mx.remote.test', '127.0.0.2')"],
     }
-    files = []
-    for zone, records in zones.items():
-        path = tmp_path / f"{zone}.zone"
-        path.write_text("zone = [\n    " + ",\n    ".join([SOA.format(z=zone)] + records) + ",\n]\n")
-        files.append(str(path))
-    port = udp_tcp_free_port()
-    proc = Proc([sys.executable, str(TOOLS / "dnsserver.py"), str(port)] + files)
-    yield port
-    proc.stop()
+    yield from serve_zones(tmp_path, zones)
 
 
 def mx_send(srv, sender: str, message: bytes, rcpt: str = BOB) -> tuple[int, bytes]:

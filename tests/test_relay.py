@@ -74,6 +74,11 @@ def dns_server(tmp_path):
                        "A('a1.multi.test', '127.0.0.11')", "A('a2.multi.test', '127.0.0.12')",
                        "A('b.multi.test', '127.0.0.13')", "AAAA('b.multi.test', '::1')"],
     }
+    yield from serve_zones(tmp_path, zones)
+
+
+def serve_zones(tmp_path, zones: dict[str, list[str]]):
+    """Run tools/dnsserver.py over these zones (twisted.names syntax); yields its port."""
     files = []
     for zone, records in zones.items():
         path = tmp_path / f"{zone}.zone"
