@@ -26,6 +26,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 import email.utils
+import re
 import secrets
 import time
 
@@ -85,6 +86,8 @@ CAPABILITIES = (
 
 #: RFC 4954 4: an AUTH line may be 12288 octets; any other command line is refused past this.
 MAX_LINE = 12288
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 #: Input buffered while a reply is pending before the socket is paused.
 PAUSE_BUFFER = 1 << 20
 
@@ -216,7 +219,7 @@ class SMTPSession(smtp.ESMTP):
         except UnicodeDecodeError:
             self.reply(501, "5.5.2", "Syntax error: the command is not valid UTF-8")
             return
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        if _CONTROL.search(text):
             # A bare CR or LF here would end up inside Received or Return-Path as a header of its own.
             self.reply(501, "5.5.2", "Syntax error: control characters in the command")
             return
