@@ -28,19 +28,19 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from dovecot_harness import run_dovecot, stop  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import PASSWORDS, MailServer, free_port  # noqa: E402
+from conftest import PASSWORDS, MailServer  # noqa: E402
 from mailstack.store import MaildirStore  # noqa: E402
 
 USER = "bob@example.test"
@@ -283,100 +283,6 @@ def measure(port: int, password: str) -> dict:
 
 # -- Dovecot ---------------------------------------------------------------------------------------
 
-def wait_port(port: int, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((HOST, port), timeout=1):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def run_dovecot(base: Path, maildir: Path, password: str) -> tuple[subprocess.Popen | None, int, str]:
-    """Start ``dovecot -F`` serving IMAP on a loopback port; (process, port, why-not)."""
-    binary = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
-    if binary is None:
-        return None, 0, "dovecot is not installed (apt-get install dovecot-imapd)"
-    if not os.path.exists("/usr/lib/dovecot/imap"):
-        return None, 0, "Dovecot's IMAP server is not installed (apt-get install dovecot-imapd)"
-    port = free_port()
-    for sub in ("run", "state", "home"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    os.chmod(base / "run", 0o755)
-    (base / "passwd").write_text(f"{USER}:{{PLAIN}}{password}::::::\n")
-    uid, gid = os.getuid(), os.getgid()
-    if uid == 0:  # Dovecot refuses to access mail as root: serve the copy as nobody
-        import pwd
-
-        nobody = pwd.getpwnam("nobody")
-        uid, gid = nobody.pw_uid, nobody.pw_gid
-        for path in (maildir, base / "home"):
-            for dirpath, dirnames, filenames in os.walk(path):
-                for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
-                    os.chown(name, uid, gid)
-    config = base / "dovecot.conf"
-    config.write_text(f"""\
-base_dir = {base}/run
-state_dir = {base}/state
-log_path = {base}/dovecot.log
-instance_name = mailstack-imap-bench
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-first_valid_uid = {uid}
-first_valid_gid = {gid}
-mail_location = maildir:{maildir}
-passdb {{
-  driver = passwd-file
-  args = {base}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid} home={base}/home
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service stats {{
-  unix_listener stats-reader {{
-    mode = 0666
-  }}
-  unix_listener stats-writer {{
-    mode = 0666
-  }}
-}}
-""")
-    log = open(base / "dovecot.out", "wb")
-    proc = subprocess.Popen([binary, "-F", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    if not wait_port(port) or proc.poll() is not None:
-        proc.kill() if proc.poll() is None else None
-        proc.wait()
-        text = (base / "dovecot.out").read_text(errors="replace")
-        if (base / "dovecot.log").exists():
-            text += (base / "dovecot.log").read_text(errors="replace")
-        return None, 0, "dovecot did not start:\n" + text
-    return proc, port, ""
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 # -- report ----------------------------------------------------------------------------------------
 
 ROWS = [  # (label, key, unit)
@@ -441,7 +347,7 @@ def main() -> int:
                 srv.stop()
 
             dv, why = None, ""
-            proc, port, why = run_dovecot(run / "dovecot", dovecot_maildir, password)
+            proc, port, why = run_dovecot(run / "dovecot", dovecot_maildir, USER, password, "imap")
             if proc is not None:
                 try:
                     dv = measure(port, password)
