@@ -28,11 +28,14 @@ LISTENERS = {
     "imaps": ("imap", "implicit"),
     "pop3": ("pop3", "starttls"),
     "pop3s": ("pop3", "implicit"),
+    "autoconfig": ("autoconfig", "none"),  # HTTP: client autoconfiguration (mailstack.autoconfig)
 }
 
 #: The dev ports `mailstack init --dev` writes; production uses the well-known ports.
-DEV_PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "imap": 2143, "imaps": 2993, "pop3": 2110, "pop3s": 2995}
-STANDARD_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995}
+DEV_PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "imap": 2143, "imaps": 2993, "pop3": 2110, "pop3s": 2995,
+             "autoconfig": 2080}
+STANDARD_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995,
+                  "autoconfig": 80}
 
 _REQUIRED = object()
 
@@ -123,7 +126,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
 class Listener:
     key: str  # "imaps"
     protocol: str  # "imap"
-    tls: str  # "implicit" | "starttls" | "optional"
+    tls: str  # "implicit" | "starttls" | "optional" | "none"
     endpoint: str  # Twisted endpoint description
 
 

@@ -39,6 +39,7 @@ PROTOCOLS: dict[str, str] = {
     "submission": "mailstack.smtp.server",
     "pop3": "mailstack.pop3.server",
     "imap": "mailstack.imap.server",
+    "autoconfig": "mailstack.autoconfig",
 }
 
 
@@ -58,6 +59,7 @@ class ServerContext:
     login_gate: object = None  # every password login goes through it (mailstack.throttle)
     dkim_signer: object = None  # signs what local users submit (mailstack.smtp.authentication)
     inbound_checker: object = None  # SPF, DKIM, DMARC on the MX port
+    bound: dict = None  # listener key -> {"host", "port", "tls", "protocol"} once listening
 
 
 class MailstackService(service.MultiService):
@@ -123,6 +125,7 @@ class MailstackService(service.MultiService):
             host = outcome.getHost()
             self.bound[lst.key] = {"host": getattr(host, "host", None), "port": getattr(host, "port", None),
                                    "tls": lst.tls, "protocol": lst.protocol}
+        self.context.bound = self.bound  # what autoconfiguration tells clients
         super().privilegedStartService()
 
     def startService(self):
@@ -211,7 +214,7 @@ def _make_relay(cfg: config_mod.Config, store: MaildirStore, accounts, reactor):
 
 
 def banner(cfg: config_mod.Config, bound: dict[str, dict]) -> str:
-    mode = {"implicit": "TLS", "starttls": "STARTTLS", "optional": "STARTTLS optional"}
+    mode = {"implicit": "TLS", "starttls": "STARTTLS", "optional": "STARTTLS optional", "none": "HTTP"}
     lines = ["", "mailstack is running", f"  hostname {cfg.hostname}, domains {', '.join(cfg.domains)}", "  listeners:"]
     for key, b in bound.items():
         tls = "STLS" if b["tls"] == "starttls" and b["protocol"] == "pop3" else mode[b["tls"]]

@@ -125,7 +125,10 @@ def test_make_run_starts_the_stack_and_its_ports_answer(tmp_path):
         assert len(listeners) >= 3
         for key, port in listeners:
             with socket.create_connection(("127.0.0.1", int(port)), timeout=5) as s:
-                if key.endswith("s"):
+                if key == "autoconfig":
+                    s.sendall(b"GET /mail/config-v1.1.xml HTTP/1.0\r\n\r\n")
+                    assert s.recv(100).startswith(b"HTTP/1.")
+                elif key.endswith("s"):
                     ctx = ssl.create_default_context(cafile=str(tree / "var" / "tls" / "ca.pem"))
                     s2 = ctx.wrap_socket(s, server_hostname="localhost")
                     assert s2.recv(100)[:1] in (b"2", b"+", b"*")
