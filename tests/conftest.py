@@ -132,6 +132,17 @@ class MailServer:
                     out.append((d / sub / name).read_bytes())
         return out
 
+    def deliver(self, *messages: bytes, user: str = "bob@example.test", folder: str = "INBOX") -> list[int]:
+        """Deliver straight into the store, as another process would; return the new UIDs."""
+        from mailstack.store import MaildirStore
+
+        store = MaildirStore(str(self.store_root))
+        uids = []
+        for m in messages:
+            store.deliver(user, m, folder=folder)
+            uids.append(store.mailbox(user).folder(folder).snapshot().messages[-1].uid)
+        return uids
+
     def wait_for_messages(self, address: str, count: int, timeout: float = 10.0, folder: str = "") -> list[bytes]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -68,13 +68,7 @@ def store(srv) -> MaildirStore:
 
 
 def deliver(srv, *messages: bytes, user: str = BOB, folder: str = "INBOX") -> list[int]:
-    """Deliver as another process would; return the new messages' UIDs."""
-    st = store(srv)
-    uids = []
-    for m in messages:
-        st.deliver(user, m, folder=folder)
-        uids.append(st.mailbox(user).folder(folder).snapshot().messages[-1].uid)
-    return uids
+    return srv.deliver(*messages, user=user, folder=folder)
 
 
 def login(srv, user: str = BOB, tls: str | None = None) -> imaplib.IMAP4:

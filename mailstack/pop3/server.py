@@ -644,30 +644,24 @@ class POP3Server(pop3.POP3):
             self._ok("%d %d" % self.mbox.stat())
 
     def cmd_LIST(self, rest):
-        args = self._args(rest, 0, 1)
-        if args is None:
-            return
-        if args:
-            i = self._number(args[0])
-            if i is not None:
-                self._ok(f"{i + 1} {self.mbox.messages[i].size}")
-            return
         count, size = self.mbox.stat()
-        self._multiline(f"{count} messages ({size} octets)",
-                        (b"%d %d" % (i + 1, self.mbox.messages[i].size) for i in self.mbox.live()))
+        self._per_message(rest, lambda i: self.mbox.messages[i].size, f"{count} messages ({size} octets)")
 
     def cmd_UIDL(self, rest):
         """RFC 1939 section 7: "<uidvalidity>.<uid>", unique and stable for the message's life."""
+        self._per_message(rest, self.mbox.uidl, "unique-id listing follows")
+
+    def _per_message(self, rest, value, heading: str) -> None:
+        """LIST and UIDL: one message's line, or a multi-line listing of every live message."""
         args = self._args(rest, 0, 1)
         if args is None:
             return
         if args:
             i = self._number(args[0])
             if i is not None:
-                self._ok(f"{i + 1} {self.mbox.uidl(i)}")
+                self._ok(f"{i + 1} {value(i)}")
             return
-        self._multiline("unique-id listing follows",
-                        (f"{i + 1} {self.mbox.uidl(i)}".encode() for i in self.mbox.live()))
+        self._multiline(heading, (f"{i + 1} {value(i)}".encode() for i in self.mbox.live()))
 
     def cmd_DELE(self, rest):
         """RFC 1939 section 5: only marked here; removed at QUIT (section 6)."""
