@@ -228,6 +228,7 @@ class Selected:
     recent: set = field(default_factory=set)  # UIDs this session reports as \Recent
     keywords: frozenset = frozenset()
     subscription: object = None
+    synced: object = None  # the store snapshot this view was last brought in step with
 
     def seq_of(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)
@@ -833,6 +834,7 @@ class IMAPServer(imap4.IMAP4Server):
         sel.flags = {m.uid: m.flags for m in snap.messages}
         sel.recent = {m.uid for m in snap.messages if m.recent} if readonly else set(recent)
         sel.keywords = self._keywords(snap)
+        sel.synced = snap
         flags = self._flag_names(sel)
         self._untagged(b"FLAGS (" + flags + b")")
         # RFC 3501 7.1: no flag can be changed in a mailbox opened with EXAMINE.
@@ -1148,6 +1150,8 @@ class IMAPServer(imap4.IMAP4Server):
 
             def work():
                 snap = folder.snapshot()
+                if snap is sel.synced:  # the store hands out the same snapshot while nothing changed
+                    return snap, None
                 taken = []
                 if not sel.readonly and any(m.recent and m.uid > last for m in snap.messages):
                     taken = folder.take_recent()
@@ -1160,7 +1164,7 @@ class IMAPServer(imap4.IMAP4Server):
                 log.warn("imap cannot refresh {folder} for {user}: {error}", folder=folder.name,
                          user=self.address, error=str(e))
                 return
-            if self.sel is not sel or self._lost:
+            if self.sel is not sel or self._lost or taken is None:
                 return
             present = snap.by_uid()
             lines = []
@@ -1197,6 +1201,8 @@ class IMAPServer(imap4.IMAP4Server):
                 lines.append(b"%d RECENT" % sum(1 for u in sel.uids if u in sel.recent))
             for line in lines:
                 self._untagged(line)
+            if expunge:  # the session's view now matches this snapshot exactly
+                sel.synced = snap
         finally:
             self._sync_lock.release()
 

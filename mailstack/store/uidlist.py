@@ -211,14 +211,33 @@ class UidList:
         end = data.rfind(b"\n") + 1
         lines = data[:end].decode("utf-8", "surrogateescape").split("\n")[:-1]
         state = self.state
-        for n, line in enumerate(lines):
-            if header and n == 0:
-                try:
-                    state.uidvalidity, state.uidnext, state.highestmodseq = parse_header(line)
-                    state.header_uidnext, state.header_modseq = state.uidnext, state.highestmodseq
-                except ValueError:
-                    state.problems.append(f"unreadable header {line[:80]!r}")
-                continue
+        if header and lines:
+            line = lines.pop(0)
+            try:
+                state.uidvalidity, state.uidnext, state.highestmodseq = parse_header(line)
+                state.header_uidnext, state.header_modseq = state.uidnext, state.highestmodseq
+            except ValueError:
+                state.problems.append(f"unreadable header {line[:80]!r}")
+        entries, by_base = state.entries, state.by_base
+        for line in lines:
+            # Fast path for the common record, a new UID with no conflict (a cold open of a
+            # 100,000-message folder is mostly this loop); anything else goes to parse_line.
+            if line[:1] == "+":
+                parts = line[1:].split(" ", 3)
+                if (len(parts) == 4 and parts[0].isdigit() and parts[1].isdigit() and parts[2].isdigit()
+                        and parts[3] and "/" not in parts[3] and parts[3] not in by_base):
+                    uid, modseq = int(parts[0]), int(parts[1])
+                    if uid >= 1 and uid not in entries and (not state.header_uidnext or uid < state.header_uidnext
+                                                            or modseq > state.header_modseq):
+                        base = parts[3]
+                        entries[uid] = UidEntry(uid, base, modseq, int(parts[2]))
+                        by_base[base] = uid
+                        if uid >= state.uidnext:
+                            state.uidnext = uid + 1
+                        if modseq > state.highestmodseq:
+                            state.highestmodseq = modseq
+                        state.records += 1
+                        continue
             try:
                 parse_line(line, state)
                 state.records += 1
