@@ -825,8 +825,7 @@ class IMAPServer(imap4.IMAP4Server):
 
         def work():
             folder = mailbox.folder(name)
-            recent = [] if readonly else folder.take_recent()
-            return folder, folder.snapshot(), recent
+            return (folder, *folder.select(take_recent=not readonly))
 
         folder, snap, recent = await self._store(work)
         sel = Selected(folder, readonly, snap.uidvalidity)
