@@ -2,7 +2,9 @@
 
 Twisted's own SEARCH is not used: KEYWORD never matches there, SENTBEFORE searches the To
 header, BODY and TEXT look at undecoded bytes, and every message is read on the reactor thread.
-Here a message file is read only when a key needs it (header keys read the header only).
+Here a message file is read only when a key needs it; header keys use the header sections
+the store caches (:meth:`MaildirFolder.headers`), and most messages are ruled out by a byte
+search before any header is decoded.
 """
 
 from __future__ import annotations
@@ -123,11 +125,13 @@ def _one(tokens: list, charset: str):
 
 
 class Candidate:
-    """One message being searched; its file is read at most once, and only when needed."""
+    """One message being searched; its file is read at most once, and only when needed.
+    ``header`` is the header section when the caller had it (from the store's cache)."""
 
-    def __init__(self, folder, seq: int, uid: int, info, flags: frozenset, recent: bool):
+    def __init__(self, folder, seq: int, uid: int, info, flags: frozenset, recent: bool, header: bytes | None = None):
         self.folder, self.seq, self.uid, self.info, self.flags, self.recent = folder, seq, uid, info, flags, recent
         self._raw = None
+        self._header = header
         self._head = None
 
     def raw(self) -> bytes:
@@ -135,24 +139,41 @@ class Candidate:
             self._raw = self.folder.read_message(self.uid)
         return self._raw
 
+    def header(self) -> bytes:
+        if self._header is None:
+            self._header = self.head().header
+        return self._header
+
     def head(self) -> msgmod.Entity:
         if self._head is None:
-            self._head = msgmod.Entity(self._raw if self._raw is not None else read_head(self.folder, self.uid))
+            if self._header is not None:
+                source = self._header
+            elif self._raw is not None:
+                source = self._raw
+            else:
+                source = self.folder.headers([self.uid])[self.uid]
+            self._head = msgmod.Entity(source)
         return self._head
 
 
-def read_head(folder, uid: int, chunk: int = 16384) -> bytes:
-    """The header of a message (up to and including the blank line), without reading the rest."""
-    with folder.open_message(uid) as f:
-        data = b""
-        while True:
-            more = f.read(chunk)
-            data += more
-            m = msgmod._HEADER_END.search(data)
-            if m or data.startswith((b"\r\n", b"\n")):
-                return data[: m.end()] if m else data[:2]
-            if not more:
-                return data
+def needs_header(node) -> bool:
+    """True when the query reads header fields (so the caller fetches headers in bulk)."""
+    kind = node[0]
+    if kind == "and":
+        return any(needs_header(n) for n in node[1])
+    if kind == "not":
+        return needs_header(node[1])
+    if kind == "or":
+        return needs_header(node[1]) or needs_header(node[2])
+    return kind == "header" or (kind == "date" and node[3])
+
+
+def _cannot_contain(header: bytes, needle: str) -> bool:
+    """A cheap proof that a header holds no field value containing ``needle``: an ASCII
+    header with no encoded words (RFC 2047) decodes to itself, so an ASCII needle without
+    white space (unfolding may join lines) that is not in its bytes is in no field."""
+    return (needle.isascii() and not any(c.isspace() for c in needle) and header.isascii()
+            and b"=?" not in header and needle.encode("ascii") not in header.lower())
 
 
 def _in_ranges(value: int, ranges, last: int) -> bool:
@@ -201,6 +222,8 @@ def matches(node, c: Candidate, last_seq: int, last_uid: int) -> bool:
             day = datetime.fromtimestamp(c.info.internaldate, timezone.utc).date()
         return day < when if op == "BEFORE" else (day == when if op == "ON" else day >= when)
     if kind == "header":
+        if _cannot_contain(c.header(), node[2]):
+            return False
         entity = c.head()
         if not any(n.lower() == node[1] for n, _ in entity.fields):
             return False

@@ -1395,8 +1395,9 @@ class IMAPServer(imap4.IMAP4Server):
 
         def work():
             info = folder.snapshot().by_uid()
-            candidates = [searchmod.Candidate(folder, seq, u, info[u], flags.get(u, frozenset()), u in recent)
-                          for seq, u in enumerate(uids, 1) if u in info]
+            heads = folder.headers([u for u in uids if u in info]) if searchmod.needs_header(tree) else {}
+            candidates = [searchmod.Candidate(folder, seq, u, info[u], flags.get(u, frozenset()), u in recent,
+                                              heads.get(u)) for seq, u in enumerate(uids, 1) if u in info]
             return searchmod.run(tree, candidates, len(uids), uids[-1] if uids else 0)
 
         try:
@@ -1456,14 +1457,25 @@ class IMAPServer(imap4.IMAP4Server):
         if first is not None:
             await self._write_fetch(first)
             return NO_REPLY if self._lost else b"FETCH completed"
-        for start in range(0, len(targets), FETCH_BATCH):
-            batch = targets[start : start + FETCH_BATCH]
-            flag_bytes = {u: sel.flag_bytes(u) for _, u in batch}
-            responses = await self._store(build_fetch, folder, batch, info, items, flag_bytes, flagged_now,
-                                          want_modseq)
-            await self._write_fetch(responses)
-            if self._lost:
-                return NO_REPLY
+        # Many messages: one batch at a time, the next built only once the client has taken
+        # the last (the transport pauses the flow when its buffer fills), so memory stays at
+        # about one batch however many messages are fetched and however slow the client.
+        flow = self._flow = Flow()
+        self.transport.registerProducer(flow, True)
+        try:
+            for start in range(0, len(targets), FETCH_BATCH):
+                batch = targets[start : start + FETCH_BATCH]
+                flag_bytes = {u: sel.flag_bytes(u) for _, u in batch}
+                responses = await self._store(build_fetch, folder, batch, info, items, flag_bytes, flagged_now,
+                                              want_modseq)
+                await self._write_fetch(responses)
+                await flow.ready()
+                if self._lost or flow.stopped:
+                    return NO_REPLY
+        finally:
+            self._flow = None
+            if not self._lost:
+                self.transport.unregisterProducer()
         return b"FETCH completed"
 
     async def _write_fetch(self, responses) -> None:
@@ -1481,9 +1493,13 @@ class IMAPServer(imap4.IMAP4Server):
                     seg[0].close()
 
     async def _stream(self, f, offset: int, length: int) -> None:
-        """Write ``length`` bytes of an open message file, read in a thread chunk by chunk."""
-        flow = self._flow = Flow()
-        self.transport.registerProducer(flow, True)
+        """Write ``length`` bytes of an open message file, read in a thread chunk by chunk
+        (under the FETCH's flow control when it has one)."""
+        owner = self._flow is None
+        flow = self._flow if not owner else Flow()
+        if owner:
+            self._flow = flow
+            self.transport.registerProducer(flow, True)
         try:
             if offset:
                 await threads.deferToThread(f.seek, offset)
@@ -1497,9 +1513,10 @@ class IMAPServer(imap4.IMAP4Server):
                 await flow.ready()
         finally:
             f.close()
-            self._flow = None
-            if not self._lost:
-                self.transport.unregisterProducer()
+            if owner:
+                self._flow = None
+                if not self._lost:
+                    self.transport.unregisterProducer()
 
     select_CHECK = (command(c_check),)
     select_CLOSE = (command(c_close),)
@@ -1591,28 +1608,73 @@ def _needs_content(items) -> bool:
     return any(i.type not in ("uid", "flags", "internaldate", "rfc822size") for i in items)
 
 
+#: FETCH items whose value is kept in the store's cache (see MaildirFolder.keep_derived): the
+#: message never changes, so neither do they.  BODY is BODYSTRUCTURE without extension data.
+_DERIVED = {"envelope": "imap.envelope", "bodystructure": "imap.bodystructure", "body": "imap.body"}
+
+
+def _derived_kind(item) -> str | None:
+    if item.type == "body" and (item.header or item.text or item.mime or item.part or item.empty):
+        return None  # a section, not the structure
+    return _DERIVED.get(item.type)
+
+
+class _Derived:
+    """The cached ENVELOPE/BODYSTRUCTURE values of one batch, and the ones computed for it."""
+
+    def __init__(self, folder, uids, items):
+        self.kinds = {k for k in (_derived_kind(i) for i in items) if k}
+        self.values = {k: folder.derived(uids, k) for k in self.kinds}
+        self.fresh: dict[str, dict[int, bytes]] = {k: {} for k in self.kinds}
+
+    def get(self, kind: str, uid: int, compute) -> bytes:
+        value = self.values[kind].get(uid)
+        if value is None:
+            value = self.fresh[kind][uid] = compute()
+        return value
+
+    def complete(self, uid: int) -> bool:
+        return all(uid in self.values[k] for k in self.kinds)
+
+    def keep(self, folder) -> None:
+        for kind, values in self.fresh.items():
+            folder.keep_derived(kind, values)
+
+
 def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq=False) -> list[list]:
-    """*Blocking.*  One list of segments (bytes, or (open file, offset, length)) per message."""
+    """*Blocking.*  One list of segments (bytes, or (open file, offset, length)) per message.
+
+    Header-only items read header sections through the store's cache; ENVELOPE and
+    BODYSTRUCTURE come from the cache when kept there, so a message is read only for what
+    is not."""
     out = []
     header_only = _header_only(items)
-    content = _needs_content(items)
+    structural = [i for i in items if _needs_content([i]) and _derived_kind(i) is None]
     whole_only = all(i.type == "rfc822" or (i.type == "body" and i.empty and not i.part) or not _needs_content([i])
                      for i in items)
+    uids = [uid for _, uid in batch]
+    derived = _Derived(folder, uids, items)
+    # A message needs its bytes unless every item is metadata or cached.
+    need = [u for u in uids if structural or not derived.complete(u)] if _needs_content(items) else []
+    heads = folder.headers(need) if header_only and need else {}
+    need = set(need)
     for seq, uid in batch:
         m = info[uid]
         entity = None
         files = []
         try:
-            if content:
+            if uid in need:
                 if header_only:
-                    entity = msgmod.Entity(searchmod.read_head(folder, uid))
+                    if uid not in heads:
+                        raise MessageGone(uid)
+                    entity = msgmod.Entity(heads[uid])
                 elif not (whole_only and m.size > STREAM_ABOVE):
                     entity = msgmod.Entity(folder.read_message(uid))
             segments: list = [b"* %d FETCH (" % seq]
             for n, item in enumerate(items):
                 if n:
                     segments.append(b" ")
-                segments += _fetch_item(folder, uid, m, item, entity, flag_bytes, files)
+                segments += _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived)
         except MessageGone:  # expunged by another session meanwhile: RFC 3501 allows no response
             for f in files:
                 f.close()
@@ -1629,10 +1691,11 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
             else:
                 merged.append(seg)
         out.append(merged)
+    derived.keep(folder)
     return out
 
 
-def _fetch_item(folder, uid, m, item, entity, flag_bytes, files) -> list:
+def _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived) -> list:
     t = item.type
     if t == "uid":
         return [b"UID %d" % uid]
@@ -1643,9 +1706,10 @@ def _fetch_item(folder, uid, m, item, entity, flag_bytes, files) -> list:
     if t == "rfc822size":
         return [b"RFC822.SIZE %d" % m.size]
     if t == "envelope":
-        return [b"ENVELOPE " + msgmod.sexp(msgmod.envelope(entity))]
+        return [b"ENVELOPE " + derived.get("imap.envelope", uid, lambda: msgmod.sexp(msgmod.envelope(entity)))]
     if t == "bodystructure":
-        return [b"BODYSTRUCTURE " + msgmod.sexp(msgmod.bodystructure(entity, True))]
+        return [b"BODYSTRUCTURE " + derived.get("imap.bodystructure", uid,
+                                                 lambda: msgmod.sexp(msgmod.bodystructure(entity, True)))]
     if t == "rfc822header":
         return [b"RFC822.HEADER {%d}\r\n" % len(entity.header) + entity.header]
     if t == "rfc822text":
@@ -1670,7 +1734,7 @@ def _fetch_item(folder, uid, m, item, entity, flag_bytes, files) -> list:
         return [name + b" {%d}\r\n" % length, (f, offset, length)]
     # t == "body"
     if not (item.header or item.text or item.mime or item.part):
-        return [b"BODY " + msgmod.sexp(msgmod.bodystructure(entity, False))]
+        return [b"BODY " + derived.get("imap.body", uid, lambda: msgmod.sexp(msgmod.bodystructure(entity, False)))]
     data = _section_bytes(item, entity)
     name = _section_name(item)
     if item.partialBegin is not None:

@@ -3,8 +3,9 @@
 The UID state is a cache of facts about the mail files plus the UIDs already shown to
 clients.  The checker reads it *without* the automatic fix-ups that opening a folder does, so
 it can report what is wrong: files without a UID, UIDs without a file, duplicate UIDs, UIDNEXT
-too low, unreadable records.  Repair keeps every UID that still names a file (clients have
-cached them), gives new UIDs above UIDNEXT to the rest, and rewrites the log.
+too low, unreadable records; and the message cache (cache.py) against the files.  Repair keeps every UID that still names a file (clients have
+cached them), gives new UIDs above UIDNEXT to the rest, and rewrites the log; a cache that
+disagrees with the files is removed, to be rebuilt as it is used.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from mailstack.store.cache import HEADER, header_section
 from mailstack.store.maildir import MaildirFolder, MaildirStore, base_of
 from mailstack.store.uidlist import UidList, UidState, next_uidvalidity
 
@@ -56,10 +58,37 @@ def check_folder(folder: MaildirFolder, repair: bool = False) -> FolderReport:
                 report.problems.append(f"UID {uid} has no file ({entry.base})")
         if state.entries and state.uidnext <= max(state.entries):
             report.problems.append(f"UIDNEXT {state.uidnext} is not above the highest UID {max(state.entries)}")
+        cache_problems = _check_cache(folder, files)
         if repair and report.problems:
             _repair(folder, state, files)
             report.repaired = True
+        if repair and cache_problems:
+            folder.cache.clear()  # it is only a cache: rebuilt from the mail files as it is used
+            report.repaired = True
+        report.problems += cache_problems
     return report
+
+
+def _check_cache(folder: MaildirFolder, files: dict[str, list[str]]) -> list[str]:
+    """The message cache against the files: entries of messages that are gone, and cached
+    header sections that differ from the file's."""
+    problems, stale = [], 0
+    for base, kind, value in folder.cache.entries():
+        rels = files.get(base)
+        if rels is None:
+            stale += 1
+            continue
+        if kind == HEADER:
+            try:
+                with open(os.path.join(folder.path, rels[-1]), "rb") as f:
+                    actual = header_section(f)
+            except FileNotFoundError:
+                continue
+            if actual != value:
+                problems.append(f"cached header of {rels[-1]} differs from the file")
+    if stale:
+        problems.append(f"{stale} cache entries for messages no longer in the folder")
+    return problems
 
 
 def _repair(folder: MaildirFolder, state: UidState, files: dict[str, list[str]]) -> None:

@@ -44,6 +44,7 @@ from mailstack.errors import (
     UnknownUser,
 )
 from mailstack.store import names
+from mailstack.store.cache import HEADER, MessageCache, header_section
 from mailstack.store.uidlist import FolderLock, UidList, fsync_dir, next_uidvalidity
 
 SYSTEM_FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
@@ -476,6 +477,7 @@ class MaildirFolder:
         self._files_gen = 0
         self._snapshot: tuple[tuple, FolderSnapshot] | None = None
         self._verified: tuple | None = None  # (listing, UID log) state last found in agreement
+        self.cache = MessageCache(path)
 
     @contextlib.contextmanager
     def locked(self):
@@ -808,6 +810,44 @@ class MaildirFolder:
         with self.open_message(uid) as f:
             return f.read()
 
+    def _bases(self, uids: Iterable[int]) -> dict[int, str]:
+        ul = self.uidlist
+        with ul.mutex:
+            ul.refresh()
+            entries = ul.state.entries
+            return {uid: entries[uid].base for uid in uids if uid in entries}
+
+    def headers(self, uids: Iterable[int]) -> dict[int, bytes]:
+        """uid -> the message's header section (blank line included), from the cache, or
+        read from the file (only the header) and cached.  Expunged UIDs are left out."""
+        bases = self._bases(uids)
+        cached = self.cache.get_many(bases.values(), HEADER)
+        out, fresh = {}, {}
+        for uid, base in bases.items():
+            value = cached.get(base)
+            if value is None:
+                try:
+                    with self.open_message(uid) as f:
+                        value = fresh[base] = header_section(f)
+                except MessageGone:
+                    continue
+            out[uid] = value
+        self.cache.put_many(HEADER, fresh)
+        return out
+
+    def derived(self, uids: Iterable[int], kind: str) -> dict[int, bytes]:
+        """uid -> a value that protocol code derived from the message and kept with
+        :meth:`keep_derived` (opaque here), for the UIDs that have one."""
+        bases = self._bases(uids)
+        cached = self.cache.get_many(bases.values(), kind)
+        return {uid: cached[base] for uid, base in bases.items() if base in cached}
+
+    def keep_derived(self, kind: str, values: dict[int, bytes]) -> None:
+        """Keep values derived from messages' (immutable) content, under ``kind``."""
+        if values:
+            bases = self._bases(values)
+            self.cache.put_many(kind, {bases[uid]: v for uid, v in values.items() if uid in bases})
+
     # -- changing mail ---------------------------------------------------------------------
 
     def set_flags(
@@ -899,7 +939,7 @@ class MaildirFolder:
 
     def expunge(self, uids: Iterable[int]) -> list[int]:
         """Remove messages for good; return the UIDs that were removed."""
-        removed = []
+        removed, gone_bases = [], []
         with self.locked():
             files = self._sync()
             state = self.uidlist.state
@@ -914,6 +954,7 @@ class MaildirFolder:
                 except FileNotFoundError:
                     pass
                 files.pop(entry.base, None)
+                gone_bases.append(entry.base)
                 self.uidlist.remove(uid, records)
                 removed.append(uid)
             if removed and self.store.fsync:
@@ -921,6 +962,7 @@ class MaildirFolder:
                 fsync_dir(os.path.join(self.path, "new"))
             self.uidlist.append(records)
             self._invalidate_listing()
+        self.cache.forget(gone_bases)
         if removed:
             self.store.on_change(self.path)
         return removed

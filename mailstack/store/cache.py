@@ -1,0 +1,194 @@
+"""What is read off a message once and kept: its header section, and opaque values that
+protocol code derives from it (IMAP keeps ENVELOPE and BODYSTRUCTURE here).
+
+Mail files never change once written, and a base name is never reused within a folder, so an
+entry keyed by (base name, kind) stays right for as long as the message exists: nothing has
+to be invalidated when flags change, and an expunged message's entries are simply dead (they
+are deleted with it, and `mailstack store check` lists any left behind by another process).
+
+The cache is one SQLite database per folder, ``mailstack-cache.sqlite`` (the standard
+library's sqlite3: WAL mode lets several processes read while one writes, and a crash leaves
+it consistent).  It holds nothing that cannot be rebuilt from the mail files: when it is
+missing, unreadable or corrupt it is set aside and made again, and every failure to read or
+write it falls back to reading the mail file.  Nothing here is fsynced; losing the last
+entries in a power cut costs one re-read of those messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+from typing import Iterable
+
+CACHE_FILE = "mailstack-cache.sqlite"
+HEADER = "header"
+MAX_VALUE = 256 * 1024  # a header section (or derived value) larger than this is not kept
+_IN_CHUNK = 500  # bases per SELECT ... IN (...): below SQLite's default variable limit
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    base TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (base, kind)
+) WITHOUT ROWID
+"""
+
+
+class MessageCache:
+    """The cache of one folder.  Thread-safe; every method blocks (call from a worker)."""
+
+    def __init__(self, folder_path: str):
+        self.path = os.path.join(folder_path, CACHE_FILE)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._broken = False  # set after a failure that re-creating did not mend: run without
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._db is not None or self._broken:
+            return self._db
+        for attempt in range(2):
+            try:
+                db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(_SCHEMA)
+                os.chmod(self.path, 0o600)
+                self._db = db
+                return db
+            except sqlite3.DatabaseError:
+                if attempt == 0:
+                    self._discard()
+            except OSError:
+                break
+        self._broken = True
+        return None
+
+    def _discard(self) -> None:
+        """Set a corrupt database aside (it is only a cache) so that a new one is made."""
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(self.path + suffix)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                self._broken = True
+
+    def get_many(self, bases: Iterable[str], kind: str) -> dict[str, bytes]:
+        """base -> value for the bases that have a ``kind`` entry."""
+        bases = list(bases)
+        out: dict[str, bytes] = {}
+        with self._lock:
+            db = self._connect()
+            if db is None or not bases:
+                return out
+            try:
+                for i in range(0, len(bases), _IN_CHUNK):
+                    chunk = bases[i : i + _IN_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    for base, value in db.execute(
+                            f"SELECT base, value FROM entries WHERE kind = ? AND base IN ({marks})", (kind, *chunk)):
+                        out[base] = value
+            except sqlite3.DatabaseError:
+                self._discard()
+                return {}
+        return out
+
+    def put_many(self, kind: str, values: dict[str, bytes]) -> None:
+        rows = [(base, kind, value) for base, value in values.items() if len(value) <= MAX_VALUE]
+        if not rows:
+            return
+        with self._lock:
+            db = self._connect()
+            if db is None:
+                return
+            try:
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO entries (base, kind, value) VALUES (?, ?, ?)", rows)
+                db.execute("COMMIT")
+            except sqlite3.OperationalError:  # busy beyond the timeout, disk full: keep going without
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            except sqlite3.DatabaseError:
+                self._discard()
+
+    def forget(self, bases: Iterable[str]) -> None:
+        """Drop every entry of these (expunged) messages."""
+        rows = [(b,) for b in bases]
+        if not rows or not os.path.exists(self.path):
+            return
+        with self._lock:
+            db = self._connect()
+            if db is None:
+                return
+            try:
+                db.execute("BEGIN")
+                db.executemany("DELETE FROM entries WHERE base = ?", rows)
+                db.execute("COMMIT")
+            except sqlite3.OperationalError:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            except sqlite3.DatabaseError:
+                self._discard()
+
+    def entries(self, kind: str | None = None) -> Iterable[tuple[str, str, bytes]]:
+        """Every (base, kind, value), for the checker."""
+        if not os.path.exists(self.path):
+            return []
+        with self._lock:
+            db = self._connect()
+            if db is None:
+                return []
+            try:
+                if kind is None:
+                    return db.execute("SELECT base, kind, value FROM entries").fetchall()
+                return db.execute("SELECT base, kind, value FROM entries WHERE kind = ?", (kind,)).fetchall()
+            except sqlite3.DatabaseError:
+                return []
+
+    def clear(self) -> None:
+        """Remove the whole cache (``store check --repair``); it is rebuilt as it is used."""
+        with self._lock:
+            self._discard()
+            self._broken = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def header_section(f, chunk: int = 16384, limit: int = 1 << 20) -> bytes:
+    """The header section of an open message file, up to and including the blank line that
+    ends it (RFC 5322 2.1; a bare LF counts too), without reading the body.  A file with no
+    blank line is all header; one that starts with a blank line has an empty header.  Stops
+    reading at ``limit``."""
+    data = b""
+    while True:
+        more = f.read(chunk)
+        data += more
+        if data.startswith(b"\r\n"):
+            return data[:2]
+        if data.startswith(b"\n"):
+            return data[:1]
+        m = _HEADER_END.search(data)
+        if m:
+            return data[: m.end()]
+        if not more or len(data) >= limit:
+            return data

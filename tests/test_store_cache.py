@@ -1,0 +1,127 @@
+"""The store's message cache (mailstack/store/cache.py) on real directories: header sections,
+derived values, expunge, corruption, and the checker."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+
+from mailstack.store import MaildirStore
+from mailstack.store.cache import CACHE_FILE, HEADER, header_section
+from mailstack.store.check import check_folder
+
+ADDR = "alice@example.test"
+
+
+def message(i: int, header_extra: bytes = b"") -> bytes:
+    return (f"From: a@example.test\r\nSubject: message {i}\r\n".encode() + header_extra
+            + b"\r\n" + f"Body {i}\r\n\r\nmore\r\n".encode())
+
+
+@pytest.fixture
+def inbox(tmp_path):
+    store = MaildirStore(str(tmp_path / "mail"), fsync=False)
+    folder = store.mailbox(ADDR).folder("INBOX")
+    for i in range(5):
+        folder.append(message(i))
+    return folder
+
+
+def uids(folder) -> list[int]:
+    return [m.uid for m in folder.snapshot().messages]
+
+
+def rows(folder) -> list[tuple]:
+    db = sqlite3.connect(os.path.join(folder.path, CACHE_FILE))
+    try:
+        return db.execute("SELECT base, kind, value FROM entries ORDER BY base, kind").fetchall()
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("raw, header", [
+    (b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\n", b"A: 1\r\nB: 2\r\n\r\n"),
+    (b"A: 1\nB: 2\n\nbody\n", b"A: 1\nB: 2\n\n"),
+    (b"\r\nbody only\r\n", b"\r\n"),
+    (b"\nbody only\n", b"\n"),
+    (b"A: no blank line\r\n", b"A: no blank line\r\n"),
+    (b"", b""),
+    (b"A: " + b"x" * 40000 + b"\r\n\r\nbody", b"A: " + b"x" * 40000 + b"\r\n\r\n"),
+])
+def test_header_section_matches_the_imap_split(raw, header, tmp_path):
+    from mailstack.imap.message import Entity
+
+    path = tmp_path / "m"
+    path.write_bytes(raw)
+    with open(path, "rb") as f:
+        assert header_section(f, chunk=1000) == header
+    assert Entity(raw).header == header  # the same boundary IMAP's FETCH uses
+
+
+def test_headers_are_cached_and_then_read_from_the_cache(inbox):
+    all_uids = uids(inbox)
+    first = inbox.headers(all_uids)
+    assert first == {u: header_section(inbox.open_message(u)) for u in all_uids}
+    assert sorted(k for _, k, _ in rows(inbox)) == [HEADER] * 5
+
+    def refuse(uid):
+        raise AssertionError("a cached header must not open the mail file")
+
+    inbox.open_message = refuse
+    assert inbox.headers(all_uids) == first
+    # A fresh store object (another process, or after a restart) finds them on disk too.
+    again = MaildirStore(inbox.store.root, fsync=False).mailbox(ADDR).folder("INBOX")
+    again.open_message = refuse
+    assert again.headers(all_uids) == first
+
+
+def test_derived_values_and_expunge(inbox):
+    all_uids = uids(inbox)
+    assert inbox.derived(all_uids, "x.test") == {}
+    inbox.keep_derived("x.test", {u: b"value %d" % u for u in all_uids})
+    assert inbox.derived(all_uids, "x.test") == {u: b"value %d" % u for u in all_uids}
+    inbox.headers(all_uids)
+    inbox.expunge(all_uids[:2])
+    assert inbox.derived(all_uids, "x.test") == {u: b"value %d" % u for u in all_uids[2:]}
+    live = {m.base for m in inbox.snapshot().messages}
+    assert {base for base, _, _ in rows(inbox)} == live
+    assert check_folder(inbox).problems == []
+
+
+def test_corrupt_cache_is_set_aside_and_rebuilt(inbox):
+    all_uids = uids(inbox)
+    expected = inbox.headers(all_uids)
+    inbox.cache.close()
+    for suffix in ("-wal", "-shm"):
+        try:
+            os.unlink(os.path.join(inbox.path, CACHE_FILE + suffix))
+        except FileNotFoundError:
+            pass
+    with open(os.path.join(inbox.path, CACHE_FILE), "wb") as f:
+        f.write(b"this is not a database" * 100)
+    fresh = MaildirStore(inbox.store.root, fsync=False).mailbox(ADDR).folder("INBOX")
+    assert fresh.headers(all_uids) == expected
+    assert len(rows(fresh)) == 5
+
+
+def test_checker_reports_stale_and_wrong_entries_and_repairs(inbox):
+    all_uids = uids(inbox)
+    inbox.headers(all_uids)
+    assert check_folder(inbox).problems == []
+    # Another process expunged a message (its entries stay), and one cached header is wrong.
+    gone = inbox.snapshot().messages[0]
+    os.unlink(os.path.join(inbox.path, gone.filename))
+    db = sqlite3.connect(os.path.join(inbox.path, CACHE_FILE))
+    db.execute("UPDATE entries SET value = ? WHERE base = ?", (b"Subject: forged\r\n\r\n", inbox.snapshot().messages[1].base))
+    db.commit()
+    db.close()
+    report = check_folder(inbox)
+    assert any("1 cache entries for messages no longer in the folder" in p for p in report.problems), report.problems
+    assert any("cached header of" in p and "differs from the file" in p for p in report.problems), report.problems
+    repaired = check_folder(inbox, repair=True)
+    assert repaired.repaired
+    assert check_folder(inbox).problems == []
+    left = uids(inbox)
+    assert inbox.headers(left)[left[0]] == header_section(inbox.open_message(left[0]))
