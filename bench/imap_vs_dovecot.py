@@ -14,8 +14,11 @@ IMAP client over plaintext loopback measures, as client wall time:
   folder then) and warm (SELECT in a second session on the same server process);
 * Thunderbird's first-sync message list:
   UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To ... Reply-To)]);
+* the same message list again (mailstack answers it from its message cache);
 * UID SEARCH HEADER Subject <word> and UID SEARCH BODY <word>;
-* UID FETCH 1:* BODY.PEEK[] (all bodies, MB/s).
+* UID FETCH 1:* BODY.PEEK[] (all bodies, MB/s);
+* after restarting the server: SELECT and the message list once more (both servers then work
+  from what they keep on disk: Dovecot's index and cache, mailstack's UID log and cache).
 
 Ratios are mailstack time / Dovecot time (above 1: mailstack slower).  The client is the
 same Python code for both servers, so its own cost is in both figures.
@@ -271,6 +274,8 @@ def measure(port: int, password: str) -> dict:
     r["select_warm"], _ = timed(lambda: c.command("SELECT INBOX"))
     r["tb_fetch"], (lines, r["tb_octets"], r["tb_count"]) = timed(
         lambda: c.command(f"UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS ({TB_HEADERS})])"))
+    r["tb_fetch_again"], _ = timed(
+        lambda: c.command(f"UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS ({TB_HEADERS})])"))
     r["search_subject"], (lines, _, _) = timed(lambda: c.command(f"UID SEARCH HEADER Subject {SUBJECT_WORD}"))
     r["subject_hits"] = len(search_uids(lines))
     r["search_body"], (lines, _, _) = timed(lambda: c.command(f"UID SEARCH BODY {BODY_WORD}"))
@@ -281,6 +286,17 @@ def measure(port: int, password: str) -> dict:
     return r
 
 
+def measure_restarted(port: int, password: str, r: dict) -> None:
+    """After a restart of the server: SELECT and the message list again (indexes and caches
+    are on disk now, nothing in memory)."""
+    c = Client(port)
+    c.login(USER, password)
+    r["select_restart"], _ = timed(lambda: c.command("SELECT INBOX"))
+    r["tb_fetch_restart"], _ = timed(
+        lambda: c.command(f"UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS ({TB_HEADERS})])"))
+    c.close()
+
+
 # -- Dovecot ---------------------------------------------------------------------------------------
 
 # -- report ----------------------------------------------------------------------------------------
@@ -289,6 +305,9 @@ ROWS = [  # (label, key, unit)
     ("SELECT INBOX cold", "select_cold", "s"),
     ("SELECT INBOX warm", "select_warm", "s"),
     ("UID FETCH 1:* Thunderbird list", "tb_fetch", "s"),
+    ("  the same again", "tb_fetch_again", "s"),
+    ("SELECT INBOX after a restart", "select_restart", "s"),
+    ("  Thunderbird list after a restart", "tb_fetch_restart", "s"),
     (f"UID SEARCH HEADER Subject {SUBJECT_WORD}", "search_subject", "s"),
     (f"UID SEARCH BODY {BODY_WORD}", "search_body", "s"),
     ("UID FETCH 1:* BODY.PEEK[]", "fetch_bodies", "s"),
@@ -345,12 +364,24 @@ def main() -> int:
                 ms = measure(srv.port("imap"), password)
             finally:
                 srv.stop()
+            srv.start()
+            try:
+                measure_restarted(srv.port("imap"), password, ms)
+            finally:
+                srv.stop()
 
             dv, why = None, ""
             proc, port, why = run_dovecot(run / "dovecot", dovecot_maildir, USER, password, "imap")
             if proc is not None:
                 try:
                     dv = measure(port, password)
+                finally:
+                    stop(proc)
+                proc, port, why = run_dovecot(run / "dovecot", dovecot_maildir, USER, password, "imap")
+                if proc is None:
+                    raise SystemExit(f"dovecot did not restart: {why}")
+                try:
+                    measure_restarted(port, password, dv)
                 finally:
                     stop(proc)
             print_table(n, ms, dv)

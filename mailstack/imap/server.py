@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import binascii
 import bisect
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -1614,6 +1615,13 @@ _DERIVED = {"envelope": "imap.envelope", "bodystructure": "imap.bodystructure", 
 
 
 def _derived_kind(item) -> str | None:
+    if item.type == "body" and item.header and item.header.fields and not item.part:
+        # BODY[HEADER.FIELDS (...)]: a client asks for the same fields for every message it
+        # lists (Thunderbird's message list), so the section itself is kept, per field list.
+        names = sorted({(f.decode("ascii", "replace") if isinstance(f, bytes) else f).lower()
+                        for f in item.header.fields})
+        key = ("not " if item.header.negate else "") + " ".join(names)
+        return "imap.fields." + hashlib.sha256(key.encode()).hexdigest()[:16]
     if item.type == "body" and (item.header or item.text or item.mime or item.part or item.empty):
         return None  # a section, not the structure
     return _DERIVED.get(item.type)
@@ -1623,7 +1631,9 @@ class _Derived:
     """The cached ENVELOPE/BODYSTRUCTURE values of one batch, and the ones computed for it."""
 
     def __init__(self, folder, uids, items):
-        self.kinds = {k for k in (_derived_kind(i) for i in items) if k}
+        self.kind_of = {id(i): _derived_kind(i) for i in items}
+        self.section_name = {id(i): _section_name(i) for i in items if i.type == "body"}
+        self.kinds = {k for k in self.kind_of.values() if k}
         self.values = {k: folder.derived(uids, k) for k in self.kinds}
         self.fresh: dict[str, dict[int, bytes]] = {k: {} for k in self.kinds}
 
@@ -1684,6 +1694,9 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
         if want_modseq:
             segments.append((b" " if items else b"") + b"MODSEQ (%d)" % flagged_now.get(uid, m.modseq))
         segments.append(b")\r\n")
+        if not files:  # the usual case: nothing to stream, one piece of bytes
+            out.append([b"".join(segments)])
+            continue
         merged: list = []
         for seg in segments:
             if isinstance(seg, bytes) and merged and isinstance(merged[-1], bytes):
@@ -1735,8 +1748,12 @@ def _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived) -> lis
     # t == "body"
     if not (item.header or item.text or item.mime or item.part):
         return [b"BODY " + derived.get("imap.body", uid, lambda: msgmod.sexp(msgmod.bodystructure(entity, False)))]
-    data = _section_bytes(item, entity)
-    name = _section_name(item)
+    kind = derived.kind_of[id(item)]
+    if kind is not None:  # HEADER.FIELDS
+        data = derived.get(kind, uid, lambda: _section_bytes(item, entity))
+    else:
+        data = _section_bytes(item, entity)
+    name = derived.section_name[id(item)]
     if item.partialBegin is not None:
         data = data[item.partialBegin : item.partialBegin + item.partialLength]
         name += b"<%d>" % item.partialBegin
