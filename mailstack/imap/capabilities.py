@@ -46,6 +46,7 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("LIST-EXTENDED", "RFC 5258"),
     Capability("LIST-STATUS", "RFC 5819"),
     Capability("CONDSTORE", "RFC 7162 3.1"),
+    Capability("QRESYNC", "RFC 7162 3.2"),
 )
 
 

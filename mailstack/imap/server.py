@@ -1,8 +1,8 @@
 """The IMAP server: RFC 3501 IMAP4rev1 with IDLE (RFC 2177), UIDPLUS (RFC 4315), MOVE
 (RFC 6851), SPECIAL-USE (RFC 6154), NAMESPACE (RFC 2342), ID (RFC 2971), ENABLE (RFC 5161),
 UNSELECT (RFC 3691), LITERAL+ (RFC 7888), SASL-IR (RFC 4959), CHILDREN (RFC 3348),
-LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819) and CONDSTORE (RFC 7162, MODSEQ from the
-store).
+LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819), CONDSTORE and QRESYNC (RFC 7162, MODSEQ
+and expunge MODSEQs from the store).
 
 Built on :class:`twisted.mail.imap4.IMAP4Server` for what it does well: reading command lines
 and literals, its argument parsers (astring, flag lists, FETCH attributes), its dispatch by
@@ -22,7 +22,7 @@ UIDs, UIDVALIDITY, flags and \\Recent come from the store (:mod:`mailstack.store
 numbers POP3 (UIDL) and other processes see, stable across restarts.  Every store call runs in
 the reactor's thread pool.
 
-Not implemented: QRESYNC, UTF8=ACCEPT, MULTIAPPEND, BINARY, QUOTA, ESEARCH, SORT/THREAD,
+Not implemented: UTF8=ACCEPT, MULTIAPPEND, BINARY, QUOTA, ESEARCH, SORT/THREAD,
 COMPRESS, and LIST-EXTENDED's RECURSIVEMATCH/CHILDINFO.  Sections other than the whole message,
 BODYSTRUCTURE and SEARCH BODY/TEXT read the message into memory (in a worker thread); header
 items read the header only; BODY[] and RFC822 of messages above ``STREAM_ABOVE`` are streamed.
@@ -74,10 +74,11 @@ PREAUTH_TIMEOUT = 120  # seconds; RFC 3501 5.4 asks for 30 minutes only once aut
 STREAM_ABOVE = 256 * 1024  # whole messages larger than this are streamed from the file
 READ_CHUNK = 64 * 1024
 FETCH_BATCH = 64  # messages per worker-thread call in FETCH
+MAX_UID_SET = 10_000_000  # UIDs a QRESYNC known-uids or VANISHED range may expand to
 _TAG_RE = re.compile(rb"^[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c\x7e]+$")  # astring-char minus "+"
 _LITERAL_RE = re.compile(rb"\{(\d{1,19})(\+?)\}$")
 _STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ")
-_CHANGEDSINCE_RE = re.compile(rb"^(.*?) ?\(CHANGEDSINCE (\d{1,19})\)$", re.IGNORECASE)
+_CHANGEDSINCE_RE = re.compile(rb"^(.*?) ?\(CHANGEDSINCE (\d{1,19})( VANISHED)?\)$", re.IGNORECASE)
 _MODSEQ_ATT_RE = re.compile(rb"(?<![\w.\[\-])MODSEQ(?![\w.\]\-])", re.IGNORECASE)
 _UNCHANGEDSINCE_RE = re.compile(rb"^\(UNCHANGEDSINCE (\d{1,19})\) ?", re.IGNORECASE)
 
@@ -322,6 +323,8 @@ class IMAPServer(imap4.IMAP4Server):
         self._flow: Flow | None = None
         #: RFC 7162 3.1: once a client uses CONDSTORE, flag changes carry their MODSEQ.
         self.condstore = False
+        #: RFC 7162 3.2.3: after ENABLE QRESYNC, expunges are reported as VANISHED.
+        self.qresync = False
 
     # -- connection --------------------------------------------------------------------------
 
@@ -649,10 +652,10 @@ class IMAPServer(imap4.IMAP4Server):
         """FETCH attributes, plus RFC 7162's MODSEQ item and (CHANGEDSINCE n) modifier, which
         Twisted's parser does not know: they are taken out before it sees the rest."""
         line = (line or b"").strip()
-        changedsince = None
+        changedsince, vanished = None, False
         m = _CHANGEDSINCE_RE.match(line)
         if m:
-            line, changedsince = m.group(1).strip(), int(m.group(2))
+            line, changedsince, vanished = m.group(1).strip(), int(m.group(2)), bool(m.group(3))
         stripped = _MODSEQ_ATT_RE.sub(b"", line)
         want_modseq = stripped != line
         if want_modseq:
@@ -663,7 +666,7 @@ class IMAPServer(imap4.IMAP4Server):
             items = []
         else:
             items = _arg_fetchatt(self, line)[0]
-        return (items, want_modseq, changedsince), b""
+        return (items, want_modseq, changedsince, vanished), b""
 
 
     def opt_rest(self, line):
@@ -816,19 +819,22 @@ class IMAPServer(imap4.IMAP4Server):
     async def c_select(self, tag, raw_name, params=None, readonly=False):
         """RFC 3501 6.3.1/6.3.2.  SELECT claims the messages in new/ as this session's \\Recent
         (RFC 3501 2.3.2); EXAMINE only reports them."""
+        resync = self._select_params(params)
+        if self.sel is not None:  # RFC 7162 3.2.11 (and IMAP4rev2): say the old one is closed
+            self._untagged(b"OK [CLOSED] previous mailbox closed")
         self._deselect()
         name = self._name(raw_name)
-        if params is not None:  # RFC 7162 3.1.8: SELECT mailbox (CONDSTORE)
-            if params.strip().upper() != b"(CONDSTORE)":
-                raise Bad("the only SELECT parameter is (CONDSTORE)")
-            self.condstore = True
         mailbox = self.mailbox
 
         def work():
             folder = mailbox.folder(name)
-            return (folder, *folder.select(take_recent=not readonly))
+            snap, recent = folder.select(take_recent=not readonly)
+            vanished = []
+            if resync is not None and resync[0] == snap.uidvalidity:
+                vanished = folder.expunged_since(resync[1], resync[2])
+            return folder, snap, recent, vanished
 
-        folder, snap, recent = await self._store(work)
+        folder, snap, recent, vanished = await self._store(work)
         sel = Selected(folder, readonly, snap.uidvalidity)
         sel.uids = [m.uid for m in snap.messages]
         sel.flags = {m.uid: m.flags for m in snap.messages}
@@ -849,6 +855,16 @@ class IMAPServer(imap4.IMAP4Server):
         self._untagged(b"OK [UIDNEXT %d] predicted next UID" % snap.uidnext)
         # RFC 7162 3.1.2.1: modification sequences are positive; an untouched folder says 1.
         self._untagged(b"OK [HIGHESTMODSEQ %d] highest" % max(1, snap.highestmodseq))
+        if resync is not None and resync[0] == snap.uidvalidity:
+            # RFC 7162 3.2.5: what the client missed since its MODSEQ, expunges first.
+            _, since, known = resync
+            if vanished:
+                self._untagged(b"VANISHED (EARLIER) " + uid_set(vanished))
+            known_set = None if known is None else set(known)
+            for seq, m in enumerate(snap.messages, 1):
+                if m.modseq > since and (known_set is None or m.uid in known_set):
+                    self._untagged(b"%d FETCH (UID %d FLAGS %s MODSEQ (%d))"
+                                   % (seq, m.uid, sel.flag_bytes(m.uid), m.modseq))
         if self._lost:
             return NO_REPLY
         self.sel = sel
@@ -856,6 +872,58 @@ class IMAPServer(imap4.IMAP4Server):
         if self.context.watcher is not None:
             sel.subscription = self.context.watcher.subscribe(folder.path, self._folder_changed)
         return (b"[READ-ONLY] EXAMINE" if readonly else b"[READ-WRITE] SELECT") + b" completed"
+
+    def _select_params(self, params: bytes | None):
+        """SELECT/EXAMINE parameters (RFC 7162 3.1.8 CONDSTORE, 3.2.5 QRESYNC): None, or
+        (uidvalidity, modseq, known UIDs or None) to resynchronise.  Sets CONDSTORE."""
+        if params is None:
+            return None
+        try:
+            parsed = imap4.parseNestedParens(params.strip())
+        except Exception:
+            parsed = None
+        if not parsed or len(parsed) != 1 or not isinstance(parsed[0], list) or not parsed[0]:
+            raise Bad("SELECT parameters are (CONDSTORE) or (QRESYNC (uidvalidity modseq [known-uids]))")
+        resync, words = None, parsed[0]
+        while words:
+            word = words.pop(0)
+            if isinstance(word, bytes) and word.upper() == b"CONDSTORE":
+                self.condstore = True
+            elif isinstance(word, bytes) and word.upper() == b"QRESYNC":
+                if not self.qresync:
+                    raise Bad("QRESYNC must be enabled first (ENABLE QRESYNC)")
+                args = words.pop(0) if words and isinstance(words[0], list) else []
+                if not (2 <= len(args) <= 4) or not all(isinstance(a, bytes) and a.isdigit() for a in args[:2]):
+                    raise Bad("QRESYNC needs (uidvalidity modseq [known-uids [sequence match data]])")
+                known = None
+                if len(args) >= 3:
+                    if not isinstance(args[2], bytes):
+                        raise Bad("QRESYNC known-uids must be a UID set")
+                    known = self._uid_list(args[2])
+                # args[3], the sequence match data, only saves a server work (3.2.5.2): unused.
+                resync = (int(args[0]), int(args[1]), known)
+            else:
+                raise Bad("unknown SELECT parameter")
+        return resync
+
+    @staticmethod
+    def _uid_list(text: bytes, top: int | None = None) -> list[int]:
+        """A UID set as a list (``*`` is ``top``), at most ``MAX_UID_SET`` UIDs."""
+        try:
+            ranges = searchmod.parse_seqset(text)
+        except searchmod.SearchSyntaxError as e:
+            raise Bad(str(e)) from None
+        out: set[int] = set()
+        for lo, hi in ranges:
+            lo = top if lo is None else lo
+            hi = top if hi is None else hi
+            if lo is None or hi is None:
+                raise Bad("* is not allowed here")
+            lo, hi = min(lo, hi), max(lo, hi)
+            if hi - lo + len(out) > MAX_UID_SET:
+                raise Bad("UID set too large")
+            out.update(range(lo, hi + 1))
+        return sorted(out)
 
     async def c_examine(self, tag, raw_name, params=None):
         return await IMAPServer.c_select(self, tag, raw_name, params, readonly=True)
@@ -1074,14 +1142,17 @@ class IMAPServer(imap4.IMAP4Server):
         return b"NAMESPACE completed"
 
     async def c_enable(self, tag, rest):
-        """RFC 5161; CONDSTORE (RFC 7162 3.1) is the only extension here that can be enabled."""
+        """RFC 5161; CONDSTORE (RFC 7162 3.1) and QRESYNC (RFC 7162 3.2.3) can be enabled."""
         if not rest or not rest.strip():
             raise Bad("ENABLE needs at least one capability")
         enabled = []
         for word in rest.split():
-            if word.upper() == b"CONDSTORE":
+            if word.upper() == b"CONDSTORE" and b"CONDSTORE" not in enabled:
                 self.condstore = True
                 enabled.append(b"CONDSTORE")
+            elif word.upper() == b"QRESYNC" and b"QRESYNC" not in enabled:
+                self.condstore = self.qresync = True  # RFC 7162 3.2.3: QRESYNC implies CONDSTORE
+                enabled.append(b"QRESYNC")
         self._untagged(b"ENABLED" + b"".join(b" " + w for w in enabled))
         return b"ENABLE completed"
 
@@ -1169,13 +1240,17 @@ class IMAPServer(imap4.IMAP4Server):
             present = snap.by_uid()
             lines = []
             if expunge:
+                gone = []
                 for i in range(len(sel.uids) - 1, -1, -1):
                     uid = sel.uids[i]
                     if uid not in present:
                         lines.append(b"%d EXPUNGE" % (i + 1))
+                        gone.append(uid)
                         del sel.uids[i]
                         sel.flags.pop(uid, None)
                         sel.recent.discard(uid)
+                if gone and self.qresync:  # RFC 7162 3.2.10: VANISHED replaces EXPUNGE
+                    lines = [b"VANISHED " + uid_set(sorted(gone))]
             sel.recent.update(taken)
             new = [m for m in snap.messages if m.uid > last]
             keywords = self._keywords(snap) | sel.keywords
@@ -1419,11 +1494,32 @@ class IMAPServer(imap4.IMAP4Server):
         """RFC 3501 6.4.5.  Responses are built from the stored bytes in a worker thread, a few
         dozen messages at a time; large whole messages are streamed from their file."""
         sel = self.sel
-        query, want_modseq, changedsince = spec
+        query, want_modseq, changedsince, vanished = spec
+        if vanished and not (uid and self.qresync):  # RFC 7162 3.2.6
+            raise Bad("VANISHED needs UID FETCH with QRESYNC enabled")
         if want_modseq or changedsince is not None:
             self.condstore = True
             want_modseq = True  # RFC 7162 3.1.4.1: CHANGEDSINCE implies MODSEQ
         targets = self._resolve(ranges, bool(uid))
+        if vanished:
+            folder = sel.folder
+            top = sel.uids[-1] if sel.uids else 0
+
+            def asked():
+                wanted = []
+                for lo, hi in ranges:
+                    lo, hi = (top if lo is None else lo), (top if hi is None else hi)
+                    lo, hi = min(lo, hi), max(lo, hi)
+                    wanted.append((lo, hi))
+                return wanted
+
+            def earlier():
+                spans = asked()
+                return [u for u in folder.expunged_since(changedsince) if any(lo <= u <= hi for lo, hi in spans)]
+
+            gone = await self._store(earlier)
+            if gone:
+                self._untagged(b"VANISHED (EARLIER) " + uid_set(gone))
         items = list(query)
         if uid and not any(i.type == "uid" for i in items):
             items.insert(0, imap4._FetchParser.UID())

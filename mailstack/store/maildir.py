@@ -810,6 +810,25 @@ class MaildirFolder:
         with self.open_message(uid) as f:
             return f.read()
 
+    def expunged_since(self, modseq: int, uids: Iterable[int] | None = None) -> list[int]:
+        """UIDs expunged after ``modseq`` (RFC 7162 QRESYNC), among ``uids`` if given.
+
+        The UID log remembers each expunge's MODSEQ until it is next compacted; for a
+        ``modseq`` older than that, every UID below UIDNEXT that no longer exists is
+        reported, as RFC 7162 3.2.5.1 allows (some may never have been seen by the client)."""
+        self._sync()
+        ul = self.uidlist
+        with ul.mutex:
+            state = ul.state
+            if modseq >= state.header_modseq:
+                found = [u for u, m in state.expunged.items() if m > modseq]
+                if uids is not None:
+                    wanted = set(uids)
+                    found = [u for u in found if u in wanted]
+                return sorted(found)
+            candidates = range(1, state.uidnext) if uids is None else uids
+            return sorted(u for u in set(candidates) if 0 < u < state.uidnext and u not in state.entries)
+
     def _bases(self, uids: Iterable[int]) -> dict[int, str]:
         ul = self.uidlist
         with ul.mutex:

@@ -54,6 +54,9 @@ class UidState:
     #: UIDNEXT and HIGHESTMODSEQ as the header states them (0: no header read).
     header_uidnext: int = 0
     header_modseq: int = 0
+    #: uid -> MODSEQ of its expunge, for the expunges logged since the last rewrite; older
+    #: ones (at or below ``header_modseq``) are forgotten (RFC 7162 3.2.5.1 allows that).
+    expunged: dict[int, int] = field(default_factory=dict)
 
 
 def fsync_dir(path: str) -> None:
@@ -147,6 +150,7 @@ def parse_line(line: str, state: UidState) -> None:
         else:
             del state.entries[uid]
             state.by_base.pop(entry.base, None)
+            state.expunged[uid] = modseq
     elif kind == "N":
         state.uidnext = max(state.uidnext, int(line[1:]))
     else:
@@ -270,6 +274,8 @@ class UidList:
         st = os.stat(self.path)
         self._inode, self._offset, self._size = (st.st_dev, st.st_ino), len(data), len(data)
         s.records = len(s.entries)
+        # What a reader of the new file knows: the expunges before it are forgotten.
+        s.header_uidnext, s.header_modseq, s.expunged = s.uidnext, s.highestmodseq, {}
 
     def append(self, records: list[str]) -> None:
         """Append records (already folded into ``state`` by the caller) durably."""
@@ -317,4 +323,6 @@ class UidList:
         entry = self.state.entries.pop(uid, None)
         if entry is not None:
             self.state.by_base.pop(entry.base, None)
-        records.append(f"-{uid} {self.next_modseq()}")
+        modseq = self.next_modseq()
+        self.state.expunged[uid] = modseq
+        records.append(f"-{uid} {modseq}")
