@@ -17,6 +17,7 @@ class SessionView:
     can_starttls: bool  # the imap listener, not yet under TLS, not yet logged in
     login_allowed: bool  # LOGIN and AUTHENTICATE would be accepted now (TLS, or loopback if allowed)
     authenticated: bool
+    compressed: bool = False  # COMPRESS is active
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("LIST-STATUS", "RFC 5819"),
     Capability("CONDSTORE", "RFC 7162 3.1"),
     Capability("QRESYNC", "RFC 7162 3.2"),
+    Capability("COMPRESS=DEFLATE", "RFC 4978", lambda v: v.authenticated and not v.compressed),
 )
 
 

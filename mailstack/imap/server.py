@@ -1,5 +1,5 @@
 """The IMAP server: RFC 3501 IMAP4rev1 with IDLE (RFC 2177), UIDPLUS (RFC 4315), MOVE
-(RFC 6851), SPECIAL-USE (RFC 6154), NAMESPACE (RFC 2342), ID (RFC 2971), ENABLE (RFC 5161),
+(RFC 6851), SPECIAL-USE (RFC 6154), NAMESPACE (RFC 2342), ID (RFC 2971), ENABLE (RFC 5161), COMPRESS=DEFLATE (RFC 4978),
 UNSELECT (RFC 3691), LITERAL+ (RFC 7888), SASL-IR (RFC 4959), CHILDREN (RFC 3348),
 LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819), CONDSTORE and QRESYNC (RFC 7162, MODSEQ
 and expunge MODSEQs from the store).
@@ -22,10 +22,11 @@ UIDs, UIDVALIDITY, flags and \\Recent come from the store (:mod:`mailstack.store
 numbers POP3 (UIDL) and other processes see, stable across restarts.  Every store call runs in
 the reactor's thread pool.
 
-Not implemented: UTF8=ACCEPT, MULTIAPPEND, BINARY, QUOTA, ESEARCH, SORT/THREAD,
-COMPRESS, and LIST-EXTENDED's RECURSIVEMATCH/CHILDINFO.  Sections other than the whole message,
+Not implemented: UTF8=ACCEPT, MULTIAPPEND, BINARY, QUOTA, ESEARCH, SORT/THREAD, and
+LIST-EXTENDED's RECURSIVEMATCH/CHILDINFO.  Sections other than the whole message,
 BODYSTRUCTURE and SEARCH BODY/TEXT read the message into memory (in a worker thread); header
-items read the header only; BODY[] and RFC822 of messages above ``STREAM_ABOVE`` are streamed.
+items come from the store's message cache; BODY[] and RFC822 of messages above
+``STREAM_ABOVE`` are streamed.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import bisect
 import hashlib
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 
 from twisted.cred import credentials, error as cred_error
@@ -298,6 +300,25 @@ NO_REPLY = object()
 # -- the protocol ------------------------------------------------------------------------------
 
 
+class DeflateTransport:
+    """RFC 4978 COMPRESS=DEFLATE: the session's transport, with everything written deflated
+    (raw DEFLATE, RFC 1951) and flushed at each write, so the client can decode each response
+    as it arrives.  Everything else (producers, peer, loseConnection) is the transport's."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self._deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH))
+
+    def writeSequence(self, seq) -> None:
+        self.write(b"".join(seq))
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+
 class IMAPServer(imap4.IMAP4Server):
     """One IMAP session."""
 
@@ -325,6 +346,8 @@ class IMAPServer(imap4.IMAP4Server):
         self.condstore = False
         #: RFC 7162 3.2.3: after ENABLE QRESYNC, expunges are reported as VANISHED.
         self.qresync = False
+        #: RFC 4978: after COMPRESS DEFLATE, what the client sends is inflated here.
+        self._inflate = None
 
     # -- connection --------------------------------------------------------------------------
 
@@ -371,7 +394,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     def _capabilities(self) -> list[bytes]:
         view = SessionView(can_starttls=self._can_starttls(), login_allowed=self._login_allowed(),
-                           authenticated=self.state in ("auth", "select"))
+                           authenticated=self.state in ("auth", "select"), compressed=self._inflate is not None)
         return capability_names(view)
 
     listCapabilities = _capabilities
@@ -390,6 +413,33 @@ class IMAPServer(imap4.IMAP4Server):
     def dataReceived(self, data):
         if self._lost:
             return
+        if self._inflate is not None:
+            self._inflated(data)
+            return
+        self._take(data)
+
+    def _inflated(self, data: bytes) -> None:
+        """Inflate in pieces of at most 64 KB, each read before the next is made: a small
+        compressed input that inflates to gigabytes meets the same limits as plain input."""
+        inflate = self._inflate
+        try:
+            while data and not self._lost:
+                piece = inflate.decompress(data, READ_CHUNK)
+                data = inflate.unconsumed_tail
+                self._take(piece)
+        except zlib.error:
+            log.info("imap client {peer} sent data that does not inflate", peer=self.peer)
+            self.sendLine(b"* BYE Compressed data error")
+            self.transport.loseConnection()
+
+    def setLineMode(self, extra=b""):
+        """LineReceiver hands the bytes after a literal back through dataReceived; they are
+        already inflated, so they go straight to the parser."""
+        self.line_mode = 1
+        if extra:
+            self._take(extra)
+
+    def _take(self, data: bytes) -> None:
         super().dataReceived(data)
         if self.paused and len(self._buffer) > MAX_PENDING_INPUT:
             log.warn("imap client {peer} sent too much input without waiting", peer=self.peer)
@@ -1136,6 +1186,20 @@ class IMAPServer(imap4.IMAP4Server):
             literal.close()
         return b"[APPENDUID %d %d] APPEND completed" % (uidvalidity, uid)
 
+    async def c_compress(self, tag, mechanism):
+        """RFC 4978: from the tagged OK on, both directions are raw DEFLATE."""
+        if self._inflate is not None:
+            raise No("compression is already active", "COMPRESSIONACTIVE")
+        if mechanism.upper() != b"DEFLATE":
+            raise Bad("the only compression mechanism is DEFLATE")
+        if self._buffer:  # RFC 4978 3: the client waits for the OK before compressing
+            raise Bad("no command may follow COMPRESS before its response")
+        self._tagged(tag, b"OK", b"DEFLATE active")
+        if not self._lost:
+            self.transport = DeflateTransport(self.transport)
+            self._inflate = zlib.decompressobj(-15)
+        return NO_REPLY
+
     async def c_namespace(self, tag):
         """RFC 2342: one personal namespace, "/" as the separator."""
         self._untagged(b'NAMESPACE (("" "/")) NIL NIL')
@@ -1201,6 +1265,7 @@ class IMAPServer(imap4.IMAP4Server):
     auth_APPEND = select_APPEND = (command(c_append), arg_astring, _opt_plist,
                                    _opt_datetime, arg_literal)
     auth_NAMESPACE = select_NAMESPACE = (command(c_namespace),)
+    auth_COMPRESS = select_COMPRESS = (command(c_compress), _arg_atom)
     auth_ENABLE = select_ENABLE = (command(c_enable), arg_rest)
     auth_IDLE = select_IDLE = (command(c_idle),)
 
