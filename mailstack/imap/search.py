@@ -9,6 +9,7 @@ search before any header is decoded.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from mailstack.imap import message as msgmod
@@ -168,12 +169,20 @@ def needs_header(node) -> bool:
     return kind == "header" or (kind == "date" and node[3])
 
 
+@functools.lru_cache(maxsize=256)
+def _plain_needle(needle: str) -> bytes | None:
+    """The needle as bytes when a byte search can rule a header out (see _cannot_contain)."""
+    if needle.isascii() and not any(c.isspace() for c in needle):
+        return needle.encode("ascii")
+    return None
+
+
 def _cannot_contain(header: bytes, needle: str) -> bool:
     """A cheap proof that a header holds no field value containing ``needle``: an ASCII
     header with no encoded words (RFC 2047) decodes to itself, so an ASCII needle without
     white space (unfolding may join lines) that is not in its bytes is in no field."""
-    return (needle.isascii() and not any(c.isspace() for c in needle) and header.isascii()
-            and b"=?" not in header and needle.encode("ascii") not in header.lower())
+    plain = _plain_needle(needle)
+    return plain is not None and header.isascii() and b"=?" not in header and plain not in header.lower()
 
 
 def _in_ranges(value: int, ranges, last: int) -> bool:
