@@ -2,7 +2,7 @@
 
 * Thunderbird's autoconfig, clientConfig v1.1: ``GET /.well-known/autoconfig/mail/config-v1.1.xml``
   and ``GET /mail/config-v1.1.xml?emailaddress=...`` (what Thunderbird asks
-  ``autoconfig.<domain>`` for);
+  ``autoconfig.<domain>`` for), and ``GET /v1.1/<domain>`` as Thunderbird's ISPDB asks it;
 * Microsoft Autodiscover (Outlook and others): ``POST /autodiscover/autodiscover.xml``.
 
 The answers list the listeners this server really has (the ports they are bound to), the
@@ -24,6 +24,10 @@ BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: cl
 _INCOMING = [("imaps", "imap", "SSL"), ("imap", "imap", "STARTTLS"), ("pop3s", "pop3", "SSL"), ("pop3", "pop3", "STARTTLS")]
 _OUTGOING = [("submissions", "smtp", "SSL"), ("submission", "smtp", "STARTTLS")]
 _EMAIL = re.compile(r"^[^@\s<>]{1,64}@[A-Za-z0-9.-]{1,253}$")
+#: Thunderbird's ISPDB lookup, ``<mailnews.auto_config_url><domain>``: pointing that setting at
+#: this listener (``http://host:port/v1.1/``) makes the account wizard find a server that has
+#: no ``autoconfig.<domain>`` name on port 80, such as the dev server.
+_ISPDB = re.compile(r"^/v1\.1/([a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?)$")
 
 
 class ClientConfig(resource.Resource):
@@ -38,11 +42,14 @@ class ClientConfig(resource.Resource):
 
     def render_GET(self, request):
         path = request.path.decode("ascii", "replace").rstrip("/").lower()
-        if path not in ("/.well-known/autoconfig/mail/config-v1.1.xml", "/mail/config-v1.1.xml"):
+        ispdb = _ISPDB.match(path)
+        if path not in ("/.well-known/autoconfig/mail/config-v1.1.xml", "/mail/config-v1.1.xml") and not ispdb:
             request.setResponseCode(404)
             return b"not found\n"
         address = (request.args.get(b"emailaddress") or [b""])[0].decode("utf-8", "replace")
         domain = address.rpartition("@")[2].lower() if _EMAIL.match(address) else ""
+        if ispdb:
+            domain = ispdb.group(1)
         domains = self.context.config.domains
         if domain and domain not in domains:
             request.setResponseCode(404)

@@ -30,7 +30,8 @@ def servers(root):
 def test_thunderbird_autoconfig(srv):
     base = f"http://127.0.0.1:{srv.port('autoconfig')}"
     for url in (f"{base}/.well-known/autoconfig/mail/config-v1.1.xml",
-                f"{base}/mail/config-v1.1.xml?emailaddress=alice%40example.test"):
+                f"{base}/mail/config-v1.1.xml?emailaddress=alice%40example.test",
+                f"{base}/v1.1/example.test"):  # the ISPDB form (mailnews.auto_config_url)
         with urllib.request.urlopen(url, timeout=10) as r:
             assert r.headers["Content-Type"].startswith("application/xml")
             root = ET.fromstring(r.read())
@@ -47,6 +48,10 @@ def test_thunderbird_autoconfig(srv):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"{base}/mail/config-v1.1.xml?emailaddress=someone%40other.example", timeout=10)
     assert e.value.code == 404
+    for bad in ("/v1.1/other.example", "/v1.1/../etc/passwd", "/v1.1/"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{base}{bad}", timeout=10)
+        assert e.value.code == 404, bad
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"{base}/../../etc/passwd", timeout=10)
     assert e.value.code == 404
