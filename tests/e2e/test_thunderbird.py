@@ -1,0 +1,321 @@
+"""End-to-end: a real Thunderbird against a real mailstack ``twistd`` process.
+
+One server and one Thunderbird (under Xvfb, fresh profile, the dev CA imported into its NSS
+database, accounts preset in ``user.js``; see ``thunderbird.py``) serve the module:
+
+* alice's IMAP account over implicit TLS: a delivered message is listed, shown, and its body
+  lands in Thunderbird's offline store (``ImapMail/127.0.0.1/INBOX``, an mbox file);
+* carol's POP3 account with STLS: the message is downloaded into ``Mail/127.0.0.1/Inbox`` and
+  deleted from the server, as Thunderbird does by default;
+* alice sends to bob through submission with STARTTLS and AUTH (nsIMsgSend, what the compose
+  window's Send calls): the message is in bob's Maildir, its copy in alice's Sent (IMAP
+  APPEND), and bob's own IMAP account (STARTTLS) in the same Thunderbird downloads it.
+
+Thunderbird is scripted over Marionette with chrome-context scripts; passwords are given to
+the account objects (as if typed into the prompt) before each first connection.  The tests
+are skipped when thunderbird, Xvfb, certutil or ImageMagick is missing, but fail when the
+environment variable CI is set (CI installs them).  ``THUNDERBIRD_SCREENSHOT=docs/thunderbird.png``
+makes the IMAP test save its screenshot there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import struct
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+try:
+    from . import thunderbird as tb
+except ImportError:
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import thunderbird as tb
+
+try:
+    from conftest import MailServer, PASSWORDS
+except ImportError:  # 'conftest' is tests/e2e/conftest.py here: load tests/conftest.py by path
+    _spec = importlib.util.spec_from_file_location("mailstack_tests_conftest", HERE.parent / "conftest.py")
+    _root = sys.modules.setdefault("mailstack_tests_conftest", importlib.util.module_from_spec(_spec))
+    if not hasattr(_root, "MailServer"):
+        _spec.loader.exec_module(_root)
+    MailServer, PASSWORDS = _root.MailServer, _root.PASSWORDS
+
+pytestmark = [pytest.mark.thunderbird, pytest.mark.slow]
+
+ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
+DAVE, ERIN = "dave@example.org", "erin@example.net"  # only ever in From: lines
+PROGRAMS = {"thunderbird": "thunderbird", "Xvfb": "xvfb", "certutil": "libnss3-tools",
+            "import": "imagemagick", "convert": "imagemagick"}
+STEP = 90.0  # seconds any one step may take
+# Thunderbird's accounts, in user.js order (accountN / serverN / idN)
+IMAP_ALICE, POP3_CAROL, IMAP_BOB = "account1", "account2", "account3"
+
+
+def _on_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Env:
+    def __init__(self, server: MailServer, thunder: tb.Thunderbird):
+        self.server, self.tb = server, thunder
+
+    def why(self) -> str:
+        """The ends of both logs, for a failure message."""
+        tb_log = self.tb.log_path.read_text(errors="replace") if self.tb.log_path.exists() else ""
+        return f"\n--- server log ---\n{self.server.log_text()[-3000:]}\n--- thunderbird log ---\n{tb_log[-3000:]}"
+
+    def wait_file(self, path: Path, *needles: bytes, timeout: float = STEP) -> bytes:
+        """The content of ``path`` once it holds every needle."""
+        deadline = time.monotonic() + timeout
+        data = b""
+        while time.monotonic() < deadline:
+            data = path.read_bytes() if path.exists() else b""
+            if all(n in data for n in needles):
+                return data
+            time.sleep(0.2)
+        raise AssertionError(f"{path} lacks {needles!r} after {timeout}s; it has {data[-2000:]!r}{self.why()}")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    missing = tb.missing_programs(*PROGRAMS)
+    if missing:
+        reason = (f"{', '.join(missing)} not installed "
+                  f"(apt-get install {' '.join(sorted({PROGRAMS[m] for m in missing}))})")
+        if _on_ci():
+            pytest.fail(f"{reason} - CI is set, so the Thunderbird tests must run", pytrace=False)
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("thunderbird")
+    (base / "server").mkdir()
+    nowhere = _closed_port()  # outbound mail and DNS could only ever reach a closed loopback port
+    server = MailServer(base / "server", extra=(
+        f'[dns]\nnameservers = ["127.0.0.1"]\nport = {nowhere}\ntimeout = 2.0\n'
+        f'[relay]\nsmarthost = "127.0.0.1:{nowhere}"\nconnect_timeout = 2.0\n'))
+    thunder = None
+    try:
+        server.start()
+        port = server.port
+        prefs = tb.account_prefs(
+            [
+                {"type": "imap", "host": "127.0.0.1", "port": port("imaps"), "user": ALICE, "socket": 3},
+                {"type": "pop3", "host": "127.0.0.1", "port": port("pop3"), "user": CAROL, "socket": 2},
+                {"type": "imap", "host": "127.0.0.1", "port": port("imap"), "user": BOB, "socket": 2},
+            ],
+            smtp={"host": "127.0.0.1", "port": port("submission"), "user": ALICE, "socket": 2},
+        )
+        thunder = tb.Thunderbird(base / "thunderbird", prefs, server.ca_file,
+                                 forward_ports=[port(k) for k in ("imaps", "imap", "pop3", "submission")])
+        thunder.start(timeout=STEP)
+        yield Env(server, thunder)
+    finally:
+        if thunder is not None:
+            thunder.stop()
+        server.stop()
+
+
+def _message(sender: str, to: str, subject: str, body: str, n: int = 0) -> bytes:
+    return (f"From: {sender.split('@')[0].title()} <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Date: Mon, 01 Dec 2025 {9 + n:02d}:{10 * n:02d}:00 +0000\r\n"
+            f"Message-ID: <{uuid.uuid4().hex}@example.test>\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"\r\n{body}\r\n").encode()
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", head
+    return struct.unpack(">II", head[16:24])
+
+
+def test_imap_message_downloaded_and_shown(env, tmp_path):
+    token = uuid.uuid4().hex
+    subject = f"Welcome to mailstack ({token[:8]})"
+    body = (f"Hello Alice,\r\n\r\nthis message was delivered by mailstack and read by Thunderbird "
+            f"over IMAP with TLS.\r\n\r\ncheck: {token}")
+    # senders that are none of this Thunderbird's identities, so the list shows them as senders
+    env.server.deliver(
+        _message(DAVE, ALICE, "Lunch on Friday?", "Shall we? Dave", 0),
+        _message(ERIN, ALICE, "Minutes of the Monday meeting", "In the body, as promised. Erin", 1),
+        _message(DAVE, ALICE, subject, body, 2),
+        user=ALICE,
+    )
+    # Give the account its password and open its Inbox in the 3-pane window: Thunderbird logs
+    # in, selects INBOX, fetches the headers and, the folder being kept for offline use (the
+    # default), the whole messages into its mbox store.
+    listed = env.tb.js("""
+        const [key, password, count] = arguments;
+        serverOf(key).password = password;
+        const inbox = inboxOf(key);
+        window.gTabmail.currentAbout3Pane.displayFolder(inbox.URI);
+        await waitFor(`${count} messages in the Inbox`, () => inbox.getTotalMessages(false) >= count);
+        await waitFor("the messages kept offline",
+                      () => [...inbox.messages].every(h => h.flags & Ci.nsMsgMessageFlags.Offline));
+        return { mbox: inbox.filePath.path, subjects: subjectsOf(inbox), offline: inbox.getFlag(Ci.nsMsgFolderFlags.Offline) };
+    """, IMAP_ALICE, PASSWORDS[ALICE], 3)
+    assert sorted(listed["subjects"]) == sorted(["Lunch on Friday?", "Minutes of the Monday meeting", subject]), listed
+    mbox = Path(listed["mbox"])
+    assert mbox.parts[-3:] == ("ImapMail", "127.0.0.1", "INBOX") and listed["offline"], listed
+    data = env.wait_file(mbox, f"Subject: {subject}".encode(), token.encode())
+    assert [m for m in tb.mbox_messages(mbox) if token.encode() in m], data[-2000:]
+
+    # Select the message: the message pane shows it and it is marked read.
+    shown = env.tb.js("""
+        const [key, subject, token] = arguments;
+        const inbox = inboxOf(key);
+        const about3 = window.gTabmail.currentAbout3Pane;
+        const hdr = [...inbox.messages].find(h => h.mime2DecodedSubject == subject);
+        about3.selectMessage(hdr);
+        const aboutMessage = about3.messageBrowser.contentDocument;
+        const state = () => ({
+          body: !!about3.messageBrowser.contentWindow.getMessagePaneBrowser?.()?.contentDocument?.body?.textContent.includes(token),
+          subject: !!aboutMessage.getElementById("expandedsubjectBox")?.textContent.includes(subject),
+          header: aboutMessage.getElementById("messageHeader")?.getBoundingClientRect().height,
+          read: hdr.isRead,
+        });
+        await waitFor("the message in the message pane", () => { const s = state(); return s.body && s.subject && s.header > 0 && s.read; }, 30000)
+          .catch(e => { throw new Error(`${e.message}: ${JSON.stringify(state())}`); });
+        // painted before the screenshot
+        await new Promise(resolve => window.requestAnimationFrame(() => window.requestAnimationFrame(resolve)));
+        await sleep(1000);
+        return { selected: about3.gDBView.numSelected, ...state() };
+    """, IMAP_ALICE, subject, token)
+    assert shown["selected"] == 1, shown
+
+    shot = env.tb.screenshot(tmp_path / "thunderbird.png")
+    assert _png_size(shot) == env.tb.size and 10_000 < shot.stat().st_size < 300_000, shot.stat().st_size
+    if os.environ.get("THUNDERBIRD_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["THUNDERBIRD_SCREENSHOT"])
+
+    # reading it set \Seen on the server too (STORE), which the Maildir file name records
+    deadline, flags = time.monotonic() + STEP, None
+    while time.monotonic() < deadline:
+        names = [p.name for p in (env.server.maildir(ALICE) / "cur").glob("*") if token.encode() in p.read_bytes()]
+        flags = names[0].rpartition(":2,")[2] if names else None
+        if flags and "S" in flags:
+            break
+        time.sleep(0.2)
+    assert flags and "S" in flags, (flags, env.why())
+
+    log = env.server.log_text()
+    assert "session start imaps from 127.0.0.1" in log, env.why()
+    assert f"imap login {ALICE} from 127.0.0.1" in log, env.why()
+
+
+def test_pop3_message_downloaded(env):
+    token = uuid.uuid4().hex
+    subject = f"Thunderbird over POP3 {token[:8]}"
+    env.server.deliver(_message(ALICE, CAROL, subject, f"Hello Carol, this came over POP3 with STLS. token={token}"),
+                       user=CAROL)
+    # "Get Messages" for carol's POP3 account
+    got = env.tb.js("""
+        const [key, password, subject] = arguments;
+        const server = serverOf(key);
+        server.password = password;
+        const inbox = inboxOf(key);
+        const { listener, finished } = urlListener();
+        server.getNewMessages(inbox, window.msgWindow, listener);
+        const status = await Promise.race([finished, sleep(80000).then(() => "no answer in 80 s")]);
+        await waitFor(`"${subject}" in the Inbox`, () => subjectsOf(inbox).includes(subject), 20000);
+        return { status, mbox: inbox.filePath.path, subjects: subjectsOf(inbox) };
+    """, POP3_CAROL, PASSWORDS[CAROL], subject)
+    assert got["status"] == 0, (got, env.why())
+    assert got["subjects"] == [subject], got
+    mbox = Path(got["mbox"])
+    assert mbox.parts[-3:] == ("Mail", "127.0.0.1", "Inbox"), mbox
+    env.wait_file(mbox, f"Subject: {subject}".encode(), token.encode())
+
+    # Thunderbird deletes what it downloaded (leave_on_server is false by default)
+    deadline = time.monotonic() + STEP
+    while env.server.messages(CAROL) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert env.server.messages(CAROL) == [], env.why()
+    log = env.server.log_text()
+    assert "session start pop3 from 127.0.0.1" in log, env.why()
+    assert re.search(rf"pop3 login {re.escape(CAROL)} from 127\.0\.0\.1 .*1 messages\)", log), env.why()
+    assert f"pop3 logout {CAROL} from 127.0.0.1: 1 messages deleted" in log, env.why()
+
+
+def test_smtp_submission_to_another_user(env):
+    token = uuid.uuid4().hex
+    subject = f"Thunderbird over submission {token[:8]}"
+    # What the compose window's Send does: nsIMsgSend with the identity's SMTP server
+    # (STARTTLS, AUTH), then a copy into the identity's Sent folder on the IMAP server.
+    sent = env.tb.js("""
+        const [key, password, to, subject, body] = arguments;
+        const account = MailServices.accounts.getAccount(key);
+        const identity = account.defaultIdentity;
+        const smtp = MailServices.outgoingServer.getServerByKey(identity.smtpServerKey);
+        smtp.password = password;
+        const fields = Cc["@mozilla.org/messengercompose/composefields;1"].createInstance(Ci.nsIMsgCompFields);
+        fields.from = `${identity.fullName} <${identity.email}>`;
+        fields.to = to;
+        fields.subject = subject;
+        fields.fcc = identity.fccFolderURI;
+        const events = [];
+        const outcome = new Promise(resolve => {
+          const listener = {
+            QueryInterface: ChromeUtils.generateQI(["nsIMsgSendListener", "nsIMsgCopyServiceListener"]),
+            onStartSending() {}, onProgress() {}, onGetDraftFolderURI() {}, onStartCopy() {},
+            setMessageKey() {}, getMessageId() { return null; },
+            onStatus(id, message) { events.push(`status ${message}`); },
+            onStopSending(id, status, message) {
+              events.push(`sent ${id} ${status} ${message}`);
+              if (status != 0) resolve("send failed");
+            },
+            onSendNotPerformed(id, status) { events.push(`not performed ${status}`); resolve("not performed"); },
+            onTransportSecurityError(id, status) { events.push(`TLS error ${status}`); resolve("TLS error"); },
+            onStopCopy(status) { events.push(`copied ${status}`); resolve(status == 0 ? "sent and copied" : "copy failed"); },
+          };
+          const send = Cc["@mozilla.org/messengercompose/send;1"].createInstance(Ci.nsIMsgSend);
+          send.createAndSendMessage(null, identity, account.key, fields, false, false, Ci.nsIMsgSend.nsMsgDeliverNow,
+                                    null, "text/plain", body, null, null, listener, "", null, Ci.nsIMsgCompType.New);
+        });
+        const result = await Promise.race([outcome, sleep(80000).then(() => "no answer in 80 s")]);
+        return { result, events, smtp: smtp.serverURI.spec, fcc: identity.fccFolderURI };
+    """, IMAP_ALICE, PASSWORDS[ALICE], BOB, subject, f"Hello Bob, Thunderbird sent this. token={token}\n")
+    assert sent["result"] == "sent and copied", (sent, env.why())
+
+    msgs = [m for m in env.server.wait_for_messages(BOB, 1, timeout=STEP) if token.encode() in m]
+    assert len(msgs) == 1, env.why()
+    msg = msgs[0]
+    assert f"Subject: {subject}".encode() in msg and b"User-Agent: Mozilla Thunderbird" in msg, msg
+    received = msg.split(b"\r\n\r\n", 1)[0]
+    assert b"with ESMTPSA" in received and b"(using TLS" in received, received  # STARTTLS, then AUTH
+    assert f"(authenticated as {ALICE})".encode() in received, received
+    copies = [m for m in env.server.wait_for_messages(ALICE, 1, folder="Sent", timeout=STEP) if token.encode() in m]
+    assert len(copies) == 1, env.why()
+    log = env.server.log_text()
+    assert "session start submission from 127.0.0.1" in log, env.why()
+    assert f"auth ok submission from 127.0.0.1 as {ALICE}" in log, env.why()
+    assert f"to ['{BOB}']" in log and "via submission" in log, env.why()
+
+    # bob's own IMAP account (STARTTLS on the imap port) in the same Thunderbird gets it
+    got = env.tb.js("""
+        const [key, password, subject] = arguments;
+        const server = serverOf(key);
+        server.password = password;
+        const inbox = inboxOf(key);
+        server.getNewMessages(inbox, window.msgWindow, null);
+        await waitFor(`"${subject}" in bob's Inbox`, () => subjectsOf(inbox).includes(subject));
+        return { mbox: inbox.filePath.path, subjects: subjectsOf(inbox) };
+    """, IMAP_BOB, PASSWORDS[BOB], subject)
+    assert subject in got["subjects"], got
+    env.wait_file(Path(got["mbox"]), f"Subject: {subject}".encode(), token.encode())
+    log = env.server.log_text()
+    assert "session start imap from 127.0.0.1" in log, env.why()
+    assert f"imap login {BOB} from 127.0.0.1" in log, env.why()
