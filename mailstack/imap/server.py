@@ -1195,6 +1195,7 @@ class IMAPServer(imap4.IMAP4Server):
         if self._buffer:  # RFC 4978 3: the client waits for the OK before compressing
             raise Bad("no command may follow COMPRESS before its response")
         self._tagged(tag, b"OK", b"DEFLATE active")
+        log.info("imap compression on for {user} from {peer}", user=self.address, peer=self.peer)
         if not self._lost:
             self.transport = DeflateTransport(self.transport)
             self._inflate = zlib.decompressobj(-15)
