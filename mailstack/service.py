@@ -233,8 +233,14 @@ def banner(cfg: config_mod.Config, bound: dict[str, dict]) -> str:
                 continue
             proto = {"imap": "IMAP", "pop3": "POP3", "submission": "SMTP"}[b["protocol"]]
             security = "SSL/TLS" if b["tls"] == "implicit" else "STARTTLS"  # Thunderbird's words, for STLS too
-            lines.append(f"    {label}: {proto}, server {cfg.hostname if not config_mod.is_loopback(b['host'] or '') else 'localhost'}, "
+            # On loopback, the address itself: "localhost" may be tried as ::1 first.
+            server = b["host"] if config_mod.is_loopback(b["host"] or "") else cfg.hostname
+            lines.append(f"    {label}: {proto}, server {server}, "
                          f"port {b['port']}, {security}, normal password, user name = full address")
+        auto = bound.get("autoconfig")
+        if auto and config_mod.is_loopback(auto["host"] or ""):
+            lines.append(f"    or let the account wizard find them: in Config Editor set mailnews.auto_config_url "
+                         f"to http://{auto['host']}:{auto['port']}/v1.1/")
         ca = os.path.join(os.path.dirname(cfg.tls_certificate), "ca.pem")
         if cfg.has_tls and os.path.exists(ca):
             lines.append(f"    the certificate is signed by the dev CA {ca}: import it, or accept the exception")

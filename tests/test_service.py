@@ -121,6 +121,8 @@ def test_make_run_starts_the_stack_and_its_ports_answer(tmp_path):
         creds = (tree / "var" / "dev-credentials.txt").read_text()
         assert "alice@example.test" in creds and "bob@example.test" in creds
         assert "alice@example.test  password:" in text
+        assert re.search(r"incoming: IMAP, server 127\.0\.0\.1, port \d+, SSL/TLS", text), text
+        assert re.search(r"mailnews\.auto_config_url to http://127\.0\.0\.1:\d+/v1\.1/", text), text
         listeners = re.findall(r"^\S*\s+(\w+)\s+127\.0\.0\.1:(\d+)\s", text, re.M)
         assert len(listeners) >= 3
         for key, port in listeners:
