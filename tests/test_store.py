@@ -826,3 +826,18 @@ def test_uids_follow_arrival_order_within_one_second(tmp_path):
         (tmp_path / "example.test" / "bob" / "new" / name).write_bytes(b"x")
     order = [m.base for m in folder.snapshot().messages]
     assert order == [names[2], names[0], names[1]]
+
+
+def test_append_after_unnumbered_deliveries_keeps_arrival_order(store, mailbox):
+    """SMTP deliveries get their UID lazily; an APPEND or COPY that comes first must not jump
+    ahead of them (RFC 3501 2.3.1.1)."""
+    inbox = mailbox.folder("INBOX")
+    store.deliver(ADDR, message(1))
+    store.deliver(ADDR, message(2))
+    appended = inbox.append(message(3))
+    copied = mailbox.folder("Sent").append(message(4))
+    (_, new_uid), = mailbox.folder("Sent").copy([copied], inbox)
+    store.deliver(ADDR, message(5))
+    order = [(m.uid, inbox.read_message(m.uid)) for m in inbox.snapshot().messages]
+    assert [body for _, body in order] == [message(1), message(2), message(3), message(4), message(5)]
+    assert [uid for uid, _ in order][2:4] == [appended, new_uid]

@@ -401,7 +401,7 @@ class SMTPSession(smtp.ESMTP):
                 log.info("auth failed {listener} from {peer} for {user}", listener=self.listener.key, peer=self.peer, user=name)
                 self.reply(535, "5.7.8", "Authentication credentials invalid")
             elif failure.check(LoginThrottled):
-                self.reply(454, "4.7.0", f"Too many authentication failures from your address; {failure.value}")
+                self.reply(454, "4.7.0", f"Too many authentication failures from your address; try again in {int(failure.value.retry_after) + 1} s")
             else:
                 log.failure("authentication error", failure)
                 self.reply(454, "4.7.0", "Temporary authentication failure")

@@ -773,7 +773,12 @@ class MaildirFolder:
         return uid
 
     def _record_new(self, base: str, when: int) -> int:
-        """Caller holds the lock.  Give a file just linked in its UID (once)."""
+        """Caller holds the lock.  Give a file just linked in its UID (once).
+
+        Mail delivered earlier without a UID (SMTP, ``assign_uid=False``) and still waiting
+        in new/ is numbered first, so that UIDs ascend with arrival (RFC 3501 2.3.1.1) even
+        when an APPEND or COPY comes before any session looked at the folder.  Only new/ is
+        listed: it is where such mail waits, and it is small."""
         ul = self.uidlist
         with ul.mutex:
             self._ensure_uidlist()
@@ -781,6 +786,18 @@ class MaildirFolder:
             if existing is not None:
                 return existing
             records: list[str] = []
+            ours = _arrival_key(base, when)
+            waiting = []
+            for name in os.listdir(os.path.join(self.path, "new")):
+                other = base_of(name)
+                if name.startswith(".") or other == base or other in ul.state.by_base:
+                    continue
+                date = self._internaldate_of(other, "new/" + name)
+                key = _arrival_key(other, date)
+                if key < ours:
+                    waiting.append((key, other, date))
+            for _key, other, date in sorted(waiting):
+                ul.add(other, date, records)
             uid = ul.add(base, when, records)
             ul.append(records)
             return uid
