@@ -9,7 +9,12 @@ database, accounts preset in ``user.js``; see ``thunderbird.py``) serve the modu
   deleted from the server, as Thunderbird does by default;
 * alice sends to bob through submission with STARTTLS and AUTH (nsIMsgSend, what the compose
   window's Send calls): the message is in bob's Maildir, its copy in alice's Sent (IMAP
-  APPEND), and bob's own IMAP account (STARTTLS) in the same Thunderbird downloads it.
+  APPEND), and bob's own IMAP account (STARTTLS) in the same Thunderbird downloads it;
+* both IMAP sessions run COMPRESS=DEFLATE (the server logs it), Thunderbird's default;
+* the account wizard's lookup finds the settings from alice's address alone, through the
+  ISPDB setting (``mailnews.auto_config_url``) pointed at the autoconfig listener, and through
+  ``http://autoconfig.example.test/`` on port 80 (a hosts entry and port 80 in the network
+  namespace forwarded to the listener); a closed port or another domain gives nothing.
 
 Thunderbird is scripted over Marionette with chrome-context scripts; passwords are given to
 the account objects (as if typed into the prompt) before each first connection.  The tests
@@ -53,6 +58,7 @@ except ImportError:  # 'conftest' is tests/e2e/conftest.py here: load tests/conf
 pytestmark = [pytest.mark.thunderbird, pytest.mark.slow]
 
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
+DOMAIN, HOST = "example.test", "mail.example.test"  # the server's domain and host name (tests/conftest.py)
 DAVE, ERIN = "dave@example.org", "erin@example.net"  # only ever in From: lines
 PROGRAMS = {"thunderbird": "thunderbird", "Xvfb": "xvfb", "certutil": "libnss3-tools",
             "import": "imagemagick", "convert": "imagemagick"}
@@ -91,6 +97,18 @@ class Env:
             time.sleep(0.2)
         raise AssertionError(f"{path} lacks {needles!r} after {timeout}s; it has {data[-2000:]!r}{self.why()}")
 
+    def wait_log(self, *needles: str, timeout: float = 10.0) -> str:
+        """The server's log once it holds every needle."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.server.log_text()
+            if all(n in log for n in needles):
+                return log
+            if time.monotonic() > deadline:
+                missing = [n for n in needles if n not in log]
+                raise AssertionError(f"the server log lacks {missing!r} after {timeout}s{self.why()}")
+            time.sleep(0.1)
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
@@ -120,7 +138,7 @@ def env(tmp_path_factory):
             smtp={"host": "127.0.0.1", "port": port("submission"), "user": ALICE, "socket": 2},
         )
         thunder = tb.Thunderbird(base / "thunderbird", prefs, server.ca_file,
-                                 forward_ports=[port(k) for k in ("imaps", "imap", "pop3", "submission")])
+                                 forward_ports=[port(k) for k in ("imaps", "imap", "pop3", "submission", "autoconfig")])
         thunder.start(timeout=STEP)
         yield Env(server, thunder)
     finally:
@@ -214,6 +232,9 @@ def test_imap_message_downloaded_and_shown(env, tmp_path):
     log = env.server.log_text()
     assert "session start imaps from 127.0.0.1" in log, env.why()
     assert f"imap login {ALICE} from 127.0.0.1" in log, env.why()
+    # Thunderbird turns on COMPRESS=DEFLATE when offered (mail.server.default.use_compress_deflate
+    # is true by default), so all of the above went through the deflated session
+    assert f"imap compression on for {ALICE} from 127.0.0.1" in log, env.why()
 
 
 def test_pop3_message_downloaded(env):
@@ -319,3 +340,71 @@ def test_smtp_submission_to_another_user(env):
     log = env.server.log_text()
     assert "session start imap from 127.0.0.1" in log, env.why()
     assert f"imap login {BOB} from 127.0.0.1" in log, env.why()
+    assert f"imap compression on for {BOB} from 127.0.0.1" in log, env.why()  # after STARTTLS
+
+
+def _servers(config: dict, which: str) -> list[tuple]:
+    """(type, hostname, port, socketType) of the wizard's ``which`` server and its alternatives."""
+    return [(s["type"], s["hostname"], s["port"], s["socketType"])
+            for s in [config[which], *config[f"{which}Alternatives"]]]
+
+
+def test_account_wizard_finds_the_settings_from_the_address(env):
+    """Thunderbird's account wizard finds the settings from alice's address alone.
+
+    Its own lookup runs (``FindConfig.parallelAutoDiscovery`` and ``replaceVariables``, see
+    ``thunderbird.FIND_CONFIG_JS``): the isp/ folder, ``autoconfig.example.test`` and
+    ``example.test/.well-known`` over https and http, the ISPDB, the MX host's domain and
+    Microsoft Autodiscover.  It finds the server (1) through the ISPDB setting pointed at the
+    autoconfig listener, as a dev user sets it in the Config Editor, and (2) through
+    ``http://autoconfig.example.test/mail/config-v1.1.xml``, the name resolving to 127.0.0.1
+    (``network.dns.localDomains``, Thunderbird's own hosts entry) and port 80 of the network
+    namespace forwarded to the listener.  The lookup asks DNS (MX, SRV) with the system's
+    resolver, which prefs do not turn off, so it runs only in the namespace, where no packet
+    can leave.
+    """
+    if not env.tb.jail.isolated:
+        pytest.skip(f"the wizard's lookup asks DNS, so it needs the network namespace ({env.tb.jail.reason})")
+    port = env.server.port
+    assert "autoconfig" in env.server.ports, env.server.ports
+    SSL, STARTTLS = 3, 2  # nsMsgSocketType
+    # what the server's answer lists: its host name (tests/conftest.py) and bound ports
+    expected_incoming = [("imap", HOST, port("imaps"), SSL), ("imap", HOST, port("imap"), STARTTLS),
+                         ("pop3", HOST, port("pop3s"), SSL), ("pop3", HOST, port("pop3"), STARTTLS)]
+    expected_outgoing = [("smtp", HOST, port("submissions"), SSL), ("smtp", HOST, port("submission"), STARTTLS)]
+
+    def found(address, prefs, source):
+        got = env.tb.find_config(address, prefs)
+        assert "error" not in got and got.get("config"), (got, env.why())
+        config = got["config"]
+        assert (config["source"], config["subSource"], config["id"]) == ("xml", source, DOMAIN), config
+        assert _servers(config, "incoming") == expected_incoming, config
+        assert _servers(config, "outgoing") == expected_outgoing, config
+        for which in ("incoming", "outgoing"):  # "normal password" with the whole address
+            assert (config[which]["auth"], config[which]["username"]) == (3, address), config
+        assert got["elapsed"] < 20_000, got
+        return config
+
+    def nothing(address, prefs):
+        got = env.tb.find_config(address, prefs)
+        assert "error" not in got and got.get("config", "missing") is None, (got, env.why())
+
+    # (1) mailnews.auto_config_url, the ISPDB: GET /v1.1/example.test
+    ispdb = {"mailnews.auto_config_url": f"http://127.0.0.1:{port('autoconfig')}/v1.1/"}
+    found(ALICE, ispdb, "xml-from-db")
+    env.wait_log('"GET /v1.1/example.test HTTP/1.1" 200')
+    # and what is found is the server's answer: a closed port gives nothing (the wizard would
+    # go on to guess host names), and so does a domain the server does not have
+    nothing(ALICE, {"mailnews.auto_config_url": f"http://127.0.0.1:{_closed_port()}/v1.1/"})
+    nothing("someone@other.example", ispdb)
+    env.wait_log('"GET /v1.1/other.example HTTP/1.1" 404')
+
+    # (2) autoconfig.example.test on port 80, the ISPDB off
+    hosts = {"mailnews.auto_config_url": "", "network.dns.localDomains": f"autoconfig.{DOMAIN}",
+             "network.proxy.no_proxies_on": f"localhost, 127.0.0.1, autoconfig.{DOMAIN}"}
+    nothing(ALICE, hosts)  # nothing listens on port 80 yet
+    env.tb.jail.forward(80, port("autoconfig"))
+    found(ALICE, hosts, "xml-from-isp-http")
+    env.wait_log('"GET /mail/config-v1.1.xml?emailaddress=alice%40example.test HTTP/1.1" 200')
+    # the lookup's prefs were for it alone
+    assert env.tb.js("return Services.prefs.getCharPref(arguments[0])", "mailnews.auto_config_url") == ""

@@ -5,7 +5,8 @@ Used by ``test_thunderbird.py``.  Thunderbird runs under Xvfb with a fresh profi
 asking anything or reaching the network (:func:`quiet_prefs`); the dev CA is imported into
 the profile's NSS database with ``certutil``, so certificates are really verified.  It is
 scripted through Marionette (a small client here: the protocol is ``<length>:<json>`` over
-TCP), with chrome-context scripts using Thunderbird's own XPCOM services (``MailServices``).
+TCP), with chrome-context scripts using Thunderbird's own XPCOM services (``MailServices``)
+and modules (the account wizard's lookup, :meth:`Thunderbird.find_config`).
 
 Where the kernel allows it (as root), Thunderbird and Xvfb run in a
 network namespace of their own that has nothing but a loopback interface (:class:`NetJail`),
@@ -268,10 +269,14 @@ class NetJail:
                 return s.getsockname()[1]
         return self.call(pick)
 
-    def forward(self, port: int) -> None:
-        """Relay connections to 127.0.0.1:port inside the namespace to the host's."""
+    def forward(self, port: int, to: int | None = None) -> None:
+        """Relay connections to 127.0.0.1:port inside the namespace to the host's 127.0.0.1:to
+        (the same port when ``to`` is not given), e.g. port 80 to the autoconfig listener.
+        Nothing is done outside a namespace; callers that forward to another port check
+        ``isolated``."""
         if not self.isolated:
             return
+        to = port if to is None else to
 
         def listen():
             s = socket.socket()
@@ -283,7 +288,7 @@ class NetJail:
         lsock = self.call(listen)
         self._listeners.append(lsock)
         # started from this thread, so outside the namespace: its connect() reaches the host
-        threading.Thread(target=self._accept, args=(lsock, port), daemon=True, name=f"fwd-{port}").start()
+        threading.Thread(target=self._accept, args=(lsock, to), daemon=True, name=f"fwd-{port}-{to}").start()
 
     def _accept(self, lsock: socket.socket, port: int) -> None:
         while not self._stop.is_set():
@@ -424,6 +429,63 @@ function urlListener() {
 """
 
 
+#: What the account wizard (the Account Hub's email view, ``#findConfig``) does with the address
+#: typed in: ``FindConfig.parallelAutoDiscovery`` - the install directory's isp/ folder, then
+#: the provider's own ``autoconfig.<domain>`` and ``<domain>/.well-known`` (https, then http),
+#: then the ISPDB at ``mailnews.auto_config_url``, then the same for the domain of the MX host,
+#: with Microsoft Autodiscover beside them - and ``AccountConfig.replaceVariables`` on the
+#: result.  ``arguments``: the address, prefs to set for the lookup only (restored after), and
+#: the time allowed in ms.  Returns the AccountConfig in plain values, or ``config: null``
+#: when nothing was found (where the wizard would go on to guess host names).
+FIND_CONFIG_JS = r"""
+const [email, prefs, ms] = arguments;
+const { FindConfig } = ChromeUtils.importESModule("resource:///modules/accountcreation/FindConfig.sys.mjs");
+const { AccountConfig } = ChromeUtils.importESModule("resource:///modules/accountcreation/AccountConfig.sys.mjs");
+const kinds = { [Services.prefs.PREF_STRING]: "Char", [Services.prefs.PREF_INT]: "Int", [Services.prefs.PREF_BOOL]: "Bool" };
+const saved = [];
+for (const [name, value] of Object.entries(prefs)) {
+  const kind = typeof value == "boolean" ? "Bool" : typeof value == "number" ? "Int" : "Char";
+  const had = kinds[Services.prefs.getPrefType(name)];
+  saved.push([name, Services.prefs.prefHasUserValue(name) ? [had, Services.prefs[`get${had}Pref`](name)] : null]);
+  Services.prefs[`set${kind}Pref`](name, value);
+}
+const server = s => s && { type: s.type, hostname: s.hostname, port: s.port, socketType: s.socketType,
+                           auth: s.auth, username: s.username };
+const started = Date.now();
+const abort = new AbortController();
+let timer;
+try {
+  const stream = FindConfig.parallelAutoDiscovery(email.split("@")[1], email, abort.signal, "", "");
+  const step = await Promise.race([
+    stream.next(),
+    new Promise(resolve => (timer = setTimeout(() => { abort.abort(); resolve("timeout"); }, ms))),
+  ]);
+  const elapsed = Date.now() - started;
+  if (step == "timeout") return { error: `no answer in ${ms} ms`, elapsed };
+  const config = step.value;
+  if (!config) return { config: null, done: step.done, elapsed };
+  if (config.isRedirect) return { redirect: config, elapsed };
+  AccountConfig.replaceVariables(config, "Alice", email, "");  // as the wizard's #fillAccountConfig
+  return {
+    config: {
+      source: config.source, subSource: config.subSource, id: config.id, displayName: config.displayName,
+      incoming: server(config.incoming), incomingAlternatives: config.incomingAlternatives.map(server),
+      outgoing: server(config.outgoing), outgoingAlternatives: config.outgoingAlternatives.map(server),
+    },
+    done: step.done, elapsed,
+  };
+} catch (e) {
+  return { error: `${e}`, elapsed: Date.now() - started };
+} finally {
+  clearTimeout(timer);
+  for (const [name, old] of saved) {
+    if (old) Services.prefs[`set${old[0]}Pref`](name, old[1]);
+    else Services.prefs.clearUserPref(name);
+  }
+}
+"""
+
+
 def _wait_port(jail: NetJail, port: int, proc: subprocess.Popen, deadline: float, log: Path) -> socket.socket:
     while True:
         if proc.poll() is not None:
@@ -537,6 +599,11 @@ class Thunderbird:
         except MarionetteError as e:
             dialog = f"(no dialog: {e})"
         raise MarionetteError(f"the script ended without its value ({out!r}); dialog: {dialog!r}")
+
+    def find_config(self, address: str, prefs: dict | None = None, timeout: float = 40.0) -> dict:
+        """The account wizard's lookup of ``address`` (:data:`FIND_CONFIG_JS`), with ``prefs``
+        set for it alone: ``{"config": {...} or None, "elapsed": ms}``, or ``{"error": ...}``."""
+        return self.js(FIND_CONFIG_JS, address, prefs or {}, int(timeout * 1000))
 
     def screenshot(self, path: Path, max_bytes: int = 300_000) -> Path:
         """The whole Xvfb screen as a PNG (ImageMagick's ``import``), reduced to a palette if large."""
