@@ -169,6 +169,22 @@ def needs_header(node) -> bool:
     return kind == "header" or (kind == "date" and node[3])
 
 
+def required_header_text(node) -> list[str]:
+    """Needles every matching message's header must contain: those of the header keys that
+    the query ANDs together (not under NOT or OR).  A caller holding the headers rules out,
+    with :func:`may_match`, the messages lacking one before building anything for them."""
+    kind = node[0]
+    if kind == "and":
+        return [n for child in node[1] for n in required_header_text(child)]
+    if kind == "header":
+        return [node[2]]
+    return []
+
+
+def may_match(header: bytes, needles: list[str]) -> bool:
+    return not any(_cannot_contain(header, n) for n in needles)
+
+
 @functools.lru_cache(maxsize=256)
 def _plain_needle(needle: str) -> bytes | None:
     """The needle as bytes when a byte search can rule a header out (see _cannot_contain)."""

@@ -91,6 +91,12 @@ class MessageCache:
             if db is None or not bases:
                 return out
             try:
+                if len(bases) > 4 * _IN_CHUNK:  # most of a folder (SEARCH): one pass over the kind
+                    wanted = set(bases)
+                    for base, value in db.execute("SELECT base, value FROM entries WHERE kind = ?", (kind,)):
+                        if base in wanted:
+                            out[base] = value
+                    return out
                 for i in range(0, len(bases), _IN_CHUNK):
                     chunk = bases[i : i + _IN_CHUNK]
                     marks = ",".join("?" * len(chunk))
