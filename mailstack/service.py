@@ -18,7 +18,7 @@ import signal
 from dataclasses import dataclass
 
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, task, threads
 from twisted.logger import Logger
 
 from mailstack import accounts as accounts_mod
@@ -31,6 +31,8 @@ from mailstack.throttle import LoginGate
 from mailstack.tls import ReloadableTLS
 
 log = Logger()
+
+INDEX_SAVE_INTERVAL = 300  # seconds between saves of the open folders' indexes
 
 #: protocol -> module providing ``build_factory(context, listener)`` and ``BUSY`` (the line a
 #: client hears when a connection limit turns it away).
@@ -144,11 +146,28 @@ class MailstackService(service.MultiService):
         except ValueError:  # not the main thread (tests embedding the service)
             pass
         log.info("{banner}", banner=banner(self.config, self.bound))
+        # Folder indexes (store/index.py) let the first SELECT after a restart skip re-reading
+        # the UID log and the directories; they are saved now and then, and at shutdown.
+        self._index_saver = task.LoopingCall(self._save_indexes)
+        self._index_saver.clock = self.reactor
+        self._index_saver.start(INDEX_SAVE_INTERVAL, now=False)
+
+    def _save_indexes(self):
+        d = threads.deferToThread(self.context.store.save_indexes)
+        d.addErrback(lambda f: log.failure("saving folder indexes failed", f))
+        return d
 
     def stopService(self):
         for port in self.ports:
             port.stopListening()
         self.ports = []
+        saver = getattr(self, "_index_saver", None)
+        if saver is not None and saver.running:
+            saver.stop()
+        try:
+            self.context.store.save_indexes()
+        except Exception:
+            log.failure("saving folder indexes at shutdown failed")
         if self.context.watcher is not None:
             self.context.watcher.stop()
         if self.config.ports_file:

@@ -3,9 +3,10 @@
 The UID state is a cache of facts about the mail files plus the UIDs already shown to
 clients.  The checker reads it *without* the automatic fix-ups that opening a folder does, so
 it can report what is wrong: files without a UID, UIDs without a file, duplicate UIDs, UIDNEXT
-too low, unreadable records; and the message cache (cache.py) against the files.  Repair keeps every UID that still names a file (clients have
+too low, unreadable records; and the message cache (cache.py) and the saved folder index
+(index.py) against the files.  Repair keeps every UID that still names a file (clients have
 cached them), gives new UIDs above UIDNEXT to the rest, and rewrites the log; a cache that
-disagrees with the files is removed, to be rebuilt as it is used.
+or index that disagrees with the files is removed, to be rebuilt as it is used.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from mailstack.store import index as folder_index
 from mailstack.store.cache import HEADER, header_section
-from mailstack.store.maildir import MaildirFolder, MaildirStore, base_of
+from mailstack.store.maildir import KEYWORDS_FILE, MaildirFolder, MaildirStore, base_of
 from mailstack.store.uidlist import UidList, UidState, next_uidvalidity
 
 
@@ -58,15 +60,36 @@ def check_folder(folder: MaildirFolder, repair: bool = False) -> FolderReport:
                 report.problems.append(f"UID {uid} has no file ({entry.base})")
         if state.entries and state.uidnext <= max(state.entries):
             report.problems.append(f"UIDNEXT {state.uidnext} is not above the highest UID {max(state.entries)}")
-        cache_problems = _check_cache(folder, files)
+        cache_problems = _check_cache(folder, files) + _check_index(folder, state, files)
         if repair and report.problems:
             _repair(folder, state, files)
             report.repaired = True
         if repair and cache_problems:
             folder.cache.clear()  # it is only a cache: rebuilt from the mail files as it is used
+            try:
+                os.unlink(os.path.join(folder.path, folder_index.INDEX_FILE))
+            except FileNotFoundError:
+                pass
             report.repaired = True
         report.problems += cache_problems
     return report
+
+
+def _check_index(folder: MaildirFolder, state: UidState, files: dict[str, list[str]]) -> list[str]:
+    """A saved index (index.py) that would be used, yet says other than the log and files."""
+    doc = folder_index.read(folder.path)
+    if doc is None or not folder_index.still_valid(folder.path, doc, folder.uidlist.path,
+                                                   os.path.join(folder.path, KEYWORDS_FILE)):
+        return []  # absent, or stale and so ignored: nothing wrong
+    try:
+        saved = {(e[0], e[3]) for e in doc["entries"]}
+        listed = sorted(doc["files"])
+    except (KeyError, TypeError, IndexError):
+        return ["the folder index is malformed"]
+    if saved != {(uid, e.base) for uid, e in state.entries.items()} or listed != sorted(
+            r for rels in files.values() for r in rels):
+        return ["the folder index disagrees with the UID log or the files"]
+    return []
 
 
 def _check_cache(folder: MaildirFolder, files: dict[str, list[str]]) -> list[str]:

@@ -44,8 +44,9 @@ from mailstack.errors import (
     UnknownUser,
 )
 from mailstack.store import names
+from mailstack.store import index as folder_index
 from mailstack.store.cache import HEADER, MessageCache, header_section
-from mailstack.store.uidlist import FolderLock, UidList, fsync_dir, next_uidvalidity
+from mailstack.store.uidlist import FolderLock, UidEntry, UidList, UidState, fsync_dir, next_uidvalidity
 
 SYSTEM_FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
 LETTER_SYSTEM_FLAGS = {v: k for k, v in SYSTEM_FLAG_LETTERS.items()}
@@ -281,6 +282,19 @@ class MaildirStore:
             self.on_change(path)
         return results
 
+    def save_indexes(self) -> int:
+        """*Blocking.*  Save the index of every folder this process has open (index.py);
+        return how many were written.  Called periodically and at shutdown."""
+        with self._folders_lock:
+            folders = list(self._folders.values())
+        written = 0
+        for folder in folders:
+            try:
+                written += folder.save_index()
+            except (OSError, StoreError):
+                pass  # only a cache: the folder is read the long way next time
+        return written
+
     def _folder(self, mailbox: "Mailbox", name: str, path: str) -> "MaildirFolder":
         with self._folders_lock:
             folder = self._folders.get(path)
@@ -478,6 +492,8 @@ class MaildirFolder:
         self._snapshot: tuple[tuple, FolderSnapshot] | None = None
         self._verified: tuple | None = None  # (listing, UID log) state last found in agreement
         self.cache = MessageCache(path)
+        self._index_tried = False  # mailstack-index looked at (once, at the first sync)
+        self._index_saved: tuple | None = None  # the state last written to it
 
     @contextlib.contextmanager
     def locked(self):
@@ -556,10 +572,80 @@ class MaildirFolder:
         except FileNotFoundError:
             return int(time.time())
 
+    # -- the saved index (index.py) ------------------------------------------------------------
+
+    def _restore_index(self) -> None:
+        """Caller holds the UID mutex.  Take the UID state and the listing from
+        ``mailstack-index`` when it still describes the folder exactly."""
+        self._index_tried = True
+        ul = self.uidlist
+        doc = folder_index.read(self.path)
+        if doc is None or not folder_index.still_valid(self.path, doc, ul.path, os.path.join(self.path, KEYWORDS_FILE)):
+            return
+        try:
+            state = UidState(uidvalidity=int(doc["uidvalidity"]), uidnext=int(doc["uidnext"]),
+                             highestmodseq=int(doc["highestmodseq"]), records=int(doc["records"]),
+                             header_uidnext=int(doc["header_uidnext"]), header_modseq=int(doc["header_modseq"]))
+            entries, by_base = state.entries, state.by_base
+            for uid, modseq, date, base in doc["entries"]:
+                if type(uid) is not int or type(modseq) is not int or type(date) is not int or type(base) is not str:
+                    raise ValueError("malformed entry")
+                entries[uid] = UidEntry(uid, base, modseq, date)
+                by_base[base] = uid
+            state.expunged = {int(u): int(m) for u, m in doc["expunged"]}
+            files: dict[str, str] = {}
+            for rel in doc["files"]:
+                if type(rel) is not str or not rel.startswith(("new/", "cur/")):
+                    raise ValueError("malformed file name")
+                i = rel.find(":2,")
+                files[rel[4:] if i < 0 else rel[4:i]] = rel
+            dev, ino, size, _mtime = doc["uidlist"]
+            mtimes = (int(doc["new"]), int(doc["cur"]))
+            listed_at = int(doc["listed_at"])
+        except (KeyError, TypeError, ValueError):
+            return
+        if state.uidvalidity < 1 or len(by_base) != len(entries):
+            return
+        ul.state, ul._inode, ul._offset, ul._size = state, (dev, ino), size, size
+        self._files, self._scan_mtimes, self._listed_at = files, mtimes, listed_at
+        self._files_gen += 1
+
+    def save_index(self) -> bool:
+        """*Blocking.*  Write ``mailstack-index`` for the folder as it is now, when the
+        listing is one that may be reused and the UID log is read to its end; False if not
+        (or if nothing changed since the last write)."""
+        ul = self.uidlist
+        with ul.mutex:
+            files = self._sync()
+            state = ul.state
+            if self._scan_mtimes is None or self._listed_at - max(self._scan_mtimes) <= folder_index.STABLE_NS:
+                return False
+            key = folder_index.uidlist_key(ul.path)
+            if key is None or (key[0], key[1]) != ul._inode or key[2] != ul._offset or state.problems:
+                return False
+            keywords_mtime = folder_index.mtime_ns(os.path.join(self.path, KEYWORDS_FILE))
+            saved = (self._files_gen, tuple(key), keywords_mtime)
+            if saved == self._index_saved:
+                return False
+            document = {
+                "v": folder_index.VERSION, "uidlist": key, "new": self._scan_mtimes[0], "cur": self._scan_mtimes[1],
+                "listed_at": self._listed_at, "keywords": keywords_mtime,
+                "uidvalidity": state.uidvalidity, "uidnext": state.uidnext, "highestmodseq": state.highestmodseq,
+                "header_uidnext": state.header_uidnext, "header_modseq": state.header_modseq, "records": state.records,
+                "expunged": list(state.expunged.items()),
+                "entries": [[e.uid, e.modseq, e.internaldate, e.base] for e in state.entries.values()],
+                "files": list(files.values()),
+            }
+        folder_index.write(self.path, document)
+        self._index_saved = saved
+        return True
+
     def _sync(self) -> dict[str, str]:
         """Make sure every file has a UID and every UID a file; return the listing."""
         ul = self.uidlist
         with ul.mutex:
+            if not self._index_tried:
+                self._restore_index()
             ul.refresh()
             files = self._scan()
             state = ul.state
@@ -615,19 +701,26 @@ class MaildirFolder:
             # Rebuilding after a change reuses each unchanged message's MessageInfo, and
             # flags are decoded once per distinct ":2," suffix: both dominate at 100,000.
             previous = {} if self._snapshot is None or self._snapshot[0][4] != key[4] else self._snapshot[1].by_uid()
-            decoded: dict[str, frozenset] = {}
+            decoded: dict[str | None, frozenset] = {}
             messages = []
-            for uid in sorted(state.entries):
-                entry = state.entries[uid]
-                rel = files.get(entry.base)
+            append, files_get, make = messages.append, files.get, MessageInfo.__new__
+            entries = state.entries
+            for uid in sorted(entries):  # the loop a cold open of a big folder spends its time in
+                entry = entries[uid]
+                base = entry.base
+                rel = files_get(base)
                 if rel is None:
                     continue
-                old = previous.get(uid)
-                if old is not None and old.filename == rel and old.modseq == entry.modseq:
-                    messages.append(old)
-                    continue
-                size = size_of(entry.base)
-                if size is None:
+                if previous:
+                    old = previous.get(uid)
+                    if old is not None and old.filename == rel and old.modseq == entry.modseq:
+                        append(old)
+                        continue
+                j = base.find(",S=")
+                digits = base[j + 3 :].partition(",")[0] if j >= 0 else ""
+                if digits.isdigit():
+                    size = int(digits)
+                else:
                     try:
                         size = os.stat(os.path.join(self.path, rel)).st_size
                     except FileNotFoundError:
@@ -637,7 +730,7 @@ class MaildirFolder:
                 flags = decoded.get(suffix)
                 if flags is None:
                     flags = decoded[suffix] = self._flags_of(rel, keywords)
-                messages.append(MessageInfo(uid, entry.base, rel, flags, size, entry.internaldate, entry.modseq))
+                append(make(MessageInfo, uid, base, rel, flags, size, entry.internaldate, entry.modseq))
             snapshot = FolderSnapshot(self.name, state.uidvalidity, state.uidnext, state.highestmodseq, tuple(messages))
             self._snapshot = (key, snapshot)
             return snapshot

@@ -31,7 +31,7 @@ MAGIC = "mailstack-uidlist"
 VERSION = "1"
 
 
-@dataclass
+@dataclass(slots=True)
 class UidEntry:
     uid: int
     base: str

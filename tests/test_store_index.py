@@ -1,0 +1,163 @@
+"""The saved folder index (mailstack/store/index.py): used after a restart only while it still
+describes the folder exactly, ignored as soon as anything it was taken from changed."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from mailstack.store import MaildirStore
+from mailstack.store import uidlist as uidlist_mod
+from mailstack.store.index import INDEX_FILE
+
+ADDR = "alice@example.test"
+
+
+def message(i: int) -> bytes:
+    return f"From: a@example.test\r\nSubject: message {i}\r\n\r\nBody {i}\r\n".encode()
+
+
+def age(folder, seconds: float = 10) -> None:
+    """Make the last change of new/ and cur/ lie in the past, as it does a while after mail came."""
+    when = time.time() - seconds
+    for sub in ("new", "cur"):
+        os.utime(os.path.join(folder.path, sub), (when, when))
+
+
+@pytest.fixture
+def root(tmp_path):
+    return str(tmp_path / "mail")
+
+
+def open_inbox(root):
+    return MaildirStore(root, fsync=False).mailbox(ADDR).folder("INBOX")
+
+
+def seeded(root, n=20):
+    inbox = open_inbox(root)
+    for i in range(n):
+        inbox.append(message(i), flags=["\\Seen"] if i % 3 == 0 else ())
+    inbox.store.deliver(ADDR, message(100))  # one without a UID yet, in new/
+    inbox.set_flags([inbox.snapshot().messages[1].uid], ["$Label1"], "add")
+    age(inbox)
+    return inbox
+
+
+def no_log_reading(monkeypatch):
+    def refuse(self, data, header):
+        raise AssertionError("the UID log was read although the index was valid")
+    monkeypatch.setattr(uidlist_mod.UidList, "_consume", refuse)
+
+
+def test_a_valid_index_replaces_reading_the_log_and_the_directories(root, monkeypatch):
+    inbox = seeded(root)
+    expected = inbox.snapshot()
+    assert inbox.save_index() is True
+    assert inbox.save_index() is False  # nothing changed since
+    no_log_reading(monkeypatch)
+    monkeypatch.setattr(os, "listdir", lambda *a: (_ for _ in ()).throw(AssertionError("listed")))
+    again = open_inbox(root)
+    snap = again.snapshot()
+    assert snap.messages == expected.messages
+    assert (snap.uidvalidity, snap.uidnext, snap.highestmodseq) == (expected.uidvalidity, expected.uidnext,
+                                                                      expected.highestmodseq)
+
+
+@pytest.mark.parametrize("change", ["delivery", "flags", "keyword file", "uid log", "expunge"])
+def test_any_change_makes_the_index_ignored(root, change):
+    inbox = seeded(root)
+    inbox.snapshot()
+    assert inbox.save_index()
+    other = open_inbox(root)  # another process changes the folder
+    uid = other.snapshot().messages[2].uid
+    if change == "delivery":
+        other.store.deliver(ADDR, message(200))
+    elif change == "flags":
+        other.set_flags([uid], ["\\Flagged"], "add")
+    elif change == "keyword file":
+        os.utime(os.path.join(inbox.path, "dovecot-keywords"), (1, 1))
+    elif change == "uid log":
+        with other.locked():
+            other.uidlist.refresh()
+            other.uidlist.append([f"N{other.uidlist.state.uidnext + 5}"])
+            other.uidlist.state.uidnext += 5
+    else:
+        other.expunge([uid])
+    truth = open_inbox(root)
+    truth._index_tried = True  # read the long way
+    expected = truth.snapshot()
+    fresh = open_inbox(root)
+    assert fresh.snapshot().messages == expected.messages
+    assert fresh.snapshot().uidnext == expected.uidnext
+
+
+def test_no_index_from_a_listing_inside_the_timestamp_window(root):
+    inbox = open_inbox(root)
+    inbox.append(message(1))
+    inbox.snapshot()
+    assert inbox.save_index() is False  # new/ changed just now: the listing may miss a change
+    assert not os.path.exists(os.path.join(inbox.path, INDEX_FILE))
+
+
+@pytest.mark.parametrize("damage", [b"", b"{not json", b'{"v": 1}', b'{"v": 99}', b"[1, 2]", None])
+def test_a_damaged_index_is_ignored(root, damage):
+    inbox = seeded(root)
+    expected = inbox.snapshot()
+    assert inbox.save_index()
+    path = os.path.join(inbox.path, INDEX_FILE)
+    if damage is None:  # whole, but entries of the wrong shape
+        text = open(path).read().replace('"entries":[[', '"entries":[["x",', 1)
+        damage = text.encode()
+    with open(path, "wb") as f:
+        f.write(damage)
+    fresh = open_inbox(root)
+    assert fresh.snapshot().messages == expected.messages
+    assert fresh.save_index()  # and it is made again
+
+
+def test_the_server_saves_indexes_at_shutdown_and_uses_them(server_factory):
+    import imaplib
+
+    from conftest import PASSWORDS
+
+    srv = server_factory(listeners=["imap"]).start()
+    bob = "bob@example.test"
+    uids = srv.deliver(*(message(i) for i in range(5)), user=bob)
+    inbox = MaildirStore(str(srv.store_root)).mailbox(bob).folder("INBOX")
+    age(inbox)
+    m = imaplib.IMAP4("127.0.0.1", srv.port("imap"), timeout=20)
+    m.login(bob, PASSWORDS[bob])
+    m.select("INBOX", readonly=True)  # EXAMINE: nothing moves, the listing stays reusable
+    before = m.fetch("1:*", "(UID FLAGS)")[1]
+    m.logout()
+    srv.stop()
+    assert os.path.exists(os.path.join(inbox.path, INDEX_FILE))
+    srv.start()
+    m = imaplib.IMAP4("127.0.0.1", srv.port("imap"), timeout=20)
+    m.login(bob, PASSWORDS[bob])
+    m.select("INBOX", readonly=True)
+    assert m.fetch("1:*", "(UID FLAGS)")[1] == before
+    assert [int(x) for x in m.uid("SEARCH", "ALL")[1][0].split()] == uids
+    m.logout()
+
+
+def test_checker_reports_an_index_that_disagrees_and_repair_removes_it(root):
+    import json
+
+    from mailstack.store.check import check_folder
+
+    inbox = seeded(root)
+    inbox.snapshot()
+    assert inbox.save_index()
+    assert check_folder(inbox).problems == []
+    path = os.path.join(inbox.path, INDEX_FILE)
+    doc = json.load(open(path))
+    doc["entries"][0][3] = "someone-else"  # valid by every stamp, wrong inside
+    json.dump(doc, open(path, "w"))
+    report = check_folder(inbox)
+    assert "the folder index disagrees with the UID log or the files" in report.problems
+    assert check_folder(inbox, repair=True).repaired
+    assert not os.path.exists(path)
+    assert check_folder(inbox).problems == []
