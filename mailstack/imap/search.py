@@ -172,7 +172,7 @@ def needs_header(node) -> bool:
 def required_header_text(node) -> list[str]:
     """Needles every matching message's header must contain: those of the header keys that
     the query ANDs together (not under NOT or OR).  A caller holding the headers rules out,
-    with :func:`may_match`, the messages lacking one before building anything for them."""
+    with :func:`header_prefilter`, the messages lacking one before building anything for them."""
     kind = node[0]
     if kind == "and":
         return [n for child in node[1] for n in required_header_text(child)]
@@ -181,8 +181,24 @@ def required_header_text(node) -> list[str]:
     return []
 
 
-def may_match(header: bytes, needles: list[str]) -> bool:
-    return not any(_cannot_contain(header, n) for n in needles)
+def header_prefilter(needles: list[str]):
+    """A test ``header -> bool`` that is False only for headers that cannot match (see
+    :func:`_cannot_contain`), or None when no needle allows one.  Built once per SEARCH: it
+    runs for every message of the folder."""
+    plains = [p for p in (_plain_needle(n) for n in needles) if p is not None]
+    if not plains:
+        return None
+
+    def may_match(header: bytes) -> bool:
+        if not header.isascii() or b"=?" in header:
+            return True
+        low = header.lower()
+        for plain in plains:
+            if plain not in low:
+                return False
+        return True
+
+    return may_match
 
 
 @functools.lru_cache(maxsize=256)

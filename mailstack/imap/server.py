@@ -1538,10 +1538,10 @@ class IMAPServer(imap4.IMAP4Server):
         def work():
             info = folder.snapshot().by_uid()
             heads = folder.headers([u for u in uids if u in info]) if searchmod.needs_header(tree) else {}
-            needles = searchmod.required_header_text(tree)
+            may_match = searchmod.header_prefilter(searchmod.required_header_text(tree))
             candidates = [searchmod.Candidate(folder, seq, u, info[u], flags.get(u, frozenset()), u in recent,
                                               heads.get(u)) for seq, u in enumerate(uids, 1) if u in info
-                          and (not needles or u not in heads or searchmod.may_match(heads[u], needles))]
+                          and (may_match is None or u not in heads or may_match(heads[u]))]
             return searchmod.run(tree, candidates, len(uids), uids[-1] if uids else 0)
 
         try:
