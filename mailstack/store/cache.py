@@ -110,38 +110,26 @@ class MessageCache:
 
     def put_many(self, kind: str, values: dict[str, bytes]) -> None:
         rows = [(base, kind, value) for base, value in values.items() if len(value) <= MAX_VALUE]
-        if not rows:
-            return
-        with self._lock:
-            db = self._connect()
-            if db is None:
-                return
-            try:
-                db.execute("BEGIN")
-                db.executemany("INSERT OR REPLACE INTO entries (base, kind, value) VALUES (?, ?, ?)", rows)
-                db.execute("COMMIT")
-            except sqlite3.OperationalError:  # busy beyond the timeout, disk full: keep going without
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            except sqlite3.DatabaseError:
-                self._discard()
+        if rows:
+            self._write("INSERT OR REPLACE INTO entries (base, kind, value) VALUES (?, ?, ?)", rows)
 
     def forget(self, bases: Iterable[str]) -> None:
         """Drop every entry of these (expunged) messages."""
         rows = [(b,) for b in bases]
-        if not rows or not os.path.exists(self.path):
-            return
+        if rows and os.path.exists(self.path):
+            self._write("DELETE FROM entries WHERE base = ?", rows)
+
+    def _write(self, statement: str, rows: list[tuple]) -> None:
+        """One transaction; a failure only costs the cache these rows."""
         with self._lock:
             db = self._connect()
             if db is None:
                 return
             try:
                 db.execute("BEGIN")
-                db.executemany("DELETE FROM entries WHERE base = ?", rows)
+                db.executemany(statement, rows)
                 db.execute("COMMIT")
-            except sqlite3.OperationalError:
+            except sqlite3.OperationalError:  # busy beyond the timeout, disk full: keep going without
                 try:
                     db.execute("ROLLBACK")
                 except sqlite3.Error:
