@@ -1,7 +1,7 @@
 """The IMAP server's use of the store's message cache, and FETCH memory, against a real twistd
 process: cached ENVELOPE/BODYSTRUCTURE/header answers equal the computed ones and survive a
 restart, SEARCH on cached headers finds what decoding finds, and a client that FETCHes every
-body but does not read them does not make the server buffer them all."""
+body, or one 50 MB message, but does not read them does not make the server buffer them."""
 
 from __future__ import annotations
 
@@ -129,3 +129,32 @@ def test_fetch_of_every_body_to_a_client_that_does_not_read_stays_bounded(server
     assert literals == count and received == total
     grew_mb = (during - before) / 1024
     assert grew_mb < 40, f"server RSS grew {grew_mb:.0f} MB while the client did not read ({total / 1e6:.0f} MB fetched)"
+
+
+def test_fetch_of_a_50_mb_message_to_a_client_that_does_not_read_stays_bounded(server_factory):
+    srv = server_factory(listeners=["imap"]).start()
+    store = MaildirStore(str(srv.store_root), fsync=False)
+    line = b"a line of a very large message, the kind an attachment makes, base64 or not......\r\n"
+    big = message(1, body=line * (50_000_000 // len(line)))
+    uid = store.mailbox(BOB).folder("INBOX").append(big)
+    sock = socket.create_connection(("127.0.0.1", srv.port("imap")), timeout=60)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    f = sock.makefile("rb")
+    f.readline()
+    sock.sendall(f'a LOGIN {BOB} "{PASSWORDS[BOB]}"\r\nb SELECT INBOX\r\n'.encode())
+    while not f.readline().startswith(b"b OK"):
+        pass
+    before = rss_kb(srv.proc.pid)
+    sock.sendall(b"c UID FETCH %d (BODY.PEEK[] RFC822.SIZE)\r\n" % uid)
+    time.sleep(3)
+    during = rss_kb(srv.proc.pid)
+    head = f.readline()
+    size = int(head[head.rindex(b"{") + 1 : -3])
+    data = f.read(size)
+    rest = f.readline()
+    while not rest.startswith(b"c "):
+        rest = f.readline()
+    sock.close()
+    assert size == len(big) and data == big and rest.startswith(b"c OK")
+    grew_mb = (during - before) / 1024
+    assert grew_mb < 20, f"server RSS grew {grew_mb:.0f} MB while a 50 MB message waited to be read"
