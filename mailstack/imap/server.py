@@ -1834,7 +1834,7 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
     need = set(need)
     for seq, uid in batch:
         m = info[uid]
-        entity = None
+        entity = raw = None
         files = []
         try:
             if uid in need:
@@ -1842,13 +1842,16 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
                     if uid not in heads:
                         raise MessageGone(uid)
                     entity = msgmod.Entity(heads[uid])
-                elif not (whole_only and m.size > STREAM_ABOVE):
+                elif whole_only:  # BODY[]/RFC822: the bytes as they are, or streamed when large
+                    if m.size <= STREAM_ABOVE:
+                        raw = folder.read_message(uid)
+                else:
                     entity = msgmod.Entity(folder.read_message(uid))
             segments: list = [b"* %d FETCH (" % seq]
             for n, item in enumerate(items):
                 if n:
                     segments.append(b" ")
-                segments += _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived)
+                segments += _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived, raw)
         except MessageGone:  # expunged by another session meanwhile: RFC 3501 allows no response
             for f in files:
                 f.close()
@@ -1872,7 +1875,7 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
     return out
 
 
-def _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived) -> list:
+def _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived, raw=None) -> list:
     t = item.type
     if t == "uid":
         return [b"UID %d" % uid]
@@ -1894,12 +1897,12 @@ def _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived) -> lis
     if t == "rfc822" or (item.empty and not item.part):
         name = b"RFC822" if t == "rfc822" else b"BODY[]"
         begin = None if t == "rfc822" else item.partialBegin
-        if entity is not None:
-            data = entity.header + entity.body
+        if entity is not None or raw is not None:
+            data = raw if raw is not None else entity.header + entity.body
             if begin is not None:
                 data = data[begin : begin + item.partialLength]
                 name += b"<%d>" % begin
-            return [name + b" {%d}\r\n" % len(data) + data]
+            return [name + b" {%d}\r\n" % len(data), data]  # joined once, with the rest
         f = folder.open_message(uid)
         files.append(f)
         size = os.fstat(f.fileno()).st_size
