@@ -1622,22 +1622,34 @@ class IMAPServer(imap4.IMAP4Server):
         if first is not None:
             await self._write_fetch(first)
             return NO_REPLY if self._lost else b"FETCH completed"
-        # Many messages: one batch at a time, the next built only once the client has taken
-        # the last (the transport pauses the flow when its buffer fills), so memory stays at
-        # about one batch however many messages are fetched and however slow the client.
+        # Many messages: one batch is built (in a thread) while the one before is written, and
+        # no further until the client has taken that one (the transport pauses the flow when
+        # its buffer fills), so memory stays at about two batches however many messages are
+        # fetched and however slow the client, and the socket does not wait for the builder.
         flow = self._flow = Flow()
         self.transport.registerProducer(flow, True)
+
+        def build(start: int) -> defer.Deferred:
+            batch = targets[start : start + FETCH_BATCH]
+            flag_bytes = {u: sel.flag_bytes(u) for _, u in batch}
+            return defer.ensureDeferred(self._store(build_fetch, folder, batch, info, items, flag_bytes,
+                                                    flagged_now, want_modseq))
+
+        ahead = build(0)
         try:
             for start in range(0, len(targets), FETCH_BATCH):
-                batch = targets[start : start + FETCH_BATCH]
-                flag_bytes = {u: sel.flag_bytes(u) for _, u in batch}
-                responses = await self._store(build_fetch, folder, batch, info, items, flag_bytes, flagged_now,
-                                              want_modseq)
+                current, ahead = ahead, None
+                responses = await current
+                if start + FETCH_BATCH < len(targets):
+                    ahead = build(start + FETCH_BATCH)
                 await self._write_fetch(responses)
                 await flow.ready()
                 if self._lost or flow.stopped:
                     return NO_REPLY
         finally:
+            if ahead is not None:  # the connection went away: close what the next batch opened
+                ahead.addCallback(_close_streams)
+                ahead.addErrback(lambda f: None)
             self._flow = None
             if not self._lost:
                 self.transport.unregisterProducer()
@@ -1707,6 +1719,14 @@ class IMAPServer(imap4.IMAP4Server):
         self.dispatchCommand(tag, name, line, uid=1)
 
     select_UID = (do_UID, _arg_atom, arg_rest)
+
+
+def _close_streams(responses) -> None:
+    """Close the message files of FETCH responses that will not be written."""
+    for segments in responses:
+        for seg in segments:
+            if not isinstance(seg, bytes):
+                seg[0].close()
 
 
 class _Disconnect(Exception):
