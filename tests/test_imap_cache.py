@@ -92,6 +92,19 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def slow_reader(srv):
+    """A logged-in client with INBOX selected and a small receive buffer, that reads only
+    when the test says so."""
+    sock = socket.create_connection(("127.0.0.1", srv.port("imap")), timeout=60)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    f = sock.makefile("rb")
+    f.readline()
+    sock.sendall(f'a LOGIN {BOB} "{PASSWORDS[BOB]}"\r\nb SELECT INBOX\r\n'.encode())
+    while not f.readline().startswith(b"b OK"):
+        pass
+    return sock, f
+
+
 def test_fetch_of_every_body_to_a_client_that_does_not_read_stays_bounded(server_factory):
     """2,000 messages of 50 KB (100 MB): the server must not build and buffer them all."""
     srv = server_factory(listeners=["imap"]).start()
@@ -104,13 +117,7 @@ def test_fetch_of_every_body_to_a_client_that_does_not_read_stays_bounded(server
         folder.append(message(n, body=body), assign_uid=False)
     total = sum(m.size for m in folder.snapshot().messages)
     assert total > 100_000_000
-    sock = socket.create_connection(("127.0.0.1", srv.port("imap")), timeout=60)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    f = sock.makefile("rb")
-    f.readline()
-    sock.sendall(f'a LOGIN {BOB} "{PASSWORDS[BOB]}"\r\nb SELECT INBOX\r\n'.encode())
-    while not f.readline().startswith(b"b OK"):
-        pass
+    sock, f = slow_reader(srv)
     before = rss_kb(srv.proc.pid)
     sock.sendall(b"c UID FETCH 1:* BODY.PEEK[]\r\n")
     time.sleep(4)  # the server works while the client reads nothing
@@ -137,13 +144,7 @@ def test_fetch_of_a_50_mb_message_to_a_client_that_does_not_read_stays_bounded(s
     line = b"a line of a very large message, the kind an attachment makes, base64 or not......\r\n"
     big = message(1, body=line * (50_000_000 // len(line)))
     uid = store.mailbox(BOB).folder("INBOX").append(big)
-    sock = socket.create_connection(("127.0.0.1", srv.port("imap")), timeout=60)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    f = sock.makefile("rb")
-    f.readline()
-    sock.sendall(f'a LOGIN {BOB} "{PASSWORDS[BOB]}"\r\nb SELECT INBOX\r\n'.encode())
-    while not f.readline().startswith(b"b OK"):
-        pass
+    sock, f = slow_reader(srv)
     before = rss_kb(srv.proc.pid)
     sock.sendall(b"c UID FETCH %d (BODY.PEEK[] RFC822.SIZE)\r\n" % uid)
     time.sleep(3)
