@@ -540,10 +540,8 @@ class MaildirFolder:
         for sub in ("new", "cur"):
             prefix = sub + "/"
             for name in os.listdir(os.path.join(self.path, sub)):  # listdir: a third faster than scandir here
-                if name.startswith("."):
-                    continue
-                i = name.find(":2,")
-                files[name if i < 0 else name[:i]] = prefix + name
+                if not name.startswith("."):
+                    files[base_of(name)] = prefix + name
         if files != self._files:
             # A listing equal to the last one keeps its generation, so a re-listing forced by
             # the timestamp window does not invalidate the snapshot built on it.
@@ -597,8 +595,7 @@ class MaildirFolder:
             for rel in doc["files"]:
                 if type(rel) is not str or not rel.startswith(("new/", "cur/")):
                     raise ValueError("malformed file name")
-                i = rel.find(":2,")
-                files[rel[4:] if i < 0 else rel[4:i]] = rel
+                files[base_of(rel[4:])] = rel
             dev, ino, size, _mtime = doc["uidlist"]
             mtimes = (int(doc["new"]), int(doc["cur"]))
             listed_at = int(doc["listed_at"])
@@ -716,11 +713,8 @@ class MaildirFolder:
                     if old is not None and old.filename == rel and old.modseq == entry.modseq:
                         append(old)
                         continue
-                j = base.find(",S=")
-                digits = base[j + 3 :].partition(",")[0] if j >= 0 else ""
-                if digits.isdigit():
-                    size = int(digits)
-                else:
+                size = size_of(base)
+                if size is None:
                     try:
                         size = os.stat(os.path.join(self.path, rel)).st_size
                     except FileNotFoundError:
