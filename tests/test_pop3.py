@@ -20,7 +20,7 @@ import pytest
 
 from conftest import PASSWORDS
 from mailstack.pop3.capabilities import CAPABILITIES
-from mailstack.pop3.server import DotStuffer
+from mailstack.pop3.transfer import DotStuffer
 from mailstack.store import MaildirStore
 
 BOB = "bob@example.test"
