@@ -150,20 +150,26 @@ def test_plaintext_refused_outside_tls(server_factory):
     assert c.cmd("AUTH") == b"+OK SASL mechanisms follow\r\n" and c.body() == []
 
 
-def test_stls_only_once_and_not_on_pop3s(srv):
-    s = srv.ssl_context().wrap_socket(socket.create_connection(("127.0.0.1", srv.port("pop3s")), timeout=10),
-                                      server_hostname="localhost")
-    f = s.makefile("rb")
-    assert f.readline() == GREETING
-    s.sendall(b"STLS\r\n")
-    assert f.readline() == err("STLS is not available (TLS is already active)")
-    s.sendall(b"CAPA\r\n")
-    assert f.readline() == b"+OK capability list follows\r\n"
-    lines = []
-    while (line := f.readline()) != b".\r\n":
-        lines.append(line[:-2])
-    assert lines == CAPA_TLS
-    s.close()
+def tls_client(srv, sock: socket.socket) -> Client:
+    c = Client.__new__(Client)
+    c.sock = srv.ssl_context().wrap_socket(sock, server_hostname="localhost")
+    c.file = c.sock.makefile("rb")
+    return c
+
+
+def test_stls_once_then_not_again_and_never_on_pop3s(srv):
+    c = Client(srv)
+    assert c.cmd("STLS x") == err("wrong number of arguments")
+    assert c.cmd("STLS") == b"+OK begin TLS negotiation\r\n"  # RFC 2595 section 4
+    c = tls_client(srv, c.sock)
+    assert c.cmd("STLS") == err("STLS is not available (TLS is already active)")
+    assert c.cmd("CAPA") == b"+OK capability list follows\r\n" and c.body() == CAPA_TLS
+    assert c.login().startswith(b"+OK maildrop has")
+    c.close()
+    s = tls_client(srv, socket.create_connection(("127.0.0.1", srv.port("pop3s")), timeout=10))
+    assert s.line() == GREETING
+    assert s.cmd("STLS") == err("STLS is not available (TLS is already active)")
+    assert s.cmd("CAPA") == b"+OK capability list follows\r\n" and s.body() == CAPA_TLS
 
 
 # -- line limits and pipelining (RFC 2449 sections 4 and 6.6) -------------------------------
