@@ -9,7 +9,7 @@ import re
 import smtplib
 import time
 
-from conftest import PASSWORDS
+from support.servers import PASSWORDS
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 

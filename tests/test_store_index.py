@@ -11,12 +11,14 @@ import pytest
 from mailstack.store import MaildirStore
 from mailstack.store import uidlist as uidlist_mod
 from mailstack.store.index import INDEX_FILE
+from support.messages import message as build_message
+from support.servers import PASSWORDS
 
 ADDR = "alice@example.test"
 
 
 def message(i: int) -> bytes:
-    return f"From: a@example.test\r\nSubject: message {i}\r\n\r\nBody {i}\r\n".encode()
+    return build_message(i, body=f"Body {i}\r\n".encode(), sender="a@example.test", to=None, date=None, message_id=None)
 
 
 def age(folder, seconds: float = 10) -> None:
@@ -119,8 +121,6 @@ def test_a_damaged_index_is_ignored(root, damage):
 
 def test_the_server_saves_indexes_at_shutdown_and_uses_them(server_factory):
     import imaplib
-
-    from conftest import PASSWORDS
 
     srv = server_factory(listeners=["imap"]).start()
     bob = "bob@example.test"

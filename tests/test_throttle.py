@@ -8,9 +8,9 @@ import poplib
 import smtplib
 import time
 
-from conftest import PASSWORDS
+from support.clients import SmtpClient as Raw
+from support.servers import PASSWORDS
 
-from test_smtp import Raw
 
 ALICE = "alice@example.test"
 THROTTLE = "[auth]\nmax_failures = 5\nfailure_delay = 0.05\nmax_failure_delay = 0.4\nlockout = 60\n"
