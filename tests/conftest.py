@@ -29,7 +29,8 @@ PROCESS_FIXTURES = {"server", "server_factory", "e2e_server"}
 PROCESS_NAMES = {"twistd", "run_twistd"}  # and MailServer(...) with a .start()
 
 
-def _factory(tmp_path, server_class):
+def _servers(tmp_path, server_class):
+    """Yield ``make(**kw)``, which makes servers in tmp_path/server0, server1, ...; stop them after."""
     servers = []
 
     def make(**kw):
@@ -39,16 +40,15 @@ def _factory(tmp_path, server_class):
         servers.append(srv)
         return srv
 
-    return make, servers
+    yield make
+    for srv in servers:
+        srv.stop()
 
 
 @pytest.fixture
 def server_factory(tmp_path):
     """``make(listeners=None, extra="", aliases="", checks=False) -> MailServer`` (not started)."""
-    make, servers = _factory(tmp_path, MailServer)
-    yield make
-    for srv in servers:
-        srv.stop()
+    yield from _servers(tmp_path, MailServer)
 
 
 @pytest.fixture
@@ -60,10 +60,7 @@ def server(server_factory) -> MailServer:
 def inproc_server_factory(tmp_path):
     """``make(...) -> InProcessServer`` (not started), the same arguments as ``server_factory``;
     every server made is stopped after the test, passed or failed."""
-    make, servers = _factory(tmp_path, InProcessServer)
-    yield make
-    for srv in servers:
-        srv.stop()
+    yield from _servers(tmp_path, InProcessServer)
 
 
 @pytest.fixture
