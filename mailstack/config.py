@@ -161,7 +161,6 @@ class Config:
     relay: dict = field(default_factory=dict)  # [relay], checked; see mailstack.smtp.relay.RelaySettings
     queue_dir: str = ""
     smarthost_password: str = field(default="", repr=False)
-    raw: dict = field(default_factory=dict, repr=False)
 
     @property
     def has_tls(self) -> bool:
@@ -390,7 +389,6 @@ def from_dict(raw: dict, path: str) -> Config:
         relay=relay,
         queue_dir=queue_dir,
         smarthost_password=smarthost_password,
-        raw=raw,
     )
 
 

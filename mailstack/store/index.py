@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 
+from mailstack.fsutil import atomic_write
+
 INDEX_FILE = "mailstack-index"
 VERSION = 1
 STABLE_NS = 2_000_000_000  # see MaildirFolder._scan
@@ -37,11 +39,8 @@ def mtime_ns(path: str) -> int | None:
 
 
 def write(folder_path: str, document: dict) -> None:
-    path = os.path.join(folder_path, INDEX_FILE)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-        json.dump(document, f, separators=(",", ":"))
-    os.rename(tmp, path)
+    data = json.dumps(document, separators=(",", ":")).encode("ascii")  # ensure_ascii: escapes any surrogate
+    atomic_write(os.path.join(folder_path, INDEX_FILE), data, fsync=False)  # a cache: see above
 
 
 def read(folder_path: str) -> dict | None:
