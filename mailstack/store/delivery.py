@@ -11,12 +11,15 @@ from __future__ import annotations
 import errno
 import os
 import time
-from typing import BinaryIO, Iterable
+from typing import TYPE_CHECKING, BinaryIO, Iterable
 
 from mailstack.errors import MessageGone
 from mailstack.fsutil import fsync_dir
 from mailstack.store.files import arrival_key, base_of, new_base, syncfs, unlink_quietly, write_new_file
 from mailstack.store.snapshot import MessageInfo
+
+if TYPE_CHECKING:
+    from mailstack.store.folder import MaildirFolder
 
 
 def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
@@ -144,7 +147,7 @@ class FolderDelivery:
             ul.append(records)
             return uid
 
-    def copy(self, uids: Iterable[int], dest: "FolderDelivery") -> list[tuple[int, int]]:
+    def copy(self, uids: Iterable[int], dest: "MaildirFolder") -> list[tuple[int, int]]:
         """Copy messages with their flags and internal dates; return [(source uid, new uid)].
 
         The copy is a hard link under a new name (mail files never change once written), or a
@@ -190,7 +193,7 @@ class FolderDelivery:
         finally:
             unlink_quietly(tmp_path)
 
-    def move(self, uids: Iterable[int], dest: "FolderDelivery") -> list[tuple[int, int]]:
+    def move(self, uids: Iterable[int], dest: "MaildirFolder") -> list[tuple[int, int]]:
         """Copy then expunge (RFC 6851 3.1 allows exactly this); return [(old uid, new uid)]."""
         pairs = self.copy(uids, dest)
         self.expunge([old for old, _ in pairs])
