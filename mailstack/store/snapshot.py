@@ -47,6 +47,8 @@ class FolderSnapshot:
 
 @dataclass(slots=True, frozen=True)
 class FolderInfo:
+    """One entry of a folder listing (IMAP LIST)."""
+
     name: str
     special_use: str | None
     selectable: bool = True  # False for a parent that exists only through its children
