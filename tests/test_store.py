@@ -13,7 +13,8 @@ from mailstack.errors import FolderExists, FolderNotFound, InvalidFolderName, Ke
 from mailstack.store import SPECIAL_FOLDERS, MaildirStore
 from mailstack.store import uidlist as uidlist_mod
 from mailstack.store.check import check_folder, check_user
-from mailstack.store.maildir import base_of, size_of, split_address
+from mailstack.store.files import base_of, size_of
+from mailstack.store.maildir import split_address
 from support.messages import message as build_message
 
 ADDR = "alice@example.test"

@@ -161,3 +161,29 @@ def test_checker_reports_an_index_that_disagrees_and_repair_removes_it(root):
     assert check_folder(inbox, repair=True).repaired
     assert not os.path.exists(path)
     assert check_folder(inbox).problems == []
+
+
+def test_an_adopted_uid_state_reads_only_what_was_appended_after_it(tmp_path, monkeypatch):
+    """UidList.adopt, as the index restore uses it: the mirror continues from the adopted
+    position instead of re-reading the log from its start."""
+    import copy
+
+    writer = uidlist_mod.UidList(str(tmp_path), fsync=False)
+    writer.create(7)
+    records: list[str] = []
+    writer.add("first", 1, records)
+    writer.append(records)
+    inode, offset = writer.position
+    reader = uidlist_mod.UidList(str(tmp_path), fsync=False)
+    reader.adopt(copy.deepcopy(writer.state), inode, offset)
+    assert reader.position == writer.position
+    records = []
+    writer.add("second", 2, records)
+    writer.append(records)
+    consumed = []
+    real = uidlist_mod.UidList._consume
+    monkeypatch.setattr(uidlist_mod.UidList, "_consume",
+                        lambda self, data, header: consumed.append(data) or real(self, data, header))
+    reader.refresh()
+    assert consumed == [records[0].encode() + b"\n"]
+    assert sorted(reader.state.by_base) == ["first", "second"] and reader.position == writer.position
