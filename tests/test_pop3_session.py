@@ -6,11 +6,11 @@ Fast: the service runs in this process (``inproc_server_factory``); a raw socket
 from __future__ import annotations
 
 import base64
-import socket
 
 import pytest
 
-from conftest import PASSWORDS
+from support.clients import Pop3Client
+from support.servers import PASSWORDS
 from mailstack.pop3.session import COMMANDS, MAX_COMMAND, MAX_SASL_LINE, POP3Session
 
 BOB = "bob@example.test"
@@ -25,43 +25,31 @@ M2 = b"From: alice@example.test\r\nSubject: two\r\n\r\nsecond\r\n"
 
 
 @pytest.fixture
-def srv(server_factory):
-    return server_factory(listeners=LISTENERS, extra=FAST_FAILURES).start()
+def srv(inproc_server_factory):
+    return inproc_server_factory(listeners=LISTENERS, extra=FAST_FAILURES).start()
 
 
-class Client:
-    """A POP3 conversation over a plain socket: lines out, lines in, exactly as on the wire."""
+class Client(Pop3Client):
+    """A POP3 conversation: lines exactly as on the wire; bodies without their CRLFs."""
 
-    def __init__(self, srv, port: str = "pop3"):
-        self.sock = socket.create_connection(("127.0.0.1", srv.port(port)), timeout=10)
-        self.file = self.sock.makefile("rb")
-        assert self.line() == GREETING
-
-    def line(self) -> bytes:
-        return self.file.readline()
-
-    def cmd(self, text: str | bytes) -> bytes:
-        self.sock.sendall((text.encode() if isinstance(text, str) else text) + b"\r\n")
-        return self.line()
+    def __init__(self, srv, port: str = "pop3", context=None):
+        super().__init__(srv.port(port), context)
+        assert self.greeting == GREETING
 
     def body(self) -> list[bytes]:
-        """A multi-line response's lines up to the "." (RFC 1939 section 3), CRLF removed."""
-        lines = []
-        while (line := self.line()) != b".\r\n":
-            assert line, "connection closed inside a multi-line response"
-            lines.append(line[:-2])
-        return lines
+        return [line[:-2] for line in self.multiline()]
 
     def login(self, user: str = BOB) -> bytes:
+        """USER and PASS; PASS's reply."""
         assert self.cmd(f"USER {user}") == b"+OK send PASS\r\n"
         return self.cmd(f"PASS {PASSWORDS[user]}")
 
+    def starttls(self, context) -> None:
+        super().starttls(context)
+        self.file = self.sock.makefile("rb")
+
     def closed(self) -> bool:
         return self.line() == b""
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def plain(authzid: str, authcid: str, password: str) -> str:
@@ -138,8 +126,8 @@ def test_three_failed_logins_close_the_session(srv):
     assert c.closed()
 
 
-def test_plaintext_refused_outside_tls(server_factory):
-    srv = server_factory(listeners=LISTENERS, extra="[auth]\nplaintext_on_loopback = false\n").start()
+def test_plaintext_refused_outside_tls(inproc_server_factory):
+    srv = inproc_server_factory(listeners=LISTENERS, extra="[auth]\nplaintext_on_loopback = false\n").start()
     c = Client(srv)
     assert c.cmd("CAPA") == b"+OK capability list follows\r\n"
     assert c.body() == [b"TOP", b"UIDL", b"STLS", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING",
@@ -150,24 +138,16 @@ def test_plaintext_refused_outside_tls(server_factory):
     assert c.cmd("AUTH") == b"+OK SASL mechanisms follow\r\n" and c.body() == []
 
 
-def tls_client(srv, sock: socket.socket) -> Client:
-    c = Client.__new__(Client)
-    c.sock = srv.ssl_context().wrap_socket(sock, server_hostname="localhost")
-    c.file = c.sock.makefile("rb")
-    return c
-
-
 def test_stls_once_then_not_again_and_never_on_pop3s(srv):
     c = Client(srv)
     assert c.cmd("STLS x") == err("wrong number of arguments")
     assert c.cmd("STLS") == b"+OK begin TLS negotiation\r\n"  # RFC 2595 section 4
-    c = tls_client(srv, c.sock)
+    c.starttls(srv.ssl_context())
     assert c.cmd("STLS") == err("STLS is not available (TLS is already active)")
     assert c.cmd("CAPA") == b"+OK capability list follows\r\n" and c.body() == CAPA_TLS
     assert c.login().startswith(b"+OK maildrop has")
     c.close()
-    s = tls_client(srv, socket.create_connection(("127.0.0.1", srv.port("pop3s")), timeout=10))
-    assert s.line() == GREETING
+    s = Client(srv, "pop3s", srv.ssl_context())
     assert s.cmd("STLS") == err("STLS is not available (TLS is already active)")
     assert s.cmd("CAPA") == b"+OK capability list follows\r\n" and s.body() == CAPA_TLS
 
@@ -181,13 +161,13 @@ def test_line_length_limit_is_255_octets_with_crlf(srv):
     assert c.cmd(longest) == b"+OK send PASS\r\n"
     too_long = err("command line too long (at most 255 octets, RFC 2449 section 4)")
     assert c.cmd(longest + "a") == too_long
-    c.sock.sendall(b"X" * 300 + b"\r\nNOOP\r\nCAPA\r\n")  # the lines after the long one, in order
+    c.send(b"X" * 300 + b"\r\nNOOP\r\nCAPA\r\n")  # the lines after the long one, in order
     assert c.line() == too_long
     assert c.line() == err("NOOP is not valid in the AUTHORIZATION state")
     assert c.line() == b"+OK capability list follows\r\n" and c.body() == CAPA_PLAIN
-    c.sock.sendall(b"Y" * 5000)  # no line end yet: refused at once, the rest discarded
+    c.send(b"Y" * 5000)  # no line end yet: refused at once, the rest discarded
     assert c.line() == too_long
-    c.sock.sendall(b"Y" * 5000 + b"\r\nCAPA\n")  # a bare LF ends a line too
+    c.send(b"Y" * 5000 + b"\r\nCAPA\n")  # a bare LF ends a line too
     assert c.line() == b"+OK capability list follows\r\n" and c.body() == CAPA_PLAIN
 
 
@@ -202,7 +182,7 @@ def test_argument_limit_is_40_octets(srv):
 def test_pipelined_commands_answered_in_order(srv):
     srv.deliver(M1, M2)
     c = Client(srv)
-    c.sock.sendall(f"USER {BOB}\r\nPASS {PASSWORDS[BOB]}\r\nRETR 1\r\nRETR 2\r\nSTAT\r\nDELE 2\r\nQUIT\r\n".encode())
+    c.send(f"USER {BOB}\r\nPASS {PASSWORDS[BOB]}\r\nRETR 1\r\nRETR 2\r\nSTAT\r\nDELE 2\r\nQUIT\r\n".encode())
     assert c.line() == b"+OK send PASS\r\n"
     assert c.line() == b"+OK maildrop has 2 messages (%d octets)\r\n" % (len(M1) + len(M2))
     assert c.line() == b"+OK %d octets\r\n" % len(M1) and c.body()[-2] == b"..dot line"
@@ -214,8 +194,8 @@ def test_pipelined_commands_answered_in_order(srv):
     assert srv.messages(BOB) == [M1]
 
 
-def test_too_many_commands_close_the_session(server_factory):
-    srv = server_factory(listeners=LISTENERS, extra="[limits]\ncommands_per_session = 2\n").start()
+def test_too_many_commands_close_the_session(inproc_server_factory):
+    srv = inproc_server_factory(listeners=LISTENERS, extra="[limits]\ncommands_per_session = 2\n").start()
     c = Client(srv)
     assert c.cmd("CAPA").startswith(b"+OK") and c.body()
     assert c.cmd("FOO") == err("unknown command")
