@@ -244,7 +244,8 @@ def _params(entity: Entity, header: str = "content-type"):
     for key, value in params[1:]:
         if isinstance(value, tuple):
             value = email.utils.collapse_rfc2231_value(value)
-        out += [key.upper().encode("latin-1"), str(value).encode("latin-1", "replace")]
+        # upper() of a latin-1 name can leave latin-1 ("\xb5" -> "\u039c"): encode with replace
+        out += [key.upper().encode("latin-1", "replace"), str(value).encode("latin-1", "replace")]
     return out or None
 
 
