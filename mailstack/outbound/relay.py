@@ -5,7 +5,8 @@ their recipients by domain, looks up each domain's route in a worker thread
 (:mod:`routing`), and delivers each domain's recipients over one connection per host
 (:mod:`client`), within a cap on connections overall and per domain.  The outcome per
 recipient: 2xx delivered (recorded at once), 4xx or a network failure retried on the backoff
-schedule, 5xx (or expiry) bounced to the sender as an RFC 3464 report (:mod:`bounce`).  Nothing here blocks the reactor: disk and DNS work runs in threads.
+schedule, 5xx (or expiry) bounced to the sender as an RFC 3464 report (:mod:`bounce`).
+Nothing here blocks the reactor: disk and DNS work runs in threads.
 """
 
 from __future__ import annotations

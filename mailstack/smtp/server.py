@@ -125,7 +125,8 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
         self._drop_spool()
 
     def timeoutConnection(self):
-        self.reply(c.SERVICE_UNAVAILABLE, c.E_CONNECTION_DROPPED, f"{self.settings.hostname} Timeout, closing connection")
+        self.reply(c.SERVICE_UNAVAILABLE, c.E_CONNECTION_DROPPED,
+                   f"{self.settings.hostname} Timeout, closing connection")
         self.transport.loseConnection()
 
     def reply(self, code: int, enhanced: str | None, text: str) -> None:
@@ -261,13 +262,15 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
 
     def cmd_EHLO(self, text):
         greeting = self._greet(text, esmtp=True)
-        view = SessionView(max_size=self.settings.max_size, can_starttls=self.settings.tls is not None and not self.facts.tls,
+        view = SessionView(max_size=self.settings.max_size,
+                           can_starttls=self.settings.tls is not None and not self.facts.tls,
                            login_allowed=self.auth_allowed())
         self.reply(c.OK, None, "\n".join([greeting] + ehlo_keywords(view)))
 
     def auth_allowed(self) -> bool:
         """AUTH only on submission, and only under TLS unless on loopback when allowed."""
-        return self.facts.submission and sasl.login_allowed(self.facts.tls, self.peer, self.settings.plaintext_on_loopback)
+        return self.facts.submission and sasl.login_allowed(self.facts.tls, self.peer,
+                                                            self.settings.plaintext_on_loopback)
 
     def cmd_NOOP(self, text):
         self.reply(c.OK, c.E_OK, "OK")
@@ -502,7 +505,8 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
             # RFC 5321 2.3.8; passed on, a bare LF before "." lets a sender smuggle a second
             # message past the next hop ("SMTP smuggling").
             spool.close()
-            self.reply(c.MAILBOX_UNAVAILABLE, c.E_BAD_LINE_ENDINGS, "Bare CR or LF in the message; lines must end with CRLF")
+            self.reply(c.MAILBOX_UNAVAILABLE, c.E_BAD_LINE_ENDINGS,
+                       "Bare CR or LF in the message; lines must end with CRLF")
             return
         received, added = accept.trace_fields(self._trace_facts(), recipients, spool, self.facts.submission)
         accounts, remote = [], []
@@ -516,15 +520,17 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
 
         def deliver(prepared: accept.Prepared):
             if prepared.action in ("reject", "tempfail"):
-                log.info("{what} {id} from <{sender}>: {reason}", what="refused" if prepared.action == "reject" else "deferred",
-                         id=message_id, sender=sender, reason=prepared.reason)
+                what = "refused" if prepared.action == "reject" else "deferred"
+                log.info("{what} {id} from <{sender}>: {reason}", what=what, id=message_id, sender=sender,
+                         reason=prepared.reason)
             return settings.deliver(prepared, received, spool, sender, accounts, remote)
 
         def delivered(result):
             qid, folder = result
             log.info("delivered {id} from <{sender}> to {accounts}{where} ({size} bytes) via {listener}{queued}",
                      id=message_id, sender=sender, accounts=accounts, size=spool.size, listener=self.listener.key,
-                     where=f" ({folder})" if folder != "INBOX" else "", queued=f", queued {qid} for {remote}" if qid else "")
+                     where=f" ({folder})" if folder != "INBOX" else "",
+                     queued=f", queued {qid} for {remote}" if qid else "")
             self.reply(c.OK, c.E_OK, f"OK id={message_id}")
 
         def failed(failure):
@@ -532,7 +538,8 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
                 self.reply_error(failure.value)
                 return
             log.failure("delivery of {id} failed", failure, id=message_id)
-            self.reply(c.LOCAL_ERROR, c.E_SYSTEM_TEMPORARY, "Local error in processing; message not accepted, try again later")
+            self.reply(c.LOCAL_ERROR, c.E_SYSTEM_TEMPORARY,
+                       "Local error in processing; message not accepted, try again later")
 
         d = settings.prepare(spool, added, self.facts.submission, self.peer, sender, self.helo)
         d.addCallback(deliver)
