@@ -1,11 +1,15 @@
-# make run   - set up everything (venv, dev config, CA, demo users) and run the whole stack
-# make test  - install the test dependencies and run the whole test suite
+# make run        - set up everything (venv, dev config, CA, demo users) and run the whole stack
+# make test       - install the test dependencies and run the whole test suite (minutes: every
+#                   twistd-process test, the end-to-end clients when installed)
+# make test-fast  - the fast loop (under a minute): leaves out the tests marked "process" (they
+#                   start a twistd process; tests/conftest.py marks them), "slow" and "thunderbird";
+#                   protocol tests run in process (tests/support/inprocess.py)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SOURCES := $(shell find mailstack twisted -name '*.py') pyproject.toml
 
-.PHONY: run test install bench clean
+.PHONY: run test test-fast install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +30,9 @@ run: $(VENV)/.installed var/mailstack.toml
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not process and not slow and not thunderbird"
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/store_open.py

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from mailstack.errors import ConfigError
+from mailstack.fsutil import atomic_write
 
 log = Logger()
 
@@ -201,17 +202,11 @@ class _WatchedFile:
             except FileNotFoundError:
                 lines = []
             new = change(lines)
-            tmp = f"{self.path}.tmp{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("".join(line + "\n" for line in new))
-                f.flush()
-                os.fsync(f.fileno())
             try:
-                st = os.stat(self.path)
-                os.chmod(tmp, st.st_mode & 0o777)
+                mode = os.stat(self.path).st_mode & 0o777  # keep what the administrator set
             except FileNotFoundError:
-                os.chmod(tmp, 0o640)
-            os.rename(tmp, self.path)
+                mode = 0o640
+            atomic_write(self.path, "".join(line + "\n" for line in new).encode("utf-8"), mode=mode)
         self.refresh(force=True)
 
 

@@ -121,8 +121,7 @@ def cmd_alias(args) -> int:
 
 
 def cmd_store(args) -> int:
-    from mailstack.store import MaildirStore
-    from mailstack.store.check import check_user
+    from mailstack.store import MaildirStore, check_user
 
     cfg = _config(args)
     store = MaildirStore(cfg.store_root, fsync=cfg.store_fsync)

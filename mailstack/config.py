@@ -161,7 +161,6 @@ class Config:
     relay: dict = field(default_factory=dict)  # [relay], checked; see mailstack.smtp.relay.RelaySettings
     queue_dir: str = ""
     smarthost_password: str = field(default="", repr=False)
-    raw: dict = field(default_factory=dict, repr=False)
 
     @property
     def has_tls(self) -> bool:
@@ -231,7 +230,9 @@ def load(path: str) -> Config:
     return from_dict(raw, path)
 
 
-def from_dict(raw: dict, path: str) -> Config:
+def _typed_values(raw: dict, path: str) -> dict[str, dict[str, Any]]:
+    """Every key of SCHEMA, from the file (type-checked; paths made absolute) or its default;
+    unknown sections and keys refused."""
     base = os.path.dirname(os.path.realpath(path))  # a symlinked config keeps its own relative paths
     values: dict[str, dict[str, Any]] = {}
     for section, content in raw.items():
@@ -255,20 +256,21 @@ def from_dict(raw: dict, path: str) -> Config:
             if t == "path" and value:
                 value = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
             values[section][key] = value
+    return values
 
-    server = values["server"]
-    hostname = server["hostname"] or socket.getfqdn()
-    domains = [d.strip().lower().rstrip(".") for d in server["domains"]]
-    if not domains or any(not d or " " in d for d in domains):
-        raise ConfigError(path, "[server] domains", "must list at least one domain, without blanks")
 
+def _listeners(values: dict, path: str) -> list[Listener]:
     listeners = []
     for key, (protocol, tls) in LISTENERS.items():
         description = values["listeners"][key]
         if description:
             check_endpoint(path, f"[listeners] {key}", description)
             listeners.append(Listener(key, protocol, tls, description))
+    return listeners
 
+
+def _check_tls(values: dict, listeners: list[Listener], path: str) -> tuple[str, str]:
+    """[tls]: both files or neither, readable and matching; needed by any TLS listener."""
     cert, key = values["tls"]["certificate"], values["tls"]["key"]
     if bool(cert) != bool(key):
         missing = "[tls] key" if cert else "[tls] certificate"
@@ -282,14 +284,20 @@ def from_dict(raw: dict, path: str) -> Config:
         from mailstack.tls import load_context_factory
 
         load_context_factory(cert, key, path)
+    return cert, key
 
+
+def _check_accounts(values: dict, path: str) -> str:
     _readable(path, "[accounts] users", values["accounts"]["users"])
     if values["accounts"]["aliases"]:
         _readable(path, "[accounts] aliases", values["accounts"]["aliases"])
     delimiter = values["accounts"]["recipient_delimiter"]
     if len(delimiter) > 1 or delimiter in ("@", ".", " ", "/"):
         raise ConfigError(path, "[accounts] recipient_delimiter", "must be one character such as + or -, or empty to turn it off")
+    return delimiter
 
+
+def _check_store(values: dict, path: str) -> str:
     root = values["store"]["root"]
     if os.path.exists(root) and not os.path.isdir(root):
         raise ConfigError(path, "[store] root", f"not a directory: {root}")
@@ -300,7 +308,11 @@ def from_dict(raw: dict, path: str) -> Config:
         raise ConfigError(path, "[store] root", f"not writable: {parent}")
     if values["store"]["poll_interval"] <= 0:
         raise ConfigError(path, "[store] poll_interval", "must be above 0")
+    return root
 
+
+def _check_sessions(values: dict, path: str) -> None:
+    """[smtp], [imap] and [auth]."""
     for net in values["smtp"]["trusted_networks"]:
         try:
             ipaddress.ip_network(net, strict=False)
@@ -316,6 +328,10 @@ def from_dict(raw: dict, path: str) -> Config:
     for k in ("lockout", "failure_delay", "max_failure_delay", "failure_window"):
         if auth[k] < 0:
             raise ConfigError(path, f"[auth] {k}", "must not be negative")
+
+
+def _check_relay(values: dict, root: str, path: str) -> str:
+    """[relay]; returns the queue directory (taken out of the section)."""
     relay = values["relay"]
     queue_dir = relay.pop("queue") or os.path.join(os.path.dirname(root), "queue")
     if relay["tls"] not in ("opportunistic", "required", "none"):
@@ -334,6 +350,11 @@ def from_dict(raw: dict, path: str) -> Config:
     for k in ("connect_timeout", "reply_timeout", "scan_interval"):
         if relay[k] <= 0:
             raise ConfigError(path, f"[relay] {k}", "must be above 0")
+    return queue_dir
+
+
+def _check_dns_dkim(values: dict, root: str, path: str) -> None:
+    """[dns] and [dkim] (whose key directory defaults to beside the store)."""
     dns = values["dns"]
     for ns in dns["nameservers"]:
         try:
@@ -348,6 +369,10 @@ def from_dict(raw: dict, path: str) -> Config:
     dkim["keys"] = dkim["keys"] or os.path.join(os.path.dirname(root), "dkim")
     if not dkim["selector"] or not all(c.isalnum() or c in "-_" for c in dkim["selector"]):
         raise ConfigError(path, "[dkim] selector", "must be letters, digits, - or _")
+
+
+def _smarthost_password(relay: dict, path: str) -> str:
+    """The first line of [relay] smarthost_password_file (the key is taken out of the section)."""
     smarthost_password = ""
     password_file = relay.pop("smarthost_password_file")
     if password_file:
@@ -356,6 +381,26 @@ def from_dict(raw: dict, path: str) -> Config:
             smarthost_password = f.readline().rstrip("\r\n")
     if relay["smarthost_ca_file"]:
         _readable(path, "[relay] smarthost_ca_file", relay["smarthost_ca_file"])
+    return smarthost_password
+
+
+def from_dict(raw: dict, path: str) -> Config:
+    values = _typed_values(raw, path)
+    server = values["server"]
+    hostname = server["hostname"] or socket.getfqdn()
+    domains = [d.strip().lower().rstrip(".") for d in server["domains"]]
+    if not domains or any(not d or " " in d for d in domains):
+        raise ConfigError(path, "[server] domains", "must list at least one domain, without blanks")
+
+    listeners = _listeners(values, path)
+    cert, key = _check_tls(values, listeners, path)
+    delimiter = _check_accounts(values, path)
+    root = _check_store(values, path)
+    _check_sessions(values, path)
+    auth, relay, dns, dkim = values["auth"], values["relay"], values["dns"], values["dkim"]
+    queue_dir = _check_relay(values, root, path)
+    _check_dns_dkim(values, root, path)
+    smarthost_password = _smarthost_password(relay, path)
     for k in ("connections", "connections_per_address", "message_size", "recipients", "commands_per_session"):
         if values["limits"][k] < 1:
             raise ConfigError(path, f"[limits] {k}", "must be at least 1")
@@ -390,7 +435,6 @@ def from_dict(raw: dict, path: str) -> Config:
         relay=relay,
         queue_dir=queue_dir,
         smarthost_password=smarthost_password,
-        raw=raw,
     )
 
 

@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mailstack.accounts import UsersFile, hash_password
 from mailstack.config import DEV_PORTS, LISTENERS
+from mailstack.fsutil import atomic_write
 from mailstack.store import MaildirStore
 
 DEMO_DOMAIN = "example.test"
@@ -27,9 +28,8 @@ DEMO_USERS = ("alice", "bob")
 
 
 def _write(path: str, data: bytes, mode: int = 0o644) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    # Not fsynced: a throw-away set-up lost to a crash is made again by re-running the command.
+    atomic_write(path, data, mode=mode, fsync=False)
 
 
 def make_dev_ca(tls_dir: str, hostnames=("localhost",), addresses=("127.0.0.1", "::1")) -> dict[str, str]:

@@ -26,8 +26,7 @@ from mailstack import config as config_mod
 from mailstack import listener as listener_mod
 from mailstack.errors import ConfigError
 from mailstack.outbound import relay
-from mailstack.store import MaildirStore
-from mailstack.store.watch import FolderWatcher
+from mailstack.store import FolderWatcher, MaildirStore
 from mailstack.throttle import LoginGate
 from mailstack.tls import ReloadableTLS
 

@@ -1,166 +1,42 @@
-"""Shared fixtures: a real ``twistd`` process on loopback with its own store, users and CA.
+"""Fixtures shared by every test; the helpers themselves live in ``tests/support``.
 
-Listeners bind port 0; the server writes the ports it got to a ports file, which the
-fixture waits for.  The process runs the working tree (PYTHONPATH), not an installed copy.
+- ``server_factory(**kw)`` / ``server``: :class:`support.servers.MailServer`, a real ``twistd``
+  process (started by ``server``; by the test otherwise), stopped after the test.
+- ``inproc_server_factory(**kw)`` / ``inproc_server``: :class:`support.inprocess.InProcessServer`,
+  the same API with the service inside the test process (milliseconds, no restart or signals).
+
+Markers set at collection (see ``Makefile``: ``make test-fast`` leaves them out):
+``process`` on every test that starts a ``twistd`` process, found by the fixtures it uses
+(``server``, ``server_factory``, ``e2e_server``) or the names its code (and the module's
+helpers and fixtures it reaches) uses: ``twistd``, ``run_twistd``, ``MailServer`` with ``start``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import ssl
-import subprocess
+import inspect
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # 'support' (pyproject sets it too)
 
-from mailstack.accounts import hash_password  # noqa: E402
-from mailstack.devinit import make_dev_ca  # noqa: E402
-from mailstack.service import PROTOCOLS  # noqa: E402
-from mailstack.config import LISTENERS  # noqa: E402
+from support import ROOT  # noqa: E402,F401  - puts the worktree first on sys.path
+from support.inprocess import InProcessServer, stop_all, stop_reactor  # noqa: E402
+from support.servers import MailServer  # noqa: E402
 
-DOMAIN = "example.test"
-PASSWORDS = {"alice@example.test": "alice-secret-1", "bob@example.test": "bob-secret-2", "carol@example.test": "carol-secret-3"}
-_HASHES: dict[str, str] = {}
+PROCESS_FIXTURES = {"server", "server_factory", "e2e_server"}
+PROCESS_NAMES = {"twistd", "run_twistd"}  # and MailServer(...) with a .start()
 
 
-def _hash(password: str) -> str:
-    if password not in _HASHES:
-        _HASHES[password] = hash_password(password)
-    return _HASHES[password]
-
-
-def env_with_tree() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.pop("MAILSTACK_CONFIG", None)
-    return env
-
-
-class MailServer:
-    """A mailstack process under test."""
-
-    def __init__(self, base: Path, listeners=None, extra: str = "", aliases: str = "", checks: bool = False):
-        self.base = base
-        self.config_path = base / "mailstack.toml"
-        self.ports_file = base / "ports.json"
-        self.log_path = base / "server.log"
-        self.store_root = base / "mail"
-        self.proc: subprocess.Popen | None = None
-        self.ports: dict[str, dict] = {}
-        if not (base / "tls").exists():
-            make_dev_ca(str(base / "tls"))
-        self.ca_file = str(base / "tls" / "ca.pem")
-        (base / "users").write_text("".join(f"{u}:{_hash(p)}\n" for u, p in PASSWORDS.items()))
-        (base / "aliases").write_text(aliases or f"postmaster@{DOMAIN}: alice@{DOMAIN}\n")
-        if listeners is None:
-            listeners = [k for k, (proto, _) in LISTENERS.items() if proto in PROTOCOLS]
-        body = [
-            "[server]", 'hostname = "mail.example.test"', f'domains = ["{DOMAIN}"]', f'ports_file = "{self.ports_file}"',
-            "[listeners]", *[f'{k} = "tcp:0:interface=127.0.0.1"' for k in listeners],
-            "[tls]", 'certificate = "tls/server.pem"', 'key = "tls/server-key.pem"',
-            "[accounts]", 'users = "users"', 'aliases = "aliases"',
-            "[store]", 'root = "mail"',
-        ]
-        if not checks:  # SPF/DKIM/DMARC need DNS; tests that want them serve it on loopback
-            body += ["[checks]", "spf = false", "dkim = false", "dmarc = false"]
-        self.config_path.write_text("\n".join(body) + "\n" + extra)
-
-    def start(self, timeout: float = 30.0) -> "MailServer":
-        if self.ports_file.exists():
-            self.ports_file.unlink()
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=", "mailstack", "--config", str(self.config_path)],
-            cwd=self.base, env=env_with_tree(), stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ports_file.exists():
-                self.ports = json.loads(self.ports_file.read_text())["listeners"]
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_text()}")
-            time.sleep(0.05)
-        raise RuntimeError(f"server did not start in {timeout}s:\n{self.log_text()}")
-
-    def stop(self, sig=signal.SIGTERM) -> int | None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "log", None):
-            self.log.close()
-        return self.proc.returncode if self.proc else None
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def port(self, key: str) -> int:
-        return self.ports[key]["port"]
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.ca_file)
-
-    def maildir(self, address: str, folder: str = "") -> Path:
-        local, domain = address.split("@")
-        path = self.store_root / domain / local
-        return path / ("." + folder if folder else "")
-
-    def messages(self, address: str, folder: str = "") -> list[bytes]:
-        d = self.maildir(address, folder)
-        out = []
-        for sub in ("new", "cur"):
-            if (d / sub).exists():
-                for name in sorted(os.listdir(d / sub)):
-                    out.append((d / sub / name).read_bytes())
-        return out
-
-    def deliver(self, *messages: bytes, user: str = "bob@example.test", folder: str = "INBOX") -> list[int]:
-        """Deliver straight into the store, as another process would; return the new UIDs."""
-        from mailstack.store import MaildirStore
-
-        store = MaildirStore(str(self.store_root))
-        uids = []
-        for m in messages:
-            store.deliver(user, m, folder=folder)
-            uids.append(store.mailbox(user).folder(folder).snapshot().messages[-1].uid)
-        return uids
-
-    def wait_for_messages(self, address: str, count: int, timeout: float = 10.0, folder: str = "") -> list[bytes]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msgs = self.messages(address, folder)
-            if len(msgs) >= count:
-                return msgs
-            time.sleep(0.05)
-        return self.messages(address, folder)
-
-
-@pytest.fixture
-def server_factory(tmp_path):
+def _servers(tmp_path, server_class):
+    """Yield ``make(**kw)``, which makes servers in tmp_path/server0, server1, ...; stop them after."""
     servers = []
 
-    def make(**kw) -> MailServer:
+    def make(**kw):
         base = tmp_path / f"server{len(servers)}"
         base.mkdir()
-        srv = MailServer(base, **kw)
+        srv = server_class(base, **kw)
         servers.append(srv)
         return srv
 
@@ -170,11 +46,77 @@ def server_factory(tmp_path):
 
 
 @pytest.fixture
+def server_factory(tmp_path):
+    """``make(listeners=None, extra="", aliases="", checks=False) -> MailServer`` (not started)."""
+    yield from _servers(tmp_path, MailServer)
+
+
+@pytest.fixture
 def server(server_factory) -> MailServer:
     return server_factory().start()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture
+def inproc_server_factory(tmp_path):
+    """``make(...) -> InProcessServer`` (not started), the same arguments as ``server_factory``;
+    every server made is stopped after the test, passed or failed."""
+    yield from _servers(tmp_path, InProcessServer)
+
+
+@pytest.fixture
+def inproc_server(inproc_server_factory) -> InProcessServer:
+    return inproc_server_factory().start()
+
+
+# -- markers -----------------------------------------------------------------------------------
+
+
+def _names(obj, module, seen: set) -> set[str]:
+    """Global and attribute names used by ``obj``'s code and by the module functions it calls."""
+    code = getattr(inspect.unwrap(obj), "__code__", None)
+    if code is None or code in seen:
+        return set()
+    seen.add(code)
+    names, stack = set(), [code]
+    while stack:
+        c = stack.pop()
+        names.update(c.co_names)
+        stack.extend(k for k in c.co_consts if inspect.iscode(k))
+    for name in list(names):
+        helper = getattr(module, name, None)
+        if inspect.isfunction(helper) and helper.__module__ == module.__name__:
+            names |= _names(helper, module, seen)
+    return names
+
+
+def _module_fixtures(module, wanted: set[str]):
+    """The fixture functions defined in ``module`` under the names in ``wanted``."""
+    for name, value in vars(module).items():
+        if name in wanted and callable(value):
+            yield inspect.unwrap(value)
+
+
+def starts_twistd(item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if fixtures & PROCESS_FIXTURES:
+        return True
+    module = getattr(item, "module", None)
+    function = getattr(item, "function", None)
+    if module is None or function is None:
+        return False
+    seen: set = set()
+    names = _names(function, module, seen)
+    for fixture in _module_fixtures(module, fixtures):
+        names |= _names(fixture, module, seen)
+    return bool(names & PROCESS_NAMES) or {"MailServer", "start"} <= names
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if starts_twistd(item):
+            item.add_marker(pytest.mark.process)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    stop_all()  # servers made without the fixtures and never stopped
+    stop_reactor()

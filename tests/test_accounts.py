@@ -116,28 +116,22 @@ def test_file_edits_are_seen_without_restart(tmp_path):
 
 
 def test_cred_checker_and_realm(tmp_path):
-    from twisted.internet import reactor
+    # The checker hashes in the reactor's thread pool: run the logins on the session's reactor
+    # thread (tests/support/inprocess.py), which the in-process servers share.
+    from twisted.internet import defer
 
-    pool = reactor.getThreadPool()  # the checker hashes in the reactor's pool, started with the reactor
-    pool.start()
-    try:
-        _login_twice(tmp_path, reactor)
-    finally:
-        pool.stop()
+    from support.inprocess import in_reactor
 
-
-def _login_twice(tmp_path, reactor):
     acc = make_accounts(tmp_path, f"alice@example.test:{H}\n")
     portal, realm = make_portal(acc)
-    results = {}
-    portal.login(credentials.UsernamePassword(b"alice@example.test", b"pw"), None, IMailUser).addBoth(
-        lambda r: results.setdefault("ok", r))
-    portal.login(credentials.UsernamePassword(b"alice@example.test", b"no"), None, IMailUser).addBoth(
-        lambda r: results.setdefault("bad", r))
-    deadline = reactor.seconds() + 10
-    while len(results) < 2 and reactor.seconds() < deadline:
-        reactor.iterate(0.05)
-    ok, bad = results["ok"], results["bad"]
+
+    def login_twice():
+        return defer.DeferredList([
+            portal.login(credentials.UsernamePassword(b"alice@example.test", b"pw"), None, IMailUser),
+            portal.login(credentials.UsernamePassword(b"alice@example.test", b"no"), None, IMailUser),
+        ], consumeErrors=True)
+
+    (_, ok), (_, bad) = in_reactor(login_twice, timeout=10)
     assert ok[0] is IMailUser and ok[1].address == "alice@example.test"
     assert bad.check(error.UnauthorizedLogin)
     assert AccountsChecker.credentialInterfaces == (credentials.IUsernamePassword,)

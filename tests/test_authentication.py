@@ -13,8 +13,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import PASSWORDS, env_with_tree
-from test_relay import TOOLS, Proc, free_port, serve_zones, wait_files
+from support.dns import TOOLS, serve_zones
+from support.servers import PASSWORDS, Proc, env_with_tree, free_port
+from support.waiting import wait_files
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 

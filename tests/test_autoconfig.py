@@ -13,8 +13,8 @@ import pytest
 
 
 @pytest.fixture
-def srv(server_factory):
-    return server_factory(listeners=["autoconfig", "imaps", "imap", "pop3s", "submissions", "submission"]).start()
+def srv(inproc_server_factory):
+    return inproc_server_factory(listeners=["autoconfig", "imaps", "imap", "pop3s", "submissions", "submission"]).start()
 
 
 def servers(root):

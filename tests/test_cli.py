@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import MailServer, env_with_tree
+from support.servers import MailServer, env_with_tree
 
 
 def cli(*args, stdin: str = "", config=None, env=None, cwd=None) -> subprocess.CompletedProcess:

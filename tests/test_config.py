@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, MailServer, env_with_tree, free_port
+from support.servers import ROOT, MailServer, env_with_tree, free_port
 from mailstack import config
 from mailstack.errors import ConfigError
 

@@ -10,7 +10,8 @@ import smtplib
 import threading
 import time
 
-from conftest import PASSWORDS
+from support.messages import message as build_message
+from support.servers import PASSWORDS
 from mailstack.store import MaildirStore
 from mailstack.store.check import check_user
 
@@ -20,7 +21,8 @@ CLIENTS, PER_CLIENT, ROUNDS = 20, 100, 3
 
 def message(seq: int) -> bytes:
     filler = b"x" * (200 + seq % 3000)
-    return f"Subject: crash test {seq}\r\nX-Seq: {seq}\r\n\r\n".encode() + filler + f"\r\nEND-{seq}\r\n".encode()
+    return build_message(seq, subject=f"crash test {seq}", extra=f"X-Seq: {seq}\r\n", body=filler + f"\r\nEND-{seq}\r\n".encode(),
+                         sender=None, to=None, date=None, message_id=None)
 
 
 def drive(port: int, first: int, accepted: list, stop: threading.Event):

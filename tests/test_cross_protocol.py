@@ -9,13 +9,13 @@ import re
 import smtplib
 import time
 
-from conftest import PASSWORDS
+from support.servers import PASSWORDS
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 
 
-def test_smtp_to_pop3_and_imap_then_pop3_delete_seen_by_imap(server_factory):
-    srv = server_factory(listeners=["submission", "pop3", "imap"]).start()
+def test_smtp_to_pop3_and_imap_then_pop3_delete_seen_by_imap(inproc_server_factory):
+    srv = inproc_server_factory(listeners=["submission", "pop3", "imap"]).start()
     body = ("From: alice@example.test\r\nTo: bob@example.test\r\nSubject: one store\r\n"
             "Content-Type: text/plain; charset=utf-8\r\n\r\nGrüße, Bob.\r\n.a dot line\r\n").encode()
     with smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=20) as s:
@@ -59,8 +59,8 @@ def test_smtp_to_pop3_and_imap_then_pop3_delete_seen_by_imap(server_factory):
     check.logout()
 
 
-def test_pop3_retr_marks_seen_for_imap(server_factory):
-    srv = server_factory(listeners=["submission", "pop3", "imap"]).start()
+def test_pop3_retr_marks_seen_for_imap(inproc_server_factory):
+    srv = inproc_server_factory(listeners=["submission", "pop3", "imap"]).start()
     from mailstack.store import MaildirStore
 
     MaildirStore(str(srv.store_root)).deliver(BOB, b"Subject: seen?\r\n\r\nx\r\n")

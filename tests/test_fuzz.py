@@ -72,7 +72,7 @@ class Conversation:
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
-    from conftest import MailServer
+    from support.servers import MailServer
 
     base = tmp_path_factory.mktemp("fuzz")
     srv = MailServer(base, listeners=["smtp", "submission", "pop3"],
@@ -205,7 +205,7 @@ _imap: dict = {}
 
 @pytest.fixture(scope="module")
 def imap_fuzz_server(tmp_path_factory):
-    from conftest import MailServer
+    from support.servers import MailServer
     from mailstack.store import MaildirStore
 
     base = tmp_path_factory.mktemp("imapfuzz")

@@ -13,25 +13,19 @@ import os
 import re
 import shutil
 import smtplib
-import socket
-import ssl
 import subprocess
 import time
 
 import imapclient
 import pytest
 
-from conftest import PASSWORDS
+from support.clients import ImapClient as Raw, imap_login as raw_login
+from support.messages import message
+from support.servers import PASSWORDS
 from mailstack.store import MaildirStore
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 LISTENERS = ["imap", "imaps"]
-
-
-def message(n: int, subject: str | None = None, body: bytes = b"", extra: str = "") -> bytes:
-    return (f"From: Alice <{ALICE}>\r\nTo: {BOB}\r\nSubject: {subject or f'message {n}'}\r\n"
-            f"Date: Mon, 0{1 + n % 9} Jan 2024 10:00:00 +0000\r\nMessage-ID: <m{n}@example.test>\r\n{extra}\r\n").encode() \
-        + (body or f"body of message {n}\r\nsecond line\r\n".encode())
 
 
 MULTIPART = (
@@ -90,54 +84,6 @@ def client(srv, user: str = BOB) -> imapclient.IMAPClient:
 
 def untagged(m: imaplib.IMAP4, name: str) -> list:
     return m.untagged_responses.pop(name, [])
-
-
-class Raw:
-    """An IMAP conversation over a plain socket, for what the client libraries will not send."""
-
-    def __init__(self, port: int, context: ssl.SSLContext | None = None):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        if context is not None:
-            self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
-        self.buf = b""
-        self.greeting = self.line()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed; buffer {self.buf!r}")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def until(self, tag: bytes) -> list[bytes]:
-        """Lines up to and including the tagged response."""
-        lines = []
-        while True:
-            line = self.line()
-            lines.append(line)
-            if line.startswith(tag + b" "):
-                return lines
-
-    def cmd(self, tag: bytes, text: bytes) -> list[bytes]:
-        self.send(tag + b" " + text + b"\r\n")
-        return self.until(tag)
-
-    def login(self, user: str = BOB) -> None:
-        assert self.cmd(b"L", f'LOGIN {user} "{PASSWORDS[user]}"'.encode())[-1].startswith(b"L OK")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def raw_login(srv, user: str = BOB) -> Raw:
-    r = Raw(srv.port("imap"))
-    r.login(user)
-    return r
 
 
 # -- listeners, capabilities, authentication -------------------------------------------------------

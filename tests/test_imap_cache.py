@@ -12,7 +12,7 @@ import time
 
 import imapclient
 
-from conftest import PASSWORDS
+from support.servers import PASSWORDS
 from mailstack.store import MaildirStore
 from mailstack.store.cache import CACHE_FILE
 from test_imap import BOB, MULTIPART, client, deliver, message

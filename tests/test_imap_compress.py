@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import zlib
 
-from conftest import PASSWORDS
+from support.servers import PASSWORDS
 from test_imap import BOB, deliver, message
 
 

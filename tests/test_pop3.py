@@ -18,7 +18,10 @@ import time
 
 import pytest
 
-from conftest import PASSWORDS
+from support.clients import Pop3Client as Raw, pop3_login as raw_login
+from support.messages import message as build_message
+from support.servers import PASSWORDS
+from support.waiting import wait_for
 from mailstack.pop3.capabilities import CAPABILITIES
 from mailstack.pop3.server import DotStuffer
 from mailstack.store import MaildirStore
@@ -31,8 +34,7 @@ CAPA_TLS = [c for c in CAPA_BEFORE_TLS if c != "STLS"]
 
 
 def message(n: int, body: bytes = b"") -> bytes:
-    return (f"From: alice@example.test\r\nTo: {BOB}\r\nSubject: message {n}\r\n\r\n".encode()
-            + (body or f"body of message {n}\r\nsecond line\r\n".encode()))
+    return build_message(n, body=body, sender="alice@example.test", date=None, message_id=None)
 
 
 @pytest.fixture
@@ -69,53 +71,6 @@ def capa_lines(p: poplib.POP3) -> list[str]:
 def maildir_files(srv, user: str = BOB) -> list[str]:
     d = srv.maildir(user)
     return sorted(f"{sub}/{name}" for sub in ("new", "cur") for name in os.listdir(d / sub))
-
-
-class Raw:
-    """A POP3 connection over a plain socket, for what poplib will not send."""
-
-    def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.line()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        return self.file.readline()
-
-    def cmd(self, text: str | bytes) -> bytes:
-        self.send((text.encode() if isinstance(text, str) else text) + b"\r\n")
-        return self.line()
-
-    def multiline(self) -> list[bytes]:
-        lines = []
-        while (line := self.line()) != b".\r\n":
-            assert line, "connection closed inside a multi-line response"
-            lines.append(line)
-        return lines
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
-def raw_login(srv, user: str = BOB) -> Raw:
-    r = Raw(srv.port("pop3"))
-    assert r.cmd(f"USER {user}").startswith(b"+OK")
-    assert r.cmd(f"PASS {PASSWORDS[user]}").startswith(b"+OK")
-    return r
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return predicate()
 
 
 # -- the encoder, in process ----------------------------------------------------------------

@@ -8,58 +8,17 @@ import email.policy
 import os
 import json
 import smtplib
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import PASSWORDS, MailServer, env_with_tree
+from support.dns import TOOLS, serve_zones
+from support.servers import PASSWORDS, MailServer, Proc, env_with_tree, free_port
+from support.waiting import wait_files, wait_for as _wait_for
 
-TOOLS = Path(__file__).parent / "tools"
 ALICE = "alice@example.test"
-SOA = "SOA('{z}', mname='ns.{z}', rname='root.{z}', serial=1, refresh=60, retry=60, expire=600, minimum=60)"
-
-
-def free_port(host: str = "127.0.0.1", also: tuple = ()) -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        ok = True
-        for other in also:
-            with socket.socket() as s:
-                try:
-                    s.bind((other, port))
-                except OSError:
-                    ok = False
-        if ok:
-            return port
-
-
-def udp_tcp_free_port() -> int:
-    while True:
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-
-
-class Proc:
-    def __init__(self, argv, env=None):
-        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        line = self.p.stdout.readline()
-        assert line.strip() == "ready", line + (self.p.stdout.read() if self.p.poll() is not None else "")
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-            self.p.wait(10)
 
 
 @pytest.fixture
@@ -75,19 +34,6 @@ def dns_server(tmp_path):
                        "A('b.multi.test', '127.0.0.13')", "AAAA('b.multi.test', '::1')"],
     }
     yield from serve_zones(tmp_path, zones)
-
-
-def serve_zones(tmp_path, zones: dict[str, list[str]]):
-    """Run tools/dnsserver.py over these zones (twisted.names syntax); yields its port."""
-    files = []
-    for zone, records in zones.items():
-        path = tmp_path / f"{zone}.zone"
-        path.write_text("zone = [\n    " + ",\n    ".join([SOA.format(z=zone)] + records) + ",\n]\n")
-        files.append(str(path))
-    port = udp_tcp_free_port()
-    proc = Proc([sys.executable, str(TOOLS / "dnsserver.py"), str(port)] + files)
-    yield port
-    proc.stop()
 
 
 @pytest.fixture
@@ -120,16 +66,6 @@ def submit(srv: MailServer, to: str, subject: str = "hello", body: str = "Hi the
     return msg
 
 
-def wait_files(directory: Path, pattern: str, count: int, timeout: float = 20) -> list[Path]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = sorted(directory.glob(pattern)) if directory.exists() else []
-        if len(found) >= count:
-            return found
-        time.sleep(0.1)
-    return sorted(directory.glob(pattern)) if directory.exists() else []
-
-
 def queue_files(srv: MailServer) -> list[str]:
     q = srv.base / "queue"
     return [str(p.relative_to(q)) for p in q.rglob("*") if p.is_file()] if q.exists() else []
@@ -152,13 +88,8 @@ def test_submitted_mail_reaches_the_remote_mx(relay_env):
     assert "relay: " in srv.log_text()
 
 
-def wait_for(predicate, timeout=20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+def wait_for(predicate, timeout=20.0):
+    return _wait_for(predicate, timeout, interval=0.1)
 
 
 def test_temporary_failures_are_retried(relay_env):

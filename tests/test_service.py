@@ -15,17 +15,9 @@ import time
 
 import pytest
 
-from conftest import ROOT, PASSWORDS
+from support.servers import ROOT, PASSWORDS
+from support.waiting import wait_for
 from mailstack.devinit import make_dev_ca
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_banner_ports_file_and_session_log(server_factory):

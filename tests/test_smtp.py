@@ -6,13 +6,13 @@ import base64
 import shutil
 import smtplib
 import socket
-import ssl
 import subprocess
 import time
 
 import pytest
 
-from conftest import PASSWORDS
+from support.clients import SmtpClient as Raw
+from support.servers import PASSWORDS
 
 SMTP_LISTENERS = ["smtp", "submission", "submissions"]
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
@@ -21,45 +21,6 @@ ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.tes
 @pytest.fixture
 def srv(server_factory):
     return server_factory(listeners=SMTP_LISTENERS, extra="[limits]\nrecipients = 3\n").start()
-
-
-class Raw:
-    """A bare SMTP conversation over a socket, for what smtplib will not send."""
-
-    def __init__(self, port: int, context: ssl.SSLContext | None = None):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        if context is not None:
-            self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
-        self.buf = b""
-        self.greeting = self.read()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def read(self) -> tuple[int, str]:
-        """One (possibly multi-line) reply."""
-        lines = []
-        while True:
-            while b"\r\n" not in self.buf:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError(f"closed; so far {lines} {self.buf!r}")
-                self.buf += chunk
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            lines.append(line.decode())
-            if line[3:4] == b" ":
-                return int(line[:3]), "\n".join(l[4:] for l in lines)
-
-    def cmd(self, line: str | bytes) -> tuple[int, str]:
-        self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
-        return self.read()
-
-    def starttls(self, context: ssl.SSLContext) -> None:
-        assert self.cmd("STARTTLS")[0] == 220
-        self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
-
-    def close(self):
-        self.sock.close()
 
 
 def login(port, srv, user=ALICE, tls="starttls"):

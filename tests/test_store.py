@@ -13,17 +13,17 @@ from mailstack.errors import FolderExists, FolderNotFound, InvalidFolderName, Ke
 from mailstack.store import SPECIAL_FOLDERS, MaildirStore
 from mailstack.store import uidlist as uidlist_mod
 from mailstack.store.check import check_folder, check_user
-from mailstack.store.maildir import base_of, size_of, split_address
+from mailstack.store.files import base_of, size_of
+from mailstack.store.maildir import split_address
+from support.messages import message as build_message
 
 ADDR = "alice@example.test"
 NAME_RE = re.compile(r"^\d+\.M\d+P\d+Q\d+R[0-9a-f]+\.[^/:]+,S=(\d+)$")
 
 
 def message(i: int, extra: bytes = b"") -> bytes:
-    return (
-        f"From: a@example.test\r\nTo: b@example.test\r\nSubject: message {i}\r\n"
-        f"Message-ID: <{i}@example.test>\r\n\r\nBody of message {i}.\r\n".encode() + extra
-    )
+    return build_message(i, body=f"Body of message {i}.\r\n".encode() + extra, sender="a@example.test", to="b@example.test",
+                         date=None, message_id="<{n}@example.test>")
 
 
 @pytest.fixture

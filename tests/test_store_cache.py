@@ -11,13 +11,14 @@ import pytest
 from mailstack.store import MaildirStore
 from mailstack.store.cache import CACHE_FILE, HEADER, header_section
 from mailstack.store.check import check_folder
+from support.messages import message as build_message
 
 ADDR = "alice@example.test"
 
 
 def message(i: int, header_extra: bytes = b"") -> bytes:
-    return (f"From: a@example.test\r\nSubject: message {i}\r\n".encode() + header_extra
-            + b"\r\n" + f"Body {i}\r\n\r\nmore\r\n".encode())
+    return build_message(i, extra=header_extra, body=f"Body {i}\r\n\r\nmore\r\n".encode(), sender="a@example.test", to=None,
+                         date=None, message_id=None)
 
 
 @pytest.fixture

@@ -11,12 +11,14 @@ import pytest
 from mailstack.store import MaildirStore
 from mailstack.store import uidlist as uidlist_mod
 from mailstack.store.index import INDEX_FILE
+from support.messages import message as build_message
+from support.servers import PASSWORDS
 
 ADDR = "alice@example.test"
 
 
 def message(i: int) -> bytes:
-    return f"From: a@example.test\r\nSubject: message {i}\r\n\r\nBody {i}\r\n".encode()
+    return build_message(i, body=f"Body {i}\r\n".encode(), sender="a@example.test", to=None, date=None, message_id=None)
 
 
 def age(folder, seconds: float = 10) -> None:
@@ -120,8 +122,6 @@ def test_a_damaged_index_is_ignored(root, damage):
 def test_the_server_saves_indexes_at_shutdown_and_uses_them(server_factory):
     import imaplib
 
-    from conftest import PASSWORDS
-
     srv = server_factory(listeners=["imap"]).start()
     bob = "bob@example.test"
     uids = srv.deliver(*(message(i) for i in range(5)), user=bob)
@@ -161,3 +161,29 @@ def test_checker_reports_an_index_that_disagrees_and_repair_removes_it(root):
     assert check_folder(inbox, repair=True).repaired
     assert not os.path.exists(path)
     assert check_folder(inbox).problems == []
+
+
+def test_an_adopted_uid_state_reads_only_what_was_appended_after_it(tmp_path, monkeypatch):
+    """UidList.adopt, as the index restore uses it: the mirror continues from the adopted
+    position instead of re-reading the log from its start."""
+    import copy
+
+    writer = uidlist_mod.UidList(str(tmp_path), fsync=False)
+    writer.create(7)
+    records: list[str] = []
+    writer.add("first", 1, records)
+    writer.append(records)
+    inode, offset = writer.position
+    reader = uidlist_mod.UidList(str(tmp_path), fsync=False)
+    reader.adopt(copy.deepcopy(writer.state), inode, offset)
+    assert reader.position == writer.position
+    records = []
+    writer.add("second", 2, records)
+    writer.append(records)
+    consumed = []
+    real = uidlist_mod.UidList._consume
+    monkeypatch.setattr(uidlist_mod.UidList, "_consume",
+                        lambda self, data, header: consumed.append(data) or real(self, data, header))
+    reader.refresh()
+    assert consumed == [records[0].encode() + b"\n"]
+    assert sorted(reader.state.by_base) == ["first", "second"] and reader.position == writer.position

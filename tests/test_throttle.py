@@ -8,9 +8,9 @@ import poplib
 import smtplib
 import time
 
-from conftest import PASSWORDS
+from support.clients import SmtpClient as Raw
+from support.servers import PASSWORDS
 
-from test_smtp import Raw
 
 ALICE = "alice@example.test"
 THROTTLE = "[auth]\nmax_failures = 5\nfailure_delay = 0.05\nmax_failure_delay = 0.4\nlockout = 60\n"
@@ -20,8 +20,8 @@ def plain(user: str, password: str) -> str:
     return "AUTH PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode()
 
 
-def test_two_hundred_wrong_guesses(server_factory):
-    srv = server_factory(listeners=["submission", "pop3"], extra=THROTTLE).start()
+def test_two_hundred_wrong_guesses(inproc_server_factory):
+    srv = inproc_server_factory(listeners=["submission", "pop3"], extra=THROTTLE).start()
     c = Raw(srv.port("submission"))
     c.cmd("EHLO attacker.example")
     timings, codes = [], []

@@ -21,8 +21,8 @@ def handshake(port: int, version: str, ca: str, starttls: str | None = None) -> 
     return "Cipher is (NONE)" not in out.stdout and out.returncode == 0 and "Verify return code: 0" in out.stdout
 
 
-def test_old_tls_versions_are_refused_everywhere(server_factory):
-    srv = server_factory(listeners=["smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps"]).start()
+def test_old_tls_versions_are_refused_everywhere(inproc_server_factory):
+    srv = inproc_server_factory(listeners=["smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps"]).start()
     cases = [("submissions", None), ("pop3s", None), ("imaps", None), ("submission", "smtp"), ("smtp", "smtp"),
              ("pop3", "pop3"), ("imap", "imap")]
     for key, starttls in cases:
@@ -33,8 +33,8 @@ def test_old_tls_versions_are_refused_everywhere(server_factory):
         assert not handshake(port, "tls1", srv.ca_file, starttls), f"{key}: TLS 1.0 must be refused"
 
 
-def test_only_forward_secret_aead_suites_and_server_preference(server_factory):
-    srv = server_factory(listeners=["submissions"]).start()
+def test_only_forward_secret_aead_suites_and_server_preference(inproc_server_factory):
+    srv = inproc_server_factory(listeners=["submissions"]).start()
     port = srv.port("submissions")
 
     def negotiate(ciphers: str) -> str:

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import env_with_tree
+from support.servers import env_with_tree
 
 PROBE = r'''
 import json, subprocess, sys, time

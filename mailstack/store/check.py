@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 from mailstack.store import index as folder_index
 from mailstack.store.cache import HEADER, header_section
-from mailstack.store.maildir import KEYWORDS_FILE, MaildirFolder, MaildirStore, base_of
+from mailstack.store.files import base_of
+from mailstack.store.folder import MaildirFolder
+from mailstack.store.maildir import MaildirStore
 from mailstack.store.uidlist import UidList, UidState, next_uidvalidity
 
 
@@ -78,8 +80,7 @@ def check_folder(folder: MaildirFolder, repair: bool = False) -> FolderReport:
 def _check_index(folder: MaildirFolder, state: UidState, files: dict[str, list[str]]) -> list[str]:
     """A saved index (index.py) that would be used, yet says other than the log and files."""
     doc = folder_index.read(folder.path)
-    if doc is None or not folder_index.still_valid(folder.path, doc, folder.uidlist.path,
-                                                   os.path.join(folder.path, KEYWORDS_FILE)):
+    if doc is None or not folder_index.still_valid(folder.path, doc, folder.uidlist.path, folder.keywords.path):
         return []  # absent, or stale and so ignored: nothing wrong
     try:
         saved = {(e[0], e[3]) for e in doc["entries"]}
@@ -133,7 +134,7 @@ def _repair(folder: MaildirFolder, state: UidState, files: dict[str, list[str]])
     for base in sorted(b for b in files if b not in fixed.by_base):
         ul.add(base, folder._internaldate_of(base, files[base][-1]), records)
     ul.rewrite()
-    folder._scan_mtimes = None
+    folder._invalidate_listing()
 
 
 def check_user(store: MaildirStore, address: str, repair: bool = False) -> list[FolderReport]:

@@ -25,6 +25,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from mailstack.fsutil import atomic_write, fsync_dir  # noqa: F401  (fsync_dir: smtp/queue.py until it imports fsutil)
+
 UIDLIST = "mailstack-uidlist"
 LOCKFILE = "mailstack-uidlist.lock"
 MAGIC = "mailstack-uidlist"
@@ -59,14 +61,6 @@ class UidState:
     expunged: dict[int, int] = field(default_factory=dict)
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 UIDVALIDITY_FILE = "mailstack-uidvalidity"
 
 
@@ -84,12 +78,7 @@ def next_uidvalidity(mailbox_path: str, fsync: bool = True) -> int:
         except (FileNotFoundError, ValueError):
             last = 0
         value = max(int(time.time()), last + 1)
-        with open(path + ".tmp", "w", encoding="ascii") as f:
-            f.write(f"{value}\n")
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.rename(path + ".tmp", path)
+        atomic_write(path, f"{value}\n".encode("ascii"), fsync=fsync)
     return value
 
 
@@ -187,6 +176,17 @@ class UidList:
 
     # -- reading ---------------------------------------------------------------------------
 
+    @property
+    def position(self) -> tuple:
+        """(file identity, bytes read): changes whenever the mirror may have.  Callers key
+        what they derive from the state (listing checks, snapshots, the saved index) on it."""
+        return self._inode, self._offset
+
+    def adopt(self, state: UidState, inode: tuple[int, int], size: int) -> None:
+        """Take ``state`` as the mirror of the file ``inode`` read up to ``size`` (the saved
+        folder index restores it so, without reading the log)."""
+        self.state, self._inode, self._offset, self._size = state, inode, size, size
+
     def refresh(self) -> bool:
         """Bring the mirror up to date with the file. Return True if the file did not exist."""
         try:
@@ -262,15 +262,7 @@ class UidList:
         lines = [f"{MAGIC} {VERSION} V{s.uidvalidity} N{s.uidnext} M{s.highestmodseq}\n"]
         lines += [f"+{e.uid} {e.modseq} {e.internaldate} {e.base}\n" for e in sorted(s.entries.values(), key=lambda e: e.uid)]
         data = "".join(lines).encode("utf-8", "surrogateescape")
-        tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.rename(tmp, self.path)
-        if self.fsync:
-            fsync_dir(self.folder_path)
+        atomic_write(self.path, data, fsync=self.fsync)
         st = os.stat(self.path)
         self._inode, self._offset, self._size = (st.st_dev, st.st_ino), len(data), len(data)
         s.records = len(s.entries)

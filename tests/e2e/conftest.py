@@ -10,12 +10,8 @@ a CI run that quietly skips the end-to-end tests proves nothing.
 pinned to loopback: mail for other domains would go to a closed port on 127.0.0.1 rather than
 to the Internet, even if a bug put some in the queue.
 
-Nothing here is autouse.  A note on the layout: this directory has no ``__init__.py``, so this
-file and ``tests/conftest.py`` are both imported as the module ``conftest``, and pytest drops
-the first from ``sys.modules`` before importing this one.  The tests import their helpers with
-``from conftest import MailServer, PASSWORDS``; ``pytest_configure`` puts ``tests/conftest.py``
-back as ``conftest`` so that such imports, here and in ``tests/`` (collected after this
-directory), keep getting it.  Fixtures of this file are found by pytest, not by import.
+Nothing here is autouse.  The helpers the tests import come from ``tests/support``
+(``from support.servers import PASSWORDS``); fixtures of this file are found by pytest.
 """
 
 from __future__ import annotations
@@ -25,21 +21,8 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-_PARENT_CONFTEST = Path(__file__).resolve().parent.parent / "conftest.py"
-
-
-def pytest_configure(config):
-    """Called when pytest registers this file (documented for late conftests too)."""
-    for plugin in config.pluginmanager.get_plugins():
-        file = getattr(plugin, "__file__", None)
-        if file and Path(file).resolve() == _PARENT_CONFTEST:
-            sys.modules["conftest"] = plugin
-            return
 
 
 # -- required programs -----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PASSWORDS
+from support.servers import PASSWORDS
 
 ALICE, BOB, CAROL = "alice@example.test", "bob@example.test", "carol@example.test"
 OUTSIDE = "someone@example.com"

@@ -25,7 +25,6 @@ makes the IMAP test save its screenshot there.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -46,14 +45,9 @@ except ImportError:
         sys.path.insert(0, str(HERE))
     import thunderbird as tb
 
-try:
-    from conftest import MailServer, PASSWORDS
-except ImportError:  # 'conftest' is tests/e2e/conftest.py here: load tests/conftest.py by path
-    _spec = importlib.util.spec_from_file_location("mailstack_tests_conftest", HERE.parent / "conftest.py")
-    _root = sys.modules.setdefault("mailstack_tests_conftest", importlib.util.module_from_spec(_spec))
-    if not hasattr(_root, "MailServer"):
-        _spec.loader.exec_module(_root)
-    MailServer, PASSWORDS = _root.MailServer, _root.PASSWORDS
+if str(HERE.parent) not in sys.path:  # run outside pytest: tests/ holds the support package
+    sys.path.insert(0, str(HERE.parent))
+from support.servers import MailServer, PASSWORDS  # noqa: E402
 
 pytestmark = [pytest.mark.thunderbird, pytest.mark.slow]
 

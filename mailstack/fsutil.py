@@ -1,0 +1,56 @@
+"""Replacing a file atomically, and making that durable: the one helper every writer uses.
+
+The rule, stated once: a file that must survive a crash is written to a temporary file in
+the *same directory* (so the rename cannot cross file systems), the temporary file is
+fsynced, renamed over the target, and then the *directory* is fsynced, because the rename
+lives in the directory and is not on disk until the directory is.  Readers see the old
+file or the new one, never a half-written one.  ``fsync=False`` keeps the atomic rename
+but skips both fsyncs: for caches that are rebuilt when lost (the folder index) and for
+stores configured with ``[store] fsync = false``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+__all__ = ["atomic_write", "fsync_dir"]
+
+
+def fsync_dir(path: str) -> None:
+    """Flush a directory's entries (names made, renamed or removed in it) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically; the file gets exactly ``mode``.
+
+    The temporary file (``<name>.<random>.tmp`` beside the target, made exclusively) is
+    removed if anything fails before the rename.
+    """
+    directory = os.path.dirname(path) or "."
+    tmp = f"{path}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask narrowed what os.open gave
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    if fsync:
+        fsync_dir(directory)

@@ -1,0 +1,182 @@
+"""Message files on disk: their names, writing one under ``tmp/``, and making links durable.
+
+A mail file is named ``<time>.M<usec>P<pid>Q<n>R<rand>.<host>,S=<size>[:2,<flags>]``: the
+part before ``:2,`` (the *base*) never changes, so it identifies the message in the UID log,
+and the ``,S=`` size spares a listing any stat or read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from typing import Iterator
+
+from mailstack.fsutil import fsync_dir
+
+_counter = itertools.count(1)
+_PROCESS_TOKEN = secrets.token_hex(4)  # with pid and counter, unique even across pid reuse
+_CHUNK = 64 * 1024
+_ARRIVAL_RE = re.compile(r"^(\d+)\.M(\d+)P(\d+)Q(\d+)")
+
+
+def base_of(filename: str) -> str:
+    i = filename.find(":2,")
+    return filename if i < 0 else filename[:i]
+
+
+def size_of(base: str) -> int | None:
+    """The size from a ``,S=<size>`` field of the name (Maildir++), or None."""
+    i = base.find(",S=")
+    if i < 0:
+        return None
+    digits = base[i + 3 :].split(",", 1)[0]
+    return int(digits) if digits.isdigit() else None
+
+
+def hostname() -> str:
+    """This host's name as Maildir wants it in file names (``/`` and ``:`` escaped)."""
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
+
+
+def new_base(host: str) -> str:
+    """A base name no other delivery, in this or any process, has used."""
+    now = time.time()
+    sec = int(now)
+    usec = int((now - sec) * 1_000_000)
+    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{_PROCESS_TOKEN}.{host}"
+
+
+def arrival_key(base: str, internaldate: int) -> tuple:
+    """Sort key putting new files in arrival order (RFC 3501 2.3.1.1: UIDs ascend with it).
+
+    Names of the form ``<sec>.M<usec>P<pid>Q<n>`` compare by their numbers: as text,
+    ``M98765`` would sort after ``M123456``.  Other names sort by internal date.
+    """
+    m = _ARRIVAL_RE.match(base)
+    if m:
+        return (int(m.group(1)), int(m.group(2)), int(m.group(4)), base)
+    return (internaldate, 0, 0, base)
+
+
+def chunks(source) -> Iterator[bytes]:
+    """The bytes of ``source``: bytes, a readable file, or an iterable of byte chunks."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield bytes(source)
+    elif hasattr(source, "read"):
+        while True:
+            chunk = source.read(_CHUNK)
+            if not chunk:
+                return
+            yield chunk
+    else:
+        for chunk in source:
+            yield bytes(chunk)
+
+
+def write_new_file(source, path: str, fsync: bool) -> int:
+    """Write ``source`` to the new file ``path`` (0600, never one that exists); return its size.
+
+    Not :func:`mailstack.fsutil.atomic_write`: a message is streamed, not held whole, and it
+    is published by a link from ``tmp/``, not a rename over a file.
+    """
+    size = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            for chunk in chunks(source):
+                f.write(chunk)
+                size += len(chunk)
+            f.flush()
+            if fsync:
+                os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def make_maildir(path: str, fsync: bool, folder: bool) -> None:
+    """``cur/ new/ tmp/`` under ``path`` (and the Maildir++ ``maildirfolder`` marker)."""
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+    if folder:
+        open(os.path.join(path, "maildirfolder"), "a").close()
+    if fsync:
+        for sub in ("tmp", "new", "cur"):
+            fsync_dir(os.path.join(path, sub))
+        fsync_dir(path)
+        fsync_dir(os.path.dirname(path))
+
+
+_libc = None
+
+
+def syncfs(path: str) -> bool:
+    """syncfs(2) on the file system holding ``path``: every dirty file and directory of it is
+    on disk when this returns True (Linux 5.8+ reports write-back errors here too).  False
+    where the call is unavailable or fails, so that the caller falls back to fsync per file."""
+    global _libc
+    try:
+        if _libc is None:
+            import ctypes
+            import ctypes.util
+
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return _libc.syncfs(fd) == 0
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        return False
+
+
+class DirSyncer:
+    """Group commit of directory fsyncs.
+
+    Many threads delivering into one directory each need its entry durable before they
+    answer.  One ``fsync`` of the directory covers every link made before it started, so a
+    thread whose link is older than a running fsync waits for the *next* one, and every
+    thread that arrives while that one runs shares it: N concurrent deliveries cost about
+    two directory fsyncs instead of N.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._state: dict[str, list[int]] = {}  # path -> [requests, started, completed, running]
+
+    def sync(self, path: str) -> None:
+        with self._cond:
+            st = self._state.setdefault(path, [0, 0, 0, 0])
+            st[0] += 1
+            ticket = st[0]  # our link happened before this ticket was taken
+            while True:
+                if st[2] >= ticket:  # an fsync that started after our ticket has finished
+                    return
+                if not st[3]:
+                    break
+                self._cond.wait()
+            st[3], st[1] = 1, st[0]
+        ok = False
+        try:
+            fsync_dir(path)
+            ok = True
+        finally:
+            with self._cond:
+                st[3] = 0
+                if ok:  # after a failure nobody is covered: the next waiter tries (and fails) itself
+                    st[2] = st[1]
+                    if st[2] == st[0]:
+                        del self._state[path]
+                self._cond.notify_all()

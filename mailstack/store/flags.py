@@ -1,0 +1,214 @@
+"""Flags: the ``:2,`` letters of a file name, the folder's keyword letters, and changing them.
+
+System flags use Dovecot's letters (D draft, F flagged, R answered, S seen, T deleted);
+keywords get ``a``..``z`` through ``dovecot-keywords``, one ``<index> <keyword>`` per line,
+so a folder can be rsynced between mailstack and Dovecot.  Setting flags renames the file
+(new/ -> cur/ on the way); expunging removes it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+from mailstack.errors import KeywordLimit
+from mailstack.fsutil import atomic_write, fsync_dir
+
+SYSTEM_FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
+LETTER_SYSTEM_FLAGS = {v: k for k, v in SYSTEM_FLAG_LETTERS.items()}
+KEYWORDS_FILE = "dovecot-keywords"
+MAX_KEYWORDS = 26
+
+
+def flags_of(rel: str, keywords: list[str]) -> frozenset:
+    """The flags a file name's ``:2,`` suffix stands for (unknown letters are left out)."""
+    i = rel.find(":2,")
+    if i < 0:
+        return frozenset()
+    flags = set()
+    for letter in rel[i + 3 :]:
+        if letter in LETTER_SYSTEM_FLAGS:
+            flags.add(LETTER_SYSTEM_FLAGS[letter])
+        elif "a" <= letter <= "z":
+            idx = ord(letter) - ord("a")
+            if idx < len(keywords) and keywords[idx]:
+                flags.add(keywords[idx])
+    return frozenset(flags)
+
+
+class FolderKeywords:
+    """One folder's ``dovecot-keywords``, re-read only when its mtime changes."""
+
+    def __init__(self, folder_path: str, fsync: bool):
+        self.path = os.path.join(folder_path, KEYWORDS_FILE)
+        self.fsync = fsync
+        self.words: list[str] | None = None  # index = letter - "a"; "" for a free letter
+        self.mtime: int | None = None  # of the file when ``words`` was read; None: no file
+
+    def load(self) -> list[str]:
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            self.words, self.mtime = [], None
+            return []
+        if self.words is not None and mtime == self.mtime:
+            return self.words
+        keywords: list[str] = [""] * MAX_KEYWORDS
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                idx, _, word = line.rstrip("\n").partition(" ")
+                if idx.isdigit() and int(idx) < MAX_KEYWORDS and word:
+                    keywords[int(idx)] = word
+        while keywords and not keywords[-1]:
+            keywords.pop()
+        self.words, self.mtime = keywords, mtime
+        return keywords
+
+    def letters(self, flags: Iterable[str], keep_unknown: str = "") -> str:
+        """Caller holds the folder lock.  The ``:2,`` letters for ``flags`` (sorted, as
+        Maildir wants); upper-case letters of ``keep_unknown`` that mean nothing here stay."""
+        keywords = list(self.load())
+        letters = set(c for c in keep_unknown if c.isupper() and c not in LETTER_SYSTEM_FLAGS)
+        for flag in flags:
+            if flag in SYSTEM_FLAG_LETTERS:
+                letters.add(SYSTEM_FLAG_LETTERS[flag])
+            elif flag.startswith("\\"):
+                continue  # \Recent and unknown system flags are not stored
+            else:
+                letters.add(self._letter(flag, keywords))
+        return "".join(sorted(letters))
+
+    def _letter(self, word: str, keywords: list[str]) -> str:
+        """Give ``word`` a letter (keywords compare case-insensitively), recording a new one."""
+        for i, known in enumerate(keywords):
+            if known.lower() == word.lower():
+                return chr(ord("a") + i)
+        if len(keywords) >= MAX_KEYWORDS:
+            raise KeywordLimit(f"this folder already has {MAX_KEYWORDS} keywords")
+        keywords.append(word)
+        data = "".join(f"{i} {w}\n" for i, w in enumerate(keywords) if w).encode("utf-8")
+        atomic_write(self.path, data, fsync=self.fsync)
+        self.words, self.mtime = keywords, os.stat(self.path).st_mtime_ns
+        return chr(ord("a") + len(keywords) - 1)
+
+
+class FlagChanges:
+    """The part of :class:`~mailstack.store.folder.MaildirFolder` that renames and removes
+    message files: STORE, the claiming of \\Recent, EXPUNGE."""
+
+    def set_flags(
+        self, uids: Iterable[int], flags: Iterable[str], mode: str = "replace", unchangedsince: int | None = None
+    ) -> tuple[dict[int, tuple[frozenset, int]], list[int]]:
+        """Change flags (mode ``replace``, ``add`` or ``remove``).
+
+        Returns ({uid: (new flags, modseq)} for messages whose flags changed, [uids refused
+        because their MODSEQ is above ``unchangedsince``] (RFC 7162 3.1.3)).  A message moves
+        from new/ to cur/ when its flags are set.  Expunged UIDs are skipped silently.
+        """
+        if mode not in ("replace", "add", "remove"):
+            raise ValueError(mode)
+        wanted = frozenset(f for f in flags if f != "\\Recent")
+        changed: dict[int, tuple[frozenset, int]] = {}
+        refused: list[int] = []
+        with self.locked():
+            files = self._sync()
+            state = self.uidlist.state
+            keywords = self.keywords.load()
+            records: list[str] = []
+            dirs_touched = set()
+            for uid in uids:
+                entry = state.entries.get(uid)
+                rel = files.get(entry.base) if entry else None
+                if rel is None:
+                    continue
+                if unchangedsince is not None and entry.modseq > unchangedsince:
+                    refused.append(uid)
+                    continue
+                old = flags_of(rel, keywords)
+                new = wanted if mode == "replace" else (old | wanted if mode == "add" else old - wanted)
+                old_suffix = rel.split(":2,", 1)[1] if ":2," in rel else ""
+                letters = self.keywords.letters(new, keep_unknown=old_suffix)
+                keywords = self.keywords.load()
+                target = f"cur/{entry.base}:2,{letters}"
+                if target == rel:
+                    continue
+                try:
+                    os.rename(os.path.join(self.path, rel), os.path.join(self.path, target))
+                except FileNotFoundError:
+                    continue
+                dirs_touched.update({rel[:3], "cur"})
+                files[entry.base] = target
+                if new != old:
+                    changed[uid] = (new, self.uidlist.touch(uid, records))
+            if self.store.fsync:
+                for d in dirs_touched:
+                    fsync_dir(os.path.join(self.path, d))
+            self.uidlist.append(records)
+            self._invalidate_listing()
+        if changed or dirs_touched:
+            self.store.on_change(self.path)
+        return changed, refused
+
+    def take_recent(self) -> list[int]:
+        """Move every message in new/ to cur/ and return their UIDs.
+
+        The session that does this is the one that reports them as \\Recent (RFC 3501 2.3.2).
+        """
+        return self._take_recent()[1]
+
+    def _take_recent(self) -> tuple[dict[str, str], list[int]]:
+        taken: list[int] = []
+        files = self._sync()
+        if not any(rel.startswith("new/") for rel in files.values()):
+            return files, taken  # the usual case: no lock, no rename, and the snapshot stays valid
+        with self.locked():
+            files = self._sync()
+            state = self.uidlist.state
+            for base, rel in list(files.items()):
+                if not rel.startswith("new/"):
+                    continue
+                target = f"cur/{base}:2,"
+                try:
+                    os.rename(os.path.join(self.path, rel), os.path.join(self.path, target))
+                except FileNotFoundError:
+                    continue
+                files[base] = target
+                uid = state.by_base.get(base)
+                if uid is not None:
+                    taken.append(uid)
+            if taken and self.store.fsync:
+                fsync_dir(os.path.join(self.path, "new"))
+                fsync_dir(os.path.join(self.path, "cur"))
+            if taken:
+                self._invalidate_listing()  # files is still right: only our renames changed it
+        return files, sorted(taken)
+
+    def expunge(self, uids: Iterable[int]) -> list[int]:
+        """Remove messages for good; return the UIDs that were removed."""
+        removed, gone_bases = [], []
+        with self.locked():
+            files = self._sync()
+            state = self.uidlist.state
+            records: list[str] = []
+            for uid in sorted(set(uids)):
+                entry = state.entries.get(uid)
+                rel = files.get(entry.base) if entry else None
+                if rel is None:
+                    continue
+                try:
+                    os.unlink(os.path.join(self.path, rel))
+                except FileNotFoundError:
+                    pass
+                files.pop(entry.base, None)
+                gone_bases.append(entry.base)
+                self.uidlist.remove(uid, records)
+                removed.append(uid)
+            if removed and self.store.fsync:
+                fsync_dir(os.path.join(self.path, "cur"))
+                fsync_dir(os.path.join(self.path, "new"))
+            self.uidlist.append(records)
+            self._invalidate_listing()
+        self.cache.forget(gone_bases)
+        if removed:
+            self.store.on_change(self.path)
+        return removed

@@ -1,0 +1,55 @@
+"""What a folder looks like at one moment, as protocol code sees it: immutable values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class MessageInfo(NamedTuple):
+    """One message as a folder snapshot sees it.
+
+    A named tuple, not a dataclass: a snapshot of 100,000 messages makes 100,000 of these,
+    and a frozen dataclass's ``__init__`` costs several times a tuple's (measured).
+    """
+
+    uid: int
+    base: str
+    filename: str  # relative to the folder: "new/..." or "cur/..."
+    flags: frozenset
+    size: int
+    internaldate: int
+    modseq: int
+
+    @property
+    def recent(self) -> bool:
+        """Still in new/: no session has claimed it yet (IMAP \\Recent)."""
+        return self.filename.startswith("new/")
+
+
+class FolderSnapshot:
+    """A folder at one moment: immutable, shared by every session that asks while nothing
+    changes, so what is derived from it (the UID index) is computed once."""
+
+    __slots__ = ("name", "uidvalidity", "uidnext", "highestmodseq", "messages", "_by_uid")
+
+    def __init__(self, name: str, uidvalidity: int, uidnext: int, highestmodseq: int, messages: tuple):
+        self.name, self.uidvalidity, self.uidnext = name, uidvalidity, uidnext
+        self.highestmodseq, self.messages = highestmodseq, messages  # of MessageInfo, ascending UID
+        self._by_uid: dict[int, MessageInfo] | None = None
+
+    def by_uid(self) -> dict[int, MessageInfo]:
+        """uid -> MessageInfo (do not change it: it is shared)."""
+        if self._by_uid is None:
+            self._by_uid = {m.uid: m for m in self.messages}
+        return self._by_uid
+
+
+@dataclass(slots=True, frozen=True)
+class FolderInfo:
+    """One entry of a folder listing (IMAP LIST)."""
+
+    name: str
+    special_use: str | None
+    selectable: bool = True  # False for a parent that exists only through its children
+

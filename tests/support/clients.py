@@ -1,0 +1,154 @@
+"""Raw line-based clients over a plain socket, for what smtplib, imaplib and poplib will not send.
+
+:class:`LineClient` holds the socket and splits what arrives into CRLF lines;
+:class:`SmtpClient`, :class:`ImapClient` and :class:`Pop3Client` add each protocol's reply
+framing.  ``sock`` and ``buf`` are plain attributes: a test may wrap ``sock`` in TLS itself or
+check that the server closed it.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from support.servers import PASSWORDS
+
+__all__ = ["LineClient", "SmtpClient", "ImapClient", "Pop3Client", "imap_login", "pop3_login"]
+
+BOB = "bob@example.test"
+
+
+class LineClient:
+    """One connection to 127.0.0.1:``port`` (TLS from the start when ``context`` is given)."""
+
+    def __init__(self, port: int, context: ssl.SSLContext | None = None, timeout: float = 10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if context is not None:
+            self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        """The next line, without its CRLF; ConnectionResetError when the server closes first."""
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError(f"closed; buffer {self.buf!r}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def recv_exactly(self, size: int) -> bytes:
+        """``size`` bytes (an IMAP literal, say), from the buffer first."""
+        while len(self.buf) < size:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError(f"closed; buffer {self.buf!r}")
+            self.buf += chunk
+        data, self.buf = self.buf[:size], self.buf[size:]
+        return data
+
+    def starttls(self, context: ssl.SSLContext) -> None:
+        """Wrap the socket in TLS now (the server has said go ahead); ``buf`` keeps whatever
+        plain text came after the go-ahead, for tests of STARTTLS command injection."""
+        self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class SmtpClient(LineClient):
+    """SMTP: replies are ``(code, text)``, multi-line ones joined (RFC 5321 4.2.1)."""
+
+    def __init__(self, port: int, context: ssl.SSLContext | None = None, timeout: float = 10):
+        super().__init__(port, context, timeout)
+        self.greeting = self.read()
+
+    def read(self) -> tuple[int, str]:
+        """One (possibly multi-line) reply."""
+        lines = []
+        while True:
+            line = self.line()
+            lines.append(line.decode())
+            if line[3:4] == b" ":
+                return int(line[:3]), "\n".join(text[4:] for text in lines)
+
+    def cmd(self, line: str | bytes) -> tuple[int, str]:
+        self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return self.read()
+
+    def starttls(self, context: ssl.SSLContext) -> None:
+        assert self.cmd("STARTTLS")[0] == 220
+        super().starttls(context)
+
+
+class ImapClient(LineClient):
+    """IMAP: a command's answer is its lines up to and including the tagged response."""
+
+    def __init__(self, port: int, context: ssl.SSLContext | None = None, timeout: float = 10):
+        super().__init__(port, context, timeout)
+        self.greeting = self.line()
+
+    def until(self, tag: bytes) -> list[bytes]:
+        """Lines up to and including the tagged response."""
+        lines = []
+        while True:
+            line = self.line()
+            lines.append(line)
+            if line.startswith(tag + b" "):
+                return lines
+
+    def cmd(self, tag: bytes, text: bytes) -> list[bytes]:
+        self.send(tag + b" " + text + b"\r\n")
+        return self.until(tag)
+
+    def login(self, user: str = BOB) -> None:
+        assert self.cmd(b"L", f'LOGIN {user} "{PASSWORDS[user]}"'.encode())[-1].startswith(b"L OK")
+
+
+class Pop3Client(LineClient):
+    """POP3: lines are read as sent, CRLF included (b"" once the server has closed)."""
+
+    def __init__(self, port: int, context: ssl.SSLContext | None = None, timeout: float = 10):
+        super().__init__(port, context, timeout)
+        self.file = self.sock.makefile("rb")
+        self.greeting = self.line()
+
+    def line(self) -> bytes:
+        return self.file.readline()
+
+    def cmd(self, text: str | bytes) -> bytes:
+        self.send((text.encode() if isinstance(text, str) else text) + b"\r\n")
+        return self.line()
+
+    def multiline(self) -> list[bytes]:
+        """The lines of a multi-line response up to the terminating ".", as sent (RFC 1939 3)."""
+        lines = []
+        while (line := self.line()) != b".\r\n":
+            assert line, "connection closed inside a multi-line response"
+            lines.append(line)
+        return lines
+
+    def login(self, user: str = BOB) -> None:
+        assert self.cmd(f"USER {user}").startswith(b"+OK")
+        assert self.cmd(f"PASS {PASSWORDS[user]}").startswith(b"+OK")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def imap_login(srv, user: str = BOB) -> ImapClient:
+    """A raw IMAP connection to ``srv``'s ``imap`` port, logged in as ``user``."""
+    client = ImapClient(srv.port("imap"))
+    client.login(user)
+    return client
+
+
+def pop3_login(srv, user: str = BOB) -> Pop3Client:
+    """A raw POP3 connection to ``srv``'s ``pop3`` port, logged in as ``user`` (USER/PASS)."""
+    client = Pop3Client(srv.port("pop3"))
+    client.login(user)
+    return client
