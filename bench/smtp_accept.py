@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=0, help="with smtp-source: messages per cell (default: about --seconds worth)")
     args = parser.parse_args()
 
-    from conftest import MailServer
+    from support.servers import MailServer
 
     work = Path(tempfile.mkdtemp(prefix="mailstack-bench-"))
     (work / "mailstack").mkdir()

@@ -142,7 +142,7 @@ def cmd_store(args) -> int:
 def cmd_queue(args) -> int:
     import datetime
 
-    from mailstack.smtp.queue import OutboundQueue
+    from mailstack.outbound.queue import OutboundQueue
 
     cfg = _config(args)
     queue = OutboundQueue(cfg.queue_dir, cfg.store_fsync)

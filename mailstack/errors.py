@@ -3,7 +3,8 @@
 Policy and store code raise; protocol sessions turn the error into their own reply.  A
 :class:`MailError` carries everything a reply needs (maddy's ``exterrors`` and mox's
 ``xsmtpUserErrorf`` work the same way): the SMTP reply code, the enhanced status code of
-RFC 3463, whether the failure is temporary, and a message safe to show the client.
+RFC 3463, whether the failure is temporary, a text safe to show the client and, apart from
+it, the cause for the log.
 """
 
 from __future__ import annotations
@@ -23,15 +24,24 @@ class ConfigError(MailstackError):
 
 
 class MailError(MailstackError):
-    """A failure with a protocol-neutral description of how to report it."""
+    """A failure with a protocol-neutral description of how to report it.
 
-    def __init__(self, code: int, enhanced: str, message: str):
-        self.code, self.enhanced, self.message = code, enhanced, message
-        super().__init__(f"{code} {enhanced} {message}")
+    ``text`` is what the client is told; ``cause`` (an exception or a string) is what went
+    wrong inside, for the log only and never sent (maddy's ``exterrors`` keep them apart the
+    same way).
+    """
+
+    def __init__(self, code: int, enhanced: str, text: str, cause: object = None):
+        self.code, self.enhanced, self.text, self.cause = code, enhanced, text, cause
+        super().__init__(f"{code} {enhanced} {text}")
 
     @property
     def temporary(self) -> bool:
         return 400 <= self.code < 500
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
 
 
 class StoreError(MailstackError):

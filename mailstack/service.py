@@ -25,6 +25,7 @@ from mailstack import accounts as accounts_mod
 from mailstack import config as config_mod
 from mailstack import listener as listener_mod
 from mailstack.errors import ConfigError
+from mailstack.outbound import relay
 from mailstack.store import FolderWatcher, MaildirStore
 from mailstack.throttle import LoginGate
 from mailstack.tls import ReloadableTLS
@@ -87,7 +88,7 @@ class MailstackService(service.MultiService):
         if checks["spf"] or checks["dkim"] or checks["dmarc"]:
             self.context.inbound_checker = authentication.InboundChecker(
                 cfg.hostname, resolver, checks["spf"], checks["dkim"], checks["dmarc"], checks["dmarc_enforce"])
-        self.context.relay = _make_relay(cfg, store, accounts, reactor)
+        self.context.relay = relay.build_relay(cfg, store, accounts, reactor)
         self.context.relay.setServiceParent(self)
         self.factories = []
         for lst in cfg.listeners:
@@ -201,34 +202,6 @@ def _raise_file_limit(wanted: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError) as e:
             log.warn("cannot raise the open file limit to {n}: {error}", n=target, error=e)
-
-
-def _make_relay(cfg: config_mod.Config, store: MaildirStore, accounts, reactor):
-    from mailstack.smtp.queue import OutboundQueue
-    from mailstack.smtp.relay import RelaySettings, RelayService
-    from mailstack.smtp.routing import MXRouter
-
-    r = cfg.relay
-    settings = RelaySettings(
-        hostname=cfg.hostname, port=r["port"], retry_schedule=r["retry_schedule"], max_age=r["max_age"],
-        delay_warning=r["delay_warning"], connect_timeout=r["connect_timeout"], reply_timeout=r["reply_timeout"],
-        max_connections=r["max_connections"], max_connections_per_domain=r["max_connections_per_domain"],
-        tls=r["tls"], plaintext_fallback=r["plaintext_fallback"], scan_interval=r["scan_interval"],
-        smarthost=r["smarthost"], smarthost_tls=r["smarthost_tls"], smarthost_username=r["smarthost_username"],
-        smarthost_password=cfg.smarthost_password, smarthost_ca_file=r["smarthost_ca_file"],
-        smarthost_verify=r["smarthost_verify"])
-    router = MXRouter(cfg.dns["nameservers"], cfg.dns["port"], cfg.dns["timeout"])
-
-    def deliver_local(address: str, data: bytes) -> bool:
-        """A bounce for a sender of ours goes straight to their mailbox (blocking)."""
-        resolution = accounts.resolve(address)
-        if resolution is None or not resolution.local:
-            return False
-        for account in resolution.local:
-            store.deliver(account, f"Return-Path: <>\r\nDelivered-To: {account}\r\n".encode() + data)
-        return True
-
-    return RelayService(OutboundQueue(cfg.queue_dir, cfg.store_fsync), router, settings, deliver_local, reactor)
 
 
 def banner(cfg: config_mod.Config, bound: dict[str, dict]) -> str:

@@ -83,7 +83,9 @@ def test_submitted_mail_reaches_the_remote_mx(relay_env):
     env = json.loads(eml.with_suffix(".json").read_text())
     assert env["sender"] == ALICE and env["recipients"] == ["carol@remote.test"]
     assert wait_for(lambda: queue_files(srv) == [])
-    assert "relay: " in srv.log_text() and "done after 1 attempts" in srv.log_text()
+    # The queue files go before the "done" line is logged: wait for the line, do not race it.
+    assert wait_for(lambda: "done after 1 attempts" in srv.log_text())
+    assert "relay: " in srv.log_text()
 
 
 def wait_for(predicate, timeout=20.0):
@@ -243,7 +245,7 @@ def test_delay_warning_is_sent_once(relay_env):
 
 def test_mx_routing_order_and_failures(dns_server):
     from mailstack.errors import MailError
-    from mailstack.smtp.routing import MXRouter
+    from mailstack.outbound.routing import MXRouter
 
     router = MXRouter(["127.0.0.1"], dns_server, timeout=2)
     seen_first = set()
@@ -293,7 +295,7 @@ def test_two_processes_sharing_a_queue_send_each_message_once(relay_env, tmp_pat
 
 
 def test_recovery_clears_leftovers_of_dead_processes(tmp_path):
-    from mailstack.smtp.queue import OutboundQueue
+    from mailstack.outbound.queue import OutboundQueue
 
     q = OutboundQueue(str(tmp_path / "q"), fsync=False)
     kept = q.enqueue("a@example.test", ["b@remote.test"], b"Subject: x\r\n\r\nx\r\n")

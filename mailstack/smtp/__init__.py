@@ -1,1 +1,2 @@
-"""SMTP: the MX and submission servers (and, later, the outbound queue)."""
+"""SMTP: the inbound servers, MX (port 25) and submission (587, 465).  Outbound delivery is
+:mod:`mailstack.outbound`."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from mailstack.errors import MailError
+from mailstack.mail import codes
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010FFFF]"
 _DOT_STRING = re.compile(rf"^{_ATEXT}+(?:\.{_ATEXT}+)*$")
@@ -19,11 +20,12 @@ _DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
 _LITERAL = re.compile(r"^\[(?:IPv6:[0-9A-Fa-f:.]+|[0-9.]+)\]$")
 _KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 
-SYNTAX = "5.5.2"
+def _bad(text: str) -> MailError:
+    return MailError(codes.SYNTAX_ERROR, codes.E_ADDRESS_SYNTAX, text)
 
 
-def _bad(text: str, enhanced: str = "5.1.3") -> MailError:
-    return MailError(501, enhanced, text)
+def _syntax(text: str) -> MailError:
+    return MailError(codes.SYNTAX_ERROR, codes.E_SYNTAX, text)
 
 
 def parse_address(text: str) -> str:
@@ -51,13 +53,13 @@ def parse_path(argument: str, keyword: str, null_ok: bool) -> tuple[str, list[st
     """
     head, sep, rest = argument.partition(":")
     if not sep or head.strip().upper() != keyword:
-        raise MailError(501, SYNTAX, f"Syntax: {'MAIL FROM' if keyword == 'FROM' else 'RCPT TO'}:<address>")
+        raise _syntax(f"Syntax: {'MAIL FROM' if keyword == 'FROM' else 'RCPT TO'}:<address>")
     rest = rest.lstrip(" ")
     if rest.startswith("<"):
         end = _closing_bracket(rest)
         path, params = rest[1:end], rest[end + 1 :]
         if params and not params.startswith(" "):
-            raise MailError(501, SYNTAX, "Syntax error after the address")
+            raise _syntax("Syntax error after the address")
     else:
         path, _, params = rest.partition(" ")
     if path.startswith("@"):
@@ -82,7 +84,7 @@ def _closing_bracket(text: str) -> int:
             in_quote = not in_quote
         elif ch == ">" and not in_quote:
             return i
-    raise MailError(501, SYNTAX, "Missing '>' after the address")
+    raise _syntax("Missing '>' after the address")
 
 
 def parse_params(params: list[str]) -> dict[str, str | None]:
@@ -91,10 +93,10 @@ def parse_params(params: list[str]) -> dict[str, str | None]:
     for p in params:
         key, eq, value = p.partition("=")
         if not _KEYWORD.fullmatch(key) or (eq and not value):
-            raise MailError(501, SYNTAX, f"Bad parameter syntax: {p[:40]}")
+            raise _syntax(f"Bad parameter syntax: {p[:40]}")
         key = key.upper()
         if key in out:
-            raise MailError(501, SYNTAX, f"Parameter {key} given twice")
+            raise _syntax(f"Parameter {key} given twice")
         out[key] = value if eq else None
     return out
 

@@ -17,6 +17,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from mailstack.errors import MailError
+from mailstack.mail import codes
 
 
 @dataclass
@@ -37,13 +38,11 @@ class Recipient:
 
 
 class SmtpPolicy:
-    def __init__(self, accounts, domains: list[str], max_recipients: int, trusted_networks: list[str],
-                 relay_available: bool = False):
+    def __init__(self, accounts, domains: list[str], max_recipients: int, trusted_networks: list[str]):
         self.accounts = accounts
         self.domains = domains
         self.max_recipients = max_recipients
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
-        self.relay_available = relay_available
 
     def trusted_peer(self, peer: str) -> bool:
         try:
@@ -58,25 +57,23 @@ class SmtpPolicy:
     def check_sender(self, facts: SessionFacts, sender: str) -> None:
         if facts.submission:
             if facts.user is None:
-                raise MailError(530, "5.7.0", "Authentication required")
+                raise MailError(codes.AUTH_REQUIRED, codes.E_SECURITY, "Authentication required")
             if sender and not self.accounts.owns(facts.user, sender):
-                raise MailError(553, "5.7.1", f"Sender address <{sender}> is not owned by {facts.user}")
+                raise MailError(codes.MAILBOX_NAME_INVALID, codes.E_NOT_AUTHORIZED,
+                                f"Sender address <{sender}> is not owned by {facts.user}")
 
     def check_recipient(self, facts: SessionFacts, address: str, accepted: int) -> Recipient:
         if accepted >= self.max_recipients:
-            raise MailError(452, "4.5.3", f"Too many recipients (at most {self.max_recipients} per message)")
+            raise MailError(codes.INSUFFICIENT_STORAGE, codes.E_TOO_MANY_RECIPIENTS,
+                            f"Too many recipients (at most {self.max_recipients} per message)")
         if "@" not in address and address.lower() == "postmaster":
             address = f"postmaster@{self.domains[0]}"  # RFC 5321 4.1.1.3: bare <Postmaster>
         domain = address.rpartition("@")[2]
         if self.accounts.is_local_domain(domain):
             resolution = self.accounts.resolve(address)
             if resolution is None:
-                raise MailError(550, "5.1.1", f"<{address}>: no such user here")
-            if resolution.remote and not self.relay_available:
-                raise MailError(451, "4.3.0", f"<{address}> forwards outside; outbound delivery is not available yet")
+                raise MailError(codes.MAILBOX_UNAVAILABLE, codes.E_NO_SUCH_MAILBOX, f"<{address}>: no such user here")
             return Recipient(address, resolution.local, resolution.remote)
         if not self.may_relay(facts):
-            raise MailError(554, "5.7.1", f"<{address}>: relay access denied")
-        if not self.relay_available:
-            raise MailError(451, "4.4.3", "Outbound delivery is not available yet; try again later")
+            raise MailError(codes.TRANSACTION_FAILED, codes.E_NOT_AUTHORIZED, f"<{address}>: relay access denied")
         return Recipient(address, [], [address])

@@ -1,13 +1,12 @@
 """Outbound delivery: takes messages from the queue to the recipients' MX hosts (or a smarthost).
 
-A scheduler claims due messages from :class:`~mailstack.smtp.queue.OutboundQueue`, groups
+A scheduler claims due messages from :class:`~mailstack.outbound.queue.OutboundQueue`, groups
 their recipients by domain, looks up each domain's route in a worker thread
 (:mod:`routing`), and delivers each domain's recipients over one connection per host
 (:mod:`client`), within a cap on connections overall and per domain.  The outcome per
 recipient: 2xx delivered (recorded at once), 4xx or a network failure retried on the backoff
-schedule, 5xx (or expiry) bounced to the sender as an RFC 3464 report (:mod:`dsn`).
-Bounces for local senders go straight into the store; others go back into the queue from
-the null sender.  Nothing here blocks the reactor: disk and DNS work runs in threads.
+schedule, 5xx (or expiry) bounced to the sender as an RFC 3464 report (:mod:`bounce`).
+Nothing here blocks the reactor: disk and DNS work runs in threads.
 """
 
 from __future__ import annotations
@@ -20,9 +19,11 @@ from twisted.internet import defer, ssl, task, threads
 from twisted.logger import Logger
 
 from mailstack.errors import MailError
-from mailstack.smtp import client, dsn
-from mailstack.smtp.queue import DELIVERED, FAILED, PENDING, Envelope, OutboundQueue
-from mailstack.smtp.routing import Hop, MXRouter
+from mailstack.mail import codes
+from mailstack.outbound import client
+from mailstack.outbound.bounce import BounceSender
+from mailstack.outbound.queue import DELIVERED, FAILED, PENDING, Envelope, OutboundQueue
+from mailstack.outbound.routing import Hop, MXRouter
 
 log = Logger()
 
@@ -52,14 +53,13 @@ class RelaySettings:
 class RelayService(service.Service):
     name = "relay"
 
-    def __init__(self, queue: OutboundQueue, router: MXRouter, settings: RelaySettings, deliver_local, reactor=None):
-        """``deliver_local(address, bytes)`` stores a bounce for a local sender (blocking), or
-        returns False when the address is not local."""
+    def __init__(self, queue: OutboundQueue, router: MXRouter, settings: RelaySettings, bounces: BounceSender,
+                 reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.queue, self.router, self.settings = queue, router, settings
-        self.deliver_local = deliver_local
+        self.bounces = bounces
         self.inflight: set[str] = set()
         self.connections = defer.DeferredSemaphore(settings.max_connections)
         self.per_domain: dict[str, defer.DeferredSemaphore] = {}
@@ -147,8 +147,8 @@ class RelayService(service.Service):
             for r in env.pending():
                 if not (r.address.isascii() and env.sender.isascii()):
                     # Twisted's client cannot send SMTPUTF8 (RFC 6531) addresses: say so at once.
-                    r.status, r.code = FAILED, 553
-                    r.diagnostic = "5.6.7 non-ASCII addresses cannot be relayed by this server"
+                    r.status, r.code = FAILED, codes.MAILBOX_NAME_INVALID
+                    r.diagnostic = f"{codes.E_NON_ASCII_ADDRESS} non-ASCII addresses cannot be relayed by this server"
                     continue
                 by_domain.setdefault(r.address.rpartition("@")[2].lower(), []).append(r.address)
             results = yield defer.DeferredList([self._deliver_domain(env, d, rcpts) for d, rcpts in by_domain.items()],
@@ -175,7 +175,7 @@ class RelayService(service.Service):
         try:
             outcome = yield self._try_hops(env, domain, recipients)
         except MailError as e:
-            outcome = {r: (e.code, f"{e.enhanced} {e.message}", "") for r in recipients}
+            outcome = {r: (e.code, f"{e.enhanced} {e.text}", "") for r in recipients}
         finally:
             lock.release()
         for r in env.recipients:
@@ -212,14 +212,14 @@ class RelayService(service.Service):
                 if result.recipients:
                     outcome = {r: (c, t, hop.host) for r, (c, t) in result.recipients.items()}
                     for r in recipients:
-                        outcome.setdefault(r, (451, "4.4.2 no answer for this recipient", hop.host))
+                        outcome.setdefault(r, (codes.LOCAL_ERROR, f"{codes.E_CONNECTION_DROPPED} no answer for this recipient", hop.host))
                     return outcome
                 last = result.error
                 log.info("relay: {id}: {host} [{address}] failed: {error}", id=env.id, host=hop.host, address=address,
                          error=str(last))
                 if last is not None and not last.temporary:
                     break  # a 5xx greeting: this host refuses; the next MX may not
-        raise last or MailError(451, "4.4.4", f"no host for {domain} could be reached")
+        raise last or MailError(codes.LOCAL_ERROR, codes.E_UNROUTABLE_NOW, f"no host for {domain} could be reached")
 
     @defer.inlineCallbacks
     def _attempt(self, env: Envelope, host: str, address: str, port: int, recipients: list[str], use_tls: bool):
@@ -261,7 +261,7 @@ class RelayService(service.Service):
         if pending and now - env.created > s.max_age:
             for r in pending:
                 r.status = FAILED
-                r.diagnostic = f"4.4.7 gave up after {env.attempts} attempts over {int((now - env.created) / 3600)} h; last: {r.diagnostic}"
+                r.diagnostic = f"{codes.E_DELIVERY_EXPIRED} gave up after {env.attempts} attempts over {int((now - env.created) / 3600)} h; last: {r.diagnostic}"
             pending = []
         newly_failed = [r for r in env.recipients if r.status == FAILED and r.address not in failed_before]
         if newly_failed:
@@ -284,20 +284,24 @@ class RelayService(service.Service):
         if not env.sender:
             log.info("relay: {id}: not bouncing a message from the null sender", id=env.id)
             return
-        reports = [dsn.RecipientReport(r.address, action, dsn.enhanced_of(r.code or 451, r.diagnostic),
-                                       f"{r.code} {r.diagnostic}" if r.code else r.diagnostic, r.remote_mta)
-                   for r in recipients]
-
-        def build_and_send():
-            with self.queue.open_message(env.id) as f:
-                head = f.read(64 * 1024)
-            report = dsn.build(self.settings.hostname, env.sender, reports, head, env.id, env.created)
-            if not self.deliver_local(env.sender, report):
-                return self.queue.enqueue("", [env.sender], report)
-            return None
-
-        qid = yield threads.deferToThread(build_and_send)
+        qid = yield threads.deferToThread(self.bounces.send, env, recipients, action)
         log.info("relay: {id}: {action} report to <{sender}>{via}", id=env.id, action=action, sender=env.sender,
                  via=f" queued as {qid}" if qid else " delivered locally")
         if qid:
             self.kick()
+
+
+def build_relay(cfg, store, accounts, reactor) -> RelayService:
+    """The relay as the configuration's ``[relay]`` and ``[dns]`` sections describe it."""
+    r = cfg.relay
+    settings = RelaySettings(
+        hostname=cfg.hostname, port=r["port"], retry_schedule=r["retry_schedule"], max_age=r["max_age"],
+        delay_warning=r["delay_warning"], connect_timeout=r["connect_timeout"], reply_timeout=r["reply_timeout"],
+        max_connections=r["max_connections"], max_connections_per_domain=r["max_connections_per_domain"],
+        tls=r["tls"], plaintext_fallback=r["plaintext_fallback"], scan_interval=r["scan_interval"],
+        smarthost=r["smarthost"], smarthost_tls=r["smarthost_tls"], smarthost_username=r["smarthost_username"],
+        smarthost_password=cfg.smarthost_password, smarthost_ca_file=r["smarthost_ca_file"],
+        smarthost_verify=r["smarthost_verify"])
+    router = MXRouter(cfg.dns["nameservers"], cfg.dns["port"], cfg.dns["timeout"])
+    queue = OutboundQueue(cfg.queue_dir, cfg.store_fsync)
+    return RelayService(queue, router, settings, BounceSender(cfg.hostname, queue, accounts, store), reactor)

@@ -16,6 +16,7 @@ from twisted.internet import defer, endpoints, error as net_error, protocol
 from twisted.mail import smtp
 
 from mailstack.errors import MailError
+from mailstack.mail import codes
 
 
 @dataclass
@@ -104,8 +105,8 @@ class RelayClient(smtp.ESMTPClient):
             code = getattr(exc, "code", -1)
             text = _text(getattr(exc, "resp", b"") or str(exc))
             if code is None or code < 400:
-                code = 451
-            enhanced = "5.0.0" if code >= 500 else "4.4.2"
+                code = codes.LOCAL_ERROR
+            enhanced = codes.E_PERMANENT if code >= 500 else codes.E_CONNECTION_DROPPED
             self.result.error = MailError(code, enhanced, f"{self.result.host}: {text}")
         super().sendError(exc)
 
@@ -115,7 +116,7 @@ class RelayClient(smtp.ESMTPClient):
             self.result.tls_failed = True
         if not self.result.recipients and self.result.error is None:
             why = "TLS handshake failed" if self.result.tls_failed else f"connection lost: {reason.getErrorMessage()}"
-            self.result.error = MailError(451, "4.4.2", f"{self.result.host}: {why}")
+            self.result.error = MailError(codes.LOCAL_ERROR, codes.E_CONNECTION_DROPPED, f"{self.result.host}: {why}")
         if not self.done.called:
             self.done.callback(self.result)
 
@@ -145,7 +146,7 @@ def attempt(reactor, host: str, address: str, port: int, identity: str, sender: 
     def failed(failure):
         if not done.called:
             reason = "connection timed out" if failure.check(net_error.TimeoutError) else failure.getErrorMessage()
-            result.error = MailError(451, "4.4.1", f"{host} [{address}]:{port}: {reason}")
+            result.error = MailError(codes.LOCAL_ERROR, codes.E_NO_ANSWER, f"{host} [{address}]:{port}: {reason}")
             done.callback(result)
 
     endpoint.connect(factory).addErrback(failed)

@@ -9,8 +9,8 @@ Layout under the queue directory::
 
 Claiming a message is ``rename(env/<id>.json, active/...)``: the file system lets exactly one
 process win, so two mailstack processes sharing the directory never send a message twice.
-Every envelope change is written to a temporary file, fsynced and renamed over, so a crash
-leaves either the old or the new state.  After a crash, envelopes in ``active/`` whose
+Every envelope change is written with :func:`mailstack.fsutil.atomic_write` (temporary file,
+fsync, rename over), so a crash leaves either the old or the new state.  After a crash, envelopes in ``active/`` whose
 process is gone are put back.  A recipient is marked delivered the moment the remote server
 has answered 250 to the data, so a duplicate can only come from a crash in that instant.
 
@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator
 
-from mailstack.store.uidlist import fsync_dir
+from mailstack.fsutil import atomic_write, fsync_dir
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
@@ -66,22 +66,18 @@ class Envelope:
         return cls(**raw)
 
 
-def _write_atomic(path: str, data: bytes, fsync: bool) -> None:
-    # A name of its own per write: two threads of one process may update the same envelope.
-    tmp = f"{path}.tmp{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.rename(tmp, path)
-    if fsync:
-        fsync_dir(os.path.dirname(path))
-
-
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _unlink_older(path: str, cutoff: float) -> None:
+    """Remove ``path`` if it was last written before ``cutoff``."""
+    try:
+        if os.stat(path).st_mtime < cutoff:
+            _unlink(path)
     except FileNotFoundError:
         pass
 
@@ -125,6 +121,8 @@ class OutboundQueue:
         """Store a message for delivery; durable when this returns.  Returns its queue id."""
         qid = f"{int(time.time()):x}-{secrets.token_hex(6)}"
         path = self.msg_path(qid)
+        # Streamed from the spool (up to the size limit), so not atomic_write, which takes bytes;
+        # the pid in the name lets recover() clear what a dead process left half-written.
         tmp = f"{path}.tmp{os.getpid()}-{threading.get_ident()}"
         size = 0
         with open(tmp, "wb") as f:
@@ -140,7 +138,7 @@ class OutboundQueue:
             fsync_dir(os.path.dirname(path))
         now = time.time()
         env = Envelope(qid, sender, [RecipientState(r) for r in recipients], created=now, next_attempt=now, size=size)
-        _write_atomic(self.env_path(qid), env.to_json(), self.fsync)
+        atomic_write(self.env_path(qid), env.to_json(), fsync=self.fsync)
         return qid
 
     # -- claiming and releasing ----------------------------------------------------------------
@@ -173,11 +171,11 @@ class OutboundQueue:
 
     def update(self, env: Envelope) -> None:
         """Record progress (a recipient delivered) on a claimed message."""
-        _write_atomic(self.active_path(env.id), env.to_json(), self.fsync)
+        atomic_write(self.active_path(env.id), env.to_json(), fsync=self.fsync)
 
     def release(self, env: Envelope) -> None:
         """Put a claimed message back to wait for its next attempt."""
-        _write_atomic(self.active_path(env.id), env.to_json(), self.fsync)
+        atomic_write(self.active_path(env.id), env.to_json(), fsync=self.fsync)
         os.rename(self.active_path(env.id), self.env_path(env.id))
         if self.fsync:
             fsync_dir(os.path.join(self.dir, "env"))
@@ -218,20 +216,20 @@ class OutboundQueue:
             for name in os.listdir(os.path.join(self.dir, sub)):
                 if ".tmp" not in name:
                     continue
+                path = os.path.join(self.dir, sub, name)
                 pid = name.rsplit(".tmp", 1)[1].split("-", 1)[0]
-                if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                    _unlink(os.path.join(self.dir, sub, name))
+                if pid.isdigit():  # a message being written: ours say which process writes it
+                    if int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                        _unlink(path)
+                elif name.endswith(".tmp"):  # an envelope's, from atomic_write: done in moments when alive
+                    _unlink_older(path, now - orphan_age)
         known = {n[:-5] for n in os.listdir(os.path.join(self.dir, "env")) if n.endswith(".json")}
         known |= {n.split(".", 1)[0] for n in os.listdir(os.path.join(self.dir, "active"))}
         for name in os.listdir(os.path.join(self.dir, "msg")):
             path = os.path.join(self.dir, "msg", name)
             if ".tmp" in name or name in known:
                 continue
-            try:
-                if now - os.stat(path).st_mtime > orphan_age:  # a live process may be between the two writes
-                    _unlink(path)
-            except FileNotFoundError:
-                pass
+            _unlink_older(path, now - orphan_age)  # a live process may be between the two writes
 
     def open_message(self, qid: str):
         return open(self.msg_path(qid), "rb")

@@ -23,6 +23,7 @@ import dns.rdatatype
 import dns.resolver
 
 from mailstack.errors import MailError
+from mailstack.mail import codes
 
 
 @dataclass
@@ -46,15 +47,15 @@ class MXRouter:
         try:
             return list(self.resolver.resolve(name, rdtype, search=False))
         except dns.resolver.NXDOMAIN:
-            raise MailError(550, "5.1.2", f"domain {name} does not exist") from None
+            raise MailError(codes.MAILBOX_UNAVAILABLE, codes.E_NO_SUCH_DOMAIN, f"domain {name} does not exist") from None
         except dns.resolver.NoAnswer:
             return []
         except dns.resolver.NoNameservers as e:
-            raise MailError(451, "4.4.3", f"DNS failure looking up {name} {rdtype}: {e}") from None
+            raise MailError(codes.LOCAL_ERROR, codes.E_ROUTING_TEMPORARY, f"DNS failure looking up {name} {rdtype}: {e}") from None
         except (dns.exception.Timeout, dns.resolver.LifetimeTimeout):
-            raise MailError(451, "4.4.3", f"DNS timeout looking up {name} {rdtype}") from None
+            raise MailError(codes.LOCAL_ERROR, codes.E_ROUTING_TEMPORARY, f"DNS timeout looking up {name} {rdtype}") from None
         except dns.exception.DNSException as e:
-            raise MailError(451, "4.4.3", f"DNS error looking up {name} {rdtype}: {e}") from None
+            raise MailError(codes.LOCAL_ERROR, codes.E_ROUTING_TEMPORARY, f"DNS error looking up {name} {rdtype}: {e}") from None
 
     def addresses(self, host: str) -> list[str]:
         try:
@@ -77,10 +78,11 @@ class MXRouter:
         if not records:
             addresses = self.addresses(domain)
             if not addresses:
-                raise MailError(550, "5.1.2", f"domain {domain} has neither MX nor address records")
+                raise MailError(codes.MAILBOX_UNAVAILABLE, codes.E_NO_SUCH_DOMAIN,
+                                f"domain {domain} has neither MX nor address records")
             return [Hop(domain, addresses)]
         if len(records) == 1 and records[0].exchange == dns.name.root:
-            raise MailError(556, "5.1.10", f"domain {domain} accepts no mail (null MX, RFC 7505)")
+            raise MailError(codes.DOMAIN_ACCEPTS_NO_MAIL, codes.E_NULL_MX, f"domain {domain} accepts no mail (null MX, RFC 7505)")
         by_pref: dict[int, list[str]] = {}
         for r in records:
             if r.exchange != dns.name.root:
@@ -99,5 +101,5 @@ class MXRouter:
                 if addresses:
                     hops.append(Hop(host, addresses))
         if not hops:
-            raise temporary or MailError(451, "4.4.4", f"no MX host of {domain} has an address")
+            raise temporary or MailError(codes.LOCAL_ERROR, codes.E_UNROUTABLE_NOW, f"no MX host of {domain} has an address")
         return hops

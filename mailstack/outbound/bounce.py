@@ -1,0 +1,46 @@
+"""Bounces: the RFC 3464 report (:mod:`dsn`) for recipients that failed or are delayed, sent to
+the original sender from the null reverse-path.
+
+A sender of ours gets the report straight into their mailbox (with the same delivery header
+fields an SMTP delivery gets, :func:`mailstack.mail.headers.delivery_fields`); anyone else's
+goes back into the outbound queue.  Everything here blocks: the relay calls it in a thread.
+"""
+
+from __future__ import annotations
+
+from mailstack.mail import codes
+from mailstack.mail.headers import delivery_fields
+from mailstack.outbound import dsn
+from mailstack.outbound.queue import Envelope, OutboundQueue, RecipientState
+
+#: How much of the original message the report quotes (its header, ``text/rfc822-headers``).
+QUOTED_HEAD = 64 * 1024
+
+
+class BounceSender:
+    def __init__(self, hostname: str, queue: OutboundQueue, accounts, store):
+        self.hostname, self.queue, self.accounts, self.store = hostname, queue, accounts, store
+
+    def send(self, env: Envelope, recipients: list[RecipientState], action: str) -> str | None:
+        """Report ``action`` ("failed" | "delayed") for ``recipients`` of ``env`` to its sender.
+
+        Returns the queue id of the report, or None when it was delivered locally.
+        """
+        reports = [dsn.RecipientReport(r.address, action, dsn.enhanced_of(r.code or codes.LOCAL_ERROR, r.diagnostic),
+                                       f"{r.code} {r.diagnostic}" if r.code else r.diagnostic, r.remote_mta)
+                   for r in recipients]
+        with self.queue.open_message(env.id) as f:
+            head = f.read(QUOTED_HEAD)
+        report = dsn.build(self.hostname, env.sender, reports, head, env.id, env.created)
+        if self.deliver_locally(env.sender, report):
+            return None
+        return self.queue.enqueue("", [env.sender], report)
+
+    def deliver_locally(self, address: str, report: bytes) -> bool:
+        """Store the report for a local ``address``; False when the address is not local."""
+        resolution = self.accounts.resolve(address)
+        if resolution is None or not resolution.local:
+            return False
+        for account in resolution.local:
+            self.store.deliver(account, delivery_fields("", account) + report)
+        return True

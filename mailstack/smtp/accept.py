@@ -1,0 +1,157 @@
+"""What the server does with a message once its data is in: sign it (submission) or check it
+(MX), then store the local copies and queue the rest for the relay.
+
+:class:`SMTPSettings` is what every session of one listener shares; its methods run the
+steps, the session orders them and replies.  Signing and checking read the whole message and
+run in worker threads; local delivery goes through the shared :class:`DeliveryBatcher`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import secrets
+import time
+from dataclasses import dataclass
+
+from twisted.internet import defer, threads
+
+from mailstack import config as config_mod
+from mailstack.errors import MailError
+from mailstack.mail import codes
+from mailstack.mail.headers import delivery_fields
+from mailstack.smtp import authentication
+from mailstack.smtp.delivery import DeliveryBatcher
+from mailstack.smtp.message import MessageSpool
+from mailstack.smtp.policy import SmtpPolicy
+
+
+@dataclass
+class Prepared:
+    """What signing or checking made of a message before it is stored or queued."""
+
+    header: bytes = b""  # header fields to put above the message (DKIM-Signature, Authentication-Results)
+    body: bytes | None = None  # the message to use instead of the spool (None: the spool as it is)
+    action: str = "deliver"  # "deliver" | "junk" | "reject" | "tempfail"
+    reason: str = ""
+
+
+class SMTPSettings:
+    """What every session of one listener shares."""
+
+    def __init__(self, context, listener: config_mod.Listener):
+        cfg = context.config
+        self.hostname = cfg.hostname
+        self.login_gate = context.login_gate
+        self.tls = context.tls
+        self.store = context.store
+        self.max_size = cfg.max_message_size
+        self.max_commands = cfg.max_commands
+        self.timeout = cfg.smtp_timeout
+        self.plaintext_on_loopback = cfg.plaintext_on_loopback
+        self.relay = context.relay
+        self.policy = SmtpPolicy(context.accounts, cfg.domains, cfg.max_recipients, cfg.trusted_networks)
+        self.signer = context.dkim_signer
+        self.checker = context.inbound_checker if listener.protocol == "smtp" else None
+        if context.delivery_batcher is None:  # one for all SMTP listeners, so they batch together
+            context.delivery_batcher = DeliveryBatcher(context.store)
+        self.batcher = context.delivery_batcher
+
+    def prepare(self, spool: MessageSpool, added: bytes, submission: bool, peer: str, sender: str,
+                helo: str) -> defer.Deferred:
+        """Submission: DKIM-sign if the domain has a key; MX: check; fires with :class:`Prepared`."""
+        if submission:
+            domain = self.signer.domain_for(authentication.header_from(spool.head), sender) if self.signer else None
+            return (threads.deferToThread(self.sign, spool, added, domain) if domain
+                    else defer.succeed(Prepared(header=added)))
+        if self.checker is not None:
+            return threads.deferToThread(self.check, spool, peer, sender, helo)
+        return defer.succeed(Prepared())
+
+    def sign(self, spool: MessageSpool, added: bytes, domain: str) -> Prepared:
+        """Submission (worker thread): DKIM-sign what the user sent (RFC 6376) with ``domain``'s key."""
+        message = added + spool.read_all()
+        return Prepared(header=self.signer.sign(message, domain), body=message)
+
+    def check(self, spool: MessageSpool, peer: str, sender: str, helo: str) -> Prepared:
+        """MX (worker thread): SPF, DKIM, DMARC; our own Authentication-Results header on top."""
+        message = spool.read_all()
+        verdict = self.checker.check(message, peer, sender, helo)
+        stripped = authentication.strip_own_results(message, self.hostname)
+        return Prepared(header=verdict.header, body=stripped if stripped != message else None,
+                        action=verdict.action, reason=verdict.reason)
+
+    def deliver(self, prepared: Prepared, received: bytes, spool: MessageSpool, sender: str,
+                accounts: list[str], remote: list[str]) -> defer.Deferred:
+        """Store the local copies, then queue for the outside; fires with (queue id or None, folder).
+
+        Local copies go first (both read the one spool, in turn): a local failure then answers
+        451 before anything is left for elsewhere.
+        """
+        if prepared.action == "reject":
+            raise MailError(codes.MAILBOX_UNAVAILABLE, codes.E_NOT_AUTHORIZED, f"Message refused: {prepared.reason}")
+        if prepared.action == "tempfail":
+            raise MailError(codes.LOCAL_ERROR, codes.E_SECURITY_TEMPORARY,
+                            f"Temporary failure: {prepared.reason}; try again later")
+        head = received + prepared.header
+        body = prepared.body if prepared.body is not None else spool
+        folder = "Junk" if prepared.action == "junk" else "INBOX"
+        d = self.deliver_local(accounts, sender, head, body, folder)
+        if remote:
+            d.addCallback(lambda _: self.relay.enqueue(sender, remote, compose(head, body)))
+        return d.addCallback(lambda qid: (qid, folder))
+
+    def deliver_local(self, accounts: list[str], sender: str, head: bytes, body, folder: str = "INBOX"):
+        """One copy per account, each with its own Return-Path and Delivered-To; a Deferred."""
+        items = [(account, compose(delivery_fields(sender, account) + head, body), folder) for account in accounts]
+        return self.batcher.deliver(items)
+
+
+def compose(head: bytes, body):
+    """Header lines, then the message (the spool, read in the worker thread, or bytes)."""
+    yield head
+    if isinstance(body, bytes):
+        yield body
+    else:
+        yield from body.chunks()
+
+
+@dataclass
+class TraceFacts:
+    """What the Received field says about the session a message came in on."""
+
+    hostname: str
+    session_id: str
+    helo: str
+    peer: str
+    esmtp: bool
+    smtputf8: bool
+    tls: tuple | None  # (protocol version, cipher) under TLS
+    user: str | None  # the authenticated account
+
+
+def trace_fields(t: TraceFacts, recipients, spool: MessageSpool, submission: bool) -> tuple[bytes, bytes]:
+    """(Received (RFC 5321 4.4), Message-ID and Date on submission when missing (RFC 6409 8))."""
+    proto = ("ESMTP" if t.esmtp else "SMTP") + ("S" if t.tls else "") + ("A" if t.user else "")
+    if t.smtputf8 and t.esmtp:
+        proto = "UTF8" + proto
+    lines = [f"Received: from {t.helo} ([{t.peer}])",
+             f"\tby {t.hostname} (mailstack) with {proto} id {t.session_id}"]
+    if t.tls:
+        lines.append(f"\t(using {t.tls[0]} with cipher {t.tls[1]})")
+    if t.user:
+        lines.append(f"\t(authenticated as {t.user})")
+    if len(recipients) == 1:
+        lines.append(f"\tfor <{recipients[0].address}>")
+    lines[-1] += f"; {email.utils.format_datetime(email.utils.localtime())}"
+    added = []
+    if submission:
+        present = spool.header_names()
+        if "message-id" not in present:
+            added.append(f"Message-ID: <{time.strftime('%Y%m%d%H%M%S')}.{secrets.token_hex(8)}@{t.hostname}>")
+        if "date" not in present:
+            added.append(f"Date: {email.utils.format_datetime(email.utils.localtime())}")
+    return _encode(lines), _encode(added)
+
+
+def _encode(lines: list[str]) -> bytes:
+    return "".join(line + "\r\n" for line in lines).encode("utf-8")
