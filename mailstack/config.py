@@ -158,7 +158,7 @@ class Config:
     dns: dict = field(default_factory=dict)  # [dns] resolver for MX, SPF, DKIM, DMARC lookups
     dkim: dict = field(default_factory=dict)  # [dkim] signing of submitted mail
     checks: dict = field(default_factory=dict)  # [checks] SPF/DKIM/DMARC on the MX port
-    relay: dict = field(default_factory=dict)  # [relay], checked; see mailstack.smtp.relay.RelaySettings
+    relay: dict = field(default_factory=dict)  # [relay], checked; see mailstack.outbound.relay.RelaySettings
     queue_dir: str = ""
     smarthost_password: str = field(default="", repr=False)
 

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from mailstack.fsutil import atomic_write, fsync_dir  # noqa: F401  (fsync_dir: smtp/queue.py until it imports fsutil)
+from mailstack.fsutil import atomic_write
 
 UIDLIST = "mailstack-uidlist"
 LOCKFILE = "mailstack-uidlist.lock"
