@@ -1,0 +1,175 @@
+"""Commands of the selected state on messages (RFC 3501 6.4): CHECK, CLOSE, UNSELECT (RFC 3691),
+EXPUNGE and UID EXPUNGE (RFC 4315), STORE (RFC 7162 UNCHANGEDSINCE), COPY (RFC 4315 COPYUID),
+MOVE (RFC 6851) and SEARCH (:mod:`mailstack.imap.search`).  FETCH has its own module.
+
+Each command is ``async def name(session, tag, *arguments, uid=False)`` returning the text of
+its tagged OK or raising :class:`~mailstack.imap.errors.ImapError`.
+"""
+
+from __future__ import annotations
+
+from mailstack.errors import FolderNotFound
+from mailstack.imap import search as searchmod
+from mailstack.imap.errors import Bad, No
+from mailstack.imap.mailboxes import check_flags, mailbox_name
+from mailstack.imap.view import uid_set
+
+
+async def check(s, tag):
+    """RFC 3501 6.4.1: every change is already durable in the store."""
+    return b"CHECK completed"
+
+
+async def close(s, tag):
+    """RFC 3501 6.4.2: expunge \\Deleted messages silently (unless read-only), deselect."""
+    sel = s.sel
+    if not sel.readonly:
+        await s.store_call(_expunge_deleted, sel, None)
+    s.deselect()
+    return b"CLOSE completed"
+
+
+async def unselect(s, tag):
+    """RFC 3691: deselect without expunging."""
+    s.deselect()
+    return b"UNSELECT completed"
+
+
+def _expunge_deleted(sel, only: set | None) -> None:
+    """*Blocking.*  Expunge the \\Deleted messages the client knows (of ``only``, if given)."""
+    snap = sel.folder.snapshot()
+    known = set(sel.uids)
+    doomed = [m.uid for m in snap.messages if "\\Deleted" in m.flags and m.uid in known
+              and (only is None or m.uid in only)]
+    if doomed:
+        sel.folder.expunge(doomed)
+
+
+async def expunge(s, tag, ranges=None, uid=False):
+    """RFC 3501 6.4.3, and UID EXPUNGE (RFC 4315 2.1) with a UID set.  The EXPUNGE
+    responses come from the sync that follows every command."""
+    sel = s.sel
+    if sel.readonly:
+        raise No("the mailbox is read-only (EXAMINE)", "READ-ONLY")
+    only = None if ranges is None else {u for _, u in sel.resolve(ranges, True)}
+    await s.store_call(_expunge_deleted, sel, only)
+    return b"EXPUNGE completed"
+
+
+async def uid_expunge(s, tag, ranges, uid=True):
+    return await expunge(s, tag, ranges, uid=True)
+
+
+_STORE_MODES = {b"FLAGS": "replace", b"+FLAGS": "add", b"-FLAGS": "remove"}
+
+
+async def store(s, tag, ranges, unchangedsince, mode, flags, uid=False):
+    """RFC 3501 6.4.6.  Without .SILENT every message in the set gets a FETCH FLAGS.
+    With (UNCHANGEDSINCE n) (RFC 7162 3.1.3) messages changed since are left alone and
+    listed in [MODIFIED]."""
+    if unchangedsince is not None:
+        s.condstore = True
+    sel = s.sel
+    mode = mode.upper()
+    silent = mode.endswith(b".SILENT")
+    how = _STORE_MODES.get(mode[:-7] if silent else mode)
+    if how is None:
+        raise Bad("STORE needs FLAGS, +FLAGS or -FLAGS")
+    wanted = check_flags(flags)
+    if sel.readonly:
+        raise No("the mailbox is read-only (EXAMINE)", "READ-ONLY")
+    targets = sel.resolve(ranges, uid)
+    if not targets:
+        return b"STORE completed"
+    changed, refused = await s.store_call(sel.folder.set_flags, [u for _, u in targets], wanted, how, unchangedsince)
+    if s.sel is not sel:
+        return b"STORE completed"
+    for line in sel.stored(changed, wanted):
+        s.untagged(line)
+    refused_set = set(refused)
+    for seq, u in targets:
+        if u not in sel.flags or u in refused_set:
+            continue
+        extra = b" UID %d" % u if uid else b""
+        if s.condstore and u in changed:  # RFC 7162 3.1.3: sent even with .SILENT
+            extra += b" MODSEQ (%d)" % changed[u][1]
+            if silent:
+                s.untagged(b"%d FETCH (%s)" % (seq, extra.strip()))
+                continue
+        if not silent:
+            s.untagged(b"%d FETCH (FLAGS %s%s)" % (seq, sel.flag_bytes(u), extra))
+    if refused:
+        numbers = refused if uid else [seq for seq, u in targets if u in refused_set]
+        return b"[MODIFIED " + uid_set(numbers) + b"] conditional STORE failed for some messages"
+    return b"STORE completed"
+
+
+async def copy(s, tag, ranges, raw_name, uid=False, move=False):
+    """RFC 3501 6.4.7 with COPYUID (RFC 4315 3); MOVE (RFC 6851) is copy then expunge."""
+    sel = s.sel
+    if move and sel.readonly:
+        raise No("the mailbox is read-only (EXAMINE)", "READ-ONLY")
+    name = mailbox_name(raw_name)
+    targets = sel.resolve(ranges, uid)
+    mailbox = s.mailbox
+
+    def work():
+        try:
+            dest = mailbox.folder(name)
+        except FolderNotFound:
+            raise No("no such mailbox", "TRYCREATE") from None
+        uids = [u for _, u in targets]
+        pairs = sel.folder.move(uids, dest) if move else sel.folder.copy(uids, dest)
+        return pairs, dest.snapshot().uidvalidity
+
+    pairs, uidvalidity = await s.store_call(work)
+    word = b"MOVE" if move else b"COPY"
+    if targets and not pairs:
+        raise No("the messages were expunged meanwhile", "EXPUNGEISSUED")
+    if not pairs:
+        return word + b" completed"
+    code = b"[COPYUID %d %s %s]" % (uidvalidity, uid_set(p[0] for p in pairs), uid_set(p[1] for p in pairs))
+    if move:
+        s.untagged(b"OK " + code + b" moved")
+        return b"MOVE completed"
+    return code + b" COPY completed"
+
+
+async def move(s, tag, ranges, raw_name, uid=False):
+    return await copy(s, tag, ranges, raw_name, uid=uid, move=True)
+
+
+async def search(s, tag, charset, keys, uid=False):
+    """RFC 3501 6.4.4 (see :mod:`mailstack.imap.search`)."""
+    sel = s.sel
+    cs = (charset or b"US-ASCII").upper()
+    if cs not in (b"US-ASCII", b"UTF-8"):
+        raise No("unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
+    try:
+        tree = searchmod.compile_query(keys, "utf-8")
+    except searchmod.SearchSyntaxError as e:
+        raise Bad(str(e)) from None
+    except (IndexError, AttributeError, TypeError):
+        raise Bad("incomplete search key") from None
+    uids, flags, recent, folder = list(sel.uids), dict(sel.flags), set(sel.recent), sel.folder
+
+    def work():
+        info = folder.snapshot().by_uid()
+        heads = folder.headers([u for u in uids if u in info]) if searchmod.needs_header(tree) else {}
+        may_match = searchmod.header_prefilter(searchmod.required_header_text(tree))
+        candidates = [searchmod.Candidate(folder, seq, u, info[u], flags.get(u, frozenset()), u in recent,
+                                          heads.get(u)) for seq, u in enumerate(uids, 1) if u in info
+                      and (may_match is None or u not in heads or may_match(heads[u]))]
+        return searchmod.run(tree, candidates, len(uids), uids[-1] if uids else 0)
+
+    try:
+        found = await s.store_call(work)
+    except searchmod.SearchSyntaxError as e:
+        raise Bad(str(e)) from None
+    numbers = [c.uid if uid else c.seq for c in found]
+    tail = b""
+    if found and searchmod.uses_modseq(tree):  # RFC 7162 3.1.5
+        s.condstore = True
+        tail = b" (MODSEQ %d)" % max(c.info.modseq for c in found)
+    s.untagged(b"SEARCH" + b"".join(b" %d" % n for n in numbers) + tail)
+    return b"SEARCH completed"

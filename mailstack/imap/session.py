@@ -1,0 +1,595 @@
+"""One IMAP session: RFC 3501 IMAP4rev1 and the extensions in :mod:`mailstack.imap.capabilities`.
+
+The session owns its engine on Twisted's public pieces (``Protocol``, ``TimeoutMixin``):
+
+* a command is read whole (lines and literals, :mod:`mailstack.imap.reader`), then parsed
+  (:mod:`mailstack.imap.parser`) and run; until its tagged response is out, further input
+  waits unread, so responses never interleave;
+* the selected mailbox is a :class:`~mailstack.imap.view.Selected` view of the UIDs the client
+  knows (RFC 3501 2.3.1.2); after each command the store's changes are reported as untagged
+  responses, EXPUNGE only where RFC 3501 7.4.1 allows (never during FETCH, STORE or SEARCH);
+* every store call runs in the reactor's thread pool (:meth:`ImapSession.store_call`).
+
+The commands of the authenticated and selected states live in :mod:`mailstack.imap.mailboxes`,
+:mod:`mailstack.imap.selected` and :mod:`mailstack.imap.fetch`; this module holds the command
+table, the framing, the responses and the commands of any state and before login.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+from twisted.internet import defer, protocol, reactor, threads
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+
+from mailstack import sasl
+from mailstack.errors import StoreError, UnknownUser
+from mailstack.imap import fetch, mailboxes, parser, selected
+from mailstack.imap.capabilities import SessionView, capability_names
+from mailstack.imap.errors import NO_REPLY, Bad, Disconnect, ImapError, No, store_error
+from mailstack.imap.reader import Complete, CommandAssembler, Continue, Framing, LineTooLong, RawCommand, Refused
+from mailstack.imap.view import Selected
+
+log = Logger()
+
+NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "not authenticated", "authenticated", "selected", "logout"
+
+
+@dataclass(frozen=True)
+class Command:
+    """``handler(session, tag, *grammar(arguments))``; ``expunge_ok``: EXPUNGE responses may
+    follow (RFC 3501 7.4.1); ``uid``: the UID form (RFC 3501 6.4.8), passed as ``uid=True``."""
+
+    handler: Callable
+    grammar: Callable = parser.no_arguments
+    expunge_ok: bool = True
+    uid: bool = False
+
+
+def _any_state() -> dict:
+    return {
+        b"CAPABILITY": Command(lambda s, tag: s.capability()),
+        b"NOOP": Command(lambda s, tag: s.noop()),
+        b"LOGOUT": Command(lambda s, tag: s.logout(tag)),
+        b"ID": Command(lambda s, tag, _params: s.identify(), parser.all_tokens),
+    }
+
+
+def _authenticated() -> dict:
+    m = mailboxes
+    return {
+        b"SELECT": Command(m.select, parser.select),
+        b"EXAMINE": Command(m.examine, parser.select),
+        b"CREATE": Command(m.create, parser.one_mailbox),
+        b"DELETE": Command(m.delete, parser.one_mailbox),
+        b"RENAME": Command(m.rename, parser.two_mailboxes),
+        b"SUBSCRIBE": Command(m.subscribe, parser.one_mailbox),
+        b"UNSUBSCRIBE": Command(m.unsubscribe, parser.one_mailbox),
+        b"LIST": Command(m.list_mailboxes, parser.all_tokens),
+        b"LSUB": Command(m.lsub, parser.all_tokens),
+        b"STATUS": Command(m.status, parser.status),
+        b"APPEND": Command(m.append, parser.append),
+        b"NAMESPACE": Command(m.namespace),
+        b"ENABLE": Command(m.enable, parser.all_tokens),
+        b"COMPRESS": Command(lambda s, tag, mech: s.compress(tag, mech), parser.mechanism),
+        b"IDLE": Command(lambda s, tag: s.idle(tag)),
+    }
+
+
+def _selected() -> dict:
+    s, f = selected, fetch
+    return {
+        b"CHECK": Command(s.check),
+        b"CLOSE": Command(s.close),
+        b"UNSELECT": Command(s.unselect),
+        b"EXPUNGE": Command(s.expunge),
+        b"SEARCH": Command(s.search, parser.search, expunge_ok=False),
+        b"FETCH": Command(f.fetch, parser.fetch, expunge_ok=False),
+        b"STORE": Command(s.store, parser.store, expunge_ok=False),
+        b"COPY": Command(s.copy, parser.copy),
+        b"MOVE": Command(s.move, parser.copy),
+        b"UID SEARCH": Command(s.search, parser.search, uid=True),
+        b"UID FETCH": Command(f.fetch, parser.fetch, uid=True),
+        b"UID STORE": Command(s.store, parser.store, uid=True),
+        b"UID COPY": Command(s.copy, parser.copy, uid=True),
+        b"UID MOVE": Command(s.move, parser.copy, uid=True),
+        b"UID EXPUNGE": Command(s.uid_expunge, parser.sequence_set, uid=True),
+    }
+
+
+#: The commands each state accepts (RFC 3501 3, 6).
+COMMANDS: dict[str, dict[bytes, Command]] = {
+    NOT_AUTHENTICATED: {
+        **_any_state(),
+        b"STARTTLS": Command(lambda s, tag: s.starttls(tag)),
+        b"LOGIN": Command(lambda s, tag, user, password: s.login(user, password), parser.login),
+        b"AUTHENTICATE": Command(lambda s, tag, mech, initial: s.authenticate(mech, initial), parser.authenticate),
+    },
+    AUTHENTICATED: {**_any_state(), **_authenticated()},
+    SELECTED: {**_any_state(), **_authenticated(), **_selected()},
+}
+_KNOWN = {name for table in COMMANDS.values() for name in table}
+
+#: Sent by the listener when a connection limit turns a client away (RFC 3501 7.1.5, RFC 5530).
+BUSY = b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
+GREETING = b"mailstack IMAP4rev1 server ready"
+MAX_PENDING_INPUT = 1 << 20  # pipelined input held while a command runs
+PREAUTH_TIMEOUT = 120  # seconds; RFC 3501 5.4 asks for 30 minutes only once authenticated
+INFLATE_CHUNK = 64 * 1024
+SASL_MECHANISMS = ("PLAIN",)
+
+
+class DeflateTransport:
+    """RFC 4978 COMPRESS=DEFLATE: the session's transport, with everything written deflated
+    (raw DEFLATE, RFC 1951) and flushed at each write, so the client can decode each response
+    as it arrives.  Everything else (producers, peer, loseConnection) is the transport's."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(self.deflate.compress(data) + self.deflate.flush(zlib.Z_SYNC_FLUSH))
+
+    def writeSequence(self, seq) -> None:
+        self.write(b"".join(seq))
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+
+class ImapSession(protocol.Protocol, TimeoutMixin):
+    """One client connection, from greeting to LOGOUT."""
+
+    def __init__(self, context, listener, avatar_interface):
+        self.context, self.listener, self.avatar_interface = context, listener, avatar_interface
+        self.secure = listener.tls == "implicit"
+        self.peer = "?"
+        self.state = NOT_AUTHENTICATED
+        self.address: str | None = None
+        self.mailbox = None  # the store's mailbox of the logged-in user
+        self.sel: Selected | None = None
+        self.lost = False
+        self.busy = False  # a command runs: input waits
+        self.commands = 0
+        self.failures = sasl.FailureCounter()
+        self.logout_avatar = None
+        self.framing = Framing()
+        self.assembler = CommandAssembler(self.framing, self.is_append_message, context.config.max_message_size)
+        self.line_waiter: defer.Deferred | None = None  # IDLE's DONE, a SASL response
+        self.idling = False
+        self.flow = None  # the FETCH's producer, while one streams
+        self.sync_lock = defer.DeferredLock()
+        self.condstore = False  # RFC 7162 3.1: once used, flag changes carry their MODSEQ
+        self.qresync = False  # RFC 7162 3.2.3: after ENABLE QRESYNC, expunges are VANISHED
+        self.inflate = None  # RFC 4978: after COMPRESS DEFLATE, input is inflated here
+
+    # -- connection --------------------------------------------------------------------------
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", None) or str(peer)
+        self.setTimeout(PREAUTH_TIMEOUT)
+        self.no_delay()
+        self.write_line(b"* OK [CAPABILITY " + b" ".join(self.capabilities()) + b"] " + GREETING)
+
+    def no_delay(self):
+        """Untagged and tagged responses are often written apart (a thread call in between):
+        with Nagle's algorithm the second waits for the client's delayed ACK, 40 ms a command."""
+        t = self.transport
+        for _ in range(5):
+            setter = getattr(t, "setTcpNoDelay", None)
+            if setter is not None:
+                try:
+                    setter(True)
+                except Exception:
+                    pass
+                return
+            t = getattr(t, "transport", None)
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        self.lost = True
+        self.setTimeout(None)
+        self.assembler.abandon()
+        if self.flow is not None:
+            self.flow.stopProducing()
+        if self.line_waiter is not None:
+            waiter, self.line_waiter = self.line_waiter, None
+            waiter.errback(Disconnect())
+        self.deselect()
+        if self.logout_avatar is not None:
+            logout, self.logout_avatar = self.logout_avatar, None
+            logout()
+
+    def timeoutConnection(self):
+        log.info("imap autologout of {peer}", peer=self.peer)
+        self.close(b"* BYE Autologout; idle for too long")
+
+    def close(self, line: bytes) -> None:
+        self.write_line(line)
+        self.transport.loseConnection()
+
+    def capabilities(self) -> list[bytes]:
+        view = SessionView(can_starttls=self.can_starttls(), login_allowed=self.login_allowed(),
+                           authenticated=self.state in (AUTHENTICATED, SELECTED), compressed=self.inflate is not None)
+        return capability_names(view)
+
+    def can_starttls(self) -> bool:
+        return (self.listener.tls == "starttls" and not self.secure and self.state == NOT_AUTHENTICATED
+                and self.context.tls is not None)
+
+    def login_allowed(self) -> bool:
+        return sasl.login_allowed(self.secure, self.peer, self.context.config.plaintext_on_loopback)
+
+    # -- input: one command at a time ----------------------------------------------------------
+
+    def dataReceived(self, data):
+        if self.lost:
+            return
+        self.resetTimeout()
+        if self.inflate is None:
+            self.receive(data)
+            return
+        try:  # at most 64 KB inflated at a time: a small input inflating to gigabytes meets the same limits
+            while data and not self.lost:
+                piece = self.inflate.decompress(data, INFLATE_CHUNK)
+                data = self.inflate.unconsumed_tail
+                self.receive(piece)
+        except zlib.error:
+            log.info("imap client {peer} sent data that does not inflate", peer=self.peer)
+            self.close(b"* BYE Compressed data error")
+
+    def receive(self, data: bytes) -> None:
+        self.framing.feed(data)
+        self.process()
+        if self.busy and self.line_waiter is None and self.framing.pending() > MAX_PENDING_INPUT:
+            log.warn("imap client {peer} sent too much input without waiting", peer=self.peer)
+            self.framing.clear()
+            self.close(b"* BYE Too much pipelined input")
+
+    def process(self) -> None:
+        """Act on what has arrived, as far as the running command allows."""
+        try:
+            while not self.lost:
+                if self.line_waiter is not None:
+                    line = self.framing.line()
+                    if line is None:
+                        return
+                    waiter, self.line_waiter = self.line_waiter, None
+                    waiter.callback(line)
+                    continue
+                if self.busy:
+                    return
+                event = self.assembler.step()
+                if event is None:
+                    return
+                self.act_on(event)
+        except LineTooLong:
+            self.framing.clear()
+            self.close(b"* BYE Command line too long")
+
+    def act_on(self, event) -> None:
+        if isinstance(event, Continue):
+            self.continuation(b"Ready for literal data")
+        elif isinstance(event, Refused):
+            if event.fatal:
+                self.close(b"* " + event.status + b" " + event.text)
+            else:
+                self.write_line(event.tag + b" " + event.status + b" " + event.text)
+        elif isinstance(event, Complete):
+            self.execute(event.command)
+
+    def read_line(self) -> defer.Deferred:
+        """The client's next line (a SASL response, IDLE's DONE)."""
+        self.line_waiter = defer.Deferred()
+        reactor.callLater(0, self.process)  # it may be here already
+        return self.line_waiter
+
+    def is_append_message(self, command: RawCommand) -> bool:
+        """Is the literal announced now APPEND's message (``APPEND mailbox [flags] [date] literal``)?"""
+        if self.state not in (AUTHENTICATED, SELECTED):
+            return False
+        words = command.texts[0].split(b" ", 2)
+        if len(words) < 2 or words[1].upper() != b"APPEND":
+            return False
+        try:
+            return len(parser.tokens(command, len(words[0]) + len(words[1]) + 2)) >= 1
+        except parser.ParseError:
+            return False
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    def execute(self, raw: RawCommand) -> None:
+        self.busy = True
+        self.commands += 1
+        if self.commands > self.context.config.max_commands:
+            raw.close()
+            log.warn("imap session of {peer} closed: too many commands", peer=self.peer)
+            self.close(b"* BYE too many commands in one session")
+            return
+        try:
+            tag, command, args = self.parse(raw)
+        except ImapError as e:
+            raw.close()
+            self.tagged(raw.tag, e.status, e.line())
+            return
+        self.run(tag, command, args)
+
+    def parse(self, raw: RawCommand) -> tuple[bytes, Command, tuple]:
+        tag = raw.tag
+        if tag == b"*":
+            raise Bad("invalid or missing tag")
+        words = raw.texts[0].split(b" ", 3)
+        if len(words) < 2 or not words[1]:
+            raise Bad("missing command")
+        name, used = words[1].upper(), 2
+        if name == b"UID" and len(words) > 2:
+            name, used = name + b" " + words[2].upper(), 3
+        table = COMMANDS.get(self.state, {})
+        command = table.get(name)
+        if command is None:
+            raise Bad(self.unavailable(name))
+        start = sum(len(w) + 1 for w in words[:used])
+        try:
+            args = command.grammar(parser.Arguments(parser.tokens(raw, start)))
+        except parser.ParseError as e:
+            raise Bad("syntax error: " + str(e)[:200]) from None
+        return tag, command, args
+
+    def unavailable(self, name: bytes) -> str:
+        text = name.decode("ascii", "replace")
+        if name not in _KNOWN:
+            return "UID works with COPY, MOVE, FETCH, SEARCH, STORE and EXPUNGE" if text.startswith("UID") \
+                else "unknown command"
+        if self.state == NOT_AUTHENTICATED:
+            return f"{text} is not valid before login"
+        if self.state == AUTHENTICATED:
+            return f"{text} needs a selected mailbox"
+        return f"{text} is not valid now"
+
+    def run(self, tag: bytes, command: Command, args: tuple) -> None:
+        kw = {"uid": True} if command.uid else {}
+        expunge_ok = command.expunge_ok
+
+        async def go():
+            result = await command.handler(self, tag, *args, **kw)
+            if result is not NO_REPLY and self.sel is not None and not self.lost:
+                await self.sync(expunge_ok)
+            return result
+
+        def done(result):
+            if result is not NO_REPLY:
+                self.tagged(tag, b"OK", result or b"completed")
+
+        d = defer.ensureDeferred(go())
+        d.addCallbacks(done, self.failed, errbackArgs=(tag,))
+        d.addErrback(lambda f: log.failure("imap response failed for {peer}", f, peer=self.peer))
+
+    def failed(self, failure, tag: bytes) -> None:
+        e = failure.value
+        if isinstance(e, StoreError):
+            e = store_error(e)
+        if isinstance(e, ImapError):
+            self.tagged(tag, e.status, e.line())
+        elif isinstance(e, Disconnect):
+            self.finished()
+        else:
+            log.failure("imap command failed for {peer}", failure, peer=self.peer)
+            self.tagged(tag, b"NO", b"[SERVERBUG] internal server error")
+
+    # -- responses -------------------------------------------------------------------------------
+
+    def write_line(self, line: bytes) -> None:
+        if not self.lost:
+            self.transport.write(line + b"\r\n")
+
+    def tagged(self, tag: bytes, status: bytes, text: bytes) -> None:
+        self.write_line(tag + b" " + status + (b" " + text if text else b""))
+        self.finished()
+
+    def untagged(self, text: bytes) -> None:
+        self.write_line(b"* " + text)
+
+    def continuation(self, text: bytes) -> None:
+        self.write_line(b"+ " + text)
+
+    def finished(self) -> None:
+        """The running command sent its tagged response: read the next one."""
+        if self.busy:
+            self.busy = False
+            reactor.callLater(0, self.process)
+
+    # -- the selected mailbox --------------------------------------------------------------------
+
+    async def store_call(self, fn, *args):
+        """``fn(*args)`` in a worker thread; store exceptions become NO with RFC 5530 codes."""
+        try:
+            return await threads.deferToThread(fn, *args)
+        except StoreError as e:
+            raise store_error(e) from None
+
+    def opened(self, sel: Selected) -> None:
+        self.sel, self.state = sel, SELECTED
+        if self.context.watcher is not None:
+            sel.subscription = self.context.watcher.subscribe(sel.folder.path, self.folder_changed)
+
+    def deselect(self) -> None:
+        sel, self.sel = self.sel, None
+        if sel is not None and sel.subscription is not None:
+            sel.subscription.cancel()
+        if self.state == SELECTED:
+            self.state = AUTHENTICATED
+
+    def folder_changed(self) -> None:
+        if self.idling:
+            self.idle_sync()
+
+    def idle_sync(self) -> None:
+        d = defer.ensureDeferred(self.sync(True))
+        d.addErrback(lambda f: log.failure("imap IDLE update failed for {peer}", f, peer=self.peer))
+
+    async def sync(self, expunge: bool) -> None:
+        """Report what changed in the selected folder since the client last heard (see
+        :meth:`Selected.resync`); only one sync runs at a time."""
+        await self.sync_lock.acquire()
+        try:
+            sel = self.sel
+            if sel is None or self.lost:
+                return
+            folder, last = sel.folder, sel.last_uid()
+
+            def work():
+                snap = folder.snapshot()
+                if snap is sel.synced:  # the store hands out the same snapshot while nothing changed
+                    return snap, None
+                taken = []
+                if not sel.readonly and any(m.recent and m.uid > last for m in snap.messages):
+                    taken = folder.take_recent()
+                    snap = folder.snapshot()
+                return snap, taken
+
+            try:
+                snap, taken = await threads.deferToThread(work)
+            except StoreError as e:
+                log.warn("imap cannot refresh {folder} for {user}: {error}", folder=folder.name,
+                         user=self.address, error=str(e))
+                return
+            if self.sel is not sel or self.lost or taken is None:
+                return
+            for line in sel.resync(snap, taken, last, expunge, self.qresync, self.condstore):
+                self.untagged(line)
+        finally:
+            self.sync_lock.release()
+
+    # -- any state (RFC 3501 6.1) ------------------------------------------------------------------
+
+    async def capability(self):
+        """RFC 3501 6.1.1; the list is :data:`mailstack.imap.capabilities.CAPABILITIES`."""
+        self.untagged(b"CAPABILITY " + b" ".join(self.capabilities()))
+        return b"CAPABILITY completed"
+
+    async def noop(self):
+        """RFC 3501 6.1.2: the store's changes are reported after every command."""
+        return b"NOOP completed"
+
+    async def logout(self, tag: bytes):
+        self.untagged(b"BYE mailstack IMAP4rev1 server logging out")
+        self.deselect()
+        self.state = LOGOUT
+        self.tagged(tag, b"OK", b"LOGOUT completed")
+        self.transport.loseConnection()
+        return NO_REPLY
+
+    async def identify(self):
+        """RFC 2971: the client's ID is ignored; ours names the software only."""
+        self.untagged(b'ID ("name" "mailstack")')
+        return b"ID completed"
+
+    # -- not authenticated (RFC 3501 6.2) ----------------------------------------------------------
+
+    async def starttls(self, tag: bytes):
+        """RFC 3501 6.2.1.  Input pipelined after STARTTLS is discarded: it arrived in the clear."""
+        if not self.can_starttls():
+            raise Bad("STARTTLS is not available" + (" (TLS is already active)" if self.secure else ""))
+        self.framing.clear()
+        self.tagged(tag, b"OK", b"Begin TLS negotiation now")
+        self.secure = True
+        self.transport.startTLS(self.context.tls)
+        return NO_REPLY
+
+    async def login(self, user: bytes, password: bytes):
+        """RFC 3501 6.2.3."""
+        if not self.login_allowed():
+            raise No("LOGIN is disabled without TLS: use STARTTLS first", "PRIVACYREQUIRED")
+        return await self.check_password(user, password, "LOGIN")
+
+    async def authenticate(self, mechanism: bytes, initial: bytes | None):
+        """RFC 3501 6.2.2 with SASL PLAIN (RFC 4616) and the initial response of RFC 4959."""
+        if mechanism.upper().decode("ascii", "replace") not in SASL_MECHANISMS:
+            raise No("unsupported authentication mechanism (use PLAIN)", "CANNOT")
+        if not self.login_allowed():
+            raise No("authentication is disabled without TLS: use STARTTLS first", "PRIVACYREQUIRED")
+        exchange = None
+        try:
+            exchange = sasl.start(mechanism.decode("ascii"), initial, SASL_MECHANISMS)
+            while exchange.challenge is not None:
+                self.continuation(base64.b64encode(exchange.challenge))
+                exchange.respond(await self.read_line())
+        except sasl.SaslError as e:
+            if e.kind == "identity":
+                self.refused(exchange.credentials.authcid, "AUTHENTICATE PLAIN", str(e))
+            raise Bad(str(e)) from None
+        creds = exchange.credentials
+        return await self.check_password(creds.authcid, creds.password, "AUTHENTICATE PLAIN")
+
+    def refused(self, user: bytes, method: str, why: str):
+        log.warn("imap authentication failed for {user} from {peer} ({method}: {why})",
+                 user=sasl.shown(user), peer=self.peer, method=method, why=why)
+        if self.failures.failed():
+            self.untagged(b"BYE Too many authentication failures")
+            reactor.callLater(0, self.transport.loseConnection)
+        raise No("Authentication failed", "AUTHENTICATIONFAILED")
+
+    async def check_password(self, user: bytes, password: bytes, method: str):
+        gate = self.context.login_gate
+        try:
+            result = await sasl.authenticate(gate, user, password, self.peer, self.listener.key, self.avatar_interface)
+        except sasl.LoginRefused:
+            self.refused(user, method, "bad user name or password")
+        except sasl.LoginThrottled as e:
+            raise No(str(e), "UNAVAILABLE") from None  # RFC 5530 3: temporary, try later
+        except sasl.LoginUnavailable:
+            raise No("authentication is unavailable, try again later", "UNAVAILABLE") from None
+        account = result.avatar
+        try:
+            mailbox = await threads.deferToThread(account.mailbox)
+        except UnknownUser as e:
+            result.logout()
+            log.warn("imap mailbox unusable for {user} from {peer}: {error}", user=account.address,
+                     peer=self.peer, error=str(e))
+            raise No("this account has no usable mailbox", "UNAVAILABLE") from None
+        if self.lost:
+            result.logout()
+            return NO_REPLY
+        self.logout_avatar = result.logout
+        self.address, self.mailbox = account.address, mailbox
+        self.state = AUTHENTICATED
+        self.setTimeout(self.context.config.imap_autologout)
+        log.info("imap login {user} from {peer} ({method})", user=account.address, peer=self.peer, method=method)
+        return b"[CAPABILITY " + b" ".join(self.capabilities()) + b"] Logged in"
+
+    # -- authenticated, of the session itself --------------------------------------------------------
+
+    async def compress(self, tag: bytes, mechanism: bytes):
+        """RFC 4978: from the tagged OK on, both directions are raw DEFLATE."""
+        if self.inflate is not None:
+            raise No("compression is already active", "COMPRESSIONACTIVE")
+        if mechanism.upper() != b"DEFLATE":
+            raise Bad("the only compression mechanism is DEFLATE")
+        if self.framing.pending():  # RFC 4978 3: the client waits for the OK before compressing
+            raise Bad("no command may follow COMPRESS before its response")
+        self.tagged(tag, b"OK", b"DEFLATE active")
+        log.info("imap compression on for {user} from {peer}", user=self.address, peer=self.peer)
+        if not self.lost:
+            self.transport = DeflateTransport(self.transport)
+            self.inflate = zlib.decompressobj(-15)
+        return NO_REPLY
+
+    async def idle(self, tag: bytes):
+        """RFC 2177.  Changes to the selected folder (this process: at once; others: inotify,
+        within about a second) are pushed as they happen, until the client sends DONE."""
+        self.idling = True
+        self.continuation(b"idling")
+        if self.sel is not None:
+            self.idle_sync()
+        try:
+            line = await self.read_line()
+        finally:
+            self.idling = False
+        if line.strip().upper() != b"DONE":
+            raise Bad("expected DONE")
+        return b"IDLE terminated"
