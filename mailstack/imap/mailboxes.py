@@ -42,6 +42,15 @@ def wire_name(name: str) -> bytes:
     return msgmod.nstring(encode_mutf7(name).encode("ascii"))
 
 
+def destination(mailbox, name: str):
+    """*Blocking.*  The folder APPEND, COPY or MOVE writes to; NO [TRYCREATE] when it does
+    not exist (RFC 3501 6.3.11, 6.4.7)."""
+    try:
+        return mailbox.folder(name)
+    except FolderNotFound:
+        raise No("no such mailbox", "TRYCREATE") from None
+
+
 def check_flags(flags) -> list[str]:
     """Flags a client may set: the system flags (any case) and keywords (RFC 3501 2.3.2)."""
     out = []
@@ -379,10 +388,7 @@ async def append(s, tag, raw_name, flags, date, message):
         mailbox = s.mailbox
 
         def work():
-            try:
-                folder = mailbox.folder(name)
-            except FolderNotFound:
-                raise No("no such mailbox", "TRYCREATE") from None
+            folder = destination(mailbox, name)
             uid = folder.append(message, stored_flags, when)
             return folder.snapshot().uidvalidity, uid
 

@@ -181,8 +181,8 @@ class CommandAssembler:
         return Continue() if sync else self.step()
 
     def _refuse(self, size: int, sync: bool, message: bool) -> Refused | None:
-        limit = self.message_limit if message else self.max_command - self.size
-        if size <= limit:
+        limit = self.message_limit if message else self.max_command
+        if size <= (self.message_limit if message else self.max_command - self.size):
             return None
         tag = self.command.tag
         self.abandon()

@@ -8,10 +8,9 @@ its tagged OK or raising :class:`~mailstack.imap.errors.ImapError`.
 
 from __future__ import annotations
 
-from mailstack.errors import FolderNotFound
 from mailstack.imap import search as searchmod
 from mailstack.imap.errors import Bad, No
-from mailstack.imap.mailboxes import check_flags, mailbox_name
+from mailstack.imap.mailboxes import check_flags, destination, mailbox_name
 from mailstack.imap.view import uid_set
 
 
@@ -114,10 +113,7 @@ async def copy(s, tag, ranges, raw_name, uid=False, move=False):
     mailbox = s.mailbox
 
     def work():
-        try:
-            dest = mailbox.folder(name)
-        except FolderNotFound:
-            raise No("no such mailbox", "TRYCREATE") from None
+        dest = destination(mailbox, name)
         uids = [u for _, u in targets]
         pairs = sel.folder.move(uids, dest) if move else sel.folder.copy(uids, dest)
         return pairs, dest.snapshot().uidvalidity
