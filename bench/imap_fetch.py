@@ -3,7 +3,7 @@
     python bench/imap_fetch.py [--messages 5000] [--large-mb 50] [--seed 1]
 
 Builds one INBOX of N messages (2-20 KB of text each) plus one large message, starts mailstack
-(tests/conftest.py's MailServer, a real twistd process) and, over one imaps session with
+(tests/support/servers.py's MailServer, a real twistd process) and, over one imaps session with
 imaplib, times what Thunderbird does on a first sync:
 
 * SELECT INBOX;
@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import PASSWORDS, MailServer  # noqa: E402
+from support.servers import PASSWORDS  # noqa: E402
+from support.servers import MailServer  # noqa: E402
 from mailstack.store import MaildirStore  # noqa: E402
 
 USER = "bob@example.test"

@@ -6,7 +6,7 @@ For every folder size N it writes one INBOX of N realistic messages (2-20 KB, va
 about a quarter multipart) straight into mailstack's store as Maildir files with ",S=<size>"
 names (a third in new/, the rest in cur/ with ":2,S" or ":2,FS"), so mailstack gives them UIDs
 at the first SELECT; it copies that Maildir for Dovecot.  It then starts mailstack
-(tests/conftest.py's MailServer, a real twistd process) and, after it, Dovecot (``dovecot -F``
+(tests/support/servers.py's MailServer, a real twistd process) and, after it, Dovecot (``dovecot -F``
 with a throw-away configuration: apt-get install dovecot-imapd), and with one plain-socket
 IMAP client over plaintext loopback measures, as client wall time:
 
@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import PASSWORDS, MailServer  # noqa: E402
+from support.servers import PASSWORDS  # noqa: E402
+from support.servers import MailServer  # noqa: E402
 from mailstack.store import MaildirStore  # noqa: E402
 
 USER = "bob@example.test"

@@ -3,7 +3,7 @@
     python bench/pop3_retr.py [--messages 10000] [--seed 1] [--keep DIR]
 
 Builds one maildrop of N messages (2-20 KB of text each), copies it for Dovecot, starts
-mailstack (tests/conftest.py's MailServer, a real twistd process) and Dovecot (``dovecot -F``
+mailstack (tests/support/servers.py's MailServer, a real twistd process) and Dovecot (``dovecot -F``
 with a throw-away configuration, when installed: apt-get install dovecot-pop3d), and RETRs
 every message with poplib over one loopback session each.  Prints messages/s and MB/s for
 both and their ratio.  Dovecot needs the dovecot and dovenull users its Debian package makes.
@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import PASSWORDS, MailServer  # noqa: E402
+from support.servers import PASSWORDS  # noqa: E402
+from support.servers import MailServer  # noqa: E402
 from mailstack.store import MaildirStore  # noqa: E402
 
 USER = "bob@example.test"
