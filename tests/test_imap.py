@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import imaplib
-import os
 import re
 import shutil
 import smtplib
@@ -19,7 +18,7 @@ import time
 import imapclient
 import pytest
 
-from support.clients import ImapClient as Raw, imap_login as raw_login
+from support.clients import Fetchmail, ImapClient as Raw, imap_login as raw_login
 from support.messages import message
 from support.servers import PASSWORDS
 from mailstack.store import MaildirStore
@@ -701,34 +700,17 @@ def test_curl_imaps_and_starttls(srv):
 @pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail not installed (apt-get install fetchmail)")
 def test_fetchmail_imap_fetches_unseen_once(srv, tmp_path):
     deliver(srv, message(1), message(2))
-    home = tmp_path / "fm"
-    home.mkdir()
-    out = home / "mbox"
-    rc = home / "fetchmailrc"
-    rc.write_text(
-        "set no syslog\n"
-        f'poll localhost via 127.0.0.1 with proto IMAP service {srv.port("imap")}\n'
-        f'  user "{BOB}" there with password "{PASSWORDS[BOB]}" is root here\n'
-        f'  keep sslproto TLS1.2+ sslcertck sslcertfile "{srv.ca_file}" sslcommonname localhost\n'
-        f'  mda "cat >> {out}"\n'
-    )
-    rc.chmod(0o600)
-    env = dict(os.environ, HOME=str(home), FETCHMAILHOME=str(home))
-
-    def run():
-        return subprocess.run(["fetchmail", "-f", str(rc), "--nodetach", "-v"], env=env, capture_output=True,
-                              text=True, timeout=60)
-
-    first = run()
+    fm = Fetchmail(srv, tmp_path / "fm", "IMAP")
+    first = fm.run()
     assert first.returncode == 0, first.stdout + first.stderr
-    assert out.read_bytes().count(b"Subject: message ") == 2
+    assert fm.fetched() == 2
     assert "STARTTLS" in first.stdout + first.stderr
-    second = run()
+    second = fm.run()
     assert second.returncode == 1, second.stdout + second.stderr  # 1: no new mail (the two are \Seen)
     deliver(srv, message(3))
-    third = run()
+    third = fm.run()
     assert third.returncode == 0, third.stdout + third.stderr
-    assert out.read_bytes().count(b"Subject: message ") == 3
+    assert fm.fetched() == 3
     flags = [m.flags for m in store(srv).mailbox(BOB).folder("INBOX").snapshot().messages]
     assert len(flags) == 3 and all("\\Seen" in f for f in flags)  # keep: still there, now \Seen
 

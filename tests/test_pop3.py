@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from support.clients import Pop3Client as Raw, pop3_login as raw_login
+from support.clients import Fetchmail, Pop3Client as Raw, pop3_login as raw_login
 from support.messages import message as build_message
 from support.servers import PASSWORDS
 from support.waiting import wait_for
@@ -486,35 +486,19 @@ def test_50mb_message_streams_without_loading_it(srv):
 def test_fetchmail_keep_uidl_fetches_each_message_once(srv, tmp_path):
     deliver(srv, message(1), message(2))
     home = tmp_path / "fm"
-    home.mkdir()
-    out = home / "mbox"
-    rc = home / "fetchmailrc"
-    rc.write_text(
-        "set no syslog\n"
-        f'poll localhost via 127.0.0.1 with proto POP3 service {srv.port("pop3")} uidl\n'
-        f'  user "{BOB}" there with password "{PASSWORDS[BOB]}" is root here\n'
-        f'  keep sslproto TLS1.2+ sslcertck sslcertfile "{srv.ca_file}" sslcommonname localhost\n'
-        f'  mda "cat >> {out}"\n'
-    )
-    rc.chmod(0o600)
-    env = dict(os.environ, HOME=str(home), FETCHMAILHOME=str(home))
-
-    def run():
-        return subprocess.run(["fetchmail", "-f", str(rc), "-i", str(home / "ids"), "--nodetach", "-v"],
-                              env=env, capture_output=True, text=True, timeout=60)
-
-    first = run()
+    fm = Fetchmail(srv, home, "POP3", extra="uidl", args=("-i", str(home / "ids")))
+    first = fm.run()
     assert first.returncode == 0, first.stdout + first.stderr
-    assert out.read_bytes().count(b"Subject: message ") == 2
+    assert fm.fetched() == 2
     assert "STLS" in first.stdout + first.stderr
-    second = run()
+    second = fm.run()
     assert second.returncode == 1, second.stdout + second.stderr  # 1: no new mail
-    assert out.read_bytes().count(b"Subject: message ") == 2
+    assert fm.fetched() == 2
     deliver(srv, message(3))
-    third = run()
+    third = fm.run()
     assert third.returncode == 0, third.stdout + third.stderr
-    assert out.read_bytes().count(b"Subject: message 3") == 1
-    assert out.read_bytes().count(b"Subject: message ") == 3
+    assert fm.fetched(b"Subject: message 3") == 1
+    assert fm.fetched() == 3
     assert len(maildir_files(srv)) == 3  # keep
 
 

@@ -32,7 +32,8 @@ class SearchSyntaxError(ValueError):
 def parse_seqset(text: bytes) -> list[tuple[int | None, int | None]]:
     """RFC 3501 sequence-set -> [(low, high)], None for "*"; SearchSyntaxError if malformed."""
     if not SEQSET_RE.match(text):
-        raise SearchSyntaxError(f"invalid sequence set {text[:40]!r}")
+        shown = "".join(chr(c) if 0x21 <= c < 0x7F else "?" for c in text[:40])
+        raise SearchSyntaxError(f"invalid sequence set {shown}")
     out = []
     for item in text.split(b","):
         lo, _, hi = item.partition(b":")

@@ -347,7 +347,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
                 else "unknown command"
         if self.state == NOT_AUTHENTICATED:
             return f"{text} is not valid before login"
-        if self.state == AUTHENTICATED:
+        if self.state == AUTHENTICATED and name in COMMANDS[SELECTED]:
             return f"{text} needs a selected mailbox"
         return f"{text} is not valid now"
 

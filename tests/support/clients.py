@@ -8,12 +8,14 @@ check that the server closed it.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
+import subprocess
 
 from support.servers import PASSWORDS
 
-__all__ = ["LineClient", "SmtpClient", "ImapClient", "Pop3Client", "imap_login", "pop3_login"]
+__all__ = ["LineClient", "SmtpClient", "ImapClient", "Pop3Client", "Fetchmail", "imap_login", "pop3_login"]
 
 BOB = "bob@example.test"
 
@@ -152,3 +154,34 @@ def pop3_login(srv, user: str = BOB) -> Pop3Client:
     client = Pop3Client(srv.port("pop3"))
     client.login(user)
     return client
+
+
+class Fetchmail:
+    """fetchmail polling ``srv`` as ``user`` over ``proto`` (IMAP or POP3) with TLS verified
+    against the test CA, keeping the mail on the server and appending what it fetches to
+    :attr:`mbox`.  ``extra`` goes on the poll line (``uidl``); ``args`` on each run's command
+    line (``-i ids``)."""
+
+    def __init__(self, srv, home, proto: str, user: str = BOB, extra: str = "", args: tuple[str, ...] = ()):
+        home.mkdir(exist_ok=True)
+        self.mbox = home / "mbox"
+        self.rc = home / "fetchmailrc"
+        service = srv.port("imap" if proto == "IMAP" else "pop3")
+        self.rc.write_text(
+            "set no syslog\n"
+            f"poll localhost via 127.0.0.1 with proto {proto} service {service} {extra}\n"
+            f'  user "{user}" there with password "{PASSWORDS[user]}" is root here\n'
+            f'  keep sslproto TLS1.2+ sslcertck sslcertfile "{srv.ca_file}" sslcommonname localhost\n'
+            f'  mda "cat >> {self.mbox}"\n'
+        )
+        self.rc.chmod(0o600)
+        self.env = dict(os.environ, HOME=str(home), FETCHMAILHOME=str(home))
+        self.args = list(args)
+
+    def run(self):
+        """One poll; fetchmail exits 0 when it fetched mail, 1 when there was none."""
+        return subprocess.run(["fetchmail", "-f", str(self.rc), *self.args, "--nodetach", "-v"],
+                              env=self.env, capture_output=True, text=True, timeout=60)
+
+    def fetched(self, needle: bytes = b"Subject: message ") -> int:
+        return self.mbox.read_bytes().count(needle)
