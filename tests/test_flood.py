@@ -11,12 +11,7 @@ from pathlib import Path
 
 import pytest
 
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from support.proc import rss_mb
 
 
 @pytest.fixture

@@ -51,19 +51,21 @@ class DotDecoder:
         return out, done, rest
 
 
-def _safe_cut(buf: bytes) -> int:
-    """Where ``buf`` may be cut without splitting a possible ``CRLF.CRLF`` or ``CRLF.``.
+_TERMINATOR = b"\r\n.\r\n"
 
-    Every byte of those sequences is CR, LF or ".", so a cut right after any other byte
-    splits neither.  Four bytes stay behind in any case (a terminator's beginning).
+
+def _safe_cut(buf: bytes) -> int:
+    """Where ``buf`` may be cut: before its longest suffix that could begin ``CRLF.CRLF``.
+
+    Only a proper prefix of the terminator (``CR``, ``CRLF``, ``CRLF.``, ``CRLF.CR``) can
+    change meaning with the bytes still to come; both the terminator and a stuffed dot
+    (``CRLF.``) start with CRLF, so no cut elsewhere splits one.  At most four bytes stay
+    behind, so a run of dots or of lines without end costs linear time (issue 14).
     """
-    for p in range(len(buf) - 4, max(len(buf) - 68, 0), -1):
-        if buf[p - 1] not in b"\r\n.":
-            return p
-    cut = buf.rfind(b"\r\n")
-    if cut >= 0:
-        return cut
-    return len(buf) - 1 if buf.endswith(b"\r") else len(buf)
+    for size in (4, 3, 2, 1):
+        if buf.endswith(_TERMINATOR[:size]):
+            return len(buf) - size
+    return len(buf)
 
 
 def _has_bare_newline(data: bytes) -> bool:
