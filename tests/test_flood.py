@@ -7,7 +7,6 @@ import resource
 import smtplib
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
