@@ -10,6 +10,11 @@ Aliases file: ``source: target, target`` a line.  ``source`` is an address or ``
 Plus-addressing (``bob+lists@example.test``) reaches bob unless an alias names the full
 address.
 
+Send-as file: ``user@domain: identity, identity`` a line: the addresses (or ``@domain`` for
+any address of a domain) a user may send as besides their own and the aliases that reach
+them, e.g. a shared ``sales@`` that is not an alias.  Submission holds MAIL FROM and the
+header From and Sender to this (Postfix's ``reject_sender_login_mismatch``).
+
 Both files are re-read whenever they change on disk (checked on each use: one ``stat``), so
 ``mailstack user add`` takes effect in a running server at once.  Edits from the CLI go
 through :class:`UsersFile`/:class:`AliasesFile`, which keep comments and write atomically.
@@ -265,6 +270,10 @@ class UsersFile(_WatchedFile):
 
 
 class AliasesFile(_WatchedFile):
+    #: what a line's targets may be besides addresses: ``@domain`` in a send-as file
+    DOMAIN_TARGETS = False
+    FORM = "'alias@domain: target, ...' or '@domain: target'"
+
     def __init__(self, path: str):
         super().__init__(path)
         self.aliases: dict[str, list[str]] = {}
@@ -278,14 +287,14 @@ class AliasesFile(_WatchedFile):
             source, sep, targets = text.partition(":")
             source = normalise_address(source)
             where = f"line {n}"
-            ok_source = valid_address(source) or (source.startswith("@") and valid_address("x" + source))
+            ok_source = valid_address(source) or (not self.DOMAIN_TARGETS and _domain_pattern(source))
             if not sep or not ok_source:
-                raise ConfigError(self.path, where, f"expected 'alias@domain: target, ...' or '@domain: target', got {text[:60]!r}")
+                raise ConfigError(self.path, where, f"expected {self.FORM}, got {text[:60]!r}")
             dests = [normalise_address(t) for t in targets.split(",") if t.strip()]
             if not dests:
                 raise ConfigError(self.path, where, f"{source} has no target")
             for d in dests:
-                if not valid_address(d):
+                if not (valid_address(d) or (self.DOMAIN_TARGETS and _domain_pattern(d))):
                     raise ConfigError(self.path, where, f"{source}: target {d!r} is not an address")
             aliases.setdefault(source, []).extend(d for d in dests if d not in aliases.get(source, []))
         self.aliases = aliases
@@ -310,6 +319,17 @@ class AliasesFile(_WatchedFile):
         self._edit(change)
 
 
+class SendAsFile(AliasesFile):
+    """``user@domain: identity, ...``: what else a user may send as (``@domain``: all of it)."""
+
+    DOMAIN_TARGETS = True
+    FORM = "'user@domain: address, @domain, ...'"
+
+
+def _domain_pattern(text: str) -> bool:
+    return text.startswith("@") and valid_address("x" + text)
+
+
 # -- the accounts as protocols see them --------------------------------------------------------
 
 
@@ -326,17 +346,22 @@ class Accounts:
 
     MAX_ALIAS_DEPTH = 10
 
-    def __init__(self, users_file: str, aliases_file: str = "", domains: list[str] = (), recipient_delimiter: str = "+"):
+    def __init__(self, users_file: str, aliases_file: str = "", domains: list[str] = (), recipient_delimiter: str = "+",
+                 send_as_file: str = ""):
         self.users_file = UsersFile(users_file)
         self.aliases_file = AliasesFile(aliases_file) if aliases_file else None
+        self.send_as_file = SendAsFile(send_as_file) if send_as_file else None
         self.domains = [d.lower() for d in domains]
         self.delimiter = recipient_delimiter
         self.reload()
 
+    def files(self) -> list:
+        """The watched files behind the accounts (for change notification)."""
+        return [f for f in (self.users_file, self.aliases_file, self.send_as_file) if f is not None]
+
     def reload(self, force: bool = False) -> None:
-        self.users_file.refresh(force)
-        if self.aliases_file:
-            self.aliases_file.refresh(force)
+        for watched in self.files():
+            watched.refresh(force)
 
     @property
     def users(self) -> dict[str, str]:
@@ -411,11 +436,18 @@ class Accounts:
         return False
 
     def owns(self, user: str, address: str) -> bool:
-        """May ``user`` send with ``address`` as MAIL FROM / From (own address, plus-detail or alias)?"""
+        """May ``user`` send as ``address`` (MAIL FROM, From, Sender)?  Their own address and
+        its plus-details, an alias that reaches them, or an identity of the send-as file."""
         user, address = normalise_address(user), normalise_address(address)
-        if self._strip_detail(address) == user:
+        bare = self._strip_detail(address)
+        if bare == user:
             return True
-        targets = self.aliases.get(address) or self.aliases.get(self._strip_detail(address))
+        if self.send_as_file is not None:
+            self.send_as_file.refresh()
+            identities = self.send_as_file.aliases.get(user, ())
+            if address in identities or bare in identities or "@" + address.rpartition("@")[2] in identities:
+                return True
+        targets = self.aliases.get(address) or self.aliases.get(bare)
         return bool(targets) and user in (self.resolve(address) or Resolution()).local
 
 

@@ -54,6 +54,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
     "accounts": {
         "users": ("path", _REQUIRED),
         "aliases": ("path", ""),
+        "send_as": ("path", ""),
         "recipient_delimiter": (str, "+"),
     },
     "auth": {
@@ -141,6 +142,7 @@ class Config:
     tls_key: str
     users_file: str
     aliases_file: str
+    send_as_file: str
     recipient_delimiter: str
     plaintext_on_loopback: bool
     store_root: str
@@ -289,8 +291,9 @@ def _check_tls(values: dict, listeners: list[Listener], path: str) -> tuple[str,
 
 def _check_accounts(values: dict, path: str) -> str:
     _readable(path, "[accounts] users", values["accounts"]["users"])
-    if values["accounts"]["aliases"]:
-        _readable(path, "[accounts] aliases", values["accounts"]["aliases"])
+    for key in ("aliases", "send_as"):
+        if values["accounts"][key]:
+            _readable(path, f"[accounts] {key}", values["accounts"][key])
     delimiter = values["accounts"]["recipient_delimiter"]
     if len(delimiter) > 1 or delimiter in ("@", ".", " ", "/"):
         raise ConfigError(path, "[accounts] recipient_delimiter", "must be one character such as + or -, or empty to turn it off")
@@ -415,6 +418,7 @@ def from_dict(raw: dict, path: str) -> Config:
         tls_key=key,
         users_file=values["accounts"]["users"],
         aliases_file=values["accounts"]["aliases"],
+        send_as_file=values["accounts"]["send_as"],
         recipient_delimiter=delimiter,
         plaintext_on_loopback=values["auth"]["plaintext_on_loopback"],
         store_root=root,

@@ -73,7 +73,8 @@ class MailstackService(service.MultiService):
         self.config = cfg
         os.makedirs(cfg.store_root, mode=0o700, exist_ok=True)
         store = MaildirStore(cfg.store_root, fsync=cfg.store_fsync, hostname=cfg.hostname)
-        accounts = accounts_mod.Accounts(cfg.users_file, cfg.aliases_file, cfg.domains, cfg.recipient_delimiter)
+        accounts = accounts_mod.Accounts(cfg.users_file, cfg.aliases_file, cfg.domains, cfg.recipient_delimiter,
+                                         cfg.send_as_file)
         portal, realm = accounts_mod.make_portal(accounts)
         tls = ReloadableTLS(cfg.tls_certificate, cfg.tls_key, cfg.path) if cfg.has_tls else None
         self.context = ServerContext(cfg, store, None, accounts, portal, realm, tls)
@@ -134,7 +135,7 @@ class MailstackService(service.MultiService):
         super().startService()
         self.context.watcher = FolderWatcher(self.context.store, self.reactor, self.config.poll_interval)
         accounts = self.context.accounts
-        for watched in filter(None, (accounts.users_file, accounts.aliases_file)):
+        for watched in accounts.files():
             self.context.watcher.watch_file(watched)
         if self.config.ports_file:
             tmp = self.config.ports_file + ".tmp"

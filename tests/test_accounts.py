@@ -135,3 +135,20 @@ def test_cred_checker_and_realm(tmp_path):
     assert ok[0] is IMailUser and ok[1].address == "alice@example.test"
     assert bad.check(error.UnauthorizedLogin)
     assert AccountsChecker.credentialInterfaces == (credentials.IUsernamePassword,)
+
+
+def test_send_as_identities_and_their_file_errors(tmp_path):
+    (tmp_path / "users").write_text(f"alice@example.test:{H}\nbob@example.test:{H}\n")
+    (tmp_path / "send-as").write_text("# shared addresses\nalice@example.test: sales@example.test, @partner.test\n")
+    acc = Accounts(str(tmp_path / "users"), "", ["example.test"], "+", str(tmp_path / "send-as"))
+    assert acc.owns("alice@example.test", "Sales@example.test")
+    assert acc.owns("alice@example.test", "sales+eu@example.test")
+    assert acc.owns("alice@example.test", "anyone@partner.test")
+    assert not acc.owns("bob@example.test", "sales@example.test")
+    assert not acc.owns("alice@example.test", "anyone@sub.partner.test")
+    for bad, problem in (("@example.test: x@example.test", "expected 'user@domain: address, @domain, ...'"),
+                         ("alice@example.test: not an address", "target 'not an address' is not an address")):
+        (tmp_path / "send-as").write_text(bad + "\n")
+        with pytest.raises(ConfigError) as e:
+            Accounts(str(tmp_path / "users"), "", ["example.test"], "+", str(tmp_path / "send-as"))
+        assert str(e.value).startswith(f"{tmp_path / 'send-as'}: line 1: ") and problem in str(e.value), e.value

@@ -77,3 +77,79 @@ def test_parallel_data_streams_leave_other_users_responsive(srv):
     print(f"login+SELECT during 4 streams: slowest {slowest:.2f} s; replies {results}")
     assert len(results) == 4
     assert slowest < 1.0, f"login+SELECT took {slowest:.2f} s during the streams"
+
+
+# -- item 3: the header From and Sender belong to the login -----------------------------------
+
+ALICE = "alice@example.test"
+SIGNED_FROM = [
+    b"From: alice+news@example.test",  # a plus-detail of her own
+    b"From: Postmaster <postmaster@example.test>",  # an alias that reaches her
+    b"From: Sales <sales@example.test>",  # a send-as identity
+    b"From: someone@shared.example",  # a send-as domain (not local: signed for the envelope's)
+]
+REFUSED_FROM = [
+    b"From: bob@example.test",
+    b"From: Boss <boss@other.test>",
+    b"From:\r\n bob@example.test",  # folded
+    b"From: alice@example.test, bob@example.test",  # one of two mailboxes
+    b"From: alice@example.test\r\nSender: bob@example.test",
+    b"From: alice@example.test\r\nFrom: bob@example.test",  # a second From field
+    b'From: "alice@example.test" <bob@example.test>',  # display name looking like her address
+    b"From: =?utf-8?q?Alice?= <bob@example.test>",
+    b"from: bob@example.test (Alice)",
+    b"X-Padding: " + b"x" * 70_000 + b"\r\nFrom: bob@example.test",  # past the first 64 KiB
+]
+
+
+@pytest.fixture
+def submission(inproc_server_factory):
+    srv = inproc_server_factory(listeners=["submission"])
+    config = srv.config_path.read_text().replace('aliases = "aliases"', 'aliases = "aliases"\nsend_as = "send-as"')
+    srv.config_path.write_text(config)
+    (srv.base / "send-as").write_text(f"{ALICE}: sales@example.test, @shared.example\n")
+    import subprocess
+    import sys
+
+    from support.servers import env_with_tree
+
+    gen = subprocess.run([sys.executable, "-m", "mailstack.cli", "--config", str(srv.config_path), "dkim", "genkey",
+                          "example.test"], capture_output=True, text=True, env=env_with_tree())
+    assert gen.returncode == 0, gen.stderr
+    return srv.start()
+
+
+def submit(srv, header: bytes, sender: str = ALICE) -> tuple[int, str]:
+    c = SmtpClient(srv.port("submission"))
+    c.cmd("EHLO client.example")
+    import base64
+
+    plain = base64.b64encode(f"\0{ALICE}\0{PASSWORDS[ALICE]}".encode()).decode()
+    assert c.cmd(f"AUTH PLAIN {plain}")[0] == 235
+    assert c.cmd(f"MAIL FROM:<{sender}>")[0] == 250
+    assert c.cmd(f"RCPT TO:<{BOB}>")[0] == 250
+    assert c.cmd("DATA")[0] == 354
+    reply = c.cmd(header + b"\r\nTo: bob@example.test\r\nSubject: who\r\n\r\nbody\r\n.")
+    c.close()
+    return reply
+
+
+@pytest.mark.parametrize("header", REFUSED_FROM, ids=range(len(REFUSED_FROM)))
+def test_a_from_or_sender_the_user_may_not_use_is_refused(submission, header):
+    # Issue 14 item 3: logged in as alice, From: bob@ went out DKIM-signed d=example.test.
+    code, text = submit(submission, header)
+    assert (code, text.split(" ", 1)[0]) == (550, "5.7.1"), text
+    assert "may send as" in text
+    assert submission.messages(BOB) == [], "a refused message was delivered"
+
+
+@pytest.mark.parametrize("header", SIGNED_FROM, ids=range(len(SIGNED_FROM)))
+def test_the_users_own_identities_are_accepted_and_signed(submission, header):
+    assert submit(submission, header)[0] == 250
+    [stored] = submission.messages(BOB)
+    assert b"DKIM-Signature: v=1; a=rsa-sha256;" in stored and b"d=example.test;" in stored
+
+
+def test_mail_from_may_be_a_send_as_identity(submission):
+    assert submit(submission, b"From: sales@example.test", sender="sales@example.test")[0] == 250
+    assert len(submission.messages(BOB)) == 1

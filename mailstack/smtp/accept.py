@@ -22,7 +22,7 @@ from mailstack.mail.headers import delivery_fields
 from mailstack.smtp import authentication
 from mailstack.smtp.delivery import DeliveryBatcher
 from mailstack.smtp.message import MessageSpool
-from mailstack.smtp.policy import SmtpPolicy
+from mailstack.smtp.policy import SessionFacts, SmtpPolicy
 
 
 @dataclass
@@ -56,16 +56,25 @@ class SMTPSettings:
             context.delivery_batcher = DeliveryBatcher(context.store)
         self.batcher = context.delivery_batcher
 
-    def prepare(self, spool: MessageSpool, added: bytes, submission: bool, peer: str, sender: str,
+    def prepare(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str,
                 helo: str) -> defer.Deferred:
-        """Submission: DKIM-sign if the domain has a key; MX: check; fires with :class:`Prepared`."""
-        if submission:
-            domain = self.signer.domain_for(authentication.header_from(spool.head), sender) if self.signer else None
-            return (threads.deferToThread(self.sign, spool, added, domain) if domain
-                    else defer.succeed(Prepared(header=added)))
+        """Submission: check From/Sender, DKIM-sign if the domain has a key; MX: check; fires
+        with :class:`Prepared` (or fails with MailError)."""
+        if facts.submission:
+            if spool.header_in_head():
+                return defer.maybeDeferred(self.submit, spool, added, facts, sender, spool.header_block())
+            d = threads.deferToThread(spool.header_block)  # a header beyond 64 KiB: read from the spool
+            return d.addCallback(lambda header: self.submit(spool, added, facts, sender, header))
         if self.checker is not None:
-            return threads.deferToThread(self.check, spool, peer, sender, helo)
+            return threads.deferToThread(self.check, spool, facts.peer, sender, helo)
         return defer.succeed(Prepared())
+
+    def submit(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str, header: bytes):
+        """Refuse a From or Sender the user may not send as; sign for the From's domain (now
+        known to be the user's) or the envelope sender's.  A Deferred or a Prepared."""
+        self.policy.check_header_senders(facts, header)
+        domain = self.signer.domain_for(authentication.header_from(header), sender) if self.signer else None
+        return threads.deferToThread(self.sign, spool, added, domain) if domain else Prepared(header=added)
 
     def sign(self, spool: MessageSpool, added: bytes, domain: str) -> Prepared:
         """Submission (worker thread): DKIM-sign what the user sent (RFC 6376) with ``domain``'s key."""

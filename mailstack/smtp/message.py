@@ -9,6 +9,7 @@ counts, so a client cannot make the server hold more than the limit.
 
 from __future__ import annotations
 
+import email.utils
 import re
 import tempfile
 from typing import Iterator
@@ -116,6 +117,19 @@ class MessageSpool:
             return set()
         return {m.group(1).decode("ascii", "replace").lower() for m in _HEADER_NAME.finditer(block)}
 
+    def header_block(self) -> bytes:
+        """The header section, up to and including the CRLF before the blank line.  Within
+        the first 64 KiB it is there at once; beyond, it is read from the spool (blocks: run
+        it in a worker thread then, see :meth:`header_in_head`)."""
+        head = self.head if self.header_in_head() else self.read_all()
+        end = head.find(b"\r\n\r\n")
+        if head.startswith(b"\r\n"):
+            return b""
+        return head if end < 0 else head[: end + 2]
+
+    def header_in_head(self) -> bool:
+        return b"\r\n\r\n" in self.head or self.head.startswith(b"\r\n") or len(self.head) == self.size
+
     def read_all(self) -> bytes:
         """The whole message in memory (for DKIM, which needs all of it); at most ``max_size``."""
         self._file.seek(0)
@@ -131,3 +145,11 @@ class MessageSpool:
 
     def close(self) -> None:
         self._file.close()
+
+
+def header_addresses(header: bytes, name: str) -> list[str]:
+    """Every address in every ``name`` field of a header section (folded lines joined;
+    RFC 5322 3.6.2 allows several mailboxes in From, and a client may repeat the field)."""
+    pattern = re.compile(rb"^" + re.escape(name.encode()) + rb"[ \t]*:(.*(?:\r\n[ \t].*)*)", re.I | re.M)
+    values = [re.sub(rb"\r\n[ \t]", b" ", m.group(1)).decode("utf-8", "replace") for m in pattern.finditer(header)]
+    return [address for _name, address in email.utils.getaddresses(values)]

@@ -6,7 +6,9 @@ sends it.  The rules:
 * MX port (``smtp``): mail for local domains only; anything else is ``554 5.7.1`` relay
   denied, whoever asks, unless the client is in ``[smtp] trusted_networks``.
 * Submission ports: AUTH first (``530 5.7.0``); the MAIL FROM must be one of the user's own
-  addresses, plus-variants or aliases (``553 5.7.1``); any recipient domain is allowed.
+  addresses, plus-variants, aliases or send-as identities (``553 5.7.1``), and so must every
+  address of the header From and Sender fields (``550 5.7.1``: else the server would DKIM-sign
+  a forged From); any recipient domain is allowed.
 * Unknown local recipient ``550 5.1.1``; too many recipients ``452 4.5.3`` (RFC 5321 4.5.3.1.8
   says 452 for this, so the client sends the rest in another transaction).
 """
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 from mailstack.errors import MailError
 from mailstack.mail import codes
+from mailstack.smtp.message import header_addresses
 
 
 @dataclass
@@ -61,6 +64,17 @@ class SmtpPolicy:
             if sender and not self.accounts.owns(facts.user, sender):
                 raise MailError(codes.MAILBOX_NAME_INVALID, codes.E_NOT_AUTHORIZED,
                                 f"Sender address <{sender}> is not owned by {facts.user}")
+
+    def check_header_senders(self, facts: SessionFacts, header: bytes) -> None:
+        """Submission: From and Sender name only addresses the user may send as."""
+        if not facts.submission or facts.user is None:
+            return
+        for name in ("From", "Sender"):
+            for address in header_addresses(header, name):
+                if not self.accounts.owns(facts.user, address):
+                    shown = address[:100] or "(none)"
+                    raise MailError(codes.MAILBOX_UNAVAILABLE, codes.E_NOT_AUTHORIZED,
+                                    f"{name} address <{shown}> is not one {facts.user} may send as")
 
     def check_recipient(self, facts: SessionFacts, address: str, accepted: int) -> Recipient:
         if accepted >= self.max_recipients:

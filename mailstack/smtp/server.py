@@ -541,7 +541,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
             self.reply(c.LOCAL_ERROR, c.E_SYSTEM_TEMPORARY,
                        "Local error in processing; message not accepted, try again later")
 
-        d = settings.prepare(spool, added, self.facts.submission, self.peer, sender, self.helo)
+        d = settings.prepare(spool, added, self.facts, sender, self.helo)
         d.addCallback(deliver)
         d.addCallbacks(delivered, failed)
         d.addBoth(lambda _: spool.close())
