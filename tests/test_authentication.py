@@ -62,6 +62,41 @@ def mx_send(srv, sender: str, message: bytes, rcpt: str = BOB) -> tuple[int, byt
         return s.data(message)
 
 
+#: Issue 14 item 6: Authentication-Results fields claiming our authserv-id (RFC 8601 5) in the
+#: forms that survived a prefix match: each must be removed.
+FORGED_FORMS = [
+    b"Authentication-Results: mail.example.test (comment); dkim=pass (forged 1)\r\n",
+    b"Authentication-Results:\r\n mail.example.test; dkim=pass (forged 2)\r\n",
+    b"Authentication-Results: (a (nested) comment)\r\n\tmail.example.test; spf=pass (forged 3)\r\n",
+    b'Authentication-Results: "mail.example.test"; dkim=pass (forged 4)\r\n',
+    b"AUTHENTICATION-RESULTS: MAIL.Example.TEST.; dmarc=pass (forged 5)\r\n",
+    b"Authentication-Results: mail.example.test 1; dkim=pass (forged 6)\r\n",
+    b"authentication-results:mail.example.test;dkim=pass (forged 7)\r\n",
+]
+
+
+#: RFC 5322 4.5.3 obsolete syntax (blanks before the colon): dkimpy cannot parse the message.
+OBSOLETE_FORM = b"Authentication-Results : mail.example.test; dkim=pass (forged 8)\r\n"
+
+
+@pytest.mark.parametrize("form", FORGED_FORMS + [OBSOLETE_FORM], ids=range(len(FORGED_FORMS) + 1))
+def test_every_form_of_our_authserv_id_is_stripped(form):
+    from mailstack.smtp.authentication import strip_own_results
+
+    message = b"From: a@b.example\r\n" + form + b"Authentication-Results: mail.example.test.evil; x=y\r\n\r\nbody\r\n"
+    assert strip_own_results(message, "mail.example.test") == (
+        b"From: a@b.example\r\nAuthentication-Results: mail.example.test.evil; x=y\r\n\r\nbody\r\n")
+
+
+def test_authserv_id_grammar():
+    from mailstack.smtp.authentication import authserv_id
+
+    assert authserv_id(" (x \\) y) host.example; none") == "host.example"
+    assert authserv_id('"quoted \\"id"; none') == 'quoted "id'
+    assert authserv_id("(unterminated") == ""
+    assert authserv_id("") == ""
+
+
 @pytest.fixture
 def checked(server_factory, dns_port):
     extra = f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns_port}\ntimeout = 3\n'
@@ -73,15 +108,29 @@ def test_pass_fail_and_our_header_stripped(checked):
             b"Message-ID: <s1@sendercorp.com>\r\n\r\nAll good.\r\n")
     sig = dkim.sign(body, b"sel", b"sendercorp.com", SENDER_KEY, include_headers=[b"from", b"to", b"subject", b"message-id"])
     forged = (b"Authentication-Results: mail.example.test; dkim=pass header.d=sendercorp.com\r\n"
+              + b"".join(FORGED_FORMS) +
               b"Authentication-Results: other.example; spf=pass smtp.mailfrom=x@other.example\r\n")
-    assert mx_send(checked, "boss@sendercorp.com", forged + sig + body)[0] == 250
+    reply = mx_send(checked, "boss@sendercorp.com", forged + sig + body)
+    assert reply[0] == 250, reply
     [stored] = checked.wait_for_messages(BOB, 1)
     head = stored.split(b"\r\n\r\n")[0].decode()
     ours = [line for line in head.split("\r\n") if line.startswith("Authentication-Results: mail.example.test")]
     assert len(ours) == 1  # the forged one claiming our name is gone, ours is there once
     assert "spf=pass" in ours[0] and "dkim=pass" in ours[0] and "dmarc=pass" in ours[0]
     assert "Authentication-Results: other.example; spf=pass" in head  # others' results are kept
+    assert "forged" not in head.lower()
     assert stored.endswith(body)
+
+
+def test_a_header_dkim_cannot_parse_is_a_permerror_not_a_temporary_failure(checked):
+    # dkimpy raises on obsolete header syntax; that answered 451 for ever (the sender retries).
+    body = (b"From: Boss <boss@sendercorp.com>\r\nTo: bob@example.test\r\nSubject: signed\r\n"
+            b"Message-ID: <s2@sendercorp.com>\r\n\r\nAll good.\r\n")
+    sig = dkim.sign(body, b"sel", b"sendercorp.com", SENDER_KEY, include_headers=[b"from", b"to", b"subject"])
+    assert mx_send(checked, "boss@sendercorp.com", OBSOLETE_FORM + sig + body)[0] == 250
+    [stored] = checked.wait_for_messages(BOB, 1)
+    head = stored.split(b"\r\n\r\n")[0]
+    assert b"dkim=permerror" in head and b"forged" not in head
 
 
 def test_spoofed_from_with_dmarc_reject_is_refused(checked):

@@ -153,3 +153,11 @@ def test_the_users_own_identities_are_accepted_and_signed(submission, header):
 def test_mail_from_may_be_a_send_as_identity(submission):
     assert submit(submission, b"From: sales@example.test", sender="sales@example.test")[0] == 250
     assert len(submission.messages(BOB)) == 1
+
+
+def test_a_users_forged_authentication_results_are_removed_on_submission(submission):
+    # Issue 14 item 6 (RFC 8601 5): a local recipient must not see results claiming our name.
+    forged = b"From: alice@example.test\r\nAuthentication-Results: (x)\r\n mail.example.test; dkim=pass (forged)"
+    assert submit(submission, forged)[0] == 250
+    [stored] = submission.messages(BOB)
+    assert b"forged" not in stored and b"From: alice@example.test\r\nTo: bob@example.test\r\n" in stored

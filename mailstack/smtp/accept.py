@@ -70,16 +70,23 @@ class SMTPSettings:
         return defer.succeed(Prepared())
 
     def submit(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str, header: bytes):
-        """Refuse a From or Sender the user may not send as; sign for the From's domain (now
-        known to be the user's) or the envelope sender's.  A Deferred or a Prepared."""
+        """Refuse a From or Sender the user may not send as; remove Authentication-Results
+        claiming to be ours (RFC 8601 5); sign for the From's domain (now known to be the
+        user's) or the envelope sender's.  A Deferred, or a Prepared when nothing changes."""
         self.policy.check_header_senders(facts, header)
         domain = self.signer.domain_for(authentication.header_from(header), sender) if self.signer else None
-        return threads.deferToThread(self.sign, spool, added, domain) if domain else Prepared(header=added)
+        forged = authentication.has_own_results(header, self.hostname)
+        if domain or forged:
+            return threads.deferToThread(self.rewrite, spool, added, domain, forged)
+        return Prepared(header=added)
 
-    def sign(self, spool: MessageSpool, added: bytes, domain: str) -> Prepared:
-        """Submission (worker thread): DKIM-sign what the user sent (RFC 6376) with ``domain``'s key."""
+    def rewrite(self, spool: MessageSpool, added: bytes, domain: str | None, forged: bool) -> Prepared:
+        """Submission (worker thread): strip our forged results, DKIM-sign (RFC 6376) with
+        ``domain``'s key."""
         message = added + spool.read_all()
-        return Prepared(header=self.signer.sign(message, domain), body=message)
+        if forged:
+            message = authentication.strip_own_results(message, self.hostname)
+        return Prepared(header=self.signer.sign(message, domain) if domain else b"", body=message)
 
     def check(self, spool: MessageSpool, peer: str, sender: str, helo: str) -> Prepared:
         """MX (worker thread): SPF, DKIM, DMARC; our own Authentication-Results header on top."""

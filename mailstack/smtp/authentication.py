@@ -24,6 +24,9 @@ from dataclasses import dataclass
 
 import dns.exception
 import dns.resolver
+from twisted.logger import Logger
+
+log = Logger()
 
 DKIM_HEADERS = [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to", b"in-reply-to",
                 b"references", b"mime-version", b"content-type", b"content-transfer-encoding"]
@@ -158,23 +161,62 @@ class Verdict:
 
 
 def strip_own_results(message: bytes, hostname: str) -> bytes:
-    """Remove Authentication-Results fields that claim to come from us (RFC 8601 5)."""
+    """Remove every Authentication-Results field whose authserv-id is ours (RFC 8601 5),
+    however it is written: folded, after a comment, quoted, in any case."""
     end = message.find(b"\r\n\r\n")
     head, body = (message, b"") if end < 0 else (message[: end + 2], message[end + 2 :])
-    lines = head.split(b"\r\n")
-    kept, dropping = [], False
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                kept.append(line)
-            continue
-        dropping = False
-        m = re.match(rb"authentication-results[ \t]*:[ \t]*([^;\s]+)", line, re.I)
-        if m and m.group(1).decode("ascii", "replace").lower() == hostname.lower():
-            dropping = True
-            continue
-        kept.append(line)
+    fields = re.split(rb"\r\n(?![ \t])", head)  # one item per field, continuation lines included
+    kept = [f for f in fields if not _ours(f, hostname)]
     return b"\r\n".join(kept) + body
+
+
+def has_own_results(header: bytes, hostname: str) -> bool:
+    return any(_ours(f, hostname) for f in re.split(rb"\r\n(?![ \t])", header))
+
+
+_RESULTS_FIELD = re.compile(rb"authentication-results[ \t]*:", re.I)
+
+
+def _ours(field: bytes, hostname: str) -> bool:
+    m = _RESULTS_FIELD.match(field)
+    if not m:
+        return False
+    value = re.sub(rb"\r\n(?=[ \t])", b"", field[m.end() :]).decode("utf-8", "replace")
+    return authserv_id(value).rstrip(".").lower() == hostname.rstrip(".").lower()
+
+
+def authserv_id(value: str) -> str:
+    """The authserv-id that starts an Authentication-Results value (RFC 8601 2.2: ``[CFWS]
+    authserv-id``, a token or quoted-string; comments nest, RFC 5322 3.2.2)."""
+    i, n = 0, len(value)
+    while i < n:
+        if value[i] in " \t\r\n":
+            i += 1
+        elif value[i] == "(":
+            depth = 0
+            while i < n:
+                if value[i] == "\\":
+                    i += 1
+                elif value[i] == "(":
+                    depth += 1
+                elif value[i] == ")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                i += 1
+            i += 1
+        else:
+            break
+    if value[i : i + 1] == '"':
+        out, i = [], i + 1
+        while i < n and value[i] != '"':
+            if value[i] == "\\":
+                i += 1
+            out.append(value[i : i + 1])
+            i += 1
+        return "".join(out)
+    m = re.match(r"[^\s;()\"]*", value[i:])
+    return m.group(0)
 
 
 class InboundChecker:
@@ -206,11 +248,15 @@ class InboundChecker:
             if spf_result.result == "temperror":
                 temporary.append("SPF")
         if self.do_dkim:
-            if re.search(rb"^DKIM-Signature:", message.split(b"\r\n\r\n", 1)[0], re.I | re.M):
-                dkim_result = authheaders.check_dkim(message, dnsfunc=self._dkim_txt)
-            else:
-                from authres import DKIMAuthenticationResult
+            from authres import DKIMAuthenticationResult
 
+            if re.search(rb"^DKIM-Signature:", message.split(b"\r\n\r\n", 1)[0], re.I | re.M):
+                try:
+                    dkim_result = authheaders.check_dkim(message, dnsfunc=self._dkim_txt)
+                except Exception as e:  # authheaders fails outright on a header dkimpy cannot parse
+                    log.info("DKIM check of a malformed message: {e!r}", e=e)
+                    dkim_result = DKIMAuthenticationResult(result="permerror")
+            else:
                 dkim_result = DKIMAuthenticationResult(result="none")
             results.append(dkim_result)
             if dkim_result.result == "temperror":
