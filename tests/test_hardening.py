@@ -161,3 +161,46 @@ def test_a_users_forged_authentication_results_are_removed_on_submission(submiss
     assert submit(submission, forged)[0] == 250
     [stored] = submission.messages(BOB)
     assert b"forged" not in stored and b"From: alice@example.test\r\nTo: bob@example.test\r\n" in stored
+
+
+# -- item 15: NUL ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def quick(inproc_server_factory):
+    return inproc_server_factory(listeners=["smtp", "imap"], extra="[auth]\nfailure_delay = 0.0\n").start()
+
+
+def mx_transaction(srv) -> SmtpClient:
+    c = SmtpClient(srv.port("smtp"))
+    assert c.cmd("EHLO client.example")[0] == 250
+    assert c.cmd("MAIL FROM:<x@remote.test>")[0] == 250
+    assert c.cmd(f"RCPT TO:<{BOB}>")[0] == 250
+    return c
+
+
+def test_nul_in_data_or_bdat_is_refused(quick):
+    # Decided: refuse at SMTP (554 5.6.0); RFC 5322 text has no NUL and IMAP cannot carry it.
+    c = mx_transaction(quick)
+    assert c.cmd("DATA")[0] == 354
+    assert c.cmd(b"Subject: a\x00b\r\n\r\nbody\r\n.") == (554, "5.6.0 NUL characters are not allowed in a message")
+    assert c.cmd("MAIL FROM:<x@remote.test>")[0] == 250  # the session goes on
+    assert c.cmd(f"RCPT TO:<{BOB}>")[0] == 250
+    chunk = b"Subject: b\r\n\r\nbo\x00dy\r\n"
+    c.send(b"BDAT %d LAST\r\n" % len(chunk) + chunk)
+    assert c.read() == (554, "5.6.0 NUL characters are not allowed in a message")
+    assert quick.messages(BOB) == []
+
+
+def test_a_stored_nul_never_reaches_an_imap_structure(quick):
+    # A message from an older store (or APPENDed byte for byte) with NUL in its header:
+    # ENVELOPE and BODYSTRUCTURE are strings, which cannot hold NUL (RFC 3501 9).
+    c = ImapClient(quick.port("imap"))
+    c.login()
+    message = b"Subject: a\x00b\r\nContent-Type: text/plain; name=\"x\x00y\"\r\n\r\nbody\r\n"
+    c.send(b"A APPEND INBOX {%d+}\r\n" % len(message) + message + b"\r\n")
+    assert c.until(b"A")[-1].startswith(b"A OK")
+    assert c.cmd(b"S", b"SELECT INBOX")[-1].startswith(b"S OK")
+    lines = c.cmd(b"F", b"FETCH 1 (ENVELOPE BODYSTRUCTURE)")
+    assert lines[-1] == b"F OK FETCH completed"
+    assert b"\x00" not in b"".join(lines) and b'"ab"' in lines[0] and b'"xy"' in lines[0], lines

@@ -179,11 +179,14 @@ _SAFE_QUOTED = re.compile(rb'^[\x20-\x7e]*$')
 
 
 def nstring(value) -> bytes:
-    """An IMAP string: quoted when plain printable ASCII, a literal otherwise; NIL for None."""
+    """An IMAP string: quoted when plain printable ASCII, a literal otherwise; NIL for None.
+    NUL is dropped: neither form may carry it (RFC 3501 9, CHAR8), and a message from an
+    older store may hold one in a header field."""
     if value is None:
         return b"NIL"
     if isinstance(value, str):
         value = value.encode("utf-8")
+    value = value.replace(b"\x00", b"")
     if _SAFE_QUOTED.match(value) and len(value) < 1000:
         return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return b"{%d}\r\n" % len(value) + value

@@ -61,6 +61,7 @@ E_TOO_BIG = "5.3.4"  # X.3.4 message too big for system
 E_INVALID_COMMAND = "5.5.1"  # X.5.1 invalid command
 E_SYNTAX = "5.5.2"  # X.5.2 syntax error
 E_INVALID_ARGUMENTS = "5.5.4"  # X.5.4 invalid command arguments
+E_BAD_CONTENT = "5.6.0"  # X.6.0 other or undefined media error (NUL in a message)
 E_NON_ASCII_ADDRESS = "5.6.7"  # RFC 6531 3.5: non-ASCII address needs SMTPUTF8
 E_BAD_LINE_ENDINGS = "5.6.11"  # RFC 5321 2.3.8: bare CR or LF (SMTP smuggling)
 E_SECURITY = "5.7.0"  # X.7.0 other security status (auth required, auth cancelled)

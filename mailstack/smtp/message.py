@@ -87,12 +87,14 @@ class MessageSpool:
         self.too_big = False
         self.head = b""  # the first HEAD bytes, for header checks
         self.bare_newline = False
+        self.nul = False  # a NUL octet was seen (refused: RFC 5322 and RFC 3501 have no place for it)
         self._last = b""
         self._file = tempfile.SpooledTemporaryFile(max_size=self.MEMORY)
 
     def write(self, data: bytes) -> None:
         if not data:
             return
+        self.nul = self.nul or b"\x00" in data
         self.size += len(data)
         if self.size > self.max_size:
             self.too_big = True

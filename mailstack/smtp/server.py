@@ -508,6 +508,12 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
             self.reply(c.MAILBOX_UNAVAILABLE, c.E_BAD_LINE_ENDINGS,
                        "Bare CR or LF in the message; lines must end with CRLF")
             return
+        if spool.nul:
+            # Without BINARYMIME (RFC 3030) a message is text, and text has no NUL (RFC 5322
+            # 2.1; RFC 5321 4.5.2); IMAP could not pass it on either (RFC 3501 9, CHAR8).
+            spool.close()
+            self.reply(c.TRANSACTION_FAILED, c.E_BAD_CONTENT, "NUL characters are not allowed in a message")
+            return
         received, added = accept.trace_fields(self._trace_facts(), recipients, spool, self.facts.submission)
         accounts, remote = [], []
         for r in recipients:
