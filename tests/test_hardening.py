@@ -204,3 +204,21 @@ def test_a_stored_nul_never_reaches_an_imap_structure(quick):
     lines = c.cmd(b"F", b"FETCH 1 (ENVELOPE BODYSTRUCTURE)")
     assert lines[-1] == b"F OK FETCH completed"
     assert b"\x00" not in b"".join(lines) and b'"ab"' in lines[0] and b'"xy"' in lines[0], lines
+
+
+# -- item 17: SMTPUTF8 on the way out ----------------------------------------------------------
+
+
+def test_submission_refuses_a_non_ascii_recipient_it_could_only_bounce(submission):
+    # Decided: the outbound client has no SMTPUTF8, so refuse at RCPT (553 5.6.7) instead of
+    # accepting with 250 and bouncing with 5.6.7 later.  Local non-ASCII mail still works.
+    c = SmtpClient(submission.port("submission"))
+    c.cmd("EHLO client.example")
+    import base64
+
+    assert c.cmd("AUTH PLAIN " + base64.b64encode(f"\0{ALICE}\0{PASSWORDS[ALICE]}".encode()).decode())[0] == 235
+    assert c.cmd(f"MAIL FROM:<{ALICE}> SMTPUTF8")[0] == 250
+    code, text = c.cmd("RCPT TO:<jörg@bücher.example>".encode())
+    assert (code, text) == (553, "5.6.7 <jörg@bücher.example>: this server cannot relay mail with non-ASCII addresses")
+    assert c.cmd("RCPT TO:<carol@remote.test>")[0] == 250  # ASCII remote: relayed
+    assert c.cmd(f"RCPT TO:<{BOB}>")[0] == 250

@@ -9,6 +9,8 @@ sends it.  The rules:
   addresses, plus-variants, aliases or send-as identities (``553 5.7.1``), and so must every
   address of the header From and Sender fields (``550 5.7.1``: else the server would DKIM-sign
   a forged From); any recipient domain is allowed.
+* A non-ASCII (SMTPUTF8) address on mail that would only leave the server: ``553 5.6.7`` at
+  RCPT (the outbound side cannot send SMTPUTF8).
 * Unknown local recipient ``550 5.1.1``; too many recipients ``452 4.5.3`` (RFC 5321 4.5.3.1.8
   says 452 for this, so the client sends the rest in another transaction).
 """
@@ -76,7 +78,16 @@ class SmtpPolicy:
                     raise MailError(codes.MAILBOX_UNAVAILABLE, codes.E_NOT_AUTHORIZED,
                                     f"{name} address <{shown}> is not one {facts.user} may send as")
 
-    def check_recipient(self, facts: SessionFacts, address: str, accepted: int) -> Recipient:
+    def check_recipient(self, facts: SessionFacts, address: str, accepted: int, sender: str = "") -> Recipient:
+        recipient = self._recipient(facts, address, accepted)
+        if not recipient.local and recipient.remote and not (sender.isascii() and all(a.isascii() for a in recipient.remote)):
+            # The outbound client speaks no SMTPUTF8 (RFC 6531), so say so now rather than
+            # bounce later (a bounce to a non-ASCII sender could not leave either).
+            raise MailError(codes.MAILBOX_NAME_INVALID, codes.E_NON_ASCII_ADDRESS,
+                            f"<{address}>: this server cannot relay mail with non-ASCII addresses")
+        return recipient
+
+    def _recipient(self, facts: SessionFacts, address: str, accepted: int) -> Recipient:
         if accepted >= self.max_recipients:
             raise MailError(codes.INSUFFICIENT_STORAGE, codes.E_TOO_MANY_RECIPIENTS,
                             f"Too many recipients (at most {self.max_recipients} per message)")

@@ -422,7 +422,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
                             f"Unsupported RCPT parameter {params[0].split('=')[0]}")
         if not addr.is_ascii(address) and "SMTPUTF8" not in self.mail_params:
             raise _non_ascii()
-        recipient = self.settings.policy.check_recipient(self.facts, address, len(self.recipients))
+        recipient = self.settings.policy.check_recipient(self.facts, address, len(self.recipients), self.sender or "")
         self.recipients.append(recipient)
         self.state = RCPT
         self.reply(c.OK, c.E_RECIPIENT_OK, f"Recipient <{address}> OK")
