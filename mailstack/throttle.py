@@ -5,7 +5,9 @@ A wrong password is answered only after a delay that doubles with each recent fa
 that client address or for that account (``delay``, ``2*delay``, ... up to ``max_delay``);
 past ``max_failures`` failures from one address within ``window`` seconds, that address is
 refused outright for ``lockout`` seconds with the protocol's temporary error, without the
-password being checked.  Right passwords are never delayed, so a user logging in from
+password being checked.  A success clears its account's count but never the address's,
+which only time clears: otherwise an attacker holding one valid account could log in
+between guesses at another's and never be locked out (issue 14).  Right passwords are never delayed, so a user logging in from
 elsewhere is not slowed by an attack on their account; accounts are never locked, since
 that would hand attackers a way to lock users out.  Each failure is logged with the address
 and the account, never the password.
@@ -76,7 +78,6 @@ class LoginGate:
         d = self.portal.login(creds, None, *interfaces)
 
         def succeeded(result):
-            self.by_address.pop(peer, None)
             self.by_account.pop(account, None)
             return result
 

@@ -222,3 +222,34 @@ def test_submission_refuses_a_non_ascii_recipient_it_could_only_bounce(submissio
     assert (code, text) == (553, "5.6.7 <jörg@bücher.example>: this server cannot relay mail with non-ASCII addresses")
     assert c.cmd("RCPT TO:<carol@remote.test>")[0] == 250  # ASCII remote: relayed
     assert c.cmd(f"RCPT TO:<{BOB}>")[0] == 250
+
+
+# -- item 4: a success does not reset the address's failures -----------------------------------
+
+
+@pytest.mark.parametrize("fresh_connections", [False, True], ids=["same-connection", "connection-per-try"])
+def test_logging_in_between_guesses_does_not_escape_the_lockout(quick, fresh_connections):
+    # Issue 14 item 4: with one valid account of their own, an attacker alternated 8 wrong
+    # guesses for bob with a login as alice: 24 failures from one address, never locked out.
+    conn = [ImapClient(quick.port("imap"))]
+
+    def attempt(tag: bytes, user: str, password: str) -> bytes:
+        if fresh_connections:
+            conn[0] = ImapClient(quick.port("imap"))
+        try:
+            return conn[0].cmd(tag, f'LOGIN {user} "{password}"'.encode())[-1]
+        except (ConnectionResetError, BrokenPipeError):  # closed after 3 failures (sasl.MAX_AUTH_FAILURES)
+            conn[0] = ImapClient(quick.port("imap"))
+            return conn[0].cmd(tag, f'LOGIN {user} "{password}"'.encode())[-1]
+
+    answers = []
+    for round_ in range(3):
+        answers += [attempt(b"g", BOB, f"wrong-{round_}-{guess}") for guess in range(8)]
+        answers.append(ok := attempt(b"ok", ALICE, PASSWORDS[ALICE]))
+        if ok.startswith(b"ok OK"):
+            conn[0] = ImapClient(quick.port("imap"))  # logged in: the next guess needs a new session
+    failures = [a for a in answers if b"AUTHENTICATIONFAILED" in a]
+    locked = [a for a in answers if b"[UNAVAILABLE]" in a]
+    assert len(failures) == 10, answers  # max_failures: the tenth failure locks the address
+    assert len(locked) == len(answers) - 10 - 1, answers  # everything after, but alice's first login
+    assert answers[-1].startswith(b"ok NO [UNAVAILABLE]")  # even alice's right password, from there
