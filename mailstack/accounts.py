@@ -39,6 +39,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from mailstack.errors import ConfigError
 from mailstack.fsutil import atomic_write
+from mailstack.sasl import saslprep
 
 log = Logger()
 
@@ -69,8 +70,9 @@ def _argon2_hasher():
 
 
 def hash_password(password: str) -> str:
-    """A new ``{ARGON2ID}`` hash (argon2-cffi's RFC 9106 parameters)."""
-    return "{ARGON2ID}" + _argon2_hasher().hash(password)
+    """A new ``{ARGON2ID}`` hash (argon2-cffi's RFC 9106 parameters) of the SASLprepped
+    password (RFC 4013); ValueError when it holds a character SASLprep prohibits."""
+    return "{ARGON2ID}" + _argon2_hasher().hash(saslprep(password))
 
 
 def _salted_sha(algorithm: str, digest_size: int):
@@ -132,6 +134,19 @@ def check_hash_syntax(stored: str) -> str | None:
 
 
 def verify_password(stored: str, password: str) -> bool:
+    """Does ``password`` match?  Its SASLprep form is tried first (what :func:`hash_password`
+    stores), then, if different, the password as typed: a hash made elsewhere (Dovecot) or
+    before SASLprep came in may be of that."""
+    try:
+        prepared = saslprep(password)
+    except ValueError:
+        prepared = None
+    if prepared is not None and _verify(stored, prepared):
+        return True
+    return prepared != password and _verify(stored, password)
+
+
+def _verify(stored: str, password: str) -> bool:
     m = _SCHEME_RE.match(stored)
     if not m or m.group(1) not in SCHEMES:
         return False

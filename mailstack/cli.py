@@ -73,7 +73,10 @@ def cmd_user(args) -> int:
         domain = address.rpartition("@")[2]
         if args.action == "add" and domain not in cfg.domains:
             raise SystemExit(f"mailstack: {domain} is not one of [server] domains in {cfg.path}")
-        stored = hash_password(_read_password(args))
+        try:
+            stored = hash_password(_read_password(args))
+        except ValueError as e:
+            raise SystemExit(f"mailstack: unusable password: {e}")
         try:
             users.set(address, stored, must_exist=(args.action == "passwd"))
         except KeyError as e:

@@ -11,6 +11,9 @@ word a failure; what a client may send and what it means is decided here, once:
   authorization identity (authzid) may be given only if it names the same account, compared
   case-insensitively as addresses are.  Acting as someone else is not supported, so a
   different authzid is a failed login (counted, throttled) rather than a syntax error.
+- Passwords are compared after SASLprep (RFC 4013), so the same password typed on systems
+  that normalise Unicode differently (NFC, NFD) is the same password: :func:`saslprep`,
+  applied by :mod:`mailstack.accounts` when hashing and when verifying.
 - Clear-text passwords only over TLS, or on loopback where ``[auth]
   plaintext_on_loopback`` allows it (RFC 8314 3, RFC 2595 2.2): :func:`login_allowed`.
 - After :data:`MAX_AUTH_FAILURES` failed logins a session is closed (:class:`FailureCounter`);
@@ -20,6 +23,8 @@ word a failure; what a client may send and what it means is decided here, once:
 from __future__ import annotations
 
 import binascii
+import stringprep
+import unicodedata
 from dataclasses import dataclass
 
 from twisted.cred import credentials
@@ -32,7 +37,7 @@ from mailstack.throttle import LoginThrottled
 
 __all__ = [
     "MAX_AUTH_FAILURES", "Credentials", "Exchange", "FailureCounter", "LoginRefused", "LoginResult",
-    "LoginThrottled", "LoginUnavailable", "SaslError", "authenticate", "login_allowed", "shown", "start",
+    "LoginThrottled", "LoginUnavailable", "SaslError", "authenticate", "login_allowed", "saslprep", "shown", "start",
 ]
 
 log = Logger()
@@ -75,6 +80,34 @@ class LoginResult:
 def login_allowed(secure: bool, peer: str, plaintext_on_loopback: bool) -> bool:
     """May a password be sent on this connection?  (RFC 8314 3, RFC 2595 2.2)"""
     return secure or (plaintext_on_loopback and is_loopback(peer))
+
+
+_PROHIBITED = (stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3, stringprep.in_table_c4,
+               stringprep.in_table_c5, stringprep.in_table_c6, stringprep.in_table_c7, stringprep.in_table_c8,
+               stringprep.in_table_c9)
+
+
+def saslprep(text: str) -> str:
+    """RFC 4013 SASLprep of a password or user name, as a query (unassigned code points are
+    let through, RFC 3454 7); ValueError for a prohibited character or bad bidi text.
+
+    Mapping (RFC 4013 2.1): non-ASCII spaces to SPACE, "commonly mapped to nothing" dropped;
+    then NFKC (2.2); prohibited output (2.3); the bidirectional rule (2.4, RFC 3454 6).
+    """
+    if text.isascii() and text.isprintable():
+        return text  # nothing to map, normalise or prohibit: the common case, at no cost
+    mapped = "".join(" " if stringprep.in_table_c12(c) else c for c in text if not stringprep.in_table_b1(c))
+    normal = unicodedata.normalize("NFKC", mapped)
+    for c in normal:
+        if any(prohibited(c) for prohibited in _PROHIBITED):
+            raise ValueError(f"character U+{ord(c):04X} is not allowed (RFC 4013 2.3)")
+    rtl = [stringprep.in_table_d1(c) for c in normal]
+    if any(rtl):
+        if any(stringprep.in_table_d2(c) for c in normal):
+            raise ValueError("mixes right-to-left and left-to-right text (RFC 3454 6)")
+        if not (rtl[0] and rtl[-1]):
+            raise ValueError("right-to-left text must start and end with a right-to-left character (RFC 3454 6)")
+    return normal
 
 
 def shown(user: bytes | str) -> str:

@@ -253,3 +253,38 @@ def test_logging_in_between_guesses_does_not_escape_the_lockout(quick, fresh_con
     assert len(failures) == 10, answers  # max_failures: the tenth failure locks the address
     assert len(locked) == len(answers) - 10 - 1, answers  # everything after, but alice's first login
     assert answers[-1].startswith(b"ok NO [UNAVAILABLE]")  # even alice's right password, from there
+
+
+# -- item 16: one SASL rule, with SASLprep --------------------------------------------------------
+
+DAVE = "dave@example.test"
+NFC, NFD = "caf\u00e9-pass", "cafe\u0301-pass"
+
+
+@pytest.fixture
+def prepped(inproc_server_factory):
+    from mailstack.accounts import hash_password
+
+    srv = inproc_server_factory(listeners=["submission", "imap", "pop3"], extra="[auth]\nfailure_delay = 0.0\n")
+    with open(srv.base / "users", "a") as f:
+        f.write(f"{DAVE}:{hash_password(NFC)}\n")
+    return srv.start()
+
+
+@pytest.mark.parametrize("typed", [NFC, NFD], ids=["NFC", "NFD"])
+def test_a_password_typed_in_either_unicode_form_logs_in_everywhere(prepped, typed):
+    import base64
+    import poplib
+
+    c = ImapClient(prepped.port("imap"))
+    literal = typed.encode()
+    c.send(b"a LOGIN " + DAVE.encode() + b" {%d+}\r\n" % len(literal) + literal + b"\r\n")
+    assert c.until(b"a")[-1].startswith(b"a OK"), typed
+    p = poplib.POP3("127.0.0.1", prepped.port("pop3"), timeout=10)
+    p.user(DAVE)
+    assert p.pass_(typed).startswith(b"+OK")
+    p.quit()
+    s = SmtpClient(prepped.port("submission"))
+    s.cmd("EHLO client.example")
+    plain = base64.b64encode(f"{DAVE.upper()}\0{DAVE}\0{typed}".encode()).decode()  # authzid in another case
+    assert s.cmd(f"AUTH PLAIN {plain}")[0] == 235

@@ -7,12 +7,14 @@ as an empty initial response); the identity rule is the one documented in the mo
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import pytest
 from twisted.cred import error as cred_error
 from twisted.internet import defer
 
 from mailstack import sasl
+from mailstack.accounts import hash_password, verify_password
 from mailstack.throttle import LoginThrottled
 
 BOTH = ("PLAIN", "LOGIN")
@@ -163,3 +165,36 @@ def test_authenticate_success():
 def test_authenticate_failures(error, expected):
     failure = _outcome(_Gate(error))
     assert failure.check(expected)
+
+
+# -- SASLprep (RFC 4013 section 3's examples, and the tables it names) --------------------------
+
+
+@pytest.mark.parametrize("given, prepared", [
+    ("I\u00adX", "IX"),  # SOFT HYPHEN mapped to nothing
+    ("user", "user"),
+    ("USER", "USER"),  # case is kept
+    ("\u00aa", "a"),  # NFKC
+    ("\u2168", "IX"),  # NFKC
+    ("caf\u00e9", "caf\u00e9"),
+    ("cafe\u0301", "caf\u00e9"),  # NFD and NFC are the same password
+    ("a\u00a0b", "a b"),  # non-ASCII space to SPACE
+])
+def test_saslprep_maps_and_normalises(given, prepared):
+    assert sasl.saslprep(given) == prepared
+
+
+@pytest.mark.parametrize("given", ["\u0007", "a\u0000b", "\ue000", "\u0627\u0031"])
+def test_saslprep_prohibits(given):
+    with pytest.raises(ValueError):
+        sasl.saslprep(given)  # control, NUL, private use, bidi rule (RFC 4013 3, example 4-5)
+
+
+def test_passwords_match_after_saslprep_and_as_typed_for_old_hashes():
+    stored = hash_password("caf\u00e9")
+    assert verify_password(stored, "cafe\u0301") and verify_password(stored, "caf\u00e9")
+    assert not verify_password(stored, "cafe")
+    # {SSHA512} of the NFD form made elsewhere (doveadm pw): the password as typed still works
+    salt = b"saltsalt"
+    old = "{SSHA512}" + base64.b64encode(hashlib.sha512("cafe\u0301".encode() + salt).digest() + salt).decode()
+    assert verify_password(old, "cafe\u0301")
