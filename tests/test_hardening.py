@@ -288,3 +288,100 @@ def test_a_password_typed_in_either_unicode_form_logs_in_everywhere(prepped, typ
     s.cmd("EHLO client.example")
     plain = base64.b64encode(f"{DAVE.upper()}\0{DAVE}\0{typed}".encode()).decode()  # authzid in another case
     assert s.cmd(f"AUTH PLAIN {plain}")[0] == 235
+
+
+# -- IMAP items 5, 10, 11, 12, 14 -------------------------------------------------------------
+
+
+def imap(srv) -> ImapClient:
+    c = ImapClient(srv.port("imap"))
+    c.login()
+    return c
+
+
+def folders(c: ImapClient) -> list[bytes]:
+    return [line.rsplit(b" ", 1)[1] for line in c.cmd(b"l", b'LIST "" *')[:-1]]
+
+
+@pytest.mark.parametrize("command", [b"APPEND INBOX (\\Seen", b"APPEND INBOX (\\Seen) \"bad date\"", b"FETCH 1 BODY[]",
+                                     b"FROB"])
+def test_literal_plus_octets_of_a_refused_command_never_run(quick, command):
+    # Issue 14 item 5: the body of a LITERAL+ after a malformed or refused command ran as IMAP.
+    c = imap(quick)
+    before = folders(c)
+    body = b"zz2 DELETE Trash\r\nzz3 CREATE Evil\r\n"
+    c.send(b"a1 " + command + b" {%d+}\r\n" % len(body) + body + b")\r\n")
+    assert c.until(b"a1")[-1].startswith(b"a1 BAD "), command
+    assert c.cmd(b"a2", b"NOOP") == [b"a2 OK NOOP completed"]
+    assert folders(c) == before and b'"Evil"' not in before
+
+
+def test_create_of_a_name_too_long_for_the_file_system_leaves_nothing_behind(quick):
+    # Issue 14 item 10: NO [SERVERBUG] and the parents created.
+    c = imap(quick)
+    before = folders(c)
+    name = b"/".join([b"y" * 200] * 3)
+    [answer] = c.cmd(b"c", b"CREATE " + name)
+    assert answer.startswith(b"c NO [CANNOT] invalid mailbox name: folder name too long"), answer
+    assert folders(c) == before
+    assert c.cmd(b"r", b"RENAME Archive " + name)[0].startswith(b"r NO [CANNOT] ")
+
+
+@pytest.mark.parametrize("partial", [b"<-1.5>", b"<1.-5>", b"<99999999999999999999.5>", b"<1.>", b"<.5>"])
+def test_a_malformed_partial_is_bad_before_any_output(quick, partial):
+    # Issue 14 item 11: {5} was written, then NO [SERVERBUG]: the client lost the framing.
+    c = imap(quick)
+    m = b"Subject: x\r\n\r\nhello\r\n"
+    c.send(b"A APPEND INBOX {%d+}\r\n" % len(m) + m + b"\r\n")
+    c.until(b"A")
+    c.cmd(b"S", b"SELECT INBOX")
+    assert c.cmd(b"f", b"FETCH 1 BODY[]" + partial) == [
+        b"f BAD syntax error: unknown FETCH attribute BODY[]" + partial]
+    assert c.cmd(b"g", b"FETCH 1 BODY[]<1.3>") == [b"* 1 FETCH (BODY[]<1> {3}", b"ubj FLAGS (\\Seen \\Recent))",
+                                                     b"g OK FETCH completed"]
+
+
+@pytest.mark.parametrize("keys", [b"NOT " * 10000 + b"ALL", b"OR ALL " * 5000 + b"ALL", b"(" * 3000 + b"ALL" + b")" * 3000])
+def test_deeply_nested_search_is_bad_not_a_server_bug(quick, keys):
+    # Issue 14 item 12: RecursionError -> NO [SERVERBUG].
+    c = imap(quick)
+    c.cmd(b"S", b"SELECT INBOX")
+    [answer] = c.cmd(b"s", b"SEARCH " + keys)
+    assert answer.startswith(b"s BAD ") and b"nested" in answer, answer
+    assert c.cmd(b"n", b"SEARCH " + b"NOT " * 99 + b"ALL") == [b"* SEARCH", b"n OK SEARCH completed"]
+
+
+@pytest.mark.parametrize("failure, code", [(28, b"OVERQUOTA"), (122, b"OVERQUOTA"), (30, b"UNAVAILABLE")],
+                         ids=["ENOSPC", "EDQUOT", "EROFS"])
+def test_a_full_or_read_only_store_answers_with_a_response_code(quick, monkeypatch, failure, code):
+    # Issue 14 item 12: APPEND on a full disk, CREATE/SELECT on a read-only store -> SERVERBUG.
+    # The fault is injected in the store (a full or read-only file system cannot be made
+    # without privileges); the session, its reply and the log are real.
+    import os
+
+    from mailstack.store import MaildirFolder, Mailbox
+
+    def broken(*args, **kwargs):
+        raise OSError(failure, os.strerror(failure))
+
+    c = imap(quick)
+    monkeypatch.setattr(MaildirFolder, "append", broken)
+    monkeypatch.setattr(Mailbox, "create_folder", broken)
+    m = b"Subject: x\r\n\r\nhello\r\n"
+    c.send(b"A APPEND INBOX {%d+}\r\n" % len(m) + m + b"\r\n")
+    [append] = c.until(b"A")
+    assert append.startswith(b"A NO [" + code + b"] "), append
+    [create] = c.cmd(b"C", b"CREATE New")
+    assert create.startswith(b"C NO [" + code + b"] "), create
+    assert "imap store call failed for bob@example.test" in quick.log_text()
+
+
+def test_login_without_tls_is_refused_before_the_password_literal(inproc_server_factory):
+    # Issue 14 item 14: "LOGIN {15}" without TLS was answered "+ Ready", inviting the password.
+    srv = inproc_server_factory(listeners=["imap"], extra="[auth]\nplaintext_on_loopback = false\n").start()
+    c = ImapClient(srv.port("imap"))
+    c.send(b"a LOGIN {16}\r\n")
+    assert c.line() == b"a NO [PRIVACYREQUIRED] LOGIN is disabled without TLS: use STARTTLS first"
+    c.send(b"b SELECT {5}\r\n")
+    assert c.line() == b"b BAD SELECT is not valid before login"
+    assert c.cmd(b"c", b"NOOP") == [b"c OK NOOP completed"]  # the session carries on, in step

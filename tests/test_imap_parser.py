@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from mailstack.imap import parser
 from mailstack.imap.parser import Arguments, Atom, ParseError, String
 from mailstack.imap.reader import (
+    DATA,
+    MESSAGE,
     MAX_COMMAND,
     CommandAssembler,
     Complete,
@@ -24,8 +26,8 @@ from mailstack.imap.reader import (
 )
 
 
-def assembler(is_message=lambda command: False, limit=1000) -> CommandAssembler:
-    return CommandAssembler(Framing(), is_message, limit)
+def assembler(literal_kind=lambda command: DATA, limit=1000) -> CommandAssembler:
+    return CommandAssembler(Framing(), literal_kind, limit)
 
 
 def events(a: CommandAssembler, data: bytes) -> list:
@@ -115,7 +117,7 @@ def test_chained_literals_are_counted_towards_one_limit_as_they_arrive():
 
 
 def test_appends_message_literal_is_spooled_under_the_message_limit():
-    a = assembler(is_message=lambda command: True, limit=10)
+    a = assembler(literal_kind=lambda command: MESSAGE, limit=10)
     [cont] = events(a, b"a APPEND INBOX {5}\r\n")
     assert cont == Continue()
     [done] = events(a, b"hello\r\n")
@@ -124,6 +126,17 @@ def test_appends_message_literal_is_spooled_under_the_message_limit():
     spool.close()
     [refused] = events(a, b"b APPEND INBOX {11}\r\n")
     assert refused == Refused(b"b", b"NO", b"[TOOBIG] message larger than 10 octets")
+
+
+def test_a_command_the_session_refuses_gets_no_continuation():
+    # RFC 3501 7.5: the server may answer NO/BAD instead of "+"; the client then sends nothing.
+    refuse = lambda command: (b"NO", b"[PRIVACYREQUIRED] not here")  # noqa: E731
+    a = assembler(literal_kind=refuse)
+    assert events(a, b"a LOGIN {5}\r\n") == [Refused(b"a", b"NO", b"[PRIVACYREQUIRED] not here")]
+    assert not a.inside
+    # LITERAL+: the octets are on their way, so they are read (never run as commands)
+    got = events(a, b"b LOGIN {5+}\r\nc OK! x\r\n")
+    assert got == [Complete(RawCommand(b"b", [b"b LOGIN ", b" x"], [b"c OK!"]))]
 
 
 def test_a_command_without_a_valid_tag_is_read_with_the_tag_star():

@@ -7,6 +7,8 @@ store exceptions become NO with RFC 5530 response codes (:func:`store_error`).
 
 from __future__ import annotations
 
+import errno
+
 from mailstack.errors import (
     FolderExists,
     FolderNotFound,
@@ -37,6 +39,24 @@ class No(ImapError):
 
 class Bad(ImapError):
     status = b"BAD"
+
+
+def shown(text: bytes, limit: int = 40) -> str:
+    """Client bytes quoted back in a response text: printable ASCII only (a response line
+    cannot carry CR, LF or NUL), at most ``limit`` characters."""
+    return "".join(chr(c) if 0x20 <= c < 0x7F else "?" for c in text[:limit])
+
+
+def os_error(e: OSError) -> ImapError | None:
+    """The store's file system failing in a way the client should hear about (RFC 5530):
+    full or over quota, read-only or not permitted, a name too long; None for the rest."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return No("not enough disk space for that", "OVERQUOTA")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE):
+        return No("the mail store cannot be written now; try again later", "UNAVAILABLE")
+    if e.errno == errno.ENAMETOOLONG:
+        return No("mailbox name too long for the store", "LIMIT")
+    return None
 
 
 class Disconnect(Exception):

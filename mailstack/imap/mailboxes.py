@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from mailstack.errors import FolderNotFound, InvalidFolderName
 from mailstack.imap import message as msgmod
-from mailstack.imap.errors import NO_REPLY, Bad, No
+from mailstack.imap.errors import NO_REPLY, Bad, No, shown
 from mailstack.imap.parser import Atom, String
 from mailstack.imap.view import SYSTEM_FLAGS, Selected, uid_list
 from mailstack.store import decode_mutf7, encode_mutf7, normalise
@@ -63,7 +63,7 @@ def check_flags(flags) -> list[str]:
             out.append(canonical)
         else:
             if not flag or any(c in '(){ %*"\\]' or ord(c) < 0x21 or ord(c) > 0x7e for c in flag):
-                raise Bad(f"invalid keyword {flag[:40]!r}")
+                raise Bad(f"invalid keyword {shown(flag)}")
             out.append(flag)
     return out
 

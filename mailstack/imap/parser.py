@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from mailstack.imap import search as searchmod
+from mailstack.imap.errors import shown
 from mailstack.imap.reader import RawCommand, Spool
 
 MAX_DEPTH = 64  # nesting of parenthesised lists
@@ -386,7 +387,7 @@ def fetch_att(name: bytes) -> FetchItem:
         return FetchItem(kind)
     m = _BODY_RE.match(upper)
     if m is None:
-        raise ParseError(f"unknown FETCH attribute {name[:40]!r}")
+        raise ParseError(f"unknown FETCH attribute {shown(name)}")
     fields: dict = {"peek": bool(m.group(1))}
     section = m.group(2)
     pm = _PART_RE.match(section)
@@ -408,7 +409,7 @@ def fetch_att(name: bytes) -> FetchItem:
     else:
         fm = _FIELDS_RE.match(section)
         if fm is None or not fm.group(2).split():
-            raise ParseError(f"unknown section {section[:40]!r}")
+            raise ParseError(f"unknown section {shown(section)}")
         names = tuple(f.strip(b'"').decode("ascii", "replace") for f in fm.group(2).split())
         fields["header"] = HeaderSection(names, bool(fm.group(1)))
     if m.group(3) is not None:

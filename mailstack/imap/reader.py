@@ -130,15 +130,23 @@ def tag_of(line: bytes) -> bytes | None:
     return tag if tag and _TAG_RE.match(tag) else None
 
 
+#: What ``literal_kind`` may answer: APPEND's message (spooled, under the message limit) or
+#: any other literal (in memory, under the command limit).
+MESSAGE, DATA = "message", "data"
+
+
 class CommandAssembler:
     """Turns the framing's lines and octets into whole commands.
 
-    ``is_message(command, texts_so_far)``: True when the literal announced now is APPEND's
-    message (the session's parser knows the grammar); ``message_limit``: its size limit.
+    ``literal_kind(command)``, asked when a literal is announced (the session knows the state
+    and the grammar): :data:`MESSAGE`, :data:`DATA`, or ``(status, text)`` to refuse the
+    command before a synchronising literal is invited (RFC 3501 7.5: the client then sends
+    no octets), e.g. LOGIN where passwords are not allowed yet; ``message_limit``: the size
+    limit of a message.
     """
 
-    def __init__(self, framing: Framing, is_message, message_limit: int, max_command: int = MAX_COMMAND):
-        self.framing, self.is_message = framing, is_message
+    def __init__(self, framing: Framing, literal_kind, message_limit: int, max_command: int = MAX_COMMAND):
+        self.framing, self.literal_kind = framing, literal_kind
         self.message_limit, self.max_command = message_limit, max_command
         self.command: RawCommand | None = None
         self.literal: bytearray | Spool | None = None
@@ -170,7 +178,14 @@ class CommandAssembler:
             return self._complete()
         text, size, sync = line[: m.start()], int(m.group(1)), not m.group(2)
         self.command.texts.append(text)
-        message = self.is_message(self.command)
+        kind = self.literal_kind(self.command)
+        if not isinstance(kind, str):
+            if sync:
+                tag = self.command.tag
+                self.abandon()
+                return Refused(tag, *kind)
+            kind = DATA  # LITERAL+: the octets are on their way; read them, the command fails when run
+        message = kind == MESSAGE
         refused = self._refuse(size, sync, message)
         if refused is not None:
             return refused

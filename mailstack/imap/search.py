@@ -13,6 +13,7 @@ import functools
 import re
 
 from mailstack.imap import message as msgmod
+from mailstack.imap.errors import shown
 
 SEQSET_RE = re.compile(rb"^(\d+|\*)(:(\d+|\*))?(,(\d+|\*)(:(\d+|\*))?)*$")
 
@@ -32,8 +33,7 @@ class SearchSyntaxError(ValueError):
 def parse_seqset(text: bytes) -> list[tuple[int | None, int | None]]:
     """RFC 3501 sequence-set -> [(low, high)], None for "*"; SearchSyntaxError if malformed."""
     if not SEQSET_RE.match(text):
-        shown = "".join(chr(c) if 0x21 <= c < 0x7F else "?" for c in text[:40])
-        raise SearchSyntaxError(f"invalid sequence set {shown}")
+        raise SearchSyntaxError(f"invalid sequence set {shown(text)}")
     out = []
     for item in text.split(b","):
         lo, _, hi = item.partition(b":")
@@ -45,12 +45,17 @@ def parse_seqset(text: bytes) -> list[tuple[int | None, int | None]]:
     return out
 
 
-def compile_query(tokens: list, charset: str = "utf-8"):
+#: Deepest nesting of NOT, OR and parentheses a query may have: far beyond any client's, and
+#: keeps compiling and evaluating (both recursive) well inside Python's recursion limit.
+MAX_DEPTH = 100
+
+
+def compile_query(tokens: list, charset: str = "utf-8", depth: int = 0):
     """Parsed tokens (bytes and nested lists) -> a tree of tuples; SearchSyntaxError if bad."""
     tokens = list(tokens)
     nodes = []
     while tokens:
-        nodes.append(_one(tokens, charset))
+        nodes.append(_one(tokens, charset, depth))
     if not nodes:
         raise SearchSyntaxError("empty search")
     return ("and", nodes)
@@ -65,10 +70,12 @@ def _text(tokens: list, charset: str) -> str:
         raise SearchSyntaxError(f"argument is not valid {charset}") from None
 
 
-def _one(tokens: list, charset: str):
+def _one(tokens: list, charset: str, depth: int):
+    if depth >= MAX_DEPTH:
+        raise SearchSyntaxError(f"search keys nested deeper than {MAX_DEPTH} levels")
     t = tokens.pop(0)
     if isinstance(t, list):
-        return compile_query(t, charset) if t else ("all",)
+        return compile_query(t, charset, depth + 1) if t else ("all",)
     key = t.upper().decode("ascii", "replace")
     if key == "ALL":
         return ("all",)
@@ -105,11 +112,11 @@ def _one(tokens: list, charset: str):
     if key == "NOT":
         if not tokens:
             raise SearchSyntaxError("NOT needs a search key")
-        return ("not", _one(tokens, charset))
+        return ("not", _one(tokens, charset, depth + 1))
     if key == "OR":
         if len(tokens) < 2:
             raise SearchSyntaxError("OR needs two search keys")
-        return ("or", _one(tokens, charset), _one(tokens, charset))
+        return ("or", _one(tokens, charset, depth + 1), _one(tokens, charset, depth + 1))
     if key == "MODSEQ":  # RFC 7162 3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence-value
         if len(tokens) >= 3 and isinstance(tokens[0], bytes) and not tokens[0].isdigit():
             del tokens[:2]  # per-flag entries: the message's MODSEQ covers every flag here

@@ -17,7 +17,6 @@ table, the framing, the responses and the commands of any state and before login
 
 from __future__ import annotations
 
-import base64
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -27,11 +26,21 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
 from mailstack import sasl
-from mailstack.errors import StoreError, UnknownUser
-from mailstack.imap import fetch, mailboxes, parser, selected
+from mailstack.errors import StoreError
+from mailstack.imap import fetch, login, mailboxes, parser, selected
 from mailstack.imap.capabilities import SessionView, capability_names
-from mailstack.imap.errors import NO_REPLY, Bad, Disconnect, ImapError, No, store_error
-from mailstack.imap.reader import Complete, CommandAssembler, Continue, Framing, LineTooLong, RawCommand, Refused
+from mailstack.imap.errors import NO_REPLY, Bad, Disconnect, ImapError, No, os_error, store_error
+from mailstack.imap.reader import (
+    DATA,
+    MESSAGE,
+    Complete,
+    CommandAssembler,
+    Continue,
+    Framing,
+    LineTooLong,
+    RawCommand,
+    Refused,
+)
 from mailstack.imap.view import Selected
 
 log = Logger()
@@ -105,14 +114,24 @@ def _selected() -> dict:
 COMMANDS: dict[str, dict[bytes, Command]] = {
     NOT_AUTHENTICATED: {
         **_any_state(),
-        b"STARTTLS": Command(lambda s, tag: s.starttls(tag)),
-        b"LOGIN": Command(lambda s, tag, user, password: s.login(user, password), parser.login),
-        b"AUTHENTICATE": Command(lambda s, tag, mech, initial: s.authenticate(mech, initial), parser.authenticate),
+        b"STARTTLS": Command(login.starttls),
+        b"LOGIN": Command(login.login, parser.login),
+        b"AUTHENTICATE": Command(login.authenticate, parser.authenticate),
     },
     AUTHENTICATED: {**_any_state(), **_authenticated()},
     SELECTED: {**_any_state(), **_authenticated(), **_selected()},
 }
 _KNOWN = {name for table in COMMANDS.values() for name in table}
+
+def command_name(first_line: bytes) -> tuple[bytes, int]:
+    """(the command name upper-cased, ``b"UID FETCH"`` for the UID forms; how many words it
+    and the tag take)."""
+    words = first_line.split(b" ", 3)
+    name = words[1].upper() if len(words) > 1 else b""
+    if name == b"UID" and len(words) > 2:
+        return name + b" " + words[2].upper(), 3
+    return name, 2
+
 
 #: Sent by the listener when a connection limit turns a client away (RFC 3501 7.1.5, RFC 5530).
 BUSY = b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
@@ -120,7 +139,6 @@ GREETING = b"mailstack IMAP4rev1 server ready"
 MAX_PENDING_INPUT = 1 << 20  # pipelined input held while a command runs
 PREAUTH_TIMEOUT = 120  # seconds; RFC 3501 5.4 asks for 30 minutes only once authenticated
 INFLATE_CHUNK = 64 * 1024
-SASL_MECHANISMS = ("PLAIN",)
 
 
 class DeflateTransport:
@@ -159,7 +177,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         self.failures = sasl.FailureCounter()
         self.logout_avatar = None
         self.framing = Framing()
-        self.assembler = CommandAssembler(self.framing, self.is_append_message, context.config.max_message_size)
+        self.assembler = CommandAssembler(self.framing, self.literal_kind, context.config.max_message_size)
         self.line_waiter: defer.Deferred | None = None  # IDLE's DONE, a SASL response
         self.idling = False
         self.flow = None  # the FETCH's producer, while one streams
@@ -289,13 +307,22 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         reactor.callLater(0, self.process)  # it may be here already
         return self.line_waiter
 
+    def literal_kind(self, command: RawCommand):
+        """What the literal announced now is (see :class:`CommandAssembler`): a command that
+        cannot run in this state, or LOGIN without TLS, is refused before its literal is
+        invited, so no password is asked for that would be refused (issue 14)."""
+        if command.tag == b"*":
+            return b"BAD", b"invalid or missing tag"
+        name, _used = command_name(command.texts[0])
+        if name not in COMMANDS.get(self.state, {}):
+            return b"BAD", self.unavailable(name).encode("ascii", "replace")
+        if name == b"LOGIN" and not self.login_allowed():
+            return b"NO", b"[PRIVACYREQUIRED] LOGIN is disabled without TLS: use STARTTLS first"
+        return MESSAGE if name == b"APPEND" and self.is_append_message(command) else DATA
+
     def is_append_message(self, command: RawCommand) -> bool:
         """Is the literal announced now APPEND's message (``APPEND mailbox [flags] [date] literal``)?"""
-        if self.state not in (AUTHENTICATED, SELECTED):
-            return False
         words = command.texts[0].split(b" ", 2)
-        if len(words) < 2 or words[1].upper() != b"APPEND":
-            return False
         try:
             return len(parser.tokens(command, len(words[0]) + len(words[1]) + 2)) >= 1
         except parser.ParseError:
@@ -323,12 +350,10 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         tag = raw.tag
         if tag == b"*":
             raise Bad("invalid or missing tag")
-        words = raw.texts[0].split(b" ", 3)
-        if len(words) < 2 or not words[1]:
+        name, used = command_name(raw.texts[0])
+        if not name:
             raise Bad("missing command")
-        name, used = words[1].upper(), 2
-        if name == b"UID" and len(words) > 2:
-            name, used = name + b" " + words[2].upper(), 3
+        words = raw.texts[0].split(b" ", 3)
         table = COMMANDS.get(self.state, {})
         command = table.get(name)
         if command is None:
@@ -411,6 +436,12 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
             return await threads.deferToThread(fn, *args)
         except StoreError as e:
             raise store_error(e) from None
+        except OSError as e:
+            answer = os_error(e)
+            if answer is None:
+                raise
+            log.warn("imap store call failed for {user} from {peer}: {e}", user=self.address, peer=self.peer, e=e)
+            raise answer from None
 
     def opened(self, sel: Selected) -> None:
         self.sel, self.state = sel, SELECTED
@@ -489,78 +520,12 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         self.untagged(b'ID ("name" "mailstack")')
         return b"ID completed"
 
-    # -- not authenticated (RFC 3501 6.2) ----------------------------------------------------------
-
-    async def starttls(self, tag: bytes):
-        """RFC 3501 6.2.1.  Input pipelined after STARTTLS is discarded: it arrived in the clear."""
-        if not self.can_starttls():
-            raise Bad("STARTTLS is not available" + (" (TLS is already active)" if self.secure else ""))
-        self.framing.clear()
-        self.tagged(tag, b"OK", b"Begin TLS negotiation now")
-        self.secure = True
-        self.transport.startTLS(self.context.tls)
-        return NO_REPLY
-
-    async def login(self, user: bytes, password: bytes):
-        """RFC 3501 6.2.3."""
-        if not self.login_allowed():
-            raise No("LOGIN is disabled without TLS: use STARTTLS first", "PRIVACYREQUIRED")
-        return await self.check_password(user, password, "LOGIN")
-
-    async def authenticate(self, mechanism: bytes, initial: bytes | None):
-        """RFC 3501 6.2.2 with SASL PLAIN (RFC 4616) and the initial response of RFC 4959."""
-        if mechanism.upper().decode("ascii", "replace") not in SASL_MECHANISMS:
-            raise No("unsupported authentication mechanism (use PLAIN)", "CANNOT")
-        if not self.login_allowed():
-            raise No("authentication is disabled without TLS: use STARTTLS first", "PRIVACYREQUIRED")
-        exchange = None
-        try:
-            exchange = sasl.start(mechanism.decode("ascii"), initial, SASL_MECHANISMS)
-            while exchange.challenge is not None:
-                self.continuation(base64.b64encode(exchange.challenge))
-                exchange.respond(await self.read_line())
-        except sasl.SaslError as e:
-            if e.kind == "identity":
-                self.refused(exchange.credentials.authcid, "AUTHENTICATE PLAIN", str(e))
-            raise Bad(str(e)) from None
-        creds = exchange.credentials
-        return await self.check_password(creds.authcid, creds.password, "AUTHENTICATE PLAIN")
-
-    def refused(self, user: bytes, method: str, why: str):
-        log.warn("imap authentication failed for {user} from {peer} ({method}: {why})",
-                 user=sasl.shown(user), peer=self.peer, method=method, why=why)
-        if self.failures.failed():
-            self.untagged(b"BYE Too many authentication failures")
-            reactor.callLater(0, self.transport.loseConnection)
-        raise No("Authentication failed", "AUTHENTICATIONFAILED")
-
-    async def check_password(self, user: bytes, password: bytes, method: str):
-        gate = self.context.login_gate
-        try:
-            result = await sasl.authenticate(gate, user, password, self.peer, self.listener.key, self.avatar_interface)
-        except sasl.LoginRefused:
-            self.refused(user, method, "bad user name or password")
-        except sasl.LoginThrottled as e:
-            raise No(str(e), "UNAVAILABLE") from None  # RFC 5530 3: temporary, try later
-        except sasl.LoginUnavailable:
-            raise No("authentication is unavailable, try again later", "UNAVAILABLE") from None
-        account = result.avatar
-        try:
-            mailbox = await threads.deferToThread(account.mailbox)
-        except UnknownUser as e:
-            result.logout()
-            log.warn("imap mailbox unusable for {user} from {peer}: {error}", user=account.address,
-                     peer=self.peer, error=str(e))
-            raise No("this account has no usable mailbox", "UNAVAILABLE") from None
-        if self.lost:
-            result.logout()
-            return NO_REPLY
-        self.logout_avatar = result.logout
-        self.address, self.mailbox = account.address, mailbox
+    def logged_in(self, address: str, mailbox, logout) -> None:
+        """Enter the authenticated state (RFC 3501 3.2) with RFC 3501 5.4's longer timeout."""
+        self.logout_avatar = logout
+        self.address, self.mailbox = address, mailbox
         self.state = AUTHENTICATED
         self.setTimeout(self.context.config.imap_autologout)
-        log.info("imap login {user} from {peer} ({method})", user=account.address, peer=self.peer, method=method)
-        return b"[CAPABILITY " + b" ".join(self.capabilities()) + b"] Logged in"
 
     # -- authenticated, of the session itself --------------------------------------------------------
 

@@ -16,6 +16,8 @@ from mailstack.errors import InvalidFolderName
 SEPARATOR = "/"
 MAX_COMPONENT = 200
 MAX_DEPTH = 16
+#: One Maildir++ directory holds the whole flattened name (".a.b.c"): NAME_MAX on Linux file systems.
+MAX_DIRNAME = 255
 
 
 def encode_mutf7(text: str) -> str:
@@ -98,6 +100,11 @@ def split_name(name: str) -> list[str]:
             raise InvalidFolderName(f"control character or backslash in folder name {name!r}")
         if len(part) > MAX_COMPONENT:
             raise InvalidFolderName(f"folder name component longer than {MAX_COMPONENT} characters")
+    if parts != ["INBOX"]:
+        encoded = len("." + ".".join(encode_mutf7(p) for p in parts))  # modified UTF-7 is ASCII
+        if encoded > MAX_DIRNAME:
+            raise InvalidFolderName(f"folder name too long: its directory name would be {encoded} bytes "
+                                    f"(at most {MAX_DIRNAME})")
     return parts
 
 
