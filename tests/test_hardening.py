@@ -385,3 +385,44 @@ def test_login_without_tls_is_refused_before_the_password_literal(inproc_server_
     c.send(b"b SELECT {5}\r\n")
     assert c.line() == b"b BAD SELECT is not valid before login"
     assert c.cmd(b"c", b"NOOP") == [b"c OK NOOP completed"]  # the session carries on, in step
+
+
+# -- item 2: one IMAP command cannot grow without bound -----------------------------------------
+
+
+def chained_literals(srv, login: bool, command: bytes) -> tuple[int, bytes]:
+    """Send ``command`` followed by up to 1000 LITERAL+ literals of 64 KiB; (octets the server
+    took before closing, its last line)."""
+    c = ImapClient(srv.port("imap"), timeout=30)
+    if login:
+        c.login()
+    c.send(b"a " + command + b" ")
+    literal = b"{65536+}\r\n" + b"x" * 65536 + b" "
+    sent = 0
+    try:
+        for _ in range(1000):
+            c.send(literal)
+            sent += len(literal)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    try:
+        last = c.line()
+    except (ConnectionResetError, OSError):
+        last = b""
+    c.close()
+    return sent, last
+
+
+@pytest.mark.parametrize("login, command", [(False, b"ID ("), (True, b'LIST "" ('), (True, b"SEARCH ("),
+                                            (True, b"ENABLE")], ids=["ID", "LIST", "SEARCH", "ENABLE"])
+def test_chained_literals_are_cut_off_at_the_command_limit(srv, login, command):
+    # Issue 14 item 2: 1000 chained {65536+} literals grew one command to 64 MB: 135 s of CPU, +190 MB.
+    pid = srv.proc.pid
+    login_and_select_seconds(srv)
+    cpu0, rss0 = cpu_seconds(pid), rss_mb(pid)
+    sent, last = chained_literals(srv, login, command)
+    cpu, grown = cpu_seconds(pid) - cpu0, rss_mb(pid) - rss0
+    print(f"{command!r}: client got {sent} octets out; server CPU {cpu:.2f} s, RSS +{grown:.1f} MB; {last!r}")
+    assert last == b"* BYE [TOOBIG] command larger than 262144 octets"
+    assert cpu < 1.0 and grown < 20
+    assert login_and_select_seconds(srv) < 0.5  # and the server is at once there for others
