@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from mailstack import accounts as accounts_mod
 from mailstack import config as config_mod
 from mailstack import listener as listener_mod
+from mailstack import logfilter
 from mailstack.errors import ConfigError
 from mailstack.outbound import relay
 from mailstack.store import FolderWatcher, MaildirStore
@@ -240,5 +241,6 @@ def banner(cfg: config_mod.Config, bound: dict[str, dict]) -> str:
 
 
 def make_service(config_path: str, reactor=None) -> MailstackService:
+    logfilter.install()
     cfg = config_mod.load(config_path)
     return MailstackService(cfg, reactor)

@@ -426,3 +426,31 @@ def test_chained_literals_are_cut_off_at_the_command_limit(srv, login, command):
     assert last == b"* BYE [TOOBIG] command larger than 262144 octets"
     assert cpu < 1.0 and grown < 20
     assert login_and_select_seconds(srv) < 0.5  # and the server is at once there for others
+
+
+# -- item 13: no forged log lines -----------------------------------------------------------------
+
+
+def test_control_characters_from_clients_are_escaped_in_the_log(server_factory):
+    # Issue 14 item 13: a newline in an AUTH user name (or a HELO name, or an IMAP literal)
+    # was written raw, so a client could add log lines of its choosing.
+    import base64
+
+    srv = server_factory(listeners=["smtp", "submission", "imap"], extra="[auth]\nfailure_delay = 0.0\n").start()
+    fake = "2026-01-01T00:00:00+0000 [mailstack.imap.session#info] imap login admin@example.test"
+    c = SmtpClient(srv.port("submission"))
+    c.cmd(b"EHLO client\n" + fake.encode())  # refused (not a domain); nothing raw in the log either way
+    c.cmd("EHLO client.example")
+    c.cmd("AUTH PLAIN " + base64.b64encode(f"\0x\n{fake}\0pw".encode()).decode())
+    c.close()
+    i = ImapClient(srv.port("imap"))
+    user = f"y\r\n{fake}\x00\x1b[31m".encode()
+    i.send(b"a LOGIN {%d+}\r\n" % len(user) + user + b" pw\r\n")
+    i.until(b"a")
+    i.close()
+    time.sleep(0.5)
+    log = srv.log_path.read_text()
+    assert not [line for line in log.splitlines() if line.startswith(fake)], "a client wrote its own log line"
+    assert "\x00" not in log and "\x1b" not in log
+    assert "for x\\n2026-01-01t00:00:00+0000" in log  # the SASL user name (as the throttle keeps it), escaped
+    assert "\\r\\n" in log or "\\x0d" in log  # the IMAP literal's CRLF, escaped

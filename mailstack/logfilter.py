@@ -1,0 +1,44 @@
+"""Log lines a client cannot forge: control characters in logged values are escaped.
+
+Client-supplied text reaches the log in many fields (HELO names, addresses, user names,
+mailbox names, error causes); a newline or CR in one would start a line of the client's
+choosing, and NUL or escape sequences confuse log readers (log injection, issue 14).
+:func:`install` puts :func:`escape_event` in front of every other observer of the global
+log publisher, so whatever writes the log (twistd's file or journald observer) sees each
+string field with ``\\n``, ``\\r``, ``\\x00`` ... written out.  The format string itself is
+ours and stays as it is; failures (tracebacks) are untouched.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.logger import globalLogPublisher
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
+_installed = False
+
+
+def _escape(text: str) -> str:
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def escape_event(event: dict) -> None:
+    """Escape, in place, the control characters of the event's string and bytes fields."""
+    for key, value in list(event.items()):
+        if key.startswith("log_"):
+            continue
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "backslashreplace")
+        if isinstance(value, str) and _CONTROL.search(value):
+            event[key] = _escape(value)
+        elif isinstance(value, BaseException) and _CONTROL.search(str(value)):
+            event[key] = _escape(str(value))
+
+
+def install() -> None:
+    """Once per process, before twistd begins logging (its observers come after ours)."""
+    global _installed
+    if not _installed:
+        globalLogPublisher.addObserver(escape_event)
+        _installed = True
