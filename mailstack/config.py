@@ -118,7 +118,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "connections_per_address": (int, 20),
         "message_size": (int, 50 * 1024 * 1024),
         "recipients": (int, 100),
-        "commands_per_session": (int, 10000),
+        "commands_per_second": (int, 5000),
+        "command_burst": (int, 20000),
+        "commands_per_session": (int, 0),
     },
 }
 
@@ -152,7 +154,9 @@ class Config:
     max_connections_per_address: int
     max_message_size: int
     max_recipients: int
-    max_commands: int
+    max_commands: int  # 0: no limit
+    command_rate: int
+    command_burst: int
     trusted_networks: list[str]
     smtp_timeout: int
     imap_autologout: int = 1800
@@ -404,9 +408,12 @@ def from_dict(raw: dict, path: str) -> Config:
     queue_dir = _check_relay(values, root, path)
     _check_dns_dkim(values, root, path)
     smarthost_password = _smarthost_password(relay, path)
-    for k in ("connections", "connections_per_address", "message_size", "recipients", "commands_per_session"):
+    for k in ("connections", "connections_per_address", "message_size", "recipients", "commands_per_second",
+              "command_burst"):
         if values["limits"][k] < 1:
             raise ConfigError(path, f"[limits] {k}", "must be at least 1")
+    if values["limits"]["commands_per_session"] < 0:
+        raise ConfigError(path, "[limits] commands_per_session", "must be 0 (no limit) or more")
 
     return Config(
         path=os.path.abspath(path),
@@ -429,6 +436,8 @@ def from_dict(raw: dict, path: str) -> Config:
         max_message_size=values["limits"]["message_size"],
         max_recipients=values["limits"]["recipients"],
         max_commands=values["limits"]["commands_per_session"],
+        command_rate=values["limits"]["commands_per_second"],
+        command_burst=values["limits"]["command_burst"],
         trusted_networks=values["smtp"]["trusted_networks"],
         smtp_timeout=values["smtp"]["timeout"],
         imap_autologout=values["imap"]["autologout"],

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from support.clients import ImapClient, SmtpClient
+from support.clients import ImapClient, Pop3Client, SmtpClient
 from support.proc import cpu_seconds, rss_mb
 from support.servers import PASSWORDS
 
@@ -454,3 +454,79 @@ def test_control_characters_from_clients_are_escaped_in_the_log(server_factory):
     assert "\x00" not in log and "\x1b" not in log
     assert "for x\\n2026-01-01t00:00:00+0000" in log  # the SASL user name (as the throttle keeps it), escaped
     assert "\\r\\n" in log or "\\x0d" in log  # the IMAP literal's CRLF, escaped
+
+
+# -- item 7: command pacing instead of a cap on commands per session ----------------------------
+
+
+def write_maildir_messages(srv, user: str, count: int) -> None:
+    """``count`` small messages written straight into new/, as another MDA would."""
+    new = srv.maildir(user) / "new"
+    new.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        body = b"Subject: message %d\r\n\r\nbody %d\r\n" % (n, n)
+        (new / f"1700000000.M{n}P1.test,S={len(body)}").write_bytes(body)
+
+
+def test_a_pop3_download_of_five_thousand_messages_is_not_cut(inproc_server_factory):
+    # Issue 14 item 7: RETR + DELE of 10,000 messages (20,000 commands) met the 10,000 cap.
+    srv = inproc_server_factory(listeners=["pop3"])
+    write_maildir_messages(srv, BOB, 5000)
+    srv.start()
+    import poplib
+
+    t0 = time.monotonic()
+    p = poplib.POP3("127.0.0.1", srv.port("pop3"), timeout=60)
+    p.user(BOB)
+    p.pass_(PASSWORDS[BOB])
+    assert p.stat()[0] == 5000
+    for n in range(1, 5001):
+        p.retr(n)
+        p.dele(n)
+    assert p.quit().startswith(b"+OK")
+    print(f"10,003 POP3 commands in {time.monotonic() - t0:.1f} s")
+    assert srv.messages(BOB) == []
+
+
+def test_imap_session_of_twelve_thousand_commands_is_not_cut(quick):
+    c = imap(quick)
+    c.send(b"".join(b"n%d NOOP\r\n" % i for i in range(12000)))
+    for i in range(12000):
+        assert c.until(b"n%d" % i) == [b"n%d OK NOOP completed" % i]
+
+
+def test_a_command_flood_is_paced_and_other_sessions_are_not(inproc_server_factory):
+    # The rate is per session: a flood waits its turn, nothing is refused, others go on.
+    srv = inproc_server_factory(listeners=["imap", "smtp", "pop3"],
+                                extra="[limits]\ncommands_per_second = 500\ncommand_burst = 100\n").start()
+    flooder, other = imap(srv), imap(srv)
+    results = {}
+
+    def flood():
+        t0 = time.monotonic()
+        flooder.send(b"".join(b"f%d NOOP\r\n" % i for i in range(1100)))
+        for i in range(1100):
+            assert flooder.until(b"f%d" % i)[-1] == b"f%d OK NOOP completed" % i
+        results["flood"] = time.monotonic() - t0
+
+    worker = threading.Thread(target=flood)
+    worker.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    assert other.cmd(b"o", b"NOOP") == [b"o OK NOOP completed"]
+    results["other"] = time.monotonic() - t0
+    worker.join(30)
+    assert results["flood"] >= 1.9, results  # (1100 - 100 burst) / 500 a second
+    assert results["other"] < 0.2, results
+    # SMTP and POP3 are paced the same way: (700 - 100 burst) / 500 a second >= 1.2 s
+    smtp = SmtpClient(srv.port("smtp"))
+    t0 = time.monotonic()
+    smtp.send(b"NOOP\r\n" * 700)
+    assert [smtp.read()[0] for _ in range(700)] == [250] * 700
+    assert time.monotonic() - t0 >= 1.0
+    pop = Pop3Client(srv.port("pop3"))
+    pop.login()
+    t0 = time.monotonic()
+    pop.send(b"NOOP\r\n" * 700)
+    assert [pop.line() for _ in range(700)] == [b"+OK\r\n"] * 700
+    assert time.monotonic() - t0 >= 1.0

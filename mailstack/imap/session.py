@@ -42,6 +42,7 @@ from mailstack.imap.reader import (
     Refused,
 )
 from mailstack.imap.view import Selected
+from mailstack.pacing import CommandPacer
 
 log = Logger()
 
@@ -174,6 +175,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         self.lost = False
         self.busy = False  # a command runs: input waits
         self.commands = 0
+        self.pacer = CommandPacer(context.config.command_rate, context.config.command_burst, reactor)
         self.failures = sasl.FailureCounter()
         self.logout_avatar = None
         self.framing = Framing()
@@ -333,11 +335,25 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
     def execute(self, raw: RawCommand) -> None:
         self.busy = True
         self.commands += 1
-        if self.commands > self.context.config.max_commands:
+        limit = self.context.config.max_commands
+        if limit and self.commands > limit:
             raw.close()
             log.warn("imap session of {peer} closed: too many commands", peer=self.peer)
             self.close(b"* BYE too many commands in one session")
             return
+        wait = self.pacer.take()
+        if wait:  # over the command rate (mailstack.pacing): this one waits, and the input behind it
+            reactor.callLater(wait, self.paced, raw)
+            return
+        self.dispatch(raw)
+
+    def paced(self, raw: RawCommand) -> None:
+        if self.lost:
+            raw.close()
+        else:
+            self.dispatch(raw)
+
+    def dispatch(self, raw: RawCommand) -> None:
         try:
             tag, command, args = self.parse(raw)
         except ImapError as e:

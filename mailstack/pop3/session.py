@@ -16,13 +16,14 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 
 from mailstack import sasl
 from mailstack.errors import UnknownUser
+from mailstack.pacing import CommandPacer
 from mailstack.pop3.capabilities import SessionView, capability_lines
 from mailstack.pop3.errors import AUTH, IN_USE, SYS_PERM, SYS_TEMP, Pop3Error
 from mailstack.pop3.maildrop import IMaildrop, Maildrop, SeenQueue
@@ -99,6 +100,7 @@ class POP3Session(LineReceiver, TimeoutMixin):
         self.discarding = False  # the rest of an over-long line is still to come
         self.refeed: bytes | None = None  # input after an over-long line, to be read next
         self.commands = 0
+        self.pacer = CommandPacer(context.config.command_rate, context.config.command_burst, reactor)
         self.user: bytes | None = None  # USER given, PASS awaited
         self.exchange: sasl.Exchange | None = None  # an AUTH exchange awaiting the client's line
         self.failures = sasl.FailureCounter()
@@ -256,9 +258,18 @@ class POP3Session(LineReceiver, TimeoutMixin):
 
     def command(self, line: bytes):
         self.commands += 1
-        if self.commands > self.context.config.max_commands:
+        limit = self.context.config.max_commands
+        if limit and self.commands > limit:
             log.warn("pop3 session of {peer} closed: too many commands", peer=self.peer)
             self.close(Pop3Error("too many commands in one session", SYS_PERM))
+            return None
+        wait = self.pacer.take()
+        if wait:  # over the command rate (mailstack.pacing): run() holds the input behind it
+            return task.deferLater(reactor, wait, self.dispatch, line)
+        return self.dispatch(line)
+
+    def dispatch(self, line: bytes):
+        if self.closing:
             return None
         keyword, _, rest = line.partition(b" ")
         name = keyword.upper().decode("ascii", "replace")

@@ -46,6 +46,7 @@ class SMTPSettings:
         self.store = context.store
         self.max_size = cfg.max_message_size
         self.max_commands = cfg.max_commands
+        self.command_rate, self.command_burst = cfg.command_rate, cfg.command_burst
         self.timeout = cfg.smtp_timeout
         self.plaintext_on_loopback = cfg.plaintext_on_loopback
         self.relay = context.relay

@@ -27,7 +27,7 @@ import base64
 import re
 import secrets
 
-from twisted.internet import protocol
+from twisted.internet import protocol, reactor
 from twisted.logger import Logger
 from twisted.protocols import basic, policies
 
@@ -36,6 +36,7 @@ from mailstack import sasl
 from mailstack.accounts import IMailUser
 from mailstack.errors import MailError
 from mailstack.mail import codes as c
+from mailstack.pacing import CommandPacer
 from mailstack.smtp import accept
 from mailstack.smtp import address as addr
 from mailstack.smtp.capabilities import MECHANISMS, SessionView, ehlo_keywords
@@ -97,6 +98,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
         self.state = FRESH
         self.facts: SessionFacts | None = None
         self.commands = 0
+        self.pacer = CommandPacer(settings.command_rate, settings.command_burst, reactor)
         self.helo, self.esmtp = "", False
         self.spool: MessageSpool | None = None
         self._reset_transaction()
@@ -188,8 +190,6 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
         else:
             # LineReceiver stops after this call: the rest is buffered now and read on the next turn.
             self.dataReceived(line[end + 2 :])
-            from twisted.internet import reactor
-
             reactor.callLater(0, self.dataReceived, b"")
 
     def lineReceived(self, line):
@@ -197,10 +197,26 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
         if self._sasl is not None:
             return self._auth_response(line)
         self.commands += 1
-        if self.commands > self.settings.max_commands:
+        if self.settings.max_commands and self.commands > self.settings.max_commands:
             self.reply(c.SERVICE_UNAVAILABLE, c.E_SECURITY_TEMPORARY, "Too many commands in one session")
             self.transport.loseConnection()
             return
+        wait = self.pacer.take()
+        if wait:  # over the command rate: this command waits its turn, and the input behind it
+            self.pause()
+            reactor.callLater(wait, self._paced, line)
+            return
+        self._command(line)
+
+    def _paced(self, line: bytes) -> None:
+        if self._lost:
+            return
+        self.paused = False
+        self._command(line)
+        if not self.paused:
+            self.resume()
+
+    def _command(self, line: bytes) -> None:
         verb, _, rest = line.strip().partition(b" ")
         entry = COMMANDS.get(verb.upper())
         if entry is None:
