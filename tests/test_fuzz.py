@@ -1,6 +1,7 @@
-"""Property-based fuzzing of the SMTP and POP3 command parsers through a real server.
+"""Property-based fuzzing of the SMTP, POP3 and IMAP command parsers through a real server.
 
-Random and mutated command lines go to a live twistd process.  For each one the server must
+Random and mutated command lines go to a live twistd process; IMAP also gets commands built
+from its grammar (literals, LITERAL+, nesting; :func:`test_imap_grammar`).  For each one the server must
 answer with a well-formed reply (never a traceback), keep serving the next command, and write
 nothing outside its store.  FUZZ_EXAMPLES sets how many lines per protocol (default 1500;
 more on demand, e.g. FUZZ_EXAMPLES=50000).
@@ -225,3 +226,127 @@ def imap_fuzz_server(tmp_path_factory):
                and "tls" not in p.parts and p.name not in ("mail", "queue", "dkim")
                and not str(p).startswith(str(base / "queue"))]
     assert not outside, f"files written outside the store: {outside[:5]}"
+
+
+# -- grammar-based IMAP commands: literals, LITERAL+ and nesting (issue 14) ----------------------
+#
+# A command is a verb from the tables and arguments drawn from RFC 3501's grammar (section 9):
+# atoms, quoted strings with escapes, synchronising and non-synchronising literals, nested
+# parenthesised lists, sequence sets, FETCH attributes and nested SEARCH keys.  Each literal
+# is sent the way a client must: "{n}" then wait for "+" (or a tagged refusal, which ends
+# the command), "{n+}" and its octets at once.
+
+
+class Literal:
+    def __init__(self, data: bytes, sync: bool):
+        self.data, self.sync = data, sync
+
+
+def _flatten(node) -> list:
+    """An argument tree -> a list of bytes and Literal pieces."""
+    if isinstance(node, (bytes, Literal)):
+        return [node]
+    out = [b"("]
+    for i, child in enumerate(node):
+        if i:
+            out.append(b" ")
+        out += _flatten(child)
+    return out + [b")"]
+
+
+_atoms = st.one_of(st.sampled_from([b"INBOX", b"NIL", b"1:*", b"*", b"2,4:6", b"\\Seen", b"\\Deleted", b"FLAGS",
+                                    b"BODY[]", b"BODY.PEEK[HEADER]<0.20>", b"BODY[1.MIME]", b"UID", b"ALL", b"Trash",
+                                    b"CHARSET", b"UTF-8", b"&Jjo-", b"Work/Sub", b"0", b"4294967296"]),
+                   st.text("abcXYZ019-_.:*%&!]", min_size=1, max_size=12).map(str.encode))
+_quoted = st.binary(max_size=30).map(
+    lambda b: b'"' + bytes(c for c in b if c not in b"\r\n\0").replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"')
+_literals = st.builds(Literal, st.binary(max_size=60), st.booleans())
+_search = st.recursive(st.sampled_from([b"ALL", b"SEEN", b"SUBJECT x", b"1:3", b"UID 2:*", b"LARGER 10"]),
+                       lambda inner: st.one_of(inner.map(lambda k: b"NOT " + k),
+                                               st.tuples(inner, inner).map(lambda ab: b"OR " + ab[0] + b" " + ab[1]),
+                                               st.lists(inner, min_size=1, max_size=3).map(
+                                                   lambda ks: b"(" + b" ".join(ks) + b")")),
+                       max_leaves=30)
+_argument = st.recursive(st.one_of(_atoms, _quoted, _literals, _search),
+                         lambda inner: st.lists(inner, max_size=4), max_leaves=12)
+GRAMMAR_VERBS = [v for v in IMAP_VERBS if v != b"XFOO"] + [b"APPEND", b"LOGIN", b"AUTHENTICATE PLAIN", b"IDLE"]
+
+
+def _pieces(verb: bytes, args: list) -> list:
+    out = [verb]
+    for arg in args:
+        out += [b" "] + _flatten(arg)
+    return out
+
+
+class GrammarConversation(ImapConversation):
+    def send_pieces(self, pieces: list) -> bytes | None:
+        """Send one command piece by piece; its tagged reply (None if the server closed)."""
+        try:
+            if self.sock is None:
+                self.command(b"NOOP")  # connects, logs in, selects
+            self.n += 1
+            tag = b"f%d" % self.n
+            pending = tag + b" "
+            for piece in pieces:
+                if not isinstance(piece, Literal):
+                    pending += piece
+                    continue
+                if not piece.sync:
+                    pending += b"{%d+}\r\n" % len(piece.data) + piece.data
+                    continue
+                self.sock.sendall(pending + b"{%d}\r\n" % len(piece.data))
+                pending = b""
+                line = self._line()
+                while line.startswith(b"* "):
+                    line = self._line()
+                if line.startswith(tag + b" "):
+                    return line  # refused before the literal: the client sends no octets (RFC 3501 7.5)
+                assert line.startswith(b"+"), (pieces, line)
+                pending = piece.data
+            self.sock.sendall(pending + b"\r\n")
+            while True:
+                line = self._line()
+                if line.startswith(tag + b" "):
+                    return line
+                assert line.startswith((b"* ", b"+ ")) or line == b"+", (pieces, line)
+                if line.startswith(b"+"):  # IDLE, AUTHENTICATE: end it
+                    self.sock.sendall(b"DONE\r\n" if pieces[0] == b"IDLE" else b"*\r\n")
+        except (ConnectionResetError, BrokenPipeError, socket.timeout):
+            self.sock = None
+            return None
+
+
+_seqset = st.sampled_from([b"1", b"1:*", b"*", b"2:4", b"1,3,5", b"5:2", b"9999", b"*:1"])
+_fetch_att = st.sampled_from([b"FLAGS", b"UID", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE", b"BODY", b"INTERNALDATE",
+                              b"BODY.PEEK[]", b"BODY[HEADER.FIELDS (Subject From)]", b"BODY.PEEK[1]<0.4>", b"BODY[2.TEXT]",
+                              b"BINARY[1]", b"MODSEQ", b"BODY[TEXT]<5.10>"])
+#: Commands shaped like valid ones (so the handlers run, not only the parser), in pieces.
+_structured = st.one_of(
+    st.tuples(st.sampled_from([b"FETCH", b"UID FETCH"]), _seqset, st.lists(_fetch_att, min_size=1, max_size=4)).map(
+        lambda t: [t[0], b" ", t[1], b" (", b" ".join(t[2]), b")"]),
+    st.tuples(st.sampled_from([b"SEARCH", b"UID SEARCH"]), _search).map(lambda t: [t[0], b" ", t[1]]),
+    st.tuples(st.sampled_from([b"STORE", b"UID STORE"]), _seqset, st.sampled_from([b"+FLAGS", b"-FLAGS.SILENT", b"FLAGS"]),
+              st.lists(st.sampled_from([b"\\Seen", b"\\Flagged", b"$Fuzz", b"\\Deleted"]), max_size=3)).map(
+        lambda t: [t[0], b" ", t[1], b" ", t[2], b" (", b" ".join(t[3]), b")"]),
+    st.tuples(st.sampled_from([b"Trash", b"INBOX", b"Fuzz/Sub", b"{3}"]), st.binary(max_size=200), st.booleans()).map(
+        lambda t: [b"APPEND ", t[0], b" (\\Seen) ", Literal(b"Subject: fuzz\r\n\r\n" + t[1], t[2])]),
+    st.tuples(st.sampled_from([b"CREATE", b"DELETE", b"SUBSCRIBE", b"STATUS", b"SELECT", b"EXAMINE"]),
+              st.one_of(_atoms, _quoted, _literals)).map(
+        lambda t: [t[0], b" "] + _flatten(t[1]) + ([b" (MESSAGES UNSEEN)"] if t[0] == b"STATUS" else [])),
+)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(commands=st.lists(st.one_of(
+    st.tuples(st.sampled_from(GRAMMAR_VERBS), st.lists(_argument, max_size=4)).map(lambda t: _pieces(*t)),
+    _structured), min_size=1, max_size=3))
+def test_imap_grammar(imap_fuzz_server, commands):
+    conv = _imap.setdefault("g", GrammarConversation(imap_fuzz_server.port("imap")))
+    for pieces in commands:
+        reply = conv.send_pieces(pieces)
+        if reply is not None:
+            assert IMAP_TAGGED.match(reply), (pieces, reply)
+            assert b"[SERVERBUG]" not in reply, (pieces, reply)
+    reply = conv.command(b"NOOP")
+    assert reply is None or reply.endswith(b"OK NOOP completed"), reply
