@@ -373,6 +373,10 @@ def test_a_full_or_read_only_store_answers_with_a_response_code(quick, monkeypat
     assert append.startswith(b"A NO [" + code + b"] "), append
     [create] = c.cmd(b"C", b"CREATE New")
     assert create.startswith(b"C NO [" + code + b"] "), create
+    monkeypatch.setattr(MaildirFolder, "select", broken)
+    [select] = c.cmd(b"S", b"SELECT INBOX")
+    assert select.startswith(b"S NO [" + code + b"] "), select
+    assert c.cmd(b"N", b"NOOP") == [b"N OK NOOP completed"]
     assert "imap store call failed for bob@example.test" in quick.log_text()
 
 
