@@ -15,6 +15,10 @@ import re
 
 from twisted.logger import globalLogPublisher
 
+class Trusted(str):
+    """Text of ours that is multi-line on purpose (the start-up banner): left as it is."""
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
 _installed = False
 
@@ -26,7 +30,7 @@ def _escape(text: str) -> str:
 def escape_event(event: dict) -> None:
     """Escape, in place, the control characters of the event's string and bytes fields."""
     for key, value in list(event.items()):
-        if key.startswith("log_"):
+        if key.startswith("log_") or isinstance(value, Trusted):
             continue
         if isinstance(value, bytes):
             value = value.decode("utf-8", "backslashreplace")

@@ -147,7 +147,7 @@ class MailstackService(service.MultiService):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         except ValueError:  # not the main thread (tests embedding the service)
             pass
-        log.info("{banner}", banner=banner(self.config, self.bound))
+        log.info("{banner}", banner=logfilter.Trusted(banner(self.config, self.bound)))
         # Folder indexes (store/index.py) let the first SELECT after a restart skip re-reading
         # the UID log and the directories; they are saved now and then, and at shutdown.
         self._index_saver = task.LoopingCall(self._save_indexes)

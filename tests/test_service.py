@@ -116,7 +116,7 @@ def test_make_run_starts_the_stack_and_its_ports_answer(tmp_path):
         assert re.search(r"incoming: IMAP, server 127\.0\.0\.1, port \d+, SSL/TLS", text), text
         assert re.search(r"mailnews\.auto_config_url to http://127\.0\.0\.1:\d+/v1\.1/", text), text
         listeners = re.findall(r"^\S*\s+(\w+)\s+127\.0\.0\.1:(\d+)\s", text, re.M)
-        assert len(listeners) >= 3
+        assert len(listeners) >= 3, text
         for key, port in listeners:
             with socket.create_connection(("127.0.0.1", int(port)), timeout=5) as s:
                 if key == "autoconfig":
