@@ -146,6 +146,11 @@ class MailstackService(service.MultiService):
         except ValueError:  # not the main thread (tests embedding the service)
             pass
         log.info("{banner}", banner=banner(self.config, self.bound))
+        if os.geteuid() == 0:
+            # Only a warning: binding ports below 1024 may need root, and twistd's --uid/--gid
+            # drop it after privilegedStartService, so by now root means no drop was asked for.
+            log.warn("running as root: a flaw in any protocol session would own the machine; "
+                     "run twistd with --uid/--gid of a service user (see README)")
         # Folder indexes (store/index.py) let the first SELECT after a restart skip re-reading
         # the UID log and the directories; they are saved now and then, and at shutdown.
         self._index_saver = task.LoopingCall(self._save_indexes)
