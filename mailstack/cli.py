@@ -140,7 +140,8 @@ def cmd_store(args) -> int:
     for user in users:
         for report in check_user(store, user, repair=args.repair):
             status = "ok" if not report.problems else ("repaired" if report.repaired else "PROBLEMS")
-            print(f"{user} {report.folder}: {report.messages} messages, {status}")
+            waiting = f" ({report.waiting} in new/ waiting for their first listing)" if report.waiting else ""
+            print(f"{user} {report.folder}: {report.messages} messages, {status}{waiting}")
             for problem in report.problems:
                 print(f"  - {problem}")
             bad += bool(report.problems) and not report.repaired
