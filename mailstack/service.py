@@ -156,6 +156,11 @@ class MailstackService(service.MultiService):
         self._index_saver = task.LoopingCall(self._save_indexes)
         self._index_saver.clock = self.reactor
         self._index_saver.start(INDEX_SAVE_INTERVAL, now=False)
+        # What a SIGKILL left in Maildir tmp/ directories (a hard link whose message is already
+        # in new/ or cur/, an abandoned half-written file): cleared in the background.
+        d = threads.deferToThread(self.context.store.clear_tmp)
+        d.addCallback(lambda n: n and log.info("store: cleared {n} leftover files from tmp/ directories", n=n))
+        d.addErrback(lambda f: log.failure("store: clearing tmp/ directories failed", f))
 
     def _save_indexes(self):
         d = threads.deferToThread(self.context.store.save_indexes)

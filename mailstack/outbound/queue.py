@@ -12,7 +12,8 @@ process win, so two mailstack processes sharing the directory never send a messa
 Every envelope change is written with :func:`mailstack.fsutil.atomic_write` (temporary file,
 fsync, rename over), so a crash leaves either the old or the new state.  After a crash, envelopes in ``active/`` whose
 process is gone are put back.  A recipient is marked delivered the moment the remote server
-has answered 250 to the data, so a duplicate can only come from a crash in that instant.
+has answered 250 to the data, so a duplicate can only come from a crash in that instant;
+the envelope's ``attempt_started`` marker says which messages were mid-attempt at a crash.
 
 Plain blocking file I/O; the relay calls it from worker threads.
 """
@@ -52,6 +53,11 @@ class Envelope:
     attempts: int = 0
     warned: bool = False  # delay warning sent
     size: int = 0
+    # When the current delivery attempt began, written (fsynced) before the first connection
+    # and cleared when the attempt ends: set on an envelope being claimed, it says a process
+    # died mid-attempt, so recipients not yet marked delivered may already have the message.
+    attempt_started: float = 0.0
+    interrupted: int = 0  # attempts of this message cut short that way
 
     def pending(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.status == PENDING]

@@ -61,6 +61,7 @@ class RelayService(service.Service):
         self.queue, self.router, self.settings = queue, router, settings
         self.bounces = bounces
         self.inflight: set[str] = set()
+        self.redelivered = 0  # messages picked up again after an attempt a crash cut short
         self.connections = defer.DeferredSemaphore(settings.max_connections)
         self.per_domain: dict[str, defer.DeferredSemaphore] = {}
         self._scan_call = None
@@ -142,6 +143,7 @@ class RelayService(service.Service):
     def _process(self, env: Envelope):
         try:
             env.attempts += 1
+            yield self._mark_attempt(env)
             failed_before = {r.address for r in env.recipients if r.status == FAILED}
             by_domain: dict[str, list[str]] = {}
             for r in env.pending():
@@ -161,12 +163,25 @@ class RelayService(service.Service):
             # Whatever went wrong, the message must not stay claimed: back to the queue, later.
             log.failure("relay: {id}: processing failed; will try again", id=env.id)
             env.next_attempt = time.time() + self.settings.retry_schedule[0]
+            env.attempt_started = 0.0
             try:
                 yield threads.deferToThread(self.queue.release, env)
             except Exception:
                 log.failure("relay: {id}: could not put the message back; it returns at the next start", id=env.id)
         finally:
             self.inflight.discard(env.id)
+
+    def _mark_attempt(self, env: Envelope) -> defer.Deferred:
+        """Log a redelivery if the last attempt was cut short (the marker survived a crash),
+        then write the marker for this one, fsynced before any connection is made."""
+        if env.attempt_started:
+            env.interrupted += 1
+            self.redelivered += 1
+            log.warn("relay: {id}: redelivering after interrupted attempt (started {ago:.0f}s ago; {n} interrupted for "
+                     "this message, {total} since start-up): recipients not recorded as delivered may get it twice",
+                     id=env.id, ago=time.time() - env.attempt_started, n=env.interrupted, total=self.redelivered)
+        env.attempt_started = time.time()
+        return threads.deferToThread(self.queue.update, env)
 
     @defer.inlineCallbacks
     def _deliver_domain(self, env: Envelope, domain: str, recipients: list[str]):
@@ -269,6 +284,7 @@ class RelayService(service.Service):
         elif pending and s.delay_warning and not env.warned and now - env.created > s.delay_warning:
             env.warned = True
             yield self._bounce(env, pending, "delayed")
+        env.attempt_started = 0.0  # the attempt is over; release() below records that
         if not pending:
             yield threads.deferToThread(self.queue.finish, env)
             log.info("relay: {id} done after {n} attempts", id=env.id, n=env.attempts)
