@@ -9,6 +9,8 @@ import os
 import smtplib
 import time
 
+import pytest
+
 from support.servers import MailServer
 from support.waiting import wait_files, wait_for
 from test_relay import dns_server, relay_env  # noqa: F401  (fixtures)
@@ -96,3 +98,52 @@ def test_an_attempt_writes_its_marker_before_connecting_and_clears_it(relay_env)
     srv.start()
     time.sleep(1)
     assert "redelivering after interrupted attempt" not in srv.log_text()
+
+
+def arrived(out) -> list[int | None]:
+    """X-Seq of every message the fake MX wrote (None: a file it is still writing)."""
+    seqs = []
+    for f in out.glob("*.eml"):
+        data = f.read_bytes()
+        seqs.append(int(data.split(b"X-Seq: ")[1].split(b"\r\n")[0]) if b"\r\n\r\nbody" in data else None)
+    return seqs
+
+
+@pytest.mark.slow
+def test_sigkill_while_relaying_every_duplicate_is_a_logged_redelivery(relay_env):
+    """The measurement of item 19: SIGKILL the relay mid-flow, start again; each message
+    arrives at least once, and a message can only arrive twice if its redelivery was logged."""
+    import subprocess
+    import sys
+
+    from support.servers import PASSWORDS, env_with_tree
+
+    total = 150
+    make, start_fake, _ = relay_env
+    srv = make(retry="[3600]").start()
+    with smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=30) as s:
+        s.starttls(context=srv.ssl_context())
+        s.login("alice@example.test", PASSWORDS["alice@example.test"])
+        for i in range(total):
+            s.sendmail("alice@example.test", ["carol@remote.test"], f"Subject: n{i}\r\nX-Seq: {i}\r\n\r\nbody {i}\r\n".encode())
+    assert wait_for(lambda: len(list((srv.base / "queue" / "msg").iterdir())) >= total)
+    srv.kill()
+    out = start_fake()
+    flush = [sys.executable, "-m", "mailstack.cli", "--config", str(srv.config_path), "queue", "flush"]
+    assert subprocess.run(flush, capture_output=True, env=env_with_tree()).returncode == 0
+    srv.start()  # everything is due: the relay sends at once
+    assert wait_for(lambda: len(list(out.glob("*.eml"))) >= 20, timeout=60, interval=0.005)
+    srv.kill()
+    before_restart = len(list(out.glob("*.eml")))
+    assert subprocess.run(flush, capture_output=True, env=env_with_tree()).returncode == 0
+    srv.start()
+    assert wait_for(lambda: len(set(arrived(out)) - {None}) == total, timeout=120)
+    assert wait_for(lambda: not list((srv.base / "queue" / "env").iterdir()), timeout=60)
+    assert wait_for(lambda: None not in arrived(out))  # the receiver finished writing
+    seqs = arrived(out)
+    duplicates = len(seqs) - len(set(seqs))
+    redelivered = srv.log_text().count("redelivering after interrupted attempt")
+    print(f"{total} messages, killed after {before_restart} arrived: {duplicates} delivered twice, "
+          f"{redelivered} logged redeliveries")
+    assert set(seqs) == set(range(total))
+    assert duplicates <= redelivered

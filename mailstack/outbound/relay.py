@@ -143,7 +143,7 @@ class RelayService(service.Service):
     def _process(self, env: Envelope):
         try:
             env.attempts += 1
-            yield self._mark_attempt(env)
+            self._note_interrupted(env)
             failed_before = {r.address for r in env.recipients if r.status == FAILED}
             by_domain: dict[str, list[str]] = {}
             for r in env.pending():
@@ -171,17 +171,16 @@ class RelayService(service.Service):
         finally:
             self.inflight.discard(env.id)
 
-    def _mark_attempt(self, env: Envelope) -> defer.Deferred:
-        """Log a redelivery if the last attempt was cut short (the marker survived a crash),
-        then write the marker for this one, fsynced before any connection is made."""
+    def _note_interrupted(self, env: Envelope) -> None:
+        """Log and count a redelivery if the last attempt was cut short: its marker (written by
+        _attempt before connecting, cleared when the attempt ends) survived a crash."""
         if env.attempt_started:
             env.interrupted += 1
             self.redelivered += 1
             log.warn("relay: {id}: redelivering after interrupted attempt (started {ago:.0f}s ago; {n} interrupted for "
                      "this message, {total} since start-up): recipients not recorded as delivered may get it twice",
                      id=env.id, ago=time.time() - env.attempt_started, n=env.interrupted, total=self.redelivered)
-        env.attempt_started = time.time()
-        return threads.deferToThread(self.queue.update, env)
+            env.attempt_started = 0.0  # the next connection writes a new marker
 
     @defer.inlineCallbacks
     def _deliver_domain(self, env: Envelope, domain: str, recipients: list[str]):
@@ -241,6 +240,11 @@ class RelayService(service.Service):
         s = self.settings
         yield self.connections.acquire()
         try:
+            if not env.attempt_started:
+                # On disk (fsynced) before the first connection of this attempt: a crash from
+                # here on may leave the remote with the message while we still think it pending.
+                env.attempt_started = time.time()
+                yield threads.deferToThread(self.queue.update, env)
             starttls, implicit, require = None, None, False
             username = password = None
             if s.smarthost:
