@@ -147,3 +147,18 @@ def test_sigkill_while_relaying_every_duplicate_is_a_logged_redelivery(relay_env
           f"{redelivered} logged redeliveries")
     assert set(seqs) == set(range(total))
     assert duplicates <= redelivered
+
+
+def test_recovery_clears_a_claimed_envelope_half_written_by_a_dead_process(tmp_path):
+    """SIGKILL inside atomic_write of a claimed envelope (the attempt marker, a progress
+    update) leaves active/<id>.<host>.<pid>.json.<random>.tmp: gone at the next start, not
+    an hour later; a live writer's stays."""
+    from mailstack.outbound.queue import OutboundQueue
+
+    q = OutboundQueue(str(tmp_path / "q"), fsync=False)
+    dead = tmp_path / "q" / "active" / f"abc.{q.host}.{DEAD_PID}.json.0a1b2c3d4e5f.tmp"
+    dead.write_bytes(b'{"id": ')
+    live = tmp_path / "q" / "active" / f"abd.{q.host}.{os.getppid()}.json.0a1b2c3d4e5f.tmp"
+    live.write_bytes(b'{"id": ')
+    q.recover()
+    assert not dead.exists() and live.exists()

@@ -227,6 +227,8 @@ class OutboundQueue:
                 if pid.isdigit():  # a message being written: ours say which process writes it
                     if int(pid) != os.getpid() and not _pid_alive(int(pid)):
                         _unlink(path)
+                elif name.endswith(".tmp") and self._writer_gone(name):
+                    _unlink(path)  # a claimed envelope's, from atomic_write, by a process now dead
                 elif name.endswith(".tmp"):  # an envelope's, from atomic_write: done in moments when alive
                     _unlink_older(path, now - orphan_age)
         known = {n[:-5] for n in os.listdir(os.path.join(self.dir, "env")) if n.endswith(".json")}
@@ -236,6 +238,13 @@ class OutboundQueue:
             if ".tmp" in name or name in known:
                 continue
             _unlink_older(path, now - orphan_age)  # a live process may be between the two writes
+
+    def _writer_gone(self, name: str) -> bool:
+        """True for ``<id>.<host>.<pid>.json.<random>.tmp`` (atomic_write's temporary file of a
+        claimed envelope, see active_path) whose process, on this host, no longer runs."""
+        parts = name.split(".")
+        return (len(parts) == 6 and parts[1] == self.host and parts[2].isdigit() and parts[3] == "json"
+                and int(parts[2]) != os.getpid() and not _pid_alive(int(parts[2])))
 
     def open_message(self, qid: str):
         return open(self.msg_path(qid), "rb")
