@@ -1,6 +1,7 @@
 """The ``mailstack`` administration command.
 
     mailstack init --dev [--dir var]
+    mailstack [--config FILE] config check
     mailstack [--config FILE] user add|passwd|del|list ...
     mailstack [--config FILE] alias add|del|list ...
     mailstack [--config FILE] store check [--repair] USER
@@ -55,6 +56,13 @@ def cmd_init(args) -> int:
     print(f"made {args.dir}/mailstack.toml, a dev CA in {args.dir}/tls/, users:")
     for address, password in passwords.items():
         print(f"  {address}  password: {password}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    """Load the configuration as start-up does (types, files, modes, keys) and say so."""
+    cfg = _config(args)
+    print(f"{cfg.path}: ok")
     return 0
 
 
@@ -135,7 +143,8 @@ def cmd_store(args) -> int:
     for user in users:
         for report in check_user(store, user, repair=args.repair):
             status = "ok" if not report.problems else ("repaired" if report.repaired else "PROBLEMS")
-            print(f"{user} {report.folder}: {report.messages} messages, {status}")
+            waiting = f" ({report.waiting} in new/ waiting for their first listing)" if report.waiting else ""
+            print(f"{user} {report.folder}: {report.messages} messages, {status}{waiting}")
             for problem in report.problems:
                 print(f"  - {problem}")
             bad += bool(report.problems) and not report.repaired
@@ -172,7 +181,8 @@ def cmd_queue(args) -> int:
     env, where = found
     if args.action == "show":
         print(f"id {env.id} ({where}), from <{env.sender}>, {env.size} bytes, queued {when(env.created)}, "
-              f"attempts {env.attempts}, next {when(env.next_attempt)}")
+              f"attempts {env.attempts}, next {when(env.next_attempt)}"
+              + (f", {env.interrupted} interrupted by a crash" if env.interrupted else ""))
         for r in env.recipients:
             detail = f"  last: {r.code} {r.diagnostic}" + (f" ({r.remote_mta})" if r.remote_mta else "") if r.code else ""
             print(f"  {r.address}: {r.status}{detail}")
@@ -240,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev", action="store_true", help="a throw-away development set-up on loopback")
     p.add_argument("--dir", default="var", help="where to put it (default: var)")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("config", help="check the configuration")
+    csub = p.add_subparsers(dest="action", required=True)
+    csub.add_parser("check", help="check it as start-up does: types, files, their modes, keys")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("user", help="add, change, delete and list users")
     usub = p.add_subparsers(dest="action", required=True)

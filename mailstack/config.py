@@ -206,6 +206,29 @@ def _readable(path: str, key: str, filename: str) -> None:
         raise ConfigError(path, key, f"file not readable: {filename}")
 
 
+def _not_writable_by_others(path: str, key: str | None, filename: str) -> None:
+    """Refuse a file that anyone but its owner may change: whoever can write the configuration
+    or the users file can make themselves an account or point the server at their own files."""
+    mode = os.stat(filename).st_mode
+    if mode & 0o022:
+        who = "group- and world-writable" if mode & 0o022 == 0o022 else ("world-writable" if mode & 0o002 else "group-writable")
+        what = "the configuration file" if filename == path else filename
+        raise ConfigError(path, key, f"{what} is {who} (mode {mode & 0o777:03o}): "
+                          f"whoever can write it controls the server; chmod go-w {filename}")
+
+
+def _private_key_file(path: str, key: str, filename: str) -> None:
+    """Refuse a private key that everyone may read, or that others may change: a leaked TLS key
+    lets its reader impersonate the server, a leaked DKIM key lets them sign mail as our
+    domains.  Group read stays allowed: it is how the ``mailstack`` service user reads a key
+    owned by root (README, "Running it for real")."""
+    mode = os.stat(filename).st_mode
+    if mode & 0o026:
+        what = "world-readable" if mode & 0o004 else "writable by group or others"
+        raise ConfigError(path, key, f"private key {filename} is {what} (mode {mode & 0o777:03o}); "
+                          f"chmod 600 {filename} (or 640 with the service's group)")
+
+
 def check_endpoint(path: str, key: str, description: str) -> None:
     """Parse an endpoint description without binding anything."""
     from twisted.internet import endpoints, reactor
@@ -233,6 +256,7 @@ def load(path: str) -> Config:
         raise ConfigError(path, None, "is a directory, not a configuration file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, None, f"not valid TOML: {e}") from None
+    _not_writable_by_others(path, None, path)
     return from_dict(raw, path)
 
 
@@ -287,6 +311,7 @@ def _check_tls(values: dict, listeners: list[Listener], path: str) -> tuple[str,
     if cert:
         _readable(path, "[tls] certificate", cert)
         _readable(path, "[tls] key", key)
+        _private_key_file(path, "[tls] key", key)
         from mailstack.tls import load_context_factory
 
         load_context_factory(cert, key, path)
@@ -295,9 +320,11 @@ def _check_tls(values: dict, listeners: list[Listener], path: str) -> tuple[str,
 
 def _check_accounts(values: dict, path: str) -> str:
     _readable(path, "[accounts] users", values["accounts"]["users"])
+    _not_writable_by_others(path, "[accounts] users", values["accounts"]["users"])
     for key in ("aliases", "send_as"):
         if values["accounts"][key]:
             _readable(path, f"[accounts] {key}", values["accounts"][key])
+            _not_writable_by_others(path, f"[accounts] {key}", values["accounts"][key])
     delimiter = values["accounts"]["recipient_delimiter"]
     if len(delimiter) > 1 or delimiter in ("@", ".", " ", "/"):
         raise ConfigError(path, "[accounts] recipient_delimiter", "must be one character such as + or -, or empty to turn it off")
@@ -376,6 +403,12 @@ def _check_dns_dkim(values: dict, root: str, path: str) -> None:
     dkim["keys"] = dkim["keys"] or os.path.join(os.path.dirname(root), "dkim")
     if not dkim["selector"] or not all(c.isalnum() or c in "-_" for c in dkim["selector"]):
         raise ConfigError(path, "[dkim] selector", "must be letters, digits, - or _")
+    from mailstack.smtp.authentication import key_paths
+
+    for domain in values["server"]["domains"]:
+        for key_file in key_paths(dkim["keys"], domain.strip().lower().rstrip("."), dkim["selector"]).values():
+            if os.path.exists(key_file):
+                _private_key_file(path, "[dkim] keys", key_file)
 
 
 def _smarthost_password(relay: dict, path: str) -> str:

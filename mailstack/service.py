@@ -148,11 +148,21 @@ class MailstackService(service.MultiService):
         except ValueError:  # not the main thread (tests embedding the service)
             pass
         log.info("{banner}", banner=logfilter.Trusted(banner(self.config, self.bound)))
+        if os.geteuid() == 0:
+            # Only a warning: binding ports below 1024 may need root, and twistd's --uid/--gid
+            # drop it after privilegedStartService, so by now root means no drop was asked for.
+            log.warn("running as root: a flaw in any protocol session would own the machine; "
+                     "run twistd with --uid/--gid of a service user (see README)")
         # Folder indexes (store/index.py) let the first SELECT after a restart skip re-reading
         # the UID log and the directories; they are saved now and then, and at shutdown.
         self._index_saver = task.LoopingCall(self._save_indexes)
         self._index_saver.clock = self.reactor
         self._index_saver.start(INDEX_SAVE_INTERVAL, now=False)
+        # What a SIGKILL left in Maildir tmp/ directories (a hard link whose message is already
+        # in new/ or cur/, an abandoned half-written file): cleared in the background.
+        d = threads.deferToThread(self.context.store.clear_tmp)
+        d.addCallback(lambda n: n and log.info("store: cleared {n} leftover files from tmp/ directories", n=n))
+        d.addErrback(lambda f: log.failure("store: clearing tmp/ directories failed", f))
 
     def _save_indexes(self):
         d = threads.deferToThread(self.context.store.save_indexes)

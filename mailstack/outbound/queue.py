@@ -12,7 +12,8 @@ process win, so two mailstack processes sharing the directory never send a messa
 Every envelope change is written with :func:`mailstack.fsutil.atomic_write` (temporary file,
 fsync, rename over), so a crash leaves either the old or the new state.  After a crash, envelopes in ``active/`` whose
 process is gone are put back.  A recipient is marked delivered the moment the remote server
-has answered 250 to the data, so a duplicate can only come from a crash in that instant.
+has answered 250 to the data, so a duplicate can only come from a crash in that instant;
+the envelope's ``attempt_started`` marker says which messages were mid-attempt at a crash.
 
 Plain blocking file I/O; the relay calls it from worker threads.
 """
@@ -52,6 +53,11 @@ class Envelope:
     attempts: int = 0
     warned: bool = False  # delay warning sent
     size: int = 0
+    # When the current delivery attempt began, written (fsynced) before the first connection
+    # and cleared when the attempt ends: set on an envelope being claimed, it says a process
+    # died mid-attempt, so recipients not yet marked delivered may already have the message.
+    attempt_started: float = 0.0
+    interrupted: int = 0  # attempts of this message cut short that way
 
     def pending(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.status == PENDING]
@@ -221,6 +227,8 @@ class OutboundQueue:
                 if pid.isdigit():  # a message being written: ours say which process writes it
                     if int(pid) != os.getpid() and not _pid_alive(int(pid)):
                         _unlink(path)
+                elif name.endswith(".tmp") and self._writer_gone(name):
+                    _unlink(path)  # a claimed envelope's, from atomic_write, by a process now dead
                 elif name.endswith(".tmp"):  # an envelope's, from atomic_write: done in moments when alive
                     _unlink_older(path, now - orphan_age)
         known = {n[:-5] for n in os.listdir(os.path.join(self.dir, "env")) if n.endswith(".json")}
@@ -230,6 +238,13 @@ class OutboundQueue:
             if ".tmp" in name or name in known:
                 continue
             _unlink_older(path, now - orphan_age)  # a live process may be between the two writes
+
+    def _writer_gone(self, name: str) -> bool:
+        """True for ``<id>.<host>.<pid>.json.<random>.tmp`` (atomic_write's temporary file of a
+        claimed envelope, see active_path) whose process, on this host, no longer runs."""
+        parts = name.split(".")
+        return (len(parts) == 6 and parts[1] == self.host and parts[2].isdigit() and parts[3] == "json"
+                and int(parts[2]) != os.getpid() and not _pid_alive(int(parts[2])))
 
     def open_message(self, qid: str):
         return open(self.msg_path(qid), "rb")

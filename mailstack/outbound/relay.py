@@ -61,6 +61,7 @@ class RelayService(service.Service):
         self.queue, self.router, self.settings = queue, router, settings
         self.bounces = bounces
         self.inflight: set[str] = set()
+        self.redelivered = 0  # messages picked up again after an attempt a crash cut short
         self.connections = defer.DeferredSemaphore(settings.max_connections)
         self.per_domain: dict[str, defer.DeferredSemaphore] = {}
         self._scan_call = None
@@ -142,6 +143,7 @@ class RelayService(service.Service):
     def _process(self, env: Envelope):
         try:
             env.attempts += 1
+            self._note_interrupted(env)
             failed_before = {r.address for r in env.recipients if r.status == FAILED}
             by_domain: dict[str, list[str]] = {}
             for r in env.pending():
@@ -161,12 +163,24 @@ class RelayService(service.Service):
             # Whatever went wrong, the message must not stay claimed: back to the queue, later.
             log.failure("relay: {id}: processing failed; will try again", id=env.id)
             env.next_attempt = time.time() + self.settings.retry_schedule[0]
+            env.attempt_started = 0.0
             try:
                 yield threads.deferToThread(self.queue.release, env)
             except Exception:
                 log.failure("relay: {id}: could not put the message back; it returns at the next start", id=env.id)
         finally:
             self.inflight.discard(env.id)
+
+    def _note_interrupted(self, env: Envelope) -> None:
+        """Log and count a redelivery if the last attempt was cut short: its marker (written by
+        _attempt before connecting, cleared when the attempt ends) survived a crash."""
+        if env.attempt_started:
+            env.interrupted += 1
+            self.redelivered += 1
+            log.warn("relay: {id}: redelivering after interrupted attempt (started {ago:.0f}s ago; {n} interrupted for "
+                     "this message, {total} since start-up): recipients not recorded as delivered may get it twice",
+                     id=env.id, ago=time.time() - env.attempt_started, n=env.interrupted, total=self.redelivered)
+            env.attempt_started = 0.0  # the next connection writes a new marker
 
     @defer.inlineCallbacks
     def _deliver_domain(self, env: Envelope, domain: str, recipients: list[str]):
@@ -226,6 +240,11 @@ class RelayService(service.Service):
         s = self.settings
         yield self.connections.acquire()
         try:
+            if not env.attempt_started:
+                # On disk (fsynced) before the first connection of this attempt: a crash from
+                # here on may leave the remote with the message while we still think it pending.
+                env.attempt_started = time.time()
+                yield threads.deferToThread(self.queue.update, env)
             starttls, implicit, require = None, None, False
             username = password = None
             if s.smarthost:
@@ -269,6 +288,7 @@ class RelayService(service.Service):
         elif pending and s.delay_warning and not env.warned and now - env.created > s.delay_warning:
             env.warned = True
             yield self._bounce(env, pending, "delayed")
+        env.attempt_started = 0.0  # the attempt is over; release() below records that
         if not pending:
             yield threads.deferToThread(self.queue.finish, env)
             log.info("relay: {id} done after {n} attempts", id=env.id, n=env.attempts)

@@ -28,6 +28,7 @@ class FolderReport:
     messages: int = 0
     problems: list[str] = field(default_factory=list)
     repaired: bool = False
+    waiting: int = 0  # delivered into new/, not numbered yet: normal, see _waiting
 
 
 def _listing(path: str) -> dict[str, list[str]]:
@@ -39,6 +40,29 @@ def _listing(path: str) -> dict[str, list[str]]:
     return files
 
 
+def _waiting(folder: MaildirFolder, rels: list[str], log_mtime_ns: int | None) -> bool:
+    """Mail delivered without a UID (SMTP delivery leaves numbering to the next listing) and
+    linked into new/ after the UID log last changed: it waits for its first listing, which is
+    normal.  A file in cur/, or one already there when the log was last written, without a UID
+    is a lost UID.  (The rule errs only when a flag change wrote the log after the delivery
+    without listing new/ first: that file is then reported, and ``--repair`` numbers it.)"""
+    if len(rels) != 1 or not rels[0].startswith("new/"):
+        return False
+    if log_mtime_ns is None:
+        return True  # never listed (the caller checked cur/ is empty): the first listing makes the log
+    try:
+        return os.stat(os.path.join(folder.path, rels[0])).st_ctime_ns >= log_mtime_ns
+    except FileNotFoundError:
+        return False  # gone meanwhile (read by a session): not waiting
+
+
+def _log_mtime_ns(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def check_folder(folder: MaildirFolder, repair: bool = False) -> FolderReport:
     report = FolderReport(folder.name)
     with folder.locked():
@@ -47,7 +71,14 @@ def check_folder(folder: MaildirFolder, repair: bool = False) -> FolderReport:
         state = raw.state
         files = _listing(folder.path)
         report.messages = len(files)
-        if missing:
+        log_mtime_ns = None if missing else _log_mtime_ns(raw.path)
+        # No log and nothing in cur/ (only a client puts mail there): a folder never listed.
+        # No log beside mail in cur/: the log was lost, and every file has lost its UID.
+        never_listed = missing and not any(r.startswith("cur/") for rels in files.values() for r in rels)
+        waiting = set() if missing and not never_listed else {
+            b for b, rels in files.items() if b not in state.by_base and _waiting(folder, rels, log_mtime_ns)}
+        report.waiting = len(waiting)
+        if missing and len(waiting) < len(files):
             report.problems.append("no UID state file")
         elif state.uidvalidity < 1:
             report.problems.append("UID state has no valid UIDVALIDITY")
@@ -55,7 +86,7 @@ def check_folder(folder: MaildirFolder, repair: bool = False) -> FolderReport:
         for base, rels in sorted(files.items()):
             if len(rels) > 1:
                 report.problems.append(f"{base} is present {len(rels)} times: {', '.join(rels)}")
-            if base not in state.by_base:
+            if base not in state.by_base and base not in waiting:
                 report.problems.append(f"file without UID: {rels[0]}")
         for uid, entry in sorted(state.entries.items()):
             if entry.base not in files:

@@ -11,6 +11,7 @@ import itertools
 import os
 import re
 import secrets
+import shutil
 import socket
 import threading
 import time
@@ -104,6 +105,41 @@ def unlink_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+#: Files in tmp/ untouched this long are abandoned (the Maildir convention; Dovecot uses 36 h).
+TMP_MAX_AGE = 36 * 3600
+
+
+def clear_stale_tmp(tmp_dir: str, cutoff: float) -> int:
+    """Remove what a killed writer left in a Maildir ``tmp/``; return how many entries.
+
+    * a file with more than one link: its message was already linked into new/ or cur/ and
+      only the final unlink of the tmp/ name was missed (SIGKILL between the two): removing
+      the name loses nothing, at any age;
+    * a file whose inode last changed before ``cutoff``: abandoned half-way.  ctime, not mtime,
+      because APPEND sets the mtime to the internal date, which may be years old, before it
+      links the file; nobody can set ctime back;
+    * a ``deleted-*`` directory: a folder DELETE moved there and was killed while removing it.
+    """
+    removed = 0
+    try:
+        names = os.listdir(tmp_dir)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        path = os.path.join(tmp_dir, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if os.path.isdir(path) and name.startswith("deleted-"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        elif not os.path.isdir(path) and (st.st_nlink > 1 or st.st_ctime < cutoff):
+            unlink_quietly(path)
+            removed += 1
+    return removed
 
 
 def make_maildir(path: str, fsync: bool, folder: bool) -> None:

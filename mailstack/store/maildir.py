@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from typing import Callable, Iterable, Iterator
 
 from mailstack.errors import StoreError, UnknownUser
@@ -95,6 +96,19 @@ class MaildirStore:
             for local in sorted(os.listdir(ddir)):
                 if os.path.isdir(os.path.join(ddir, local, "cur")):
                     yield f"{local}@{domain}"
+
+    def clear_tmp(self, max_age: float = files.TMP_MAX_AGE) -> int:
+        """*Blocking.*  Clear what killed writers left in every folder's ``tmp/`` (see
+        :func:`mailstack.store.files.clear_stale_tmp`); return how many entries went.  Run at
+        start-up: a live writer's own file has one link and a fresh ctime, so it stays."""
+        cutoff = time.time() - max_age
+        removed = 0
+        for address in self.users():
+            path = self.user_path(address)
+            folders = [path] + [os.path.join(path, n) for n in os.listdir(path) if n.startswith(".")]
+            for folder in folders:
+                removed += files.clear_stale_tmp(os.path.join(folder, "tmp"), cutoff)
+        return removed
 
     def deliver(self, address: str, source, folder: str = "INBOX", flags: Iterable[str] = ()) -> None:
         """Store a message durably in a user's folder (its UID is given when the folder is next read)."""

@@ -76,6 +76,11 @@ class Proc:
             self.p.wait(10)
 
 
+def _write_private(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o600)
+
+
 class MailServer:
     """A mailstack process under test."""
 
@@ -90,8 +95,9 @@ class MailServer:
         if not (base / "tls").exists():
             make_dev_ca(str(base / "tls"))
         self.ca_file = str(base / "tls" / "ca.pem")
-        (base / "users").write_text("".join(f"{u}:{self.password_hash(p)}\n" for u, p in PASSWORDS.items()))
-        (base / "aliases").write_text(aliases or f"postmaster@{DOMAIN}: alice@{DOMAIN}\n")
+        # Modes set explicitly, whatever the umask: start-up refuses group/world-writable files.
+        _write_private(base / "users", "".join(f"{u}:{self.password_hash(p)}\n" for u, p in PASSWORDS.items()))
+        _write_private(base / "aliases", aliases or f"postmaster@{DOMAIN}: alice@{DOMAIN}\n")
         if listeners is None:
             listeners = [k for k, (proto, _) in LISTENERS.items() if proto in PROTOCOLS]
         body = [
@@ -103,7 +109,7 @@ class MailServer:
         ]
         if not checks:  # SPF/DKIM/DMARC need DNS; tests that want them serve it on loopback
             body += ["[checks]", "spf = false", "dkim = false", "dmarc = false"]
-        self.config_path.write_text("\n".join(body) + "\n" + extra)
+        _write_private(self.config_path, "\n".join(body) + "\n" + extra)
 
     @staticmethod
     def password_hash(password: str) -> str:
