@@ -472,6 +472,7 @@ def write_maildir_messages(srv, user: str, count: int) -> None:
         (new / f"1700000000.M{n}P1.test,S={len(body)}").write_bytes(body)
 
 
+@pytest.mark.slow
 def test_a_pop3_download_of_five_thousand_messages_is_not_cut(inproc_server_factory):
     # Issue 14 item 7: RETR + DELE of 10,000 messages (20,000 commands) met the 10,000 cap.
     srv = inproc_server_factory(listeners=["pop3"])
@@ -499,6 +500,7 @@ def test_imap_session_of_twelve_thousand_commands_is_not_cut(quick):
         assert c.until(b"n%d" % i) == [b"n%d OK NOOP completed" % i]
 
 
+@pytest.mark.slow
 def test_a_command_flood_is_paced_and_other_sessions_are_not(inproc_server_factory):
     # The rate is per session: a flood waits its turn, nothing is refused, others go on.
     srv = inproc_server_factory(listeners=["imap", "smtp", "pop3"],
