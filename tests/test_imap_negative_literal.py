@@ -17,7 +17,7 @@ from support.clients import ImapClient, imap_login
 
 
 @pytest.mark.parametrize("command", [b"SEARCH {-100}x", b"SEARCH {-1}", b"SEARCH {-100}", b"UID SEARCH ({-5}x)",
-                                     b"SEARCH CHARSET {-1}"])
+                                     b"SEARCH CHARSET {-1}", b"SEARCH TEXT {-100}x"])
 def test_negative_literal_size_is_bad_at_once_and_the_server_lives_on(server, command):
     imap = imap_login(server)
     assert imap.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")

@@ -175,7 +175,7 @@ def test_a_bracketed_section_with_spaces_stays_in_its_atom():
     assert tokens_of(b"[Gmail]/Sent x") == [b"[Gmail]/Sent", b"x"]
 
 
-@pytest.mark.parametrize("text", [b"(a", b"a)", b'"open', b"a\x01b", b"(" * 70 + b")" * 70])
+@pytest.mark.parametrize("text", [b"(a", b"a)", b'"open', b"a\x01b", b"(" * 70 + b")" * 70, b"{-100}x", b"a{1}"])
 def test_malformed_input_is_a_parse_error(text):
     with pytest.raises(ParseError):
         tokens_of(text)

@@ -8,7 +8,7 @@ takes its arguments from an :class:`Arguments` cursor; a syntax error is :class:
 (the session answers BAD).
 
 The tokenizer is the forgiving one IMAP servers are tested against: an atom is any run of
-characters but space, parentheses, quote and controls (so every ATOM-CHAR and the list
+characters but space, parentheses, quote, ``{`` and controls (so every ATOM-CHAR and the list
 wildcards parse, RFC 3501 9 ``list-char``), and an atom may hold a bracketed part with spaces
 (``BODY[HEADER.FIELDS (To From)]<0.512>`` is one FETCH attribute).
 """
@@ -84,6 +84,8 @@ def _scan(text: bytes, stack: list[list]) -> None:
             word = text[i:j]
             if any(b < 0x20 or b == 0x7F for b in word):
                 raise ParseError("control characters are not allowed in an atom")
+            if b"{" in word:  # RFC 3501 9: atom-specials; "{-100}x" is neither literal nor atom
+                raise ParseError("'{' is not allowed in an atom (a literal is {n} at the end of a line)")
             stack[-1].append(Atom(word))
             i = j
 
