@@ -549,7 +549,7 @@ def test_delete_folder_keeps_children(mailbox):
     mailbox.delete_folder("A")
     infos = {f.name: f.selectable for f in mailbox.list_folders()}
     assert infos["A"] is False and infos["A/B"] is True
-    assert "A" not in mailbox.subscriptions()
+    assert "A" in mailbox.subscriptions()  # RFC 3501 6.3.6: never removed unilaterally
     assert not os.path.exists(os.path.join(mailbox.path, ".A"))
     assert [n for n in os.listdir(os.path.join(mailbox.path, "tmp")) if n.startswith("deleted-")] == []
     with pytest.raises(FolderNotFound):

@@ -169,7 +169,16 @@ async def rename(s, tag, raw_old, raw_new):
 
 
 async def subscribe(s, tag, raw_name):
-    await s.store_call(s.mailbox.subscribe, mailbox_name(raw_name))
+    """RFC 3501 6.3.6: a name that does not exist is refused (as Dovecot does); one deleted
+    after subscribing stays subscribed, and LSUB shows it ``\\Noselect``."""
+    name, mailbox = mailbox_name(raw_name), s.mailbox
+
+    def work():
+        if not mailbox.folder_exists(name):
+            raise FolderNotFound(name)
+        mailbox.subscribe(name)
+
+    await s.store_call(work)
     return b"SUBSCRIBE completed"
 
 
@@ -226,7 +235,7 @@ def list_request(tokens: list, lsub: bool) -> ListRequest:
     tokens = list(tokens)
     req = ListRequest(lsub)
     if tokens and isinstance(tokens[0], list) and not lsub:
-        req.selection = {t.upper() for t in tokens.pop(0) if isinstance(t, Atom)}
+        req.selection = _selection_options(tokens.pop(0))
     if len(tokens) < 2 or not _strings(tokens[0]):
         raise Bad("LIST needs a reference name and a mailbox pattern")
     ref, patterns = tokens[0], tokens[1]
@@ -238,12 +247,38 @@ def list_request(tokens: list, lsub: bool) -> ListRequest:
         _return_options(req, tokens[3])
     if not patterns or not all(_strings(p) for p in patterns):
         raise Bad("LIST needs a reference name and a mailbox pattern")
-    try:
-        req.reference = decode_mutf7(ref.decode("ascii"))
-        req.patterns = [decode_mutf7(p.decode("ascii")) for p in patterns]
-    except (InvalidFolderName, UnicodeDecodeError):
-        raise No("invalid mailbox pattern", "CANNOT") from None
+    req.reference = _pattern_text(ref)
+    req.patterns = [_pattern_text(p) for p in patterns]
     return req
+
+
+#: RFC 5258 3.1 (and RFC 6154 for SPECIAL-USE): the selection options we know.
+SELECTION_OPTIONS = {b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE"}
+#: RFC 5258 3.2, RFC 6154 5, RFC 5819: the return options (STATUS takes a list).
+RETURN_OPTIONS = {b"SUBSCRIBED", b"CHILDREN", b"SPECIAL-USE", b"STATUS"}
+
+
+def _selection_options(options: list) -> set:
+    """RFC 5258 3: an unknown option is BAD; RECURSIVEMATCH needs another option beside REMOTE."""
+    selection = set()
+    for opt in options:
+        if not isinstance(opt, Atom) or opt.upper() not in SELECTION_OPTIONS:
+            raise Bad(f"unknown LIST selection option {shown(bytes(opt)) if isinstance(opt, bytes) else '(list)'}")
+        selection.add(opt.upper())
+    if b"RECURSIVEMATCH" in selection and not selection - {b"RECURSIVEMATCH", b"REMOTE"}:
+        raise Bad("RECURSIVEMATCH needs another selection option (RFC 5258 3)")
+    return selection
+
+
+def _pattern_text(raw: bytes) -> str:
+    """A reference or pattern as a folder-name pattern: modified UTF-7 decoded (RFC 3501
+    5.1.3); one that is not valid modified UTF-7 is taken as it is, and so matches nothing
+    we hold (every ATOM-CHAR may appear in a pattern, RFC 3501 9 ``list-char``)."""
+    text = raw.decode("utf-8", "replace")
+    try:
+        return decode_mutf7(text) if text.isascii() else text
+    except InvalidFolderName:
+        return text
 
 
 def _return_options(req: ListRequest, options: list) -> None:
@@ -259,8 +294,9 @@ def _return_options(req: ListRequest, options: list) -> None:
                 raise Bad("unknown STATUS item")
             i += 2
             continue
-        if isinstance(opt, Atom):
-            req.returns.add(opt.upper())
+        if not isinstance(opt, Atom) or opt.upper() not in RETURN_OPTIONS - {b"STATUS"}:
+            raise Bad("unknown LIST return option")
+        req.returns.add(opt.upper())
         i += 1
 
 
@@ -277,7 +313,10 @@ async def list_mailboxes(s, tag, tokens, lsub=False):
     subs.add("INBOX")  # always there, always shown: clients that list subscribed folders only need it
     existing = {f.name: f for f in folders}
     for name, attrs in matching(req, existing, subs):
-        s.untagged(word + b" (" + " ".join(attrs).encode() + b') "/" ' + wire_name(name))
+        extra = b""
+        if b"RECURSIVEMATCH" in req.selection and any(sub.startswith(name + "/") for sub in subs):
+            extra = b' ("CHILDINFO" ("SUBSCRIBED"))'  # RFC 5258 3.5
+        s.untagged(word + b" (" + " ".join(attrs).encode() + b') "/" ' + wire_name(name) + extra)
         if req.status and name in existing and existing[name].selectable:
             try:
                 await status_line(s, name, req.status)
@@ -293,8 +332,11 @@ async def lsub(s, tag, tokens):
 def matching(req: ListRequest, existing: dict, subs: set) -> list[tuple[str, list[str]]]:
     """The (name, attributes) LIST or LSUB answers with, in order."""
     regexes = [pattern_regex(req.reference + p) for p in req.patterns if p]
+    recursive = b"RECURSIVEMATCH" in req.selection
     if req.subscribed_only:
-        candidates = sorted(subs, key=lambda n: (n != "INBOX", n))
+        # RFC 5258 3: with RECURSIVEMATCH a parent is listed too when a descendant is selected
+        parents = {"/".join(n.split("/")[:k]) for n in subs for k in range(1, n.count("/") + 1)} if recursive else set()
+        candidates = sorted(subs | parents, key=lambda n: (n != "INBOX", n))
     else:
         candidates = list(existing)
     found, seen = [], set()

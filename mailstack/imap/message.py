@@ -213,20 +213,73 @@ class Atom:
 
 
 def _addresses(value: bytes | None):
+    """An address list as ENVELOPE wants it (RFC 3501 7.4.2), group syntax included: a group
+    starts with (NIL NIL "name" NIL) and ends with (NIL NIL NIL NIL)."""
     if value is None:
         return None
-    text = value.decode("latin-1")
     result = []
-    for name, addr in email.utils.getaddresses([text]):
-        if not addr and not name:
-            continue
-        local, at, domain = addr.rpartition("@")
-        if not at:
-            local, domain = addr, None
-        result.append(sexp([name.encode("latin-1") or None, None, local.encode("latin-1") or None,
-                            domain.encode("latin-1") if domain else None]))
+    for item in address_items(value.decode("latin-1")):
+        if item[0] == "group":
+            result.append(sexp([None, None, item[1].encode("latin-1") or None, None]))
+        elif item[0] == "end":
+            result.append(b"(NIL NIL NIL NIL)")
+        else:
+            name, addr = item[1], item[2]
+            local, at, domain = addr.rpartition("@")
+            if not at:
+                local, domain = addr, None
+            result.append(sexp([name.encode("latin-1") or None, None, local.encode("latin-1") or None,
+                                domain.encode("latin-1") if domain else None]))
     # RFC 3501 9: "(" 1*address ")", no space between the addresses.
     return Atom(b"(" + b"".join(result) + b")") if result else None
+
+
+def address_items(text: str) -> list[tuple]:
+    """RFC 5322 3.4 address-list -> ``("group", name)``, ``("end",)`` and ``("mailbox", name,
+    address)`` items.  Commas, colons and semicolons count only outside quotes, comments,
+    angle brackets and domain literals."""
+    items: list[tuple] = []
+    current: list[str] = []
+    quote = escape = False
+    depth = 0  # comments nest
+    bracket = ""  # "<" or "[" while inside one
+
+    def flush():
+        part = re.sub(r"<\s*@[^:>]*:", "<", "".join(current)).strip()  # an obsolete route (RFC 5322 4.4)
+        current.clear()
+        if part:
+            items.extend(("mailbox", name, addr) for name, addr in email.utils.getaddresses([part]) if name or addr)
+
+    for ch in text:
+        if escape:
+            escape = False
+        elif ch == "\\" and (quote or depth):
+            escape = True
+        elif quote:
+            quote = ch != '"'
+        elif depth:
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+        elif bracket:
+            bracket = "" if ch == {"<": ">", "[": "]"}[bracket] else bracket
+        elif ch == '"':
+            quote = True
+        elif ch == "(":
+            depth = 1
+        elif ch in "<[":
+            bracket = ch
+        elif ch == ":":
+            name = email.utils.parseaddr("".join(current) + "<x@y>")[0] or "".join(current).strip()
+            current.clear()
+            items.append(("group", name))
+            continue
+        elif ch in ",;":
+            flush()
+            if ch == ";":
+                items.append(("end",))
+            continue
+        current.append(ch)
+    flush()
+    return items
 
 
 def envelope(entity: Entity) -> list:

@@ -98,7 +98,8 @@ class Mailbox:
         return self.folder(name)
 
     def delete_folder(self, name: str) -> None:
-        """Delete a folder and its mail; its children stay (RFC 3501 6.3.4)."""
+        """Delete a folder and its mail; its children and its subscription stay (RFC 3501
+        6.3.4, 6.3.6)."""
         name = names.normalise(name)
         if name == "INBOX":
             raise StoreError("INBOX cannot be deleted")
@@ -112,7 +113,7 @@ class Mailbox:
         if self.store.fsync:
             fsync_dir(self.path)
         shutil.rmtree(graveyard, ignore_errors=True)
-        self.unsubscribe(name)
+        # The subscription stays: RFC 3501 6.3.6 forbids removing it unilaterally.
 
     def rename_folder(self, old: str, new: str) -> None:
         """Rename a folder with all its children; renaming INBOX moves its mail (RFC 3501 6.3.5)."""

@@ -83,6 +83,7 @@ def split_name(name: str) -> list[str]:
 
     Refuses anything that could name a path outside the user's Maildir or that Maildir++ cannot
     represent: empty components, ``.``/``..``, control characters, a ``.`` inside a component.
+    A backslash is an ordinary character (RFC 3501 allows it in a quoted name).
     """
     if not isinstance(name, str) or not name:
         raise InvalidFolderName("empty folder name")
@@ -96,8 +97,8 @@ def split_name(name: str) -> list[str]:
             raise InvalidFolderName(f"empty hierarchy level in {name!r}")
         if "." in part:
             raise InvalidFolderName(f"'.' is not allowed in a folder name: {name!r}")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in part) or "\\" in part:
-            raise InvalidFolderName(f"control character or backslash in folder name {name!r}")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in part):
+            raise InvalidFolderName(f"control character in folder name {name!r}")
         if len(part) > MAX_COMPONENT:
             raise InvalidFolderName(f"folder name component longer than {MAX_COMPONENT} characters")
     if parts != ["INBOX"]:
