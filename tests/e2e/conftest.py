@@ -17,22 +17,19 @@ Nothing here is autouse.  The helpers the tests import come from ``tests/support
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import socket
 import subprocess
 
 import pytest
 
+from support.ci import on_ci
+
 
 # -- required programs -----------------------------------------------------------------------
 
 APT_PACKAGES = {"swaks": "swaks libnet-ssleay-perl", "curl": "curl", "fetchmail": "fetchmail", "mbsync": "isync"}
 CURL_PROTOCOLS = {"smtp", "imap", "imaps", "pop3", "pop3s"}
-
-
-def on_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _problem(program: str) -> str | None:

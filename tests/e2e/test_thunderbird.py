@@ -47,6 +47,7 @@ except ImportError:
 
 if str(HERE.parent) not in sys.path:  # run outside pytest: tests/ holds the support package
     sys.path.insert(0, str(HERE.parent))
+from support.ci import on_ci
 from support.servers import MailServer, PASSWORDS  # noqa: E402
 
 pytestmark = [pytest.mark.thunderbird, pytest.mark.slow]
@@ -59,10 +60,6 @@ PROGRAMS = {"thunderbird": "thunderbird", "Xvfb": "xvfb", "certutil": "libnss3-t
 STEP = 90.0  # seconds any one step may take
 # Thunderbird's accounts, in user.js order (accountN / serverN / idN)
 IMAP_ALICE, POP3_CAROL, IMAP_BOB = "account1", "account2", "account3"
-
-
-def _on_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _closed_port() -> int:
@@ -110,7 +107,7 @@ def env(tmp_path_factory):
     if missing:
         reason = (f"{', '.join(missing)} not installed "
                   f"(apt-get install {' '.join(sorted({PROGRAMS[m] for m in missing}))})")
-        if _on_ci():
+        if on_ci():
             pytest.fail(f"{reason} - CI is set, so the Thunderbird tests must run", pytrace=False)
         pytest.skip(reason)
     base = tmp_path_factory.mktemp("thunderbird")

@@ -9,6 +9,7 @@
 - :mod:`support.messages`: one builder of small RFC 5322 test messages.
 - :mod:`support.dns`: a twisted.names DNS server on loopback serving test zones.
 - :mod:`support.waiting`: polling helpers (``wait_for``, ``wait_files``).
+- :mod:`support.proc`: a process's CPU time and RSS; :mod:`support.ci`: ``on_ci()``.
 
 The fixtures (``server``, ``server_factory``, ``inproc_server``, ``inproc_server_factory``)
 are registered in ``tests/conftest.py``.
