@@ -47,7 +47,7 @@ except ImportError:
 
 if str(HERE.parent) not in sys.path:  # run outside pytest: tests/ holds the support package
     sys.path.insert(0, str(HERE.parent))
-from support.ci import on_ci
+from support.ci import on_ci  # noqa: E402
 from support.servers import MailServer, PASSWORDS  # noqa: E402
 
 pytestmark = [pytest.mark.thunderbird, pytest.mark.slow]
