@@ -122,3 +122,54 @@ def test_search_nil_is_a_word_and_from_matches_group_members(srv):
     assert c.cmd(b"a", b"SEARCH FROM user-from@domain.org") == [b"* SEARCH 1 2", b"a OK SEARCH completed"]
     assert c.cmd(b"b", b"SEARCH SUBJECT NIL") == [b"* SEARCH 2", b"b OK SEARCH completed"]
     assert c.cmd(b"c", b"SEARCH BODY nil") == [b"* SEARCH 1", b"c OK SEARCH completed"]
+
+
+# -- RFC 4731 ESEARCH, RFC 5032 WITHIN, RFC 8438 STATUS=SIZE ---------------------------------------
+
+def five(srv) -> ImapClient:
+    """INBOX with five messages, 2, 3 and 5 flagged; selected."""
+    c = session(srv)
+    for n in range(1, 6):
+        append(c, b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n))
+    c.cmd(b"s", b"SELECT INBOX")
+    assert c.cmd(b"f", b"STORE 2:3,5 +FLAGS.SILENT (\\Flagged)") == [b"f OK STORE completed"]
+    return c
+
+
+def test_esearch_returns_what_was_asked(srv):
+    # RFC 4731 3.1 and its examples: one ESEARCH response with the command's tag.
+    c = five(srv)
+    assert c.cmd(b"A282", b"SEARCH RETURN (MIN COUNT) FLAGGED") == [
+        b'* ESEARCH (TAG "A282") MIN 2 COUNT 3', b"A282 OK SEARCH completed"]
+    assert c.cmd(b"A283", b"SEARCH RETURN () FLAGGED") == [
+        b'* ESEARCH (TAG "A283") ALL 2:3,5', b"A283 OK SEARCH completed"]
+    assert c.cmd(b"A284", b"UID SEARCH RETURN (MIN MAX ALL COUNT) UNFLAGGED") == [
+        b'* ESEARCH (TAG "A284") UID MIN 1 MAX 4 ALL 1,4 COUNT 2', b"A284 OK SEARCH completed"]
+    # no match: neither MIN, MAX nor ALL; COUNT 0 when asked (RFC 4731 3.1)
+    assert c.cmd(b"A285", b"SEARCH RETURN (MIN MAX COUNT) DELETED") == [
+        b'* ESEARCH (TAG "A285") COUNT 0', b"A285 OK SEARCH completed"]
+    assert c.cmd(b"A286", b"SEARCH RETURN (SAVE) ALL")[0].startswith(b"A286 BAD ")  # SEARCHRES is not offered
+    assert c.cmd(b"A287", b"SEARCH FLAGGED") == [b"* SEARCH 2 3 5", b"A287 OK SEARCH completed"]  # RFC 3501 form
+
+
+def test_within_older_and_younger(srv):
+    # RFC 5032 2: OLDER n matches an INTERNALDATE more than n seconds ago, YOUNGER n at most n.
+    c = session(srv)
+    m = b"Subject: old\r\n\r\nx\r\n"
+    c.send(b'A APPEND INBOX "01-Jan-2020 00:00:00 +0000" {%d+}\r\n' % len(m) + m + b"\r\n")
+    assert c.until(b"A")[-1].startswith(b"A OK")
+    append(c, b"Subject: new\r\n\r\nx\r\n")
+    c.cmd(b"s", b"SELECT INBOX")
+    assert c.cmd(b"o", b"SEARCH OLDER 86400") == [b"* SEARCH 1", b"o OK SEARCH completed"]
+    assert c.cmd(b"y", b"SEARCH YOUNGER 3600") == [b"* SEARCH 2", b"y OK SEARCH completed"]
+    assert c.cmd(b"z", b"SEARCH YOUNGER 0")[0].startswith(b"z BAD ")  # an nz-number
+
+
+def test_status_size_is_the_sum_of_the_message_sizes(srv):
+    # RFC 8438 3: SIZE is the total of the RFC822.SIZE of the mailbox's messages.
+    c = session(srv)
+    append(c, b"Subject: a\r\n\r\n12345\r\n")  # 21 octets
+    append(c, b"Subject: bb\r\n\r\n1\r\n")  # 18 octets
+    assert c.cmd(b"t", b"STATUS INBOX (MESSAGES SIZE)") == [b'* STATUS "INBOX" (MESSAGES 2 SIZE 39)', b"t OK STATUS completed"]
+    lines = c.cmd(b"l", b'LIST "" INBOX RETURN (STATUS (SIZE))')
+    assert lines[1] == b'* STATUS "INBOX" (SIZE 39)', lines

@@ -205,8 +205,17 @@ def test_store_with_unchangedsince_and_flags_with_or_without_parentheses():
 
 
 def test_search_takes_an_optional_charset_and_keeps_nil_as_a_word():
-    assert grammar(parser.search, b"CHARSET UTF-8 SUBJECT NIL") == (b"UTF-8", [b"SUBJECT", b"NIL"])
-    assert grammar(parser.search, b"OR (FROM a) TO \0", b"b c") == (None, [b"OR", [b"FROM", b"a"], b"TO", b"b c"])
+    assert grammar(parser.search, b"CHARSET UTF-8 SUBJECT NIL") == (b"UTF-8", [b"SUBJECT", b"NIL"], None)
+    assert grammar(parser.search, b"OR (FROM a) TO \0", b"b c") == (None, [b"OR", [b"FROM", b"a"], b"TO", b"b c"], None)
+
+
+def test_search_return_options_of_esearch():
+    # RFC 4731 3: SEARCH [RETURN (options)] [CHARSET x] keys; RETURN () is RETURN (ALL)
+    assert grammar(parser.search, b"RETURN (MIN COUNT) CHARSET UTF-8 ALL") == (b"UTF-8", [b"ALL"], {b"MIN", b"COUNT"})
+    assert grammar(parser.search, b"RETURN () SEEN") == (None, [b"SEEN"], {b"ALL"})
+    for bad in (b"RETURN (SAVE) ALL", b"RETURN MIN ALL", b"RETURN (MIN)"):
+        with pytest.raises(parser.ParseError):
+            grammar(parser.search, bad)
 
 
 def test_append_wants_its_message_as_a_literal():

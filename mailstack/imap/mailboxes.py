@@ -20,7 +20,7 @@ from mailstack.imap.parser import Atom, String
 from mailstack.imap.view import SYSTEM_FLAGS, Selected, uid_list
 from mailstack.store import decode_mutf7, encode_mutf7, normalise
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE")
 _SYSTEM_BY_LOWER = {f.lower(): f for f in SYSTEM_FLAGS}
 
 
@@ -395,6 +395,7 @@ async def status_line(s, name: str, items: list[str]) -> None:
         "UIDVALIDITY": snap.uidvalidity,
         "UNSEEN": sum(1 for m in snap.messages if "\\Seen" not in m.flags),
         "HIGHESTMODSEQ": max(1, snap.highestmodseq),
+        "SIZE": sum(m.size for m in snap.messages),  # RFC 8438: the RFC822.SIZEs added up
     }
     if s.sel is not None and s.sel.folder.name == name:
         values["RECENT"] = s.sel.recent_count()

@@ -281,17 +281,30 @@ def store(a: Arguments) -> tuple:
     return ranges, unchangedsince, mode, atoms(flags, "flags")
 
 
+#: RFC 4731 3: what ``SEARCH RETURN (...)`` may ask for (SAVE, RFC 5182, is not offered).
+ESEARCH_OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT")
+
+
 def search(a: Arguments) -> tuple:
-    """``SEARCH [CHARSET name] keys`` (RFC 3501 6.4.4)."""
-    charset = None
+    """``SEARCH [RETURN (options)] [CHARSET name] keys`` (RFC 3501 6.4.4, RFC 4731 3);
+    (charset, keys, the ESEARCH options or None for the RFC 3501 form)."""
+    charset = returns = None
     first = a.peek()
+    if isinstance(first, Atom) and first.upper() == b"RETURN":
+        a.next("RETURN")
+        options = a.next("a list of RETURN options")
+        if not isinstance(options, list) or not all(isinstance(o, Atom) and o.upper() in ESEARCH_OPTIONS
+                                                    for o in options):
+            raise ParseError("RETURN takes a list of MIN, MAX, ALL and COUNT")
+        returns = {o.upper() for o in options} or {b"ALL"}  # RFC 4731 3.1: () means ALL
+        first = a.peek()
     if isinstance(first, Atom) and first.upper() == b"CHARSET":
         a.next("CHARSET")
         charset = a.astring("charset name")
     keys = a.rest()
     if not keys:
         raise ParseError("missing search keys")
-    return charset, keys
+    return charset, keys, returns
 
 
 def fetch(a: Arguments) -> tuple:

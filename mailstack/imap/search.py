@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 
 from mailstack.imap import message as msgmod
 from mailstack.imap.errors import shown
@@ -104,6 +105,11 @@ def _one(tokens: list, charset: str, depth: int):
             raise SearchSyntaxError(f"{key} needs a date such as 1-Feb-2024") from None
         sent = key.startswith("SENT")
         return ("date", key[4:] if sent else key, when, sent)
+    if key in ("OLDER", "YOUNGER"):  # RFC 5032: an interval in seconds back from now
+        arg = tokens.pop(0) if tokens else b""
+        if not isinstance(arg, bytes) or not arg.isdigit() or int(arg) == 0:
+            raise SearchSyntaxError(f"{key} needs a number of seconds above 0")
+        return ("within", key, time.time() - int(arg))
     if key in ("LARGER", "SMALLER"):
         arg = tokens.pop(0) if tokens else b""
         if not isinstance(arg, bytes) or not arg.isdigit():
@@ -259,6 +265,8 @@ def matches(node, c: Candidate, last_seq: int, last_uid: int) -> bool:
         return c.info.modseq >= node[1]
     if kind == "size":
         return c.info.size > node[2] if node[1] == "LARGER" else c.info.size < node[2]
+    if kind == "within":  # OLDER: before the cutoff; YOUNGER: at or after it (RFC 5032 2)
+        return c.info.internaldate < node[2] if node[1] == "OLDER" else c.info.internaldate >= node[2]
     if kind == "date":
         _, op, when, sent = node
         if sent:

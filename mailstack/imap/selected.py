@@ -135,8 +135,9 @@ async def move(s, tag, ranges, raw_name, uid=False):
     return await copy(s, tag, ranges, raw_name, uid=uid, move=True)
 
 
-async def search(s, tag, charset, keys, uid=False):
-    """RFC 3501 6.4.4 (see :mod:`mailstack.imap.search`)."""
+async def search(s, tag, charset, keys, returns=None, uid=False):
+    """RFC 3501 6.4.4 (see :mod:`mailstack.imap.search`); with ``RETURN (...)`` the answer is
+    one ESEARCH response (RFC 4731)."""
     sel = s.sel
     cs = (charset or b"US-ASCII").upper()
     if cs not in (b"US-ASCII", b"UTF-8"):
@@ -163,9 +164,41 @@ async def search(s, tag, charset, keys, uid=False):
     except searchmod.SearchSyntaxError as e:
         raise Bad(str(e)) from None
     numbers = [c.uid if uid else c.seq for c in found]
-    tail = b""
+    modseq = None
     if found and searchmod.uses_modseq(tree):  # RFC 7162 3.1.5
         s.condstore = True
-        tail = b" (MODSEQ %d)" % max(c.info.modseq for c in found)
-    s.untagged(b"SEARCH" + b"".join(b" %d" % n for n in numbers) + tail)
+        modseq = max(c.info.modseq for c in found)
+    if returns is None:
+        s.untagged(b"SEARCH" + b"".join(b" %d" % n for n in numbers) + (b" (MODSEQ %d)" % modseq if modseq else b""))
+    else:
+        s.untagged(esearch_response(tag, uid, numbers, returns, modseq))
     return b"SEARCH completed"
+
+
+def esearch_response(tag: bytes, uid: bool, numbers: list[int], returns: set, modseq: int | None) -> bytes:
+    """RFC 4731 3.1: ``ESEARCH (TAG "t") [UID] [MIN n] [MAX n] [ALL set] [COUNT n]``; with no
+    match only COUNT 0 (and never MIN, MAX or ALL); RFC 7162 3.1.5 adds MODSEQ."""
+    out = [b'ESEARCH (TAG "' + tag + b'")'] + ([b"UID"] if uid else [])
+    if numbers:
+        if b"MIN" in returns:
+            out.append(b"MIN %d" % min(numbers))
+        if b"MAX" in returns:
+            out.append(b"MAX %d" % max(numbers))
+        if b"ALL" in returns:
+            out.append(b"ALL " + sequence_set(numbers))
+    if b"COUNT" in returns:
+        out.append(b"COUNT %d" % len(numbers))
+    if modseq is not None and numbers:
+        out.append(b"MODSEQ %d" % modseq)
+    return b" ".join(out)
+
+
+def sequence_set(numbers: list[int]) -> bytes:
+    """Ascending numbers as the shortest RFC 3501 sequence-set: 1:3,5,8:9."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in runs)
