@@ -290,7 +290,9 @@ def test_append_is_byte_exact(srv):
     rest = data[1]
     assert b"INTERNALDATE \"05-Mar-2023 13:15:16 +0000\"" in rest
     assert b"RFC822.SIZE %d" % len(raw) in rest
-    assert set(re.search(rb"FLAGS \(([^)]*)\)", rest).group(1).split()) == {b"\\Draft", b"\\Seen", b"$Label1"}
+    # \Recent too: this session is the first told of it (RFC 3501 2.3.2), though APPENDed with flags
+    assert set(re.search(rb"FLAGS \(([^)]*)\)", rest).group(1).split()) == {b"\\Draft", b"\\Seen", b"$Label1",
+                                                                            b"\\Recent"}
     assert store(srv).mailbox(BOB).folder("Drafts").read_message(uid) == raw
     typ, data = m.append("NoSuchFolder", None, None, b"Subject: x\r\n\r\nx\r\n")
     assert typ == "NO" and b"TRYCREATE" in data[0]

@@ -390,7 +390,7 @@ async def status_line(s, name: str, items: list[str]) -> None:
     snap = await s.store_call(lambda: mailbox.folder(name).snapshot())
     values = {
         "MESSAGES": len(snap.messages),
-        "RECENT": sum(1 for m in snap.messages if m.recent),
+        "RECENT": sum(1 for m in snap.messages if snap.is_recent(m)),
         "UIDNEXT": snap.uidnext,
         "UIDVALIDITY": snap.uidvalidity,
         "UNSEEN": sum(1 for m in snap.messages if "\\Seen" not in m.flags),

@@ -494,7 +494,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
                 if snap is sel.synced:  # the store hands out the same snapshot while nothing changed
                     return snap, None
                 taken = []
-                if not sel.readonly and any(m.recent and m.uid > last for m in snap.messages):
+                if not sel.readonly and any(snap.is_recent(m) and m.uid > last for m in snap.messages):
                     taken = folder.take_recent()
                     snap = folder.snapshot()
                 return snap, taken

@@ -86,7 +86,7 @@ class Selected:
         sel = cls(folder, readonly, snap.uidvalidity)
         sel.uids = [m.uid for m in snap.messages]
         sel.flags = {m.uid: m.flags for m in snap.messages}
-        sel.recent = {m.uid for m in snap.messages if m.recent} if readonly else set(taken_recent)
+        sel.recent = {m.uid for m in snap.messages if snap.is_recent(m)} if readonly else set(taken_recent)
         sel.keywords = keywords_of(snap)
         sel.synced = snap
         return sel
@@ -196,7 +196,7 @@ class Selected:
             for m in new:
                 self.uids.append(m.uid)
                 self.flags[m.uid] = m.flags
-                if self.readonly and m.recent:
+                if self.readonly and snap.is_recent(m):
                     self.recent.add(m.uid)
             lines.append(b"%d EXISTS" % len(self.uids))
             lines.append(b"%d RECENT" % self.recent_count())

@@ -112,6 +112,8 @@ class FolderDelivery:
             if assign_uid:
                 with self.locked():
                     uid = self._record_new(base, when)
+                    if flags:  # in cur/ at once: unclaimed all the same (mailstack.store.recent)
+                        self.recent_marks.add([uid])
         finally:
             unlink_quietly(tmp_path)
         self.store.on_change(self.path)
@@ -189,7 +191,9 @@ class FolderDelivery:
                 os.link(tmp_path, os.path.join(self.path, rel))
                 if self.store.fsync:
                     fsync_dir(os.path.join(self.path, "cur"))
-                return self._record_new(base, info.internaldate)
+                uid = self._record_new(base, info.internaldate)
+                self.recent_marks.add([uid])  # RFC 3501 6.4.7: the copy is \\Recent
+                return uid
         finally:
             unlink_quietly(tmp_path)
 

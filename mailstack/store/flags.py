@@ -150,7 +150,8 @@ class FlagChanges:
         return changed, refused
 
     def take_recent(self) -> list[int]:
-        """Move every message in new/ to cur/ and return their UIDs.
+        """Claim every unclaimed message: move those in new/ to cur/, and empty the list of
+        those stored into cur/ directly (:mod:`mailstack.store.recent`); return their UIDs.
 
         The session that does this is the one that reports them as \\Recent (RFC 3501 2.3.2).
         """
@@ -159,11 +160,12 @@ class FlagChanges:
     def _take_recent(self) -> tuple[dict[str, str], list[int]]:
         taken: list[int] = []
         files = self._sync()
-        if not any(rel.startswith("new/") for rel in files.values()):
+        if not self.recent_marks.load() and not any(rel.startswith("new/") for rel in files.values()):
             return files, taken  # the usual case: no lock, no rename, and the snapshot stays valid
         with self.locked():
             files = self._sync()
             state = self.uidlist.state
+            taken += [uid for uid in self.recent_marks.take() if uid in state.entries]
             for base, rel in list(files.items()):
                 if not rel.startswith("new/"):
                     continue

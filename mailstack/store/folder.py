@@ -20,6 +20,7 @@ from mailstack.store.cache import HEADER, MessageCache, header_section
 from mailstack.store.delivery import FolderDelivery
 from mailstack.store.files import arrival_key, base_of, size_of
 from mailstack.store.flags import FlagChanges, FolderKeywords, flags_of
+from mailstack.store.recent import RecentMarks
 from mailstack.store.snapshot import FolderSnapshot, MessageInfo
 from mailstack.store.uidlist import FolderLock, UidList, next_uidvalidity
 
@@ -44,6 +45,7 @@ class MaildirFolder(FolderDelivery, FlagChanges):
         self._scan_mtimes: tuple[int, int] | None = None
         self._listed_at = 0  # time.time_ns() when the listing in _files was started
         self.keywords = FolderKeywords(path, store.fsync)
+        self.recent_marks = RecentMarks(path)
         self._lock_depth = 0
         self._files_gen = 0
         self._snapshot: tuple[tuple, FolderSnapshot] | None = None
@@ -219,7 +221,8 @@ class MaildirFolder(FolderDelivery, FlagChanges):
             keywords = self.keywords.load()
             # Nothing changed since the last snapshot (same listing, same UID log, same
             # keywords): hand out the same immutable snapshot again.
-            key = (self._files_gen, ul.position, state.uidvalidity, self.keywords.mtime)
+            marked = self.recent_marks.load()
+            key = (self._files_gen, ul.position, state.uidvalidity, self.keywords.mtime, marked)
             if self._snapshot is not None and self._snapshot[0] == key:
                 return self._snapshot[1]
             # Rebuilding after a change reuses each unchanged message's MessageInfo, and
@@ -252,7 +255,8 @@ class MaildirFolder(FolderDelivery, FlagChanges):
                 if flags is None:
                     flags = decoded[suffix] = flags_of(rel, keywords)
                 append(make(MessageInfo, uid, base, rel, flags, size, entry.internaldate, entry.modseq))
-            snapshot = FolderSnapshot(self.name, state.uidvalidity, state.uidnext, state.highestmodseq, tuple(messages))
+            snapshot = FolderSnapshot(self.name, state.uidvalidity, state.uidnext, state.highestmodseq, tuple(messages),
+                                      marked)
             self._snapshot = (key, snapshot)
             return snapshot
 

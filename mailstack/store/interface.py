@@ -30,7 +30,8 @@ class FolderAPI(Protocol):
         """A snapshot, first claiming new/ (the UIDs this session reports \\Recent) if asked."""
 
     def take_recent(self) -> list[int]:
-        """Claim every message in new/ (RFC 3501 2.3.2); return their UIDs."""
+        """Claim every unclaimed message (RFC 3501 2.3.2): new/, and what APPEND with flags or
+        COPY stored into cur/; return their UIDs."""
 
     def open_message(self, uid: int) -> BinaryIO:
         """The message's file, to stream; raises MessageGone."""

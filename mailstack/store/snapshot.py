@@ -23,7 +23,8 @@ class MessageInfo(NamedTuple):
 
     @property
     def recent(self) -> bool:
-        """Still in new/: no session has claimed it yet (IMAP \\Recent)."""
+        """Still in new/, so no session has claimed it yet; stored straight into cur/ (APPEND
+        with flags, COPY) it may be unclaimed too: ask :meth:`FolderSnapshot.is_recent`."""
         return self.filename.startswith("new/")
 
 
@@ -31,12 +32,18 @@ class FolderSnapshot:
     """A folder at one moment: immutable, shared by every session that asks while nothing
     changes, so what is derived from it (the UID index) is computed once."""
 
-    __slots__ = ("name", "uidvalidity", "uidnext", "highestmodseq", "messages", "_by_uid")
+    __slots__ = ("name", "uidvalidity", "uidnext", "highestmodseq", "messages", "marked_recent", "_by_uid")
 
-    def __init__(self, name: str, uidvalidity: int, uidnext: int, highestmodseq: int, messages: tuple):
+    def __init__(self, name: str, uidvalidity: int, uidnext: int, highestmodseq: int, messages: tuple,
+                 marked_recent: frozenset = frozenset()):
         self.name, self.uidvalidity, self.uidnext = name, uidvalidity, uidnext
         self.highestmodseq, self.messages = highestmodseq, messages  # of MessageInfo, ascending UID
+        self.marked_recent = marked_recent  # unclaimed UIDs in cur/ (mailstack.store.recent)
         self._by_uid: dict[int, MessageInfo] | None = None
+
+    def is_recent(self, m: MessageInfo) -> bool:
+        """No session has claimed ``m`` yet (IMAP \\Recent, RFC 3501 2.3.2)."""
+        return m.recent or m.uid in self.marked_recent
 
     def by_uid(self) -> dict[int, MessageInfo]:
         """uid -> MessageInfo (do not change it: it is shared)."""
