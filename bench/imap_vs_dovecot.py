@@ -37,12 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from dovecot_harness import run_dovecot, stop  # noqa: E402
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from support.dovecot import run_dovecot, stop  # noqa: E402
 from support.servers import PASSWORDS  # noqa: E402
 from support.servers import MailServer  # noqa: E402
 from mailstack.store import MaildirStore  # noqa: E402

@@ -103,30 +103,45 @@ class Entity:
     # -- navigation (RFC 3501 6.4.5 section numbers) -----------------------------------------
 
     def parts(self) -> list["Entity"]:
-        """The numbered sub-parts of this entity as a *message* (its body's parts)."""
+        """The numbered parts of this entity as a *message* (RFC 3501 6.4.5): a multipart's
+        children; otherwise one part, the body itself, even when that body is an encapsulated
+        message (``BODY[1]`` of a message/rfc822 message is the whole inner message, and
+        ``BODY[1.MIME]`` the outer header, as Dovecot answers)."""
         if self.children:
             return self.children
-        if self.message is not None:
-            return self.message.parts()
         return [self]
 
-    def subparts(self) -> list["Entity"]:
-        """The numbered sub-parts of this entity as a *part* of a multipart."""
+    def subparts(self) -> list["Entity"] | None:
+        """The numbered sub-parts of this entity as a *part*: a multipart's children or an
+        encapsulated message's parts (RFC 3501 6.4.5's 3.1, 3.2); None for a leaf."""
         if self.children:
             return self.children
         if self.message is not None:
             return self.message.parts()
-        return []
+        return None
 
     def locate(self, path: tuple) -> "Entity":
-        """The entity at a 1-based section path; KeyError if there is none."""
+        """The entity at a 1-based section path; KeyError if there is none.
+
+        A leaf answers for its own ".1" once (``BODY[1.1]`` of a text part inside a
+        multipart is ``BODY[1]``; ``BODY[1.1]`` of a one-part message is empty), which is
+        what Dovecot answers and clients written against it send.
+        """
         if not path:
             return self
-        parts = self.parts()
-        entity = None
+        entity, reused = self, False
         for depth, n in enumerate(path):
-            if depth:
+            if depth == 0:
+                parts = self.parts()
+                reused = parts == [self] and self.message is None
+            else:
                 parts = entity.subparts()
+                if parts is None:
+                    if reused:
+                        raise KeyError(".".join(map(str, path)))
+                    parts, reused = [entity], True
+                else:
+                    reused = False
             if not 1 <= n <= len(parts):
                 raise KeyError(".".join(map(str, path)))
             entity = parts[n - 1]
@@ -306,6 +321,8 @@ def _params(entity: Entity, header: str = "content-type"):
 
 
 def _lines(body: bytes) -> int:
+    """An encapsulated message's lines: a last line without its CRLF counts too (the CRLF
+    before the next boundary belongs to the boundary, RFC 2046 5.1.1)."""
     return body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
 
 
@@ -333,7 +350,7 @@ def bodystructure(entity: Entity, extended: bool) -> list:
     if entity.message is not None:
         out += [envelope(entity.message), bodystructure(entity.message, extended), _lines(entity.body)]
     elif entity.maintype == "text":
-        out.append(_lines(entity.body))
+        out.append(entity.body.count(b"\n"))  # line ends, as Dovecot counts: "plain" is 0 lines
     if extended:
         out += [entity.get("content-md5"), disposition, language, location]
     return out

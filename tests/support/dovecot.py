@@ -1,7 +1,8 @@
 """Run Dovecot as the reference server for the benchmarks: ``dovecot -F`` with a generated
 configuration on a loopback port, over a copy of a Maildir, with one passwd-file user.
 
-Used by pop3_retr.py and imap_vs_dovecot.py (``apt-get install dovecot-pop3d dovecot-imapd``).
+Used by the benchmarks (bench/pop3_retr.py, bench/imap_vs_dovecot.py) and by
+tests/test_imap_vs_dovecot.py (``apt-get install dovecot-pop3d dovecot-imapd``).
 """
 
 from __future__ import annotations
