@@ -185,20 +185,10 @@ def esearch_response(tag: bytes, uid: bool, numbers: list[int], returns: set, mo
         if b"MAX" in returns:
             out.append(b"MAX %d" % max(numbers))
         if b"ALL" in returns:
-            out.append(b"ALL " + sequence_set(numbers))
+            out.append(b"ALL " + uid_set(numbers))
     if b"COUNT" in returns:
         out.append(b"COUNT %d" % len(numbers))
     if modseq is not None and numbers:
         out.append(b"MODSEQ %d" % modseq)
     return b" ".join(out)
 
-
-def sequence_set(numbers: list[int]) -> bytes:
-    """Ascending numbers as the shortest RFC 3501 sequence-set: 1:3,5,8:9."""
-    runs: list[list[int]] = []
-    for n in sorted(set(numbers)):
-        if runs and n == runs[-1][1] + 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n])
-    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in runs)
