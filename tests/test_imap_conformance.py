@@ -6,6 +6,8 @@ items of issue 15 not yet done (most of the extensions) are not here; see that i
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from support.clients import ImapClient
@@ -198,3 +200,49 @@ def test_an_append_with_flags_is_recent_for_the_first_session_to_see_it(srv):
     assert b"* 1 RECENT" in c.cmd(b"s", b"SELECT INBOX")
     assert c.cmd(b"f", b"FETCH 1 FLAGS") == [b"* 1 FETCH (FLAGS (\\Flagged \\Seen \\Recent))", b"f OK FETCH completed"]
     assert b"* 0 RECENT" in c.cmd(b"s2", b"SELECT INBOX")
+
+
+# -- RFC 3502 MULTIAPPEND ---------------------------------------------------------------------------
+
+
+def multiappend(c: ImapClient, tag: bytes, *parts: bytes) -> list[bytes]:
+    """``APPEND INBOX`` with each part (options then a message) sent as a LITERAL+ message."""
+    command = tag + b" APPEND INBOX"
+    for part in parts:
+        options, _, message = part.partition(b"|")
+        command += (b" " + options if options else b"") + b" {%d+}\r\n" % len(message) + message
+    c.send(command + b"\r\n")
+    return c.until(tag)
+
+
+def test_multiappend_stores_every_message_and_reports_a_uid_set(srv):
+    # RFC 3502 6 and RFC 4315 3: one APPENDUID with the set of new UIDs.
+    c = session(srv)
+    [done] = multiappend(c, b"m", b"|Subject: 1\r\n\r\na\r\n", b"(\\Flagged)|Subject: 2\r\n\r\nb\r\n",
+                         b'"01-Jan-2024 10:00:00 +0000"|Subject: 3\r\n\r\nc\r\n')
+    assert re.fullmatch(rb"m OK \[APPENDUID \d+ 1:3\] APPEND completed", done), done
+    c.cmd(b"s", b"EXAMINE INBOX")
+    assert c.cmd(b"f", b"FETCH 1:3 FLAGS") == [b"* 1 FETCH (FLAGS (\\Recent))", b"* 2 FETCH (FLAGS (\\Flagged \\Recent))",
+                                             b"* 3 FETCH (FLAGS (\\Recent))", b"f OK FETCH completed"]
+    assert c.cmd(b"d", b"FETCH 3 INTERNALDATE")[0] == b'* 3 FETCH (INTERNALDATE "01-Jan-2024 10:00:00 +0000")'
+
+
+def test_a_multiappend_with_one_bad_message_appends_none(srv, monkeypatch):
+    # RFC 3502 6: "If the server fails to append any message, none of the messages are appended."
+    c = session(srv)
+    [bad] = multiappend(c, b"b", b"|Subject: 1\r\n\r\na\r\n", b'"not a date"|Subject: 2\r\n\r\nb\r\n')
+    assert bad.startswith(b"b BAD invalid date-time")
+    from mailstack.store import MaildirFolder
+
+    real, calls = MaildirFolder.append, []
+
+    def second_fails(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MaildirFolder, "append", second_fails)
+    [full] = multiappend(c, b"f", b"|Subject: 1\r\n\r\na\r\n", b"|Subject: 2\r\n\r\nb\r\n", b"|Subject: 3\r\n\r\nc\r\n")
+    assert full.startswith(b"f NO [OVERQUOTA] ")
+    assert c.cmd(b"t", b"STATUS INBOX (MESSAGES)") == [b'* STATUS "INBOX" (MESSAGES 0)', b"t OK STATUS completed"]

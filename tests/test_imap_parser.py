@@ -126,6 +126,10 @@ def test_appends_message_literal_is_spooled_under_the_message_limit():
     spool.close()
     [refused] = events(a, b"b APPEND INBOX {11}\r\n")
     assert refused == Refused(b"b", b"NO", b"[TOOBIG] message larger than 10 octets")
+    # MULTIAPPEND: the messages of one command wait on disk together, 4 x the limit at most
+    got = events(a, b"c APPEND INBOX {10+}\r\n" + b"x" * 10 + b" {10+}\r\n" + b"y" * 10 + b" {10+}\r\n"
+                 + b"z" * 10 + b" {10+}\r\n" + b"w" * 10 + b" {10}\r\n")
+    assert got[-1] == Refused(b"c", b"NO", b"[TOOBIG] messages of one APPEND larger than 40 octets")
 
 
 def test_a_command_the_session_refuses_gets_no_continuation():
@@ -221,9 +225,18 @@ def test_search_return_options_of_esearch():
 def test_append_wants_its_message_as_a_literal():
     spool = Spool(1)
     assert grammar(parser.append, b'INBOX (\\Seen) "01-Jan-2024 10:00:00 +0000" \0', spool) == (
-        b"INBOX", [b"\\Seen"], b"01-Jan-2024 10:00:00 +0000", spool)
+        b"INBOX", [([b"\\Seen"], b"01-Jan-2024 10:00:00 +0000", spool)])
     with pytest.raises(ParseError):
         grammar(parser.append, b'INBOX "message"')
+
+
+def test_multiappend_takes_several_messages_each_with_its_own_flags_and_date():
+    # RFC 3502 6: append = "APPEND" SP mailbox 1*append-message
+    one, two, three = Spool(1), Spool(1), Spool(1)
+    got = grammar(parser.append, b'INBOX \0 (\\Flagged) \0 "01-Jan-2024 10:00:00 +0000" \0', one, two, three)
+    assert got == (b"INBOX", [([], None, one), ([b"\\Flagged"], None, two), ([], b"01-Jan-2024 10:00:00 +0000", three)])
+    with pytest.raises(ParseError):
+        grammar(parser.append, b"INBOX \0 (\\Seen)", one)  # flags without their message
 
 
 # -- FETCH attributes (RFC 3501 6.4.5) ------------------------------------------------------------

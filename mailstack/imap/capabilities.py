@@ -40,6 +40,7 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("IDLE", "RFC 2177"),
     Capability("NAMESPACE", "RFC 2342"),
     Capability("UIDPLUS", "RFC 4315"),
+    Capability("MULTIAPPEND", "RFC 3502"),
     Capability("MOVE", "RFC 6851"),
     Capability("UNSELECT", "RFC 3691"),
     Capability("CHILDREN", "RFC 3348"),

@@ -17,7 +17,7 @@ from mailstack.errors import FolderNotFound, InvalidFolderName
 from mailstack.imap import message as msgmod
 from mailstack.imap.errors import NO_REPLY, Bad, No, shown
 from mailstack.imap.parser import Atom, String
-from mailstack.imap.view import SYSTEM_FLAGS, Selected, uid_list
+from mailstack.imap.view import SYSTEM_FLAGS, Selected, uid_list, uid_set
 from mailstack.store import decode_mutf7, encode_mutf7, normalise
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE")
@@ -415,30 +415,43 @@ async def status(s, tag, raw_name, items):
     return b"STATUS completed"
 
 
-async def append(s, tag, raw_name, flags, date, message):
-    """RFC 3501 6.3.11 with APPENDUID (RFC 4315).  The message is stored byte for byte."""
+async def append(s, tag, raw_name, messages):
+    """RFC 3501 6.3.11, with MULTIAPPEND (RFC 3502: all the messages or none) and APPENDUID
+    (RFC 4315 3: one UID, or a UID set for several).  Each message is stored byte for byte."""
     try:
         name = mailbox_name(raw_name)
-        if not all(isinstance(f, Atom) for f in flags):
-            raise Bad("flags must be atoms")
-        stored_flags = check_flags(flags)
-        when = None
-        if date is not None:
-            try:
-                when = msgmod.parse_date_time(date)
-            except ValueError:
-                raise Bad("invalid date-time (use \"dd-Mon-yyyy hh:mm:ss +zzzz\")") from None
+        items = [(message, *_append_options(flags, date)) for flags, date, message in messages]
         mailbox = s.mailbox
 
         def work():
             folder = destination(mailbox, name)
-            uid = folder.append(message, stored_flags, when)
-            return folder.snapshot().uidvalidity, uid
+            uids = []
+            try:
+                for message, stored_flags, when in items:
+                    uids.append(folder.append(message, stored_flags, when))
+            except BaseException:
+                folder.expunge(uids)  # RFC 3502 6: a failed MULTIAPPEND appends nothing
+                raise
+            return folder.snapshot().uidvalidity, uids
 
-        uidvalidity, uid = await s.store_call(work)
+        uidvalidity, uids = await s.store_call(work)
     finally:
-        message.close()
-    return b"[APPENDUID %d %d] APPEND completed" % (uidvalidity, uid)
+        for _flags, _date, message in messages:
+            message.close()
+    return b"[APPENDUID %d %s] APPEND completed" % (uidvalidity, uid_set(uids))
+
+
+def _append_options(flags, date) -> tuple:
+    """One message's flag list and date-time, checked before anything is stored."""
+    if not all(isinstance(f, Atom) for f in flags):
+        raise Bad("flags must be atoms")
+    when = None
+    if date is not None:
+        try:
+            when = msgmod.parse_date_time(date)
+        except ValueError:
+            raise Bad("invalid date-time (use \"dd-Mon-yyyy hh:mm:ss +zzzz\")") from None
+    return check_flags(flags), when
 
 
 async def namespace(s, tag):

@@ -235,15 +235,19 @@ def status(a: Arguments) -> tuple:
 
 
 def append(a: Arguments) -> tuple:
-    """``APPEND mailbox [flag-list] [date-time] literal`` (RFC 3501 6.3.11)."""
+    """``APPEND mailbox 1*([flag-list] [date-time] literal)`` (RFC 3501 6.3.11; more than one
+    message is MULTIAPPEND, RFC 3502 6): (name, [(flags, date, message), ...])."""
     name = a.astring("mailbox name")
-    flags = a.optional_list()
-    date = bytes(a.next("date-time")) if isinstance(a.peek(), String) else None
-    message = a.next("message literal")
-    if not isinstance(message, Spool):
-        raise ParseError("the message must be a literal")
-    a.end()
-    return name, flags or [], date, message
+    messages = []
+    while True:
+        flags = a.optional_list()
+        date = bytes(a.next("date-time")) if isinstance(a.peek(), String) else None
+        message = a.next("message literal")
+        if not isinstance(message, Spool):
+            raise ParseError("the message must be a literal")
+        messages.append((flags or [], date, message))
+        if not a.more():
+            return name, messages
 
 
 def mechanism(a: Arguments) -> tuple:

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 
 MAX_LINE = 65536  # one line of a command: long UID sets from clients that resynchronise
 MAX_COMMAND = 256 * 1024  # a whole command, literals included, APPEND's message excepted
+#: A MULTIAPPEND (RFC 3502) may hold messages of this many times the message size limit in all:
+#: they wait on disk until the last arrives.
+MULTIAPPEND_FACTOR = 4
 SPOOL_IN_MEMORY = 256 * 1024  # an APPEND message above this goes to a temporary file
 
 _LITERAL_RE = re.compile(rb"\{(\d{1,19})(\+?)\}$")
@@ -152,6 +155,7 @@ class CommandAssembler:
         self.literal: bytearray | Spool | None = None
         self.remaining = 0
         self.size = 0  # octets of the command held in memory
+        self.spooled = 0  # octets of APPEND messages spooled for the command (MULTIAPPEND: several)
 
     @property
     def inside(self) -> bool:
@@ -191,17 +195,22 @@ class CommandAssembler:
             return refused
         self.remaining = size
         self.literal = Spool(size) if message else bytearray()
-        if not message:
+        if message:
+            self.spooled += size
+        else:
             self.size += size
         return Continue() if sync else self.step()
 
     def _refuse(self, size: int, sync: bool, message: bool) -> Refused | None:
         limit = self.message_limit if message else self.max_command
-        if size <= (self.message_limit if message else self.max_command - self.size):
+        if message and size <= limit and self.spooled + size > MULTIAPPEND_FACTOR * limit:
+            limit, what = MULTIAPPEND_FACTOR * limit, "messages of one APPEND"
+        elif size <= (limit if message else limit - self.size):
             return None
+        else:
+            what = "message" if message else "command"
         tag = self.command.tag
         self.abandon()
-        what = "message" if message else "command"
         if not sync:  # RFC 7888 4: the octets are already on their way; the session cannot go on
             return Refused(tag, b"BYE", b"[TOOBIG] %s larger than %d octets" % (what.encode(), limit), True)
         return Refused(tag, b"NO", b"[TOOBIG] %s larger than %d octets" % (what.encode(), limit))
@@ -231,7 +240,7 @@ class CommandAssembler:
         return Complete(command)
 
     def _reset(self) -> None:
-        self.command, self.literal, self.remaining, self.size = None, None, 0, 0
+        self.command, self.literal, self.remaining, self.size, self.spooled = None, None, 0, 0, 0
 
     def abandon(self) -> None:
         """Drop the command being read (refused, or the connection went away): close its spools."""
