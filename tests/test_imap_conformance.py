@@ -246,3 +246,29 @@ def test_a_multiappend_with_one_bad_message_appends_none(srv, monkeypatch):
     [full] = multiappend(c, b"f", b"|Subject: 1\r\n\r\na\r\n", b"|Subject: 2\r\n\r\nb\r\n", b"|Subject: 3\r\n\r\nc\r\n")
     assert full.startswith(b"f NO [OVERQUOTA] ")
     assert c.cmd(b"t", b"STATUS INBOX (MESSAGES)") == [b'* STATUS "INBOX" (MESSAGES 0)', b"t OK STATUS completed"]
+
+
+# -- RFC 8514 SAVEDATE --------------------------------------------------------------------------------
+
+
+def test_savedate_is_when_the_message_was_stored_not_its_internal_date(srv):
+    import time
+
+    c = session(srv)
+    m = b"Subject: old\r\n\r\nx\r\n"
+    before = int(time.time())
+    c.send(b'A APPEND INBOX "01-Jan-2020 00:00:00 +0000" {%d+}\r\n' % len(m) + m + b"\r\n")
+    assert c.until(b"A")[-1].startswith(b"A OK")
+    after = int(time.time())
+    c.cmd(b"s", b"SELECT INBOX")
+    [line, done] = c.cmd(b"f", b"FETCH 1 (INTERNALDATE SAVEDATE)")
+    assert line.startswith(b'* 1 FETCH (INTERNALDATE "01-Jan-2020 00:00:00 +0000" SAVEDATE "') and done == b"f OK FETCH completed"
+    from datetime import datetime
+
+    saved = re.search(rb'SAVEDATE "([^"]+)"', line).group(1).decode()
+    assert before <= datetime.strptime(saved, "%d-%b-%Y %H:%M:%S %z").timestamp() <= after + 1, saved
+    today = time.strftime("%d-%b-%Y", time.gmtime(after)).lstrip("0").encode()
+    assert c.cmd(b"a", b"SEARCH SAVEDSINCE " + today) == [b"* SEARCH 1", b"a OK SEARCH completed"]
+    assert c.cmd(b"b", b"SEARCH SAVEDBEFORE " + today) == [b"* SEARCH", b"b OK SEARCH completed"]
+    assert c.cmd(b"c", b"SEARCH SINCE " + today) == [b"* SEARCH", b"c OK SEARCH completed"]  # internal date: 2020
+    assert c.cmd(b"d", b"SEARCH SAVEDATESUPPORTED") == [b"* SEARCH 1", b"d OK SEARCH completed"]

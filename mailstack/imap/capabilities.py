@@ -50,6 +50,7 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("ESEARCH", "RFC 4731"),
     Capability("WITHIN", "RFC 5032"),
     Capability("STATUS=SIZE", "RFC 8438"),
+    Capability("SAVEDATE", "RFC 8514"),
     Capability("CONDSTORE", "RFC 7162 3.1"),
     Capability("QRESYNC", "RFC 7162 3.2"),
     Capability("COMPRESS=DEFLATE", "RFC 4978", lambda v: v.authenticated and not v.compressed),

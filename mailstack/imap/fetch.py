@@ -224,14 +224,18 @@ def _header_only(items) -> bool:
             continue
         if i.type == "body" and i.header and not i.part:
             continue
-        if i.type in ("uid", "flags", "internaldate", "rfc822size"):
+        if i.type in _FROM_SNAPSHOT:
             continue
         return False
     return True
 
 
+#: FETCH items answered from the folder snapshot alone, without reading the message.
+_FROM_SNAPSHOT = ("uid", "flags", "internaldate", "rfc822size", "savedate")
+
+
 def _needs_content(items) -> bool:
-    return any(i.type not in ("uid", "flags", "internaldate", "rfc822size") for i in items)
+    return any(i.type not in _FROM_SNAPSHOT for i in items)
 
 
 #: FETCH items whose value is kept in the store's cache (see MaildirFolder.keep_derived): the
@@ -345,6 +349,9 @@ def _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived, raw=No
         return [b'INTERNALDATE "' + msgmod.format_date_time(m.internaldate) + b'"']
     if t == "rfc822size":
         return [b"RFC822.SIZE %d" % m.size]
+    if t == "savedate":  # RFC 8514 3
+        saved = m.saved
+        return [b'SAVEDATE "' + msgmod.format_date_time(saved) + b'"' if saved is not None else b"SAVEDATE NIL"]
     if t == "envelope":
         return [b"ENVELOPE " + derived.get("imap.envelope", uid, lambda: msgmod.sexp(msgmod.envelope(entity)))]
     if t == "bodystructure":

@@ -360,7 +360,8 @@ class FetchSpec:
 
 _SIMPLE = {b"ENVELOPE": "envelope", b"FLAGS": "flags", b"INTERNALDATE": "internaldate",
            b"RFC822.HEADER": "rfc822header", b"RFC822.TEXT": "rfc822text", b"RFC822.SIZE": "rfc822size",
-           b"RFC822": "rfc822", b"UID": "uid", b"BODYSTRUCTURE": "bodystructure", b"BODY": "body"}
+           b"RFC822": "rfc822", b"UID": "uid", b"BODYSTRUCTURE": "bodystructure", b"BODY": "body",
+           b"SAVEDATE": "savedate"}
 _MACROS = {b"ALL": ("flags", "internaldate", "rfc822size", "envelope"),
            b"FULL": ("flags", "internaldate", "rfc822size", "envelope", "body"),
            b"FAST": ("flags", "internaldate", "rfc822size")}

@@ -98,13 +98,17 @@ def _one(tokens: list, charset: str, depth: int):
         return ("header", name.lower(), _text(tokens, charset).casefold())
     if key in ("BODY", "TEXT"):
         return (key.lower(), _text(tokens, charset).casefold())
-    if key in ("BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"):
+    if key in ("BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE", "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"):
         try:
             when = msgmod.parse_search_date(tokens.pop(0))
         except (ValueError, IndexError, AttributeError):
             raise SearchSyntaxError(f"{key} needs a date such as 1-Feb-2024") from None
+        if key.startswith("SAVED"):  # RFC 8514 4: the day the message was saved here
+            return ("saved", key[5:], when)
         sent = key.startswith("SENT")
         return ("date", key[4:] if sent else key, when, sent)
+    if key == "SAVEDATESUPPORTED":  # RFC 8514 4: every message of this mailbox has a save date
+        return ("all",)
     if key in ("OLDER", "YOUNGER"):  # RFC 5032: an interval in seconds back from now
         arg = tokens.pop(0) if tokens else b""
         if not isinstance(arg, bytes) or not arg.isdigit() or int(arg) == 0:
@@ -278,6 +282,14 @@ def matches(node, c: Candidate, last_seq: int, last_uid: int) -> bool:
 
             day = datetime.fromtimestamp(c.info.internaldate, timezone.utc).date()
         return day < when if op == "BEFORE" else (day == when if op == "ON" else day >= when)
+    if kind == "saved":
+        from datetime import datetime, timezone
+
+        saved = c.info.saved
+        if saved is None:
+            return False
+        day = datetime.fromtimestamp(saved, timezone.utc).date()
+        return day < node[2] if node[1] == "BEFORE" else (day == node[2] if node[1] == "ON" else day >= node[2])
     if kind == "header":
         if _cannot_contain(c.header(), node[2]):
             return False

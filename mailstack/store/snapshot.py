@@ -22,6 +22,13 @@ class MessageInfo(NamedTuple):
     modseq: int
 
     @property
+    def saved(self) -> int | None:
+        """When the message was stored in this folder (RFC 8514 SAVEDATE): the seconds a
+        Maildir name starts with, ours and Dovecot's alike (a copy gets a name of its own)."""
+        head = self.base.split(".", 1)[0]
+        return int(head) if head.isdigit() else None
+
+    @property
     def recent(self) -> bool:
         """Still in new/, so no session has claimed it yet; stored straight into cur/ (APPEND
         with flags, COPY) it may be unclaimed too: ask :meth:`FolderSnapshot.is_recent`."""
