@@ -254,6 +254,13 @@ def search_uids(lines: list[bytes]) -> list[int]:
     return out
 
 
+def sort_order(lines: list[bytes]) -> str:
+    """A short digest of a SORT answer, to check both servers sorted alike."""
+    import hashlib
+
+    return hashlib.sha256(b"".join(l for l in lines if l.startswith(b"* SORT"))).hexdigest()[:12]
+
+
 def exists_of(lines: list[bytes]) -> int:
     for line in lines:
         m = re.match(rb"\* (\d+) EXISTS", line)
@@ -280,6 +287,12 @@ def measure(port: int, password: str) -> dict:
     r["subject_hits"] = len(search_uids(lines))
     r["search_body"], (lines, _, _) = timed(lambda: c.command(f"UID SEARCH BODY {BODY_WORD}"))
     r["body_hits"] = len(search_uids(lines))
+    r["sort_date"], (lines, _, _) = timed(lambda: c.command("UID SORT (DATE) UTF-8 ALL"))
+    r["sort_date_order"] = sort_order(lines)
+    r["sort_date_again"], _ = timed(lambda: c.command("UID SORT (DATE) UTF-8 ALL"))
+    r["sort_subject"], (lines, _, _) = timed(lambda: c.command("UID SORT (SUBJECT) UTF-8 ALL"))
+    r["sort_subject_order"] = sort_order(lines)
+    r["sort_reverse_arrival"], _ = timed(lambda: c.command("UID SORT (REVERSE ARRIVAL) UTF-8 ALL"))
     r["fetch_bodies"], (lines, r["body_octets"], r["body_count"]) = timed(lambda: c.command("UID FETCH 1:* BODY.PEEK[]"))
     r["body_mb_s"] = r["body_octets"] / r["fetch_bodies"] / 1e6
     c.close()
@@ -310,6 +323,10 @@ ROWS = [  # (label, key, unit)
     ("  Thunderbird list after a restart", "tb_fetch_restart", "s"),
     (f"UID SEARCH HEADER Subject {SUBJECT_WORD}", "search_subject", "s"),
     (f"UID SEARCH BODY {BODY_WORD}", "search_body", "s"),
+    ("UID SORT (DATE) UTF-8 ALL", "sort_date", "s"),
+    ("  the same again", "sort_date_again", "s"),
+    ("UID SORT (SUBJECT) UTF-8 ALL", "sort_subject", "s"),
+    ("UID SORT (REVERSE ARRIVAL) UTF-8 ALL", "sort_reverse_arrival", "s"),
     ("UID FETCH 1:* BODY.PEEK[]", "fetch_bodies", "s"),
 ]
 
@@ -325,6 +342,7 @@ def print_table(n: int, ms: dict, dv: dict | None) -> None:
     checks, differ = [], False
     for key, what in (("exists", "EXISTS"), ("tb_count", "header literals"), ("tb_octets", "header octets"),
                       ("subject_hits", "subject hits"), ("body_hits", "body hits"),
+                      ("sort_date_order", "SORT (DATE)"), ("sort_subject_order", "SORT (SUBJECT)"),
                       ("body_count", "bodies"), ("body_octets", "body octets")):
         checks.append(f"{what} {ms[key]}" + (f"/{dv[key]}" if dv and dv[key] != ms[key] else ""))
         differ = differ or bool(dv and dv[key] != ms[key])

@@ -272,3 +272,73 @@ def test_savedate_is_when_the_message_was_stored_not_its_internal_date(srv):
     assert c.cmd(b"b", b"SEARCH SAVEDBEFORE " + today) == [b"* SEARCH", b"b OK SEARCH completed"]
     assert c.cmd(b"c", b"SEARCH SINCE " + today) == [b"* SEARCH", b"c OK SEARCH completed"]  # internal date: 2020
     assert c.cmd(b"d", b"SEARCH SAVEDATESUPPORTED") == [b"* SEARCH 1", b"d OK SEARCH completed"]
+
+
+# -- RFC 5256 SORT, RFC 5957 SORT=DISPLAY --------------------------------------------------------------
+
+from mailstack.imap.sort import base_subject  # noqa: E402
+
+
+@pytest.mark.parametrize("subject, base", [
+    ("Re: foo", "FOO"), ("RE: Re: re:  foo  bar ", "FOO BAR"), ("Fwd: foo (fwd)", "FOO"), ("[list] Re: foo", "FOO"),
+    ("Re: [list] foo", "FOO"), ("[fwd: foo]", "FOO"), ("Fw: [Fwd: Re: foo]", "FOO"), ("Re[2]: foo", "FOO"),
+    ("[only a blob]", "[ONLY A BLOB]"), ("Reply: foo", "REPLY: FOO"), ("", ""),
+])
+def test_base_subject(subject, base):
+    # RFC 5256 2.1: leaders, trailers, blobs and the [fwd: ...] wrapper go; case is ignored.
+    assert base_subject(subject) == base
+
+
+SORTABLE = [
+    b"From: Zed <z@x.test>\r\nTo: b@y.test\r\nSubject: Re: banana\r\nDate: Tue, 2 Jan 2024 10:00:00 +0000\r\n\r\nxx\r\n",
+    b"From: adam@x.test\r\nTo: Alice <c@y.test>\r\nSubject: apple\r\nDate: Wed, 3 Jan 2024 10:00:00 +0200\r\n\r\nx\r\n",
+    b"From: Bob <m@x.test>\r\nTo: a@y.test\r\nSubject: [list] cherry\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n\r\nxxxx\r\n",
+    b"From: m@x.test\r\nSubject: Fwd: apple\r\n\r\nxxx\r\n",  # no Date: the internal date (now) is the sent date
+]
+
+
+def sorted_session(srv) -> ImapClient:
+    c = session(srv)
+    for m in SORTABLE:
+        append(c, m)
+    c.cmd(b"s", b"SELECT INBOX")
+    return c
+
+
+@pytest.mark.parametrize("criteria, expected", [
+    (b"(SUBJECT)", b"2 4 1 3"),  # APPLE (2, 4 by sequence), BANANA, CHERRY
+    (b"(REVERSE SUBJECT)", b"3 1 2 4"),  # ties still by ascending sequence number
+    (b"(DATE)", b"3 1 2 4"),  # 2 Jan 10:00, 3 Jan 08:00 UTC, then the undated one (today)
+    (b"(FROM)", b"2 3 4 1"),  # ADAM, M, M, Z (the addr-mailbox, not the display name)
+    (b"(DISPLAYFROM)", b"2 3 4 1"),  # adam@x.test, bob, m@x.test, zed
+    (b"(TO)", b"4 3 1 2"),  # none first, then A, B, C
+    (b"(DISPLAYTO)", b"4 3 2 1"),  # "", a@y.test, alice, b@y.test
+    (b"(SIZE)", b"4 2 1 3"),  # 44, 100, 101, 106 octets
+    (b"(ARRIVAL)", b"1 2 3 4"),
+    (b"(SUBJECT REVERSE DATE)", b"4 2 1 3"),  # the two APPLEs, the undated (today) one first
+])
+def test_sort(srv, criteria, expected):
+    c = sorted_session(srv)
+    assert c.cmd(b"t", b"SORT " + criteria + b" UTF-8 ALL") == [b"* SORT " + expected, b"t OK SORT completed"]
+
+
+def test_uid_sort_with_search_keys_and_errors(srv):
+    c = sorted_session(srv)
+    assert c.cmd(b"u", b"UID SORT (SUBJECT) US-ASCII SUBJECT apple") == [b"* SORT 2 4", b"u OK SORT completed"]
+    assert c.cmd(b"n", b"SORT (DATE) UTF-8 DELETED") == [b"* SORT", b"n OK SORT completed"]
+    assert c.cmd(b"b1", b"SORT (BOGUS) UTF-8 ALL")[0].startswith(b"b1 BAD ")
+    assert c.cmd(b"b2", b"SORT (REVERSE) UTF-8 ALL")[0].startswith(b"b2 BAD ")
+    assert c.cmd(b"b3", b"SORT SUBJECT UTF-8 ALL")[0].startswith(b"b3 BAD ")
+    assert c.cmd(b"b4", b"SORT (SUBJECT) KOI8-R ALL")[0].startswith(b"b4 NO [BADCHARSET")
+
+
+def test_a_second_sort_reads_its_keys_from_the_cache(srv, monkeypatch):
+    c = sorted_session(srv)
+    assert c.cmd(b"a", b"SORT (DISPLAYFROM) UTF-8 ALL")[0] == b"* SORT 2 3 4 1"
+    from mailstack.store import MaildirFolder
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the headers were read again")
+
+    monkeypatch.setattr(MaildirFolder, "headers", no_reading)
+    assert c.cmd(b"b", b"SORT (SUBJECT) UTF-8 ALL") == [b"* SORT 2 4 1 3", b"b OK SORT completed"]

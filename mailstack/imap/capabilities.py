@@ -47,6 +47,8 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("SPECIAL-USE", "RFC 6154"),
     Capability("LIST-EXTENDED", "RFC 5258"),
     Capability("LIST-STATUS", "RFC 5819"),
+    Capability("SORT", "RFC 5256 3"),
+    Capability("SORT=DISPLAY", "RFC 5957"),
     Capability("ESEARCH", "RFC 4731"),
     Capability("WITHIN", "RFC 5032"),
     Capability("STATUS=SIZE", "RFC 8438"),

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from mailstack.imap import search as searchmod
+from mailstack.imap import sort as sortmod
 from mailstack.imap.errors import shown
 from mailstack.imap.reader import RawCommand, Spool
 
@@ -309,6 +310,30 @@ def search(a: Arguments) -> tuple:
     if not keys:
         raise ParseError("missing search keys")
     return charset, keys, returns
+
+
+def sort(a: Arguments) -> tuple:
+    """``SORT (criteria) charset keys`` (RFC 5256 3): ([(criterion, reverse)], charset, keys)."""
+    listed = a.next("sort criteria")
+    if not isinstance(listed, list) or not listed:
+        raise ParseError("SORT needs a list of sort criteria")
+    criteria, reverse = [], False
+    for item in listed:
+        word = item.upper().decode("ascii", "replace") if isinstance(item, Atom) else ""
+        if word == "REVERSE" and not reverse:
+            reverse = True
+            continue
+        if word not in sortmod.CRITERIA:
+            raise ParseError(f"unknown sort criterion {shown(bytes(item)) if isinstance(item, bytes) else '(list)'}")
+        criteria.append((word, reverse))
+        reverse = False
+    if reverse:
+        raise ParseError("REVERSE must be followed by a sort criterion")
+    charset = a.astring("charset")
+    keys = a.rest()
+    if not keys:
+        raise ParseError("missing search keys")
+    return criteria, charset, keys
 
 
 def fetch(a: Arguments) -> tuple:

@@ -9,6 +9,7 @@ its tagged OK or raising :class:`~mailstack.imap.errors.ImapError`.
 from __future__ import annotations
 
 from mailstack.imap import search as searchmod
+from mailstack.imap import sort as sortmod
 from mailstack.imap.errors import Bad, No
 from mailstack.imap.mailboxes import check_flags, destination, mailbox_name
 from mailstack.imap.view import uid_set
@@ -135,22 +136,25 @@ async def move(s, tag, ranges, raw_name, uid=False):
     return await copy(s, tag, ranges, raw_name, uid=uid, move=True)
 
 
-async def search(s, tag, charset, keys, returns=None, uid=False):
-    """RFC 3501 6.4.4 (see :mod:`mailstack.imap.search`); with ``RETURN (...)`` the answer is
-    one ESEARCH response (RFC 4731)."""
-    sel = s.sel
+def _compile(charset, keys):
     cs = (charset or b"US-ASCII").upper()
     if cs not in (b"US-ASCII", b"UTF-8"):
         raise No("unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
     try:
-        tree = searchmod.compile_query(keys, "utf-8")
+        return searchmod.compile_query(keys, "utf-8")
     except searchmod.SearchSyntaxError as e:
         raise Bad(str(e)) from None
     except (IndexError, AttributeError, TypeError):
         raise Bad("incomplete search key") from None
+
+
+def _finder(s, tree):
+    """A blocking function returning the search candidates that match ``tree`` (for a
+    worker thread: it works on a copy of the view, taken now)."""
+    sel = s.sel
     uids, flags, recent, folder = list(sel.uids), dict(sel.flags), set(sel.recent), sel.folder
 
-    def work():
+    def find():
         info = folder.snapshot().by_uid()
         heads = folder.headers([u for u in uids if u in info]) if searchmod.needs_header(tree) else {}
         may_match = searchmod.header_prefilter(searchmod.required_header_text(tree))
@@ -159,10 +163,21 @@ async def search(s, tag, charset, keys, returns=None, uid=False):
                       and (may_match is None or u not in heads or may_match(heads[u]))]
         return searchmod.run(tree, candidates, len(uids), uids[-1] if uids else 0)
 
+    return find
+
+
+async def _in_thread(s, work):
     try:
-        found = await s.store_call(work)
+        return await s.store_call(work)
     except searchmod.SearchSyntaxError as e:
         raise Bad(str(e)) from None
+
+
+async def search(s, tag, charset, keys, returns=None, uid=False):
+    """RFC 3501 6.4.4 (see :mod:`mailstack.imap.search`); with ``RETURN (...)`` the answer is
+    one ESEARCH response (RFC 4731)."""
+    tree = _compile(charset, keys)
+    found = await _in_thread(s, _finder(s, tree))
     numbers = [c.uid if uid else c.seq for c in found]
     modseq = None
     if found and searchmod.uses_modseq(tree):  # RFC 7162 3.1.5
@@ -173,6 +188,23 @@ async def search(s, tag, charset, keys, returns=None, uid=False):
     else:
         s.untagged(esearch_response(tag, uid, numbers, returns, modseq))
     return b"SEARCH completed"
+
+
+async def sort(s, tag, criteria, charset, keys, uid=False):
+    """RFC 5256 3 SORT (and RFC 5957 DISPLAYFROM/DISPLAYTO): the matches of a search, ordered;
+    the keys from the store's cache (:mod:`mailstack.imap.sort`)."""
+    tree = _compile(charset, keys)
+    find, folder = _finder(s, tree), s.sel.folder
+    header_keys = any(c not in ("ARRIVAL", "SIZE") for c, _reverse in criteria)
+
+    def work():
+        found = find()
+        keys = sortmod.load_keys(folder, {c.uid: c.info for c in found}) if header_keys else {}
+        return sortmod.order(found, criteria, keys)
+
+    ranked = await _in_thread(s, work)
+    s.untagged(b"SORT" + b"".join(b" %d" % (c.uid if uid else c.seq) for c in ranked))
+    return b"SORT completed"
 
 
 def esearch_response(tag: bytes, uid: bool, numbers: list[int], returns: set, modseq: int | None) -> bytes:

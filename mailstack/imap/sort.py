@@ -1,0 +1,119 @@
+"""SORT (RFC 5256 3) with SORT=DISPLAY (RFC 5957): the sort keys of a message and their order.
+
+The keys (base subject, first From/To/Cc mailbox, display names, sent date) come from the
+header alone and never change for a message, so they are computed once and kept in the
+store's cache of derived values (``imap.sortkeys``); a webmail sorting the same folder again
+reads no message.
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.utils
+import json
+import re
+
+from mailstack.imap import message as msgmod
+
+#: RFC 5256 3 sort-key (and RFC 5957 DISPLAYFROM, DISPLAYTO); REVERSE is a modifier.
+CRITERIA = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
+KIND = "imap.sortkeys"
+
+_WS = re.compile(r"\s+")
+_TRAILER = re.compile(r"(?:\s*\(fwd\))+\s*$|\s+$", re.I)
+_BLOB = r"\[[^\[\]]*\]\s*"
+_LEADER = re.compile(rf"^(?:\s*(?:{_BLOB})*(?:re|fwd?)\s*(?:{_BLOB})?:\s*|\s*{_BLOB}(?=.))", re.I)
+_FWD_WRAP = re.compile(r"^\[fwd:\s*(.*)\]$", re.I | re.S)
+
+
+def _decoded(raw: bytes | None) -> str:
+    if raw is None:
+        return ""
+    text = raw.decode("utf-8", "replace")
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except Exception:  # a malformed encoded word: the text as it is
+        return text
+
+
+def base_subject(subject: str) -> str:
+    """RFC 5256 2.1: the subject without "Re:", "Fwd:", "[list]" leaders, "(fwd)" trailers
+    and a "[fwd: ...]" wrapper, blanks collapsed, for i;ascii-casemap comparison."""
+    text = _WS.sub(" ", subject).strip()
+    while True:
+        while True:  # (2) trailers
+            stripped = _TRAILER.sub("", text)
+            if stripped == text:
+                break
+            text = stripped
+        while True:  # (3)-(5) leaders, repeated; a blob only when something follows it
+            stripped = _LEADER.sub("", text, count=1)
+            if stripped == text:
+                break
+            text = stripped
+        m = _FWD_WRAP.match(text)  # (6) [fwd: ...]
+        if not m:
+            return text.upper()
+        text = m.group(1).strip()
+
+
+def _first_address(raw: bytes | None) -> tuple[str, str]:
+    """(display name, addr-spec) of the first mailbox of an address list; groups skipped."""
+    if raw is None:
+        return "", ""
+    for item in msgmod.address_items(raw.decode("latin-1")):
+        if item[0] == "mailbox":
+            return _decoded(item[1].encode("latin-1", "replace")), item[2]
+    return "", ""
+
+
+def keys_of(header: bytes, internaldate: int) -> dict:
+    """The sort keys of one message (from its header)."""
+    entity = msgmod.Entity(header + (b"" if header.endswith(b"\r\n\r\n") else b"\r\n"))
+    sent = internaldate
+    date = entity.get("date")
+    if date:
+        try:
+            sent = int(email.utils.parsedate_to_datetime(date.decode("latin-1")).timestamp())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            pass  # RFC 5256 3: unparseable: the internal date
+    keys = {"subject": base_subject(_decoded(entity.get("subject"))), "date": sent}
+    for field in ("from", "to", "cc"):
+        name, addr = _first_address(entity.get(field))
+        keys[field] = addr.rpartition("@")[0].upper() if "@" in addr else addr.upper()  # addr-mailbox
+        if field != "cc":
+            keys["display" + field] = (name or addr).casefold()  # RFC 5957 2
+    return keys
+
+
+def load_keys(folder, messages: dict) -> dict[int, dict]:
+    """*Blocking.*  uid -> sort keys for ``messages`` (uid -> MessageInfo), cached by the store."""
+    cached = folder.derived(list(messages), KIND)
+    out = {uid: json.loads(value) for uid, value in cached.items()}
+    missing = [uid for uid in messages if uid not in out]
+    if missing:
+        heads = folder.headers(missing)
+        fresh = {uid: keys_of(heads[uid], messages[uid].internaldate) for uid in missing if uid in heads}
+        folder.keep_derived(KIND, {uid: json.dumps(k).encode() for uid, k in fresh.items()})
+        out.update(fresh)
+    return out
+
+
+def order(candidates: list, criteria: list[tuple[str, bool]], keys: dict[int, dict]) -> list:
+    """The candidates (search.Candidate) sorted by ``criteria`` [(criterion, reverse)]; ties by
+    sequence number (RFC 5256 3)."""
+    ranked = sorted(candidates, key=lambda c: c.seq)
+    for criterion, reverse in reversed(criteria):  # stable sorts, the last criterion first
+        ranked.sort(key=lambda c, k=criterion: _value(c, k, keys), reverse=reverse)
+    return ranked
+
+
+def _value(c, criterion: str, keys: dict[int, dict]):
+    if criterion == "ARRIVAL":
+        return c.info.internaldate
+    if criterion == "SIZE":
+        return c.info.size
+    k = keys.get(c.uid) or {}
+    if criterion == "DATE":
+        return k.get("date", c.info.internaldate)
+    return k.get(criterion.lower(), "")
