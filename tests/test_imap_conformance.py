@@ -342,3 +342,44 @@ def test_a_second_sort_reads_its_keys_from_the_cache(srv, monkeypatch):
 
     monkeypatch.setattr(MaildirFolder, "headers", no_reading)
     assert c.cmd(b"b", b"SORT (SUBJECT) UTF-8 ALL") == [b"* SORT 2 4 1 3", b"b OK SORT completed"]
+
+
+# -- RFC 5256 THREAD ------------------------------------------------------------------------------------
+
+
+def threaded(n: int, msgid: str, subject: str, refs: str = "", day: int = 1) -> bytes:
+    head = f"Message-ID: {msgid}\r\nSubject: {subject}\r\nDate: {day:d} Jan 2024 10:00:{n:02d} +0000\r\n"
+    if refs:
+        head += f"References: {refs}\r\n"
+    return (head + "\r\nbody\r\n").encode()
+
+
+THREADED = [
+    threaded(1, "<a@x>", "apple"),
+    threaded(2, "<b@x>", "Re: apple", "<a@x>"),
+    threaded(3, "<c@x>", "Re: apple", "<a@x> <b@x>"),
+    threaded(4, "<d@x>", "Re: apple", "<a@x>"),
+    threaded(5, "<e@x>", "banana", day=2),
+    threaded(6, "<f@x>", "Re: cherry", "<gone@x>", day=3),  # a parent we never received
+    threaded(7, "<g@x>", "Re: cherry", "<gone@x>", day=3),
+    threaded(8, "<h@x>", "Re: banana", day=4),  # no References: joined by subject (step 5)
+]
+
+
+@pytest.mark.parametrize("algorithm, expected", [
+    # RFC 5256 3: REFERENCES links by References, prunes the dummy of a missing parent that
+    # holds two roots together, then groups roots by base subject; 4: no space between lists.
+    (b"REFERENCES", b"(1 (2 3)(4))(5 8)((6)(7))"),
+    # ORDEREDSUBJECT: one thread per base subject, the rest children of its first message
+    (b"ORDEREDSUBJECT", b"(1 (2)(3)(4))(5 8)(6 7)"),
+])
+def test_thread(srv, algorithm, expected):
+    c = session(srv)
+    for m in THREADED:
+        append(c, m)
+    c.cmd(b"s", b"SELECT INBOX")
+    assert c.cmd(b"t", b"THREAD " + algorithm + b" UTF-8 ALL") == [b"* THREAD " + expected, b"t OK THREAD completed"]
+    assert c.cmd(b"u", b"UID THREAD " + algorithm + b" US-ASCII SUBJECT banana") == [b"* THREAD (5 8)",
+                                                                                      b"u OK THREAD completed"]
+    assert c.cmd(b"n", b"THREAD " + algorithm + b" UTF-8 DELETED") == [b"* THREAD", b"n OK THREAD completed"]
+    assert c.cmd(b"x", b"THREAD FOO UTF-8 ALL")[0].startswith(b"x BAD ")

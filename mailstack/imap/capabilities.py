@@ -49,6 +49,8 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("LIST-STATUS", "RFC 5819"),
     Capability("SORT", "RFC 5256 3"),
     Capability("SORT=DISPLAY", "RFC 5957"),
+    Capability("THREAD=ORDEREDSUBJECT", "RFC 5256 3"),
+    Capability("THREAD=REFERENCES", "RFC 5256 3"),
     Capability("ESEARCH", "RFC 4731"),
     Capability("WITHIN", "RFC 5032"),
     Capability("STATUS=SIZE", "RFC 8438"),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from mailstack.imap import search as searchmod
 from mailstack.imap import sort as sortmod
+from mailstack.imap import thread as threadmod
 from mailstack.imap.errors import shown
 from mailstack.imap.reader import RawCommand, Spool
 
@@ -334,6 +335,18 @@ def sort(a: Arguments) -> tuple:
     if not keys:
         raise ParseError("missing search keys")
     return criteria, charset, keys
+
+
+def thread(a: Arguments) -> tuple:
+    """``THREAD algorithm charset keys`` (RFC 5256 3)."""
+    algorithm = a.next("threading algorithm")
+    if not isinstance(algorithm, Atom) or algorithm.upper().decode("ascii", "replace") not in threadmod.ALGORITHMS:
+        raise ParseError("the threading algorithms are ORDEREDSUBJECT and REFERENCES")
+    charset = a.astring("charset")
+    keys = a.rest()
+    if not keys:
+        raise ParseError("missing search keys")
+    return algorithm.upper().decode("ascii"), charset, keys
 
 
 def fetch(a: Arguments) -> tuple:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from mailstack.imap import search as searchmod
 from mailstack.imap import sort as sortmod
+from mailstack.imap import thread as threadmod
 from mailstack.imap.errors import Bad, No
 from mailstack.imap.mailboxes import check_flags, destination, mailbox_name
 from mailstack.imap.view import uid_set
@@ -205,6 +206,23 @@ async def sort(s, tag, criteria, charset, keys, uid=False):
     ranked = await _in_thread(s, work)
     s.untagged(b"SORT" + b"".join(b" %d" % (c.uid if uid else c.seq) for c in ranked))
     return b"SORT completed"
+
+
+async def thread(s, tag, algorithm, charset, keys, uid=False):
+    """RFC 5256 3 THREAD, ORDEREDSUBJECT or REFERENCES (:mod:`mailstack.imap.thread`)."""
+    tree = _compile(charset, keys)
+    find, folder = _finder(s, tree), s.sel.folder
+
+    def work():
+        found = find()
+        keys = sortmod.load_keys(folder, {c.uid: c.info for c in found})
+        messages = [(c.uid if uid else c.seq, keys[c.uid]) for c in found if c.uid in keys]
+        build = threadmod.ordered_subject if algorithm == "ORDEREDSUBJECT" else threadmod.references
+        return threadmod.thread_list(build(messages))
+
+    threads = await _in_thread(s, work)
+    s.untagged(b"THREAD" + (b" " + threads if threads else b""))
+    return b"THREAD completed"
 
 
 def esearch_response(tag: bytes, uid: bool, numbers: list[int], returns: set, modseq: int | None) -> bytes:

@@ -17,7 +17,7 @@ from mailstack.imap import message as msgmod
 
 #: RFC 5256 3 sort-key (and RFC 5957 DISPLAYFROM, DISPLAYTO); REVERSE is a modifier.
 CRITERIA = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
-KIND = "imap.sortkeys"
+KIND = "imap.sortkeys.2"  # the layout of keys_of(); a new name when it changes
 
 _WS = re.compile(r"\s+")
 _TRAILER = re.compile(r"(?:\s*\(fwd\))+\s*$|\s+$", re.I)
@@ -57,6 +57,14 @@ def base_subject(subject: str) -> str:
         text = m.group(1).strip()
 
 
+_MSGID = re.compile(r"<[^<>\s]+>")
+_REPLY = re.compile(r"^\s*(?:\[[^\[\]]*\]\s*)*(?:re|fwd?)\b", re.I)
+
+
+def _ids(raw: bytes | None) -> list[str]:
+    return _MSGID.findall(raw.decode("latin-1")) if raw else []
+
+
 def _first_address(raw: bytes | None) -> tuple[str, str]:
     """(display name, addr-spec) of the first mailbox of an address list; groups skipped."""
     if raw is None:
@@ -77,7 +85,13 @@ def keys_of(header: bytes, internaldate: int) -> dict:
             sent = int(email.utils.parsedate_to_datetime(date.decode("latin-1")).timestamp())
         except (TypeError, ValueError, IndexError, OverflowError):
             pass  # RFC 5256 3: unparseable: the internal date
-    keys = {"subject": base_subject(_decoded(entity.get("subject"))), "date": sent}
+    subject = _decoded(entity.get("subject"))
+    base = base_subject(subject)
+    keys = {"subject": base, "date": sent,
+            # for THREAD (RFC 5256 3): identity, ancestry, and whether the subject was a reply
+            "id": _ids(entity.get("message-id"))[:1], "refs": _ids(entity.get("references")),
+            "irt": _ids(entity.get("in-reply-to"))[:1],
+            "reply": base != _WS.sub(" ", subject).strip().upper() and bool(_REPLY.match(subject))}
     for field in ("from", "to", "cc"):
         name, addr = _first_address(entity.get(field))
         keys[field] = addr.rpartition("@")[0].upper() if "@" in addr else addr.upper()  # addr-mailbox
