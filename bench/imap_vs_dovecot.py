@@ -16,6 +16,8 @@ IMAP client over plaintext loopback measures, as client wall time:
   UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To ... Reply-To)]);
 * the same message list again (mailstack answers it from its message cache);
 * UID SEARCH HEADER Subject <word> and UID SEARCH BODY <word>;
+* UID SORT (DATE), again, (SUBJECT), (REVERSE ARRIVAL); UID THREAD REFERENCES, ORDEREDSUBJECT
+  (the digest of each answer is compared: both servers must sort and thread alike);
 * UID FETCH 1:* BODY.PEEK[] (all bodies, MB/s);
 * after restarting the server: SELECT and the message list once more (both servers then work
   from what they keep on disk: Dovecot's index and cache, mailstack's UID log and cache).
@@ -293,6 +295,9 @@ def measure(port: int, password: str) -> dict:
     r["sort_subject"], (lines, _, _) = timed(lambda: c.command("UID SORT (SUBJECT) UTF-8 ALL"))
     r["sort_subject_order"] = sort_order(lines)
     r["sort_reverse_arrival"], _ = timed(lambda: c.command("UID SORT (REVERSE ARRIVAL) UTF-8 ALL"))
+    r["thread_refs"], (lines, _, _) = timed(lambda: c.command("UID THREAD REFERENCES UTF-8 ALL"))
+    r["thread_refs_order"] = sort_order([b"* SORT" + l[8:] for l in lines if l.startswith(b"* THREAD")])
+    r["thread_subject"], _ = timed(lambda: c.command("UID THREAD ORDEREDSUBJECT UTF-8 ALL"))
     r["fetch_bodies"], (lines, r["body_octets"], r["body_count"]) = timed(lambda: c.command("UID FETCH 1:* BODY.PEEK[]"))
     r["body_mb_s"] = r["body_octets"] / r["fetch_bodies"] / 1e6
     c.close()
@@ -327,6 +332,8 @@ ROWS = [  # (label, key, unit)
     ("  the same again", "sort_date_again", "s"),
     ("UID SORT (SUBJECT) UTF-8 ALL", "sort_subject", "s"),
     ("UID SORT (REVERSE ARRIVAL) UTF-8 ALL", "sort_reverse_arrival", "s"),
+    ("UID THREAD REFERENCES UTF-8 ALL", "thread_refs", "s"),
+    ("UID THREAD ORDEREDSUBJECT UTF-8 ALL", "thread_subject", "s"),
     ("UID FETCH 1:* BODY.PEEK[]", "fetch_bodies", "s"),
 ]
 
@@ -343,6 +350,7 @@ def print_table(n: int, ms: dict, dv: dict | None) -> None:
     for key, what in (("exists", "EXISTS"), ("tb_count", "header literals"), ("tb_octets", "header octets"),
                       ("subject_hits", "subject hits"), ("body_hits", "body hits"),
                       ("sort_date_order", "SORT (DATE)"), ("sort_subject_order", "SORT (SUBJECT)"),
+                      ("thread_refs_order", "THREAD REFERENCES"),
                       ("body_count", "bodies"), ("body_octets", "body octets")):
         checks.append(f"{what} {ms[key]}" + (f"/{dv[key]}" if dv and dv[key] != ms[key] else ""))
         differ = differ or bool(dv and dv[key] != ms[key])

@@ -30,6 +30,8 @@ def _decoded(raw: bytes | None) -> str:
     if raw is None:
         return ""
     text = raw.decode("utf-8", "replace")
+    if "=?" not in text:
+        return text  # no encoded word (RFC 2047): nothing to decode
     try:
         return str(email.header.make_header(email.header.decode_header(text)))
     except Exception:  # a malformed encoded word: the text as it is
@@ -65,11 +67,27 @@ def _ids(raw: bytes | None) -> list[str]:
     return _MSGID.findall(raw.decode("latin-1")) if raw else []
 
 
+_SIMPLE_MAILBOX = re.compile(r'^\s*(?:"([^"\\]*)"|([^"<>,;:@()\\]*?))\s*<([^<>\s@]+@[^<>\s]+)>\s*$|^\s*([^\s<>"(),;:@]+@[^\s<>"(),;:]+)\s*$')
+
+
 def _first_address(raw: bytes | None) -> tuple[str, str]:
-    """(display name, addr-spec) of the first mailbox of an address list; groups skipped."""
+    """(display name, addr-spec) of the first mailbox of an address list; groups skipped.
+    The common forms (``a@b``, ``Name <a@b>``, ``"Name" <a@b>``) by one regular expression;
+    anything else through the full address-list parser."""
     if raw is None:
         return "", ""
-    for item in msgmod.address_items(raw.decode("latin-1")):
+    text = raw.decode("latin-1")
+    if ":" not in text and '"' not in text and "(" not in text:  # no group, quote or comment:
+        text_first = text.split(",", 1)[0]  # the first comma ends the first mailbox
+    else:
+        text_first = text if "," not in text and ":" not in text else None
+    if text_first is not None:
+        m = _SIMPLE_MAILBOX.match(text_first)
+        if m:
+            if m.group(4):
+                return "", m.group(4)
+            return _decoded((m.group(1) or m.group(2) or "").encode("latin-1")), m.group(3)
+    for item in msgmod.address_items(text):
         if item[0] == "mailbox":
             return _decoded(item[1].encode("latin-1", "replace")), item[2]
     return "", ""
@@ -77,39 +95,62 @@ def _first_address(raw: bytes | None) -> tuple[str, str]:
 
 def keys_of(header: bytes, internaldate: int) -> dict:
     """The sort keys of one message (from its header)."""
-    entity = msgmod.Entity(header + (b"" if header.endswith(b"\r\n\r\n") else b"\r\n"))
+    fields: dict[str, bytes] = {}
+    for name, value in msgmod.parse_fields(header):
+        fields.setdefault(name.lower(), value)  # the first of each field, as Entity.get answers
     sent = internaldate
-    date = entity.get("date")
+    date = fields.get("date")
     if date:
         try:
             sent = int(email.utils.parsedate_to_datetime(date.decode("latin-1")).timestamp())
         except (TypeError, ValueError, IndexError, OverflowError):
             pass  # RFC 5256 3: unparseable: the internal date
-    subject = _decoded(entity.get("subject"))
+    subject = _decoded(fields.get("subject"))
     base = base_subject(subject)
     keys = {"subject": base, "date": sent,
             # for THREAD (RFC 5256 3): identity, ancestry, and whether the subject was a reply
-            "id": _ids(entity.get("message-id"))[:1], "refs": _ids(entity.get("references")),
-            "irt": _ids(entity.get("in-reply-to"))[:1],
+            "id": _ids(fields.get("message-id"))[:1], "refs": _ids(fields.get("references")),
+            "irt": _ids(fields.get("in-reply-to"))[:1],
             "reply": base != _WS.sub(" ", subject).strip().upper() and bool(_REPLY.match(subject))}
     for field in ("from", "to", "cc"):
-        name, addr = _first_address(entity.get(field))
+        name, addr = _first_address(fields.get(field))
         keys[field] = addr.rpartition("@")[0].upper() if "@" in addr else addr.upper()  # addr-mailbox
         if field != "cc":
             keys["display" + field] = (name or addr).casefold()  # RFC 5957 2
     return keys
 
 
+#: Parsed keys by (folder path, file base): a message's file never changes, so neither do its
+#: keys; a webmail re-sorting a folder then touches neither SQLite nor JSON.  Bounded.
+_MEMO: dict[tuple[str, str], dict] = {}
+MEMO_LIMIT = 200_000
+
+
 def load_keys(folder, messages: dict) -> dict[int, dict]:
-    """*Blocking.*  uid -> sort keys for ``messages`` (uid -> MessageInfo), cached by the store."""
-    cached = folder.derived(list(messages), KIND)
-    out = {uid: json.loads(value) for uid, value in cached.items()}
-    missing = [uid for uid in messages if uid not in out]
+    """*Blocking.*  uid -> sort keys for ``messages`` (uid -> MessageInfo): from memory, else
+    from the store's cache of derived values, else from the header (and kept in both)."""
+    path = folder.path
+    out, unknown = {}, []
+    for uid, m in messages.items():
+        keys = _MEMO.get((path, m.base))
+        if keys is None:
+            unknown.append(uid)
+        else:
+            out[uid] = keys
+    if not unknown:
+        return out
+    found = {uid: json.loads(value) for uid, value in folder.derived(unknown, KIND).items()}
+    missing = [uid for uid in unknown if uid not in found]
     if missing:
         heads = folder.headers(missing)
         fresh = {uid: keys_of(heads[uid], messages[uid].internaldate) for uid in missing if uid in heads}
         folder.keep_derived(KIND, {uid: json.dumps(k).encode() for uid, k in fresh.items()})
-        out.update(fresh)
+        found.update(fresh)
+    if len(_MEMO) + len(found) > MEMO_LIMIT:
+        _MEMO.clear()
+    for uid, keys in found.items():
+        _MEMO[(path, messages[uid].base)] = keys
+    out.update(found)
     return out
 
 
