@@ -215,3 +215,20 @@ def test_dns_command_prints_and_checks_records(server_factory, dns_port):
     checked = cli("dns", "--check", "example.test")
     assert checked.returncode == 1  # nothing is published for example.test on the test DNS server
     assert "MISSING  example.test MX" in checked.stdout and "MISSING  _dmarc.example.test TXT" in checked.stdout
+
+
+def test_the_public_suffix_list_is_parsed_once_per_process(monkeypatch):
+    # Issue 16: authheaders parsed the whole list on every organisational-domain lookup
+    # (up to five a message, 60 ms each); the answers must stay the same.
+    from authheaders import dmarc_lookup
+
+    from mailstack.smtp.authentication import InboundChecker
+
+    domains = ("mail.sendercorp.co.uk", "a.b.example.com", "x.github.io", "localhost")
+    InboundChecker("mail.example.test", None)  # installs the once-parsed list
+    built = []
+    real = dmarc_lookup.PublicSuffixList
+    monkeypatch.setattr(dmarc_lookup, "PublicSuffixList", lambda f: built.append(1) or real(f))
+    answers = [dmarc_lookup.get_org_domain(d) for d in domains * 20]
+    assert answers[:4] == ["sendercorp.co.uk", "example.com", "x.github.io", "localhost"]
+    assert len(built) <= 1  # parsed at most once (not at all if an earlier test parsed it)

@@ -219,9 +219,34 @@ def authserv_id(value: str) -> str:
     return m.group(0)
 
 
+def parse_public_suffix_list_once() -> None:
+    """authheaders reads and parses the whole public suffix list (about 10,000 rules) on each
+    organisational-domain lookup, up to five a message: 60 ms of CPU each under the GIL,
+    0.01x aiosmtpd's rate with the checks on (issue 16).  Its lookup function, which every
+    DMARC and alignment path calls through its module, is replaced by one that parses each
+    list file once per process; the answers are the same (tests/test_authentication.py)."""
+    from authheaders import dmarc_lookup
+
+    if getattr(dmarc_lookup.get_org_domain_from_suffix_list, "parses_once", False):
+        return
+    parsed: dict[str, object] = {}
+
+    def org_domain(location, domain):
+        psl = parsed.get(str(location))
+        if psl is None:  # two threads may both parse the first time: harmless
+            with open(location) as f:
+                psl = parsed[str(location)] = dmarc_lookup.PublicSuffixList(f)
+        return psl.get_public_suffix(domain)
+
+    org_domain.parses_once = True
+    dmarc_lookup.get_org_domain_from_suffix_list = org_domain
+
+
 class InboundChecker:
     def __init__(self, hostname: str, resolver: dns.resolver.Resolver, spf: bool = True, dkim: bool = True,
                  dmarc: bool = True, enforce: bool = True):
+        if dmarc:
+            parse_public_suffix_list_once()
         self.hostname, self.resolver = hostname, resolver
         self.do_spf, self.do_dkim, self.do_dmarc, self.enforce = spf, dkim, dmarc, enforce
 
