@@ -64,6 +64,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "failure_delay": (float, 0.5),
         "max_failure_delay": (float, 8.0),
         "failure_window": (float, 900.0),
+        "cache_ttl": (float, 3600.0),
     },
     "store": {
         "root": ("path", _REQUIRED),
@@ -359,7 +360,7 @@ def _check_sessions(values: dict, path: str) -> None:
     auth = values["auth"]
     if auth["max_failures"] < 1:
         raise ConfigError(path, "[auth] max_failures", "must be at least 1")
-    for k in ("lockout", "failure_delay", "max_failure_delay", "failure_window"):
+    for k in ("lockout", "failure_delay", "max_failure_delay", "failure_window", "cache_ttl"):
         if auth[k] < 0:
             raise ConfigError(path, f"[auth] {k}", "must not be negative")
 

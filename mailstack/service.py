@@ -76,6 +76,7 @@ class MailstackService(service.MultiService):
         store = MaildirStore(cfg.store_root, fsync=cfg.store_fsync, hostname=cfg.hostname)
         accounts = accounts_mod.Accounts(cfg.users_file, cfg.aliases_file, cfg.domains, cfg.recipient_delimiter,
                                          cfg.send_as_file)
+        accounts.auth_cache_ttl = cfg.auth["cache_ttl"]
         portal, realm = accounts_mod.make_portal(accounts)
         tls = ReloadableTLS(cfg.tls_certificate, cfg.tls_key, cfg.path) if cfg.has_tls else None
         self.context = ServerContext(cfg, store, None, accounts, portal, realm, tls)

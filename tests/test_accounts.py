@@ -152,3 +152,29 @@ def test_send_as_identities_and_their_file_errors(tmp_path):
         with pytest.raises(ConfigError) as e:
             Accounts(str(tmp_path / "users"), "", ["example.test"], "+", str(tmp_path / "send-as"))
         assert str(e.value).startswith(f"{tmp_path / 'send-as'}: line 1: ") and problem in str(e.value), e.value
+
+
+def test_a_verified_password_is_remembered_not_a_wrong_one_and_not_past_a_change(tmp_path, monkeypatch):
+    # Issue 16 item 2: like Dovecot's auth_cache; every login used to pay a full Argon2 hash.
+    import mailstack.accounts as accounts_mod
+
+    acc = make_accounts(tmp_path, f"alice@example.test:{H}\n")
+    calls = []
+    real = accounts_mod.verify_password
+    monkeypatch.setattr(accounts_mod, "verify_password", lambda stored, pw: calls.append(pw) or real(stored, pw))
+    assert acc.authenticate("alice@example.test", "pw") == "alice@example.test"
+    assert acc.authenticate("Alice@Example.test", "pw") == "alice@example.test"  # from the cache
+    assert calls == ["pw"]
+    assert acc.authenticate("alice@example.test", "wrong") is None
+    assert acc.authenticate("alice@example.test", "wrong") is None  # failures are checked every time
+    assert calls == ["pw", "wrong", "wrong"]
+    import os
+    import time
+
+    (tmp_path / "users").write_text(f"alice@example.test:{hash_password('new')}\n")
+    os.utime(tmp_path / "users", (time.time() + 5, time.time() + 5))
+    assert acc.authenticate("alice@example.test", "pw") is None  # the old password no longer works
+    acc.auth_cache_ttl = 0
+    assert acc.authenticate("alice@example.test", "new") == "alice@example.test"
+    assert acc.authenticate("alice@example.test", "new") == "alice@example.test"
+    assert calls.count("new") == 2  # with the cache off every login verifies
