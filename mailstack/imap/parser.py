@@ -330,11 +330,16 @@ def sort(a: Arguments) -> tuple:
         reverse = False
     if reverse:
         raise ParseError("REVERSE must be followed by a sort criterion")
+    return (criteria, *_charset_and_keys(a))
+
+
+def _charset_and_keys(a: Arguments) -> tuple:
+    """SORT's and THREAD's ``charset search-key...`` (RFC 5256 3: the charset is required)."""
     charset = a.astring("charset")
     keys = a.rest()
     if not keys:
         raise ParseError("missing search keys")
-    return criteria, charset, keys
+    return charset, keys
 
 
 def thread(a: Arguments) -> tuple:
@@ -342,11 +347,7 @@ def thread(a: Arguments) -> tuple:
     algorithm = a.next("threading algorithm")
     if not isinstance(algorithm, Atom) or algorithm.upper().decode("ascii", "replace") not in threadmod.ALGORITHMS:
         raise ParseError("the threading algorithms are ORDEREDSUBJECT and REFERENCES")
-    charset = a.astring("charset")
-    keys = a.rest()
-    if not keys:
-        raise ParseError("missing search keys")
-    return algorithm.upper().decode("ascii"), charset, keys
+    return (algorithm.upper().decode("ascii"), *_charset_and_keys(a))
 
 
 def fetch(a: Arguments) -> tuple:
