@@ -103,20 +103,26 @@ REFUSED_FROM = [
 
 
 @pytest.fixture
-def submission(inproc_server_factory):
+def submission(inproc_server_factory, dkim_keys):
     srv = inproc_server_factory(listeners=["submission"])
     config = srv.config_path.read_text().replace('aliases = "aliases"', 'aliases = "aliases"\nsend_as = "send-as"')
     srv.config_path.write_text(config)
     (srv.base / "send-as").write_text(f"{ALICE}: sales@example.test, @shared.example\n")
-    import subprocess
-    import sys
+    import shutil
 
-    from support.servers import env_with_tree
-
-    gen = subprocess.run([sys.executable, "-m", "mailstack.cli", "--config", str(srv.config_path), "dkim", "genkey",
-                          "example.test"], capture_output=True, text=True, env=env_with_tree())
-    assert gen.returncode == 0, gen.stderr
+    shutil.copytree(dkim_keys, srv.base / "dkim")  # where [dkim] keys defaults to, beside the store
     return srv.start()
+
+
+@pytest.fixture(scope="module")
+def dkim_keys(tmp_path_factory):
+    """example.test's DKIM key (selector "mail", as ``mailstack dkim genkey`` makes it), once
+    for the module."""
+    from mailstack.smtp.authentication import generate_keys
+
+    keys = tmp_path_factory.mktemp("dkim")
+    generate_keys(str(keys), "example.test", "mail", ed25519=False)
+    return keys
 
 
 def submit(srv, header: bytes, sender: str = ALICE) -> tuple[int, str]:
