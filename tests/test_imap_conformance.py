@@ -149,7 +149,8 @@ def test_esearch_returns_what_was_asked(srv):
     # no match: neither MIN, MAX nor ALL; COUNT 0 when asked (RFC 4731 3.1)
     assert c.cmd(b"A285", b"SEARCH RETURN (MIN MAX COUNT) DELETED") == [
         b'* ESEARCH (TAG "A285") COUNT 0', b"A285 OK SEARCH completed"]
-    assert c.cmd(b"A286", b"SEARCH RETURN (SAVE) ALL")[0].startswith(b"A286 BAD ")  # SEARCHRES is not offered
+    assert c.cmd(b"A286", b"SEARCH RETURN (SAVE) ALL") == [b"A286 OK SEARCH completed"]  # RFC 5182 2.4: no ESEARCH
+    assert c.cmd(b"A288", b"SEARCH RETURN (BOGUS) ALL")[0].startswith(b"A288 BAD ")
     assert c.cmd(b"A287", b"SEARCH FLAGGED") == [b"* SEARCH 2 3 5", b"A287 OK SEARCH completed"]  # RFC 3501 form
 
 

@@ -29,6 +29,7 @@ class Capability:
 
 CAPABILITIES: tuple[Capability, ...] = (
     Capability("IMAP4rev1", "RFC 3501"),
+    Capability("IMAP4rev2", "RFC 9051 (after ENABLE IMAP4rev2, RFC 9051 6.3.1)"),
     Capability("STARTTLS", "RFC 3501 6.2.1", lambda v: v.can_starttls),
     # RFC 3501 6.2.3 / RFC 2595 3.2: no clear-text password outside TLS.
     Capability("LOGINDISABLED", "RFC 3501 6.2.3", lambda v: not v.authenticated and not v.login_allowed),
@@ -52,11 +53,16 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("THREAD=ORDEREDSUBJECT", "RFC 5256 3"),
     Capability("THREAD=REFERENCES", "RFC 5256 3"),
     Capability("ESEARCH", "RFC 4731"),
+    Capability("SEARCHRES", "RFC 5182"),
+    Capability("ESORT", "RFC 5267 3"),
+    Capability("CONTEXT=SEARCH", "RFC 5267 4"),
+    Capability("CONTEXT=SORT", "RFC 5267 4"),
     Capability("WITHIN", "RFC 5032"),
     Capability("STATUS=SIZE", "RFC 8438"),
     Capability("SAVEDATE", "RFC 8514"),
     Capability("CONDSTORE", "RFC 7162 3.1"),
     Capability("QRESYNC", "RFC 7162 3.2"),
+    Capability("UTF8=ACCEPT", "RFC 6855 3"),
     Capability("COMPRESS=DEFLATE", "RFC 4978", lambda v: v.authenticated and not v.compressed),
 )
 

@@ -11,6 +11,7 @@ attributes it uses are ``store_call``, ``untagged``, ``mailbox``, ``sel``, ``ope
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from mailstack.errors import FolderNotFound, InvalidFolderName
@@ -20,13 +21,17 @@ from mailstack.imap.parser import Atom, String
 from mailstack.imap.view import SYSTEM_FLAGS, Selected, uid_list, uid_set
 from mailstack.store import decode_mutf7, encode_mutf7, normalise
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "HIGHESTMODSEQ", "SIZE")
 _SYSTEM_BY_LOWER = {f.lower(): f for f in SYSTEM_FLAGS}
 
 
-def mailbox_name(raw: bytes, for_create: bool = False) -> str:
-    """A mailbox name from the wire (modified UTF-7, RFC 3501 5.1.3) -> the store's name."""
+def mailbox_name(raw: bytes, for_create: bool = False, utf8: bool = False) -> str:
+    """A mailbox name from the wire (modified UTF-7, RFC 3501 5.1.3) -> the store's name.
+    ``utf8``: the session enabled UTF8=ACCEPT or IMAP4rev2, names are UTF-8 as they are
+    (RFC 6855 3, RFC 9051 5.1), in Unicode normal form C."""
     try:
+        if utf8:
+            return _utf8_name(raw, for_create)
         name = decode_mutf7(raw.decode("ascii"))
         if for_create:
             name = name.rstrip("/")
@@ -37,9 +42,18 @@ def mailbox_name(raw: bytes, for_create: bool = False) -> str:
         raise No(f"invalid mailbox name: {e}", "CANNOT") from None
 
 
-def wire_name(name: str) -> bytes:
-    """A mailbox name on the wire: modified UTF-7 (RFC 3501 5.1.3), quoted."""
-    return msgmod.nstring(encode_mutf7(name).encode("ascii"))
+def _utf8_name(raw: bytes, for_create: bool) -> str:
+    try:
+        name = unicodedata.normalize("NFC", raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise No("mailbox names must be UTF-8 (RFC 6855 3)", "CANNOT") from None
+    return normalise(name.rstrip("/") if for_create else name)
+
+
+def wire_name(name: str, utf8: bool = False) -> bytes:
+    """A mailbox name on the wire: modified UTF-7 (RFC 3501 5.1.3), quoted; or UTF-8 once
+    the client enabled it (RFC 6855 3: then never modified UTF-7)."""
+    return msgmod.nstring(name.encode("utf-8") if utf8 else encode_mutf7(name).encode("ascii"))
 
 
 def destination(mailbox, name: str):
@@ -78,8 +92,10 @@ async def select(s, tag, raw_name, params, readonly=False):
     if s.sel is not None:  # RFC 7162 3.2.11 (and IMAP4rev2): say the old one is closed
         s.untagged(b"OK [CLOSED] previous mailbox closed")
     s.deselect()
-    name = mailbox_name(raw_name)
+    name = mailbox_name(raw_name, utf8=s.utf8)
     mailbox = s.mailbox
+
+    rev2 = s.rev2
 
     def work():
         folder = mailbox.folder(name)
@@ -87,12 +103,17 @@ async def select(s, tag, raw_name, params, readonly=False):
         vanished = []
         if resync is not None and resync[0] == snap.uidvalidity:
             vanished = folder.expunged_since(resync[1], resync[2])
-        return folder, snap, recent, vanished
+        folders = {f.name: f for f in mailbox.list_folders()} if rev2 else {}
+        return folder, snap, recent, vanished, folders
 
-    folder, snap, recent, vanished = await s.store_call(work)
+    folder, snap, recent, vanished, folders = await s.store_call(work)
     sel = Selected.opened(folder, readonly, snap, recent)
+    sel.rev2 = rev2
     for line in sel.select_responses(snap):
         s.untagged(line)
+    if rev2:  # RFC 9051 6.3.2: a LIST response with the name and its attributes
+        attrs = " ".join(_attributes(ListRequest(False), name, folders.get(name), folders)).encode()
+        s.untagged(b"LIST (" + attrs + b') "/" ' + wire_name(name, s.utf8))
     if resync is not None and resync[0] == snap.uidvalidity:
         for line in sel.missed_responses(snap, resync[1], resync[2], vanished):
             s.untagged(line)
@@ -141,7 +162,7 @@ def select_params(s, params: list | None):
 
 async def create(s, tag, raw_name):
     """RFC 3501 6.3.3: missing parents are made too; a trailing "/" is dropped."""
-    name = mailbox_name(raw_name, for_create=True)
+    name = mailbox_name(raw_name, for_create=True, utf8=s.utf8)
     if name == "INBOX":
         raise No("INBOX always exists", "ALREADYEXISTS")
     await s.store_call(s.mailbox.create_folder, name)
@@ -150,7 +171,7 @@ async def create(s, tag, raw_name):
 
 async def delete(s, tag, raw_name):
     """RFC 3501 6.3.4: the folder and its mail go; its children stay."""
-    name = mailbox_name(raw_name)
+    name = mailbox_name(raw_name, utf8=s.utf8)
     if name == "INBOX":
         raise No("INBOX cannot be deleted", "CANNOT")
     if s.sel is not None and s.sel.folder.name == name:
@@ -161,7 +182,7 @@ async def delete(s, tag, raw_name):
 
 async def rename(s, tag, raw_old, raw_new):
     """RFC 3501 6.3.5: children move along; renaming INBOX moves its mail to the new folder."""
-    old, new = mailbox_name(raw_old), mailbox_name(raw_new, for_create=True)
+    old, new = mailbox_name(raw_old, utf8=s.utf8), mailbox_name(raw_new, for_create=True, utf8=s.utf8)
     if new == "INBOX":
         raise No("cannot rename to INBOX", "ALREADYEXISTS")
     await s.store_call(s.mailbox.rename_folder, old, new)
@@ -171,7 +192,7 @@ async def rename(s, tag, raw_old, raw_new):
 async def subscribe(s, tag, raw_name):
     """RFC 3501 6.3.6: a name that does not exist is refused (as Dovecot does); one deleted
     after subscribing stays subscribed, and LSUB shows it ``\\Noselect``."""
-    name, mailbox = mailbox_name(raw_name), s.mailbox
+    name, mailbox = mailbox_name(raw_name, utf8=s.utf8), s.mailbox
 
     def work():
         if not mailbox.folder_exists(name):
@@ -183,7 +204,7 @@ async def subscribe(s, tag, raw_name):
 
 
 async def unsubscribe(s, tag, raw_name):
-    await s.store_call(s.mailbox.unsubscribe, mailbox_name(raw_name))
+    await s.store_call(s.mailbox.unsubscribe, mailbox_name(raw_name, utf8=s.utf8))
     return b"UNSUBSCRIBE completed"
 
 
@@ -231,7 +252,7 @@ def _strings(item) -> bool:
     return isinstance(item, (Atom, String))
 
 
-def list_request(tokens: list, lsub: bool) -> ListRequest:
+def list_request(tokens: list, lsub: bool, utf8: bool = False) -> ListRequest:
     tokens = list(tokens)
     req = ListRequest(lsub)
     if tokens and isinstance(tokens[0], list) and not lsub:
@@ -247,8 +268,8 @@ def list_request(tokens: list, lsub: bool) -> ListRequest:
         _return_options(req, tokens[3])
     if not patterns or not all(_strings(p) for p in patterns):
         raise Bad("LIST needs a reference name and a mailbox pattern")
-    req.reference = _pattern_text(ref)
-    req.patterns = [_pattern_text(p) for p in patterns]
+    req.reference = _pattern_text(ref, utf8)
+    req.patterns = [_pattern_text(p, utf8) for p in patterns]
     return req
 
 
@@ -270,11 +291,13 @@ def _selection_options(options: list) -> set:
     return selection
 
 
-def _pattern_text(raw: bytes) -> str:
+def _pattern_text(raw: bytes, utf8: bool = False) -> str:
     """A reference or pattern as a folder-name pattern: modified UTF-7 decoded (RFC 3501
     5.1.3); one that is not valid modified UTF-7 is taken as it is, and so matches nothing
     we hold (every ATOM-CHAR may appear in a pattern, RFC 3501 9 ``list-char``)."""
     text = raw.decode("utf-8", "replace")
+    if utf8:  # RFC 6855 3
+        return unicodedata.normalize("NFC", text)
     try:
         return decode_mutf7(text) if text.isascii() else text
     except InvalidFolderName:
@@ -303,7 +326,7 @@ def _return_options(req: ListRequest, options: list) -> None:
 async def list_mailboxes(s, tag, tokens, lsub=False):
     """RFC 3501 6.3.8 LIST (with RFC 5258 selection and return options, RFC 6154 special-use,
     RFC 3348 children and RFC 5819 STATUS) and 6.3.9 LSUB."""
-    req = list_request(tokens, lsub)
+    req = list_request(tokens, lsub, s.utf8)
     word = b"LSUB" if lsub else b"LIST"
     if req.patterns == [""] and not req.selection:  # RFC 3501 6.3.8: the hierarchy delimiter
         s.untagged(word + b' (\\Noselect) "/" ""')
@@ -316,7 +339,7 @@ async def list_mailboxes(s, tag, tokens, lsub=False):
         extra = b""
         if b"RECURSIVEMATCH" in req.selection and any(sub.startswith(name + "/") for sub in subs):
             extra = b' ("CHILDINFO" ("SUBSCRIBED"))'  # RFC 5258 3.5
-        s.untagged(word + b" (" + " ".join(attrs).encode() + b') "/" ' + wire_name(name) + extra)
+        s.untagged(word + b" (" + " ".join(attrs).encode() + b') "/" ' + wire_name(name, s.utf8) + extra)
         if req.status and name in existing and existing[name].selectable:
             try:
                 await status_line(s, name, req.status)
@@ -394,18 +417,19 @@ async def status_line(s, name: str, items: list[str]) -> None:
         "UIDNEXT": snap.uidnext,
         "UIDVALIDITY": snap.uidvalidity,
         "UNSEEN": sum(1 for m in snap.messages if "\\Seen" not in m.flags),
+        "DELETED": sum(1 for m in snap.messages if "\\Deleted" in m.flags),  # RFC 9051 6.3.11
         "HIGHESTMODSEQ": max(1, snap.highestmodseq),
         "SIZE": sum(m.size for m in snap.messages),  # RFC 8438: the RFC822.SIZEs added up
     }
     if s.sel is not None and s.sel.folder.name == name:
         values["RECENT"] = s.sel.recent_count()
     body = " ".join(f"{k} {values[k]}" for k in items).encode()
-    s.untagged(b"STATUS " + wire_name(name) + b" (" + body + b")")
+    s.untagged(b"STATUS " + wire_name(name, s.utf8) + b" (" + body + b")")
 
 
 async def status(s, tag, raw_name, items):
     """RFC 3501 6.3.10."""
-    name = mailbox_name(raw_name)
+    name = mailbox_name(raw_name, utf8=s.utf8)
     wanted = [item.upper().decode("ascii", "replace") for item in items]
     if any(item not in STATUS_ITEMS for item in wanted):
         raise Bad("unknown STATUS item")
@@ -419,7 +443,7 @@ async def append(s, tag, raw_name, messages):
     """RFC 3501 6.3.11, with MULTIAPPEND (RFC 3502: all the messages or none) and APPENDUID
     (RFC 4315 3: one UID, or a UID set for several).  Each message is stored byte for byte."""
     try:
-        name = mailbox_name(raw_name)
+        name = mailbox_name(raw_name, utf8=s.utf8)
         items = [(message, *_append_options(flags, date)) for flags, date, message in messages]
         mailbox = s.mailbox
 
@@ -461,19 +485,30 @@ async def namespace(s, tag):
 
 
 async def enable(s, tag, words):
-    """RFC 5161; CONDSTORE (RFC 7162 3.1) and QRESYNC (RFC 7162 3.2.3) can be enabled."""
+    """RFC 5161: CONDSTORE (RFC 7162 3.1), QRESYNC (RFC 7162 3.2.3), UTF8=ACCEPT (RFC 6855 3:
+    mailbox names in UTF-8) and IMAP4rev2 (RFC 9051 6.3.1: the session answers as IMAP4rev2
+    does from then on, UTF-8 names included) can be enabled; what is unknown is left out."""
     if not words:
         raise Bad("ENABLE needs at least one capability")
     if not all(isinstance(w, Atom) for w in words):
         raise Bad("ENABLE takes capability names")
     enabled = []
-    for word in words:
-        if word.upper() == b"CONDSTORE" and b"CONDSTORE" not in enabled:
+    for word in (bytes(w.upper()) for w in words):
+        if word in enabled:
+            continue
+        if word == b"CONDSTORE":
             s.condstore = True
-            enabled.append(b"CONDSTORE")
-        elif word.upper() == b"QRESYNC" and b"QRESYNC" not in enabled:
+        elif word == b"QRESYNC":
             s.condstore = s.qresync = True  # RFC 7162 3.2.3: QRESYNC implies CONDSTORE
-            enabled.append(b"QRESYNC")
+        elif word == b"UTF8=ACCEPT":
+            s.utf8 = True
+        elif word == b"IMAP4REV2":
+            s.rev2 = s.utf8 = True
+            word = b"IMAP4rev2"
+            if s.sel is not None:
+                s.sel.rev2 = True
+        else:
+            continue
+        enabled.append(word)
     s.untagged(b"ENABLED" + b"".join(b" " + w for w in enabled))
     return b"ENABLE completed"
-

@@ -23,6 +23,8 @@ from mailstack.imap import sort as sortmod
 from mailstack.imap import thread as threadmod
 from mailstack.imap.errors import shown
 from mailstack.imap.reader import RawCommand, Spool
+from mailstack.imap.results import Returns
+from mailstack.imap.view import SAVED
 
 MAX_DEPTH = 64  # nesting of parenthesised lists
 
@@ -169,8 +171,11 @@ class Arguments:
         return self.next("list") if isinstance(self.peek(), list) else None
 
     def seqset(self) -> list:
-        """A sequence set (RFC 3501 9) -> [(low, high)], None for ``*``."""
+        """A sequence set (RFC 3501 9) -> [(low, high)], None for ``*``; ``$`` is the saved
+        search result (RFC 5182 2.1), :data:`~mailstack.imap.view.SAVED`."""
         item = self.atom("sequence set")
+        if item == b"$":
+            return SAVED
         try:
             return searchmod.parse_seqset(item)
         except searchmod.SearchSyntaxError as e:
@@ -287,23 +292,53 @@ def store(a: Arguments) -> tuple:
     return ranges, unchangedsince, mode, atoms(flags, "flags")
 
 
-#: RFC 4731 3: what ``SEARCH RETURN (...)`` may ask for (SAVE, RFC 5182, is not offered).
-ESEARCH_OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT")
+#: RFC 4731 3.1, RFC 5182 2, RFC 5267 4: the ``RETURN (...)`` options of SEARCH and SORT.
+RETURN_OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE", b"CONTEXT", b"UPDATE")
+_PARTIAL_RE = re.compile(rb"\A(-?)([1-9][0-9]{0,9}):(-?)([1-9][0-9]{0,9})\Z")
+
+
+def return_options(a: Arguments) -> Returns | None:
+    """``RETURN (options)`` if it comes next (RFC 4731 3.1; PARTIAL: RFC 5267 4.4, negative
+    ranges RFC 9394 3.1); ``RETURN ()`` means ALL."""
+    first = a.peek()
+    if not (isinstance(first, Atom) and first.upper() == b"RETURN"):
+        return None
+    a.next("RETURN")
+    listed = a.next("a list of RETURN options")
+    if not isinstance(listed, list):
+        raise ParseError("RETURN takes a parenthesised list of options")
+    options, partial, i = set(), None, 0
+    while i < len(listed):
+        word = listed[i].upper() if isinstance(listed[i], Atom) else b""
+        if word == b"PARTIAL" and partial is None and i + 1 < len(listed):
+            partial = _partial_range(listed[i + 1])
+            i += 2
+            continue
+        if word not in RETURN_OPTIONS:
+            raise ParseError("RETURN options are MIN, MAX, ALL, COUNT, SAVE, CONTEXT, UPDATE and PARTIAL")
+        options.add(word)
+        i += 1
+    if partial is not None and b"ALL" in options:  # RFC 5267 4.4: one PARTIAL or one ALL
+        raise ParseError("RETURN cannot have both PARTIAL and ALL")
+    if not options and partial is None:
+        options = {b"ALL"}
+    return Returns(frozenset(options), partial)
+
+
+def _partial_range(item) -> tuple[int, int]:
+    m = _PARTIAL_RE.match(item) if isinstance(item, Atom) else None
+    if m is None or m.group(1) != m.group(3):
+        raise ParseError("PARTIAL needs a range such as 1:500 (or -1:-500 from the end)")
+    first, last = sorted((int(m.group(2)), int(m.group(4))))  # RFC 5267 4.4: 500:400 is 400:500
+    return (-first, -last) if m.group(1) else (first, last)
 
 
 def search(a: Arguments) -> tuple:
     """``SEARCH [RETURN (options)] [CHARSET name] keys`` (RFC 3501 6.4.4, RFC 4731 3);
-    (charset, keys, the ESEARCH options or None for the RFC 3501 form)."""
-    charset = returns = None
+    (charset, keys, the RETURN options or None for the RFC 3501 form)."""
+    charset = None
+    returns = return_options(a)
     first = a.peek()
-    if isinstance(first, Atom) and first.upper() == b"RETURN":
-        a.next("RETURN")
-        options = a.next("a list of RETURN options")
-        if not isinstance(options, list) or not all(isinstance(o, Atom) and o.upper() in ESEARCH_OPTIONS
-                                                    for o in options):
-            raise ParseError("RETURN takes a list of MIN, MAX, ALL and COUNT")
-        returns = {o.upper() for o in options} or {b"ALL"}  # RFC 4731 3.1: () means ALL
-        first = a.peek()
     if isinstance(first, Atom) and first.upper() == b"CHARSET":
         a.next("CHARSET")
         charset = a.astring("charset name")
@@ -314,7 +349,9 @@ def search(a: Arguments) -> tuple:
 
 
 def sort(a: Arguments) -> tuple:
-    """``SORT (criteria) charset keys`` (RFC 5256 3): ([(criterion, reverse)], charset, keys)."""
+    """``SORT [RETURN (options)] (criteria) charset keys`` (RFC 5256 3, RFC 5267 3.1 ESORT):
+    ([(criterion, reverse)], charset, keys, the RETURN options or None)."""
+    returns = return_options(a)
     listed = a.next("sort criteria")
     if not isinstance(listed, list) or not listed:
         raise ParseError("SORT needs a list of sort criteria")
@@ -330,7 +367,7 @@ def sort(a: Arguments) -> tuple:
         reverse = False
     if reverse:
         raise ParseError("REVERSE must be followed by a sort criterion")
-    return (criteria, *_charset_and_keys(a))
+    return (criteria, *_charset_and_keys(a), returns)
 
 
 def _charset_and_keys(a: Arguments) -> tuple:

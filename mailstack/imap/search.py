@@ -51,12 +51,13 @@ def parse_seqset(text: bytes) -> list[tuple[int | None, int | None]]:
 MAX_DEPTH = 100
 
 
-def compile_query(tokens: list, charset: str = "utf-8", depth: int = 0):
-    """Parsed tokens (bytes and nested lists) -> a tree of tuples; SearchSyntaxError if bad."""
+def compile_query(tokens: list, charset: str = "utf-8", depth: int = 0, saved: frozenset = frozenset()):
+    """Parsed tokens (bytes and nested lists) -> a tree of tuples; SearchSyntaxError if bad.
+    ``saved``: the UIDs the search key ``$`` stands for (RFC 5182 2.1)."""
     tokens = list(tokens)
     nodes = []
     while tokens:
-        nodes.append(_one(tokens, charset, depth))
+        nodes.append(_one(tokens, charset, depth, saved))
     if not nodes:
         raise SearchSyntaxError("empty search")
     return ("and", nodes)
@@ -71,13 +72,15 @@ def _text(tokens: list, charset: str) -> str:
         raise SearchSyntaxError(f"argument is not valid {charset}") from None
 
 
-def _one(tokens: list, charset: str, depth: int):
+def _one(tokens: list, charset: str, depth: int, saved: frozenset = frozenset()):
     if depth >= MAX_DEPTH:
         raise SearchSyntaxError(f"search keys nested deeper than {MAX_DEPTH} levels")
     t = tokens.pop(0)
     if isinstance(t, list):
-        return compile_query(t, charset, depth + 1) if t else ("all",)
+        return compile_query(t, charset, depth + 1, saved) if t else ("all",)
     key = t.upper().decode("ascii", "replace")
+    if key == "$":
+        return ("among", saved)
     if key == "ALL":
         return ("all",)
     if key in _FLAG_KEYS:
@@ -122,11 +125,11 @@ def _one(tokens: list, charset: str, depth: int):
     if key == "NOT":
         if not tokens:
             raise SearchSyntaxError("NOT needs a search key")
-        return ("not", _one(tokens, charset, depth + 1))
+        return ("not", _one(tokens, charset, depth + 1, saved))
     if key == "OR":
         if len(tokens) < 2:
             raise SearchSyntaxError("OR needs two search keys")
-        return ("or", _one(tokens, charset, depth + 1), _one(tokens, charset, depth + 1))
+        return ("or", _one(tokens, charset, depth + 1, saved), _one(tokens, charset, depth + 1, saved))
     if key == "MODSEQ":  # RFC 7162 3.1.5: MODSEQ [entry-name entry-type-req] mod-sequence-value
         if len(tokens) >= 3 and isinstance(tokens[0], bytes) and not tokens[0].isdigit():
             del tokens[:2]  # per-flag entries: the message's MODSEQ covers every flag here
@@ -137,6 +140,9 @@ def _one(tokens: list, charset: str, depth: int):
     if key == "UID":
         if not tokens or not isinstance(tokens[0], bytes):
             raise SearchSyntaxError("UID needs a set")
+        if tokens[0] == b"$":  # RFC 5182 2.1: $ is a sequence set, after UID too
+            tokens.pop(0)
+            return ("among", saved)
         return ("uid", parse_seqset(tokens.pop(0)))
     if SEQSET_RE.match(t):
         return ("seq", parse_seqset(t))
@@ -265,6 +271,8 @@ def matches(node, c: Candidate, last_seq: int, last_uid: int) -> bool:
         return _in_ranges(c.seq, node[1], last_seq)
     if kind == "uid":
         return _in_ranges(c.uid, node[1], last_uid)
+    if kind == "among":
+        return c.uid in node[1]
     if kind == "modseq":
         return c.info.modseq >= node[1]
     if kind == "size":

@@ -1,6 +1,7 @@
 """Commands of the selected state on messages (RFC 3501 6.4): CHECK, CLOSE, UNSELECT (RFC 3691),
 EXPUNGE and UID EXPUNGE (RFC 4315), STORE (RFC 7162 UNCHANGEDSINCE), COPY (RFC 4315 COPYUID),
-MOVE (RFC 6851) and SEARCH (:mod:`mailstack.imap.search`).  FETCH has its own module.
+MOVE (RFC 6851), SEARCH (:mod:`mailstack.imap.search`; what it keeps:
+:mod:`mailstack.imap.results`), SORT, THREAD and CANCELUPDATE (RFC 5267 4.3.5).  FETCH has its own module.
 
 Each command is ``async def name(session, tag, *arguments, uid=False)`` returning the text of
 its tagged OK or raising :class:`~mailstack.imap.errors.ImapError`.
@@ -8,11 +9,13 @@ its tagged OK or raising :class:`~mailstack.imap.errors.ImapError`.
 
 from __future__ import annotations
 
+from mailstack.imap import results as resultsmod
 from mailstack.imap import search as searchmod
 from mailstack.imap import sort as sortmod
 from mailstack.imap import thread as threadmod
 from mailstack.imap.errors import Bad, No
 from mailstack.imap.mailboxes import check_flags, destination, mailbox_name
+from mailstack.imap.parser import String
 from mailstack.imap.view import uid_set
 
 
@@ -110,7 +113,7 @@ async def copy(s, tag, ranges, raw_name, uid=False, move=False):
     sel = s.sel
     if move and sel.readonly:
         raise No("the mailbox is read-only (EXAMINE)", "READ-ONLY")
-    name = mailbox_name(raw_name)
+    name = mailbox_name(raw_name, utf8=s.utf8)
     targets = sel.resolve(ranges, uid)
     mailbox = s.mailbox
 
@@ -137,12 +140,12 @@ async def move(s, tag, ranges, raw_name, uid=False):
     return await copy(s, tag, ranges, raw_name, uid=uid, move=True)
 
 
-def _compile(charset, keys):
+def _compile(charset, keys, saved: frozenset = frozenset()):
     cs = (charset or b"US-ASCII").upper()
     if cs not in (b"US-ASCII", b"UTF-8"):
         raise No("unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
     try:
-        return searchmod.compile_query(keys, "utf-8")
+        return searchmod.compile_query(keys, "utf-8", saved=saved)
     except searchmod.SearchSyntaxError as e:
         raise Bad(str(e)) from None
     except (IndexError, AttributeError, TypeError):
@@ -175,10 +178,18 @@ async def _in_thread(s, work):
 
 
 async def search(s, tag, charset, keys, returns=None, uid=False):
-    """RFC 3501 6.4.4 (see :mod:`mailstack.imap.search`); with ``RETURN (...)`` the answer is
-    one ESEARCH response (RFC 4731)."""
-    tree = _compile(charset, keys)
-    found = await _in_thread(s, _finder(s, tree))
+    """RFC 3501 6.4.4 (see :mod:`mailstack.imap.search`); with ``RETURN (...)``, or always in
+    IMAP4rev2 (RFC 9051 6.4.4), the answer is one ESEARCH response (RFC 4731)."""
+    if returns is None and s.rev2:
+        returns = resultsmod.ALL
+    sel = s.sel
+    try:
+        tree = _compile(charset, keys, sel.saved)
+        found = await _in_thread(s, _finder(s, tree))
+    except Exception:
+        if returns is not None and b"SAVE" in returns.options:
+            sel.saved = frozenset()  # RFC 5182 2.1: a failed SAVE leaves $ empty
+        raise
     numbers = [c.uid if uid else c.seq for c in found]
     modseq = None
     if found and searchmod.uses_modseq(tree):  # RFC 7162 3.1.5
@@ -186,15 +197,43 @@ async def search(s, tag, charset, keys, returns=None, uid=False):
         modseq = max(c.info.modseq for c in found)
     if returns is None:
         s.untagged(b"SEARCH" + b"".join(b" %d" % n for n in numbers) + (b" (MODSEQ %d)" % modseq if modseq else b""))
-    else:
-        s.untagged(esearch_response(tag, uid, numbers, returns, modseq))
+        return b"SEARCH completed"
+    _keep(s, tag, uid, tree, None, [c.uid for c in found], returns)
+    if returns.answered:
+        s.untagged(resultsmod.esearch(tag, uid, numbers, returns, modseq))
     return b"SEARCH completed"
 
 
-async def sort(s, tag, criteria, charset, keys, uid=False):
+def _keep(s, tag, uid, tree, criteria, uids: list[int], returns) -> None:
+    """SAVE (RFC 5182 2.4) and UPDATE (RFC 5267 4.3): what the server keeps of a result."""
+    sel = s.sel
+    if b"SAVE" in returns.options:
+        sel.saved = resultsmod.saved_result(uids, returns, ordered=criteria is not None)
+    if b"UPDATE" not in returns.options:
+        return
+    if tag in sel.contexts:  # RFC 5267 4.3: tags of update contexts are not reused
+        raise Bad("tag reuse: an update context already has this tag")
+    if len(sel.contexts) >= resultsmod.MAX_CONTEXTS:
+        s.untagged(b'NO [NOUPDATE "' + tag + b'"] too many update contexts')  # RFC 5267 4.3.1
+        return
+    sel.contexts[tag] = resultsmod.Context(tag, uid, tree, criteria, list(uids))
+
+
+async def cancel_update(s, tag, tokens):
+    """RFC 5267 4.3.5 ``CANCELUPDATE "tag" ...``: those contexts get no more updates (a tag
+    with no context is ignored: the client may not have seen its NOUPDATE)."""
+    if not tokens or not all(isinstance(t, String) for t in tokens):
+        raise Bad("CANCELUPDATE takes the quoted tags of searching commands")
+    for t in tokens:
+        s.sel.contexts.pop(bytes(t), None)
+    return b"CANCELUPDATE completed"
+
+
+async def sort(s, tag, criteria, charset, keys, returns=None, uid=False):
     """RFC 5256 3 SORT (and RFC 5957 DISPLAYFROM/DISPLAYTO): the matches of a search, ordered;
-    the keys from the store's cache (:mod:`mailstack.imap.sort`)."""
-    tree = _compile(charset, keys)
+    the keys from the store's cache (:mod:`mailstack.imap.sort`).  With ``RETURN (...)``
+    one ESEARCH response (RFC 5267 3.1 ESORT)."""
+    tree = _compile(charset, keys, s.sel.saved)
     find, folder = _finder(s, tree), s.sel.folder
     header_keys = any(c not in ("ARRIVAL", "SIZE") for c, _reverse in criteria)
 
@@ -204,13 +243,19 @@ async def sort(s, tag, criteria, charset, keys, uid=False):
         return sortmod.order(found, criteria, keys)
 
     ranked = await _in_thread(s, work)
-    s.untagged(b"SORT" + b"".join(b" %d" % (c.uid if uid else c.seq) for c in ranked))
+    numbers = [c.uid if uid else c.seq for c in ranked]
+    if returns is None:
+        s.untagged(b"SORT" + b"".join(b" %d" % n for n in numbers))
+        return b"SORT completed"
+    _keep(s, tag, uid, tree, criteria, [c.uid for c in ranked], returns)
+    if returns.answered:
+        s.untagged(resultsmod.esearch(tag, uid, numbers, returns, None, ordered=True))
     return b"SORT completed"
 
 
 async def thread(s, tag, algorithm, charset, keys, uid=False):
     """RFC 5256 3 THREAD, ORDEREDSUBJECT or REFERENCES (:mod:`mailstack.imap.thread`)."""
-    tree = _compile(charset, keys)
+    tree = _compile(charset, keys, s.sel.saved)
     find, folder = _finder(s, tree), s.sel.folder
 
     def work():
@@ -223,22 +268,3 @@ async def thread(s, tag, algorithm, charset, keys, uid=False):
     threads = await _in_thread(s, work)
     s.untagged(b"THREAD" + (b" " + threads if threads else b""))
     return b"THREAD completed"
-
-
-def esearch_response(tag: bytes, uid: bool, numbers: list[int], returns: set, modseq: int | None) -> bytes:
-    """RFC 4731 3.1: ``ESEARCH (TAG "t") [UID] [MIN n] [MAX n] [ALL set] [COUNT n]``; with no
-    match only COUNT 0 (and never MIN, MAX or ALL); RFC 7162 3.1.5 adds MODSEQ."""
-    out = [b'ESEARCH (TAG "' + tag + b'")'] + ([b"UID"] if uid else [])
-    if numbers:
-        if b"MIN" in returns:
-            out.append(b"MIN %d" % min(numbers))
-        if b"MAX" in returns:
-            out.append(b"MAX %d" % max(numbers))
-        if b"ALL" in returns:
-            out.append(b"ALL " + uid_set(numbers))
-    if b"COUNT" in returns:
-        out.append(b"COUNT %d" % len(numbers))
-    if modseq is not None and numbers:
-        out.append(b"MODSEQ %d" % modseq)
-    return b" ".join(out)
-

@@ -27,7 +27,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from mailstack import sasl
 from mailstack.errors import StoreError
-from mailstack.imap import fetch, login, mailboxes, parser, selected
+from mailstack.imap import fetch, login, mailboxes, parser, results, selected
 from mailstack.imap.capabilities import SessionView, capability_names
 from mailstack.imap.errors import NO_REPLY, Bad, Disconnect, ImapError, No, os_error, store_error
 from mailstack.imap.reader import (
@@ -112,6 +112,7 @@ def _selected() -> dict:
         b"UID COPY": Command(s.copy, parser.copy, uid=True),
         b"UID MOVE": Command(s.move, parser.copy, uid=True),
         b"UID EXPUNGE": Command(s.uid_expunge, parser.sequence_set, uid=True),
+        b"CANCELUPDATE": Command(s.cancel_update, parser.all_tokens),
     }
 
 
@@ -190,6 +191,8 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         self.sync_lock = defer.DeferredLock()
         self.condstore = False  # RFC 7162 3.1: once used, flag changes carry their MODSEQ
         self.qresync = False  # RFC 7162 3.2.3: after ENABLE QRESYNC, expunges are VANISHED
+        self.rev2 = False  # RFC 9051: after ENABLE IMAP4rev2 (see mailboxes.enable)
+        self.utf8 = False  # RFC 6855 3: mailbox names in UTF-8 (UTF8=ACCEPT, or IMAP4rev2)
         self.inflate = None  # RFC 4978: after COMPRESS DEFLATE, input is inflated here
 
     # -- connection --------------------------------------------------------------------------
@@ -511,7 +514,15 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
                 return
             if self.sel is not sel or self.lost or taken is None:
                 return
+            contexts = list(sel.contexts.values())
+            fresh = await threads.deferToThread(results.recompute, contexts, folder, snap, sel.recent) if contexts else {}
+            if self.sel is not sel or self.lost:
+                return
+            for line in results.removals(contexts, fresh, sel.uids):  # RFC 5267 4.3.4: before EXPUNGE
+                self.untagged(line)
             for line in sel.resync(snap, taken, last, expunge, self.qresync, self.condstore):
+                self.untagged(line)
+            for line in results.additions(contexts, fresh, sel.uids):  # RFC 5267 4.3.3: after EXISTS
                 self.untagged(line)
         finally:
             self.sync_lock.release()

@@ -19,6 +19,13 @@ SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 MAX_UID_SET = 10_000_000  # UIDs a QRESYNC known-uids or VANISHED range may expand to
 
 
+class SavedResult(list):
+    """The sequence set ``$``: the last SEARCH ... RETURN (SAVE) result (RFC 5182 2.1)."""
+
+
+SAVED = SavedResult()
+
+
 def format_flags(flags, recent: bool) -> bytes:
     out = sorted(flags)
     if recent:
@@ -78,6 +85,9 @@ class Selected:
     keywords: frozenset = frozenset()
     subscription: object = None
     synced: object = None  # the store snapshot this view was last brought in step with
+    saved: frozenset = frozenset()  # RFC 5182: ``$``, as UIDs (so expunges drop out by themselves)
+    contexts: dict = field(default_factory=dict)  # RFC 5267 4.3: tag -> results.Context
+    rev2: bool = False  # IMAP4rev2 enabled (RFC 9051): no \Recent, no RECENT, no UNSEEN code
 
     @classmethod
     def opened(cls, folder, readonly: bool, snap, taken_recent) -> "Selected":
@@ -92,7 +102,7 @@ class Selected:
         return sel
 
     def flag_bytes(self, uid: int) -> bytes:
-        return format_flags(self.flags.get(uid, ()), uid in self.recent)
+        return format_flags(self.flags.get(uid, ()), uid in self.recent and not self.rev2)
 
     def flag_names(self) -> bytes:
         return " ".join(list(SYSTEM_FLAGS) + sorted(self.keywords)).encode("utf-8", "replace")
@@ -109,9 +119,9 @@ class Selected:
         # RFC 3501 7.1: no flag can be changed in a mailbox opened with EXAMINE.
         permanent = b"()" if self.readonly else b"(" + flags + b" \\*)"
         lines = [b"FLAGS (" + flags + b")", b"OK [PERMANENTFLAGS " + permanent + b"] flags permitted",
-                 b"%d EXISTS" % len(self.uids), b"%d RECENT" % self.recent_count()]
+                 b"%d EXISTS" % len(self.uids)] + ([] if self.rev2 else [b"%d RECENT" % self.recent_count()])
         unseen = next((i + 1 for i, m in enumerate(snap.messages) if "\\Seen" not in m.flags), None)
-        if unseen is not None:
+        if unseen is not None and not self.rev2:  # RFC 9051 has no UNSEEN response code
             lines.append(b"OK [UNSEEN %d] first unseen message" % unseen)
         lines.append(b"OK [UIDVALIDITY %d] UIDs valid" % snap.uidvalidity)
         lines.append(b"OK [UIDNEXT %d] predicted next UID" % snap.uidnext)
@@ -132,7 +142,10 @@ class Selected:
 
     def resolve(self, ranges, uid: bool) -> list[tuple[int, int]]:
         """A parsed sequence set -> [(sequence number, UID)] of the messages the client knows.
-        UID ranges select what exists (RFC 3501 6.4.8); sequence numbers past the end are BAD."""
+        UID ranges select what exists (RFC 3501 6.4.8); sequence numbers past the end are BAD.
+        ``$`` (RFC 5182 2.1) is the saved result: empty if nothing was saved."""
+        if isinstance(ranges, SavedResult):
+            return [(i, u) for i, u in enumerate(self.uids, 1) if u in self.saved]
         chosen: set[int] = set()
         if uid:
             last = self.last_uid()
@@ -199,7 +212,8 @@ class Selected:
                 if self.readonly and snap.is_recent(m):
                     self.recent.add(m.uid)
             lines.append(b"%d EXISTS" % len(self.uids))
-            lines.append(b"%d RECENT" % self.recent_count())
+            if not self.rev2:  # RFC 9051 7.4: IMAP4rev2 has no RECENT response
+                lines.append(b"%d RECENT" % self.recent_count())
         if expunge:  # the view now matches this snapshot exactly
             self.synced = snap
         return lines
