@@ -13,14 +13,19 @@ import pytest
 from support.clients import ImapClient
 
 
-@pytest.fixture
-def srv(inproc_server_factory):
-    return inproc_server_factory(listeners=["imap"], extra="[auth]\nfailure_delay = 0.0\n").start()
+@pytest.fixture(params=["IMAP4rev1", "IMAP4rev2"])
+def srv(request, inproc_server_factory):
+    """The server; every session of the test speaks the mode of the parameter (RFC 9051 6.3.1)."""
+    server = inproc_server_factory(listeners=["imap"], extra="[auth]\nfailure_delay = 0.0\n").start()
+    server.imap_mode = request.param
+    return server
 
 
 def session(srv) -> ImapClient:
     c = ImapClient(srv.port("imap"))
     c.login()
+    if srv.imap_mode == "IMAP4rev2":
+        c.enable_rev2()
     return c
 
 
@@ -180,7 +185,13 @@ def test_status_size_is_the_sum_of_the_message_sizes(srv):
 # -- RFC 3501 2.3.2 \Recent -----------------------------------------------------------------------
 
 
+def rev1_only(srv) -> None:
+    if srv.imap_mode != "IMAP4rev1":
+        pytest.skip("\\Recent is IMAP4rev1's alone: RFC 9051 has no \\Recent and no RECENT (see test_imap_rev2)")
+
+
 def test_a_copy_into_the_selected_mailbox_is_recent_here_only(srv):
+    rev1_only(srv)
     # RFC 3501 6.4.7: the \Recent flag SHOULD be set on the copy; 2.3.2: for this session alone.
     c = session(srv)
     append(c, b"Subject: one\r\n\r\nx\r\n")
@@ -193,6 +204,7 @@ def test_a_copy_into_the_selected_mailbox_is_recent_here_only(srv):
 
 
 def test_an_append_with_flags_is_recent_for_the_first_session_to_see_it(srv):
+    rev1_only(srv)
     c = session(srv)
     append(c, b"Subject: flagged\r\n\r\nx\r\n", folder=b"INBOX (\\Seen \\Flagged)")
     assert c.cmd(b"t", b"STATUS INBOX (RECENT)") == [b'* STATUS "INBOX" (RECENT 1)', b"t OK STATUS completed"]

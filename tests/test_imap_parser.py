@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from mailstack.imap import parser
 from mailstack.imap.parser import Arguments, Atom, ParseError, String
+from mailstack.imap.results import Returns
 from mailstack.imap.reader import (
     DATA,
     MESSAGE,
@@ -215,9 +216,14 @@ def test_search_takes_an_optional_charset_and_keeps_nil_as_a_word():
 
 def test_search_return_options_of_esearch():
     # RFC 4731 3: SEARCH [RETURN (options)] [CHARSET x] keys; RETURN () is RETURN (ALL)
-    assert grammar(parser.search, b"RETURN (MIN COUNT) CHARSET UTF-8 ALL") == (b"UTF-8", [b"ALL"], {b"MIN", b"COUNT"})
-    assert grammar(parser.search, b"RETURN () SEEN") == (None, [b"SEEN"], {b"ALL"})
-    for bad in (b"RETURN (SAVE) ALL", b"RETURN MIN ALL", b"RETURN (MIN)"):
+    min_count = Returns(frozenset({b"MIN", b"COUNT"}))
+    assert grammar(parser.search, b"RETURN (MIN COUNT) CHARSET UTF-8 ALL") == (b"UTF-8", [b"ALL"], min_count)
+    assert grammar(parser.search, b"RETURN () SEEN") == (None, [b"SEEN"], Returns(frozenset({b"ALL"})))
+    # RFC 5182 2.4 SAVE, RFC 5267 4 CONTEXT, UPDATE and PARTIAL (positions, RFC 9394 negative)
+    assert grammar(parser.search, b"RETURN (save PARTIAL 9:3) ALL") == (None, [b"ALL"], Returns(frozenset({b"SAVE"}), (3, 9)))
+    assert grammar(parser.search, b"RETURN (PARTIAL -1:-50 UPDATE) ALL")[2] == Returns(frozenset({b"UPDATE"}), (-1, -50))
+    for bad in (b"RETURN (BOGUS) ALL", b"RETURN MIN ALL", b"RETURN (MIN)", b"RETURN (PARTIAL 1:2 ALL) ALL",
+                b"RETURN (PARTIAL 1:2 PARTIAL 3:4) ALL", b"RETURN (PARTIAL 0:1) ALL", b"RETURN (PARTIAL 1:-1) ALL"):
         with pytest.raises(parser.ParseError):
             grammar(parser.search, bad)
 
@@ -300,7 +306,7 @@ def test_any_fetch_attribute_parses_or_is_a_parse_error(data):
     except ParseError:
         return
     assert item.type in ("envelope", "flags", "internaldate", "rfc822header", "rfc822text", "rfc822size",
-                         "rfc822", "uid", "bodystructure", "body")
+                         "rfc822", "uid", "bodystructure", "body", "savedate")
 
 
 @given(st.lists(st.binary(min_size=1, max_size=300), max_size=8), st.integers(1, 50))

@@ -14,6 +14,7 @@ import re
 
 import pytest
 
+from support import rev2
 from support.clients import ImapClient
 from support.servers import PASSWORDS
 from mailstack.imap.session import COMMANDS
@@ -28,9 +29,12 @@ CAPS_AFTER_LOGIN = BASE + b" COMPRESS=DEFLATE"
 MESSAGE = b"Subject: hi\r\n\r\nbody\r\n"
 
 
-@pytest.fixture
-def srv(inproc_server_factory):
-    return inproc_server_factory(listeners=["imap", "imaps"], extra=FAST_FAILURES).start()
+@pytest.fixture(params=["IMAP4rev1", "IMAP4rev2"])
+def srv(request, inproc_server_factory):
+    """The server; logged-in sessions speak the mode of the parameter (RFC 9051 6.3.1)."""
+    server = inproc_server_factory(listeners=["imap", "imaps"], extra=FAST_FAILURES).start()
+    server.imap_mode = request.param
+    return server
 
 
 class Client(ImapClient):
@@ -41,7 +45,7 @@ class Client(ImapClient):
         """The untagged lines of a command that must end in tagged OK."""
         lines = self.cmd(tag, text)
         assert lines[-1].startswith(tag + b" OK"), lines
-        return lines[:-1]
+        return rev2.Replies(lines[:-1], tag, text) if self.rev2 else lines[:-1]
 
     def append(self, tag: bytes = b"A", folder: bytes = b"INBOX", flags: bytes = b"") -> bytes:
         self.send(tag + b" APPEND " + folder + flags + b" {%d+}\r\n" % len(MESSAGE) + MESSAGE + b"\r\n")
@@ -51,6 +55,8 @@ class Client(ImapClient):
 def logged_in(srv) -> Client:
     c = Client(srv)
     c.login()
+    if srv.imap_mode == "IMAP4rev2":
+        c.enable_rev2()
     return c
 
 

@@ -43,7 +43,8 @@ async def fetch(s, tag, ranges, spec, uid=False):
     sets_seen = not sel.readonly and any(
         (i.type == "body" and not i.peek and i.is_section) or i.type in ("rfc822", "rfc822text") for i in items)
     folder = sel.folder
-    known_flags, recent = sel.flags, sel.recent  # read by the worker; nothing else runs meanwhile
+    known_flags = sel.flags  # read by the worker; nothing else runs meanwhile
+    recent = set() if sel.rev2 else sel.recent  # RFC 9051: no \Recent in IMAP4rev2
 
     def prepare():
         """*Blocking.*  Snapshot, \\Seen where the FETCH sets it, and (for the usual few

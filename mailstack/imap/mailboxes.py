@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from mailstack.errors import FolderNotFound, InvalidFolderName
 from mailstack.imap import message as msgmod
 from mailstack.imap.errors import NO_REPLY, Bad, No, shown
-from mailstack.imap.parser import Atom, String
+from mailstack.imap.parser import Atom, String, quote
 from mailstack.imap.view import SYSTEM_FLAGS, Selected, uid_list, uid_set
 from mailstack.store import decode_mutf7, encode_mutf7, normalise
 
@@ -53,6 +53,8 @@ def _utf8_name(raw: bytes, for_create: bool) -> str:
 def wire_name(name: str, utf8: bool = False) -> bytes:
     """A mailbox name on the wire: modified UTF-7 (RFC 3501 5.1.3), quoted; or UTF-8 once
     the client enabled it (RFC 6855 3: then never modified UTF-7)."""
+    if utf8 and name.isprintable():  # RFC 6855 3: a quoted string may hold UTF-8
+        return quote(name.encode("utf-8"))
     return msgmod.nstring(name.encode("utf-8") if utf8 else encode_mutf7(name).encode("ascii"))
 
 

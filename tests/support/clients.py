@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 
+from support import rev2
 from support.servers import PASSWORDS
 
 __all__ = ["LineClient", "SmtpClient", "ImapClient", "Pop3Client", "Fetchmail", "imap_login", "pop3_login"]
@@ -102,12 +103,20 @@ class ImapClient(LineClient):
             if line.startswith(tag + b" "):
                 return lines
 
+    rev2 = False  # after enable_rev2: answers compare as IMAP4rev2's (see support.rev2)
+
     def cmd(self, tag: bytes, text: bytes) -> list[bytes]:
         self.send(tag + b" " + text + b"\r\n")
-        return self.until(tag)
+        lines = self.until(tag)
+        return rev2.Replies(lines, tag, text) if self.rev2 else lines
 
     def login(self, user: str = BOB) -> None:
         assert self.cmd(b"L", f'LOGIN {user} "{PASSWORDS[user]}"'.encode())[-1].startswith(b"L OK")
+
+    def enable_rev2(self) -> None:
+        """``ENABLE IMAP4rev2`` (RFC 9051 6.3.1); from now on replies compare as IMAP4rev2's."""
+        assert self.cmd(*rev2.ENABLE) == rev2.ENABLED
+        self.rev2 = True
 
 
 class Pop3Client(LineClient):
