@@ -10,9 +10,8 @@ response, and the text of the tagged OK.
 One known disagreement is set aside (:data:`KNOWN`): for a part that is itself a multipart
 (or a message/rfc822 holding one), Dovecot counts the CRLF after its closing boundary, before
 the enclosing boundary, into the part; RFC 2046 5.1.1 attaches that CRLF to the enclosing
-boundary, as mailstack does.  Issue 15 settled it: mailstack keeps RFC 2046 (the bytes of
-BODY[1] are then exactly what BODY[1.MIME]'s boundary encloses, and a client that re-assembles a
-message from its parts gets the original back).
+boundary, as mailstack does.  Issue 15 settled it: mailstack keeps to RFC 2046, whose
+grammar gives that CRLF to the delimiter of the enclosing multipart.
 """
 
 from __future__ import annotations
