@@ -778,3 +778,21 @@ def test_starttls_discards_pipelined_plaintext(srv):
     lines = r.cmd(b"s3", b"NOOP")
     assert not any(line.startswith(b"s2 ") for line in lines), lines  # s2 was thrown away
     assert lines[-1].startswith(b"s3 OK")
+
+
+def test_imap4rev2_searchres_and_esort_through_imaplib(srv):
+    # RFC 9051 6.3.1 (ENABLE IMAP4rev2), 6.4.4 (SEARCH answers ESEARCH), RFC 5182 ($), RFC 5267 3
+    # (ESORT), against the real twistd: the replies as imaplib hands them over.
+    deliver(srv, message(subject="pear"), message(subject="apple"), message(subject="fig"))
+    m = login(srv)
+    assert "IMAP4REV2" in m.capabilities
+    assert m.enable("IMAP4rev2") == ("OK", [b"ENABLE completed"]) and untagged(m, "ENABLED") == [b"IMAP4rev2"]
+    assert m.select("INBOX")[0] == "OK"
+    assert untagged(m, "LIST") == [b'(\\HasNoChildren) "/" "INBOX"'] and untagged(m, "RECENT") == []
+    typ, _ = m._simple_command("SEARCH", "SUBJECT", "p")
+    assert typ == "OK" and untagged(m, "ESEARCH")[0].endswith(b") ALL 1:2")
+    assert m._simple_command("UID", "SORT", "RETURN", "(SAVE ALL)", "(SUBJECT)", "UTF-8", "ALL")[0] == "OK"
+    assert untagged(m, "ESEARCH")[0].endswith(b") UID ALL 2:3,1")
+    typ, data = m.fetch("$", "(UID)")
+    assert typ == "OK" and data == [b"1 (UID 1)", b"2 (UID 2)", b"3 (UID 3)"]
+    m.logout()
