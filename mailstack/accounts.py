@@ -58,7 +58,19 @@ def valid_address(address: str) -> bool:
 
 # -- password hashes --------------------------------------------------------------------------
 
+#: RFC 9106 4, the second recommended option (for when 2 GiB a hash is too much): Argon2id,
+#: t=3 passes over m=64 MiB with p=4 lanes.  ``[auth] argon2_*`` may change them.
+ARGON2_DEFAULTS = {"time_cost": 3, "memory_cost": 65536, "parallelism": 4}
 _argon2 = None
+_argon2_params = dict(ARGON2_DEFAULTS)
+
+
+def configure_argon2(time_cost: int, memory_cost: int, parallelism: int) -> None:
+    """The parameters new hashes get (``memory_cost`` in KiB); hashes made with others still
+    verify, and are made again at their next login (:meth:`Accounts.authenticate`)."""
+    global _argon2
+    _argon2_params.update(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
+    _argon2 = None
 
 
 def _argon2_hasher():
@@ -66,14 +78,27 @@ def _argon2_hasher():
     if _argon2 is None:
         from argon2 import PasswordHasher
 
-        _argon2 = PasswordHasher()
+        _argon2 = PasswordHasher(**_argon2_params)
     return _argon2
 
 
 def hash_password(password: str) -> str:
-    """A new ``{ARGON2ID}`` hash (argon2-cffi's RFC 9106 parameters) of the SASLprepped
+    """A new ``{ARGON2ID}`` hash (the parameters of :func:`configure_argon2`) of the SASLprepped
     password (RFC 4013); ValueError when it holds a character SASLprep prohibits."""
     return "{ARGON2ID}" + _argon2_hasher().hash(saslprep(password))
+
+
+def needs_rehash(stored: str) -> bool:
+    """An Argon2 hash made with other parameters (or as Argon2i) than new ones get."""
+    m = _SCHEME_RE.match(stored)
+    if not m or m.group(1) not in ("ARGON2ID", "ARGON2I"):
+        return False
+    from argon2.exceptions import InvalidHashError
+
+    try:
+        return m.group(1) != "ARGON2ID" or _argon2_hasher().check_needs_rehash(m.group(2))
+    except (InvalidHashError, ValueError):
+        return False
 
 
 def _salted_sha(algorithm: str, digest_size: int):
@@ -260,7 +285,10 @@ class UsersFile(_WatchedFile):
             users[user] = stored
         self.users = users
 
-    def set(self, user: str, stored: str, must_exist: bool | None) -> None:
+    def set(self, user: str, stored: str, must_exist: bool | None, unless_changed_from: str | None = None) -> None:
+        """Set (or with ``stored`` empty, delete) a user's hash.  ``unless_changed_from``:
+        only if the hash on disk is still that one (a rehash must not undo a new password);
+        KeyError otherwise."""
         user = normalise_address(user)
 
         def change(lines):
@@ -269,6 +297,8 @@ class UsersFile(_WatchedFile):
                 text = _content(line)
                 if text and normalise_address(text.partition(":")[0]) == user:
                     found = True
+                    if unless_changed_from is not None and text.partition(":")[2].split(":", 1)[0] != unless_changed_from:
+                        raise KeyError(f"the password of {user} changed meanwhile")
                     if stored:
                         rest = text.partition(":")[2].split(":", 1)
                         out.append(f"{user}:{stored}" + (":" + rest[1] if len(rest) > 1 else ""))
@@ -426,11 +456,31 @@ class Accounts:
             return user
         if not verify_password(stored, password):
             return None
+        if self.rehash and needs_rehash(stored):
+            stored = self._rehash(user, stored, password)
+            tag = hmac.new(self._cache_key, "\0".join((user, stored, password)).encode("utf-8", "surrogatepass"),
+                           hashlib.sha256).digest()
         if self.auth_cache_ttl > 0:
             if len(self._auth_cache) > 100_000:  # bound the memory a spray of accounts could take
                 self._auth_cache.clear()
             self._auth_cache[user] = (tag, now + self.auth_cache_ttl)
         return user
+
+    #: Make Argon2 hashes with old parameters again at login (``[auth] rehash_on_login``).
+    rehash = True
+
+    def _rehash(self, user: str, stored: str, password: str) -> str:
+        """*Blocking.*  Store a hash with today's parameters; the old one stays when the
+        users file cannot be written (a read-only deployment): the login still succeeds."""
+        try:
+            new = hash_password(password)
+            self.users_file.set(user, new, must_exist=True, unless_changed_from=stored)
+        except (OSError, KeyError, ValueError) as e:
+            log.warn("cannot store a new password hash for {user} in {path}: {e}", user=user,
+                     path=self.users_file.path, e=e)
+            return stored
+        log.info("password hash of {user} made again with the configured Argon2 parameters", user=user)
+        return new
 
     def _strip_detail(self, address: str) -> str:
         local, _, domain = address.rpartition("@")

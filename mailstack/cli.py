@@ -23,7 +23,7 @@ import os
 import sys
 
 from mailstack import config as config_mod
-from mailstack.accounts import AliasesFile, UsersFile, hash_password, normalise_address, valid_address
+from mailstack.accounts import AliasesFile, UsersFile, configure_argon2, hash_password, normalise_address, valid_address
 from mailstack.errors import ConfigError, MailstackError
 
 
@@ -68,6 +68,7 @@ def cmd_config(args) -> int:
 
 def cmd_user(args) -> int:
     cfg = _config(args)
+    configure_argon2(cfg.auth["argon2_time_cost"], cfg.auth["argon2_memory_kib"], cfg.auth["argon2_parallelism"])
     users = UsersFile(cfg.users_file)
     users.refresh()
     if args.action == "list":

@@ -65,6 +65,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "max_failure_delay": (float, 8.0),
         "failure_window": (float, 900.0),
         "cache_ttl": (float, 3600.0),
+        "argon2_time_cost": (int, 3),
+        "argon2_memory_kib": (int, 65536),
+        "argon2_parallelism": (int, 4),
+        "rehash_on_login": (bool, True),
     },
     "store": {
         "root": ("path", _REQUIRED),
@@ -363,6 +367,13 @@ def _check_sessions(values: dict, path: str) -> None:
     for k in ("lockout", "failure_delay", "max_failure_delay", "failure_window", "cache_ttl"):
         if auth[k] < 0:
             raise ConfigError(path, f"[auth] {k}", "must not be negative")
+    if not 1 <= auth["argon2_time_cost"] <= 100:
+        raise ConfigError(path, "[auth] argon2_time_cost", "must be 1 to 100 (passes; RFC 9106 recommends 3)")
+    if not 1 <= auth["argon2_parallelism"] <= 64:
+        raise ConfigError(path, "[auth] argon2_parallelism", "must be 1 to 64 (lanes; RFC 9106 recommends 4)")
+    if not 8 * auth["argon2_parallelism"] <= auth["argon2_memory_kib"] <= 4 * 1024 * 1024:
+        raise ConfigError(path, "[auth] argon2_memory_kib",
+                          "must be at least 8 KiB a lane and at most 4 GiB (RFC 9106 recommends 65536, 64 MiB)")
 
 
 def _check_relay(values: dict, root: str, path: str) -> str:

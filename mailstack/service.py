@@ -77,6 +77,9 @@ class MailstackService(service.MultiService):
         accounts = accounts_mod.Accounts(cfg.users_file, cfg.aliases_file, cfg.domains, cfg.recipient_delimiter,
                                          cfg.send_as_file)
         accounts.auth_cache_ttl = cfg.auth["cache_ttl"]
+        accounts.rehash = cfg.auth["rehash_on_login"]
+        accounts_mod.configure_argon2(cfg.auth["argon2_time_cost"], cfg.auth["argon2_memory_kib"],
+                                      cfg.auth["argon2_parallelism"])
         portal, realm = accounts_mod.make_portal(accounts)
         tls = ReloadableTLS(cfg.tls_certificate, cfg.tls_key, cfg.path) if cfg.has_tls else None
         self.context = ServerContext(cfg, store, None, accounts, portal, realm, tls)

@@ -65,6 +65,9 @@ def test_valid_config_loads(base):
     (lambda t: t.replace('domains = ["example.test"]', "domains = []"), "[server] domains", "at least one domain"),
     (lambda t: t + "[limits]\nrecipients = 0\n", "[limits] recipients", "must be at least 1"),
     (lambda t: t + "[smtp]\ntrusted_networks = [\"10.0.0.0/33\"]\n", "[smtp] trusted_networks", "not a network"),
+    (lambda t: t + "[auth]\nargon2_parallelism = 0\n", "[auth] argon2_parallelism", "must be 1 to 64"),
+    (lambda t: t + "[auth]\nargon2_memory_kib = 16\n", "[auth] argon2_memory_kib", "at least 8 KiB a lane"),
+    (lambda t: t + "[auth]\nargon2_time_cost = 0\n", "[auth] argon2_time_cost", "must be 1 to 100"),
 ])
 def test_each_error_names_file_key_and_problem(base, change, key, problem):
     path = write(base, change(valid(base)))

@@ -131,3 +131,23 @@ def test_make_run_starts_the_stack_and_its_ports_answer(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(15)
+
+
+def test_a_login_makes_an_old_hash_again_with_the_configured_argon2_parameters(server_factory):
+    # Issue 16 item 2: [auth] argon2_* set the parameters; the users file written by
+    # `mailstack user add` (the defaults) gets the configured ones at the next login.
+    import imaplib
+
+    srv = server_factory(listeners=["imap"], extra="[auth]\nargon2_time_cost = 1\nargon2_memory_kib = 64\n"
+                                                  "argon2_parallelism = 1\n").start()
+    users = srv.base / "users"
+    assert "$m=65536,t=3,p=4$" in users.read_text()
+    m = imaplib.IMAP4("127.0.0.1", srv.port("imap"), timeout=20)
+    m.login("bob@example.test", PASSWORDS["bob@example.test"])
+    m.logout()
+    bob = [line for line in users.read_text().splitlines() if line.startswith("bob@")]
+    assert len(bob) == 1 and "$m=64,t=1,p=1$" in bob[0], bob
+    assert "made again with the configured Argon2 parameters" in srv.log_text()
+    m = imaplib.IMAP4("127.0.0.1", srv.port("imap"), timeout=20)
+    assert m.login("bob@example.test", PASSWORDS["bob@example.test"])[0] == "OK"  # the new hash verifies
+    m.logout()
