@@ -23,7 +23,8 @@ import os
 import sys
 
 from mailstack import config as config_mod
-from mailstack.accounts import AliasesFile, UsersFile, configure_argon2, hash_password, normalise_address, valid_address
+from mailstack.accounts import AliasesFile, UsersFile, normalise_address, valid_address
+from mailstack.passwords import configure_argon2, hash_password
 from mailstack.errors import ConfigError, MailstackError
 
 

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mailstack.accounts import UsersFile, hash_password
+from mailstack.accounts import UsersFile
+from mailstack.passwords import hash_password
 from mailstack.config import DEV_PORTS, LISTENERS
 from mailstack.fsutil import atomic_write
 from mailstack.store import MaildirStore

@@ -25,6 +25,7 @@ from mailstack import accounts as accounts_mod
 from mailstack import config as config_mod
 from mailstack import listener as listener_mod
 from mailstack import logfilter
+from mailstack import passwords
 from mailstack.errors import ConfigError
 from mailstack.outbound import relay
 from mailstack.store import FolderWatcher, MaildirStore
@@ -78,7 +79,7 @@ class MailstackService(service.MultiService):
                                          cfg.send_as_file)
         accounts.auth_cache_ttl = cfg.auth["cache_ttl"]
         accounts.rehash = cfg.auth["rehash_on_login"]
-        accounts_mod.configure_argon2(cfg.auth["argon2_time_cost"], cfg.auth["argon2_memory_kib"],
+        passwords.configure_argon2(cfg.auth["argon2_time_cost"], cfg.auth["argon2_memory_kib"],
                                       cfg.auth["argon2_parallelism"])
         portal, realm = accounts_mod.make_portal(accounts)
         tls = ReloadableTLS(cfg.tls_certificate, cfg.tls_key, cfg.path) if cfg.has_tls else None

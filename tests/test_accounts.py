@@ -10,8 +10,9 @@ import bcrypt
 import pytest
 from twisted.cred import credentials, error
 
-from mailstack import accounts
-from mailstack.accounts import Accounts, AccountsChecker, IMailUser, hash_password, make_portal, verify_password
+from mailstack import accounts, passwords
+from mailstack.accounts import Accounts, AccountsChecker, IMailUser, make_portal
+from mailstack.passwords import hash_password, verify_password
 from mailstack.errors import ConfigError
 
 
@@ -184,15 +185,15 @@ def test_a_verified_password_is_remembered_not_a_wrong_one_and_not_past_a_change
 @pytest.fixture
 def small_argon2():
     """New hashes cheap for the test (t=1, 64 KiB, p=1); the defaults come back after."""
-    accounts.configure_argon2(1, 64, 1)
+    passwords.configure_argon2(1, 64, 1)
     yield
-    accounts.configure_argon2(**accounts.ARGON2_DEFAULTS)
+    passwords.configure_argon2(**passwords.ARGON2_DEFAULTS)
 
 
 def test_argon2_defaults_are_rfc_9106_second_recommendation():
     # RFC 9106 4: "If much less memory is available, ... Argon2id with t=3 iterations,
     # p=4 lanes, m=2^(16) (64 MiB of RAM)".
-    assert accounts.ARGON2_DEFAULTS == {"time_cost": 3, "memory_cost": 65536, "parallelism": 4}
+    assert passwords.ARGON2_DEFAULTS == {"time_cost": 3, "memory_cost": 65536, "parallelism": 4}
     assert "$m=65536,t=3,p=4$" in hash_password("pw")
 
 
@@ -203,13 +204,13 @@ def test_an_old_hash_is_made_again_at_login_and_still_verifies_before(tmp_path, 
 
     old = "{ARGON2ID}" + PasswordHasher(time_cost=2, memory_cost=128, parallelism=2).hash("pw")
     acc = make_accounts(tmp_path, f"alice@example.test:{old}:1000:1000::\n")
-    assert accounts.needs_rehash(old) and not accounts.needs_rehash(hash_password("pw"))
+    assert passwords.needs_rehash(old) and not passwords.needs_rehash(hash_password("pw"))
     assert acc.authenticate("alice@example.test", "pw") == "alice@example.test"
     line = (tmp_path / "users").read_text()
     assert "$m=64,t=1,p=1$" in line and line.endswith(":1000:1000::\n")  # Dovecot's fields kept
     assert acc.authenticate("alice@example.test", "pw") == "alice@example.test"
     assert acc.authenticate("alice@example.test", "wrong") is None
-    assert not accounts.needs_rehash("{SSHA512}" + base64.b64encode(b"x" * 72).decode())  # only Argon2 is made again
+    assert not passwords.needs_rehash("{SSHA512}" + base64.b64encode(b"x" * 72).decode())  # only Argon2 is made again
 
 
 def test_a_rehash_never_undoes_a_password_change_nor_fails_a_login(tmp_path, small_argon2, monkeypatch):

@@ -269,7 +269,7 @@ NFC, NFD = "caf\u00e9-pass", "cafe\u0301-pass"
 
 @pytest.fixture
 def prepped(inproc_server_factory):
-    from mailstack.accounts import hash_password
+    from mailstack.passwords import hash_password
 
     srv = inproc_server_factory(listeners=["submission", "imap", "pop3"], extra="[auth]\nfailure_delay = 0.0\n")
     with open(srv.base / "users", "a") as f:

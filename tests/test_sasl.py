@@ -14,7 +14,7 @@ from twisted.cred import error as cred_error
 from twisted.internet import defer
 
 from mailstack import sasl
-from mailstack.accounts import hash_password, verify_password
+from mailstack.passwords import hash_password, verify_password
 from mailstack.throttle import LoginThrottled
 
 BOTH = ("PLAIN", "LOGIN")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from support import ROOT
-from mailstack.accounts import hash_password
+from mailstack.passwords import hash_password
 from mailstack.config import LISTENERS
 from mailstack.devinit import make_dev_ca
 from mailstack.service import PROTOCOLS
