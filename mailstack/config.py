@@ -86,6 +86,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "nameservers": ("list[str]", []),
         "port": (int, 53),
         "timeout": (float, 10.0),
+        "cache_size": (int, 10000),
     },
     "dkim": {
         "keys": ("path", ""),  # default: "dkim" beside the store root
@@ -411,6 +412,8 @@ def _check_dns_dkim(values: dict, root: str, path: str) -> None:
         raise ConfigError(path, "[dns] port", "must be a port number")
     if dns["timeout"] <= 0:
         raise ConfigError(path, "[dns] timeout", "must be above 0")
+    if not 0 <= dns["cache_size"] <= 10_000_000:
+        raise ConfigError(path, "[dns] cache_size", "must be 0 (no cache) to 10000000 answers")
     dkim = values["dkim"]
     dkim["keys"] = dkim["keys"] or os.path.join(os.path.dirname(root), "dkim")
     if not dkim["selector"] or not all(c.isalnum() or c in "-_" for c in dkim["selector"]):

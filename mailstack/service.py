@@ -89,7 +89,8 @@ class MailstackService(service.MultiService):
                                             a["max_failure_delay"], a["failure_window"])
         from mailstack.smtp import authentication
 
-        resolver = authentication.set_default_resolver(cfg.dns["nameservers"], cfg.dns["port"], cfg.dns["timeout"])
+        resolver = authentication.set_default_resolver(cfg.dns["nameservers"], cfg.dns["port"], cfg.dns["timeout"],
+                                                     cfg.dns["cache_size"])
         self.context.dkim_signer = authentication.DkimSigner(cfg.dkim["keys"], cfg.dkim["selector"], cfg.domains)
         checks = cfg.checks
         if checks["spf"] or checks["dkim"] or checks["dmarc"]:

@@ -322,6 +322,6 @@ def build_relay(cfg, store, accounts, reactor) -> RelayService:
         smarthost=r["smarthost"], smarthost_tls=r["smarthost_tls"], smarthost_username=r["smarthost_username"],
         smarthost_password=cfg.smarthost_password, smarthost_ca_file=r["smarthost_ca_file"],
         smarthost_verify=r["smarthost_verify"])
-    router = MXRouter(cfg.dns["nameservers"], cfg.dns["port"], cfg.dns["timeout"])
+    router = MXRouter(cfg.dns["nameservers"], cfg.dns["port"], cfg.dns["timeout"], cfg.dns["cache_size"])
     queue = OutboundQueue(cfg.queue_dir, cfg.store_fsync)
     return RelayService(queue, router, settings, BounceSender(cfg.hostname, queue, accounts, store), reactor)

@@ -24,6 +24,7 @@ import dns.resolver
 
 from mailstack.errors import MailError
 from mailstack.mail import codes
+from mailstack.resolver import make_resolver
 
 
 @dataclass
@@ -33,14 +34,8 @@ class Hop:
 
 
 class MXRouter:
-    def __init__(self, nameservers: list[str] | None = None, port: int = 53, timeout: float = 10.0):
-        if nameservers:
-            self.resolver = dns.resolver.Resolver(configure=False)
-            self.resolver.nameservers = list(nameservers)
-        else:
-            self.resolver = dns.resolver.Resolver()
-        self.resolver.port = port
-        self.resolver.timeout = self.resolver.lifetime = timeout
+    def __init__(self, nameservers: list[str] | None = None, port: int = 53, timeout: float = 10.0, cache_size: int = 0):
+        self.resolver = make_resolver(nameservers or [], port, timeout, cache_size)
 
     def _query(self, name: str, rdtype: str):
         """Answer records, [] when the name exists without such records; MailError otherwise."""

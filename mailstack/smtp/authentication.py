@@ -26,6 +26,8 @@ import dns.exception
 import dns.resolver
 from twisted.logger import Logger
 
+from mailstack.resolver import make_resolver
+
 log = Logger()
 
 DKIM_HEADERS = [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to", b"in-reply-to",
@@ -36,15 +38,10 @@ class DnsTemporaryError(dns.exception.DNSException):
     """A lookup that failed for now (timeout, SERVFAIL): never read as "no record"."""
 
 
-def set_default_resolver(nameservers: list[str], port: int, timeout: float) -> dns.resolver.Resolver:
-    """pyspf, dkimpy and authheaders use dnspython's default resolver: make it ours."""
-    if nameservers:
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = list(nameservers)
-    else:
-        resolver = dns.resolver.Resolver()
-    resolver.port = port
-    resolver.timeout = resolver.lifetime = timeout
+def set_default_resolver(nameservers: list[str], port: int, timeout: float, cache_size: int = 0) -> dns.resolver.Resolver:
+    """pyspf, dkimpy and authheaders use dnspython's default resolver: make it ours (with
+    its cache, :mod:`mailstack.resolver`)."""
+    resolver = make_resolver(nameservers, port, timeout, cache_size)
     dns.resolver.default_resolver = resolver
     return resolver
 

@@ -1,0 +1,37 @@
+"""The DNS answer cache (issue 16 item 1): answers, and negative answers, for their TTL."""
+
+from __future__ import annotations
+
+import dns.resolver
+import pytest
+
+from support.dns import serve_zones
+from mailstack.resolver import make_resolver
+from mailstack.smtp.authentication import txt_record
+
+
+@pytest.fixture
+def dns_port(tmp_path):
+    yield from serve_zones(tmp_path, {"sender.test": ["TXT('sender.test', b'v=spf1 -all', ttl=300)"]})
+
+
+def test_answers_and_negative_answers_are_cached_for_their_ttl(dns_port, tmp_path):
+    # RFC 2308 5: NXDOMAIN and NODATA are cached for the SOA minimum (60 s in the test zone).
+    resolver = make_resolver(["127.0.0.1"], dns_port, 5.0, 100)
+    assert txt_record(resolver, "sender.test") == [b"v=spf1 -all"]
+    assert txt_record(resolver, "_dmarc.sender.test") == []  # NXDOMAIN
+    assert list(resolver.resolve("sender.test", "MX", raise_on_no_answer=False)) == []  # NODATA
+    resolver.nameservers = ["127.0.0.1"]
+    resolver.port = 9  # the discard port: nothing answers there any more
+    resolver.timeout = resolver.lifetime = 0.5
+    assert txt_record(resolver, "sender.test") == [b"v=spf1 -all"]  # all three from the cache
+    assert txt_record(resolver, "_dmarc.sender.test") == []
+    assert list(resolver.resolve("sender.test", "MX", raise_on_no_answer=False)) == []
+    with pytest.raises(dns.exception.DNSException):  # a name never asked is not
+        resolver.resolve("other.sender.test", "TXT")
+
+
+def test_cache_size_zero_asks_every_time(dns_port):
+    resolver = make_resolver(["127.0.0.1"], dns_port, 5.0, 0)
+    assert resolver.cache is None
+    assert txt_record(resolver, "sender.test") == [b"v=spf1 -all"]
