@@ -1,14 +1,20 @@
 """Messages per second accepted over SMTP and durably stored in a Maildir.
 
-Runs mailstack (a real twistd process, MX port, fsync on) and, as the reference, aiosmtpd
-with a handler that stores each message the same durable way (write to tmp/, fsync, link into
-new/, fsync the directory, all off the event loop), both on loopback, one after the other in
-the same run.  A separate load process drives N concurrent clients, each on its own
+Runs mailstack (a real twistd process, MX port, the configuration ``mailstack init`` writes:
+SPF, DKIM and DMARC checks on, fsync on) and, as the reference, aiosmtpd with a handler that
+stores each message the same durable way (write to tmp/, fsync, link into new/, fsync the
+directory, all off the event loop) and checks nothing, both on loopback, one after the other
+in the same run.  Every check really runs: DNS is served on loopback (tests/tools/dnsserver.py)
+with SPF (``ip4:127.0.0.1``), DMARC (``p=reject``) and a DKIM key for the sender's domain,
+and every message carries a valid DKIM signature, so each one costs an SPF evaluation, an RSA
+verification and a DMARC evaluation.  The one default raised is
+``[limits] connections_per_address`` (1000: every client comes from 127.0.0.1).  A separate load process drives N concurrent clients, each on its own
 connection sending messages back to back (EHLO once, then MAIL/RCPT/DATA per message).
 Prints messages/s for each server and the ratio mailstack / aiosmtpd.
 
     python bench/smtp_accept.py                      # the default grid: 1/10/50 clients x 4 KB/100 KB
     python bench/smtp_accept.py --clients 50 --size 4096 --seconds 10
+    python bench/smtp_accept.py --checks off         # diagnosis only: a server nobody runs
 """
 
 from __future__ import annotations
@@ -70,11 +76,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_message(size: int) -> bytes:
-    head = b"From: load@remote.test\r\nTo: bob@example.test\r\nSubject: benchmark\r\n\r\n"
+SENDER_DOMAIN = "remote.test"
+DKIM_SELECTOR = "bench"
+
+
+def dkim_key() -> tuple[bytes, str]:
+    """An RSA-2048 key: its PEM and its DKIM TXT record (RFC 6376 3.6.1)."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem, f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
+def zone_records(dkim_txt: str) -> list[str]:
+    def txt(name: str, value: str) -> str:  # twisted.names TXT strings: 255 octets each at most
+        parts = [value[i:i + 250] for i in range(0, len(value), 250)]
+        return f"TXT('{name}', " + ", ".join(repr(p.encode()) for p in parts) + ")"
+
+    d = SENDER_DOMAIN
+    return [txt(d, "v=spf1 ip4:127.0.0.1 -all"), txt(f"_dmarc.{d}", "v=DMARC1; p=reject"),
+            txt(f"{DKIM_SELECTOR}._domainkey.{d}", dkim_txt)]
+
+
+def make_message(size: int, key_pem: bytes | None = None) -> bytes:
+    """A message of about ``size`` octets from load@remote.test, DKIM-signed when given a key."""
+    head = (f"From: Load <load@{SENDER_DOMAIN}>\r\nTo: bob@example.test\r\nSubject: benchmark\r\n"
+            f"Date: Thu, 03 Dec 2026 10:00:00 +0000\r\nMessage-ID: <bench@{SENDER_DOMAIN}>\r\n\r\n").encode()
     line = b"The quick brown fox jumps over the lazy dog 0123456789 abcdefghijklmnopqrstuvwxyz.\r\n"
     body = line * max(1, (size - len(head)) // len(line))
-    return head + body[: size - len(head)]
+    message = head + body[: size - len(head)]
+    if key_pem is None:
+        return message
+    import dkim
+
+    return dkim.sign(message, DKIM_SELECTOR.encode(), SENDER_DOMAIN.encode(), key_pem,
+                     include_headers=[b"from", b"to", b"subject", b"date", b"message-id"]) + message
 
 
 async def _client(port: int, message: bytes, stop_at: float, counts: list, idx: int, latencies: list):
@@ -108,13 +149,13 @@ async def _client(port: int, message: bytes, stop_at: float, counts: list, idx: 
     writer.close()
 
 
-def _load(port: int, clients: int, size: int, seconds: float, out) -> None:
+def _load(port: int, clients: int, message: bytes, seconds: float, out) -> None:
     async def main():
         counts = [0] * clients
         latencies: list[float] = []
         stop_at = time.monotonic() + seconds
         t0 = time.monotonic()
-        await asyncio.gather(*[_client(port, make_message(size), stop_at, counts, i, latencies) for i in range(clients)])
+        await asyncio.gather(*[_client(port, message, stop_at, counts, i, latencies) for i in range(clients)])
         elapsed = time.monotonic() - t0
         latencies.sort()
         out.put((sum(counts), elapsed, latencies[len(latencies) // 2] if latencies else 0,
@@ -123,19 +164,20 @@ def _load(port: int, clients: int, size: int, seconds: float, out) -> None:
     asyncio.run(main())
 
 
-def run_load(port: int, clients: int, size: int, seconds: float) -> tuple[int, float, float, float]:
+def run_load(port: int, clients: int, message: bytes, seconds: float) -> tuple[int, float, float, float]:
     q = multiprocessing.Queue()
-    p = multiprocessing.Process(target=_load, args=(port, clients, size, seconds, q))
+    p = multiprocessing.Process(target=_load, args=(port, clients, message, seconds, q))
     p.start()
     result = q.get(timeout=seconds + 120)
     p.join()
     return result
 
 
-def run_smtp_source(port: int, clients: int, size: int, messages: int) -> tuple[int, float, float, float]:
-    """Drive the server with Postfix's smtp-source (C; costs the machine far less than Python)."""
+def run_smtp_source(port: int, clients: int, message_file: Path, messages: int) -> tuple[int, float, float, float]:
+    """Drive the server with Postfix's smtp-source (C; costs the machine far less than Python),
+    sending the (signed) message of ``message_file`` (its -F)."""
     t0 = time.monotonic()
-    out = subprocess.run(["smtp-source", "-d", "-s", str(clients), "-m", str(messages), "-l", str(size),
+    out = subprocess.run(["smtp-source", "-d", "-s", str(clients), "-m", str(messages), "-F", str(message_file),
                           "-f", "load@remote.test", "-t", "bob@example.test", "-M", "load.example", f"127.0.0.1:{port}"],
                          capture_output=True, text=True, timeout=600)
     elapsed = time.monotonic() - t0
@@ -148,6 +190,17 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its threads so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stored_verdict(root: Path) -> str:
+    """The Authentication-Results of one stored message: proof the checks ran and passed."""
+    for d, _, files in os.walk(root):
+        if d.endswith("/new") and files:
+            head = (Path(d) / files[0]).read_bytes().split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+            found = [l for l in head.replace("\r\n\t", " ").replace("\r\n ", " ").splitlines()
+                     if l.lower().startswith("authentication-results:")]
+            return found[0] if found else "no Authentication-Results header"
+    return "no message stored"
 
 
 def count_files(root: Path) -> int:
@@ -163,13 +216,22 @@ def main() -> None:
     parser.add_argument("--load", choices=["smtp-source", "python"], default="smtp-source" if shutil.which("smtp-source") else "python",
                         help="load generator: Postfix's smtp-source (default when installed: apt-get install postfix) or a Python asyncio client")
     parser.add_argument("--messages", type=int, default=0, help="with smtp-source: messages per cell (default: about --seconds worth)")
+    parser.add_argument("--checks", choices=["on", "off"], default="on",
+                        help="SPF/DKIM/DMARC on the MX (default on, as mailstack init writes it; off for diagnosis only)")
     args = parser.parse_args()
 
+    from support.dns import serve_zones
     from support.servers import MailServer
 
     work = Path(tempfile.mkdtemp(prefix="mailstack-bench-"))
     (work / "mailstack").mkdir()
-    srv = MailServer(work / "mailstack", listeners=["smtp"], extra="[limits]\nconnections_per_address = 1000\n")
+    key_pem, dkim_txt = dkim_key()
+    extra = "[limits]\nconnections_per_address = 1000\n"
+    dns_server = None
+    if args.checks == "on":
+        dns_server = serve_zones(work, {SENDER_DOMAIN: zone_records(dkim_txt)})
+        extra += f'[dns]\nnameservers = ["127.0.0.1"]\nport = {next(dns_server)}\ntimeout = 5.0\n'
+    srv = MailServer(work / "mailstack", listeners=["smtp"], extra=extra, checks=args.checks == "on")
     if args.no_fsync:  # only to see where the time goes; the reference still fsyncs
         srv.config_path.write_text(srv.config_path.read_text().replace('root = "mail"', 'root = "mail"\nfsync = false'))
     srv.start()
@@ -179,7 +241,8 @@ def main() -> None:
                            stdout=subprocess.PIPE, text=True)
     assert ref.stdout.readline().strip() == "ready"
 
-    print(f"SMTP accept benchmark: fsync on, load from {args.load}, {os.cpu_count()} cores")
+    print(f"SMTP accept benchmark: mailstack with SPF/DKIM/DMARC checks {args.checks} (aiosmtpd checks nothing), "
+          f"fsync on, load from {args.load}, {os.cpu_count()} cores")
     print("columns: messages/s, latency per message (p50/p99 ms), server CPU ms per message")
     print(f"{'clients':>7} {'size':>7} | {'mailstack msg/s':>15} {'p50':>6} {'p99':>6} {'cpu':>5} | "
           f"{'aiosmtpd msg/s':>14} {'p50':>6} {'p99':>6} {'cpu':>5} | {'ratio':>5}")
@@ -188,11 +251,14 @@ def main() -> None:
         for size in args.size:
             for clients in args.clients:
                 before_m, before_r = count_files(srv.store_root), count_files(ref_dir)
+                message = make_message(size, key_pem if args.checks == "on" else None)
                 if args.load == "smtp-source":
+                    message_file = work / f"message-{size}.eml"
+                    message_file.write_bytes(message.replace(b"\r\n", b"\n"))  # smtp-source sends lines with CRLF
                     count = args.messages or max(clients * 4, int(args.seconds * (400 if size <= 8192 else 100)))
-                    load = lambda port: run_smtp_source(port, clients, size, count)  # noqa: E731
+                    load = lambda port: run_smtp_source(port, clients, message_file, count)  # noqa: E731
                 else:
-                    load = lambda port: run_load(port, clients, size, args.seconds)  # noqa: E731
+                    load = lambda port: run_load(port, clients, message, args.seconds)  # noqa: E731
                 c0 = cpu_seconds(srv.proc.pid)
                 n_m, t_m, p50_m, p99_m = load(srv.port("smtp"))
                 c1 = cpu_seconds(srv.proc.pid)
@@ -205,10 +271,13 @@ def main() -> None:
                 rate_m, rate_r = n_m / t_m, n_r / t_r
                 print(f"{clients:>7} {size // 1024:>5}KB | {rate_m:>15.1f} {p50_m * 1000:>6.1f} {p99_m * 1000:>6.1f} {cpu_m:>5.2f} | "
                       f"{rate_r:>14.1f} {p50_r * 1000:>6.1f} {p99_r * 1000:>6.1f} {cpu_r:>5.2f} | {rate_m / rate_r:>5.2f}", flush=True)
+        print("a stored message says:", stored_verdict(srv.store_root))
     finally:
         srv.stop()
         ref.stdin.close()
         ref.wait(10)
+        if dns_server is not None:
+            next(dns_server, None)
 
 
 if __name__ == "__main__":
