@@ -21,6 +21,7 @@ import email.utils
 import functools
 import os
 import re
+import threading
 from dataclasses import dataclass
 
 import dns.exception
@@ -228,12 +229,16 @@ def parse_public_suffix_list_once() -> None:
     if getattr(dmarc_lookup.get_org_domain_from_suffix_list, "parses_once", False):
         return
     parsed: dict[str, object] = {}
+    parsing = threading.Lock()
 
     def org_domain(location, domain):
         psl = parsed.get(str(location))
-        if psl is None:  # two threads may both parse the first time: harmless
-            with open(location) as f:
-                psl = parsed[str(location)] = dmarc_lookup.PublicSuffixList(f)
+        if psl is None:
+            with parsing:  # one parse, not one a session when a burst of mail comes at start-up
+                psl = parsed.get(str(location))
+                if psl is None:
+                    with open(location) as f:
+                        psl = parsed[str(location)] = dmarc_lookup.PublicSuffixList(f)
         return psl.get_public_suffix(domain)
 
     org_domain.parses_once = True
@@ -244,6 +249,7 @@ def parse_public_suffix_list_once() -> None:
 
     remembered = functools.lru_cache(maxsize=10_000)(dmarc_lookup.get_org_domain)
     dmarc_lookup.get_org_domain = authheaders.get_org_domain = remembered
+    remembered("example.com")  # parse now, at start-up, not in the first message's check
 
 
 class InboundChecker:
