@@ -33,8 +33,10 @@ def wait_port(port: int, timeout: float = 20.0) -> bool:
     return False
 
 
-def run_dovecot(base: Path, maildir: Path, user: str, password: str, protocol: str) -> tuple[subprocess.Popen | None, int, str]:
-    """Start Dovecot serving ``protocol`` ("pop3" or "imap"); (process, port, why-not)."""
+def run_dovecot(base: Path, maildir: Path, user: str, password: str, protocol: str,
+                extra_config: str = "") -> tuple[subprocess.Popen | None, int, str]:
+    """Start Dovecot serving ``protocol`` ("pop3" or "imap"); (process, port, why-not).
+    ``extra_config``: more dovecot.conf lines (a benchmark's raised limits)."""
     package = f"dovecot-{protocol}d"
     binary = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
     if binary is None or not os.path.exists(f"/usr/lib/dovecot/{protocol}"):
@@ -54,7 +56,7 @@ def run_dovecot(base: Path, maildir: Path, user: str, password: str, protocol: s
             for dirpath, dirnames, filenames in os.walk(path):
                 for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
                     os.chown(name, uid, gid)
-    extra = "pop3_uidl_format = %08Xu%08Xv\n" if protocol == "pop3" else ""
+    extra = ("pop3_uidl_format = %08Xu%08Xv\n" if protocol == "pop3" else "") + extra_config
     config = base / "dovecot.conf"
     config.write_text(f"""\
 base_dir = {base}/run
