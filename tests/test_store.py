@@ -123,7 +123,7 @@ def test_append_returns_increasing_uids(inbox):
     assert [m.uid for m in snap.messages] == uids
     assert snap.uidnext == 21
     assert snap.uidvalidity >= 1
-    assert all(m.recent for m in snap.messages)
+    assert all(snap.is_recent(m) for m in snap.messages)  # unclaimed: \\Recent for the first session
 
 
 def test_deliver_into_folder(store):
@@ -186,15 +186,16 @@ def test_internaldate_is_kept_as_mtime(inbox):
 def test_file_names_carry_size_and_dovecot_flag_letters(inbox):
     body = message(1)
     uid = inbox.append(body)
-    (name,) = files_in(inbox, "new")
-    m = NAME_RE.match(name)
+    (name,) = files_in(inbox, "cur")  # an APPEND goes to cur/, with no flags yet
+    assert name.endswith(":2,")
+    m = NAME_RE.match(base_of(name))
     assert m, name
     assert int(m.group(1)) == len(body)
-    assert size_of(name) == len(body)
-    assert files_in(inbox, "tmp") == []
+    assert size_of(base_of(name)) == len(body)
+    assert files_in(inbox, "tmp") == [] and files_in(inbox, "new") == []
 
     uid2 = inbox.append(message(2), flags=["\\Seen", "\\Flagged", "\\Answered", "\\Draft", "\\Deleted", "\\Recent"])
-    cur = files_in(inbox, "cur")
+    cur = [n for n in files_in(inbox, "cur") if n != name]
     assert len(cur) == 1 and cur[0].endswith(":2,DFRST")
     assert NAME_RE.match(base_of(cur[0]))
     snap = inbox.snapshot().by_uid()
@@ -320,8 +321,22 @@ def test_modseq_survives_restart(store, inbox):
     assert again.by_uid()[a].modseq == snap.by_uid()[a].modseq
 
 
-def test_take_recent_moves_new_to_cur(inbox):
+def test_an_append_goes_to_cur_and_is_recent_until_claimed(inbox):
+    # Issue 16 item 6: APPEND writes into cur/ so new/ stays small (it is listed at each
+    # APPEND to number waiting deliveries); \\Recent is kept in mailstack-recent meanwhile.
     uids = [inbox.append(message(i)) for i in range(3)]
+    assert files_in(inbox, "new") == [] and len(files_in(inbox, "cur")) == 3
+    snap = inbox.snapshot()
+    assert [snap.is_recent(m) for m in snap.messages] == [True, True, True]
+    assert inbox.take_recent() == uids and inbox.take_recent() == []
+    snap = inbox.snapshot()
+    assert not any(snap.is_recent(m) for m in snap.messages)
+
+
+def test_take_recent_moves_new_to_cur(inbox):
+    for i in range(3):  # delivered: into new/, numbered by the next snapshot
+        assert inbox.append(message(i), assign_uid=False) is None
+    uids = [m.uid for m in inbox.snapshot().messages]
     flagged = inbox.append(message(9), flags=["\\Seen"])
     assert len(files_in(inbox, "new")) == 3
     assert inbox.take_recent() == uids + [flagged]  # stored into cur/, unclaimed all the same
@@ -781,8 +796,9 @@ def test_opening_folder_with_deleted_uidlist_changes_uidvalidity(store, five):
 def test_checker_repairs_file_in_new_and_cur(store, five):
     uids, _, _ = five
     inbox = fresh(store)
-    (name,) = [n for n in files_in(inbox, "new") if base_of(n) == uids[1]]
-    os.link(os.path.join(inbox.path, "new", name), os.path.join(inbox.path, "cur", name + ":2,S"))
+    (name,) = [n for n in files_in(inbox, "cur") if base_of(n) == uids[1]]
+    os.rename(os.path.join(inbox.path, "cur", name), os.path.join(inbox.path, "new", uids[1]))
+    os.link(os.path.join(inbox.path, "new", uids[1]), os.path.join(inbox.path, "cur", uids[1] + ":2,S"))
     rep = check_folder(inbox)
     assert any("present 2 times" in p for p in rep.problems), rep.problems
     check_folder(inbox, repair=True)

@@ -458,7 +458,7 @@ async def append(s, tag, raw_name, messages):
             except BaseException:
                 folder.expunge(uids)  # RFC 3502 6: a failed MULTIAPPEND appends nothing
                 raise
-            return folder.snapshot().uidvalidity, uids
+            return folder.uidvalidity(), uids
 
         uidvalidity, uids = await s.store_call(work)
     finally:

@@ -87,7 +87,7 @@ class FolderDelivery:
         """Store a message durably (RFC 3501 APPEND, or local delivery); return its UID.
 
         The file is written under tmp/, fsynced, given its internal date as mtime, linked into
-        new/ (or cur/ when it carries flags) and the directory fsynced before this returns:
+        cur/ (new/ for a delivery, ``assign_uid=False``) and the directory fsynced before this returns:
         a caller that says "OK" or "250" afterwards never lies.  With ``assign_uid=False``
         (SMTP delivery, which needs no UID) the UID is given by the next snapshot instead,
         which keeps the folder lock and the UID log out of the delivery path; returns None.
@@ -100,10 +100,13 @@ class FolderDelivery:
             when = int(time.time()) if internaldate is None else int(internaldate)
             os.utime(tmp_path, (when, when))
             base += f",S={size}"
-            if flags:
-                with self.locked():
-                    rel = f"cur/{base}:2,{self.keywords.letters(flags)}"
-            else:
+            if flags or assign_uid:  # APPEND: into cur/, \Recent kept by mailstack.store.recent
+                letters = ""
+                if flags:
+                    with self.locked():
+                        letters = self.keywords.letters(flags)
+                rel = f"cur/{base}:2,{letters}"
+            else:  # a delivery: new/, numbered by the next snapshot
                 rel = f"new/{base}"
             os.link(tmp_path, os.path.join(self.path, rel))
             if self.store.fsync:
@@ -112,8 +115,7 @@ class FolderDelivery:
             if assign_uid:
                 with self.locked():
                     uid = self._record_new(base, when)
-                    if flags:  # in cur/ at once: unclaimed all the same (mailstack.store.recent)
-                        self.recent_marks.add([uid])
+                    self.recent_marks.add([uid])  # in cur/ at once: unclaimed all the same
         finally:
             unlink_quietly(tmp_path)
         self.store.on_change(self.path)
@@ -125,7 +127,8 @@ class FolderDelivery:
         Mail delivered earlier without a UID (SMTP, ``assign_uid=False``) and still waiting
         in new/ is numbered first, so that UIDs ascend with arrival (RFC 3501 2.3.1.1) even
         when an APPEND or COPY comes before any session looked at the folder.  Only new/ is
-        listed: it is where such mail waits, and it is small."""
+        listed: it is where such mail waits, and it stays small, since APPENDs go to cur/
+        (an upload of 10,000 messages must not list 10,000 names for each, issue 16)."""
         ul = self.uidlist
         with ul.mutex:
             self._ensure_uidlist()

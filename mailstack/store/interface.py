@@ -26,6 +26,9 @@ class FolderAPI(Protocol):
     def snapshot(self) -> FolderSnapshot:
         """The messages now (shared and immutable; reads no mail file)."""
 
+    def uidvalidity(self) -> int:
+        """UIDVALIDITY without a snapshot (cheap whatever the folder's size)."""
+
     def select(self, take_recent: bool) -> tuple[FolderSnapshot, list[int]]:
         """A snapshot, first claiming new/ (the UIDs this session reports \\Recent) if asked."""
 

@@ -1,11 +1,12 @@
 """``mailstack-recent``: messages stored straight into cur/ that no session has claimed yet.
 
 IMAP's \\Recent (RFC 3501 2.3.2) belongs to the first session told of a message.  For mail in
-new/ the folder itself says so: claiming moves it to cur/.  An APPEND with flags or a COPY
-writes into cur/ at once (new/ cannot hold flags), so their UIDs are listed here until a
-session claims them, as Dovecot keeps \\Recent in its index rather than in the file names.
+new/ the folder itself says so: claiming moves it to cur/.  An APPEND or a COPY writes into
+cur/ at once (new/ cannot hold flags, and new/ stays small that way), so their UIDs are listed
+here until a session claims them, as Dovecot keeps \\Recent in its index rather than in the
+file names.
 
-The file is a hint, not mail: one UID a line, rewritten under the folder lock, not fsynced.
+The file is a hint, not mail: one UID a line, added to under the folder lock, not fsynced.
 Lost (a crash, a deleted file), those messages are simply not \\Recent; the store checker
 ignores it, and Dovecot ignores files it does not know.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import os
 
-from mailstack.fsutil import atomic_write
 
 RECENT_FILE = "mailstack-recent"
 
@@ -39,14 +39,18 @@ class RecentMarks:
             self._stamp = stamp
             try:
                 with open(self.path, encoding="ascii", errors="replace") as f:
-                    self._uids = frozenset(int(line) for line in f if line.strip().isdigit())
+                    # whole lines only: one being added as this reads is taken next time
+                    self._uids = frozenset(int(line) for line in f if line.endswith("\n") and line.strip().isdigit())
             except FileNotFoundError:
                 self._uids = frozenset()
         return self._uids
 
     def add(self, uids) -> None:
-        """Caller holds the folder lock."""
-        self._write(self.load() | set(uids))
+        """Caller holds the folder lock.  Appended to, not rewritten: an upload of many
+        messages adds one line each, whatever the list holds already."""
+        with open(self.path, "a", encoding="ascii") as f:
+            f.write("".join(f"{u}\n" for u in uids))
+        self._stamp = None
 
     def take(self) -> frozenset:
         """Caller holds the folder lock: the UIDs listed, and the list emptied."""
@@ -58,7 +62,3 @@ class RecentMarks:
                 pass
             self._stamp, self._uids = None, frozenset()
         return uids
-
-    def _write(self, uids) -> None:
-        atomic_write(self.path, "".join(f"{u}\n" for u in sorted(uids)).encode("ascii"), fsync=False)
-        self._stamp = None
