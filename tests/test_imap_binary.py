@@ -237,3 +237,50 @@ def test_binary_and_catenate_through_twistd(server_factory):
     assert raw(c, b"f", b"FETCH 1 (BINARY[] BINARY.SIZE[1] BINARY[1])") == (
         b"* 1 FETCH (BINARY[] {22}\r\nSubject: x\r\n\r\nAAECA/8= BINARY.SIZE[1] 8 BINARY[1] {8}\r\nAAECA/8= FLAGS (\\Seen \\Recent))\r\n"
         b"f OK FETCH completed\r\n")
+
+
+# -- the reader: literal8 framing and where spools are kept -------------------------------------------
+
+
+def test_literal8_framing_and_the_memory_bound_of_a_commands_spools():
+    from mailstack.imap.reader import COMMAND_SPOOLS_IN_MEMORY, MESSAGE, CommandAssembler, Complete, Framing
+
+    framing = Framing()
+    a = CommandAssembler(framing, lambda command: MESSAGE, 10 * COMMAND_SPOOLS_IN_MEMORY)
+    part = b"x" * (200 * 1024)
+    framing.feed(b"a APPEND INBOX CATENATE (" + b"".join(b"TEXT ~{%d+}\r\n" % len(part) + part + b" " for _ in range(10))
+                 + b"TEXT ~{3+}\r\na\x00b) foo~{1+}\r\nz\r\n")
+    done = a.step()
+    assert isinstance(done, Complete)
+    spools = done.command.literals[:11]
+    assert all(s.literal8 for s in spools) and [s.nul for s in spools] == [False] * 10 + [True]
+    # RFC 3516 4.4 "~" starts a literal8 only as a token: "foo~" is an atom before a literal
+    assert done.command.texts[-2].endswith(b") foo~") and not done.command.literals[-1].literal8
+    in_memory = [not s.file._rolled for s in spools]  # noqa: SLF001 (the spool's own state)
+    assert in_memory == [True] * 6 + [False] * 5, in_memory  # 1 MiB held at most, the rest on disk
+    assert spools[3].read() == part and spools[10].read() == b"a\x00b"
+    done.command.close()
+
+
+def test_catenate_of_large_parts_streams_through_a_file(server_factory):
+    # The message is assembled in a temporary file as the parts are read: a 7 MB result costs
+    # the server neither 7 MB of memory nor more than a little CPU; 10 MB is TOOBIG at once.
+    from support.proc import cpu_seconds, rss_mb
+
+    srv = server_factory(listeners=["imap"], extra="[limits]\nmessage_size = 8388608\n").start()
+    pid = srv.proc.pid
+    c = session(srv)
+    big = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 2048  # 2 MB
+    appended(c, big)
+    text = b"z" * (1024 * 1024)
+    url = b'URL "/INBOX/;UID=1"'
+    cpu0, rss0 = cpu_seconds(pid), rss_mb(pid)
+    c.send(b"A APPEND Archive CATENATE (%s %s TEXT {%d+}\r\n%s %s)\r\n" % (url, url, len(text), text, url))
+    assert c.until(b"A")[-1].startswith(b"A OK [APPENDUID ")
+    cpu, grown = cpu_seconds(pid) - cpu0, rss_mb(pid) - rss0
+    print(f"CATENATE of {3 * len(big) + len(text)} octets: server CPU {cpu:.2f} s, RSS +{grown:.1f} MB")
+    assert cpu < 1.0 and grown < 4
+    assert raw(c, b"s", b"STATUS Archive (MESSAGES SIZE)") == (
+        b'* STATUS "Archive" (MESSAGES 1 SIZE %d)\r\ns OK STATUS completed\r\n' % (3 * len(big) + len(text)))
+    c.send(b"B APPEND Archive CATENATE (%s)\r\n" % b" ".join([url] * 5))
+    assert c.until(b"B")[-1] == b"B NO [TOOBIG] the message would be larger than 8388608 octets"

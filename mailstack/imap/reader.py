@@ -22,6 +22,9 @@ MAX_COMMAND = 256 * 1024  # a whole command, literals included, APPEND's message
 #: they wait on disk until the last arrives.
 MULTIAPPEND_FACTOR = 4
 SPOOL_IN_MEMORY = 256 * 1024  # an APPEND message above this goes to a temporary file
+#: Once a command's spools hold this much (MULTIAPPEND, CATENATE's TEXT parts: many small
+#: literals), its next ones go straight to disk: memory stays bounded however many there are.
+COMMAND_SPOOLS_IN_MEMORY = 1024 * 1024
 
 #: ``{n}``, ``{n+}``; with ``~`` after a space or parenthesis: literal8 (RFC 3516 4.4)
 _LITERAL_RE = re.compile(rb"((?:^|(?<=[ (]))~)?\{(\d{1,19})(\+?)\}$")
@@ -79,9 +82,10 @@ class Spool:
     ``literal8``: sent as ``~{n}`` (RFC 3516 4.4); ``nul``: a NUL octet arrived in it (the
     store keeps no NUL, see :mod:`mailstack.imap.binary`), found as the octets arrive."""
 
-    def __init__(self, size: int, literal8: bool = False):
+    def __init__(self, size: int, literal8: bool = False, in_memory: bool = True):
         self.size, self.literal8, self.nul = size, literal8, False
-        self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+        # max_size=1: the first write rolls over to the file (0 would mean never)
+        self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY if in_memory else 1)
 
     def write(self, data: bytes) -> None:
         if not self.nul and b"\0" in data:
@@ -205,7 +209,7 @@ class CommandAssembler:
         if refused is not None:
             return refused
         self.remaining = size
-        self.literal = Spool(size, binary) if message else bytearray()
+        self.literal = Spool(size, binary, self.spooled <= COMMAND_SPOOLS_IN_MEMORY) if message else bytearray()
         if message:
             self.spooled += size
         else:
