@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from mailstack.errors import FolderNotFound, InvalidFolderName, MessageGone
@@ -25,13 +26,43 @@ from mailstack.imap import binary
 from mailstack.imap import message as msgmod
 from mailstack.imap.errors import No, shown
 from mailstack.imap.fetch import section_bytes
-from mailstack.imap.parser import Catenate, ParseError, fetch_att
+from mailstack.imap.parser import Atom, ParseError, String, fetch_att
+from mailstack.imap.reader import Spool
 from mailstack.store import normalise
 
 CHUNK = 64 * 1024
 _URL_RE = re.compile(rb"/(?P<mailbox>[^;?#]+?)/?(?:;UIDVALIDITY=(?P<uidvalidity>[1-9]\d{0,9}))?/;UID=(?P<uid>[1-9]\d{0,9})"
                      rb"(?:/;SECTION=(?P<section>[^/;?#]+))?(?:/;PARTIAL=(?P<offset>\d{1,19})(?:\.(?P<length>[1-9]\d{0,18}))?)?",
                      re.IGNORECASE)
+
+
+@dataclass
+class Catenate:
+    """RFC 4469 5: a message to be made of ``parts``, each ("TEXT", Spool) or ("URL", bytes)."""
+
+    parts: list
+
+    def close(self) -> None:
+        for kind, value in self.parts:
+            if kind == "TEXT":
+                value.close()
+
+
+def catenate_parts(items: list) -> Catenate:
+    """``cat-part *(SP cat-part)``: ``TEXT literal`` / ``URL astring`` (RFC 4469 5)."""
+    parts = []
+    for i in range(0, len(items), 2):
+        word, value = items[i], items[i + 1] if i + 1 < len(items) else None
+        kind = word.upper() if isinstance(word, Atom) else None
+        if kind == b"TEXT" and isinstance(value, Spool):
+            parts.append(("TEXT", value))
+        elif kind == b"URL" and isinstance(value, (Atom, String)):
+            parts.append(("URL", bytes(value)))
+        else:  # the session closes the command's spools
+            raise ParseError("CATENATE takes TEXT literal and URL string parts")
+    if not parts:
+        raise ParseError("CATENATE needs at least one part")
+    return Catenate(parts)
 
 
 def announces_text(command) -> bool:

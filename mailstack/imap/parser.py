@@ -246,7 +246,7 @@ def status(a: Arguments) -> tuple:
 def append(a: Arguments) -> tuple:
     """``APPEND mailbox 1*([flag-list] [date-time] (literal / CATENATE (parts)))`` (RFC 3501
     6.3.11; more than one message is MULTIAPPEND, RFC 3502 6; CATENATE, RFC 4469 5):
-    (name, [(flags, date, message), ...]), each message a Spool or a :class:`Catenate`."""
+    (name, [(flags, date, message), ...]), each message a Spool or a catenate.Catenate."""
     name = a.astring("mailbox name")
     messages = []
     while True:
@@ -254,41 +254,14 @@ def append(a: Arguments) -> tuple:
         date = bytes(a.next("date-time")) if isinstance(a.peek(), String) else None
         message = a.next("message literal")
         if isinstance(message, Atom) and message.upper() == b"CATENATE":
+            from mailstack.imap.catenate import catenate_parts  # it needs this module
+
             message = catenate_parts(a.list("CATENATE parts"))
         elif not isinstance(message, Spool):
             raise ParseError("the message must be a literal")
         messages.append((flags or [], date, message))
         if not a.more():
             return name, messages
-
-
-@dataclass
-class Catenate:
-    """RFC 4469 5: a message to be made of ``parts``, each ("TEXT", Spool) or ("URL", bytes)."""
-
-    parts: list
-
-    def close(self) -> None:
-        for kind, value in self.parts:
-            if kind == "TEXT":
-                value.close()
-
-
-def catenate_parts(items: list) -> Catenate:
-    """``cat-part *(SP cat-part)``: ``TEXT literal`` / ``URL astring`` (RFC 4469 5)."""
-    parts = []
-    for i in range(0, len(items), 2):
-        word, value = items[i], items[i + 1] if i + 1 < len(items) else None
-        kind = word.upper() if isinstance(word, Atom) else None
-        if kind == b"TEXT" and isinstance(value, Spool):
-            parts.append(("TEXT", value))
-        elif kind == b"URL" and isinstance(value, (Atom, String)):
-            parts.append(("URL", bytes(value)))
-        else:  # the session closes the command's spools
-            raise ParseError("CATENATE takes TEXT literal and URL string parts")
-    if not parts:
-        raise ParseError("CATENATE needs at least one part")
-    return Catenate(parts)
 
 
 def mechanism(a: Arguments) -> tuple:
