@@ -106,6 +106,17 @@ def test_binary_sets_seen_and_binary_peek_does_not(srv):
         b"* 1 FETCH (BINARY[1]<0> {3}\r\ncaf FLAGS (\\Seen \\Recent))\r\nc OK FETCH completed\r\n")
 
 
+def test_binary_is_the_same_after_enable_imap4rev2(srv):
+    # RFC 9051 makes BINARY base protocol: the same answers in either mode.
+    c = session(srv)
+    appended(c, PARTS)
+    assert c.cmd(b"e", b"ENABLE IMAP4rev2")[0] == b"* ENABLED IMAP4rev2"
+    c.cmd(b"s", b"SELECT INBOX")
+    answer = raw(c, b"f", b"FETCH 1 (BINARY[2] BINARY.SIZE[2])")
+    assert answer.startswith(b"* 1 FETCH (BINARY[2] ~{5}\r\n\x00\x01\x02\x03\xff BINARY.SIZE[2] 5 FLAGS (\\Seen")
+    assert answer.endswith(b"))\r\nf OK FETCH completed\r\n")  # \Recent or not: the session's business
+
+
 @pytest.mark.parametrize("item", [b"BINARY[1.MIME]", b"BINARY[HEADER]", b"BINARY[0]", b"BINARY.SIZE[1]<0.4>",
                                   b"BINARY.PEEK[1", b"BINARY[1.]"])
 def test_binary_sections_are_part_numbers_only(srv, item):
