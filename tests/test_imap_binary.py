@@ -295,3 +295,34 @@ def test_catenate_of_large_parts_streams_through_a_file(server_factory):
         b'* STATUS "Archive" (MESSAGES 1 SIZE %d)\r\ns OK STATUS completed\r\n' % (3 * len(big) + len(text)))
     c.send(b"B APPEND Archive CATENATE (%s)\r\n" % b" ".join([url] * 5))
     assert c.until(b"B")[-1] == b"B NO [TOOBIG] the message would be larger than 8388608 octets"
+
+
+def test_binary_of_a_large_message_is_streamed_and_a_stored_nul_is_a_literal8(server_factory):
+    # BINARY[] alone is the stored message: streamed from its file like BODY[] (a scan first
+    # decides literal or literal8), so 16 MB cost neither 16 MB of memory nor much CPU.
+    from support.proc import cpu_seconds, rss_mb
+    from mailstack.store import MaildirStore
+
+    srv = server_factory(listeners=["imap"]).start()
+    pid = srv.proc.pid
+    big = b"Subject: big\r\n\r\n" + (b"\xc3\xa9" * 499 + b"\r\n") * 16384  # 16 MB of 8-bit text
+    inbox = MaildirStore(str(srv.store_root)).mailbox("bob@example.test").folder("INBOX")
+    inbox.append(big)
+    inbox.append(b"Subject: old\r\n\r\na\x00b\r\n")  # from an older store: SMTP and APPEND refuse NUL now
+    large_nul = b"Subject: old\r\n\r\n" + b"x" * 300000 + b"\x00\r\n"
+    inbox.append(large_nul)
+    c = selected(srv, b"Subject: small\r\n\r\nx\r\n")
+    cpu0, rss0 = cpu_seconds(pid), rss_mb(pid)
+    c.send(b"f FETCH 1 (BINARY.SIZE[] BINARY.PEEK[])\r\n")
+    assert c.line() == b"* 1 FETCH (BINARY.SIZE[] %d BINARY[] {%d}" % (len(big), len(big))
+    assert c.recv_exactly(len(big)) == big
+    assert c.until(b"f") == [b")", b"f OK FETCH completed"]
+    cpu, grown = cpu_seconds(pid) - cpu0, rss_mb(pid) - rss0
+    print(f"BINARY[] of {len(big)} octets: server CPU {cpu:.2f} s, RSS +{grown:.1f} MB")
+    assert cpu < 1.0 and grown < 8
+    assert raw(c, b"g", b"FETCH 2 (BINARY.PEEK[] BINARY.PEEK[1] BINARY.PEEK[]<16.3>)") == (
+        b"* 2 FETCH (BINARY[] ~{21}\r\nSubject: old\r\n\r\na\x00b\r\n BINARY[1] ~{5}\r\na\x00b\r\n"
+        b" BINARY[]<16> ~{3}\r\na\x00b)\r\ng OK FETCH completed\r\n")
+    c.send(b"h FETCH 3 (BINARY.PEEK[])\r\n")  # streamed: the scan finds the NUL at the end
+    assert c.line() == b"* 3 FETCH (BINARY[] ~{%d}" % len(large_nul)
+    assert c.recv_exactly(len(large_nul)) == large_nul and c.until(b"h") == [b")", b"h OK FETCH completed"]

@@ -25,6 +25,7 @@ in a literal8.
 from __future__ import annotations
 
 import binascii
+import os
 import re
 
 from mailstack.imap import message as msgmod
@@ -92,8 +93,39 @@ def fetch_item(item, entity: msgmod.Entity) -> bytes:
     data = section(item.part, entity)
     if item.type == "binarysize":
         return b"BINARY.SIZE[%s] %d" % (spec, len(data))
-    name = b"BINARY[%s]" % spec
+    return _answer(item, data)
+
+
+def _answer(item, data: bytes) -> bytes:
+    name = b"BINARY[%s]" % ".".join(str(p + 1) for p in item.part).encode()
     if item.partial_begin is not None:
         data = data[item.partial_begin : item.partial_begin + item.partial_length]
         name += b"<%d>" % item.partial_begin
     return name + (b" ~{%d}\r\n" if b"\0" in data else b" {%d}\r\n") % len(data) + data
+
+
+def whole_message(folder, uid: int, size: int, item, raw: bytes | None, files: list) -> list:
+    """*Blocking.*  BINARY[] / BINARY.SIZE[] when nothing else needs the parsed message: the
+    size is the stored one; a large message is streamed from its file (opened into ``files``)
+    once a scan has told whether the literal must be a literal8."""
+    if item.type == "binarysize":
+        return [b"BINARY.SIZE[] %d" % size]
+    if raw is not None:
+        return [_answer(item, raw)]
+    f = folder.open_message(uid)
+    files.append(f)
+    size = os.fstat(f.fileno()).st_size
+    offset, length, name = 0, size, b"BINARY[]"
+    if item.partial_begin is not None:
+        offset = min(item.partial_begin, size)
+        length = max(0, min(item.partial_length, size - offset))
+        name += b"<%d>" % item.partial_begin
+    f.seek(offset)
+    nul, left = False, length
+    while left > 0 and not nul:
+        chunk = f.read(min(left, 1 << 20))
+        if not chunk:
+            break
+        nul, left = b"\0" in chunk, left - len(chunk)
+    f.seek(0)
+    return [name + (b" ~{%d}\r\n" if nul else b" {%d}\r\n") % length, (f, offset, length)]

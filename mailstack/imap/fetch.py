@@ -292,7 +292,7 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
     header_only = _header_only(items)
     structural = [i for i in items if _needs_content([i]) and _derived_kind(i) is None]
     whole_only = all(i.type == "rfc822" or (i.type == "body" and i.empty and not i.part) or not _needs_content([i])
-                     for i in items)
+                     or (i.type in ("binary", "binarysize") and not i.part) for i in items)
     uids = [uid for _, uid in batch]
     derived = _Derived(folder, uids, items)
     # A message needs its bytes unless every item is metadata or cached.
@@ -365,6 +365,8 @@ def _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived, raw=No
     if t == "rfc822text":
         return [b"RFC822.TEXT {%d}\r\n" % len(entity.body) + entity.body]
     if t in ("binary", "binarysize"):  # RFC 3516
+        if entity is None:  # BINARY[] (BINARY.SIZE[]) alone: the message as it is, maybe streamed
+            return binarymod.whole_message(folder, uid, m.size, item, raw, files)
         return [binarymod.fetch_item(item, entity)]
     if t == "rfc822" or (item.empty and not item.part):
         name = b"RFC822" if t == "rfc822" else b"BODY[]"
