@@ -205,6 +205,7 @@ def test_multiappend_of_catenated_messages_all_or_none(srv):
 @pytest.mark.parametrize("url, why", [
     (b"/INBOX;UIDVALIDITY=1/;UID=1", b"the mailbox's UIDVALIDITY has changed"),
     (b"/Nowhere/;UID=1", b"no such mailbox"),
+    (b"/..%2F..%2Falice@example.test/;UID=1", b"no such mailbox"),  # the user's own mailboxes only
     (b"/INBOX/;UID=1/;SECTION=7", b"no such part"),
     (b"/INBOX/;UID=1/;SECTION=BOGUS", b"invalid SECTION"),
     (b"imap://bob@example.test/INBOX/;UID=1", b"only relative IMAP URLs /mailbox;UIDVALIDITY=n/;UID=m[/;SECTION=s] "
