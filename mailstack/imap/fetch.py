@@ -366,7 +366,7 @@ def _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived, raw=No
         return [b"RFC822.TEXT {%d}\r\n" % len(entity.body) + entity.body]
     if t in ("binary", "binarysize"):  # RFC 3516
         if entity is None:  # BINARY[] (BINARY.SIZE[]) alone: the message as it is, maybe streamed
-            return binarymod.whole_message(folder, uid, m.size, item, raw, files)
+            return binarymod.whole_message(folder, uid, item, raw, files)
         return [binarymod.fetch_item(item, entity)]
     if t == "rfc822" or (item.empty and not item.part):
         name = b"RFC822" if t == "rfc822" else b"BODY[]"
