@@ -53,9 +53,12 @@ CORPUS = [
 SECTIONS = [b"BODYSTRUCTURE", b"BODY", b"ENVELOPE", b"RFC822.SIZE", b"BODY[HEADER]", b"BODY[TEXT]",
             b"BODY[HEADER.FIELDS (Subject From)]", b"BODY[1]", b"BODY[1.MIME]", b"BODY[1.1]", b"BODY[1.TEXT]",
             b"BODY[1.HEADER]", b"BODY[2]", b"BODY[2.MIME]", b"BODY[1.2]", b"BODY[1.1.1]", b"BODY[3]",
-            b"BODY[3.MIME]", b"BODY[4]", b"BODY[1]<2.5>"]
+            b"BODY[3.MIME]", b"BODY[4]", b"BODY[1]<2.5>",
+            # RFC 3516 BINARY: Dovecot's literal8 for 8-bit data without NUL is read as a literal (normalise)
+            b"BINARY.PEEK[]", b"BINARY.SIZE[]", b"BINARY.PEEK[1]", b"BINARY.PEEK[1.1]", b"BINARY.PEEK[2]",
+            b"BINARY.SIZE[3]", b"BINARY.PEEK[3]<1.2>"]
 #: (message, section) answers that differ for the reason in the module docstring.
-KNOWN = {(4, b"BODY[1]")}
+KNOWN = {(4, b"BODY[1]"), (4, b"BINARY.PEEK[1]")}
 STRUCTURE = re.compile(rb"(BODY(?:STRUCTURE)? )(\(.*\))(?=\)$)")
 
 
@@ -81,6 +84,8 @@ def answers(port: int) -> dict:
 
 def normalise(response: bytes) -> bytes:
     response = re.sub(rb" ?FLAGS \([^)]*\) ?", b" ", response).replace(b"( ", b"(").replace(b" )", b")")
+    if b"\0" not in response:  # RFC 3516 4.3: a literal8 is needed for NUL only
+        response = re.sub(rb"(BINARY\[[\d.]*\](?:<\d+>)?) ~\{", rb"\1 {", response)
     return STRUCTURE.sub(lambda m: m.group(1) + m.group(2).lower(), response)
 
 

@@ -63,6 +63,9 @@ CAPABILITIES: tuple[Capability, ...] = (
     Capability("CONDSTORE", "RFC 7162 3.1"),
     Capability("QRESYNC", "RFC 7162 3.2"),
     Capability("UTF8=ACCEPT", "RFC 6855 3"),
+    # BINARY is in IMAP4rev2's base protocol too: the FETCH items and ~{n} work whatever is listed.
+    Capability("BINARY", "RFC 3516"),
+    Capability("CATENATE", "RFC 4469"),  # without URLAUTH: URLs to the user's own mailboxes here
     Capability("COMPRESS=DEFLATE", "RFC 4978", lambda v: v.authenticated and not v.compressed),
 )
 

@@ -15,6 +15,7 @@ from twisted.internet import defer, threads
 
 from mailstack.errors import MessageGone
 from mailstack.flow import Flow
+from mailstack.imap import binary as binarymod
 from mailstack.imap import message as msgmod
 from mailstack.imap.errors import NO_REPLY, Bad
 from mailstack.imap.parser import FetchItem
@@ -41,7 +42,8 @@ async def fetch(s, tag, ranges, spec, uid=False):
     if uid and not any(i.type == "uid" for i in items):
         items.insert(0, FetchItem("uid"))
     sets_seen = not sel.readonly and any(
-        (i.type == "body" and not i.peek and i.is_section) or i.type in ("rfc822", "rfc822text") for i in items)
+        (i.type == "body" and not i.peek and i.is_section) or (i.type == "binary" and not i.peek)  # RFC 3516 4.2
+        or i.type in ("rfc822", "rfc822text") for i in items)
     folder = sel.folder
     known_flags = sel.flags  # read by the worker; nothing else runs meanwhile
     recent = set() if sel.rev2 else sel.recent  # RFC 9051: no \Recent in IMAP4rev2
@@ -196,7 +198,8 @@ def _section_name(item) -> bytes:
     return ("BODY[" + ".".join(x for x in (spec, sub) if x) + "]").encode()
 
 
-def _section_bytes(item, entity: msgmod.Entity) -> bytes:
+def section_bytes(item, entity: msgmod.Entity) -> bytes:
+    """BODY[section] of a message (FetchItem ``item``); b"" for a section it does not have."""
     path = tuple(p + 1 for p in item.part)
     try:
         target = entity.locate(path)
@@ -290,7 +293,7 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
     header_only = _header_only(items)
     structural = [i for i in items if _needs_content([i]) and _derived_kind(i) is None]
     whole_only = all(i.type == "rfc822" or (i.type == "body" and i.empty and not i.part) or not _needs_content([i])
-                     for i in items)
+                     or (i.type in ("binary", "binarysize") and not i.part) for i in items)
     uids = [uid for _, uid in batch]
     derived = _Derived(folder, uids, items)
     # A message needs its bytes unless every item is metadata or cached.
@@ -362,6 +365,10 @@ def _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived, raw=No
         return [b"RFC822.HEADER {%d}\r\n" % len(entity.header) + entity.header]
     if t == "rfc822text":
         return [b"RFC822.TEXT {%d}\r\n" % len(entity.body) + entity.body]
+    if t in ("binary", "binarysize"):  # RFC 3516
+        if entity is None:  # BINARY[] (BINARY.SIZE[]) alone: the message as it is, maybe streamed
+            return binarymod.whole_message(folder, uid, item, raw, files)
+        return [binarymod.fetch_item(item, entity)]
     if t == "rfc822" or (item.empty and not item.part):
         name = b"RFC822" if t == "rfc822" else b"BODY[]"
         begin = None if t == "rfc822" else item.partial_begin
@@ -385,9 +392,9 @@ def _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived, raw=No
         return [b"BODY " + derived.get("imap.body", uid, lambda: msgmod.sexp(msgmod.bodystructure(entity, False)))]
     kind = derived.kind_of[id(item)]
     if kind is not None:  # HEADER.FIELDS
-        data = derived.get(kind, uid, lambda: _section_bytes(item, entity))
+        data = derived.get(kind, uid, lambda: section_bytes(item, entity))
     else:
-        data = _section_bytes(item, entity)
+        data = section_bytes(item, entity)
     name = derived.section_name[id(item)]
     if item.partial_begin is not None:
         data = data[item.partial_begin : item.partial_begin + item.partial_length]

@@ -15,6 +15,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from mailstack.errors import FolderNotFound, InvalidFolderName
+from mailstack.imap import catenate
 from mailstack.imap import message as msgmod
 from mailstack.imap.errors import NO_REPLY, Bad, No, shown
 from mailstack.imap.parser import Atom, String, quote
@@ -443,18 +444,25 @@ async def status(s, tag, raw_name, items):
 
 async def append(s, tag, raw_name, messages):
     """RFC 3501 6.3.11, with MULTIAPPEND (RFC 3502: all the messages or none) and APPENDUID
-    (RFC 4315 3: one UID, or a UID set for several).  Each message is stored byte for byte."""
+    (RFC 4315 3: one UID, or a UID set for several).  Each message is stored byte for byte;
+    a CATENATE one (RFC 4469) is assembled first, a literal8 one is checked for NUL
+    (:mod:`mailstack.imap.catenate`, :mod:`mailstack.imap.binary`)."""
     try:
         name = mailbox_name(raw_name, utf8=s.utf8)
         items = [(message, *_append_options(flags, date)) for flags, date, message in messages]
-        mailbox = s.mailbox
+        mailbox, limit = s.mailbox, s.context.config.max_message_size
 
         def work():
             folder = destination(mailbox, name)
             uids = []
             try:
                 for message, stored_flags, when in items:
-                    uids.append(folder.append(message, stored_flags, when))
+                    source = catenate.message_source(mailbox, message, limit)
+                    try:
+                        uids.append(folder.append(source, stored_flags, when))
+                    finally:
+                        if source is not message:
+                            source.close()
             except BaseException:
                 folder.expunge(uids)  # RFC 3502 6: a failed MULTIAPPEND appends nothing
                 raise

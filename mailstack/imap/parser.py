@@ -46,6 +46,8 @@ _DELIMITERS = b' ()"\t'
 
 def tokens(command: RawCommand, start: int = 0) -> list:
     """The command's tokens from offset ``start`` of its first text, lists nested."""
+    if command.misplaced_literal8:
+        raise ParseError("literal8 (~{n}) is only for APPEND message data (RFC 3516 4.4)")
     stack: list[list] = [[]]
     for n, text in enumerate(command.texts):
         _scan(text[start:] if n == 0 else text, stack)
@@ -242,15 +244,20 @@ def status(a: Arguments) -> tuple:
 
 
 def append(a: Arguments) -> tuple:
-    """``APPEND mailbox 1*([flag-list] [date-time] literal)`` (RFC 3501 6.3.11; more than one
-    message is MULTIAPPEND, RFC 3502 6): (name, [(flags, date, message), ...])."""
+    """``APPEND mailbox 1*([flag-list] [date-time] (literal / CATENATE (parts)))`` (RFC 3501
+    6.3.11; more than one message is MULTIAPPEND, RFC 3502 6; CATENATE, RFC 4469 5):
+    (name, [(flags, date, message), ...]), each message a Spool or a catenate.Catenate."""
     name = a.astring("mailbox name")
     messages = []
     while True:
         flags = a.optional_list()
         date = bytes(a.next("date-time")) if isinstance(a.peek(), String) else None
         message = a.next("message literal")
-        if not isinstance(message, Spool):
+        if isinstance(message, Atom) and message.upper() == b"CATENATE":
+            from mailstack.imap.catenate import catenate_parts  # it needs this module
+
+            message = catenate_parts(a.list("CATENATE parts"))
+        elif not isinstance(message, Spool):
             raise ParseError("the message must be a literal")
         messages.append((flags or [], date, message))
         if not a.more():
@@ -407,9 +414,10 @@ class HeaderSection:
 @dataclass(eq=False)
 class FetchItem:
     """One FETCH attribute.  ``type`` is one of envelope, flags, internaldate, rfc822header,
-    rfc822text, rfc822size, rfc822, uid, bodystructure, body.  For ``body`` without a section
-    it is the BODY structure; with one, ``part`` holds the 0-based part path and one of
-    ``empty`` (``BODY[]``, ``BODY[1]``), ``header``, ``text``, ``mime`` is set."""
+    rfc822text, rfc822size, rfc822, uid, bodystructure, body, binary, binarysize.  For ``body``
+    without a section it is the BODY structure; with one, ``part`` holds the 0-based part path
+    and one of ``empty`` (``BODY[]``, ``BODY[1]``), ``header``, ``text``, ``mime`` is set.
+    ``binary`` and ``binarysize`` (RFC 3516 4.2) have only ``part`` (and a partial)."""
 
     type: str
     peek: bool = False
@@ -443,6 +451,8 @@ _MACROS = {b"ALL": ("flags", "internaldate", "rfc822size", "envelope"),
            b"FAST": ("flags", "internaldate", "rfc822size")}
 _BODY_RE = re.compile(rb"^BODY(\.PEEK)?\[([^\]]*)\](?:<(\d{1,19})\.(\d{1,19})>)?$")
 _PART_RE = re.compile(rb"^(\d+(?:\.\d+)*)(?:\.|$)")
+#: RFC 3516 4.2: ``BINARY[.PEEK][section-part]<partial>``, ``BINARY.SIZE[section-part]``
+_BINARY_RE = re.compile(rb"^BINARY(\.PEEK|\.SIZE)?\[((?:[1-9]\d{0,8}(?:\.[1-9]\d{0,8})*)?)\](?:<(\d{1,19})\.(\d{1,19})>)?$")
 _FIELDS_RE = re.compile(rb"^HEADER\.FIELDS(\.NOT)? *\(([^()]*)\)$")
 
 
@@ -481,6 +491,8 @@ def fetch_att(name: bytes) -> FetchItem:
     kind = _SIMPLE.get(upper)
     if kind is not None:
         return FetchItem(kind)
+    if upper.startswith(b"BINARY"):
+        return _binary_att(name, upper)
     m = _BODY_RE.match(upper)
     if m is None:
         raise ParseError(f"unknown FETCH attribute {shown(name)}")
@@ -511,3 +523,15 @@ def fetch_att(name: bytes) -> FetchItem:
     if m.group(3) is not None:
         fields["partial_begin"], fields["partial_length"] = int(m.group(3)), int(m.group(4))
     return FetchItem("body", **fields)
+
+
+def _binary_att(name: bytes, upper: bytes) -> FetchItem:
+    """RFC 3516 4.2 / RFC 9051 6.4.5: a section is part numbers only; no partial with .SIZE."""
+    m = _BINARY_RE.match(upper)
+    if m is None or (m.group(1) == b".SIZE" and m.group(3) is not None):
+        raise ParseError(f"invalid BINARY attribute {shown(name)} (BINARY[1.2]<0.100>, BINARY.SIZE[1])")
+    part = tuple(int(p) - 1 for p in m.group(2).split(b".")) if m.group(2) else ()
+    item = FetchItem("binarysize" if m.group(1) == b".SIZE" else "binary", peek=m.group(1) == b".PEEK", part=part)
+    if m.group(3) is not None:
+        item.partial_begin, item.partial_length = int(m.group(3)), int(m.group(4))
+    return item

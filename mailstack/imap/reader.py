@@ -22,8 +22,12 @@ MAX_COMMAND = 256 * 1024  # a whole command, literals included, APPEND's message
 #: they wait on disk until the last arrives.
 MULTIAPPEND_FACTOR = 4
 SPOOL_IN_MEMORY = 256 * 1024  # an APPEND message above this goes to a temporary file
+#: Once a command's spools hold this much (MULTIAPPEND, CATENATE's TEXT parts: many small
+#: literals), its next ones go straight to disk: memory stays bounded however many there are.
+COMMAND_SPOOLS_IN_MEMORY = 1024 * 1024
 
-_LITERAL_RE = re.compile(rb"\{(\d{1,19})(\+?)\}$")
+#: ``{n}``, ``{n+}``; with ``~`` after a space or parenthesis: literal8 (RFC 3516 4.4)
+_LITERAL_RE = re.compile(rb"((?:^|(?<=[ (]))~)?\{(\d{1,19})(\+?)\}$")
 _TAG_RE = re.compile(rb"^[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c\x7e]+$")  # astring-char minus "+"
 
 
@@ -73,13 +77,19 @@ class Framing:
 
 
 class Spool:
-    """APPEND's message as it arrives: in memory while small, then in a temporary file."""
+    """APPEND's message as it arrives: in memory while small, then in a temporary file.
 
-    def __init__(self, size: int):
-        self.size = size
-        self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+    ``literal8``: sent as ``~{n}`` (RFC 3516 4.4); ``nul``: a NUL octet arrived in it (the
+    store keeps no NUL, see :mod:`mailstack.imap.binary`), found as the octets arrive."""
+
+    def __init__(self, size: int, literal8: bool = False, in_memory: bool = True):
+        self.size, self.literal8, self.nul = size, literal8, False
+        # max_size=1: the first write rolls over to the file (0 would mean never)
+        self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY if in_memory else 1)
 
     def write(self, data: bytes) -> None:
+        if not self.nul and b"\0" in data:
+            self.nul = True
         self.file.write(data)
 
     def finish(self) -> None:
@@ -100,6 +110,8 @@ class RawCommand:
     tag: bytes
     texts: list[bytes] = field(default_factory=list)
     literals: list = field(default_factory=list)
+    #: a literal8 arrived where only APPEND's message may be one (RFC 3516 4.4): BAD when parsed
+    misplaced_literal8: bool = False
 
     def close(self) -> None:
         for lit in self.literals:
@@ -180,9 +192,12 @@ class CommandAssembler:
                 self.abandon()
                 return Refused(tag, b"BAD", b"[TOOBIG] command larger than %d octets" % self.max_command)
             return self._complete()
-        text, size, sync = line[: m.start()], int(m.group(1)), not m.group(2)
+        text, binary, size, sync = line[: m.start()], bool(m.group(1)), int(m.group(2)), not m.group(3)
         self.command.texts.append(text)
         kind = self.literal_kind(self.command)
+        if isinstance(kind, str) and binary and kind != MESSAGE:
+            kind = (b"BAD", b"literal8 (~{n}) is only for APPEND message data (RFC 3516 4.4)")
+            self.command.misplaced_literal8 = True
         if not isinstance(kind, str):
             if sync:
                 tag = self.command.tag
@@ -194,7 +209,7 @@ class CommandAssembler:
         if refused is not None:
             return refused
         self.remaining = size
-        self.literal = Spool(size) if message else bytearray()
+        self.literal = Spool(size, binary, self.spooled <= COMMAND_SPOOLS_IN_MEMORY) if message else bytearray()
         if message:
             self.spooled += size
         else:

@@ -27,7 +27,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from mailstack import sasl
 from mailstack.errors import StoreError
-from mailstack.imap import fetch, login, mailboxes, parser, results, selected
+from mailstack.imap import catenate, fetch, login, mailboxes, parser, results, selected
 from mailstack.imap.capabilities import SessionView, capability_names
 from mailstack.imap.errors import NO_REPLY, Bad, Disconnect, ImapError, No, os_error, store_error
 from mailstack.imap.reader import (
@@ -330,7 +330,10 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         return MESSAGE if name == b"APPEND" and self.is_append_message(command) else DATA
 
     def is_append_message(self, command: RawCommand) -> bool:
-        """Is the literal announced now APPEND's message (``APPEND mailbox [flags] [date] literal``)?"""
+        """Is the literal announced now APPEND's message (``APPEND mailbox [flags] [date] literal``,
+        or a CATENATE TEXT part, RFC 4469)?"""
+        if catenate.announces_text(command):
+            return True
         words = command.texts[0].split(b" ", 2)
         try:
             return len(parser.tokens(command, len(words[0]) + len(words[1]) + 2)) >= 1
