@@ -145,3 +145,22 @@ def test_rev2_form(rev1, command, expected):
     assert rev2.rev2_form(rev1, b"t", command) == expected
     assert rev2.Replies(expected, b"t", command) == rev1
     assert rev2.Replies(rev1, b"t", command) != rev1 or rev1 == expected
+
+
+def test_append_utf8_data_extension(srv):
+    # RFC 6855 4: append-data =/ "UTF8" SP "(" literal8 ")"; what Thunderbird sends once it
+    # enabled UTF8=ACCEPT (its copy to Sent).
+    c = session(srv, b"UTF8=ACCEPT")
+    m = "Subject: Grüße\r\nFrom: a@b.test\r\n\r\nHallo Welt\r\n".encode()
+    c.send(b'A APPEND "Sent" (\\Seen) UTF8 (~{%d+}\r\n' % len(m) + m + b")\r\n")
+    assert re.fullmatch(rb"A OK \[APPENDUID \d+ 1\] APPEND completed", c.until(b"A")[-1])
+    c.send(b'B APPEND "Sent" UTF8 (~{%d}\r\n' % len(m))
+    assert c.line().startswith(b"+ ")
+    c.send(m + b")\r\n")
+    assert c.until(b"B")[-1].startswith(b"B OK [APPENDUID ")
+    c.cmd(b"s", b"SELECT Sent")
+    assert b"\r\n".join(c.cmd(b"f", b"FETCH 1 BODY.PEEK[]")) == (
+        b"* 1 FETCH (BODY[] {%d}\r\n" % len(m) + m + b")\r\nf OK FETCH completed")
+    for bad in (b'x APPEND "Sent" UTF8 ()\r\n', b'x APPEND "Sent" UTF8 ("text")\r\n'):
+        c.send(bad)
+        assert c.until(b"x")[-1].startswith(b"x BAD "), bad

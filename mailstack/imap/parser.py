@@ -244,8 +244,9 @@ def status(a: Arguments) -> tuple:
 
 
 def append(a: Arguments) -> tuple:
-    """``APPEND mailbox 1*([flag-list] [date-time] (literal / CATENATE (parts)))`` (RFC 3501
-    6.3.11; more than one message is MULTIAPPEND, RFC 3502 6; CATENATE, RFC 4469 5):
+    """``APPEND mailbox 1*([flag-list] [date-time] (literal / UTF8 (literal8) / CATENATE (parts)))``
+    (RFC 3501 6.3.11; more than one message is MULTIAPPEND, RFC 3502 6; UTF8, RFC 6855 4;
+    CATENATE, RFC 4469 5):
     (name, [(flags, date, message), ...]), each message a Spool or a catenate.Catenate."""
     name = a.astring("mailbox name")
     messages = []
@@ -253,7 +254,12 @@ def append(a: Arguments) -> tuple:
         flags = a.optional_list()
         date = bytes(a.next("date-time")) if isinstance(a.peek(), String) else None
         message = a.next("message literal")
-        if isinstance(message, Atom) and message.upper() == b"CATENATE":
+        if isinstance(message, Atom) and message.upper() == b"UTF8":  # RFC 6855 4: UTF8 (literal8)
+            inner = a.list("UTF8 message")
+            if len(inner) != 1 or not isinstance(inner[0], Spool):
+                raise ParseError("UTF8 takes one message literal in parentheses (RFC 6855 4)")
+            message = inner[0]
+        elif isinstance(message, Atom) and message.upper() == b"CATENATE":
             from mailstack.imap.catenate import catenate_parts  # it needs this module
 
             message = catenate_parts(a.list("CATENATE parts"))

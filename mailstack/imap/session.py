@@ -332,8 +332,8 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
     def is_append_message(self, command: RawCommand) -> bool:
         """Is the literal announced now APPEND's message (``APPEND mailbox [flags] [date] literal``,
         or a CATENATE TEXT part, RFC 4469)?"""
-        if catenate.announces_text(command):
-            return True
+        if catenate.announces_text(command) or command.texts[-1].rstrip(b" ").upper().endswith(b" UTF8 ("):
+            return True  # a CATENATE TEXT part, or RFC 6855 4's UTF8 (literal8)
         words = command.texts[0].split(b" ", 2)
         try:
             return len(parser.tokens(command, len(words[0]) + len(words[1]) + 2)) >= 1
