@@ -15,12 +15,29 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 log = Logger()
 
 
+def no_delay(transport) -> None:
+    """TCP_NODELAY on the socket under ``transport`` (through any TLS wrappers).  A response
+    is often written in two parts with a thread call between them (IMAP's untagged and
+    tagged lines, POP3's next prefetched message): with Nagle's algorithm the second part
+    waits for the client's delayed ACK, up to 40 ms a command."""
+    for _ in range(5):
+        setter = getattr(transport, "setTcpNoDelay", None)
+        if setter is not None:
+            try:
+                setter(True)
+            except OSError:
+                pass
+            return
+        transport = getattr(transport, "transport", None)
+
+
 class SessionProtocol(policies.ProtocolWrapper):
     def connectionMade(self):
         factory: ListenerFactory = self.factory
         self.started = time.monotonic()
         factory.sessions += 1
         log.info("session start {listener} from {peer}", listener=factory.key, peer=self.peer_host)
+        no_delay(self.transport)
         super().connectionMade()
 
     def connectionLost(self, reason):

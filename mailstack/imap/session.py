@@ -201,22 +201,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", None) or str(peer)
         self.setTimeout(PREAUTH_TIMEOUT)
-        self.no_delay()
         self.write_line(b"* OK [CAPABILITY " + b" ".join(self.capabilities()) + b"] " + GREETING)
-
-    def no_delay(self):
-        """Untagged and tagged responses are often written apart (a thread call in between):
-        with Nagle's algorithm the second waits for the client's delayed ACK, 40 ms a command."""
-        t = self.transport
-        for _ in range(5):
-            setter = getattr(t, "setTcpNoDelay", None)
-            if setter is not None:
-                try:
-                    setter(True)
-                except Exception:
-                    pass
-                return
-            t = getattr(t, "transport", None)
 
     def connectionLost(self, reason=protocol.connectionDone):
         self.lost = True
