@@ -196,11 +196,11 @@ async def sort(s, tag, criteria, charset, keys, uid=False):
     the keys from the store's cache (:mod:`mailstack.imap.sort`)."""
     tree = _compile(charset, keys)
     find, folder = _finder(s, tree), s.sel.folder
-    header_keys = any(c not in ("ARRIVAL", "SIZE") for c, _reverse in criteria)
+    groups = sortmod.groups_for(criteria)
 
     def work():
         found = find()
-        keys = sortmod.load_keys(folder, {c.uid: c.info for c in found}) if header_keys else {}
+        keys = sortmod.load_keys(folder, {c.uid: c.info for c in found}, groups) if groups else {}
         return sortmod.order(found, criteria, keys)
 
     ranked = await _in_thread(s, work)
@@ -215,7 +215,7 @@ async def thread(s, tag, algorithm, charset, keys, uid=False):
 
     def work():
         found = find()
-        keys = sortmod.load_keys(folder, {c.uid: c.info for c in found})
+        keys = sortmod.load_keys(folder, {c.uid: c.info for c in found}, ("basic", "thread"))
         messages = [(c.uid if uid else c.seq, keys[c.uid]) for c in found if c.uid in keys]
         build = threadmod.ordered_subject if algorithm == "ORDEREDSUBJECT" else threadmod.references
         return threadmod.thread_list(build(messages))

@@ -8,6 +8,7 @@ reads no message.
 
 from __future__ import annotations
 
+import datetime
 import email.header
 import email.utils
 import json
@@ -17,13 +18,15 @@ from mailstack.imap import message as msgmod
 
 #: RFC 5256 3 sort-key (and RFC 5957 DISPLAYFROM, DISPLAYTO); REVERSE is a modifier.
 CRITERIA = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
-KIND = "imap.sortkeys.2"  # the layout of keys_of(); a new name when it changes
+KIND = "imap.sortkeys.3"  # + "." + group: the layout of GROUPS; a new name when it changes
 
-_WS = re.compile(r"\s+")
 _TRAILER = re.compile(r"(?:\s*\(fwd\))+\s*$|\s+$", re.I)
 _BLOB = r"\[[^\[\]]*\]\s*"
 _LEADER = re.compile(rf"^(?:\s*(?:{_BLOB})*(?:re|fwd?)\s*(?:{_BLOB})?:\s*|\s*{_BLOB}(?=.))", re.I)
 _FWD_WRAP = re.compile(r"^\[fwd:\s*(.*)\]$", re.I | re.S)
+#: Whether any of the steps below could change a (blank-collapsed, stripped) subject: every
+#: leader starts with "[", "re" or "fw"; the trailer is "(fwd)" at the end.
+_MAY_STRIP = re.compile(r"\[|re|fw|.*\(fwd\)$", re.I | re.S)
 
 
 def _decoded(raw: bytes | None) -> str:
@@ -41,7 +44,9 @@ def _decoded(raw: bytes | None) -> str:
 def base_subject(subject: str) -> str:
     """RFC 5256 2.1: the subject without "Re:", "Fwd:", "[list]" leaders, "(fwd)" trailers
     and a "[fwd: ...]" wrapper, blanks collapsed, for i;ascii-casemap comparison."""
-    text = _WS.sub(" ", subject).strip()
+    text = " ".join(subject.split())  # blanks collapsed (str.isspace, as re's \\s)
+    if not _MAY_STRIP.match(text):
+        return text.upper()  # no leader, trailer or wrapper: most subjects
     while True:
         while True:  # (2) trailers
             stripped = _TRAILER.sub("", text)
@@ -67,91 +72,214 @@ def _ids(raw: bytes | None) -> list[str]:
     return _MSGID.findall(raw.decode("latin-1")) if raw else []
 
 
-_SIMPLE_MAILBOX = re.compile(r'^\s*(?:"([^"\\]*)"|([^"<>,;:@()\\]*?))\s*<([^<>\s@]+@[^<>\s]+)>\s*$|^\s*([^\s<>"(),;:@]+@[^\s<>"(),;:]+)\s*$')
+#: The first mailbox of a list in its common forms (``a@b``, ``Name <a@b>``, ``"Name" <a@b>``),
+#: ended by a comma or the end: no group (its display name would end in ":") and no comment.
+_SIMPLE_MAILBOX = re.compile(r'\s*(?:(?:"([^"\\]*)"|([^"<>,;:@()\\]*?))\s*<([^<>\s@,;:"()\\]+@[^<>\s,;:"()\\]+)>'
+                             r'|([^\s<>"(),;:@\\]+@[^\s<>"(),;:\\]+))\s*(?:,|$)')
 
 
 def _first_address(raw: bytes | None) -> tuple[str, str]:
     """(display name, addr-spec) of the first mailbox of an address list; groups skipped.
-    The common forms (``a@b``, ``Name <a@b>``, ``"Name" <a@b>``) by one regular expression;
-    anything else through the full address-list parser."""
+    The common forms by one regular expression; anything else through the full address-list
+    parser."""
     if raw is None:
         return "", ""
     text = raw.decode("latin-1")
-    if ":" not in text and '"' not in text and "(" not in text:  # no group, quote or comment:
-        text_first = text.split(",", 1)[0]  # the first comma ends the first mailbox
-    else:
-        text_first = text if "," not in text and ":" not in text else None
-    if text_first is not None:
-        m = _SIMPLE_MAILBOX.match(text_first)
-        if m:
-            if m.group(4):
-                return "", m.group(4)
-            return _decoded((m.group(1) or m.group(2) or "").encode("latin-1")), m.group(3)
+    m = _SIMPLE_MAILBOX.match(text)
+    if m:
+        if m.group(4):
+            return "", m.group(4)
+        name = m.group(1) if m.group(1) is not None else m.group(2)
+        return (_decoded(name.encode("latin-1")) if name else ""), m.group(3)
     for item in msgmod.address_items(text):
         if item[0] == "mailbox":
             return _decoded(item[1].encode("latin-1", "replace")), item[2]
     return "", ""
 
 
-def keys_of(header: bytes, internaldate: int) -> dict:
-    """The sort keys of one message (from its header)."""
-    fields: dict[str, bytes] = {}
-    for name, value in msgmod.parse_fields(header):
-        fields.setdefault(name.lower(), value)  # the first of each field, as Entity.get answers
+#: Each field the keys come from, with its continuation lines, found by one search of the
+#: header after a newline (the first of each, as Entity.get answers).  A header with a bare
+#: CR goes through the general parser, which also ends lines there.
+_FIELDS = {n: re.compile(rb"\n" + n.encode() + rb"[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.I)
+           for n in ("date", "subject", "from", "to", "cc", "message-id", "references", "in-reply-to")}
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+_MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
+_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_DATE = re.compile(r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+(\d\d):(\d\d)(?::(\d\d))?"
+                   r"\s+([+-])(\d\d)(\d\d)\s*$")
+
+
+def _getter(header: bytes):
+    """``get(name) -> value | None`` for the header's (lower-case named) fields."""
+    if header.count(b"\r") != header.count(b"\r\n"):
+        fields: dict[str, bytes] = {}
+        for name, value in msgmod.parse_fields(header):
+            fields.setdefault(name.lower(), value)
+        return fields.get
+    text = b"\n" + header.lstrip(b" \t")
+
+    def get(name: str) -> bytes | None:
+        m = _FIELDS[name].search(text)
+        if m is None:
+            return None
+        value = m.group(1)
+        return (_FOLD.sub(b"", value) if b"\n" in value else value).strip()
+
+    return get
+
+
+def _days(year: int, month: int, day: int) -> int | None:
+    """Days from 1970-01-01 to a valid proleptic Gregorian date; None for an invalid one."""
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not (1 <= year <= 9999 and 1 <= day <= _MONTH_DAYS[month] + (month == 2 and leap)):
+        return None
+    y = year - (month <= 2)  # days_from_civil (H. Hinnant)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
+def sent_date(text: str) -> int | None:
+    """The RFC 5322 3.3 date as a Unix time, None when unparseable.  The usual form
+    (``Mon, 2 Jan 2006 15:04:05 +0100``) directly; anything else (and -0000, which the email
+    package reads as local time) as the email package reads it."""
+    m = _DATE.match(text)
+    if m:
+        day, mon, year, hh, mm, ss, sign, zh, zm = m.groups()
+        month, y = _MONTHS.get(mon.lower()), int(year)
+        y += 0 if y >= 100 else 1900 if y > 68 else 2000  # as email.utils reads "0070"
+        days = _days(y, month, int(day)) if month else None
+        h, mi, sec = int(hh), int(mm), int(ss or 0)
+        offset = int(zh) * 3600 + int(zm) * 60
+        if days is not None and h < 24 and mi < 60 and sec < 60 and offset < 86400 and (sign == "+" or offset):
+            return days * 86400 + h * 3600 + mi * 60 + sec - (offset if sign == "+" else -offset)
+    try:
+        return int(email.utils.parsedate_to_datetime(text).timestamp())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _basic(get, internaldate: int) -> list:
     sent = internaldate
-    date = fields.get("date")
+    date = get("date")
     if date:
-        try:
-            sent = int(email.utils.parsedate_to_datetime(date.decode("latin-1")).timestamp())
-        except (TypeError, ValueError, IndexError, OverflowError):
-            pass  # RFC 5256 3: unparseable: the internal date
-    subject = _decoded(fields.get("subject"))
+        parsed = sent_date(date.decode("latin-1"))
+        if parsed is not None:
+            sent = parsed  # RFC 5256 3: unparseable: the internal date
+    subject = " ".join(_decoded(get("subject")).split())
     base = base_subject(subject)
-    keys = {"subject": base, "date": sent,
-            # for THREAD (RFC 5256 3): identity, ancestry, and whether the subject was a reply
-            "id": _ids(fields.get("message-id"))[:1], "refs": _ids(fields.get("references")),
-            "irt": _ids(fields.get("in-reply-to"))[:1],
-            "reply": base != _WS.sub(" ", subject).strip().upper() and bool(_REPLY.match(subject))}
+    # (for THREAD, RFC 5256 3) whether the subject was a reply
+    return [sent, base, base != subject.upper() and bool(_REPLY.match(subject))]
+
+
+def _thread(get, internaldate: int) -> list:
+    """THREAD's identity and ancestry (RFC 5256 3)."""
+    return [_ids(get("message-id"))[:1], _ids(get("references")), _ids(get("in-reply-to"))[:1]]
+
+
+def _addresses(get, internaldate: int) -> list:
+    out, display = [], []
     for field in ("from", "to", "cc"):
-        name, addr = _first_address(fields.get(field))
-        keys[field] = addr.rpartition("@")[0].upper() if "@" in addr else addr.upper()  # addr-mailbox
+        name, addr = _first_address(get(field))
+        out.append(addr.rpartition("@")[0].upper() if "@" in addr else addr.upper())  # addr-mailbox
         if field != "cc":
-            keys["display" + field] = (name or addr).casefold()  # RFC 5957 2
+            display.append((name or addr).casefold())  # RFC 5957 2
+    return out + display
+
+
+#: The keys in three groups, each computed (and cached) only when a criterion needs it:
+#: group -> (its key names, the function making their values from the header).
+GROUPS = {"basic": (("date", "subject", "reply"), _basic),
+          "thread": (("id", "refs", "irt"), _thread),
+          "address": (("from", "to", "cc", "displayfrom", "displayto"), _addresses)}
+_GROUP_OF = {"DATE": "basic", "SUBJECT": "basic", "FROM": "address", "TO": "address", "CC": "address",
+             "DISPLAYFROM": "address", "DISPLAYTO": "address"}
+
+
+def groups_for(criteria: list[tuple[str, bool]]) -> tuple[str, ...]:
+    """The key groups SORT ``criteria`` read (none for ARRIVAL and SIZE).  "basic" (date and
+    subject, the cheapest and what webmails sort by) always comes along, so that a sort by
+    address followed by one by date or subject reads no header again."""
+    wanted = [_GROUP_OF[c] for c, _reverse in criteria if c in _GROUP_OF]
+    return tuple(dict.fromkeys(["basic", *wanted])) if wanted else ()
+
+
+def keys_of(header: bytes, internaldate: int) -> dict:
+    """Every sort key of one message (from its header)."""
+    get = _getter(header)
+    keys: dict = {}
+    for names, make in GROUPS.values():
+        keys.update(zip(names, make(get, internaldate)))
     return keys
 
 
-#: Parsed keys by (folder path, file base): a message's file never changes, so neither do its
-#: keys; a webmail re-sorting a folder then touches neither SQLite nor JSON.  Bounded.
+#: Keys by (folder path, file base): a message's file never changes, so neither do its keys;
+#: a webmail re-sorting a folder then touches neither SQLite nor JSON.  Bounded.
 _MEMO: dict[tuple[str, str], dict] = {}
 MEMO_LIMIT = 200_000
 
 
-def load_keys(folder, messages: dict) -> dict[int, dict]:
-    """*Blocking.*  uid -> sort keys for ``messages`` (uid -> MessageInfo): from memory, else
-    from the store's cache of derived values, else from the header (and kept in both)."""
+def load_keys(folder, messages: dict, groups: tuple[str, ...] = tuple(GROUPS)) -> dict[int, dict]:
+    """*Blocking.*  uid -> sort keys (at least those of ``groups``) for ``messages``
+    (uid -> MessageInfo): from memory, else from the folder's table of them in the store's
+    cache, else from the (cached) header, and kept in both."""
     path = folder.path
-    out, unknown = {}, []
+    if len(_MEMO) + len(messages) > MEMO_LIMIT:
+        _MEMO.clear()
+    out = {}
     for uid, m in messages.items():
         keys = _MEMO.get((path, m.base))
         if keys is None:
-            unknown.append(uid)
-        else:
-            out[uid] = keys
-    if not unknown:
-        return out
-    found = {uid: json.loads(value) for uid, value in folder.derived(unknown, KIND).items()}
-    missing = [uid for uid in unknown if uid not in found]
-    if missing:
-        heads = folder.headers(missing)
-        fresh = {uid: keys_of(heads[uid], messages[uid].internaldate) for uid in missing if uid in heads}
-        folder.keep_derived(KIND, {uid: json.dumps(k).encode() for uid, k in fresh.items()})
-        found.update(fresh)
-    if len(_MEMO) + len(found) > MEMO_LIMIT:
-        _MEMO.clear()
-    for uid, keys in found.items():
-        _MEMO[(path, messages[uid].base)] = keys
-    out.update(found)
+            keys = _MEMO[(path, m.base)] = {}
+        out[uid] = keys
+    for group in groups:
+        names, make = GROUPS[group]
+        missing = [uid for uid, keys in out.items() if names[0] not in keys]
+        if missing:
+            _fill(folder, group, messages, out, missing)
     return out
+
+
+def _fill(folder, group: str, messages: dict, out: dict[int, dict], missing: list[int]) -> None:
+    """Give the ``missing`` messages ``group``'s keys: from the folder's table, else from their
+    headers, then rewrite the table when they were more than a twentieth of it (fewer are only
+    kept in memory: at most that share is computed again after a restart)."""
+    names, make = GROUPS[group]
+    kind = f"{KIND}.{group}"
+    table = _read_table(folder.derived_table(kind))
+    unknown = []
+    for uid in missing:
+        m = messages[uid]
+        entry = table.get(m.base)
+        if entry is not None and entry[0] == m.size and len(entry) == len(names) + 1:
+            out[uid].update(zip(names, entry[1:]))
+        else:
+            unknown.append(uid)  # never seen, or its file is not the one the entry was made from
+    if not unknown:
+        return
+    heads = folder.headers(unknown)
+    for uid in unknown:
+        m = messages[uid]
+        if uid not in heads:  # expunged meanwhile: left out, as SEARCH leaves it out
+            del out[uid]
+            continue
+        values = make(_getter(heads[uid]), m.internaldate)
+        out[uid].update(zip(names, values))
+        table[m.base] = [m.size, *values]
+    if len(unknown) * 20 >= len(table):
+        live = {m.base for m in folder.snapshot().messages}
+        table = {base: entry for base, entry in table.items() if base in live}
+        folder.keep_derived_table(kind, json.dumps(table, separators=(",", ":")).encode())
+
+
+def _read_table(raw: bytes | None) -> dict:
+    """A kept table, or an empty one when there is none or it is unreadable (only a cache)."""
+    try:
+        table = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return table if isinstance(table, dict) else {}
 
 
 def order(candidates: list, criteria: list[tuple[str, bool]], keys: dict[int, dict]) -> list:
