@@ -199,9 +199,10 @@ async def sort(s, tag, criteria, charset, keys, uid=False):
     groups = sortmod.groups_for(criteria)
 
     def work():
-        found = find()
-        keys = sortmod.load_keys(folder, {c.uid: c.info for c in found}, groups) if groups else {}
-        return sortmod.order(found, criteria, keys)
+        with sortmod.no_gc():
+            found = find()
+            keys = sortmod.load_keys(folder, {c.uid: c.info for c in found}, groups) if groups else {}
+            return sortmod.order(found, criteria, keys)
 
     ranked = await _in_thread(s, work)
     s.untagged(b"SORT" + b"".join(b" %d" % (c.uid if uid else c.seq) for c in ranked))
@@ -214,11 +215,13 @@ async def thread(s, tag, algorithm, charset, keys, uid=False):
     find, folder = _finder(s, tree), s.sel.folder
 
     def work():
-        found = find()
-        keys = sortmod.load_keys(folder, {c.uid: c.info for c in found}, ("basic", "thread"))
-        messages = [(c.uid if uid else c.seq, keys[c.uid]) for c in found if c.uid in keys]
-        build = threadmod.ordered_subject if algorithm == "ORDEREDSUBJECT" else threadmod.references
-        return threadmod.thread_list(build(messages))
+        with sortmod.no_gc():
+            found = find()
+            groups = ("basic",) if algorithm == "ORDEREDSUBJECT" else ("basic", "thread")  # RFC 5256 3
+            keys = sortmod.load_keys(folder, {c.uid: c.info for c in found}, groups)
+            messages = [(c.uid if uid else c.seq, keys[c.uid]) for c in found if c.uid in keys]
+            build = threadmod.ordered_subject if algorithm == "ORDEREDSUBJECT" else threadmod.references
+            return threadmod.thread_list(build(messages))
 
     threads = await _in_thread(s, work)
     s.untagged(b"THREAD" + (b" " + threads if threads else b""))

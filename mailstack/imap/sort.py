@@ -8,9 +8,11 @@ reads no message.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.header
 import email.utils
+import gc
 import json
 import re
 
@@ -25,8 +27,8 @@ _BLOB = r"\[[^\[\]]*\]\s*"
 _LEADER = re.compile(rf"^(?:\s*(?:{_BLOB})*(?:re|fwd?)\s*(?:{_BLOB})?:\s*|\s*{_BLOB}(?=.))", re.I)
 _FWD_WRAP = re.compile(r"^\[fwd:\s*(.*)\]$", re.I | re.S)
 #: Whether any of the steps below could change a (blank-collapsed, stripped) subject: every
-#: leader starts with "[", "re" or "fw"; the trailer is "(fwd)" at the end.
-_MAY_STRIP = re.compile(r"\[|re|fw|.*\(fwd\)$", re.I | re.S)
+#: leader starts with "[" or is "re"/"fw"/"fwd" before ":" or a blob; the trailer is "(fwd)".
+_MAY_STRIP = re.compile(r"\[|(?:re|fwd?)\s*[\[:]|.*\(fwd\)$", re.I | re.S)
 
 
 def _decoded(raw: bytes | None) -> str:
@@ -97,35 +99,34 @@ def _first_address(raw: bytes | None) -> tuple[str, str]:
     return "", ""
 
 
-#: Each field the keys come from, with its continuation lines, found by one search of the
+#: The fields of each key group, each with its continuation lines, found by one search of the
 #: header after a newline (the first of each, as Entity.get answers).  A header with a bare
 #: CR goes through the general parser, which also ends lines there.
-_FIELDS = {n: re.compile(rb"\n" + n.encode() + rb"[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.I)
-           for n in ("date", "subject", "from", "to", "cc", "message-id", "references", "in-reply-to")}
+def _fields_pattern(*names: str) -> re.Pattern:
+    return re.compile(rb"\n(" + "|".join(names).encode() + rb")[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.I)
+
+
+_NAMES = {n.encode(): n for n in ("date", "subject", "from", "to", "cc", "message-id", "references", "in-reply-to")}
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
+_BARE_CR = re.compile(rb"\r(?!\n)")
 _MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
 _MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _DATE = re.compile(r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+(\d\d):(\d\d)(?::(\d\d))?"
                    r"\s+([+-])(\d\d)(\d\d)\s*$")
 
 
-def _getter(header: bytes):
-    """``get(name) -> value | None`` for the header's (lower-case named) fields."""
-    if header.count(b"\r") != header.count(b"\r\n"):
-        fields: dict[str, bytes] = {}
+def _fields(header: bytes, pattern: re.Pattern) -> dict[str, bytes]:
+    """(lower-case) name -> value of the header's fields that ``pattern`` finds."""
+    fields: dict[str, bytes] = {}
+    if _BARE_CR.search(header):
         for name, value in msgmod.parse_fields(header):
             fields.setdefault(name.lower(), value)
-        return fields.get
-    text = b"\n" + header.lstrip(b" \t")
-
-    def get(name: str) -> bytes | None:
-        m = _FIELDS[name].search(text)
-        if m is None:
-            return None
-        value = m.group(1)
-        return (_FOLD.sub(b"", value) if b"\n" in value else value).strip()
-
-    return get
+        return fields
+    for name, value in pattern.findall(b"\n" + header.lstrip(b" \t")):
+        name = _NAMES[name.lower()]
+        if name not in fields:
+            fields[name] = (_FOLD.sub(b"", value) if b"\n" in value else value).strip()
+    return fields
 
 
 def _days(year: int, month: int, day: int) -> int | None:
@@ -189,10 +190,11 @@ def _addresses(get, internaldate: int) -> list:
 
 
 #: The keys in three groups, each computed (and cached) only when a criterion needs it:
-#: group -> (its key names, the function making their values from the header).
-GROUPS = {"basic": (("date", "subject", "reply"), _basic),
-          "thread": (("id", "refs", "irt"), _thread),
-          "address": (("from", "to", "cc", "displayfrom", "displayto"), _addresses)}
+#: group -> (its key names, the function making their values from the header's fields, the
+#: pattern finding those fields).
+GROUPS = {"basic": (("date", "subject", "reply"), _basic, _fields_pattern("date", "subject")),
+          "thread": (("id", "refs", "irt"), _thread, _fields_pattern("message-id", "references", "in-reply-to")),
+          "address": (("from", "to", "cc", "displayfrom", "displayto"), _addresses, _fields_pattern("from", "to", "cc"))}
 _GROUP_OF = {"DATE": "basic", "SUBJECT": "basic", "FROM": "address", "TO": "address", "CC": "address",
              "DISPLAYFROM": "address", "DISPLAYTO": "address"}
 
@@ -207,10 +209,9 @@ def groups_for(criteria: list[tuple[str, bool]]) -> tuple[str, ...]:
 
 def keys_of(header: bytes, internaldate: int) -> dict:
     """Every sort key of one message (from its header)."""
-    get = _getter(header)
     keys: dict = {}
-    for names, make in GROUPS.values():
-        keys.update(zip(names, make(get, internaldate)))
+    for names, make, pattern in GROUPS.values():
+        keys.update(zip(names, make(_fields(header, pattern).get, internaldate)))
     return keys
 
 
@@ -234,18 +235,32 @@ def load_keys(folder, messages: dict, groups: tuple[str, ...] = tuple(GROUPS)) -
             keys = _MEMO[(path, m.base)] = {}
         out[uid] = keys
     for group in groups:
-        names, make = GROUPS[group]
+        names = GROUPS[group][0]
         missing = [uid for uid, keys in out.items() if names[0] not in keys]
         if missing:
             _fill(folder, group, messages, out, missing)
     return out
 
 
+@contextlib.contextmanager
+def no_gc():
+    """No cyclic garbage collection while a command builds tens of thousands of objects that
+    live on (keys, thread nodes): each collection would walk the whole heap again, for nothing
+    to free.  Left enabled by whichever thread found it enabled."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _fill(folder, group: str, messages: dict, out: dict[int, dict], missing: list[int]) -> None:
     """Give the ``missing`` messages ``group``'s keys: from the folder's table, else from their
     headers, then rewrite the table when they were more than a twentieth of it (fewer are only
     kept in memory: at most that share is computed again after a restart)."""
-    names, make = GROUPS[group]
+    names, make, pattern = GROUPS[group]
     kind = f"{KIND}.{group}"
     table = _read_table(folder.derived_table(kind))
     unknown = []
@@ -260,11 +275,12 @@ def _fill(folder, group: str, messages: dict, out: dict[int, dict], missing: lis
         return
     heads = folder.headers(unknown)
     for uid in unknown:
-        m = messages[uid]
-        if uid not in heads:  # expunged meanwhile: left out, as SEARCH leaves it out
+        header = heads.get(uid)
+        if header is None:  # expunged meanwhile: left out, as SEARCH leaves it out
             del out[uid]
             continue
-        values = make(_getter(heads[uid]), m.internaldate)
+        m = messages[uid]
+        values = make(_fields(header, pattern).get, m.internaldate)
         out[uid].update(zip(names, values))
         table[m.base] = [m.size, *values]
     if len(unknown) * 20 >= len(table):
