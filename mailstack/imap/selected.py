@@ -8,12 +8,17 @@ its tagged OK or raising :class:`~mailstack.imap.errors.ImapError`.
 
 from __future__ import annotations
 
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
 from mailstack.imap import search as searchmod
 from mailstack.imap import sort as sortmod
 from mailstack.imap import thread as threadmod
 from mailstack.imap.errors import Bad, No
 from mailstack.imap.mailboxes import check_flags, destination, mailbox_name
 from mailstack.imap.view import uid_set
+
+log = Logger()
 
 
 async def check(s, tag):
@@ -206,7 +211,14 @@ async def sort(s, tag, criteria, charset, keys, uid=False):
 
     ranked = await _in_thread(s, work)
     s.untagged(b"SORT" + b"".join(b" %d" % (c.uid if uid else c.seq) for c in ranked))
+    _keep_tables()
     return b"SORT completed"
+
+
+def _keep_tables() -> None:
+    """The sort keys made for this answer go to the store's cache after it (a worker thread)."""
+    deferToThread(sortmod.keep_tables).addErrback(
+        lambda failure: log.failure("keeping the IMAP sort keys failed", failure))
 
 
 async def thread(s, tag, algorithm, charset, keys, uid=False):
@@ -225,6 +237,7 @@ async def thread(s, tag, algorithm, charset, keys, uid=False):
 
     threads = await _in_thread(s, work)
     s.untagged(b"THREAD" + (b" " + threads if threads else b""))
+    _keep_tables()
     return b"THREAD completed"
 
 

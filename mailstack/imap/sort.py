@@ -1,9 +1,14 @@
 """SORT (RFC 5256 3) with SORT=DISPLAY (RFC 5957): the sort keys of a message and their order.
 
-The keys (base subject, first From/To/Cc mailbox, display names, sent date) come from the
-header alone and never change for a message, so they are computed once and kept in the
-store's cache of derived values (``imap.sortkeys``); a webmail sorting the same folder again
-reads no message.
+The keys (base subject, first From/To/Cc mailbox, display names, sent date, and THREAD's
+Message-ID/References/In-Reply-To) come from the header alone and never change for a message
+file.  They fall in three groups (:data:`GROUPS`), each computed only when a criterion needs it,
+from the headers the store caches (no message file is read again), and kept twice: in memory
+(``_MEMO``), and as one table per folder and group in the store's cache of derived values
+(``derived_table``: one row to read after a restart and one to write, where a row per
+message cost about as much as computing the keys).  A table entry carries the file's size and
+is ignored when it does not match; the table is only a cache, made again from the headers
+when missing or unreadable.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import email.utils
 import gc
 import json
 import re
+import threading
 
 from mailstack.imap import message as msgmod
 
@@ -99,14 +105,11 @@ def _first_address(raw: bytes | None) -> tuple[str, str]:
     return "", ""
 
 
-#: The fields of each key group, each with its continuation lines, found by one search of the
-#: header after a newline (the first of each, as Entity.get answers).  A header with a bare
-#: CR goes through the general parser, which also ends lines there.
-def _fields_pattern(*names: str) -> re.Pattern:
-    return re.compile(rb"\n(" + "|".join(names).encode() + rb")[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.I)
-
-
-_NAMES = {n.encode(): n for n in ("date", "subject", "from", "to", "cc", "message-id", "references", "in-reply-to")}
+#: Each field the keys come from, with its continuation lines, found by a search of the header
+#: after a newline (the first of each, as Entity.get answers).  A header with a bare CR goes
+#: through the general parser, which also ends lines there.
+_FIELD = {n: re.compile(rb"\n" + n.encode() + rb"[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.I)
+          for n in ("date", "subject", "from", "to", "cc", "message-id", "references", "in-reply-to")}
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
@@ -115,16 +118,18 @@ _DATE = re.compile(r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\
                    r"\s+([+-])(\d\d)(\d\d)\s*$")
 
 
-def _fields(header: bytes, pattern: re.Pattern) -> dict[str, bytes]:
-    """(lower-case) name -> value of the header's fields that ``pattern`` finds."""
+def _fields(header: bytes, names: tuple[str, ...]) -> dict[str, bytes]:
+    """name -> value of the header's fields of these (lower-case) names."""
     fields: dict[str, bytes] = {}
     if _BARE_CR.search(header):
         for name, value in msgmod.parse_fields(header):
             fields.setdefault(name.lower(), value)
         return fields
-    for name, value in pattern.findall(b"\n" + header.lstrip(b" \t")):
-        name = _NAMES[name.lower()]
-        if name not in fields:
+    text = b"\n" + (header.lstrip(b" \t") if header[:1] in (b" ", b"\t") else header)
+    for name in names:
+        m = _FIELD[name].search(text)
+        if m is not None:
+            value = m.group(1)
             fields[name] = (_FOLD.sub(b"", value) if b"\n" in value else value).strip()
     return fields
 
@@ -191,10 +196,10 @@ def _addresses(get, internaldate: int) -> list:
 
 #: The keys in three groups, each computed (and cached) only when a criterion needs it:
 #: group -> (its key names, the function making their values from the header's fields, the
-#: pattern finding those fields).
-GROUPS = {"basic": (("date", "subject", "reply"), _basic, _fields_pattern("date", "subject")),
-          "thread": (("id", "refs", "irt"), _thread, _fields_pattern("message-id", "references", "in-reply-to")),
-          "address": (("from", "to", "cc", "displayfrom", "displayto"), _addresses, _fields_pattern("from", "to", "cc"))}
+#: names of those fields).
+GROUPS = {"basic": (("date", "subject", "reply"), _basic, ("date", "subject")),
+          "thread": (("id", "refs", "irt"), _thread, ("message-id", "references", "in-reply-to")),
+          "address": (("from", "to", "cc", "displayfrom", "displayto"), _addresses, ("from", "to", "cc"))}
 _GROUP_OF = {"DATE": "basic", "SUBJECT": "basic", "FROM": "address", "TO": "address", "CC": "address",
              "DISPLAYFROM": "address", "DISPLAYTO": "address"}
 
@@ -210,8 +215,8 @@ def groups_for(criteria: list[tuple[str, bool]]) -> tuple[str, ...]:
 def keys_of(header: bytes, internaldate: int) -> dict:
     """Every sort key of one message (from its header)."""
     keys: dict = {}
-    for names, make, pattern in GROUPS.values():
-        keys.update(zip(names, make(_fields(header, pattern).get, internaldate)))
+    for names, make, fields in GROUPS.values():
+        keys.update(zip(names, make(_fields(header, fields).get, internaldate)))
     return keys
 
 
@@ -258,11 +263,12 @@ def no_gc():
 
 def _fill(folder, group: str, messages: dict, out: dict[int, dict], missing: list[int]) -> None:
     """Give the ``missing`` messages ``group``'s keys: from the folder's table, else from their
-    headers, then rewrite the table when they were more than a twentieth of it (fewer are only
-    kept in memory: at most that share is computed again after a restart)."""
-    names, make, pattern = GROUPS[group]
+    headers; the table is written again (by :func:`keep_tables`) when they were more than a
+    twentieth of it (fewer are only kept in memory: at most that share is computed again after
+    a restart)."""
+    names, make, fields = GROUPS[group]
     kind = f"{KIND}.{group}"
-    table = _read_table(folder.derived_table(kind))
+    table = _table(folder, kind)
     unknown = []
     for uid in missing:
         m = messages[uid]
@@ -280,13 +286,38 @@ def _fill(folder, group: str, messages: dict, out: dict[int, dict], missing: lis
             del out[uid]
             continue
         m = messages[uid]
-        values = make(_fields(header, pattern).get, m.internaldate)
+        values = make(_fields(header, fields).get, m.internaldate)
         out[uid].update(zip(names, values))
         table[m.base] = [m.size, *values]
     if len(unknown) * 20 >= len(table):
+        with _UNWRITTEN_LOCK:
+            _UNWRITTEN[(folder.path, kind)] = (folder, table)
+
+
+#: Tables load_keys changed, for keep_tables: (folder path, kind) -> (folder, table).
+_UNWRITTEN: dict[tuple[str, str], tuple] = {}
+_UNWRITTEN_LOCK = threading.Lock()
+
+
+def _table(folder, kind: str) -> dict:
+    """The folder's table of ``kind``: the one not yet written, else the store's."""
+    with _UNWRITTEN_LOCK:
+        pending = _UNWRITTEN.get((folder.path, kind))
+    return pending[1] if pending is not None else _read_table(folder.derived_table(kind))
+
+
+def keep_tables() -> None:
+    """*Blocking.*  Write the tables :func:`load_keys` changed, without the entries of expunged
+    messages.  Called after the answer went out: the client does not wait for it."""
+    while True:
+        with _UNWRITTEN_LOCK:
+            if not _UNWRITTEN:
+                return
+            (_path, kind), (folder, table) = _UNWRITTEN.popitem()
         live = {m.base for m in folder.snapshot().messages}
-        table = {base: entry for base, entry in table.items() if base in live}
-        folder.keep_derived_table(kind, json.dumps(table, separators=(",", ":")).encode())
+        table = {base: entry for base, entry in list(table.items()) if base in live}
+        folder.keep_derived_table(kind, json.dumps(table, separators=(",", ":"), check_circular=False,
+                                                   ensure_ascii=False).encode())
 
 
 def _read_table(raw: bytes | None) -> dict:
