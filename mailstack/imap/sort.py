@@ -146,6 +146,25 @@ def _days(year: int, month: int, day: int) -> int | None:
     return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
 
 
+#: (day, month, year, zone) as written -> the Unix time of that day's 00:00 there, or None for
+#: no valid day: the messages of a folder share few days and zones.  Bounded.
+_DAY_START: dict[tuple, int | None] = {}
+
+
+def _day_start(day: str, mon: str, year: str, sign: str, zh: str, zm: str) -> int | None:
+    month, y = _MONTHS.get(mon.lower()), int(year)
+    y += 0 if y >= 100 else 1900 if y > 68 else 2000  # as email.utils reads "0070"
+    days = _days(y, month, int(day)) if month else None
+    offset = int(zh) * 3600 + int(zm) * 60
+    start = None
+    if days is not None and offset < 86400 and (sign == "+" or offset):
+        start = days * 86400 - (offset if sign == "+" else -offset)
+    if len(_DAY_START) >= 50_000:
+        _DAY_START.clear()
+    _DAY_START[(day, mon, year, sign, zh, zm)] = start
+    return start
+
+
 def sent_date(text: str) -> int | None:
     """The RFC 5322 3.3 date as a Unix time, None when unparseable.  The usual form
     (``Mon, 2 Jan 2006 15:04:05 +0100``) directly; anything else (and -0000, which the email
@@ -153,13 +172,12 @@ def sent_date(text: str) -> int | None:
     m = _DATE.match(text)
     if m:
         day, mon, year, hh, mm, ss, sign, zh, zm = m.groups()
-        month, y = _MONTHS.get(mon.lower()), int(year)
-        y += 0 if y >= 100 else 1900 if y > 68 else 2000  # as email.utils reads "0070"
-        days = _days(y, month, int(day)) if month else None
+        start = _DAY_START.get((day, mon, year, sign, zh, zm), False)
+        if start is False:
+            start = _day_start(day, mon, year, sign, zh, zm)
         h, mi, sec = int(hh), int(mm), int(ss or 0)
-        offset = int(zh) * 3600 + int(zm) * 60
-        if days is not None and h < 24 and mi < 60 and sec < 60 and offset < 86400 and (sign == "+" or offset):
-            return days * 86400 + h * 3600 + mi * 60 + sec - (offset if sign == "+" else -offset)
+        if start is not None and h < 24 and mi < 60 and sec < 60:
+            return start + h * 3600 + mi * 60 + sec
     try:
         return int(email.utils.parsedate_to_datetime(text).timestamp())
     except (TypeError, ValueError, IndexError, OverflowError):
