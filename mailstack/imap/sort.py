@@ -19,6 +19,7 @@ import email.header
 import email.utils
 import gc
 import json
+import operator
 import re
 import threading
 
@@ -350,18 +351,20 @@ def _read_table(raw: bytes | None) -> dict:
 def order(candidates: list, criteria: list[tuple[str, bool]], keys: dict[int, dict]) -> list:
     """The candidates (search.Candidate) sorted by ``criteria`` [(criterion, reverse)]; ties by
     sequence number (RFC 5256 3)."""
-    ranked = sorted(candidates, key=lambda c: c.seq)
+    ranked = sorted(candidates, key=operator.attrgetter("seq"))
     for criterion, reverse in reversed(criteria):  # stable sorts, the last criterion first
-        ranked.sort(key=lambda c, k=criterion: _value(c, k, keys), reverse=reverse)
+        ranked.sort(key=_key(criterion, keys), reverse=reverse)
     return ranked
 
 
-def _value(c, criterion: str, keys: dict[int, dict]):
+def _key(criterion: str, keys: dict[int, dict]):
+    """The sort key function of one criterion (a message without keys: internal date, "")."""
     if criterion == "ARRIVAL":
-        return c.info.internaldate
+        return lambda c: c.info.internaldate
     if criterion == "SIZE":
-        return c.info.size
-    k = keys.get(c.uid) or {}
+        return lambda c: c.info.size
+    get, none = keys.get, {}
     if criterion == "DATE":
-        return k.get("date", c.info.internaldate)
-    return k.get(criterion.lower(), "")
+        return lambda c: get(c.uid, none).get("date", c.info.internaldate)
+    name = criterion.lower()
+    return lambda c: get(c.uid, none).get(name, "")
