@@ -8,6 +8,7 @@ its tagged OK or raising :class:`~mailstack.imap.errors.ImapError`.
 
 from __future__ import annotations
 
+from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -215,10 +216,19 @@ async def sort(s, tag, criteria, charset, keys, uid=False):
     return b"SORT completed"
 
 
+#: Seconds after a SORT or THREAD answer before the keys it made are written (in a worker):
+#: not while the client reads the answer and sends its next command.
+KEEP_TABLES_AFTER = 1.0
+
+
 def _keep_tables() -> None:
-    """The sort keys made for this answer go to the store's cache after it (a worker thread)."""
-    deferToThread(sortmod.keep_tables).addErrback(
-        lambda failure: log.failure("keeping the IMAP sort keys failed", failure))
+    """The sort keys made for this answer go to the store's cache a moment after it (memory
+    has them meanwhile; a restart before that only costs computing them again)."""
+    def keep():
+        deferToThread(sortmod.keep_tables).addErrback(
+            lambda failure: log.failure("keeping the IMAP sort keys failed", failure))
+
+    reactor.callLater(KEEP_TABLES_AFTER, keep)
 
 
 async def thread(s, tag, algorithm, charset, keys, uid=False):
