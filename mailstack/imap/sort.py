@@ -119,20 +119,23 @@ _DATE = re.compile(r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\
                    r"\s+([+-])(\d\d)(\d\d)\s*$")
 
 
-def _fields(header: bytes, names: tuple[str, ...]) -> dict[str, bytes]:
-    """name -> value of the header's fields of these (lower-case) names."""
-    fields: dict[str, bytes] = {}
+def _values(header: bytes, names: tuple[str, ...]) -> list[bytes | None]:
+    """The values of the header's first fields of these (lower-case) names (None: absent)."""
     if _BARE_CR.search(header):
+        fields: dict[str, bytes] = {}
         for name, value in msgmod.parse_fields(header):
             fields.setdefault(name.lower(), value)
-        return fields
+        return [fields.get(name) for name in names]
     text = b"\n" + (header.lstrip(b" \t") if header[:1] in (b" ", b"\t") else header)
+    out: list[bytes | None] = []
     for name in names:
         m = _FIELD[name].search(text)
-        if m is not None:
-            value = m.group(1)
-            fields[name] = (_FOLD.sub(b"", value) if b"\n" in value else value).strip()
-    return fields
+        if m is None:
+            out.append(None)
+            continue
+        value = m.group(1)
+        out.append((_FOLD.sub(b"", value) if b"\n" in value else value).strip())
+    return out
 
 
 def _days(year: int, month: int, day: int) -> int | None:
@@ -185,28 +188,32 @@ def sent_date(text: str) -> int | None:
         return None
 
 
-def _basic(get, internaldate: int) -> list:
+def _basic(date: bytes | None, raw_subject: bytes | None, internaldate: int) -> list:
     sent = internaldate
-    date = get("date")
     if date:
         parsed = sent_date(date.decode("latin-1"))
         if parsed is not None:
             sent = parsed  # RFC 5256 3: unparseable: the internal date
-    subject = " ".join(_decoded(get("subject")).split())
+    subject = " ".join(_decoded(raw_subject).split())
+    upper = subject.upper()
+    if not _MAY_STRIP.match(subject):
+        return [sent, upper, False]  # base_subject's own shortcut
     base = base_subject(subject)
     # (for THREAD, RFC 5256 3) whether the subject was a reply
-    return [sent, base, base != subject.upper() and bool(_REPLY.match(subject))]
+    return [sent, base, base != upper and bool(_REPLY.match(subject))]
 
 
-def _thread(get, internaldate: int) -> list:
+def _thread(msgid: bytes | None, references: bytes | None, in_reply_to: bytes | None, internaldate: int) -> list:
     """THREAD's identity and ancestry (RFC 5256 3)."""
-    return [_ids(get("message-id"))[:1], _ids(get("references")), _ids(get("in-reply-to"))[:1]]
+    return [_ids(msgid)[:1], _ids(references), _ids(in_reply_to)[:1]]
 
 
-def _addresses(get, internaldate: int) -> list:
+def _addresses(*fields_and_date) -> list:
+    """From, To, Cc: each first addr-mailbox (RFC 5256 3), and the From and To display names
+    (RFC 5957 2); the internal date, last, is not used."""
     out, display = [], []
-    for field in ("from", "to", "cc"):
-        name, addr = _first_address(get(field))
+    for field, raw in zip(("from", "to", "cc"), fields_and_date):
+        name, addr = _first_address(raw)
         out.append(addr.rpartition("@")[0].upper() if "@" in addr else addr.upper())  # addr-mailbox
         if field != "cc":
             display.append((name or addr).casefold())  # RFC 5957 2
@@ -214,8 +221,8 @@ def _addresses(get, internaldate: int) -> list:
 
 
 #: The keys in three groups, each computed (and cached) only when a criterion needs it:
-#: group -> (its key names, the function making their values from the header's fields, the
-#: names of those fields).
+#: group -> (its key names, the function making their values from the header's fields (and the
+#: internal date), the names of those fields).
 GROUPS = {"basic": (("date", "subject", "reply"), _basic, ("date", "subject")),
           "thread": (("id", "refs", "irt"), _thread, ("message-id", "references", "in-reply-to")),
           "address": (("from", "to", "cc", "displayfrom", "displayto"), _addresses, ("from", "to", "cc"))}
@@ -235,7 +242,7 @@ def keys_of(header: bytes, internaldate: int) -> dict:
     """Every sort key of one message (from its header)."""
     keys: dict = {}
     for names, make, fields in GROUPS.values():
-        keys.update(zip(names, make(_fields(header, fields).get, internaldate)))
+        keys.update(zip(names, make(*_values(header, fields), internaldate)))
     return keys
 
 
@@ -305,7 +312,7 @@ def _fill(folder, group: str, messages: dict, out: dict[int, dict], missing: lis
             del out[uid]
             continue
         m = messages[uid]
-        values = make(_fields(header, fields).get, m.internaldate)
+        values = make(*_values(header, fields), m.internaldate)
         out[uid].update(zip(names, values))
         table[m.base] = [m.size, *values]
     if len(unknown) * 20 >= len(table):
