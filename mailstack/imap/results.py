@@ -140,8 +140,8 @@ def recompute(contexts: list[Context], folder, snap, recent: set) -> dict[bytes,
     for ctx in contexts:
         found = searchmod.run(ctx.tree, candidates, len(uids), uids[-1] if uids else 0)
         if ctx.criteria is not None:
-            header_keys = any(c not in ("ARRIVAL", "SIZE") for c, _reverse in ctx.criteria)
-            keys = sortmod.load_keys(folder, {c.uid: c.info for c in found}) if header_keys else {}
+            groups = sortmod.groups_for(ctx.criteria)
+            keys = sortmod.load_keys(folder, {c.uid: c.info for c in found}, groups) if groups else {}
             found = sortmod.order(found, ctx.criteria, keys)
         out[ctx.tag] = [c.uid for c in found]
     return out

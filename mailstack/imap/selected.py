@@ -9,6 +9,10 @@ its tagged OK or raising :class:`~mailstack.imap.errors.ImapError`.
 
 from __future__ import annotations
 
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
 from mailstack.imap import results as resultsmod
 from mailstack.imap import search as searchmod
 from mailstack.imap import sort as sortmod
@@ -17,6 +21,8 @@ from mailstack.imap.errors import Bad, No
 from mailstack.imap.mailboxes import check_flags, destination, mailbox_name
 from mailstack.imap.parser import String
 from mailstack.imap.view import uid_set
+
+log = Logger()
 
 
 async def check(s, tag):
@@ -235,14 +241,16 @@ async def sort(s, tag, criteria, charset, keys, returns=None, uid=False):
     one ESEARCH response (RFC 5267 3.1 ESORT)."""
     tree = _compile(charset, keys, s.sel.saved)
     find, folder = _finder(s, tree), s.sel.folder
-    header_keys = any(c not in ("ARRIVAL", "SIZE") for c, _reverse in criteria)
+    groups = sortmod.groups_for(criteria)
 
     def work():
-        found = find()
-        keys = sortmod.load_keys(folder, {c.uid: c.info for c in found}) if header_keys else {}
-        return sortmod.order(found, criteria, keys)
+        with sortmod.no_gc():
+            found = find()
+            keys = sortmod.load_keys(folder, {c.uid: c.info for c in found}, groups) if groups else {}
+            return sortmod.order(found, criteria, keys)
 
     ranked = await _in_thread(s, work)
+    _keep_tables()
     numbers = [c.uid if uid else c.seq for c in ranked]
     if returns is None:
         s.untagged(b"SORT" + b"".join(b" %d" % n for n in numbers))
@@ -253,18 +261,36 @@ async def sort(s, tag, criteria, charset, keys, returns=None, uid=False):
     return b"SORT completed"
 
 
+#: Seconds after a SORT or THREAD answer before the keys it made are written (in a worker):
+#: not while the client reads the answer and sends its next command.
+KEEP_TABLES_AFTER = 1.0
+
+
+def _keep_tables() -> None:
+    """The sort keys made for this answer go to the store's cache a moment after it (memory
+    has them meanwhile; a restart before that only costs computing them again)."""
+    def keep():
+        deferToThread(sortmod.keep_tables).addErrback(
+            lambda failure: log.failure("keeping the IMAP sort keys failed", failure))
+
+    reactor.callLater(KEEP_TABLES_AFTER, keep)
+
+
 async def thread(s, tag, algorithm, charset, keys, uid=False):
     """RFC 5256 3 THREAD, ORDEREDSUBJECT or REFERENCES (:mod:`mailstack.imap.thread`)."""
     tree = _compile(charset, keys, s.sel.saved)
     find, folder = _finder(s, tree), s.sel.folder
 
     def work():
-        found = find()
-        keys = sortmod.load_keys(folder, {c.uid: c.info for c in found})
-        messages = [(c.uid if uid else c.seq, keys[c.uid]) for c in found if c.uid in keys]
-        build = threadmod.ordered_subject if algorithm == "ORDEREDSUBJECT" else threadmod.references
-        return threadmod.thread_list(build(messages))
+        with sortmod.no_gc():
+            found = find()
+            groups = ("basic",) if algorithm == "ORDEREDSUBJECT" else ("basic", "thread")  # RFC 5256 3
+            keys = sortmod.load_keys(folder, {c.uid: c.info for c in found}, groups)
+            messages = [(c.uid if uid else c.seq, keys[c.uid]) for c in found if c.uid in keys]
+            build = threadmod.ordered_subject if algorithm == "ORDEREDSUBJECT" else threadmod.references
+            return threadmod.thread_list(build(messages))
 
     threads = await _in_thread(s, work)
     s.untagged(b"THREAD" + (b" " + threads if threads else b""))
+    _keep_tables()
     return b"THREAD completed"

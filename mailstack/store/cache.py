@@ -33,7 +33,11 @@ CREATE TABLE IF NOT EXISTS entries (
     kind TEXT NOT NULL,
     value BLOB NOT NULL,
     PRIMARY KEY (base, kind)
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tables (
+    kind TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+)
 """
 
 
@@ -54,7 +58,7 @@ class MessageCache:
                 db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
-                db.execute(_SCHEMA)
+                db.executescript(_SCHEMA)
                 os.chmod(self.path, 0o600)
                 self._db = db
                 return db
@@ -112,6 +116,24 @@ class MessageCache:
         rows = [(base, kind, value) for base, value in values.items() if len(value) <= MAX_VALUE]
         if rows:
             self._write("INSERT OR REPLACE INTO entries (base, kind, value) VALUES (?, ?, ?)", rows)
+
+    def get_table(self, kind: str) -> bytes | None:
+        """The one value kept for the whole folder under ``kind`` (see :meth:`put_table`)."""
+        with self._lock:
+            db = self._connect()
+            if db is None:
+                return None
+            try:
+                row = db.execute("SELECT value FROM tables WHERE kind = ?", (kind,)).fetchone()
+            except sqlite3.DatabaseError:
+                self._discard()
+                return None
+        return None if row is None else row[0]
+
+    def put_table(self, kind: str, value: bytes) -> None:
+        """Keep one value for the whole folder (values of many messages in one row: one read
+        and one write where per-message entries cost one row each).  Not size-limited."""
+        self._write("INSERT OR REPLACE INTO tables (kind, value) VALUES (?, ?)", [(kind, value)])
 
     def forget(self, bases: Iterable[str]) -> None:
         """Drop every entry of these (expunged) messages."""

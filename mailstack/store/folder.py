@@ -351,3 +351,12 @@ class MaildirFolder(FolderDelivery, FlagChanges):
         if values:
             bases = self._bases(values)
             self.cache.put_many(kind, {bases[uid]: v for uid, v in values.items() if uid in bases})
+
+    def derived_table(self, kind: str) -> bytes | None:
+        """The folder-wide value protocol code kept with :meth:`keep_derived_table`."""
+        return self.cache.get_table(kind)
+
+    def keep_derived_table(self, kind: str, value: bytes) -> None:
+        """Keep one value derived from many messages (opaque here; the caller says which
+        messages it covers, and must ignore what it finds for messages no longer there)."""
+        self.cache.put_table(kind, value)

@@ -50,6 +50,13 @@ class FolderAPI(Protocol):
     def keep_derived(self, kind: str, values: dict[int, bytes]) -> None:
         """Cache values protocol code derived from messages' (immutable) content."""
 
+    def derived_table(self, kind: str) -> bytes | None:
+        """The one folder-wide value kept with :meth:`keep_derived_table` under ``kind``."""
+
+    def keep_derived_table(self, kind: str, value: bytes) -> None:
+        """Cache one value derived from many messages (it must say which: it is not
+        invalidated here)."""
+
     def expunged_since(self, modseq: int, uids: Iterable[int] | None = None) -> list[int]:
         """UIDs expunged after ``modseq`` (RFC 7162 QRESYNC)."""
 
