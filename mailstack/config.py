@@ -278,7 +278,7 @@ def _listeners(values: dict, path: str) -> list[Listener]:
     return listeners
 
 
-def _check_tls(values: dict, listeners: list[Listener], path: str) -> tuple[str, str]:
+def _check_tls(values: dict, listeners: list[Listener], path: str, hostname: str) -> tuple[str, str]:
     """[tls]: both files or neither, readable and matching; needed by any TLS listener."""
     cert, key = values["tls"]["certificate"], values["tls"]["key"]
     if bool(cert) != bool(key):
@@ -294,6 +294,7 @@ def _check_tls(values: dict, listeners: list[Listener], path: str) -> tuple[str,
         from mailstack.tls import load_context_factory
 
         load_context_factory(cert, key, path)
+        fileaccess.certificate_names_host(path, "[tls] certificate", cert, hostname)
     return cert, key
 
 
@@ -428,7 +429,7 @@ def from_dict(raw: dict, path: str) -> Config:
         raise ConfigError(path, "[server] domains", "must list at least one domain, without blanks")
 
     listeners = _listeners(values, path)
-    cert, key = _check_tls(values, listeners, path)
+    cert, key = _check_tls(values, listeners, path, hostname)
     delimiter = _check_accounts(values, path)
     root = _check_store(values, path)
     _check_sessions(values, path)

@@ -48,7 +48,7 @@ class Install:
         for d in (self.lib, self.run_dir):  # install -d -o mailstack -g mailstack -m 700
             d.mkdir(mode=0o700)
             os.chown(d, self.user.pw_uid, self.gid)
-        make_dev_ca(str(self.etc / "tls"))
+        make_dev_ca(str(self.etc / "tls"), hostnames=("localhost", "mail.example.test"))
         self.etc_file("tls", mode=0o750)
         self.etc_file("tls/server-key.pem", mode=0o640)
         self.etc_file("tls/server.pem", mode=0o644)
