@@ -8,6 +8,7 @@ wrong.  Relative paths are taken relative to the directory of the configuration 
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 import socket
@@ -178,6 +179,8 @@ class Config:
     relay: dict = field(default_factory=dict)  # [relay], checked; see mailstack.outbound.relay.RelaySettings
     queue_dir: str = ""
     smarthost_password: str = field(default="", repr=False)
+    #: Every key as read, typed, defaults filled in: what SIGHUP compares (mailstack.reconfigure).
+    values: dict = field(default_factory=dict, repr=False)
 
     @property
     def has_tls(self) -> bool:
@@ -422,6 +425,7 @@ def _smarthost_password(relay: dict, path: str) -> str:
 
 def from_dict(raw: dict, path: str) -> Config:
     values = _typed_values(raw, path)
+    as_read = copy.deepcopy(values)
     server = values["server"]
     hostname = server["hostname"] or socket.getfqdn()
     domains = [d.strip().lower().rstrip(".") for d in server["domains"]]
@@ -479,6 +483,7 @@ def from_dict(raw: dict, path: str) -> Config:
         relay=relay,
         queue_dir=queue_dir,
         smarthost_password=smarthost_password,
+        values=as_read,
     )
 
 
