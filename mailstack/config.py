@@ -433,6 +433,8 @@ def from_dict(raw: dict, path: str) -> Config:
         raise ConfigError(path, "[server] domains", "must list at least one domain, without blanks")
 
     listeners = _listeners(values, path)
+    if server["ports_file"]:
+        fileaccess.writable_dir(path, "[server] ports_file", os.path.dirname(server["ports_file"]))
     cert, key = _check_tls(values, listeners, path, hostname)
     delimiter = _check_accounts(values, path)
     root = _check_store(values, path)

@@ -136,6 +136,7 @@ class MailstackService(service.MultiService):
         for watched in accounts.files():
             self.context.watcher.watch_file(watched)
         if self.config.ports_file:
+            os.makedirs(os.path.dirname(self.config.ports_file), exist_ok=True)
             tmp = self.config.ports_file + ".tmp"
             with open(tmp, "w") as f:
                 json.dump({"pid": os.getpid(), "listeners": self.bound}, f, indent=1)
