@@ -387,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mailstack: {e}", file=sys.stderr)
         return 2
+    except PermissionError as e:
+        print(f"mailstack: {e.strerror}: {e.filename} (running as user {privileges.who()}: run it as root, "
+              "or as the user that owns the file)", file=sys.stderr)
+        return 1
     except (MailstackError, OSError) as e:
         print(f"mailstack: {e}", file=sys.stderr)
         return 1
