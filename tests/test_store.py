@@ -228,9 +228,10 @@ def test_reads_flags_of_files_written_by_dovecot(inbox):
     name = f"1700000000.M1P2Q3.otherhost,S={len(body)}:2,FScP"
     with open(os.path.join(inbox.path, "cur", name), "wb") as f:
         f.write(body)
+    os.utime(os.path.join(inbox.path, "cur", name), (1690000000, 1690000000))  # Dovecot's received date
     (info,) = inbox.snapshot().messages
     assert info.flags == {"\\Flagged", "\\Seen", "$Label1"}  # "P" (passed) is not an IMAP flag
-    assert info.internaldate == 1700000000
+    assert info.internaldate == 1690000000  # the mtime, as Dovecot reads it (issue 18), not the name's 1700000000
     # Changing flags keeps letters we do not understand ("P") and does not lose keyword a/c mapping
     inbox.set_flags([info.uid], ["Junk"], mode="add")
     (name2,) = files_in(inbox, "cur")

@@ -52,16 +52,34 @@ def new_base(host: str) -> str:
     return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{_PROCESS_TOKEN}.{host}"
 
 
+#: The unique part of a Maildir name, after ``<secs>.``: Maildir's ``M<usec>P<pid>`` (Dovecot's
+#: older names), ``P<pid>Q<n>M<usec>`` (Dovecot's newer ones), ours ``M<usec>P<pid>Q<n>R<rand>``,
+#: or qmail's ``<n>_<m>``.  Fields are letter + digits in any order.
+_UNIQUE_FIELD = re.compile(r"([A-Z])(\d+)")
+_COUNTERS = re.compile(r"^(\d+)_(\d+)$")
+
+
 def arrival_key(base: str, internaldate: int) -> tuple:
     """Sort key putting new files in arrival order (RFC 3501 2.3.1.1: UIDs ascend with it).
 
-    Names of the form ``<sec>.M<usec>P<pid>Q<n>`` compare by their numbers: as text,
-    ``M98765`` would sort after ``M123456``.  Other names sort by internal date.
+    The numbers of the name compare as numbers, seconds first, then microseconds, then the
+    delivery counter: as text, ``M98765`` would sort after ``M123456``.  Names of every
+    writer in the wild are read (ours, Dovecot's two forms, qmail's ``<n>_<m>``); any other
+    name sorts by its internal date.
     """
     m = _ARRIVAL_RE.match(base)
-    if m:
-        return (int(m.group(1)), int(m.group(2)), int(m.group(4)), base)
-    return (internaldate, 0, 0, base)
+    if m:  # ours, the common case, without the general parse
+        return (int(m.group(1)), int(m.group(2)), int(m.group(4)), 0, base)
+    secs, _, rest = base.partition(".")
+    if secs.isdigit():
+        unique = rest.split(".", 1)[0]
+        counters = _COUNTERS.match(unique)
+        if counters:
+            return (int(secs), 0, int(counters.group(1)), int(counters.group(2)), base)
+        fields = dict(_UNIQUE_FIELD.findall(unique))
+        if fields:
+            return (int(secs), int(fields.get("M", 0)), int(fields.get("Q", 0)), int(fields.get("P", 0)), base)
+    return (internaldate, 0, 0, 0, base)
 
 
 def chunks(source) -> Iterator[bytes]:

@@ -121,13 +121,14 @@ class MaildirFolder(FolderDelivery, FlagChanges):
             self.uidlist.create(next_uidvalidity(self.mailbox.path, self.store.fsync))
 
     def _internaldate_of(self, base: str, rel: str) -> int:
-        head = base.split(".", 1)[0]
-        if head.isdigit():
-            return int(head)
+        """A new file's INTERNALDATE: its mtime, as Dovecot takes it and as APPEND and delivery
+        set it (an imported file keeps its date, where the name says when it was copied in);
+        the name's seconds only if the file has gone meanwhile."""
         try:
             return int(os.stat(os.path.join(self.path, rel)).st_mtime)
         except FileNotFoundError:
-            return int(time.time())
+            head = base.split(".", 1)[0]
+            return int(head) if head.isdigit() else int(time.time())
 
 
     # -- the saved index (index.py) ------------------------------------------------------------
