@@ -9,14 +9,18 @@ so a folder can be rsynced between mailstack and Dovecot.  Setting flags renames
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterable
 
 from mailstack.errors import KeywordLimit
-from mailstack.fsutil import atomic_write, fsync_dir
+from mailstack.fsutil import fsync_dir
+from mailstack.store.dotlock import DotLock
 
 SYSTEM_FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
 LETTER_SYSTEM_FLAGS = {v: k for k, v in SYSTEM_FLAG_LETTERS.items()}
 KEYWORDS_FILE = "dovecot-keywords"
+#: The file whose Dovecot dot-lock (``dovecot-uidlist.lock``) guards the keywords file too.
+UIDLIST_DOTLOCKED = "dovecot-uidlist"
 MAX_KEYWORDS = 26
 
 
@@ -67,7 +71,6 @@ class FolderKeywords:
     def letters(self, flags: Iterable[str], keep_unknown: str = "") -> str:
         """Caller holds the folder lock.  The ``:2,`` letters for ``flags`` (sorted, as
         Maildir wants); upper-case letters of ``keep_unknown`` that mean nothing here stay."""
-        keywords = list(self.load())
         letters = set(c for c in keep_unknown if c.isupper() and c not in LETTER_SYSTEM_FLAGS)
         for flag in flags:
             if flag in SYSTEM_FLAG_LETTERS:
@@ -75,21 +78,48 @@ class FolderKeywords:
             elif flag.startswith("\\"):
                 continue  # \Recent and unknown system flags are not stored
             else:
-                letters.add(self._letter(flag, keywords))
+                letters.add(self._letter(flag))
         return "".join(sorted(letters))
 
-    def _letter(self, word: str, keywords: list[str]) -> str:
+    def _letter(self, word: str) -> str:
         """Give ``word`` a letter (keywords compare case-insensitively), recording a new one."""
-        for i, known in enumerate(keywords):
-            if known.lower() == word.lower():
-                return chr(ord("a") + i)
-        if len(keywords) >= MAX_KEYWORDS:
-            raise KeywordLimit(f"this folder already has {MAX_KEYWORDS} keywords")
-        keywords.append(word)
-        data = "".join(f"{i} {w}\n" for i, w in enumerate(keywords) if w).encode("utf-8")
-        atomic_write(self.path, data, fsync=self.fsync)
-        self.words, self.mtime = keywords, os.stat(self.path).st_mtime_ns
-        return chr(ord("a") + len(keywords) - 1)
+        found = _find(self.load(), word)
+        if found is not None:
+            return found
+        # A new keyword.  Dovecot adds one only while it holds its dovecot-uidlist dot-lock, and
+        # replaces the file through dovecot-keywords.lock: do both, and read the file again under
+        # the lock, so that two servers never give one letter two meanings (issue 18).
+        folder = os.path.dirname(self.path)
+        with DotLock(os.path.join(folder, UIDLIST_DOTLOCKED)):
+            self.words = None
+            keywords = list(self.load())
+            found = _find(keywords, word)
+            if found is not None:
+                return found
+            free = keywords.index("") if "" in keywords else len(keywords)  # the first free letter, as Dovecot
+            if free >= MAX_KEYWORDS:
+                raise KeywordLimit(f"this folder already has {MAX_KEYWORDS} keywords")
+            keywords[free:free + 1] = [word]
+            data = "".join(f"{i} {w}\n" for i, w in enumerate(keywords) if w).encode("utf-8")
+            before = self.mtime // 1_000_000_000 if self.mtime else 0
+            lock = DotLock(self.path).acquire()
+            try:
+                # Dovecot notices a new file by its mtime in whole seconds: it must grow each time.
+                lock.replace(data, mode=0o600, fsync=self.fsync, mtime=max(int(time.time()), before + 1))
+            except BaseException:
+                lock.release()
+                raise
+            if self.fsync:
+                fsync_dir(folder)
+            self.words, self.mtime = keywords, os.stat(self.path).st_mtime_ns
+            return chr(ord("a") + free)
+
+
+def _find(keywords: list[str], word: str) -> str | None:
+    for i, known in enumerate(keywords):
+        if known and known.lower() == word.lower():
+            return chr(ord("a") + i)
+    return None
 
 
 class FlagChanges:

@@ -8,11 +8,11 @@ import shutil
 from typing import TYPE_CHECKING
 
 from mailstack.errors import FolderExists, FolderNotFound, InvalidFolderName, StoreError
-from mailstack.fsutil import atomic_write, fsync_dir
+from mailstack.fsutil import fsync_dir
 from mailstack.store import names
+from mailstack.store.dotlock import DotLock
 from mailstack.store.files import make_maildir
 from mailstack.store.snapshot import FolderInfo
-from mailstack.store.uidlist import FolderLock
 
 if TYPE_CHECKING:
     from mailstack.store.folder import MaildirFolder
@@ -149,29 +149,99 @@ class Mailbox:
                 self.unsubscribe(sub)
                 self.subscribe(new + sub[len(old):])
 
-    # -- subscriptions: one folder name per line, UTF-8 -------------------------------------
+    # -- subscriptions: Dovecot's file, with Dovecot's dot-lock ------------------------------
 
     def subscriptions(self) -> list[str]:
         try:
-            with open(os.path.join(self.path, SUBSCRIPTIONS_FILE), encoding="utf-8") as f:
-                return [line.rstrip("\n") for line in f if line.strip()]
+            with open(os.path.join(self.path, SUBSCRIPTIONS_FILE), "rb") as f:
+                return read_subscriptions(f.read())
         except FileNotFoundError:
             return []
 
-    def _write_subscriptions(self, subs: list[str]) -> None:
-        data = "".join(s + "\n" for s in subs).encode("utf-8")
-        atomic_write(os.path.join(self.path, SUBSCRIPTIONS_FILE), data, fsync=self.store.fsync)
+    def _change_subscriptions(self, change) -> None:
+        """Read, change and replace the file under Dovecot's ``subscriptions.lock`` dot-lock
+        (the new file is written into the lock and renamed over: no lock file stays behind)."""
+        lock = DotLock(os.path.join(self.path, SUBSCRIPTIONS_FILE), stale_after=SUBSCRIPTIONS_STALE_AFTER,
+                       timeout=SUBSCRIPTIONS_LOCK_TIMEOUT).acquire()
+        try:
+            subs = self.subscriptions()
+            new = change(subs)
+            if new == subs:
+                lock.release()
+                return
+            lock.replace(write_subscriptions(new), fsync=self.store.fsync)
+        except BaseException:
+            lock.release()
+            raise
+        if self.store.fsync:
+            fsync_dir(self.path)
 
     def subscribe(self, name: str) -> None:
         name = names.normalise(name)
-        with FolderLock(self.path, SUBSCRIPTIONS_FILE + ".lock"):
-            subs = self.subscriptions()
-            if name not in subs:
-                self._write_subscriptions(subs + [name])
+        self._change_subscriptions(lambda subs: subs if name in subs else subs + [name])
 
     def unsubscribe(self, name: str) -> None:
         name = names.normalise(name)
-        with FolderLock(self.path, SUBSCRIPTIONS_FILE + ".lock"):
-            subs = self.subscriptions()
-            if name in subs:
-                self._write_subscriptions([s for s in subs if s != name])
+        self._change_subscriptions(lambda subs: [s for s in subs if s != name])
+
+
+#: Dovecot's subscriptions file, version 2: this header, then one name a line, its hierarchy
+#: levels separated by TAB, each level in modified UTF-7 (as Maildir++ directory names) with
+#: TAB, CR, LF and \x01 escaped as \x01 + a letter.  Version 1 (no header) is one name a line.
+V2_HEADER = b"V\t2\n\n"
+SUBSCRIPTIONS_STALE_AFTER = 30.0  # Dovecot's, for this lock
+SUBSCRIPTIONS_LOCK_TIMEOUT = 120.0
+_TAB_ESCAPES = {"\x01": "1", "\t": "t", "\r": "r", "\n": "n"}
+_TAB_UNESCAPES = {v: k for k, v in _TAB_ESCAPES.items()}
+
+
+def _tab_escape(text: str) -> str:
+    return "".join("\x01" + _TAB_ESCAPES[c] if c in _TAB_ESCAPES else c for c in text)
+
+
+def _tab_unescape(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\x01" and i + 1 < len(text):
+            out.append(_TAB_UNESCAPES.get(text[i + 1], text[i + 1]))
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _level(text: str) -> str:
+    """One hierarchy level as stored: modified UTF-7 decoded, when it is that."""
+    if "&" not in text:
+        return text
+    try:
+        decoded = names.decode_mutf7(text)
+    except (InvalidFolderName, ValueError, UnicodeError):
+        return text
+    return decoded if names.encode_mutf7(decoded) == text else text
+
+
+def read_subscriptions(data: bytes) -> list[str]:
+    """Folder names from a subscriptions file: Dovecot's version 2, Dovecot's version 1
+    (Maildir++ names, ``.`` between levels), or what mailstack wrote before (``/``, UTF-8)."""
+    text = data.decode("utf-8", "replace")
+    out: list[str] = []
+    if data.startswith(V2_HEADER):
+        lines = [[_level(_tab_unescape(p)) for p in line.split("\t")] for line in text[len(V2_HEADER):].split("\n")]
+    else:
+        lines = [line.split(".") if "." in line and names.SEPARATOR not in line else [line]
+                 for line in text.split("\n")]
+        lines = [[_level(p) for p in parts] if len(parts) > 1 or "&" in parts[0] else parts for parts in lines]
+    for parts in lines:
+        if not any(parts):
+            continue
+        name = names.SEPARATOR.join(parts)
+        if name not in out:
+            out.append("INBOX" if names.is_inbox(name) else name)
+    return out
+
+
+def write_subscriptions(subs: list[str]) -> bytes:
+    lines = ["\t".join(_tab_escape(names.encode_mutf7(p)) for p in name.split(names.SEPARATOR)) for name in subs]
+    return V2_HEADER + "".join(line + "\n" for line in lines).encode("utf-8")
