@@ -21,11 +21,13 @@ would show them.  Edits go to the files a running server watches, so they apply 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import sys
 
 from mailstack import __version__, config as config_mod
+from mailstack import privileges
 from mailstack.accounts import AliasesFile, UsersFile, normalise_address, valid_address
 from mailstack.passwords import configure_argon2, hash_password
 from mailstack.errors import ConfigError, MailstackError
@@ -48,6 +50,21 @@ def _read_password(args) -> str:
 
 def _config(args) -> config_mod.Config:
     return config_mod.load(args.config or config_mod.default_path())
+
+
+@contextlib.contextmanager
+def _as_service(cfg: config_mod.Config):
+    """Run the block as the service user when root runs the command (mailstack.privileges):
+    what it makes under the data directories is then the service's, not root's."""
+    user = privileges.service_user(cfg)
+    try:
+        with privileges.acting_as(user):
+            yield
+    except PermissionError as e:
+        if user is None:
+            raise
+        raise SystemExit(f"mailstack: {e.strerror}: {e.filename} (written as the service user {user.name}, "
+                         f"who must own the data directories: chown -R {user.name}: {e.filename})") from None
 
 
 def cmd_init(args) -> int:
@@ -92,7 +109,11 @@ def cmd_install_files(args) -> int:
 def cmd_config(args) -> int:
     """Load the configuration as start-up does (types, files, modes, keys) and say so."""
     cfg = _config(args)
-    print(f"{cfg.path}: ok")
+    user = privileges.service_user(cfg)
+    if user is not None:  # root: check again as the service will, with its access rights
+        with privileges.acting_as(user):
+            cfg = _config(args)
+    print(f"{cfg.path}: ok" + (f" (checked as user {user.name})" if user else ""))
     return 0
 
 
@@ -123,7 +144,8 @@ def cmd_user(args) -> int:
         if args.action == "add":
             from mailstack.store import MaildirStore
 
-            MaildirStore(cfg.store_root, fsync=cfg.store_fsync).mailbox(address)
+            with _as_service(cfg):
+                MaildirStore(cfg.store_root, fsync=cfg.store_fsync).mailbox(address)
         print(f"{'added' if args.action == 'add' else 'changed password of'} {address}")
     elif args.action == "del":
         try:
@@ -163,12 +185,17 @@ def cmd_alias(args) -> int:
 
 
 def cmd_store(args) -> int:
-    from mailstack.store import MaildirStore, check_user
-
     cfg = _config(args)
-    store = MaildirStore(cfg.store_root, fsync=cfg.store_fsync)
     if bool(args.user) == args.all:
         raise SystemExit("mailstack: name one USER or --all")
+    with _as_service(cfg):
+        return _store_check(cfg, args)
+
+
+def _store_check(cfg, args) -> int:
+    from mailstack.store import MaildirStore, check_user
+
+    store = MaildirStore(cfg.store_root, fsync=cfg.store_fsync)
     users = list(store.users()) if args.all else [normalise_address(args.user)]
     bad = 0
     for user in users:
@@ -183,12 +210,15 @@ def cmd_store(args) -> int:
 
 
 def cmd_queue(args) -> int:
-    import datetime
-
     from mailstack.outbound.queue import OutboundQueue
 
     cfg = _config(args)
-    queue = OutboundQueue(cfg.queue_dir, cfg.store_fsync)
+    with _as_service(cfg):
+        return _queue_command(OutboundQueue(cfg.queue_dir, cfg.store_fsync), args)
+
+
+def _queue_command(queue, args) -> int:
+    import datetime
 
     def when(t: float) -> str:
         return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
@@ -240,7 +270,8 @@ def cmd_dkim(args) -> int:
     if domain not in cfg.domains:
         raise SystemExit(f"mailstack: {domain} is not one of [server] domains in {cfg.path}")
     selector = args.selector or cfg.dkim["selector"]
-    records = authentication.generate_keys(cfg.dkim["keys"], domain, selector, args.ed25519 or cfg.dkim["ed25519"])
+    with _as_service(cfg):  # the service reads the key: it must own it
+        records = authentication.generate_keys(cfg.dkim["keys"], domain, selector, args.ed25519 or cfg.dkim["ed25519"])
     paths = authentication.key_paths(cfg.dkim["keys"], domain, selector)
     print(f"; keys in {os.path.dirname(paths['rsa'])}; publish:")
     for algorithm, value in records.items():
@@ -355,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.umask(0o077)  # the service's umask (systemd/mailstack.service): mail and keys are private
     try:
         return args.func(args)
     except ConfigError as e:

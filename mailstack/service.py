@@ -18,7 +18,7 @@ import signal
 from dataclasses import dataclass
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, task, threads
+from twisted.internet import defer, endpoints, protocol, task, threads
 from twisted.logger import Logger
 
 from mailstack import accounts as accounts_mod
@@ -26,6 +26,7 @@ from mailstack import config as config_mod
 from mailstack import listener as listener_mod
 from mailstack import logfilter
 from mailstack import passwords
+from mailstack import privileges
 from mailstack.errors import ConfigError
 from mailstack.outbound import relay
 from mailstack.store import FolderWatcher, MaildirStore
@@ -67,8 +68,9 @@ class ServerContext:
 
 
 class MailstackService(service.MultiService):
-    def __init__(self, cfg: config_mod.Config, reactor=None):
+    def __init__(self, cfg: config_mod.Config, reactor=None, prebound: dict | None = None):
         super().__init__()
+        self.prebound = prebound
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -112,27 +114,16 @@ class MailstackService(service.MultiService):
         self.bound: dict[str, dict] = {}
 
     def privilegedStartService(self):
-        """Bind every listener now (before privileges are dropped), or none at all."""
-        _raise_file_limit(self.config.max_connections * len(self.factories) + 1024)
+        """Bind every listener now (before privileges are dropped), or none at all.  Listeners
+        that the root process bound before it dropped to the service user (``prebound``, see
+        :func:`make_service`) are only given their factories."""
+        if self.prebound is None:
+            self.prebound = bind_listeners(self.config, self.reactor, [lst for lst, _ in self.factories])
         for lst, factory in self.factories:
-            endpoint = endpoints.serverFromString(self.reactor, lst.endpoint)
-            d = endpoint.listen(factory)
-            result = []
-            d.addBoth(result.append)
-            if not result:  # every endpoint we allow binds synchronously
-                result.append(defer.fail(RuntimeError("endpoint did not bind at once")))
-            outcome = result[0]
-            if not hasattr(outcome, "getHost"):
-                for port in self.ports:
-                    port.stopListening()
-                self.ports = []
-                reason = getattr(outcome, "value", outcome)
-                message = f"{self.config.path}: [listeners] {lst.key}: cannot listen on {lst.endpoint}: {reason}"
-                # Straight to fd 2: twistd may have redirected sys.stderr into its log by now.
-                os.write(2, f"mailstack: {message}\n".encode())
-                raise SystemExit(1)
-            self.ports.append(outcome)
-            host = outcome.getHost()
+            port, pending = self.prebound[lst.key]
+            pending.attach(factory)
+            self.ports.append(port)
+            host = port.getHost()
             self.bound[lst.key] = {"host": getattr(host, "host", None), "port": getattr(host, "port", None),
                                    "tls": lst.tls, "protocol": lst.protocol}
         self.context.bound = self.bound  # what autoconfiguration tells clients
@@ -209,6 +200,57 @@ class MailstackService(service.MultiService):
         log.info("reloaded users, aliases and certificate")
 
 
+class PendingFactory(protocol.Factory):
+    """A listener's factory from its bind until the service attaches the real one.
+
+    Root binds the ports, then drops to the service user, and only the service user builds
+    the service (:func:`make_service`); the reactor is not running in between, so no
+    connection can arrive before :meth:`attach`.
+    """
+
+    noisy = False
+
+    def __init__(self):
+        self.target = None
+
+    def attach(self, factory) -> None:
+        self.target = factory
+        factory.doStart()
+
+    def buildProtocol(self, addr):
+        return None if self.target is None else self.target.buildProtocol(addr)
+
+    def stopFactory(self):
+        if self.target is not None:
+            self.target.doStop()
+
+
+def bind_listeners(cfg: config_mod.Config, reactor, listeners: list | None = None) -> dict:
+    """Bind every listener (``listeners``, default all of the configuration's) to a
+    :class:`PendingFactory`: ``{key: (port, pending)}``.  If one cannot bind, the ones already
+    bound are closed and start-up stops with one line naming the file and the key."""
+    listeners = cfg.listeners if listeners is None else listeners
+    _raise_file_limit(cfg.max_connections * len(listeners) + 1024)
+    bound: dict = {}
+    for lst in listeners:
+        pending = PendingFactory()
+        result = []
+        endpoints.serverFromString(reactor, lst.endpoint).listen(pending).addBoth(result.append)
+        if not result:  # every endpoint we allow binds synchronously
+            result.append(defer.fail(RuntimeError("endpoint did not bind at once")))
+        outcome = result[0]
+        if not hasattr(outcome, "getHost"):
+            for port, _ in bound.values():
+                port.stopListening()
+            reason = getattr(outcome, "value", outcome)
+            message = f"{cfg.path}: [listeners] {lst.key}: cannot listen on {lst.endpoint}: {reason}"
+            # Straight to fd 2: twistd may have redirected sys.stderr into its log by now.
+            os.write(2, f"mailstack: {message}\n".encode())
+            raise SystemExit(1)
+        bound[lst.key] = (outcome, pending)
+    return bound
+
+
 def _raise_file_limit(wanted: int) -> None:
     """Every connection is a file descriptor: the usual soft limit of 1024 is too low."""
     import resource
@@ -257,6 +299,19 @@ def banner(cfg: config_mod.Config, bound: dict[str, dict]) -> str:
 
 
 def make_service(config_path: str, reactor=None) -> MailstackService:
+    """The service for ``twistd``.  Started as root with a ``[server] user``: bind the listeners,
+    become that user for good, and only then load the configuration again and build the
+    service, so that every file is opened, and every start-up check made, as the service user
+    (mailstack.privileges)."""
     logfilter.install()
     cfg = config_mod.load(config_path)
-    return MailstackService(cfg, reactor)
+    user = privileges.service_user(cfg)
+    if user is None:
+        return MailstackService(cfg, reactor)
+    if reactor is None:
+        from twisted.internet import reactor
+    prebound = bind_listeners(cfg, reactor)
+    privileges.drop_to(user)
+    cfg = config_mod.load(config_path)
+    log.info("bound {n} listeners as root, now running as user {user}", n=len(prebound), user=user.name)
+    return MailstackService(cfg, reactor, prebound=prebound)

@@ -102,6 +102,7 @@ class MailServer:
             listeners = [k for k, (proto, _) in LISTENERS.items() if proto in PROTOCOLS]
         body = [
             "[server]", 'hostname = "mail.example.test"', f'domains = ["{DOMAIN}"]', f'ports_file = "{self.ports_file}"',
+            'user = ""',  # stay whoever runs the tests (root on CI): tests/test_service_user.py drops
             "[listeners]", *[f'{k} = "tcp:0:interface=127.0.0.1"' for k in listeners],
             "[tls]", 'certificate = "tls/server.pem"', 'key = "tls/server-key.pem"',
             "[accounts]", 'users = "users"', 'aliases = "aliases"',
