@@ -2,7 +2,7 @@
 
     mailstack init --dev [--dir var]
     mailstack init --hostname HOST --domain DOMAIN... [--dir /etc/mailstack] [--data-dir /var/lib/mailstack]
-                   [--ports standard|dev|any] [--listen ADDRESS]
+                   [--ports standard|dev|any] [--listen ADDRESS] [--user NAME]
     mailstack install-files [--systemd-dir /etc/systemd/system] [--dir /etc/mailstack]
     mailstack [--config FILE] config check
     mailstack [--config FILE] user add|passwd|del|list ...
@@ -73,7 +73,7 @@ def cmd_init(args) -> int:
 
     try:
         if args.dev:
-            if args.hostname or args.domain or args.data_dir or args.ports or args.listen:
+            if args.hostname or args.domain or args.data_dir or args.ports or args.listen or args.user is not None:
                 print("mailstack init: --dev takes only --dir (it makes its own names, ports and CA)", file=sys.stderr)
                 return 2
             from mailstack.devinit import init_dev
@@ -89,11 +89,12 @@ def cmd_init(args) -> int:
                   file=sys.stderr)
             return 2
         path = prodinit.init_production(args.dir or prodinit.DEFAULT_DIR, args.data_dir or prodinit.DEFAULT_DATA_DIR,
-                                        args.hostname, args.domain, args.ports or "standard", args.listen or "")
+                                        args.hostname, args.domain, args.ports or "standard", args.listen or "",
+                                        "mailstack" if args.user is None else args.user)
     except (prodinit.InitError, FileExistsError) as e:
         print(f"mailstack init: {e}", file=sys.stderr)
         return 2
-    print(prodinit.next_steps(path, args.hostname, args.domain))
+    print(prodinit.next_steps(path, args.hostname, args.domain, "mailstack" if args.user is None else args.user))
     return 0
 
 
@@ -319,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="production: standard (25, 587, ...: the default), dev (2525, 2587, ...) or any "
                         "(port 0: free ports, written to the ports file; for tests)")
     p.add_argument("--listen", help="production: listen on this IP address only (default: every IPv4 address)")
+    p.add_argument("--user", help='production: [server] user, the service user (default: mailstack; "": stay whoever starts it)')
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("install-files", help="install the systemd unit and the reference configuration")

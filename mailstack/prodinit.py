@@ -97,7 +97,7 @@ def _q(value: str) -> str:
 
 
 def production_config(hostname: str, domains: list[str], config_dir: str, data_dir: str,
-                      ports: dict[str, int], listen: str = "") -> str:
+                      ports: dict[str, int], listen: str = "", user: str = "mailstack") -> str:
     """The text of ``mailstack.toml``.  It ends with ``[store]``, so sections such as ``[acme]``
     can be appended as they are."""
     from mailstack.service import PROTOCOLS
@@ -115,6 +115,8 @@ def production_config(hostname: str, domains: list[str], config_dir: str, data_d
         "domains = [" + ", ".join(_q(d) for d in domains) + "]",
         "# The addresses the listeners bound, for monitoring (and port 0).",
         f"ports_file = {_q(os.path.join(data_dir, 'ports.json'))}",
+        "# The service user: started as root, mailstack binds its ports and then becomes it (\"\": stay).",
+        f"user = {_q(user)}",
         "",
         "[listeners]",
         "# Remove a line to turn that service off (e.g. autoconfig when a web server has port 80).",
@@ -154,7 +156,7 @@ def _aliases_text(domains: list[str]) -> str:
 
 
 def init_production(config_dir: str, data_dir: str, hostname: str, domains: list[str],
-                    ports: str = "standard", listen: str = "") -> str:
+                    ports: str = "standard", listen: str = "", user: str = "mailstack") -> str:
     """Write the configuration; return the path of ``mailstack.toml``.  FileExistsError (naming
     the file) if the configuration, users or aliases file exists; nothing is written then."""
     hostname, domains = check_names(hostname, domains)
@@ -170,7 +172,7 @@ def init_production(config_dir: str, data_dir: str, hostname: str, domains: list
     files = {  # written in this order: the configuration last, its presence means done
         os.path.join(config_dir, "users"): ("# user@domain:{SCHEME}hash  (Dovecot passwd-file form); edit with 'mailstack user'\n", 0o640),
         os.path.join(config_dir, "aliases"): (_aliases_text(domains), 0o640),
-        config_path: (production_config(hostname, domains, config_dir, data_dir, PORT_SETS[ports], listen), 0o640),
+        config_path: (production_config(hostname, domains, config_dir, data_dir, PORT_SETS[ports], listen, user), 0o640),
     }
     for path in sorted(files, key=lambda p: p != config_path):  # the configuration named first
         if os.path.lexists(path):
@@ -185,14 +187,21 @@ def init_production(config_dir: str, data_dir: str, hostname: str, domains: list
     return config_path
 
 
-def next_steps(config_path: str, hostname: str, domains: list[str]) -> str:
+def next_steps(config_path: str, hostname: str, domains: list[str], user: str = "mailstack") -> str:
     """What the administrator does next, printed by ``mailstack init``."""
+    import pwd
+
     hostname, domains = check_names(hostname, domains)
     config_dir = os.path.dirname(config_path)
     ms = "mailstack" if config_path == os.path.join(DEFAULT_DIR, "mailstack.toml") else f"mailstack --config {config_path}"
     first = f"you@{domains[0]}"
+    try:
+        missing_user = bool(user) and not pwd.getpwnam(user)
+    except KeyError:
+        missing_user = True
     return "\n".join([
         f"made {config_path} (with users and aliases beside it).  Next:",
+        *([f"  0. the service user: adduser --system --group --home /var/lib/mailstack {user}"] if missing_user else []),
         f"  1. users:       {ms} user add {first}      (asks for the password)",
         f"                  {ms} alias add postmaster@{domains[0]} {first}",
         f"  2. DKIM key:    {ms} dkim genkey {domains[0]}" + ("      (and each other domain)" if len(domains) > 1 else ""),

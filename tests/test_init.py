@@ -72,6 +72,7 @@ def test_production_config_on_standard_ports_checked_once_the_certificate_is_the
     assert raw["listeners"] == {key: f"tcp:{port}" for key, port in config.STANDARD_PORTS.items()}
     assert raw["server"]["hostname"] == "mail.example.org"
     assert raw["server"]["domains"] == ["example.org", "example.net"]
+    assert raw["server"]["user"] == "mailstack"  # the service user (mailstack.privileges)
     # No demo users, no dev CA: the users file holds a comment only, tls/ nothing.
     assert all(l.startswith("#") for l in (etc / "users").read_text().splitlines())
     assert os.listdir(etc / "tls") == []
@@ -101,7 +102,7 @@ def test_sections_appended_to_the_configuration_belong_to_themselves(tmp_path):
 
 
 def test_init_through_the_command_prints_the_next_steps(tmp_path):
-    out = init(cli, tmp_path, "--ports", "any", "--listen", "127.0.0.1", domains=("example.org", "example.net"))
+    out = init(cli, tmp_path, "--ports", "any", "--listen", "127.0.0.1", "--user", "", domains=("example.org", "example.net"))
     assert out.returncode == 0, out.stderr
     cfg_path = tmp_path / "etc" / "mailstack.toml"
     for step in (f"mailstack --config {cfg_path} user add you@example.org",
@@ -117,6 +118,14 @@ def test_init_through_the_command_prints_the_next_steps(tmp_path):
     install_certificate(tmp_path / "etc")
     check = cli("--config", str(cfg_path), "config", "check")
     assert check.returncode == 0 and check.stdout.strip() == f"{cfg_path}: ok", check.stderr
+
+
+def test_next_steps_say_to_make_a_missing_service_user(tmp_path):
+    path = str(tmp_path / "mailstack.toml")
+    steps = prodinit.next_steps(path, "mail.example.org", ["example.org"], user="no-such-user-here")
+    assert "  0. the service user: adduser --system --group --home /var/lib/mailstack no-such-user-here" in steps
+    assert "0. the service user" not in prodinit.next_steps(path, "mail.example.org", ["example.org"], user="root")
+    assert "0. the service user" not in prodinit.next_steps(path, "mail.example.org", ["example.org"], user="")
 
 
 def test_init_never_overwrites(run, tmp_path):

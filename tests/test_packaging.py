@@ -85,7 +85,8 @@ def test_installed_wheel_inits_checks_and_serves(built, tmp_path):
 
     etc, data = tmp_path / "etc", tmp_path / "data"
     out = run([bin_dir / "mailstack", "init", "--hostname", "mail.example.test", "--domain", "example.test",
-               "--dir", etc, "--data-dir", data, "--ports", "any", "--listen", "127.0.0.1"], cwd=tmp_path)
+               "--dir", etc, "--data-dir", data, "--ports", "any", "--listen", "127.0.0.1",
+               "--user", ""], cwd=tmp_path)  # stay whoever runs the tests (tests/test_service_user.py drops)
     assert out.returncode == 0 and "Next:" in out.stdout, out.stderr
     config = etc / "mailstack.toml"
     ms = [bin_dir / "mailstack", "--config", config]
