@@ -25,6 +25,7 @@ COPY --from=wheel /wheels /tmp/wheels
 RUN python -m venv /opt/mailstack \
  && /opt/mailstack/bin/pip install --no-cache-dir /tmp/wheels/*.whl \
  && rm -rf /tmp/wheels \
+ && /opt/mailstack/bin/python -c "from mailstack.shipped import refresh_plugin_cache; refresh_plugin_cache()" \
  && useradd --system --user-group --home-dir /var/lib/mailstack --no-create-home --shell /usr/sbin/nologin mailstack \
  && install -d -o mailstack -g mailstack -m 750 /etc/mailstack \
  && install -d -o mailstack -g mailstack -m 700 /var/lib/mailstack

@@ -40,11 +40,20 @@ def unit_text(scripts_dir: str | None = None) -> str:
     return read("mailstack.service").replace(UNIT_TWISTD, twistd)
 
 
+def refresh_plugin_cache() -> None:
+    """Have Twisted write its plugin cache (``twisted/plugins/dropin.cache``) now.  Run by
+    root after an install or upgrade: the service user may not write the installation, and
+    twistd would otherwise rescan, and log that it could not write the cache, at every start."""
+    from twisted.plugin import IPlugin, getPlugins
+
+    list(getPlugins(IPlugin))
+
+
 def install_files(systemd_dir: str, config_dir: str) -> list[str]:
     """Write ``mailstack.service`` into ``systemd_dir`` and the reference configuration as
     ``mailstack.toml.example`` into ``config_dir``, replacing older copies (they are ours, not
     the administrator's: local changes to the unit belong in a drop-in,
-    ``systemctl edit mailstack``).  Neither holds a secret: mode 644."""
+    ``systemctl edit mailstack``).  Neither holds a secret: mode 644.  Then the plugin cache."""
     written = []
     for directory, name, text in ((systemd_dir, "mailstack.service", unit_text()),
                                   (config_dir, "mailstack.toml.example", read("mailstack.toml"))):
@@ -52,4 +61,5 @@ def install_files(systemd_dir: str, config_dir: str) -> list[str]:
         path = os.path.join(directory, name)
         atomic_write(path, text.encode("utf-8"), mode=0o644)
         written.append(path)
+    refresh_plugin_cache()
     return written
