@@ -1,8 +1,8 @@
 """``mailstack init`` for production (issue 17 part 2), ``install-files`` and ``--version``.
 
-In process where the code is called directly (the fast loop), through the real command where
-exit status and messages are the point.  The installed wheel runs the same in
-tests/test_packaging.py, with a real twistd.
+In process (the fast loop): the command's ``main``, its exit status and what it prints.  The
+same commands run as real programs from an installed wheel in tests/test_packaging.py, with a
+real twistd.
 """
 
 from __future__ import annotations
@@ -11,23 +11,16 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import sysconfig
 import tomllib
 
 import pytest
 
-from support.servers import ROOT, env_with_tree
+from support.servers import ROOT
 from mailstack import config, prodinit, shipped
 from mailstack.cli import main
 from mailstack.devinit import make_dev_ca
 from mailstack.errors import ConfigError
-
-
-def cli(*args) -> subprocess.CompletedProcess:
-    """The real command, in a process of its own."""
-    return subprocess.run([sys.executable, "-m", "mailstack.cli", *args], capture_output=True, text=True,
-                          timeout=60, env=env_with_tree())
 
 
 @pytest.fixture
@@ -101,22 +94,22 @@ def test_sections_appended_to_the_configuration_belong_to_themselves(tmp_path):
     assert cfg.listener("smtp").endpoint == "tcp6:2525:interface=\\:\\:1"
 
 
-def test_init_through_the_command_prints_the_next_steps(tmp_path):
-    out = init(cli, tmp_path, "--ports", "any", "--listen", "127.0.0.1", "--user", "", domains=("example.org", "example.net"))
+def test_init_through_the_command_prints_the_next_steps(run, tmp_path):
+    out = init(run, tmp_path, "--ports", "any", "--listen", "127.0.0.1", "--user", "", domains=("example.org", "example.net"))
     assert out.returncode == 0, out.stderr
     cfg_path = tmp_path / "etc" / "mailstack.toml"
     for step in (f"mailstack --config {cfg_path} user add you@example.org",
-                 f"alias add postmaster@example.org you@example.org",
+                 "alias add postmaster@example.org you@example.org",
                  "dkim genkey example.org", "(and each other domain)", " dns ", "ACME", "config check",
                  f"{tmp_path}/etc/tls/fullchain.pem", "systemctl enable --now mailstack"):
         assert step in out.stdout
     listeners = tomllib.loads(cfg_path.read_text())["listeners"]
     assert set(listeners.values()) == {"tcp:0:interface=127.0.0.1"} and set(listeners) == set(config.LISTENERS)
-    check = cli("--config", str(cfg_path), "config", "check")
+    check = run("--config", str(cfg_path), "config", "check")
     assert check.returncode == 2
     assert check.stderr.strip() == f"mailstack: {cfg_path}: [tls] certificate: file not found: {tmp_path}/etc/tls/fullchain.pem"
     install_certificate(tmp_path / "etc")
-    check = cli("--config", str(cfg_path), "config", "check")
+    check = run("--config", str(cfg_path), "config", "check")
     assert check.returncode == 0 and check.stdout.strip() == f"{cfg_path}: ok", check.stderr
 
 
