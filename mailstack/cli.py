@@ -114,8 +114,43 @@ def cmd_config(args) -> int:
     if user is not None:  # root: check again as the service will, with its access rights
         with privileges.acting_as(user):
             cfg = _config(args)
-    print(f"{cfg.path}: ok" + (f" (checked as user {user.name})" if user else ""))
+    running = _running_pid(cfg)
+    if args.skip_ports or running:
+        note = f"; ports not checked: mailstack is running as pid {running}" if running else "; ports not checked"
+    else:
+        _check_ports(cfg)
+        note = f"; {len(cfg.listeners)} listeners can bind"
+    print(f"{cfg.path}: ok" + (f" (checked as user {user.name})" if user else "") + note)
     return 0
+
+
+def _running_pid(cfg: config_mod.Config) -> int | None:
+    """The pid in the ports file of a server that is running now, if any."""
+    import json
+
+    try:
+        with open(cfg.ports_file) as f:
+            pid = int(json.load(f)["pid"])
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_ports(cfg: config_mod.Config) -> None:
+    """Bind every listener's endpoint and let it go again: what start-up would do first."""
+    from twisted.internet import endpoints, protocol, reactor
+
+    for lst in cfg.listeners:
+        if lst.endpoint.startswith("systemd:"):
+            continue  # systemd holds those sockets
+        result = []
+        endpoints.serverFromString(reactor, lst.endpoint).listen(protocol.Factory()).addBoth(result.append)
+        port = result[0] if result else None
+        if not hasattr(port, "getHost"):
+            reason = getattr(getattr(port, "value", None), "socketError", None) or getattr(port, "value", port)
+            raise ConfigError(cfg.path, f"[listeners] {lst.key}", f"cannot listen on {lst.endpoint}: {reason}")
+        port.stopListening()
 
 
 def cmd_user(args) -> int:
@@ -330,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="check the configuration")
     csub = p.add_subparsers(dest="action", required=True)
-    csub.add_parser("check", help="check it as start-up does: types, files, their modes, keys")
+    q = csub.add_parser("check", help="check it as start-up does: types, files, their owners and modes, keys, "
+                        "certificate, ports (exit 2 on a problem)")
+    q.add_argument("--skip-ports", action="store_true", help="do not try to bind the listeners' ports")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("user", help="add, change, delete and list users")
@@ -394,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mailstack: {e}", file=sys.stderr)
         return 2
+    except PermissionError as e:
+        print(f"mailstack: {e.strerror}: {e.filename} (running as user {privileges.who()}: run it as root, "
+              "or as the user that owns the file)", file=sys.stderr)
+        return 1
     except (MailstackError, OSError) as e:
         print(f"mailstack: {e}", file=sys.stderr)
         return 1

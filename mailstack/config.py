@@ -8,6 +8,7 @@ wrong.  Relative paths are taken relative to the directory of the configuration 
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 import socket
@@ -178,6 +179,8 @@ class Config:
     relay: dict = field(default_factory=dict)  # [relay], checked; see mailstack.outbound.relay.RelaySettings
     queue_dir: str = ""
     smarthost_password: str = field(default="", repr=False)
+    #: Every key as read, typed, defaults filled in: what SIGHUP compares (mailstack.reconfigure).
+    values: dict = field(default_factory=dict, repr=False)
 
     @property
     def has_tls(self) -> bool:
@@ -278,7 +281,7 @@ def _listeners(values: dict, path: str) -> list[Listener]:
     return listeners
 
 
-def _check_tls(values: dict, listeners: list[Listener], path: str) -> tuple[str, str]:
+def _check_tls(values: dict, listeners: list[Listener], path: str, hostname: str) -> tuple[str, str]:
     """[tls]: both files or neither, readable and matching; needed by any TLS listener."""
     cert, key = values["tls"]["certificate"], values["tls"]["key"]
     if bool(cert) != bool(key):
@@ -294,6 +297,7 @@ def _check_tls(values: dict, listeners: list[Listener], path: str) -> tuple[str,
         from mailstack.tls import load_context_factory
 
         load_context_factory(cert, key, path)
+        fileaccess.certificate_names_host(path, "[tls] certificate", cert, hostname)
     return cert, key
 
 
@@ -421,6 +425,7 @@ def _smarthost_password(relay: dict, path: str) -> str:
 
 def from_dict(raw: dict, path: str) -> Config:
     values = _typed_values(raw, path)
+    as_read = copy.deepcopy(values)
     server = values["server"]
     hostname = server["hostname"] or socket.getfqdn()
     domains = [d.strip().lower().rstrip(".") for d in server["domains"]]
@@ -428,7 +433,9 @@ def from_dict(raw: dict, path: str) -> Config:
         raise ConfigError(path, "[server] domains", "must list at least one domain, without blanks")
 
     listeners = _listeners(values, path)
-    cert, key = _check_tls(values, listeners, path)
+    if server["ports_file"]:
+        fileaccess.writable_dir(path, "[server] ports_file", os.path.dirname(server["ports_file"]))
+    cert, key = _check_tls(values, listeners, path, hostname)
     delimiter = _check_accounts(values, path)
     root = _check_store(values, path)
     _check_sessions(values, path)
@@ -478,6 +485,7 @@ def from_dict(raw: dict, path: str) -> Config:
         relay=relay,
         queue_dir=queue_dir,
         smarthost_password=smarthost_password,
+        values=as_read,
     )
 
 

@@ -126,3 +126,30 @@ def check_maildirs(path: str, root: str) -> None:
                     if not privileges.can_access(target, mode):
                         raise ConfigError(path, "[store] root", f"not writable{as_whom()}: {target} "
                                           f"({owner_and_mode(os.stat(target))}){fix}{udir}")
+
+
+def certificate_names_host(path: str, key: str, cert_file: str, hostname: str) -> None:
+    """The leaf certificate must name ``hostname`` ([server] hostname): it is the name in the
+    MX record and in clients' settings, and every client that checks names (Thunderbird,
+    MTA-STS senders, RFC 7817 / RFC 8461) would refuse the certificate."""
+    import ipaddress
+
+    from cryptography import x509
+    from service_identity import VerificationError
+    from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
+
+    with open(cert_file, "rb") as f:
+        leaf = x509.load_pem_x509_certificate(f.read())
+    try:
+        try:
+            verify_certificate_ip_address(leaf, str(ipaddress.ip_address(hostname)))
+        except ValueError:
+            verify_certificate_hostname(leaf, hostname)
+    except VerificationError:
+        try:
+            names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            shown = ", ".join(str(getattr(n, "value", n)) for n in names) or "no names"
+        except x509.ExtensionNotFound:
+            shown = "no subjectAltName"
+        raise ConfigError(path, key, f"{cert_file} is for {shown}, not for the [server] hostname {hostname}: "
+                          "clients that check the name refuse it") from None

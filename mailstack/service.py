@@ -93,14 +93,13 @@ class MailstackService(service.MultiService):
 
         resolver = authentication.set_default_resolver(cfg.dns["nameservers"], cfg.dns["port"], cfg.dns["timeout"],
                                                      cfg.dns["cache_size"])
+        self.resolver = resolver
         self.context.dkim_signer = authentication.DkimSigner(cfg.dkim["keys"], cfg.dkim["selector"], cfg.domains)
-        checks = cfg.checks
-        if checks["spf"] or checks["dkim"] or checks["dmarc"]:
-            self.context.inbound_checker = authentication.InboundChecker(
-                cfg.hostname, resolver, checks["spf"], checks["dkim"], checks["dmarc"], checks["dmarc_enforce"])
+        self.context.inbound_checker = self.make_inbound_checker(cfg)
         self.context.relay = relay.build_relay(cfg, store, accounts, reactor)
         self.context.relay.setServiceParent(self)
-        self.factories = []
+        self.factories = []  # (listener, the factory listened with)
+        self.protocol_factories = []  # (listener, the protocol's own factory inside it)
         for lst in cfg.listeners:
             module_name = PROTOCOLS.get(lst.protocol)
             if module_name is None:
@@ -110,6 +109,7 @@ class MailstackService(service.MultiService):
             wrapped = listener_mod.wrap(lst.key, factory, lst.tls, tls, module.BUSY,
                                         cfg.max_connections, cfg.max_connections_per_address)
             self.factories.append((lst, wrapped))
+            self.protocol_factories.append((lst, factory))
         self.ports: list = []
         self.bound: dict[str, dict] = {}
 
@@ -136,6 +136,7 @@ class MailstackService(service.MultiService):
         for watched in accounts.files():
             self.context.watcher.watch_file(watched)
         if self.config.ports_file:
+            os.makedirs(os.path.dirname(self.config.ports_file), exist_ok=True)
             tmp = self.config.ports_file + ".tmp"
             with open(tmp, "w") as f:
                 json.dump({"pid": os.getpid(), "listeners": self.bound}, f, indent=1)
@@ -186,8 +187,42 @@ class MailstackService(service.MultiService):
                 pass
         return super().stopService()
 
-    def reload(self) -> None:
-        """SIGHUP: re-read users, aliases and the certificate; keep the old ones on error."""
+    def make_inbound_checker(self, cfg: config_mod.Config):
+        """SPF, DKIM and DMARC on the MX port, or None when [checks] turns all three off."""
+        from mailstack.smtp import authentication
+
+        checks = cfg.checks
+        if not (checks["spf"] or checks["dkim"] or checks["dmarc"]):
+            return None
+        return authentication.InboundChecker(cfg.hostname, self.resolver, checks["spf"], checks["dkim"],
+                                             checks["dmarc"], checks["dmarc_enforce"])
+
+    def reload(self) -> defer.Deferred:
+        """SIGHUP: the configuration file (read in a thread: it checks every path), what of it can
+        change while running (mailstack.reconfigure), then users, aliases and certificate.  A
+        file with an error changes nothing; the old certificate stays if the new one is bad."""
+        d = threads.deferToThread(config_mod.load, self.config.path)
+        d.addCallbacks(self._apply_config, self._config_refused)
+        d.addErrback(lambda f: log.failure("reload: applying the configuration failed", f))
+        d.addCallback(lambda _: self._reload_files())
+        return d
+
+    def _apply_config(self, new: config_mod.Config) -> None:
+        from mailstack import reconfigure
+
+        applied, later = reconfigure.apply(self, new)
+        if applied:
+            log.info("reload: applied {keys}", keys=", ".join(applied))
+        if later:
+            log.warn("reload: kept as running until a restart: {keys}", keys=", ".join(later))
+        if not applied and not later:
+            log.info("reload: the configuration file is unchanged")
+
+    def _config_refused(self, failure) -> None:
+        failure.trap(ConfigError)
+        log.error("reload: {error}; nothing of the file was applied", error=str(failure.value))
+
+    def _reload_files(self) -> None:
         try:
             self.context.accounts.reload(force=True)
         except ConfigError as e:

@@ -48,7 +48,7 @@ class Install:
         for d in (self.lib, self.run_dir):  # install -d -o mailstack -g mailstack -m 700
             d.mkdir(mode=0o700)
             os.chown(d, self.user.pw_uid, self.gid)
-        make_dev_ca(str(self.etc / "tls"))
+        make_dev_ca(str(self.etc / "tls"), hostnames=("localhost", "mail.example.test"))
         self.etc_file("tls", mode=0o750)
         self.etc_file("tls/server-key.pem", mode=0o640)
         self.etc_file("tls/server.pem", mode=0o644)
@@ -256,3 +256,16 @@ def test_a_missing_service_user_is_a_configuration_error(install):
     inst.config.write_text(inst.config.read_text().replace(f'user = "{SERVICE_USER}"', 'user = "no-such-user-xyz"'))
     out = inst.start_fails(as_service_user=False)
     assert "[server] user: no such user 'no-such-user-xyz'" in out and "adduser --system" in out, out
+
+
+def test_an_admin_command_the_service_user_may_not_run_says_so(install):
+    """Run as the service user, ``user add`` cannot rewrite root's users file: a clear refusal."""
+    inst = install
+    got = subprocess.run(["setpriv", f"--reuid={SERVICE_USER}", f"--regid={SERVICE_USER}", "--init-groups",
+                          str(inst.bin / "mailstack"), "--config", str(inst.config), "user", "add", f"carol@{DOMAIN}",
+                          "--password-file", "-"], input="carol-password-3\n", capture_output=True, text=True,
+                         timeout=60, cwd=inst.base)
+    assert got.returncode == 1
+    assert got.stderr.strip() == (f"mailstack: Permission denied: {inst.etc / 'users.lock'} (running as user "
+                                  f"{SERVICE_USER}: run it as root, or as the user that owns the file)"), got.stderr
+    assert "carol" not in (inst.etc / "users").read_text()

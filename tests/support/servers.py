@@ -93,7 +93,7 @@ class MailServer:
         self.proc: subprocess.Popen | None = None
         self.ports: dict[str, dict] = {}
         if not (base / "tls").exists():
-            make_dev_ca(str(base / "tls"))
+            make_dev_ca(str(base / "tls"), hostnames=("localhost", "mail.example.test"))
         self.ca_file = str(base / "tls" / "ca.pem")
         # Modes set explicitly, whatever the umask: start-up refuses group/world-writable files.
         _write_private(base / "users", "".join(f"{u}:{self.password_hash(p)}\n" for u, p in PASSWORDS.items()))
