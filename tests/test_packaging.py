@@ -97,7 +97,7 @@ def test_installed_wheel_inits_checks_and_serves(built, tmp_path):
     shutil.copy(made["server.pem"], etc / "tls" / "fullchain.pem")
     shutil.copy(made["server-key.pem"], etc / "tls" / "privkey.pem")
     out = run([*ms, "config", "check"], cwd=tmp_path)
-    assert out.returncode == 0 and out.stdout.strip() == f"{config}: ok", out.stderr
+    assert out.returncode == 0 and out.stdout.strip() == f"{config}: ok; {len(tomllib.loads(config.read_text())['listeners'])} listeners can bind", out.stderr
     password = secrets.token_urlsafe(12)
     out = run([*ms, "user", "add", "admin@example.test", "--password-file", "-"], cwd=tmp_path, stdin=password + "\n")
     assert out.returncode == 0, out.stderr
