@@ -339,12 +339,8 @@ def cmd_dns(args) -> int:
     return 1 if bad else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mailstack", description="Administer a mailstack mail server.")
-    parser.add_argument("--version", action="version", version=f"mailstack {__version__}")
-    parser.add_argument("--config", help="configuration file (default: $MAILSTACK_CONFIG, var/mailstack.toml, /etc/mailstack/mailstack.toml)")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_setup_commands(sub) -> None:
+    """``init`` and ``install-files``: setting a server up."""
     p = sub.add_parser("init", help="make a configuration: production (--hostname, --domain) or --dev")
     p.add_argument("--dev", action="store_true", help="a throw-away development set-up on loopback, with demo users")
     p.add_argument("--hostname", help="production: this server's fully qualified name (the MX host), e.g. mail.example.org")
@@ -362,6 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--systemd-dir", default="/etc/systemd/system", help="for mailstack.service (default: /etc/systemd/system)")
     p.add_argument("--dir", default="/etc/mailstack", help="for mailstack.toml.example (default: /etc/mailstack)")
     p.set_defaults(func=cmd_install_files)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailstack", description="Administer a mailstack mail server.")
+    parser.add_argument("--version", action="version", version=f"mailstack {__version__}")
+    parser.add_argument("--config", help="configuration file (default: $MAILSTACK_CONFIG, var/mailstack.toml, /etc/mailstack/mailstack.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_setup_commands(sub)
 
     p = sub.add_parser("config", help="check the configuration")
     csub = p.add_subparsers(dest="action", required=True)
