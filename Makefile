@@ -4,12 +4,13 @@
 # make test-fast  - the fast loop (under a minute): leaves out the tests marked "process" (they
 #                   start a twistd process; tests/conftest.py marks them), "slow" and "thunderbird";
 #                   protocol tests run in process (tests/support/inprocess.py)
+# make dist       - the sdist and the wheel in dist/ (python -m build), for 'pip install' on a server
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SOURCES := $(shell find mailstack twisted -name '*.py') pyproject.toml
+SOURCES := $(shell find mailstack twisted -name '*.py') pyproject.toml setup.py etc/mailstack.toml systemd/mailstack.service
 
-.PHONY: run test test-fast install bench clean
+.PHONY: run test test-fast install bench dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,5 +38,8 @@ test-fast: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python bench/store_open.py
 
+dist: $(VENV)/.installed
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

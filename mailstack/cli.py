@@ -1,6 +1,9 @@
 """The ``mailstack`` administration command.
 
     mailstack init --dev [--dir var]
+    mailstack init --hostname HOST --domain DOMAIN... [--dir /etc/mailstack] [--data-dir /var/lib/mailstack]
+                   [--ports standard|dev|any] [--listen ADDRESS] [--user NAME]
+    mailstack install-files [--systemd-dir /etc/systemd/system] [--dir /etc/mailstack]
     mailstack [--config FILE] config check
     mailstack [--config FILE] user add|passwd|del|list ...
     mailstack [--config FILE] alias add|del|list ...
@@ -23,7 +26,7 @@ import getpass
 import os
 import sys
 
-from mailstack import config as config_mod
+from mailstack import __version__, config as config_mod
 from mailstack import privileges
 from mailstack.accounts import AliasesFile, UsersFile, normalise_address, valid_address
 from mailstack.passwords import configure_argon2, hash_password
@@ -65,15 +68,42 @@ def _as_service(cfg: config_mod.Config):
 
 
 def cmd_init(args) -> int:
-    from mailstack.devinit import init_dev
+    """``--dev``: a throw-away set-up on loopback; otherwise a production configuration."""
+    from mailstack import prodinit
 
-    if not args.dev:
-        print("mailstack init: only --dev is supported; for production follow README.md", file=sys.stderr)
+    try:
+        if args.dev:
+            if args.hostname or args.domain or args.data_dir or args.ports or args.listen or args.user is not None:
+                print("mailstack init: --dev takes only --dir (it makes its own names, ports and CA)", file=sys.stderr)
+                return 2
+            from mailstack.devinit import init_dev
+
+            directory = args.dir or "var"
+            passwords = init_dev(directory)
+            print(f"made {directory}/mailstack.toml, a dev CA in {directory}/tls/, users:")
+            for address, password in passwords.items():
+                print(f"  {address}  password: {password}")
+            return 0
+        if not args.hostname or not args.domain:
+            print("mailstack init: give --hostname and --domain (or --dev for a throw-away set-up on loopback)",
+                  file=sys.stderr)
+            return 2
+        path = prodinit.init_production(args.dir or prodinit.DEFAULT_DIR, args.data_dir or prodinit.DEFAULT_DATA_DIR,
+                                        args.hostname, args.domain, args.ports or "standard", args.listen or "",
+                                        "mailstack" if args.user is None else args.user)
+    except (prodinit.InitError, FileExistsError) as e:
+        print(f"mailstack init: {e}", file=sys.stderr)
         return 2
-    passwords = init_dev(args.dir)
-    print(f"made {args.dir}/mailstack.toml, a dev CA in {args.dir}/tls/, users:")
-    for address, password in passwords.items():
-        print(f"  {address}  password: {password}")
+    print(prodinit.next_steps(path, args.hostname, args.domain, "mailstack" if args.user is None else args.user))
+    return 0
+
+
+def cmd_install_files(args) -> int:
+    from mailstack.shipped import install_files
+
+    for path in install_files(args.systemd_dir, args.dir):
+        print(f"wrote {path}")
+    print("then: systemctl daemon-reload && systemctl enable --now mailstack")
     return 0
 
 
@@ -309,15 +339,34 @@ def cmd_dns(args) -> int:
     return 1 if bad else 0
 
 
+def _add_setup_commands(sub) -> None:
+    """``init`` and ``install-files``: setting a server up."""
+    p = sub.add_parser("init", help="make a configuration: production (--hostname, --domain) or --dev")
+    p.add_argument("--dev", action="store_true", help="a throw-away development set-up on loopback, with demo users")
+    p.add_argument("--hostname", help="production: this server's fully qualified name (the MX host), e.g. mail.example.org")
+    p.add_argument("--domain", action="append", help="production: a domain whose mail is delivered here (repeatable)")
+    p.add_argument("--dir", help="where the configuration goes (default: /etc/mailstack; with --dev: var)")
+    p.add_argument("--data-dir", help="production: store, queue, DKIM keys, ACME state (default: /var/lib/mailstack)")
+    p.add_argument("--ports", choices=("standard", "dev", "any"),
+                   help="production: standard (25, 587, ...: the default), dev (2525, 2587, ...) or any "
+                        "(port 0: free ports, written to the ports file; for tests)")
+    p.add_argument("--listen", help="production: listen on this IP address only (default: every IPv4 address)")
+    p.add_argument("--user", help='production: [server] user, the service user (default: mailstack; "": stay whoever starts it)')
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("install-files", help="install the systemd unit and the reference configuration")
+    p.add_argument("--systemd-dir", default="/etc/systemd/system", help="for mailstack.service (default: /etc/systemd/system)")
+    p.add_argument("--dir", default="/etc/mailstack", help="for mailstack.toml.example (default: /etc/mailstack)")
+    p.set_defaults(func=cmd_install_files)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailstack", description="Administer a mailstack mail server.")
+    parser.add_argument("--version", action="version", version=f"mailstack {__version__}")
     parser.add_argument("--config", help="configuration file (default: $MAILSTACK_CONFIG, var/mailstack.toml, /etc/mailstack/mailstack.toml)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("init", help="make a configuration")
-    p.add_argument("--dev", action="store_true", help="a throw-away development set-up on loopback")
-    p.add_argument("--dir", default="var", help="where to put it (default: var)")
-    p.set_defaults(func=cmd_init)
+    _add_setup_commands(sub)
 
     p = sub.add_parser("config", help="check the configuration")
     csub = p.add_subparsers(dest="action", required=True)
