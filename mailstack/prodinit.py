@@ -39,11 +39,13 @@ class InitError(ValueError):
 # -- the only two functions that touch the file system (ownership goes here) ------------------
 
 
-def write_file(path: str, data: bytes, mode: int) -> None:
-    """Create ``path`` with exactly ``mode``; FileExistsError if anything is there already,
-    even one made since the check (O_EXCL), so init never overwrites."""
+def write_file(path: str, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Create ``path`` with exactly ``mode`` (and ``owner``, uid and gid); FileExistsError if
+    anything is there already, even one made since the check (O_EXCL), so init never overwrites."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         os.fchmod(fd, mode)  # the umask narrowed what os.open gave
         view = memoryview(data)
         while view:
@@ -54,12 +56,29 @@ def write_file(path: str, data: bytes, mode: int) -> None:
     fsync_dir(os.path.dirname(path))
 
 
-def make_dir(path: str, mode: int) -> None:
-    """Make ``path`` (and its parents) with ``mode`` if it does not exist; an existing one
-    keeps its mode (``/etc/mailstack`` may come from elsewhere)."""
+def make_dir(path: str, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Make ``path`` (and its parents) with ``mode`` (and ``owner``) if it does not exist; an
+    existing one keeps its mode and owner (``/etc/mailstack`` may come from elsewhere)."""
     if not os.path.isdir(path):
         os.makedirs(path, mode=mode, exist_ok=True)
+        if owner is not None:
+            os.chown(path, *owner)
         os.chmod(path, mode)
+
+
+def _owners(user: str) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(configuration files, data directories) owners: root:<service group> and the service
+    user, when root runs init and the service user exists (mailstack.privileges); else None:
+    whoever runs init owns what it makes."""
+    import pwd
+
+    if os.geteuid() != 0 or not user:
+        return None, None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None, None
+    return (0, entry.pw_gid), (entry.pw_uid, entry.pw_gid)
 
 
 # -- what is written --------------------------------------------------------------------------
@@ -178,13 +197,25 @@ def init_production(config_dir: str, data_dir: str, hostname: str, domains: list
         if os.path.lexists(path):
             raise FileExistsError(f"{path} exists; mailstack init never overwrites a configuration "
                                   f"(move it away, or edit it)")
-    make_dir(config_dir, 0o750)
-    make_dir(os.path.join(config_dir, "tls"), 0o750)
-    make_dir(data_dir, 0o700)
-    make_dir(os.path.join(data_dir, "mail"), 0o700)
+    config_owner, data_owner = _owners(user)
+    make_dir(config_dir, 0o750, config_owner)
+    make_dir(os.path.join(config_dir, "tls"), 0o750, config_owner)
+    make_dir(data_dir, 0o700, data_owner)
+    make_dir(os.path.join(data_dir, "mail"), 0o700, data_owner)
     for path, (text, mode) in files.items():
-        write_file(path, text.encode(), mode)
+        write_file(path, text.encode(), mode, config_owner)
     return config_path
+
+
+def _data_dir_of(config_path: str) -> str:
+    """The data directory init wrote into the configuration (the store root's parent)."""
+    import tomllib
+
+    try:
+        with open(config_path, "rb") as f:
+            return os.path.dirname(tomllib.load(f)["store"]["root"].rstrip("/"))
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return DEFAULT_DATA_DIR
 
 
 def next_steps(config_path: str, hostname: str, domains: list[str], user: str = "mailstack") -> str:
@@ -201,7 +232,9 @@ def next_steps(config_path: str, hostname: str, domains: list[str], user: str = 
         missing_user = True
     return "\n".join([
         f"made {config_path} (with users and aliases beside it).  Next:",
-        *([f"  0. the service user: adduser --system --group --home /var/lib/mailstack {user}"] if missing_user else []),
+        *([f"  0. the service user: adduser --system --group --home /var/lib/mailstack {user}",
+           f"                  chgrp -R {user} {config_dir} && chown -R {user}: {_data_dir_of(config_path)}"]
+          if missing_user else []),
         f"  1. users:       {ms} user add {first}      (asks for the password)",
         f"                  {ms} alias add postmaster@{domains[0]} {first}",
         f"  2. DKIM key:    {ms} dkim genkey {domains[0]}" + ("      (and each other domain)" if len(domains) > 1 else ""),
