@@ -193,13 +193,61 @@ def _account(state: AcmeState):
     return jose.JWKRSA(key=key), data
 
 
+def _register(acme, net, settings: dict, state: AcmeState, account: dict):
+    """The account for our key: made, or found (RFC 8555 section 7.3.1); its URL is kept."""
+    from acme import errors, messages
+
+    registration = messages.NewRegistration.from_data(email=settings["contact"] or None, terms_of_service_agreed=True)
+    try:
+        regr = acme.new_account(registration)
+    except errors.ConflictError as e:  # the key has an account already
+        regr = messages.RegistrationResource(uri=e.location, body=messages.Registration())
+        net.account = regr
+    if account.get("uri") != regr.uri or account.get("directory") != settings["directory"]:
+        account.update(uri=regr.uri, directory=settings["directory"])
+        atomic_write(state.account, json.dumps(account, indent=1).encode(), 0o600)
+    return regr
+
+
+def _answer_challenges(acme, order, account_key, challenges: dict, tokens: list) -> None:
+    """Publish the key authorization of each pending http-01 challenge, then tell the CA."""
+    from acme import challenges as acme_challenges
+    from acme import messages
+
+    for authz in order.authorizations:
+        if authz.body.status == messages.STATUS_VALID:  # still valid from an earlier order
+            continue
+        challb = next((c for c in authz.body.challenges if isinstance(c.chall, acme_challenges.HTTP01)), None)
+        if challb is None:
+            raise AcmeFailure(f"{authz.body.identifier.value}: the CA offers no http-01 challenge")
+        response, validation = challb.chall.response_and_validation(account_key)
+        token = challb.chall.encode("token")
+        challenges[token] = validation
+        tokens.append(token)
+        acme.answer_challenge(challb, response)
+
+
+def _finalize(acme, order):
+    from acme import errors
+
+    deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT)
+    try:
+        return acme.poll_and_finalize(order, deadline)
+    except errors.ValidationError as e:
+        problems = [f"{authzr.body.identifier.value}: {ch.error.detail or ch.error.typ}"
+                    for authzr in e.failed_authzrs for ch in authzr.body.challenges if ch.error is not None]
+        raise AcmeFailure("the CA could not validate " + "; ".join(problems)
+                          + " (does each name resolve to this host, and does port 80 reach the autoconfig listener?)") from None
+    except errors.TimeoutError:
+        raise AcmeFailure(f"the CA did not finish the order within {ORDER_TIMEOUT} seconds") from None
+
+
 def obtain(settings: dict, state: AcmeState, challenges: dict, say) -> dict:
     """Register (or find) the account, order a certificate for ``settings["names"]``, answer
     its HTTP-01 challenges through ``challenges`` (token -> key authorization), and write the
     key and chain.  Returns what goes into status.json; raises AcmeFailure."""
     import josepy as jose
     import requests
-    from acme import challenges as acme_challenges
     from acme import client, crypto_util, errors, messages
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -208,52 +256,19 @@ def obtain(settings: dict, state: AcmeState, challenges: dict, say) -> dict:
     account_key, account = _account(state)
     net = client.ClientNetwork(account_key, alg=jose.RS256, verify_ssl=settings["ca_file"] or True,
                                user_agent="mailstack (acme-python)")
-    tokens = []
+    tokens: list[str] = []
     try:
         try:
             directory = client.ClientV2.get_directory(settings["directory"], net)
         except (requests.RequestException, ValueError) as e:
             raise AcmeFailure(f"cannot read the ACME directory {settings['directory']}: {e}") from None
         acme = client.ClientV2(directory, net)
-        registration = messages.NewRegistration.from_data(email=settings["contact"] or None,
-                                                          terms_of_service_agreed=True)
-        try:
-            regr = acme.new_account(registration)
-        except errors.ConflictError as e:  # the key has an account already (RFC 8555 section 7.3.1)
-            regr = messages.RegistrationResource(uri=e.location, body=messages.Registration())
-            net.account = regr
-        if account.get("uri") != regr.uri or account.get("directory") != settings["directory"]:
-            account.update(uri=regr.uri, directory=settings["directory"])
-            atomic_write(state.account, json.dumps(account, indent=1).encode(), 0o600)
+        regr = _register(acme, net, settings, state, account)
         say(f"account {regr.uri}; ordering a certificate for {', '.join(names)}")
-
-        cert_key = ec.generate_private_key(ec.SECP256R1())  # a new key with every certificate
-        key_pem = _key_pem(cert_key)
+        key_pem = _key_pem(ec.generate_private_key(ec.SECP256R1()))  # a new key with every certificate
         order = acme.new_order(crypto_util.make_csr(key_pem, names))
-        for authz in order.authorizations:
-            if authz.body.status == messages.STATUS_VALID:
-                continue
-            challb = next((c for c in authz.body.challenges if isinstance(c.chall, acme_challenges.HTTP01)), None)
-            if challb is None:
-                raise AcmeFailure(f"{authz.body.identifier.value}: the CA offers no http-01 challenge")
-            response, validation = challb.chall.response_and_validation(account_key)
-            token = challb.chall.encode("token")
-            challenges[token] = validation
-            tokens.append(token)
-            acme.answer_challenge(challb, response)
-        deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT)
-        try:
-            order = acme.poll_and_finalize(order, deadline)
-        except errors.ValidationError as e:
-            problems = []
-            for authzr in e.failed_authzrs:
-                for ch in authzr.body.challenges:
-                    if ch.error is not None:
-                        problems.append(f"{authzr.body.identifier.value}: {ch.error.detail or ch.error.typ}")
-            raise AcmeFailure("the CA could not validate " + "; ".join(problems)
-                              + " (does each name resolve to this host, and does port 80 reach the autoconfig listener?)") from None
-        except errors.TimeoutError:
-            raise AcmeFailure(f"the CA did not finish the order within {ORDER_TIMEOUT} seconds") from None
+        _answer_challenges(acme, order, account_key, challenges, tokens)
+        order = _finalize(acme, order)
     except messages.Error as e:
         raise AcmeFailure(f"the CA refused: {e}") from None
     except errors.Error as e:
@@ -263,10 +278,7 @@ def obtain(settings: dict, state: AcmeState, challenges: dict, say) -> dict:
     finally:
         for token in tokens:
             challenges.pop(token, None)
-        try:
-            net.session.close()
-        except Exception:
-            pass
+        net.session.close()
 
     chain = order.fullchain_pem.encode("ascii")
     leaf = x509.load_pem_x509_certificate(chain)
