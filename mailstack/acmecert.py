@@ -325,7 +325,7 @@ class AcmeService(service.Service):
 
     def startService(self):
         super().startService()
-        self._loop = task.LoopingCall(self.check)
+        self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self.reactor
         self._loop.start(self.settings["check_interval"], now=True)
 
@@ -333,6 +333,12 @@ class AcmeService(service.Service):
         if getattr(self, "_loop", None) is not None and self._loop.running:
             self._loop.stop()
         return super().stopService()
+
+    def _tick(self) -> None:
+        try:
+            self.check()
+        except Exception:  # the timer must go on whatever one check met
+            log.failure("acme: the certificate check failed")
 
     def due(self, now: float | None = None) -> str | None:
         """Why a certificate should be ordered now, or None."""
@@ -355,41 +361,50 @@ class AcmeService(service.Service):
         return reason
 
     def check(self) -> defer.Deferred | None:
-        """Order a certificate if one is due (called by the timer and on SIGHUP)."""
+        """Order a certificate if one is due (called by the timer and on SIGHUP); the
+        Deferred fires when the attempt is over, whatever its outcome."""
         if self.busy or not self.running:
             return None
         reason = self.due()
         if reason is None:
             return None
         self.busy = True
-        if self.state.renewal_requested():
-            os.unlink(self.state.renew_flag)
         log.info("acme: ordering a certificate from {directory}: {reason}", directory=self.settings["directory"], reason=reason)
         d = defer.Deferred()
-
-        def say(text: str) -> None:
-            self.reactor.callFromThread(log.info, "acme: {text}", text=text)
-
-        def work():
-            try:
-                result = obtain(self.settings, self.state, self.challenges, say)
-            except AcmeFailure as e:
-                self.reactor.callFromThread(d.errback, e)
-            except Exception as e:  # a bug or an unexpected answer: still a failure with backoff
-                self.reactor.callFromThread(d.errback, AcmeFailure(f"{type(e).__name__}: {e}"))
-            else:
-                self.reactor.callFromThread(d.callback, result)
-
         # A daemon thread, not the reactor's pool: a CA that hangs must not hold up shutdown.
-        threading.Thread(target=work, name="acme", daemon=True).start()
+        threading.Thread(target=self._attempt, args=(d,), name="acme", daemon=True).start()
         d.addCallbacks(self._issued, self._failed)
+        d.addErrback(lambda f: log.failure("acme: handling the outcome of an order failed", f))
         d.addBoth(self._done)
         return d
 
+    def _attempt(self, d: defer.Deferred) -> None:
+        """In the ACME thread: one order, and its outcome written to status.json."""
+        def say(text: str) -> None:
+            self.reactor.callFromThread(log.info, "acme: {text}", text=text)
+
+        try:
+            if self.state.renewal_requested():
+                os.unlink(self.state.renew_flag)  # asked for once: a failure then backs off
+            result = obtain(self.settings, self.state, self.challenges, say)
+            status = self.state.status()
+            status.update(result, failures=0, next_attempt=0, last_error="")
+            self.state.write_status(status)
+        except Exception as e:
+            error = str(e) if isinstance(e, AcmeFailure) else f"{type(e).__name__}: {e}"  # a bug: backoff all the same
+            status = self.state.status()
+            failures = int(status.get("failures", 0)) + 1
+            delay = min(self.settings["retry_delay"] * 2 ** (failures - 1), self.settings["max_retry_delay"])
+            status.update(failures=failures, next_attempt=time.time() + delay, last_error=error, last_failure=time.time())
+            try:
+                self.state.write_status(status)
+            except OSError as write_error:
+                error += f" (and status.json could not be written: {write_error})"
+            self.reactor.callFromThread(d.errback, AcmeFailure(error, failures, status["next_attempt"]))
+        else:
+            self.reactor.callFromThread(d.callback, result)
+
     def _issued(self, result: dict) -> None:
-        status = self.state.status()
-        status.update(result, failures=0, next_attempt=0, last_error="")
-        self.state.write_status(status)
         self.tls.cert_path, self.tls.key_path = self.state.cert, self.state.key
         try:
             self.tls.reload()
@@ -401,16 +416,11 @@ class AcmeService(service.Service):
                  names=", ".join(result["names"]), serial=result["serial"], until=_utc(result["not_after"]))
 
     def _failed(self, failure) -> None:
-        status = self.state.status()
-        failures = int(status.get("failures", 0)) + 1
-        delay = min(self.settings["retry_delay"] * 2 ** (failures - 1), self.settings["max_retry_delay"])
-        status.update(failures=failures, next_attempt=time.time() + delay, last_error=str(failure.value),
-                      last_failure=time.time())
-        self.state.write_status(status)
+        error, failures, next_attempt = failure.value.args
         log.error("acme: ordering a certificate for {names} failed ({n} in a row): {error}; next try at {when}",
-                  names=", ".join(self.settings["names"]), n=failures, error=str(failure.value), when=_utc(time.time() + delay))
+                  names=", ".join(self.settings["names"]), n=failures, error=error, when=_utc(next_attempt))
 
-    def _done(self, _):
+    def _done(self, _) -> None:
         self.busy = False
 
 
