@@ -41,11 +41,11 @@ def check_mta_sts_config(values: dict, hostname: str, path: str) -> dict:
         raise ConfigError(path, "[mta_sts] mode", f"must be enforce, testing or none, not {section['mode']!r}")
     if not 1 <= section["max_age"] <= MAX_AGE_LIMIT:
         raise ConfigError(path, "[mta_sts] max_age", f"must be 1 to {MAX_AGE_LIMIT} seconds (RFC 8461 section 3.2)")
-    mx = [m.strip().lower().rstrip(".") for m in section["mx"]] or [hostname.lower().rstrip(".")]
+    mx = [m.strip().lower().rstrip(".") for m in section["mx"]]
     for pattern in mx:
         if not _MX.match(pattern):
             raise ConfigError(path, "[mta_sts] mx", f"not a host name or *.name pattern: {pattern!r}")
-    section["mx"] = mx
+    section["mx"] = mx or [hostname.lower().rstrip(".")]  # as it is, even "localhost" on a dev set-up
     return section
 
 
