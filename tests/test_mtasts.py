@@ -5,12 +5,18 @@ start-up.  In process: the ACME conversation itself is tested against pebble in 
 from __future__ import annotations
 
 import http.client
+import os
 import re
+import shutil
 import socket
+import stat
+import time
 
 import pytest
+from cryptography import x509
 
 from mailstack import cli, config, dnsrecords, mtasts
+from mailstack.acmecert import AcmeService
 from mailstack.errors import ConfigError
 from support.servers import MailServer
 
@@ -87,6 +93,15 @@ def test_acme_needs_the_http_listener_and_replaces_tls_files(tmp_path):
                                + "[acme]\nenabled = true\n")
     cfg = config.load(str(srv.config_path))
     assert cfg.has_tls and cfg.tls_certificate == ""
+    # Until the CA issues one, a self-signed placeholder for the names serves; its key is private.
+    acme = AcmeService(cfg, reactor=None)
+    assert acme.tls.cert_path == acme.state.placeholder_cert
+    assert stat.S_IMODE(os.stat(acme.state.placeholder_key).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(acme.state.dir).st_mode) == 0o700
+    with open(acme.state.placeholder_cert, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == \
+        ["mail.example.test", "mta-sts.example.test", "autoconfig.example.test"]
 
 
 def _get(port: int, context, host: str, path: str = mtasts.POLICY_PATH):
@@ -116,3 +131,30 @@ def test_https_listener_serves_the_policy_and_autoconfig(inproc_server_factory):
     conn.request("GET", "/.well-known/acme-challenge/abc")
     assert conn.getresponse().status == 404
     conn.close()
+
+
+def test_when_a_certificate_is_due(base):
+    """[acme] scheduling: none yet, expiry within renew_days, names changed, back-off after a
+    failure, and a forced renewal that does not wait for the back-off."""
+    cfg = load(base, "[acme]\nenabled = true\nrenew_days = 30\n")
+    acme = AcmeService(cfg, reactor=None)  # not started: nothing is ordered
+    state = acme.state
+    # Before any issuance: the [tls] files are served (they are set), and a certificate is due.
+    assert acme.tls.cert_path == cfg.tls_certificate
+    assert acme.due() == "no certificate yet"
+    shutil.copy(cfg.tls_certificate, state.cert)
+    shutil.copy(cfg.tls_key, state.key)
+    now = time.time()
+    issued = {"issued": now, "names": cfg.acme["names"], "directory": cfg.acme["directory"], "not_after": now + 60 * 86400}
+    state.write_status(issued)
+    assert acme.due(now) is None
+    assert acme.due(now + 31 * 86400).startswith("it expires")  # 29 days left
+    state.write_status(dict(issued, names=["mail.example.test"]))
+    assert acme.due(now) == "the names changed"
+    state.write_status(dict(issued, not_after=now + 86400, failures=2, next_attempt=now + 600))
+    assert acme.due(now) is None  # backing off
+    assert acme.due(now + 601).startswith("it expires")
+    state.request_renewal()
+    assert acme.due(now) == "renewal asked for (mailstack acme renew)"
+    # A restart serves the stored ACME certificate, not [tls].
+    assert AcmeService(cfg, reactor=None).tls.cert_path == state.cert
