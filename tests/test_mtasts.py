@@ -158,3 +158,30 @@ def test_when_a_certificate_is_due(base):
     assert acme.due(now) == "renewal asked for (mailstack acme renew)"
     # A restart serves the stored ACME certificate, not [tls].
     assert AcmeService(cfg, reactor=None).tls.cert_path == state.cert
+
+
+@pytest.mark.slow
+def test_dns_check_tells_an_old_policy_id(base, tmp_path):
+    """`mailstack dns --check`: the published _mta-sts id must be the current one, since
+    senders refetch the policy only when the id changes (RFC 8461 section 3.1)."""
+    from support.dns import serve_zones
+
+    cfg = load(base)
+    current = mtasts.policy_id(cfg)
+    zones = {"example.test": ["TXT('_mta-sts.example.test', b'v=STSv1; id=20240101000000')"],
+             "other.test": [f"TXT('_mta-sts.other.test', b'v=STSv1;id={current}')"]}
+    servers = serve_zones(tmp_path, zones)
+    port = next(servers)
+    try:
+        import dns.resolver
+
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers, resolver.port = ["127.0.0.1"], port
+        [record] = [r for r in dnsrecords.records_for(cfg, "example.test") if r.name == "_mta-sts.example.test"]
+        [(_, status, found)] = dnsrecords.check([record], resolver)
+        assert (status, found) == ("wrong", "v=STSv1; id=20240101000000")
+        record.name = "_mta-sts.other.test"  # published without the optional blank: still the same
+        [(_, status, _)] = dnsrecords.check([record], resolver)
+        assert status == "ok"
+    finally:
+        next(servers, None)
