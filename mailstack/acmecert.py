@@ -89,6 +89,11 @@ def check_acme_config(values: dict, hostname: str, domains: list[str], listeners
         raise ConfigError(path, "[acme] ca_file", f"file not found: {acme['ca_file']}")
     if os.path.exists(acme["state"]) and not os.path.isdir(acme["state"]):
         raise ConfigError(path, "[acme] state", f"not a directory: {acme['state']}")
+    parent = acme["state"]
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(path, "[acme] state", f"not writable: {parent}")
     if not 1 <= acme["renew_days"] <= 365:
         raise ConfigError(path, "[acme] renew_days", "must be 1 to 365 (days before expiry)")
     for key in ("check_interval", "retry_delay"):
@@ -116,7 +121,10 @@ class AcmeState:
         self.renew_flag = os.path.join(directory, "renew-now")
 
     def make(self) -> None:
+        """The directory, private to the server's user (it holds the keys)."""
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        if os.stat(self.dir).st_mode & 0o077:
+            os.chmod(self.dir, 0o700)
 
     def status(self) -> dict:
         try:
@@ -163,6 +171,12 @@ def _key_pem(key) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def retry_delay(failures: int, first: float, longest: float) -> float:
+    """Seconds to wait after ``failures`` failed orders in a row: ``first``, doubling, at most
+    ``longest`` (a CA counts failed validations: Let's Encrypt allows 5 an hour)."""
+    return min(first * 2 ** min(failures - 1, 64), longest)
 
 
 def _utc(t: float) -> str:
@@ -394,7 +408,7 @@ class AcmeService(service.Service):
             error = str(e) if isinstance(e, AcmeFailure) else f"{type(e).__name__}: {e}"  # a bug: backoff all the same
             status = self.state.status()
             failures = int(status.get("failures", 0)) + 1
-            delay = min(self.settings["retry_delay"] * 2 ** (failures - 1), self.settings["max_retry_delay"])
+            delay = retry_delay(failures, self.settings["retry_delay"], self.settings["max_retry_delay"])
             status.update(failures=failures, next_attempt=time.time() + delay, last_error=error, last_failure=time.time())
             try:
                 self.state.write_status(status)

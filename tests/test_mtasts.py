@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 
 from mailstack import cli, config, dnsrecords, mtasts
-from mailstack.acmecert import AcmeService
+from mailstack.acmecert import AcmeService, retry_delay
 from mailstack.errors import ConfigError
 from support.servers import MailServer
 
@@ -73,6 +73,7 @@ def test_defaults_and_the_dns_command(base, capsys):
     ("[acme]\nenabled = true\nrenew_days = 0\n", "[acme] renew_days", "must be 1 to 365"),
     ("[acme]\nenabled = true\nretry_delay = 600.0\nmax_retry_delay = 60.0\n", "[acme] max_retry_delay", "at least"),
     ("[acme]\nenabled = true\ncheck_interval = 0\n", "[acme] check_interval", "must be above 0"),
+    ('[acme]\nenabled = true\nstate = "users"\n', "[acme] state", "not a directory"),
 ])
 def test_config_errors(base, extra, key, problem):
     with pytest.raises(ConfigError) as e:
@@ -156,6 +157,7 @@ def test_when_a_certificate_is_due(base):
     assert acme.due(now + 601).startswith("it expires")
     state.request_renewal()
     assert acme.due(now) == "renewal asked for (mailstack acme renew)"
+    assert [retry_delay(n, 600, 3600) for n in (1, 2, 3, 4, 5, 1000)] == [600, 1200, 2400, 3600, 3600, 3600]
     # A restart serves the stored ACME certificate, not [tls].
     assert AcmeService(cfg, reactor=None).tls.cert_path == state.cert
 
