@@ -105,18 +105,25 @@ class _WatchedFile:
     def _edit(self, change) -> None:
         """Apply ``change(lines) -> lines`` under a lock and replace the file atomically."""
         lock_path = self.path + ".lock"
+        try:
+            st = os.stat(self.path)
+            # Keep what the administrator set: mode, owner and group (root editing a file that
+            # the service user reads through its group, issue 17).
+            mode, owner = st.st_mode & 0o777, (st.st_uid, st.st_gid)
+        except FileNotFoundError:
+            mode, owner = 0o640, None
         with open(lock_path, "a") as lock:
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(lock.fileno(), *owner)  # the service takes this lock too (rehash_on_login)
+                os.fchmod(lock.fileno(), 0o660 if mode & 0o020 else 0o640)
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 lines = open(self.path, encoding="utf-8").read().splitlines()
             except FileNotFoundError:
                 lines = []
             new = change(lines)
-            try:
-                mode = os.stat(self.path).st_mode & 0o777  # keep what the administrator set
-            except FileNotFoundError:
-                mode = 0o640
-            atomic_write(self.path, "".join(line + "\n" for line in new).encode("utf-8"), mode=mode)
+            atomic_write(self.path, "".join(line + "\n" for line in new).encode("utf-8"), mode=mode,
+                         owner=owner if os.geteuid() == 0 else None)
         self.refresh(force=True)
 
 

@@ -337,6 +337,17 @@ class AcmeService(service.Service):
         log.info("acme: serving a self-signed placeholder certificate until the CA issues one")
         return self.state.placeholder_cert, self.state.placeholder_key
 
+    def tls_files_changed(self, cert: str, key: str) -> None:
+        """SIGHUP changed [tls]: those files serve only while ACME has issued nothing."""
+        if self.tls.cert_path == self.state.cert:
+            return
+        if cert:
+            self.tls.cert_path, self.tls.key_path = cert, key
+        else:
+            if not os.path.exists(self.state.placeholder_cert):
+                self.state.make_placeholder(self.settings["names"])
+            self.tls.cert_path, self.tls.key_path = self.state.placeholder_cert, self.state.placeholder_key
+
     def startService(self):
         super().startService()
         self._loop = task.LoopingCall(self._tick)

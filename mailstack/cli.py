@@ -19,11 +19,13 @@ would show them.  Edits go to the files a running server watches, so they apply 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import sys
 
 from mailstack import config as config_mod
+from mailstack import privileges
 from mailstack.accounts import AliasesFile, UsersFile, normalise_address, valid_address
 from mailstack.passwords import configure_argon2, hash_password
 from mailstack.errors import ConfigError, MailstackError
@@ -48,6 +50,21 @@ def _config(args) -> config_mod.Config:
     return config_mod.load(args.config or config_mod.default_path())
 
 
+@contextlib.contextmanager
+def _as_service(cfg: config_mod.Config):
+    """Run the block as the service user when root runs the command (mailstack.privileges):
+    what it makes under the data directories is then the service's, not root's."""
+    user = privileges.service_user(cfg)
+    try:
+        with privileges.acting_as(user):
+            yield
+    except PermissionError as e:
+        if user is None:
+            raise
+        raise SystemExit(f"mailstack: {e.strerror}: {e.filename} (written as the service user {user.name}, "
+                         f"who must own the data directories: chown -R {user.name}: {e.filename})") from None
+
+
 def cmd_init(args) -> int:
     from mailstack.devinit import init_dev
 
@@ -64,8 +81,47 @@ def cmd_init(args) -> int:
 def cmd_config(args) -> int:
     """Load the configuration as start-up does (types, files, modes, keys) and say so."""
     cfg = _config(args)
-    print(f"{cfg.path}: ok")
+    user = privileges.service_user(cfg)
+    if user is not None:  # root: check again as the service will, with its access rights
+        with privileges.acting_as(user):
+            cfg = _config(args)
+    running = _running_pid(cfg)
+    if args.skip_ports or running:
+        note = f"; ports not checked: mailstack is running as pid {running}" if running else "; ports not checked"
+    else:
+        _check_ports(cfg)
+        note = f"; {len(cfg.listeners)} listeners can bind"
+    print(f"{cfg.path}: ok" + (f" (checked as user {user.name})" if user else "") + note)
     return 0
+
+
+def _running_pid(cfg: config_mod.Config) -> int | None:
+    """The pid in the ports file of a server that is running now, if any."""
+    import json
+
+    try:
+        with open(cfg.ports_file) as f:
+            pid = int(json.load(f)["pid"])
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_ports(cfg: config_mod.Config) -> None:
+    """Bind every listener's endpoint and let it go again: what start-up would do first."""
+    from twisted.internet import endpoints, protocol, reactor
+
+    for lst in cfg.listeners:
+        if lst.endpoint.startswith("systemd:"):
+            continue  # systemd holds those sockets
+        result = []
+        endpoints.serverFromString(reactor, lst.endpoint).listen(protocol.Factory()).addBoth(result.append)
+        port = result[0] if result else None
+        if not hasattr(port, "getHost"):
+            reason = getattr(getattr(port, "value", None), "socketError", None) or getattr(port, "value", port)
+            raise ConfigError(cfg.path, f"[listeners] {lst.key}", f"cannot listen on {lst.endpoint}: {reason}")
+        port.stopListening()
 
 
 def cmd_user(args) -> int:
@@ -95,7 +151,8 @@ def cmd_user(args) -> int:
         if args.action == "add":
             from mailstack.store import MaildirStore
 
-            MaildirStore(cfg.store_root, fsync=cfg.store_fsync).mailbox(address)
+            with _as_service(cfg):
+                MaildirStore(cfg.store_root, fsync=cfg.store_fsync).mailbox(address)
         print(f"{'added' if args.action == 'add' else 'changed password of'} {address}")
     elif args.action == "del":
         try:
@@ -135,12 +192,17 @@ def cmd_alias(args) -> int:
 
 
 def cmd_store(args) -> int:
-    from mailstack.store import MaildirStore, check_user
-
     cfg = _config(args)
-    store = MaildirStore(cfg.store_root, fsync=cfg.store_fsync)
     if bool(args.user) == args.all:
         raise SystemExit("mailstack: name one USER or --all")
+    with _as_service(cfg):
+        return _store_check(cfg, args)
+
+
+def _store_check(cfg, args) -> int:
+    from mailstack.store import MaildirStore, check_user
+
+    store = MaildirStore(cfg.store_root, fsync=cfg.store_fsync)
     users = list(store.users()) if args.all else [normalise_address(args.user)]
     bad = 0
     for user in users:
@@ -155,12 +217,15 @@ def cmd_store(args) -> int:
 
 
 def cmd_queue(args) -> int:
-    import datetime
-
     from mailstack.outbound.queue import OutboundQueue
 
     cfg = _config(args)
-    queue = OutboundQueue(cfg.queue_dir, cfg.store_fsync)
+    with _as_service(cfg):
+        return _queue_command(OutboundQueue(cfg.queue_dir, cfg.store_fsync), args)
+
+
+def _queue_command(queue, args) -> int:
+    import datetime
 
     def when(t: float) -> str:
         return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
@@ -212,7 +277,8 @@ def cmd_dkim(args) -> int:
     if domain not in cfg.domains:
         raise SystemExit(f"mailstack: {domain} is not one of [server] domains in {cfg.path}")
     selector = args.selector or cfg.dkim["selector"]
-    records = authentication.generate_keys(cfg.dkim["keys"], domain, selector, args.ed25519 or cfg.dkim["ed25519"])
+    with _as_service(cfg):  # the service reads the key: it must own it
+        records = authentication.generate_keys(cfg.dkim["keys"], domain, selector, args.ed25519 or cfg.dkim["ed25519"])
     paths = authentication.key_paths(cfg.dkim["keys"], domain, selector)
     print(f"; keys in {os.path.dirname(paths['rsa'])}; publish:")
     for algorithm, value in records.items():
@@ -294,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="check the configuration")
     csub = p.add_subparsers(dest="action", required=True)
-    csub.add_parser("check", help="check it as start-up does: types, files, their modes, keys")
+    q = csub.add_parser("check", help="check it as start-up does: types, files, their owners and modes, keys, "
+                        "certificate, ports (exit 2 on a problem)")
+    q.add_argument("--skip-ports", action="store_true", help="do not try to bind the listeners' ports")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("user", help="add, change, delete and list users")
@@ -358,11 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.umask(0o077)  # the service's umask (systemd/mailstack.service): mail and keys are private
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"mailstack: {e}", file=sys.stderr)
         return 2
+    except PermissionError as e:
+        print(f"mailstack: {e.strerror}: {e.filename} (running as user {privileges.who()}: run it as root, "
+              "or as the user that owns the file)", file=sys.stderr)
+        return 1
     except (MailstackError, OSError) as e:
         print(f"mailstack: {e}", file=sys.stderr)
         return 1

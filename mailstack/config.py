@@ -8,6 +8,7 @@ wrong.  Relative paths are taken relative to the directory of the configuration 
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 import socket
@@ -15,6 +16,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailstack import fileaccess
 from mailstack.errors import ConfigError
 
 #: What each listener key means: (protocol, TLS mode). "implicit": TLS from the first byte
@@ -46,6 +48,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "hostname": (str, None),  # default: this machine's FQDN
         "domains": ("list[str]", _REQUIRED),
         "ports_file": ("path", ""),
+        "user": (str, "mailstack"),  # started as root: bind the ports, then become this user ("": stay)
+        "group": (str, ""),  # default: the user's own group
     },
     "listeners": {key: ("endpoint", "") for key in LISTENERS},
     "tls": {
@@ -165,6 +169,8 @@ class Config:
     domains: list[str]
     ports_file: str
     listeners: list[Listener]
+    user: str  # [server] user: who the service runs as (mailstack.privileges)
+    group: str
     tls_certificate: str
     tls_key: str
     users_file: str
@@ -192,7 +198,9 @@ class Config:
     relay: dict = field(default_factory=dict)  # [relay], checked; see mailstack.outbound.relay.RelaySettings
     queue_dir: str = ""
     smarthost_password: str = field(default="", repr=False)
-    acme: dict = field(default_factory=lambda: {"enabled": False})  # [acme], checked: mailstack.acme
+    #: Every key as read, typed, defaults filled in: what SIGHUP compares (mailstack.reconfigure).
+    values: dict = field(default_factory=dict, repr=False)
+    acme: dict = field(default_factory=lambda: {"enabled": False})  # [acme], checked: mailstack.acmecert
     mta_sts: dict = field(default_factory=dict)  # [mta_sts], checked: mailstack.mtasts
 
     @property
@@ -225,38 +233,6 @@ def _check_type(path: str, key: str, value: Any, t: Any) -> Any:
     return float(value) if t is float else value
 
 
-def _readable(path: str, key: str, filename: str) -> None:
-    if not os.path.exists(filename):
-        raise ConfigError(path, key, f"file not found: {filename}")
-    if not os.path.isfile(filename):
-        raise ConfigError(path, key, f"not a regular file: {filename}")
-    if not os.access(filename, os.R_OK):
-        raise ConfigError(path, key, f"file not readable: {filename}")
-
-
-def _not_writable_by_others(path: str, key: str | None, filename: str) -> None:
-    """Refuse a file that anyone but its owner may change: whoever can write the configuration
-    or the users file can make themselves an account or point the server at their own files."""
-    mode = os.stat(filename).st_mode
-    if mode & 0o022:
-        who = "group- and world-writable" if mode & 0o022 == 0o022 else ("world-writable" if mode & 0o002 else "group-writable")
-        what = "the configuration file" if filename == path else filename
-        raise ConfigError(path, key, f"{what} is {who} (mode {mode & 0o777:03o}): "
-                          f"whoever can write it controls the server; chmod go-w {filename}")
-
-
-def _private_key_file(path: str, key: str, filename: str) -> None:
-    """Refuse a private key that everyone may read, or that others may change: a leaked TLS key
-    lets its reader impersonate the server, a leaked DKIM key lets them sign mail as our
-    domains.  Group read stays allowed: it is how the ``mailstack`` service user reads a key
-    owned by root (README, "Running it for real")."""
-    mode = os.stat(filename).st_mode
-    if mode & 0o026:
-        what = "world-readable" if mode & 0o004 else "writable by group or others"
-        raise ConfigError(path, key, f"private key {filename} is {what} (mode {mode & 0o777:03o}); "
-                          f"chmod 600 {filename} (or 640 with the service's group)")
-
-
 def check_endpoint(path: str, key: str, description: str) -> None:
     """Parse an endpoint description without binding anything."""
     from twisted.internet import endpoints, reactor
@@ -284,7 +260,7 @@ def load(path: str) -> Config:
         raise ConfigError(path, None, "is a directory, not a configuration file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, None, f"not valid TOML: {e}") from None
-    _not_writable_by_others(path, None, path)
+    fileaccess.not_writable_by_others(path, None, path)
     return from_dict(raw, path)
 
 
@@ -327,7 +303,7 @@ def _listeners(values: dict, path: str) -> list[Listener]:
     return listeners
 
 
-def _check_tls(values: dict, listeners: list[Listener], path: str) -> tuple[str, str]:
+def _check_tls(values: dict, listeners: list[Listener], path: str, hostname: str) -> tuple[str, str]:
     """[tls]: both files or neither, readable and matching; needed by any TLS listener unless
     [acme] provides the certificate."""
     cert, key = values["tls"]["certificate"], values["tls"]["key"]
@@ -338,22 +314,23 @@ def _check_tls(values: dict, listeners: list[Listener], path: str) -> tuple[str,
         if listener.tls in ("implicit", "starttls") and not cert and not values["acme"]["enabled"]:
             raise ConfigError(path, f"[listeners] {listener.key}", "needs TLS: set [tls] certificate and key")
     if cert:
-        _readable(path, "[tls] certificate", cert)
-        _readable(path, "[tls] key", key)
-        _private_key_file(path, "[tls] key", key)
+        fileaccess.readable(path, "[tls] certificate", cert)
+        fileaccess.readable(path, "[tls] key", key)
+        fileaccess.private_key_file(path, "[tls] key", key)
         from mailstack.tls import load_context_factory
 
         load_context_factory(cert, key, path)
+        fileaccess.certificate_names_host(path, "[tls] certificate", cert, hostname)
     return cert, key
 
 
 def _check_accounts(values: dict, path: str) -> str:
-    _readable(path, "[accounts] users", values["accounts"]["users"])
-    _not_writable_by_others(path, "[accounts] users", values["accounts"]["users"])
+    fileaccess.readable(path, "[accounts] users", values["accounts"]["users"])
+    fileaccess.not_writable_by_others(path, "[accounts] users", values["accounts"]["users"])
     for key in ("aliases", "send_as"):
         if values["accounts"][key]:
-            _readable(path, f"[accounts] {key}", values["accounts"][key])
-            _not_writable_by_others(path, f"[accounts] {key}", values["accounts"][key])
+            fileaccess.readable(path, f"[accounts] {key}", values["accounts"][key])
+            fileaccess.not_writable_by_others(path, f"[accounts] {key}", values["accounts"][key])
     delimiter = values["accounts"]["recipient_delimiter"]
     if len(delimiter) > 1 or delimiter in ("@", ".", " ", "/"):
         raise ConfigError(path, "[accounts] recipient_delimiter", "must be one character such as + or -, or empty to turn it off")
@@ -364,11 +341,8 @@ def _check_store(values: dict, path: str) -> str:
     root = values["store"]["root"]
     if os.path.exists(root) and not os.path.isdir(root):
         raise ConfigError(path, "[store] root", f"not a directory: {root}")
-    parent = root
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(path, "[store] root", f"not writable: {parent}")
+    fileaccess.writable_dir(path, "[store] root", root)
+    fileaccess.check_maildirs(path, root)
     if values["store"]["poll_interval"] <= 0:
         raise ConfigError(path, "[store] poll_interval", "must be above 0")
     return root
@@ -404,6 +378,7 @@ def _check_relay(values: dict, root: str, path: str) -> str:
     """[relay]; returns the queue directory (taken out of the section)."""
     relay = values["relay"]
     queue_dir = relay.pop("queue") or os.path.join(os.path.dirname(root), "queue")
+    fileaccess.writable_dir(path, "[relay] queue", queue_dir)
     if relay["tls"] not in ("opportunistic", "required", "none"):
         raise ConfigError(path, "[relay] tls", "must be opportunistic, required or none")
     if relay["smarthost_tls"] not in ("starttls", "implicit"):
@@ -445,8 +420,17 @@ def _check_dns_dkim(values: dict, root: str, path: str) -> None:
 
     for domain in values["server"]["domains"]:
         for key_file in key_paths(dkim["keys"], domain.strip().lower().rstrip("."), dkim["selector"]).values():
-            if os.path.exists(key_file):
-                _private_key_file(path, "[dkim] keys", key_file)
+            # A key that is there but cannot be read is an error, not "this domain is unsigned":
+            # the admin published the DKIM record and a DMARC policy for it (issue 17).
+            try:
+                os.stat(key_file)
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                raise ConfigError(path, "[dkim] keys", f"cannot reach {key_file}{fileaccess.as_whom()}: "
+                                  f"{os.path.dirname(key_file)} is not searchable") from None
+            fileaccess.readable(path, "[dkim] keys", key_file)
+            fileaccess.private_key_file(path, "[dkim] keys", key_file)
 
 
 def _smarthost_password(relay: dict, path: str) -> str:
@@ -454,16 +438,17 @@ def _smarthost_password(relay: dict, path: str) -> str:
     smarthost_password = ""
     password_file = relay.pop("smarthost_password_file")
     if password_file:
-        _readable(path, "[relay] smarthost_password_file", password_file)
+        fileaccess.readable(path, "[relay] smarthost_password_file", password_file)
         with open(password_file, encoding="utf-8") as f:
             smarthost_password = f.readline().rstrip("\r\n")
     if relay["smarthost_ca_file"]:
-        _readable(path, "[relay] smarthost_ca_file", relay["smarthost_ca_file"])
+        fileaccess.readable(path, "[relay] smarthost_ca_file", relay["smarthost_ca_file"])
     return smarthost_password
 
 
 def from_dict(raw: dict, path: str) -> Config:
     values = _typed_values(raw, path)
+    as_read = copy.deepcopy(values)
     server = values["server"]
     hostname = server["hostname"] or socket.getfqdn()
     domains = [d.strip().lower().rstrip(".") for d in server["domains"]]
@@ -471,7 +456,9 @@ def from_dict(raw: dict, path: str) -> Config:
         raise ConfigError(path, "[server] domains", "must list at least one domain, without blanks")
 
     listeners = _listeners(values, path)
-    cert, key = _check_tls(values, listeners, path)
+    if server["ports_file"]:
+        fileaccess.writable_dir(path, "[server] ports_file", os.path.dirname(server["ports_file"]))
+    cert, key = _check_tls(values, listeners, path, hostname)
     delimiter = _check_accounts(values, path)
     root = _check_store(values, path)
     _check_sessions(values, path)
@@ -497,6 +484,8 @@ def from_dict(raw: dict, path: str) -> Config:
         domains=domains,
         ports_file=server["ports_file"],
         listeners=listeners,
+        user=server["user"],
+        group=server["group"],
         tls_certificate=cert,
         tls_key=key,
         users_file=values["accounts"]["users"],
@@ -524,6 +513,7 @@ def from_dict(raw: dict, path: str) -> Config:
         relay=relay,
         queue_dir=queue_dir,
         smarthost_password=smarthost_password,
+        values=as_read,
         acme=acme,
         mta_sts=mta_sts,
     )

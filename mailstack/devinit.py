@@ -94,6 +94,8 @@ def dev_config(listeners: dict[str, int], interface: str = "127.0.0.1") -> str:
         'hostname = "localhost"',
         f'domains = ["{DEMO_DOMAIN}"]',
         'ports_file = "run/ports.json"',
+        '# A dev server runs as whoever starts it; production runs as the "mailstack" user.',
+        'user = ""',
         "",
         "[listeners]",
     ]

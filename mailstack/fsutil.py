@@ -26,9 +26,12 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True,
+                 owner: tuple[int, int] | None = None) -> None:
     """Replace ``path`` with ``data`` atomically; the file gets exactly ``mode``.
 
+    ``owner`` (uid, gid): the new file's owner and group, set before the rename, so root
+    rewriting a file the service must read (``mailstack user add``) does not hand it to root.
     The temporary file (``<name>.<random>.tmp`` beside the target, made exclusively) is
     removed if anything fails before the rename.
     """
@@ -37,7 +40,9 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True) 
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
-            os.fchmod(fd, mode)  # the umask narrowed what os.open gave
+            if owner is not None and (os.fstat(fd).st_uid, os.fstat(fd).st_gid) != owner:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)  # the umask narrowed what os.open gave (and fchown may clear set-id bits)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]

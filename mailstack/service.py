@@ -18,7 +18,7 @@ import signal
 from dataclasses import dataclass
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, task, threads
+from twisted.internet import defer, endpoints, protocol, task, threads
 from twisted.logger import Logger
 
 from mailstack import accounts as accounts_mod
@@ -26,6 +26,7 @@ from mailstack import config as config_mod
 from mailstack import listener as listener_mod
 from mailstack import logfilter
 from mailstack import passwords
+from mailstack import privileges
 from mailstack.errors import ConfigError
 from mailstack.outbound import relay
 from mailstack.store import FolderWatcher, MaildirStore
@@ -69,8 +70,9 @@ class ServerContext:
 
 
 class MailstackService(service.MultiService):
-    def __init__(self, cfg: config_mod.Config, reactor=None):
+    def __init__(self, cfg: config_mod.Config, reactor=None, prebound: dict | None = None):
         super().__init__()
+        self.prebound = prebound
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -103,14 +105,13 @@ class MailstackService(service.MultiService):
 
         resolver = authentication.set_default_resolver(cfg.dns["nameservers"], cfg.dns["port"], cfg.dns["timeout"],
                                                      cfg.dns["cache_size"])
+        self.resolver = resolver
         self.context.dkim_signer = authentication.DkimSigner(cfg.dkim["keys"], cfg.dkim["selector"], cfg.domains)
-        checks = cfg.checks
-        if checks["spf"] or checks["dkim"] or checks["dmarc"]:
-            self.context.inbound_checker = authentication.InboundChecker(
-                cfg.hostname, resolver, checks["spf"], checks["dkim"], checks["dmarc"], checks["dmarc_enforce"])
+        self.context.inbound_checker = self.make_inbound_checker(cfg)
         self.context.relay = relay.build_relay(cfg, store, accounts, reactor)
         self.context.relay.setServiceParent(self)
-        self.factories = []
+        self.factories = []  # (listener, the factory listened with)
+        self.protocol_factories = []  # (listener, the protocol's own factory inside it)
         for lst in cfg.listeners:
             module_name = PROTOCOLS.get(lst.protocol)
             if module_name is None:
@@ -120,31 +121,21 @@ class MailstackService(service.MultiService):
             wrapped = listener_mod.wrap(lst.key, factory, lst.tls, tls, module.BUSY,
                                         cfg.max_connections, cfg.max_connections_per_address)
             self.factories.append((lst, wrapped))
+            self.protocol_factories.append((lst, factory))
         self.ports: list = []
         self.bound: dict[str, dict] = {}
 
     def privilegedStartService(self):
-        """Bind every listener now (before privileges are dropped), or none at all."""
-        _raise_file_limit(self.config.max_connections * len(self.factories) + 1024)
+        """Bind every listener now (before privileges are dropped), or none at all.  Listeners
+        that the root process bound before it dropped to the service user (``prebound``, see
+        :func:`make_service`) are only given their factories."""
+        if self.prebound is None:
+            self.prebound = bind_listeners(self.config, self.reactor, [lst for lst, _ in self.factories])
         for lst, factory in self.factories:
-            endpoint = endpoints.serverFromString(self.reactor, lst.endpoint)
-            d = endpoint.listen(factory)
-            result = []
-            d.addBoth(result.append)
-            if not result:  # every endpoint we allow binds synchronously
-                result.append(defer.fail(RuntimeError("endpoint did not bind at once")))
-            outcome = result[0]
-            if not hasattr(outcome, "getHost"):
-                for port in self.ports:
-                    port.stopListening()
-                self.ports = []
-                reason = getattr(outcome, "value", outcome)
-                message = f"{self.config.path}: [listeners] {lst.key}: cannot listen on {lst.endpoint}: {reason}"
-                # Straight to fd 2: twistd may have redirected sys.stderr into its log by now.
-                os.write(2, f"mailstack: {message}\n".encode())
-                raise SystemExit(1)
-            self.ports.append(outcome)
-            host = outcome.getHost()
+            port, pending = self.prebound[lst.key]
+            pending.attach(factory)
+            self.ports.append(port)
+            host = port.getHost()
             self.bound[lst.key] = {"host": getattr(host, "host", None), "port": getattr(host, "port", None),
                                    "tls": lst.tls, "protocol": lst.protocol}
         self.context.bound = self.bound  # what autoconfiguration tells clients
@@ -157,6 +148,7 @@ class MailstackService(service.MultiService):
         for watched in accounts.files():
             self.context.watcher.watch_file(watched)
         if self.config.ports_file:
+            os.makedirs(os.path.dirname(self.config.ports_file), exist_ok=True)
             tmp = self.config.ports_file + ".tmp"
             with open(tmp, "w") as f:
                 json.dump({"pid": os.getpid(), "listeners": self.bound}, f, indent=1)
@@ -207,8 +199,42 @@ class MailstackService(service.MultiService):
                 pass
         return super().stopService()
 
-    def reload(self) -> None:
-        """SIGHUP: re-read users, aliases and the certificate; keep the old ones on error."""
+    def make_inbound_checker(self, cfg: config_mod.Config):
+        """SPF, DKIM and DMARC on the MX port, or None when [checks] turns all three off."""
+        from mailstack.smtp import authentication
+
+        checks = cfg.checks
+        if not (checks["spf"] or checks["dkim"] or checks["dmarc"]):
+            return None
+        return authentication.InboundChecker(cfg.hostname, self.resolver, checks["spf"], checks["dkim"],
+                                             checks["dmarc"], checks["dmarc_enforce"])
+
+    def reload(self) -> defer.Deferred:
+        """SIGHUP: the configuration file (read in a thread: it checks every path), what of it can
+        change while running (mailstack.reconfigure), then users, aliases and certificate.  A
+        file with an error changes nothing; the old certificate stays if the new one is bad."""
+        d = threads.deferToThread(config_mod.load, self.config.path)
+        d.addCallbacks(self._apply_config, self._config_refused)
+        d.addErrback(lambda f: log.failure("reload: applying the configuration failed", f))
+        d.addCallback(lambda _: self._reload_files())
+        return d
+
+    def _apply_config(self, new: config_mod.Config) -> None:
+        from mailstack import reconfigure
+
+        applied, later = reconfigure.apply(self, new)
+        if applied:
+            log.info("reload: applied {keys}", keys=", ".join(applied))
+        if later:
+            log.warn("reload: kept as running until a restart: {keys}", keys=", ".join(later))
+        if not applied and not later:
+            log.info("reload: the configuration file is unchanged")
+
+    def _config_refused(self, failure) -> None:
+        failure.trap(ConfigError)
+        log.error("reload: {error}; nothing of the file was applied", error=str(failure.value))
+
+    def _reload_files(self) -> None:
         try:
             self.context.accounts.reload(force=True)
         except ConfigError as e:
@@ -221,6 +247,57 @@ class MailstackService(service.MultiService):
         log.info("reloaded users, aliases and certificate")
         if self.context.acme is not None:
             self.context.acme.check()  # a renewal asked for with 'mailstack acme renew' starts now
+
+
+class PendingFactory(protocol.Factory):
+    """A listener's factory from its bind until the service attaches the real one.
+
+    Root binds the ports, then drops to the service user, and only the service user builds
+    the service (:func:`make_service`); the reactor is not running in between, so no
+    connection can arrive before :meth:`attach`.
+    """
+
+    noisy = False
+
+    def __init__(self):
+        self.target = None
+
+    def attach(self, factory) -> None:
+        self.target = factory
+        factory.doStart()
+
+    def buildProtocol(self, addr):
+        return None if self.target is None else self.target.buildProtocol(addr)
+
+    def stopFactory(self):
+        if self.target is not None:
+            self.target.doStop()
+
+
+def bind_listeners(cfg: config_mod.Config, reactor, listeners: list | None = None) -> dict:
+    """Bind every listener (``listeners``, default all of the configuration's) to a
+    :class:`PendingFactory`: ``{key: (port, pending)}``.  If one cannot bind, the ones already
+    bound are closed and start-up stops with one line naming the file and the key."""
+    listeners = cfg.listeners if listeners is None else listeners
+    _raise_file_limit(cfg.max_connections * len(listeners) + 1024)
+    bound: dict = {}
+    for lst in listeners:
+        pending = PendingFactory()
+        result = []
+        endpoints.serverFromString(reactor, lst.endpoint).listen(pending).addBoth(result.append)
+        if not result:  # every endpoint we allow binds synchronously
+            result.append(defer.fail(RuntimeError("endpoint did not bind at once")))
+        outcome = result[0]
+        if not hasattr(outcome, "getHost"):
+            for port, _ in bound.values():
+                port.stopListening()
+            reason = getattr(outcome, "value", outcome)
+            message = f"{cfg.path}: [listeners] {lst.key}: cannot listen on {lst.endpoint}: {reason}"
+            # Straight to fd 2: twistd may have redirected sys.stderr into its log by now.
+            os.write(2, f"mailstack: {message}\n".encode())
+            raise SystemExit(1)
+        bound[lst.key] = (outcome, pending)
+    return bound
 
 
 def _raise_file_limit(wanted: int) -> None:
@@ -271,6 +348,19 @@ def banner(cfg: config_mod.Config, bound: dict[str, dict]) -> str:
 
 
 def make_service(config_path: str, reactor=None) -> MailstackService:
+    """The service for ``twistd``.  Started as root with a ``[server] user``: bind the listeners,
+    become that user for good, and only then load the configuration again and build the
+    service, so that every file is opened, and every start-up check made, as the service user
+    (mailstack.privileges)."""
     logfilter.install()
     cfg = config_mod.load(config_path)
-    return MailstackService(cfg, reactor)
+    user = privileges.service_user(cfg)
+    if user is None:
+        return MailstackService(cfg, reactor)
+    if reactor is None:
+        from twisted.internet import reactor
+    prebound = bind_listeners(cfg, reactor)
+    privileges.drop_to(user)
+    cfg = config_mod.load(config_path)
+    log.info("bound {n} listeners as root, now running as user {user}", n=len(prebound), user=user.name)
+    return MailstackService(cfg, reactor, prebound=prebound)

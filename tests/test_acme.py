@@ -94,6 +94,19 @@ def _wait_for_certificate(port: int, context: ssl.SSLContext, srv, not_serial: i
     raise AssertionError(f"no new verified certificate on port {port}: {last}\n{srv.log_text()}")
 
 
+def _policy(port: int, context: ssl.SSLContext) -> bytes:
+    """GET https://mta-sts.example.test/.well-known/mta-sts.txt (the name checked on the certificate)."""
+    https = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    https.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                     server_hostname="mta-sts.example.test")
+    https.request("GET", "/.well-known/mta-sts.txt", headers={"Host": "mta-sts.example.test"})
+    answer = https.getresponse()
+    assert answer.status == 200 and answer.getheader("content-type").startswith("text/plain")
+    body = answer.read()
+    https.close()
+    return body
+
+
 def _cli(srv, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mailstack.cli", "--config", str(srv.config_path), *args],
                           capture_output=True, text=True, env=env_with_tree(), timeout=60)
@@ -123,14 +136,8 @@ def test_certificate_issued_served_and_renewed_without_dropping_sessions(pebble_
         assert status.returncode == 0 and format(first, "x") in status.stdout, status.stdout + status.stderr
 
         # The MTA-STS policy over HTTPS, with the same certificate, for mta-sts.<domain>.
-        https = http.client.HTTPConnection("127.0.0.1", srv.port("https"), timeout=10)
-        https.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", srv.port("https")), timeout=10),
-                                         server_hostname="mta-sts.example.test")
-        https.request("GET", "/.well-known/mta-sts.txt", headers={"Host": "mta-sts.example.test"})
-        answer = https.getresponse()
-        assert answer.status == 200 and answer.getheader("content-type").startswith("text/plain")
-        assert answer.read() == b"version: STSv1\r\nmode: testing\r\nmx: mail.example.test\r\nmax_age: 604800\r\n"
-        https.close()
+        assert _policy(srv.port("https"), context) == \
+            b"version: STSv1\r\nmode: testing\r\nmx: mail.example.test\r\nmax_age: 604800\r\n"
 
         # A session opened on the first certificate...
         tls = context.wrap_socket(socket.create_connection(("127.0.0.1", imaps), timeout=30), server_hostname=HOST)
@@ -152,6 +159,15 @@ def test_certificate_issued_served_and_renewed_without_dropping_sessions(pebble_
         assert x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number == first
         assert session.command("LOGOUT").startswith("OK")
         tls.close()
+
+        # [mta_sts] applies at SIGHUP; the policy served changes with it, on the ACME certificate.
+        srv.config_path.write_text(srv.config_path.read_text() + '[mta_sts]\nmode = "enforce"\n')
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "reload: applied [mta_sts] mode" not in srv.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "reload: applied [mta_sts] mode" in srv.log_text(), srv.log_text()[-3000:]
+        assert b"mode: enforce\r\n" in _policy(srv.port("https"), context)
     finally:
         pebble.stop()
 

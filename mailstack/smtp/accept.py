@@ -39,23 +39,29 @@ class SMTPSettings:
     """What every session of one listener shares."""
 
     def __init__(self, context, listener: config_mod.Listener):
-        cfg = context.config
-        self.hostname = cfg.hostname
+        self.listener = listener
+        self.hostname = context.config.hostname
         self.login_gate = context.login_gate
         self.tls = context.tls
         self.store = context.store
+        self.relay = context.relay
+        self.signer = context.dkim_signer
+        if context.delivery_batcher is None:  # one for all SMTP listeners, so they batch together
+            context.delivery_batcher = DeliveryBatcher(context.store)
+        self.batcher = context.delivery_batcher
+        self.configure(context)
+
+    def configure(self, context) -> None:
+        """Take the limits, networks and checks from ``context.config``: at start, and again when
+        SIGHUP changed them (mailstack.reconfigure); sessions see the new values at once."""
+        cfg = context.config
         self.max_size = cfg.max_message_size
         self.max_commands = cfg.max_commands
         self.command_rate, self.command_burst = cfg.command_rate, cfg.command_burst
         self.timeout = cfg.smtp_timeout
         self.plaintext_on_loopback = cfg.plaintext_on_loopback
-        self.relay = context.relay
         self.policy = SmtpPolicy(context.accounts, cfg.domains, cfg.max_recipients, cfg.trusted_networks)
-        self.signer = context.dkim_signer
-        self.checker = context.inbound_checker if listener.protocol == "smtp" else None
-        if context.delivery_batcher is None:  # one for all SMTP listeners, so they batch together
-            context.delivery_batcher = DeliveryBatcher(context.store)
-        self.batcher = context.delivery_batcher
+        self.checker = context.inbound_checker if self.listener.protocol == "smtp" else None
 
     def prepare(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str,
                 helo: str) -> defer.Deferred:

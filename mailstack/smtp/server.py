@@ -587,6 +587,10 @@ class SMTPFactory(protocol.ServerFactory):
         p.factory = self
         return p
 
+    def reconfigure(self, context) -> None:
+        """SIGHUP changed the configuration (mailstack.reconfigure)."""
+        self.settings.configure(context)
+
 
 def build_factory(context, listener: config_mod.Listener) -> SMTPFactory:
     return SMTPFactory(accept.SMTPSettings(context, listener), listener)

@@ -96,7 +96,7 @@ class MailServer:
         self.proc: subprocess.Popen | None = None
         self.ports: dict[str, dict] = {}
         if not (base / "tls").exists():
-            make_dev_ca(str(base / "tls"))
+            make_dev_ca(str(base / "tls"), hostnames=("localhost", "mail.example.test"))
         self.ca_file = str(base / "tls" / "ca.pem")
         # Modes set explicitly, whatever the umask: start-up refuses group/world-writable files.
         _write_private(base / "users", "".join(f"{u}:{self.password_hash(p)}\n" for u, p in PASSWORDS.items()))
@@ -105,6 +105,7 @@ class MailServer:
             listeners = [k for k, (proto, _) in LISTENERS.items() if proto in PROTOCOLS]
         body = [
             "[server]", 'hostname = "mail.example.test"', f'domains = ["{DOMAIN}"]', f'ports_file = "{self.ports_file}"',
+            'user = ""',  # stay whoever runs the tests (root on CI): tests/test_service_user.py drops
             "[listeners]", *[f'{k} = "{(endpoints or {}).get(k, "tcp:0:interface=127.0.0.1")}"' for k in listeners],
             "[tls]", 'certificate = "tls/server.pem"', 'key = "tls/server-key.pem"',
             "[accounts]", 'users = "users"', 'aliases = "aliases"',
