@@ -328,7 +328,8 @@ def cmd_acme(args) -> int:
         return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if t else "-"
 
     if args.action == "renew":
-        state.request_renewal()
+        with _as_service(cfg):  # the service removes the request when it starts on it
+            state.request_renewal()
         print(f"renewal asked for in {state.renew_flag}; the server orders a certificate at its next check "
               f"(within {cfg.acme['check_interval']:.0f} s), or now on SIGHUP (systemctl reload mailstack)")
         return 0
