@@ -132,6 +132,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "command_burst": (int, 20000),
         "commands_per_session": (int, 0),
     },
+    "log": {
+        "format": (str, "text"),  # "text" | "json" (mailstack.logoutput)
+        "file": ("path", ""),  # "": twistd's own output (standard output with --nodaemon)
+    },
 }
 
 
@@ -181,6 +185,7 @@ class Config:
     smarthost_password: str = field(default="", repr=False)
     #: Every key as read, typed, defaults filled in: what SIGHUP compares (mailstack.reconfigure).
     values: dict = field(default_factory=dict, repr=False)
+    log: dict = field(default_factory=lambda: {"format": "text", "file": ""})  # [log]: see mailstack.logoutput
 
     @property
     def has_tls(self) -> bool:
@@ -423,6 +428,19 @@ def _smarthost_password(relay: dict, path: str) -> str:
     return smarthost_password
 
 
+def _check_log(values: dict, path: str) -> dict:
+    """[log]: a known format; a file whose directory exists (it is opened at start-up)."""
+    section = values["log"]
+    if section["format"] not in ("text", "json"):
+        raise ConfigError(path, "[log] format", f'must be "text" or "json", not {section["format"]!r}')
+    if section["file"]:
+        if os.path.isdir(section["file"]):
+            raise ConfigError(path, "[log] file", f"{section['file']} is a directory")
+        if not os.path.isdir(os.path.dirname(section["file"])):
+            raise ConfigError(path, "[log] file", f"directory {os.path.dirname(section['file'])} does not exist")
+    return section
+
+
 def from_dict(raw: dict, path: str) -> Config:
     values = _typed_values(raw, path)
     as_read = copy.deepcopy(values)
@@ -486,6 +504,7 @@ def from_dict(raw: dict, path: str) -> Config:
         queue_dir=queue_dir,
         smarthost_password=smarthost_password,
         values=as_read,
+        log=_check_log(values, path),
     )
 
 
