@@ -6,8 +6,8 @@ connection and keeps its peer as a :class:`SessionPeer`: the client's address as
 that also knows its session.  A protocol takes it with :func:`peer_of` as its ``self.peer``,
 and since nearly every session log line already says ``peer=self.peer``, the observer
 :func:`annotate` finds the session there and adds ``session`` and ``user`` to the event (JSON
-fields), and the id to the ``[system]`` part of a human line
-(``[mailstack.smtp.server#info k3j4h2ab]``).  No protocol passes ids around; lines logged in
+fields), and both to the ``[system]`` part of a human line
+(``[mailstack.smtp.server#info k3j4h2ab alice@example.org]``).  No protocol passes ids around; lines logged in
 Deferred callbacks or threads keep their session, which a context variable would lose.
 
 Messages.  :func:`mail` logs one line per message and step, ``key=value`` in the human log::
@@ -93,7 +93,8 @@ def annotate(event: dict) -> None:
                 event.setdefault("user", s.user)
             if "log_system" not in event:
                 level = event.get("log_level")
-                event["log_system"] = f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')} {s.id}"
+                who = f" {s.user}" if s.user is not None else ""
+                event["log_system"] = f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')} {s.id}{who}"
             return
 
 
