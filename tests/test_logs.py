@@ -20,10 +20,11 @@ import pytest
 
 from support.clients import ImapClient, SmtpClient
 from support.dns import TOOLS, serve_zones
-from support.servers import PASSWORDS, Proc, free_port
+from support.servers import PASSWORDS, MailServer, Proc, free_port
 from support.waiting import wait_files, wait_for
 
-from mailstack import logoutput
+from mailstack import config, logoutput
+from mailstack.errors import ConfigError
 from mailstack.logcontext import SessionPeer, new_session, annotate
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
@@ -208,3 +209,26 @@ def test_reopen_keeps_every_line(tmp_path):
     out.close()
     assert (tmp_path / "m.log.1").read_text().endswith("one\n")
     assert path.read_text().endswith("two\n") and "one" not in path.read_text()
+
+
+@pytest.mark.parametrize("section, key, problem", [
+    ('format = "xml"', "[log] format", 'must be "text" or "json"'),
+    ('file = "nodir/m.log"', "[log] file", "directory"),
+    ('file = "logs"', "[log] file", "is a directory"),
+])
+def test_bad_log_settings_name_the_key(tmp_path, section, key, problem):
+    base = MailServer(tmp_path, listeners=["smtp"])
+    (tmp_path / "logs").mkdir()
+    base.config_path.write_text(base.config_path.read_text() + f"[log]\n{section}\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(str(base.config_path))
+    assert str(e.value).startswith(f"{base.config_path}: {key}: ") and problem in str(e.value)
+
+
+def test_a_log_file_that_cannot_be_opened_stops_start_up(tmp_path):
+    base = MailServer(tmp_path, listeners=["smtp"])
+    (tmp_path / "m.log").symlink_to(tmp_path / "gone" / "m.log")  # its directory does not exist
+    base.config_path.write_text(base.config_path.read_text() + '[log]\nfile = "m.log"\n')
+    with pytest.raises(ConfigError) as e:
+        logoutput.build(config.load(str(base.config_path)))
+    assert str(e.value).startswith(f"{base.config_path}: [log] file: cannot open ")
