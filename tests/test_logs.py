@@ -58,14 +58,15 @@ def mail_lines(recs, **match) -> list[dict]:
 
 @pytest.fixture
 def logged_server(tmp_path, server_factory):
-    """(server, log path, MX sink output directory): JSON log in a file, relay to loopback."""
+    """(server, log path, MX sink output directory): JSON log in a file, relay to loopback (the
+    sink answers 451 to the first message's end, 250 after)."""
     zones = {"remote.test": ["MX('remote.test', 10, 'mx.remote.test')", "A('mx.remote.test', '127.0.0.2')"],
              "nullmx.test": ["MX('nullmx.test', 0, b'')"]}
     dns = serve_zones(tmp_path, zones)
     dns_port = next(dns)
     mx_port = free_port("127.0.0.2")
     outdir = tmp_path / "mx"
-    sink = Proc([sys.executable, str(TOOLS / "fake_mx.py"), "127.0.0.2", str(mx_port), str(outdir)])
+    sink = Proc([sys.executable, str(TOOLS / "fake_mx.py"), "127.0.0.2", str(mx_port), str(outdir), "--tempfail", "1"])
     (tmp_path / "logs").mkdir()
     log_path = tmp_path / "logs" / "mailstack.log"
     extra = (f'[log]\nformat = "json"\nfile = "{log_path}"\n[auth]\nfailure_delay = 0.0\n'
@@ -103,9 +104,12 @@ def test_json_log_has_a_line_per_message_and_session_fields(logged_server):
     assert any(r["msg"].startswith("session start submission") for r in session)
     assert any(r["msg"].startswith("auth ok submission") and r["user"] == ALICE for r in session)
 
-    # Relayed: accepted with the outbound queue id, then sent by that queue id.
+    # Relayed: accepted with the outbound queue id, deferred once (451), then sent, by that queue id.
     [acc] = mail_lines(recs, status="accepted", message_id="<relay-1@example.test>")
     qid = acc["queued_as"]
+    [deferred] = mail_lines(recs, status="deferred", queue_id=qid)
+    assert deferred["reason"].startswith("451") and deferred["dsn"].startswith("4.")
+    assert deferred["message_id"] == "<relay-1@example.test>" and deferred["relay"] == "mx.remote.test"
     [sent] = mail_lines(recs, status="sent", queue_id=qid)
     assert sent["message_id"] == "<relay-1@example.test>" and sent["recipient"] == "carol@remote.test"
     assert sent["relay"] == "mx.remote.test" and sent["dsn"].startswith("2.") and float(sent["delay"]) >= 0
