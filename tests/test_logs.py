@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import smtplib
 import sys
@@ -184,6 +185,19 @@ def test_sigusr1_reopens_the_file_without_losing_lines(logged_server):
     assert mail_lines(old, status="accepted") and mail_lines(new, status="accepted")
     assert oct(os.stat(log_path).st_mode & 0o777) == "0o640"
     assert srv.proc.poll() is None
+
+
+def test_the_default_human_log_has_session_ids_and_message_lines(server_factory):
+    srv = server_factory(listeners=["submission"]).start()
+    submit(srv, BOB, "<human-1@example.test>")
+    pattern = re.compile(r"\[mailstack\.mail#info (\w+) alice@example\.test\] (\1\.1): status=accepted "
+                         r"message-id=<human-1@example\.test> from=<alice@example\.test> to=<bob@example\.test> size=\d+")
+    assert wait_for(lambda: pattern.search(srv.log_text())), srv.log_text()
+    session, queue_id = pattern.search(srv.log_text()).groups()
+    log = srv.log_text()
+    assert f"[mailstack.listener#info {session}] session start submission from 127.0.0.1" in log
+    assert f"[mailstack.smtp.server#info {session} alice@example.test] auth ok submission" in log
+    assert re.search(rf"{re.escape(queue_id)}: status=sent .* to=<bob@example\.test> .*relay=local dsn=2\.0\.0", log)
 
 
 # -- in process: the pieces ----------------------------------------------------------------------
