@@ -553,8 +553,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
             qid, folder = result
             log.info("delivered {id} from <{sender}> to {accounts}{where} ({size} bytes) via {listener}{queued}",
                      id=message_id, sender=sender, accounts=accounts, size=spool.size, listener=self.listener.key,
-                     peer=self.peer,
-                     where=f" ({folder})" if folder != "INBOX" else "",
+                     peer=self.peer, where=f" ({folder})" if folder != "INBOX" else "",
                      queued=f", queued {qid} for {remote}" if qid else "")
             logcontext.accepted(self.peer, message_id, headers.message_id(added + spool.head), sender,
                                 [r.address for r in recipients], spool.size, self.listener.key, accounts, folder, qid)
