@@ -191,7 +191,8 @@ def test_the_default_human_log_has_session_ids_and_message_lines(server_factory)
     srv = server_factory(listeners=["submission"]).start()
     submit(srv, BOB, "<human-1@example.test>")
     pattern = re.compile(r"\[mailstack\.mail#info (\w+) alice@example\.test\] (\1\.1): status=accepted "
-                         r"message-id=<human-1@example\.test> from=<alice@example\.test> to=<bob@example\.test> size=\d+")
+                         r"message-id=<human-1@example\.test> from=<alice@example\.test> "
+                         r"to=<bob@example\.test> size=\d+")
     assert wait_for(lambda: pattern.search(srv.log_text())), srv.log_text()
     session, queue_id = pattern.search(srv.log_text()).groups()
     log = srv.log_text()

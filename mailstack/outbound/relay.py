@@ -321,9 +321,10 @@ class RelayService(service.Service):
 def log_outcome(env: Envelope, r) -> None:
     """The per-message line for one recipient after an attempt: sent, deferred or bounced."""
     status = {DELIVERED: "sent", FAILED: "bounced"}.get(r.status, "deferred")
+    reply = f"{r.code} {r.diagnostic}" if r.code else r.diagnostic
     logcontext.mail(env.id, status, message_id=env.message_id, sender=env.sender, recipient=r.address,
                     size=env.size, relay=r.remote_mta, dsn=dsn.enhanced_of(r.code or codes.LOCAL_ERROR, r.diagnostic),
-                    delay=round(time.time() - env.created, 1), reason=f"{r.code} {r.diagnostic}" if r.code else r.diagnostic)
+                    delay=round(time.time() - env.created, 1), reason=reply)
 
 
 def build_relay(cfg, store, accounts, reactor) -> RelayService:
