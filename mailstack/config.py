@@ -429,15 +429,15 @@ def _smarthost_password(relay: dict, path: str) -> str:
 
 
 def _check_log(values: dict, path: str) -> dict:
-    """[log]: a known format; a file whose directory exists (it is opened at start-up)."""
+    """[log]: a known format; a file in a directory the service may write (made when missing;
+    the file is opened at start-up and again on SIGUSR1)."""
     section = values["log"]
     if section["format"] not in ("text", "json"):
         raise ConfigError(path, "[log] format", f'must be "text" or "json", not {section["format"]!r}')
     if section["file"]:
         if os.path.isdir(section["file"]):
             raise ConfigError(path, "[log] file", f"{section['file']} is a directory")
-        if not os.path.isdir(os.path.dirname(section["file"])):
-            raise ConfigError(path, "[log] file", f"directory {os.path.dirname(section['file'])} does not exist")
+        fileaccess.writable_dir(path, "[log] file", os.path.dirname(section["file"]))
     return section
 
 

@@ -76,6 +76,7 @@ def text_line(event: dict) -> str | None:
 
 def _open(path: str):
     """Append, created owner/group-readable only: addresses and subjects are personal data."""
+    os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 

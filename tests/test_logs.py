@@ -68,8 +68,7 @@ def logged_server(tmp_path, server_factory):
     mx_port = free_port("127.0.0.2")
     outdir = tmp_path / "mx"
     sink = Proc([sys.executable, str(TOOLS / "fake_mx.py"), "127.0.0.2", str(mx_port), str(outdir), "--tempfail", "1"])
-    (tmp_path / "logs").mkdir()
-    log_path = tmp_path / "logs" / "mailstack.log"
+    log_path = tmp_path / "logs" / "mailstack.log"  # its directory is made at start-up
     extra = (f'[log]\nformat = "json"\nfile = "{log_path}"\n[auth]\nfailure_delay = 0.0\n'
              f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns_port}\n'
              f"[relay]\nport = {mx_port}\nretry_schedule = [1]\nscan_interval = 0.5\n")
@@ -232,7 +231,7 @@ def test_reopen_keeps_every_line(tmp_path):
 
 @pytest.mark.parametrize("section, key, problem", [
     ('format = "xml"', "[log] format", 'must be "text" or "json"'),
-    ('file = "nodir/m.log"', "[log] file", "directory"),
+    ('file = "users/m.log"', "[log] file", "not a directory"),
     ('file = "logs"', "[log] file", "is a directory"),
 ])
 def test_bad_log_settings_name_the_key(tmp_path, section, key, problem):
@@ -246,7 +245,7 @@ def test_bad_log_settings_name_the_key(tmp_path, section, key, problem):
 
 def test_a_log_file_that_cannot_be_opened_stops_start_up(tmp_path):
     base = MailServer(tmp_path, listeners=["smtp"])
-    (tmp_path / "m.log").symlink_to(tmp_path / "gone" / "m.log")  # its directory does not exist
+    (tmp_path / "m.log").symlink_to(tmp_path / "gone" / "m.log")  # a dangling link: nothing to open
     base.config_path.write_text(base.config_path.read_text() + '[log]\nfile = "m.log"\n')
     with pytest.raises(ConfigError) as e:
         logoutput.build(config.load(str(base.config_path)))
