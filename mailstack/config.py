@@ -151,6 +151,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "max_age": (int, 604800),
         "mx": ("list[str]", []),  # default: [server] hostname
     },
+    "log": {
+        "format": (str, "text"),  # "text" | "json" (mailstack.logoutput)
+        "file": ("path", ""),  # "": twistd's own output (standard output with --nodaemon)
+    },
 }
 
 
@@ -202,6 +206,7 @@ class Config:
     values: dict = field(default_factory=dict, repr=False)
     acme: dict = field(default_factory=lambda: {"enabled": False})  # [acme], checked: mailstack.acmecert
     mta_sts: dict = field(default_factory=dict)  # [mta_sts], checked: mailstack.mtasts
+    log: dict = field(default_factory=lambda: {"format": "text", "file": ""})  # [log]: see mailstack.logoutput
 
     @property
     def has_tls(self) -> bool:
@@ -446,6 +451,19 @@ def _smarthost_password(relay: dict, path: str) -> str:
     return smarthost_password
 
 
+def _check_log(values: dict, path: str) -> dict:
+    """[log]: a known format; a file in a directory the service may write (made when missing;
+    the file is opened at start-up and again on SIGUSR1)."""
+    section = values["log"]
+    if section["format"] not in ("text", "json"):
+        raise ConfigError(path, "[log] format", f'must be "text" or "json", not {section["format"]!r}')
+    if section["file"]:
+        if os.path.isdir(section["file"]):
+            raise ConfigError(path, "[log] file", f"{section['file']} is a directory")
+        fileaccess.writable_dir(path, "[log] file", os.path.dirname(section["file"]))
+    return section
+
+
 def from_dict(raw: dict, path: str) -> Config:
     values = _typed_values(raw, path)
     as_read = copy.deepcopy(values)
@@ -516,6 +534,7 @@ def from_dict(raw: dict, path: str) -> Config:
         values=as_read,
         acme=acme,
         mta_sts=mta_sts,
+        log=_check_log(values, path),
     )
 
 

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from mailstack import accounts as accounts_mod
 from mailstack import config as config_mod
 from mailstack import listener as listener_mod
-from mailstack import logfilter
+from mailstack import logcontext, logfilter, logoutput
 from mailstack import passwords
 from mailstack import privileges
 from mailstack.errors import ConfigError
@@ -124,6 +124,11 @@ class MailstackService(service.MultiService):
             self.protocol_factories.append((lst, factory))
         self.ports: list = []
         self.bound: dict[str, dict] = {}
+        self.log_output = logoutput.build(cfg)  # [log] file / format; None: twistd's own log
+
+    def setServiceParent(self, parent):
+        logoutput.attach(self.log_output, parent, self.reactor)  # before twistd starts logging
+        super().setServiceParent(parent)
 
     def privilegedStartService(self):
         """Bind every listener now (before privileges are dropped), or none at all.  Listeners
@@ -353,6 +358,7 @@ def make_service(config_path: str, reactor=None) -> MailstackService:
     service, so that every file is opened, and every start-up check made, as the service user
     (mailstack.privileges)."""
     logfilter.install()
+    logcontext.install()
     cfg = config_mod.load(config_path)
     user = privileges.service_user(cfg)
     if user is None:

@@ -32,10 +32,12 @@ from twisted.logger import Logger
 from twisted.protocols import basic, policies
 
 from mailstack import config as config_mod
+from mailstack import logcontext
 from mailstack import sasl
 from mailstack.accounts import IMailUser
 from mailstack.errors import MailError
 from mailstack.mail import codes as c
+from mailstack.mail import headers
 from mailstack.pacing import CommandPacer
 from mailstack.smtp import accept
 from mailstack.smtp import address as addr
@@ -113,11 +115,10 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
     # -- connection ------------------------------------------------------------------------
 
     def connectionMade(self):
-        peer = self.transport.getPeer()
-        self.peer = getattr(peer, "host", str(peer))
+        self.peer = logcontext.peer_of(self.transport)  # the address, carrying the session's log id
         self.facts = SessionFacts(peer=self.peer, submission=self.listener.protocol == "submission",
                                   tls=self.listener.tls == "implicit")
-        self.session_id = secrets.token_hex(6)
+        self.session_id = logcontext.session_id(self.peer) or secrets.token_hex(6)
         self.reply(c.SERVICE_READY, None, f"{self.host.decode('ascii')} ESMTP mailstack")
         self.setTimeout(self.timeout)
 
@@ -384,6 +385,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
 
         def ok(result: sasl.LoginResult):
             self.facts.user = result.address
+            logcontext.set_user(self.peer, result.address)
             log.info("auth ok {listener} from {peer} as {user}", listener=self.listener.key, peer=self.peer,
                      user=result.address)
             self.reply(c.AUTH_SUCCEEDED, c.E_SECURITY_OK, "Authentication successful")
@@ -544,15 +546,17 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
             if prepared.action in ("reject", "tempfail"):
                 what = "refused" if prepared.action == "reject" else "deferred"
                 log.info("{what} {id} from <{sender}>: {reason}", what=what, id=message_id, sender=sender,
-                         reason=prepared.reason)
+                         reason=prepared.reason, peer=self.peer)
             return settings.deliver(prepared, received, spool, sender, accounts, remote)
 
         def delivered(result):
             qid, folder = result
             log.info("delivered {id} from <{sender}> to {accounts}{where} ({size} bytes) via {listener}{queued}",
                      id=message_id, sender=sender, accounts=accounts, size=spool.size, listener=self.listener.key,
-                     where=f" ({folder})" if folder != "INBOX" else "",
+                     peer=self.peer, where=f" ({folder})" if folder != "INBOX" else "",
                      queued=f", queued {qid} for {remote}" if qid else "")
+            logcontext.accepted(self.peer, message_id, headers.message_id(added + spool.head), sender,
+                                [r.address for r in recipients], spool.size, self.listener.key, accounts, folder, qid)
             self.reply(c.OK, c.E_OK, f"OK id={message_id}")
 
         def failed(failure):
