@@ -91,11 +91,12 @@ def cmd_init(args) -> int:
             return 2
         path = prodinit.init_production(args.dir or prodinit.DEFAULT_DIR, args.data_dir or prodinit.DEFAULT_DATA_DIR,
                                         args.hostname, args.domain, args.ports or "standard", args.listen or "",
-                                        "mailstack" if args.user is None else args.user)
+                                        "mailstack" if args.user is None else args.user, args.acme or "")
     except (prodinit.InitError, FileExistsError) as e:
         print(f"mailstack init: {e}", file=sys.stderr)
         return 2
-    print(prodinit.next_steps(path, args.hostname, args.domain, "mailstack" if args.user is None else args.user))
+    print(prodinit.next_steps(path, args.hostname, args.domain, "mailstack" if args.user is None else args.user,
+                              bool(args.acme)))
     return 0
 
 
@@ -392,6 +393,8 @@ def _add_setup_commands(sub) -> None:
                         "(port 0: free ports, written to the ports file; for tests)")
     p.add_argument("--listen", help="production: listen on this IP address only (default: every IPv4 address)")
     p.add_argument("--user", help='production: [server] user, the service user (default: mailstack; "": stay whoever starts it)')
+    p.add_argument("--acme", metavar="CONTACT", help="production: get the certificate by ACME (Let's Encrypt), with this "
+                   "contact address for the CA's notices, instead of [tls] files")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("install-files", help="install the systemd unit and the reference configuration")

@@ -116,9 +116,9 @@ def _q(value: str) -> str:
 
 
 def production_config(hostname: str, domains: list[str], config_dir: str, data_dir: str,
-                      ports: dict[str, int], listen: str = "", user: str = "mailstack") -> str:
-    """The text of ``mailstack.toml``.  It ends with ``[store]``, so sections such as ``[acme]``
-    can be appended as they are."""
+                      ports: dict[str, int], listen: str = "", user: str = "mailstack", acme_contact: str = "") -> str:
+    """The text of ``mailstack.toml``.  Its last table is ``[store]``, or ``[acme]`` with
+    ``acme_contact``, so more keys or sections can be appended as they are."""
     from mailstack.service import PROTOCOLS
 
     tls_dir = os.path.join(config_dir, "tls")
@@ -143,15 +143,20 @@ def production_config(hostname: str, domains: list[str], config_dir: str, data_d
     for key, (protocol, _tls) in LISTENERS.items():
         line = f"{key} = {_q(_endpoint(ports[key], listen))}"
         lines.append(line if protocol in PROTOCOLS else f"# {line}   (the {protocol} server is not built yet)")
-    lines += [
-        "",
-        "[tls]",
-        f"# The certificate for {hostname} (full chain: the server certificate first) and its",
-        "# private key (mode 600, or 640 with the service's group).  Until both are there the",
-        "# server does not start and 'mailstack config check' names the missing file.",
-        "# Or have mailstack obtain one by ACME (Let's Encrypt): see [acme] in the reference.",
-        f"certificate = {_q(os.path.join(tls_dir, 'fullchain.pem'))}",
-        f"key = {_q(os.path.join(tls_dir, 'privkey.pem'))}",
+    if acme_contact:
+        tls = ["", "[tls]", "# None: the certificate comes by ACME (the [acme] section below)."]
+    else:
+        tls = [
+            "",
+            "[tls]",
+            f"# The certificate for {hostname} (full chain: the server certificate first) and its",
+            "# private key (mode 600, or 640 with the service's group).  Until both are there the",
+            "# server does not start and 'mailstack config check' names the missing file.",
+            "# Or have mailstack obtain one by ACME (Let's Encrypt): see [acme] in the reference.",
+            f"certificate = {_q(os.path.join(tls_dir, 'fullchain.pem'))}",
+            f"key = {_q(os.path.join(tls_dir, 'privkey.pem'))}",
+        ]
+    lines += tls + [
         "",
         "[accounts]",
         "# Edit with 'mailstack user' and 'mailstack alias'; a running server sees changes at once.",
@@ -164,6 +169,16 @@ def production_config(hostname: str, domains: list[str], config_dir: str, data_d
         f"root = {_q(os.path.join(data_dir, 'mail'))}",
         "",
     ]
+    if acme_contact:
+        lines += [
+            "[acme]",
+            "# The certificate for the host name, mta-sts.<domain> and autoconfig.<domain> from Let's",
+            "# Encrypt (HTTP-01 on the autoconfig listener: port 80 must reach it).  Turning this on",
+            "# agrees to the CA's terms of service.  State and keys: beside the store, in acme/.",
+            "enabled = true",
+            f"contact = {_q(acme_contact)}",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -175,7 +190,7 @@ def _aliases_text(domains: list[str]) -> str:
 
 
 def init_production(config_dir: str, data_dir: str, hostname: str, domains: list[str],
-                    ports: str = "standard", listen: str = "", user: str = "mailstack") -> str:
+                    ports: str = "standard", listen: str = "", user: str = "mailstack", acme_contact: str = "") -> str:
     """Write the configuration; return the path of ``mailstack.toml``.  FileExistsError (naming
     the file) if the configuration, users or aliases file exists; nothing is written then."""
     hostname, domains = check_names(hostname, domains)
@@ -191,7 +206,8 @@ def init_production(config_dir: str, data_dir: str, hostname: str, domains: list
     files = {  # written in this order: the configuration last, its presence means done
         os.path.join(config_dir, "users"): ("# user@domain:{SCHEME}hash  (Dovecot passwd-file form); edit with 'mailstack user'\n", 0o640),
         os.path.join(config_dir, "aliases"): (_aliases_text(domains), 0o640),
-        config_path: (production_config(hostname, domains, config_dir, data_dir, PORT_SETS[ports], listen, user), 0o640),
+        config_path: (production_config(hostname, domains, config_dir, data_dir, PORT_SETS[ports], listen, user,
+                                        acme_contact), 0o640),
     }
     for path in sorted(files, key=lambda p: p != config_path):  # the configuration named first
         if os.path.lexists(path):
@@ -218,7 +234,7 @@ def _data_dir_of(config_path: str) -> str:
         return DEFAULT_DATA_DIR
 
 
-def next_steps(config_path: str, hostname: str, domains: list[str], user: str = "mailstack") -> str:
+def next_steps(config_path: str, hostname: str, domains: list[str], user: str = "mailstack", acme: bool = False) -> str:
     """What the administrator does next, printed by ``mailstack init``."""
     import pwd
 
@@ -239,9 +255,11 @@ def next_steps(config_path: str, hostname: str, domains: list[str], user: str = 
         f"                  {ms} alias add postmaster@{domains[0]} {first}",
         f"  2. DKIM key:    {ms} dkim genkey {domains[0]}" + ("      (and each other domain)" if len(domains) > 1 else ""),
         f"  3. DNS records: {ms} dns      (publish them, then check: ... dns --check)",
-        f"  4. certificate for {hostname}: the full chain in {config_dir}/tls/fullchain.pem, the key",
-        f"                  in {config_dir}/tls/privkey.pem (e.g. from certbot); or add an [acme] section",
-        "                  for mailstack to get one by ACME (Let's Encrypt; see the reference configuration)",
+        *([f"  4. certificate: by ACME once it runs: {hostname}, mta-sts.<domain> and autoconfig.<domain>",
+           "                  must resolve here and port 80 be open; then: {ms} acme status".replace("{ms}", ms)] if acme else
+          [f"  4. certificate for {hostname}: the full chain in {config_dir}/tls/fullchain.pem, the key",
+           f"                  in {config_dir}/tls/privkey.pem (e.g. from certbot); or add an [acme] section",
+           "                  for mailstack to get one by ACME (Let's Encrypt; see the reference configuration)"]),
         f"  5. check:       {ms} config check",
         "  6. run it:      mailstack install-files && systemctl daemon-reload && systemctl enable --now mailstack",
     ])
