@@ -60,6 +60,9 @@ def make_dir(path: str, mode: int, owner: tuple[int, int] | None = None) -> None
     """Make ``path`` (and its parents) with ``mode`` (and ``owner``) if it does not exist; an
     existing one keeps its mode and owner (``/etc/mailstack`` may come from elsewhere)."""
     if not os.path.isdir(path):
+        parent = os.path.dirname(path)
+        if parent and not os.path.isdir(parent):  # /etc, /var/lib: anyone may pass through
+            make_dir(parent, 0o755)
         os.makedirs(path, mode=mode, exist_ok=True)
         if owner is not None:
             os.chown(path, *owner)
