@@ -65,7 +65,7 @@ def private_key_file(path: str, key: str, filename: str) -> None:
     """Refuse a private key that everyone may read, or that others may change: a leaked TLS key
     lets its reader impersonate the server, a leaked DKIM key lets them sign mail as our
     domains.  Group read stays allowed: it is how the ``mailstack`` service user reads a key
-    owned by root (README, "Running it for real")."""
+    owned by root (README, "Install on a server")."""
     mode = os.stat(filename).st_mode
     if mode & 0o026:
         what = "world-readable" if mode & 0o004 else "writable by group or others"
