@@ -45,6 +45,7 @@ PROTOCOLS: dict[str, str] = {
     "pop3": "mailstack.pop3.server",
     "imap": "mailstack.imap.server",
     "autoconfig": "mailstack.autoconfig",
+    "metrics": "mailstack.metrics",
 }
 
 

@@ -18,14 +18,15 @@ table, the framing, the responses and the commands of any state and before login
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from time import perf_counter
 from typing import Callable
 
 from twisted.internet import defer, protocol, reactor, threads
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
-from mailstack import sasl
+from mailstack import metrics, sasl
 from mailstack.errors import StoreError
 from mailstack.imap import catenate, fetch, login, mailboxes, parser, results, selected
 from mailstack.imap.capabilities import SessionView, capability_names
@@ -58,6 +59,7 @@ class Command:
     grammar: Callable = parser.no_arguments
     expunge_ok: bool = True
     uid: bool = False
+    name: bytes = b""  # the key in COMMANDS (set there): the metrics label
 
 
 def _any_state() -> dict:
@@ -127,6 +129,7 @@ COMMANDS: dict[str, dict[bytes, Command]] = {
     AUTHENTICATED: {**_any_state(), **_authenticated()},
     SELECTED: {**_any_state(), **_authenticated(), **_selected()},
 }
+COMMANDS = {state: {name: replace(c, name=name) for name, c in table.items()} for state, table in COMMANDS.items()}
 _KNOWN = {name for table in COMMANDS.values() for name in table}
 
 def command_name(first_line: bytes) -> tuple[bytes, int]:
@@ -349,13 +352,14 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
             self.dispatch(raw)
 
     def dispatch(self, raw: RawCommand) -> None:
+        started = perf_counter()
         try:
             tag, command, args = self.parse(raw)
         except ImapError as e:
             raw.close()
             self.tagged(raw.tag, e.status, e.line())
             return
-        self.run(tag, command, args)
+        metrics.imap_command(command.name, started, self.run(tag, command, args))
 
     def parse(self, raw: RawCommand) -> tuple[bytes, Command, tuple]:
         tag = raw.tag
@@ -387,7 +391,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
             return f"{text} needs a selected mailbox"
         return f"{text} is not valid now"
 
-    def run(self, tag: bytes, command: Command, args: tuple) -> None:
+    def run(self, tag: bytes, command: Command, args: tuple) -> defer.Deferred:
         kw = {"uid": True} if command.uid else {}
         expunge_ok = command.expunge_ok
 
@@ -404,6 +408,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         d = defer.ensureDeferred(go())
         d.addCallbacks(done, self.failed, errbackArgs=(tag,))
         d.addErrback(lambda f: log.failure("imap response failed for {peer}", f, peer=self.peer))
+        return d
 
     def failed(self, failure, tag: bytes) -> None:
         e = failure.value
@@ -448,6 +453,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         except StoreError as e:
             raise store_error(e) from None
         except OSError as e:
+            metrics.store_error("imap")
             answer = os_error(e)
             if answer is None:
                 raise

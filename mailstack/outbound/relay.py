@@ -18,6 +18,7 @@ from twisted.application import service
 from twisted.internet import defer, ssl, task, threads
 from twisted.logger import Logger
 
+from mailstack import metrics
 from mailstack.errors import MailError
 from mailstack.mail import codes
 from mailstack.outbound import client
@@ -94,6 +95,7 @@ class RelayService(service.Service):
 
         def queued(qid):
             log.info("relay: queued {id} from <{sender}> for {recipients}", id=qid, sender=sender, recipients=recipients)
+            metrics.message("queued")
             self.kick()
             return qid
 
@@ -199,6 +201,7 @@ class RelayService(service.Service):
                 r.status = DELIVERED if 200 <= code < 300 else FAILED if code >= 500 else PENDING
                 log.info("relay: {id} to <{rcpt}> via {host}: {code} {text}", id=env.id, rcpt=r.address,
                          host=host or "-", code=code, text=text)
+                metrics.relay_reply(code)
         yield threads.deferToThread(self.queue.update, env)  # delivered recipients are recorded now
 
     @defer.inlineCallbacks
@@ -283,6 +286,7 @@ class RelayService(service.Service):
                 r.diagnostic = f"{codes.E_DELIVERY_EXPIRED} gave up after {env.attempts} attempts over {int((now - env.created) / 3600)} h; last: {r.diagnostic}"
             pending = []
         newly_failed = [r for r in env.recipients if r.status == FAILED and r.address not in failed_before]
+        metrics.message("bounced", len(newly_failed))
         if newly_failed:
             yield self._bounce(env, newly_failed, "failed")
         elif pending and s.delay_warning and not env.warned and now - env.created > s.delay_warning:
@@ -305,6 +309,7 @@ class RelayService(service.Service):
             log.info("relay: {id}: not bouncing a message from the null sender", id=env.id)
             return
         qid = yield threads.deferToThread(self.bounces.send, env, recipients, action)
+        metrics.message("queued" if qid else "delivered")
         log.info("relay: {id}: {action} report to <{sender}>{via}", id=env.id, action=action, sender=env.sender,
                  via=f" queued as {qid}" if qid else " delivered locally")
         if qid:

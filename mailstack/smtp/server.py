@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.protocols import basic, policies
 
 from mailstack import config as config_mod
-from mailstack import sasl
+from mailstack import metrics, sasl
 from mailstack.accounts import IMailUser
 from mailstack.errors import MailError
 from mailstack.mail import codes as c
@@ -109,6 +109,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
         self._held = 0  # bytes received while paused
         self._transport_paused = False
         self._messages = 0
+        self._counted = None  # metrics.smtp_recipient or smtp_transaction: the next reply's code goes there
 
     # -- connection ------------------------------------------------------------------------
 
@@ -133,6 +134,8 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
 
     def reply(self, code: int, enhanced: str | None, text: str) -> None:
         """Send a reply; the enhanced status code (RFC 2034) goes on every line."""
+        if self._counted is not None:  # the reply to a RCPT or to the message data: counted once
+            self._counted = self._counted(self.listener.key, code)  # (the metrics functions return None)
         lines = text.split("\n")
         prefix = f"{enhanced} " if enhanced else ""
         for i, line in enumerate(lines):
@@ -432,6 +435,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
             raise MailError(c.PARAMETERS_UNRECOGNIZED, c.E_INVALID_ARGUMENTS, f"Unsupported MAIL parameter {key}")
 
     def cmd_RCPT(self, text):
+        self._counted = metrics.smtp_recipient
         address, params = addr.parse_path(text, "TO", null_ok=False) if "@" in text else self._bare_postmaster(text)
         if params:
             raise MailError(c.PARAMETERS_UNRECOGNIZED, c.E_INVALID_ARGUMENTS,
@@ -509,6 +513,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
     # -- the end of a message -----------------------------------------------------------------
 
     def _end_of_message(self):
+        self._counted = metrics.smtp_transaction
         spool, sender, recipients = self.spool, self.sender, self.recipients
         self.spool = None
         self.state = GREETED
@@ -553,6 +558,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
                      id=message_id, sender=sender, accounts=accounts, size=spool.size, listener=self.listener.key,
                      where=f" ({folder})" if folder != "INBOX" else "",
                      queued=f", queued {qid} for {remote}" if qid else "")
+            metrics.message("delivered", len(accounts))
             self.reply(c.OK, c.E_OK, f"OK id={message_id}")
 
         def failed(failure):
@@ -560,6 +566,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
                 self.reply_error(failure.value)
                 return
             log.failure("delivery of {id} failed", failure, id=message_id)
+            metrics.store_error("smtp")
             self.reply(c.LOCAL_ERROR, c.E_SYSTEM_TEMPORARY,
                        "Local error in processing; message not accepted, try again later")
 
