@@ -197,6 +197,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         self.rev2 = False  # RFC 9051: after ENABLE IMAP4rev2 (see mailboxes.enable)
         self.utf8 = False  # RFC 6855 3: mailbox names in UTF-8 (UTF8=ACCEPT, or IMAP4rev2)
         self.inflate = None  # RFC 4978: after COMPRESS DEFLATE, input is inflated here
+        self.timing = None  # (command name, perf_counter() at dispatch) for the metrics
 
     # -- connection --------------------------------------------------------------------------
 
@@ -359,7 +360,8 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
             raw.close()
             self.tagged(raw.tag, e.status, e.line())
             return
-        metrics.imap_command(command.name, started, self.run(tag, command, args))
+        self.timing = (command.name, started)  # observed when the tagged response is out (finished)
+        self.run(tag, command, args)
 
     def parse(self, raw: RawCommand) -> tuple[bytes, Command, tuple]:
         tag = raw.tag
@@ -391,7 +393,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
             return f"{text} needs a selected mailbox"
         return f"{text} is not valid now"
 
-    def run(self, tag: bytes, command: Command, args: tuple) -> defer.Deferred:
+    def run(self, tag: bytes, command: Command, args: tuple) -> None:
         kw = {"uid": True} if command.uid else {}
         expunge_ok = command.expunge_ok
 
@@ -408,7 +410,6 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         d = defer.ensureDeferred(go())
         d.addCallbacks(done, self.failed, errbackArgs=(tag,))
         d.addErrback(lambda f: log.failure("imap response failed for {peer}", f, peer=self.peer))
-        return d
 
     def failed(self, failure, tag: bytes) -> None:
         e = failure.value
@@ -440,6 +441,9 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
 
     def finished(self) -> None:
         """The running command sent its tagged response: read the next one."""
+        if self.timing is not None:
+            metrics.imap_command_done(self.timing)
+            self.timing = None
         if self.busy:
             self.busy = False
             reactor.callLater(0, self.process)
