@@ -242,3 +242,40 @@ def test_queue_stats_read_only_directory_listings(tmp_path):
     count, age = queue_stats([str(env), str(active)], now)
     assert count == 3 and 300 <= age < 302
     assert queue_stats([str(tmp_path / "absent")], now) == (0, 0.0)
+
+
+def test_login_gate_counts_successes_failures_and_lockouts():
+    from twisted.cred import error
+    from twisted.cred.credentials import UsernamePassword
+    from twisted.internet import defer, task
+
+    from mailstack.metrics import REGISTRY
+    from mailstack.throttle import LoginGate
+
+    class Portal:
+        def login(self, creds, mind, *interfaces):
+            if creds.password == b"right":
+                return defer.succeed((interfaces[0], object(), lambda: None))
+            return defer.fail(error.UnauthorizedLogin())
+
+    def value(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0
+
+    names = [("mailstack_auth_total", dict(protocol="imap", result=r)) for r in ("success", "failure", "locked_out")]
+    names.append(("mailstack_auth_lockouts_total", dict(protocol="imap")))
+    before = [value(n, **labels) for n, labels in names]
+    clock = task.Clock()
+    gate = LoginGate(Portal(), clock, max_failures=3, lockout=60, delay=0.1, max_delay=0.1, window=900)
+
+    def login(password: bytes, peer: str = "192.0.2.1", key: str = "imaps"):
+        gate.login(UsernamePassword(b"bob@example.test", password), peer, key, object).addErrback(lambda f: None)
+        clock.advance(1)
+
+    for _ in range(5):
+        login(b"wrong")  # 3 failures, the third locks the address; 2 refused unchecked
+    login(b"right")  # refused too: the address is locked, whatever the password
+    login(b"right", peer="192.0.2.2", key="imap")  # another address: in
+    clock.advance(60)
+    login(b"wrong")  # the lockout is over; a failure still over the limit locks it again
+    after = [value(n, **labels) for n, labels in names]
+    assert [a - b for a, b in zip(after, before)] == [1, 4, 3, 2]
