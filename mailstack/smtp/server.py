@@ -134,8 +134,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
 
     def reply(self, code: int, enhanced: str | None, text: str) -> None:
         """Send a reply; the enhanced status code (RFC 2034) goes on every line."""
-        if self._counted is not None:  # the reply to a RCPT or to the message data: counted once
-            self._counted = self._counted(self.listener.key, code)  # (the metrics functions return None)
+        self._counted = self._counted and self._counted(self.listener.key, code)  # once: the metrics return None
         lines = text.split("\n")
         prefix = f"{enhanced} " if enhanced else ""
         for i, line in enumerate(lines):
@@ -558,7 +557,6 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
                      id=message_id, sender=sender, accounts=accounts, size=spool.size, listener=self.listener.key,
                      where=f" ({folder})" if folder != "INBOX" else "",
                      queued=f", queued {qid} for {remote}" if qid else "")
-            metrics.message("delivered", len(accounts))
             self.reply(c.OK, c.E_OK, f"OK id={message_id}")
 
         def failed(failure):
@@ -566,7 +564,6 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
                 self.reply_error(failure.value)
                 return
             log.failure("delivery of {id} failed", failure, id=message_id)
-            metrics.store_error("smtp")
             self.reply(c.LOCAL_ERROR, c.E_SYSTEM_TEMPORARY,
                        "Local error in processing; message not accepted, try again later")
 
