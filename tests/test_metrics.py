@@ -155,8 +155,8 @@ def test_counters_move_by_exactly_the_traffic_sent(server_factory):
     assert after[key("mailstack_queue_oldest_age_seconds")] == 0
 
 
-def test_a_store_failure_is_counted_and_answered_451(server_factory):
-    srv = server_factory(listeners=["smtp", "metrics"]).start()
+def test_store_failures_are_counted(server_factory):
+    srv = server_factory(listeners=["smtp", "imap", "metrics"]).start()
     tmp = srv.maildir(BOB) / "tmp"
     srv.maildir(BOB).mkdir(parents=True, exist_ok=True)
     for sub in ("cur", "new"):
@@ -175,6 +175,17 @@ def test_a_store_failure_is_counted_and_answered_451(server_factory):
     assert moved(before, after, "mailstack_smtp_transactions") == {
         key("mailstack_smtp_transactions_total", listener="smtp", **{"class": "4xx"}): 1}
     assert moved(before, after, "mailstack_messages") == {}
+    # IMAP: APPEND cannot write into alice's INBOX (its tmp/ is a file now); NO [SERVERBUG].
+    c = ImapClient(srv.port("imap"))
+    c.login(ALICE)
+    (srv.maildir(ALICE) / "tmp").rmdir()
+    (srv.maildir(ALICE) / "tmp").write_text("not a directory")
+    c.send(b"a1 APPEND INBOX {%d}\r\n" % len(MESSAGE))
+    assert c.line().startswith(b"+ ")
+    c.send(MESSAGE + b"\r\n")
+    assert c.until(b"a1")[-1].startswith(b"a1 NO")
+    c.close()
+    assert moved(after, scrape(srv), "mailstack_store_errors") == {key("mailstack_store_errors_total", protocol="imap"): 1}
 
 
 def test_relay_outcomes_and_the_queue(relay_env):  # noqa: F811
