@@ -36,10 +36,20 @@ def no_delay(transport) -> None:
 
 
 @implementer(IHandshakeListener)
-class SessionProtocol(policies.ProtocolWrapper):
+class _CountsHandshakes:
+    """TLS tells the protocol it wraps when its handshake is done: count it under the
+    listener's key, then tell the protocol inside, if it listens too."""
+
+    def handshakeCompleted(self):
+        metrics.tls_handshake(self.factory.key, self.transport)
+        if IHandshakeListener.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.handshakeCompleted()
+
+
+class SessionProtocol(_CountsHandshakes, policies.ProtocolWrapper):
     """A session as the listener sees it.  STARTTLS puts the TLS layer under this wrapper, so
-    its handshake is reported here (:meth:`handshakeCompleted`); an implicit-TLS listener's
-    is reported to :class:`HandshakeWatch`, inside the TLS layer."""
+    its handshake is reported here; an implicit-TLS listener's goes to :class:`HandshakeWatch`,
+    inside the TLS layer."""
 
     def connectionMade(self):
         factory: ListenerFactory = self.factory
@@ -58,21 +68,10 @@ class SessionProtocol(policies.ProtocolWrapper):
                  peer=self.peer_host, seconds=time.monotonic() - self.started)
         super().connectionLost(reason)
 
-    def handshakeCompleted(self):
-        metrics.tls_handshake(self.factory.key, self.transport)
-        if IHandshakeListener.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.handshakeCompleted()
 
-
-@implementer(IHandshakeListener)
-class HandshakeWatch(policies.ProtocolWrapper):
-    """Between an implicit-TLS layer and the protocol: counts the handshake (TLS tells only
-    the protocol it wraps), and passes everything else through."""
-
-    def handshakeCompleted(self):
-        metrics.tls_handshake(self.factory.key, self.transport)
-        if IHandshakeListener.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.handshakeCompleted()
+class HandshakeWatch(_CountsHandshakes, policies.ProtocolWrapper):
+    """Between an implicit-TLS layer and the protocol: counts the handshake, and passes
+    everything else through."""
 
 
 class _HandshakeWatchFactory(policies.WrappingFactory):
