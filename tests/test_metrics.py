@@ -290,3 +290,15 @@ def test_login_gate_counts_successes_failures_and_lockouts():
     login(b"wrong")  # the lockout is over; a failure still over the limit locks it again
     after = [value(n, **labels) for n, labels in names]
     assert [a - b for a, b in zip(after, before)] == [1, 4, 3, 2]
+
+
+def test_production_init_keeps_the_metrics_listener_on_loopback():
+    import tomllib
+
+    from mailstack import prodinit
+
+    text = prodinit.production_config("mail.example.org", ["example.org"], "/etc/mailstack", "/var/lib/mailstack",
+                                      config.STANDARD_PORTS, listen="192.0.2.10")
+    listeners = tomllib.loads(text)["listeners"]
+    assert listeners["imaps"] == "tcp:993:interface=192.0.2.10"
+    assert listeners["metrics"] == "tcp:9909:interface=127.0.0.1"
