@@ -153,6 +153,10 @@ def test_counters_move_by_exactly_the_traffic_sent(server_factory):
     assert moved(before, after, "mailstack_store_errors") == {}
     assert after[key("mailstack_queue_messages")] == 0
     assert after[key("mailstack_queue_oldest_age_seconds")] == 0
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port("metrics"), timeout=10)
+    conn.request("GET", "/")
+    assert conn.getresponse().status == 404  # only /metrics
+    conn.close()
 
 
 def test_store_failures_are_counted(server_factory):
