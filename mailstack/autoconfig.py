@@ -111,7 +111,9 @@ class ClientConfig(resource.Resource):
 
 
 def build_factory(context, listener):
-    site = server.Site(ClientConfig(context))
+    from mailstack.acmecert import with_challenges  # HTTP-01 answers for [acme] (RFC 8555 section 8.3)
+
+    site = server.Site(with_challenges(context, ClientConfig(context)))
     site.noisy = False
     site.displayTracebacks = False
     return site

@@ -11,6 +11,7 @@
     mailstack [--config FILE] queue list|show ID|retry ID|delete ID|flush
     mailstack [--config FILE] dkim genkey DOMAIN [--ed25519]
     mailstack [--config FILE] dns [DOMAIN] [--check]
+    mailstack [--config FILE] acme status|renew
 
 The configuration is ``--config``, else ``$MAILSTACK_CONFIG``, else ``var/mailstack.toml`` when
 present, else ``/etc/mailstack/mailstack.toml``.  Passwords are read from a prompt or from
@@ -90,11 +91,12 @@ def cmd_init(args) -> int:
             return 2
         path = prodinit.init_production(args.dir or prodinit.DEFAULT_DIR, args.data_dir or prodinit.DEFAULT_DATA_DIR,
                                         args.hostname, args.domain, args.ports or "standard", args.listen or "",
-                                        "mailstack" if args.user is None else args.user)
+                                        "mailstack" if args.user is None else args.user, args.acme or "")
     except (prodinit.InitError, FileExistsError) as e:
         print(f"mailstack init: {e}", file=sys.stderr)
         return 2
-    print(prodinit.next_steps(path, args.hostname, args.domain, "mailstack" if args.user is None else args.user))
+    print(prodinit.next_steps(path, args.hostname, args.domain, "mailstack" if args.user is None else args.user,
+                              bool(args.acme)))
     return 0
 
 
@@ -339,6 +341,45 @@ def cmd_dns(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_acme(args) -> int:
+    """The ACME state of ``[acme] state``: what it holds, or ask the server for a new
+    certificate now (it orders one at its next check, or at once on SIGHUP)."""
+    import datetime
+
+    from mailstack.acmecert import AcmeState
+
+    cfg = _config(args)
+    if not cfg.acme["enabled"]:
+        raise SystemExit(f"mailstack: [acme] enabled is not true in {cfg.path}")
+    state = AcmeState(cfg.acme["state"])
+    if not os.path.isdir(state.dir):
+        raise SystemExit(f"mailstack: no ACME state in {state.dir} yet: has the server run with [acme] enabled?")
+
+    def when(t) -> str:
+        return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if t else "-"
+
+    if args.action == "renew":
+        with _as_service(cfg):  # the service removes the request when it starts on it
+            state.request_renewal()
+        print(f"renewal asked for in {state.renew_flag}; the server orders a certificate at its next check "
+              f"(within {cfg.acme['check_interval']:.0f} s), or now on SIGHUP (systemctl reload mailstack)")
+        return 0
+    status = state.status()
+    print(f"directory   {cfg.acme['directory']}")
+    print(f"names       {', '.join(cfg.acme['names'])}")
+    if status.get("issued"):
+        print(f"certificate {state.cert}, serial {status.get('serial')}, for {', '.join(status.get('names', []))}")
+        print(f"            issued {when(status['issued'])}, valid until {when(status.get('not_after'))}")
+    else:
+        print("certificate none issued yet (a placeholder or the [tls] files are served)")
+    if status.get("failures"):
+        print(f"failures    {status['failures']} in a row, the last {when(status.get('last_failure'))}: {status.get('last_error')}")
+        print(f"next try    {when(status.get('next_attempt'))}")
+    if state.renewal_requested():
+        print("renewal     asked for, not started yet")
+    return 0
+
+
 def _add_setup_commands(sub) -> None:
     """``init`` and ``install-files``: setting a server up."""
     p = sub.add_parser("init", help="make a configuration: production (--hostname, --domain) or --dev")
@@ -352,6 +393,8 @@ def _add_setup_commands(sub) -> None:
                         "(port 0: free ports, written to the ports file; for tests)")
     p.add_argument("--listen", help="production: listen on this IP address only (default: every IPv4 address)")
     p.add_argument("--user", help='production: [server] user, the service user (default: mailstack; "": stay whoever starts it)')
+    p.add_argument("--acme", metavar="CONTACT", help="production: get the certificate by ACME (Let's Encrypt), with this "
+                   "contact address for the CA's notices, instead of [tls] files")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("install-files", help="install the systemd unit and the reference configuration")
@@ -417,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domain", nargs="?", help="default: every domain in [server] domains")
     p.add_argument("--check", action="store_true", help="ask DNS and report what is missing or wrong")
     p.set_defaults(func=cmd_dns)
+
+    p = sub.add_parser("acme", help="the certificate from ACME ([acme])")
+    asub = p.add_subparsers(dest="action", required=True)
+    asub.add_parser("status", help="the certificate, its expiry and the last failure")
+    asub.add_parser("renew", help="have the running server order a new certificate (now, on SIGHUP)")
+    p.set_defaults(func=cmd_acme)
 
     p = sub.add_parser("store", help="check the store")
     ssub = p.add_subparsers(dest="action", required=True)

@@ -31,14 +31,15 @@ LISTENERS = {
     "pop3": ("pop3", "starttls"),
     "pop3s": ("pop3", "implicit"),
     "autoconfig": ("autoconfig", "none"),  # HTTP: client autoconfiguration (mailstack.autoconfig)
+    "https": ("https", "implicit"),  # HTTPS: the MTA-STS policy, autoconfiguration (mailstack.mtasts)
     "metrics": ("metrics", "none"),  # HTTP: Prometheus /metrics (mailstack.metrics); loopback unless allowed
 }
 
 #: The dev ports `mailstack init --dev` writes; production uses the well-known ports.
 DEV_PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "imap": 2143, "imaps": 2993, "pop3": 2110, "pop3s": 2995,
-             "autoconfig": 2080, "metrics": 2909}
+             "autoconfig": 2080, "https": 2443, "metrics": 2909}
 STANDARD_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995,
-                  "autoconfig": 80, "metrics": 9909}
+                  "autoconfig": 80, "https": 443, "metrics": 9909}
 
 _REQUIRED = object()
 
@@ -136,6 +137,28 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "command_burst": (int, 20000),
         "commands_per_session": (int, 0),
     },
+    # Certificates by ACME (mailstack.acme) and the MTA-STS policy (mailstack.mtasts).
+    "acme": {
+        "enabled": (bool, False),
+        "directory": (str, "https://acme-v02.api.letsencrypt.org/directory"),
+        "contact": (str, ""),
+        "names": ("list[str]", []),  # default: hostname, mta-sts.<domain> and autoconfig.<domain>
+        "state": ("path", ""),  # default: "acme" beside the store root
+        "ca_file": ("path", ""),
+        "renew_days": (int, 30),
+        "check_interval": (float, 3600.0),
+        "retry_delay": (float, 600.0),
+        "max_retry_delay": (float, 86400.0),
+    },
+    "mta_sts": {
+        "mode": (str, "testing"),
+        "max_age": (int, 604800),
+        "mx": ("list[str]", []),  # default: [server] hostname
+    },
+    "log": {
+        "format": (str, "text"),  # "text" | "json" (mailstack.logoutput)
+        "file": ("path", ""),  # "": twistd's own output (standard output with --nodaemon)
+    },
 }
 
 
@@ -185,10 +208,14 @@ class Config:
     smarthost_password: str = field(default="", repr=False)
     #: Every key as read, typed, defaults filled in: what SIGHUP compares (mailstack.reconfigure).
     values: dict = field(default_factory=dict, repr=False)
+    acme: dict = field(default_factory=lambda: {"enabled": False})  # [acme], checked: mailstack.acmecert
+    mta_sts: dict = field(default_factory=dict)  # [mta_sts], checked: mailstack.mtasts
+    log: dict = field(default_factory=lambda: {"format": "text", "file": ""})  # [log]: see mailstack.logoutput
 
     @property
     def has_tls(self) -> bool:
-        return bool(self.tls_certificate)
+        """A certificate to offer: [tls] files, or (with [acme] on) the ACME one or its placeholder."""
+        return bool(self.tls_certificate) or bool(self.acme.get("enabled"))
 
     def listener(self, key: str) -> Listener | None:
         return next((l for l in self.listeners if l.key == key), None)
@@ -309,13 +336,14 @@ def loopback_endpoint(description: str) -> bool:
 
 
 def _check_tls(values: dict, listeners: list[Listener], path: str, hostname: str) -> tuple[str, str]:
-    """[tls]: both files or neither, readable and matching; needed by any TLS listener."""
+    """[tls]: both files or neither, readable and matching; needed by any TLS listener unless
+    [acme] provides the certificate."""
     cert, key = values["tls"]["certificate"], values["tls"]["key"]
     if bool(cert) != bool(key):
         missing = "[tls] key" if cert else "[tls] certificate"
         raise ConfigError(path, missing, "certificate and key go together: set both or neither")
     for listener in listeners:
-        if listener.tls in ("implicit", "starttls") and not cert:
+        if listener.tls in ("implicit", "starttls") and not cert and not values["acme"]["enabled"]:
             raise ConfigError(path, f"[listeners] {listener.key}", "needs TLS: set [tls] certificate and key")
     if cert:
         fileaccess.readable(path, "[tls] certificate", cert)
@@ -450,6 +478,19 @@ def _smarthost_password(relay: dict, path: str) -> str:
     return smarthost_password
 
 
+def _check_log(values: dict, path: str) -> dict:
+    """[log]: a known format; a file in a directory the service may write (made when missing;
+    the file is opened at start-up and again on SIGUSR1)."""
+    section = values["log"]
+    if section["format"] not in ("text", "json"):
+        raise ConfigError(path, "[log] format", f'must be "text" or "json", not {section["format"]!r}')
+    if section["file"]:
+        if os.path.isdir(section["file"]):
+            raise ConfigError(path, "[log] file", f"{section['file']} is a directory")
+        fileaccess.writable_dir(path, "[log] file", os.path.dirname(section["file"]))
+    return section
+
+
 def from_dict(raw: dict, path: str) -> Config:
     values = _typed_values(raw, path)
     as_read = copy.deepcopy(values)
@@ -471,6 +512,11 @@ def from_dict(raw: dict, path: str) -> Config:
     queue_dir = _check_relay(values, root, path)
     _check_dns_dkim(values, root, path)
     smarthost_password = _smarthost_password(relay, path)
+    from mailstack.acmecert import check_acme_config
+    from mailstack.mtasts import check_mta_sts_config
+
+    acme = check_acme_config(values, hostname, domains, listeners, root, path)
+    mta_sts = check_mta_sts_config(values, hostname, path)
     for k in ("connections", "connections_per_address", "message_size", "recipients", "commands_per_second",
               "command_burst"):
         if values["limits"][k] < 1:
@@ -514,6 +560,9 @@ def from_dict(raw: dict, path: str) -> Config:
         queue_dir=queue_dir,
         smarthost_password=smarthost_password,
         values=as_read,
+        acme=acme,
+        mta_sts=mta_sts,
+        log=_check_log(values, path),
     )
 
 

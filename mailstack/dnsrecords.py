@@ -9,12 +9,12 @@ RFC 6186 and an autoconfig name for Thunderbird.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 
 import dns.exception
 import dns.resolver
 
+from mailstack import mtasts
 from mailstack.smtp import authentication
 
 
@@ -24,7 +24,7 @@ class Record:
     rtype: str
     value: str
     why: str
-    check: str = "exact"  # "exact" | "prefix" (the value starts with what we expect) | "contains"
+    check: str = "exact"  # "exact" | "prefix" (the value starts with what we expect) | "contains" | "sts"
 
 
 def records_for(cfg, domain: str) -> list[Record]:
@@ -47,8 +47,9 @@ def records_for(cfg, domain: str) -> list[Record]:
     out += [
         Record(f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}",
                "DMARC policy and where reports go", "prefix"),
-        Record(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={time.strftime('%Y%m%d%H%M%S')}",
-               f"MTA-STS; also serve https://mta-sts.{domain}/.well-known/mta-sts.txt", "prefix"),
+        # The id is a digest of the policy: the same until the policy changes (mailstack.mtasts).
+        Record(f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={mtasts.policy_id(cfg)}",
+               f"MTA-STS; the policy is served at https://mta-sts.{domain}/.well-known/mta-sts.txt", "sts"),
         Record(f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua=mailto:postmaster@{domain}", "TLS reporting", "prefix"),
     ]
     services = {"submissions": 465, "submission": 587, "imaps": 993, "imap": 143, "pop3s": 995, "pop3": 110}
@@ -57,11 +58,12 @@ def records_for(cfg, domain: str) -> list[Record]:
             out.append(Record(f"_{service}._tcp.{domain}", "SRV", f"{prio} 1 {port} {host}.", "client set-up (RFC 6186)",
                               "contains"))
     out.append(Record(f"autoconfig.{domain}", "CNAME", f"{host}.", "Thunderbird's autoconfiguration", "exact"))
+    out.append(Record(f"mta-sts.{domain}", "CNAME", f"{host}.", "MTA-STS policy host (the https listener)", "exact"))
     return out
 
 
 def mta_sts_policy(cfg) -> str:
-    return f"version: STSv1\nmode: testing\nmx: {cfg.hostname}\nmax_age: 86400\n"
+    return mtasts.policy_text(cfg)
 
 
 def format_zone(records: list[Record]) -> str:
@@ -90,8 +92,6 @@ def check(records: list[Record], resolver: dns.resolver.Resolver) -> list[tuple[
             results.append((r, "error", str(e)))
             continue
         want = r.value
-        if r.rtype == "TXT" and r.name.startswith("_mta-sts."):
-            want = "v=STSv1"
         if r.value.startswith("(run:"):
             results.append((r, "wrong", "a key is published but none is made here: " + "; ".join(found)))
             continue
@@ -99,6 +99,8 @@ def check(records: list[Record], resolver: dns.resolver.Resolver) -> list[tuple[
             "exact": lambda f: f.rstrip(".").lower() == want.rstrip(".").lower() or f == want,
             "prefix": lambda f: f.lower().startswith(want.split(";")[0].split(" ")[0].lower()),
             "contains": lambda f: want.split()[-1].rstrip(".").lower() in f.lower(),
+            # an old id makes senders keep the old policy (RFC 8461 section 3.1): compare it too
+            "sts": lambda f: "".join(f.split()).rstrip(";") == "".join(want.split()),
         }[r.check]
         ok = any(match(f) for f in found)
         results.append((r, "ok" if ok else "wrong", "; ".join(found)))

@@ -16,6 +16,8 @@ from zope.interface import implementer
 
 from mailstack import metrics
 
+from mailstack import logcontext
+
 log = Logger()
 
 
@@ -117,7 +119,7 @@ class ListenerFactory(policies.WrappingFactory):
             log.warn("refused {listener} connection from {peer}: connection limit", listener=self.key, peer=host)
             return _Refuse(self.busy_message)
         p = super().buildProtocol(addr)
-        p.peer_host = host or str(addr)
+        p.peer_host = logcontext.new_session(self.key, host or str(addr))  # its lines carry the session id
         if host:
             self.per_address[host] += 1
         return p

@@ -23,7 +23,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
 _installed = False
 
 
-def _escape(text: str) -> str:
+def escape(text: str) -> str:
+    """``text`` with its control characters written out (``\\r``, ``\\n``, ``\\x00`` ...)."""
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
@@ -35,9 +36,9 @@ def escape_event(event: dict) -> None:
         if isinstance(value, bytes):
             value = value.decode("utf-8", "backslashreplace")
         if isinstance(value, str) and _CONTROL.search(value):
-            event[key] = _escape(value)
+            event[key] = escape(value)
         elif isinstance(value, BaseException) and _CONTROL.search(str(value)):
-            event[key] = _escape(str(value))
+            event[key] = escape(str(value))
 
 
 def install() -> None:

@@ -39,11 +39,13 @@ class InitError(ValueError):
 # -- the only two functions that touch the file system (ownership goes here) ------------------
 
 
-def write_file(path: str, data: bytes, mode: int) -> None:
-    """Create ``path`` with exactly ``mode``; FileExistsError if anything is there already,
-    even one made since the check (O_EXCL), so init never overwrites."""
+def write_file(path: str, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Create ``path`` with exactly ``mode`` (and ``owner``, uid and gid); FileExistsError if
+    anything is there already, even one made since the check (O_EXCL), so init never overwrites."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         os.fchmod(fd, mode)  # the umask narrowed what os.open gave
         view = memoryview(data)
         while view:
@@ -54,12 +56,29 @@ def write_file(path: str, data: bytes, mode: int) -> None:
     fsync_dir(os.path.dirname(path))
 
 
-def make_dir(path: str, mode: int) -> None:
-    """Make ``path`` (and its parents) with ``mode`` if it does not exist; an existing one
-    keeps its mode (``/etc/mailstack`` may come from elsewhere)."""
+def make_dir(path: str, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Make ``path`` (and its parents) with ``mode`` (and ``owner``) if it does not exist; an
+    existing one keeps its mode and owner (``/etc/mailstack`` may come from elsewhere)."""
     if not os.path.isdir(path):
         os.makedirs(path, mode=mode, exist_ok=True)
+        if owner is not None:
+            os.chown(path, *owner)
         os.chmod(path, mode)
+
+
+def _owners(user: str) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(configuration files, data directories) owners: root:<service group> and the service
+    user, when root runs init and the service user exists (mailstack.privileges); else None:
+    whoever runs init owns what it makes."""
+    import pwd
+
+    if os.geteuid() != 0 or not user:
+        return None, None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None, None
+    return (0, entry.pw_gid), (entry.pw_uid, entry.pw_gid)
 
 
 # -- what is written --------------------------------------------------------------------------
@@ -97,9 +116,9 @@ def _q(value: str) -> str:
 
 
 def production_config(hostname: str, domains: list[str], config_dir: str, data_dir: str,
-                      ports: dict[str, int], listen: str = "", user: str = "mailstack") -> str:
-    """The text of ``mailstack.toml``.  It ends with ``[store]``, so sections such as ``[acme]``
-    can be appended as they are."""
+                      ports: dict[str, int], listen: str = "", user: str = "mailstack", acme_contact: str = "") -> str:
+    """The text of ``mailstack.toml``.  Its last table is ``[store]``, or ``[acme]`` with
+    ``acme_contact``, so more keys or sections can be appended as they are."""
     from mailstack.service import PROTOCOLS
 
     tls_dir = os.path.join(config_dir, "tls")
@@ -125,15 +144,20 @@ def production_config(hostname: str, domains: list[str], config_dir: str, data_d
         where = listen if key != "metrics" or is_loopback(listen) else "127.0.0.1"  # metrics: loopback (config.py)
         line = f"{key} = {_q(_endpoint(ports[key], where))}"
         lines.append(line if protocol in PROTOCOLS else f"# {line}   (the {protocol} server is not built yet)")
-    lines += [
-        "",
-        "[tls]",
-        f"# The certificate for {hostname} (full chain: the server certificate first) and its",
-        "# private key (mode 600, or 640 with the service's group).  Until both are there the",
-        "# server does not start and 'mailstack config check' names the missing file.",
-        "# Or have mailstack obtain one by ACME (Let's Encrypt): see [acme] in the reference.",
-        f"certificate = {_q(os.path.join(tls_dir, 'fullchain.pem'))}",
-        f"key = {_q(os.path.join(tls_dir, 'privkey.pem'))}",
+    if acme_contact:
+        tls = ["", "[tls]", "# None: the certificate comes by ACME (the [acme] section below)."]
+    else:
+        tls = [
+            "",
+            "[tls]",
+            f"# The certificate for {hostname} (full chain: the server certificate first) and its",
+            "# private key (mode 600, or 640 with the service's group).  Until both are there the",
+            "# server does not start and 'mailstack config check' names the missing file.",
+            "# Or have mailstack obtain one by ACME (Let's Encrypt): see [acme] in the reference.",
+            f"certificate = {_q(os.path.join(tls_dir, 'fullchain.pem'))}",
+            f"key = {_q(os.path.join(tls_dir, 'privkey.pem'))}",
+        ]
+    lines += tls + [
         "",
         "[accounts]",
         "# Edit with 'mailstack user' and 'mailstack alias'; a running server sees changes at once.",
@@ -146,6 +170,16 @@ def production_config(hostname: str, domains: list[str], config_dir: str, data_d
         f"root = {_q(os.path.join(data_dir, 'mail'))}",
         "",
     ]
+    if acme_contact:
+        lines += [
+            "[acme]",
+            "# The certificate for the host name, mta-sts.<domain> and autoconfig.<domain> from Let's",
+            "# Encrypt (HTTP-01 on the autoconfig listener: port 80 must reach it).  Turning this on",
+            "# agrees to the CA's terms of service.  State and keys: beside the store, in acme/.",
+            "enabled = true",
+            f"contact = {_q(acme_contact)}",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -157,7 +191,7 @@ def _aliases_text(domains: list[str]) -> str:
 
 
 def init_production(config_dir: str, data_dir: str, hostname: str, domains: list[str],
-                    ports: str = "standard", listen: str = "", user: str = "mailstack") -> str:
+                    ports: str = "standard", listen: str = "", user: str = "mailstack", acme_contact: str = "") -> str:
     """Write the configuration; return the path of ``mailstack.toml``.  FileExistsError (naming
     the file) if the configuration, users or aliases file exists; nothing is written then."""
     hostname, domains = check_names(hostname, domains)
@@ -173,22 +207,35 @@ def init_production(config_dir: str, data_dir: str, hostname: str, domains: list
     files = {  # written in this order: the configuration last, its presence means done
         os.path.join(config_dir, "users"): ("# user@domain:{SCHEME}hash  (Dovecot passwd-file form); edit with 'mailstack user'\n", 0o640),
         os.path.join(config_dir, "aliases"): (_aliases_text(domains), 0o640),
-        config_path: (production_config(hostname, domains, config_dir, data_dir, PORT_SETS[ports], listen, user), 0o640),
+        config_path: (production_config(hostname, domains, config_dir, data_dir, PORT_SETS[ports], listen, user,
+                                        acme_contact), 0o640),
     }
     for path in sorted(files, key=lambda p: p != config_path):  # the configuration named first
         if os.path.lexists(path):
             raise FileExistsError(f"{path} exists; mailstack init never overwrites a configuration "
                                   f"(move it away, or edit it)")
-    make_dir(config_dir, 0o750)
-    make_dir(os.path.join(config_dir, "tls"), 0o750)
-    make_dir(data_dir, 0o700)
-    make_dir(os.path.join(data_dir, "mail"), 0o700)
+    config_owner, data_owner = _owners(user)
+    make_dir(config_dir, 0o750, config_owner)
+    make_dir(os.path.join(config_dir, "tls"), 0o750, config_owner)
+    make_dir(data_dir, 0o700, data_owner)
+    make_dir(os.path.join(data_dir, "mail"), 0o700, data_owner)
     for path, (text, mode) in files.items():
-        write_file(path, text.encode(), mode)
+        write_file(path, text.encode(), mode, config_owner)
     return config_path
 
 
-def next_steps(config_path: str, hostname: str, domains: list[str], user: str = "mailstack") -> str:
+def _data_dir_of(config_path: str) -> str:
+    """The data directory init wrote into the configuration (the store root's parent)."""
+    import tomllib
+
+    try:
+        with open(config_path, "rb") as f:
+            return os.path.dirname(tomllib.load(f)["store"]["root"].rstrip("/"))
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return DEFAULT_DATA_DIR
+
+
+def next_steps(config_path: str, hostname: str, domains: list[str], user: str = "mailstack", acme: bool = False) -> str:
     """What the administrator does next, printed by ``mailstack init``."""
     import pwd
 
@@ -202,14 +249,18 @@ def next_steps(config_path: str, hostname: str, domains: list[str], user: str = 
         missing_user = True
     return "\n".join([
         f"made {config_path} (with users and aliases beside it).  Next:",
-        *([f"  0. the service user: adduser --system --group --home /var/lib/mailstack {user}"] if missing_user else []),
+        *([f"  0. the service user: adduser --system --group --home /var/lib/mailstack {user}",
+           f"                  chgrp -R {user} {config_dir} && chown -R {user}: {_data_dir_of(config_path)}"]
+          if missing_user else []),
         f"  1. users:       {ms} user add {first}      (asks for the password)",
         f"                  {ms} alias add postmaster@{domains[0]} {first}",
         f"  2. DKIM key:    {ms} dkim genkey {domains[0]}" + ("      (and each other domain)" if len(domains) > 1 else ""),
         f"  3. DNS records: {ms} dns      (publish them, then check: ... dns --check)",
-        f"  4. certificate for {hostname}: the full chain in {config_dir}/tls/fullchain.pem, the key",
-        f"                  in {config_dir}/tls/privkey.pem (e.g. from certbot); or add an [acme] section",
-        "                  for mailstack to get one by ACME (Let's Encrypt; see the reference configuration)",
+        *([f"  4. certificate: by ACME once it runs: {hostname}, mta-sts.<domain> and autoconfig.<domain>",
+           "                  must resolve here and port 80 be open; then: {ms} acme status".replace("{ms}", ms)] if acme else
+          [f"  4. certificate for {hostname}: the full chain in {config_dir}/tls/fullchain.pem, the key",
+           f"                  in {config_dir}/tls/privkey.pem (e.g. from certbot); or add an [acme] section",
+           "                  for mailstack to get one by ACME (Let's Encrypt; see the reference configuration)"]),
         f"  5. check:       {ms} config check",
         "  6. run it:      mailstack install-files && systemctl daemon-reload && systemctl enable --now mailstack",
     ])

@@ -3,7 +3,7 @@ what could not be applied.
 
 Applied at once, without dropping a session (:data:`LIVE`): ``[server] domains``,
 ``[tls] certificate``/``key`` (while TLS stays on), ``[accounts] recipient_delimiter``, every key
-of ``[auth]``, ``[limits]``, ``[smtp]``, ``[imap]`` and ``[checks]``, and ``[dkim] selector``.
+of ``[auth]``, ``[limits]``, ``[smtp]``, ``[imap]``, ``[checks]`` and ``[mta_sts]``, and ``[dkim] selector``.
 Everything else (the listeners, the host name, the store, the queue and relay, DNS, the
 account files' paths) needs a restart: such a change is logged by its key and the running
 value is kept, so the running server never mixes the two files.  A file with an error is
@@ -33,6 +33,7 @@ LIVE: dict[str, set[str] | str] = {
     "imap": "*",
     "checks": "*",
     "dkim": {"selector"},
+    "mta_sts": "*",  # the policy is made from the running configuration at each request
 }
 
 #: "[section] key" -> the Config field it becomes (keys of dict sections need none).
@@ -54,7 +55,7 @@ FIELDS = {
     ("imap", "autologout"): "imap_autologout",
 }
 #: Sections kept as dicts in Config: a live key is copied into the running copy of the dict.
-DICT_SECTIONS = {"auth": "auth", "checks": "checks", "dkim": "dkim"}
+DICT_SECTIONS = {"auth": "auth", "checks": "checks", "dkim": "dkim", "mta_sts": "mta_sts"}
 
 
 def changed_keys(old: config_mod.Config, new: config_mod.Config) -> list[tuple[str, str]]:
@@ -113,7 +114,9 @@ def apply(service, new: config_mod.Config) -> tuple[list[str], list[str]]:
         passwords.configure_argon2(a["argon2_time_cost"], a["argon2_memory_kib"], a["argon2_parallelism"])
     if "checks" in sections:
         context.inbound_checker = service.make_inbound_checker(running)
-    if "tls" in sections and context.tls is not None:
+    if "tls" in sections and context.acme is not None:
+        context.acme.tls_files_changed(running.tls_certificate, running.tls_key)  # served only until ACME issues
+    elif "tls" in sections and context.tls is not None:
         context.tls.cert_path, context.tls.key_path = running.tls_certificate, running.tls_key
     for _lst, wrapped in service.factories:
         wrapped.max_total, wrapped.max_per_address = running.max_connections, running.max_connections_per_address

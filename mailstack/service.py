@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from mailstack import accounts as accounts_mod
 from mailstack import config as config_mod
 from mailstack import listener as listener_mod
-from mailstack import logfilter
+from mailstack import logcontext, logfilter, logoutput
 from mailstack import passwords
 from mailstack import privileges
 from mailstack.errors import ConfigError
@@ -45,6 +45,7 @@ PROTOCOLS: dict[str, str] = {
     "pop3": "mailstack.pop3.server",
     "imap": "mailstack.imap.server",
     "autoconfig": "mailstack.autoconfig",
+    "https": "mailstack.mtasts",
     "metrics": "mailstack.metrics",
 }
 
@@ -66,6 +67,7 @@ class ServerContext:
     dkim_signer: object = None  # signs what local users submit (mailstack.smtp.authentication)
     inbound_checker: object = None  # SPF, DKIM, DMARC on the MX port
     bound: dict = None  # listener key -> {"host", "port", "tls", "protocol"} once listening
+    acme: object = None  # mailstack.acmecert.AcmeService when [acme] is on (its HTTP-01 answers)
 
 
 class MailstackService(service.MultiService):
@@ -85,8 +87,18 @@ class MailstackService(service.MultiService):
         passwords.configure_argon2(cfg.auth["argon2_time_cost"], cfg.auth["argon2_memory_kib"],
                                       cfg.auth["argon2_parallelism"])
         portal, realm = accounts_mod.make_portal(accounts)
-        tls = ReloadableTLS(cfg.tls_certificate, cfg.tls_key, cfg.path) if cfg.has_tls else None
+        acme = None
+        if cfg.acme["enabled"]:  # the ACME service owns the certificate (mailstack.acmecert)
+            from mailstack.acmecert import AcmeService
+
+            acme = AcmeService(cfg, reactor)
+            tls = acme.tls
+        else:
+            tls = ReloadableTLS(cfg.tls_certificate, cfg.tls_key, cfg.path) if cfg.has_tls else None
         self.context = ServerContext(cfg, store, None, accounts, portal, realm, tls)
+        if acme is not None:
+            self.context.acme = acme
+            acme.setServiceParent(self)
         a = cfg.auth
         self.context.login_gate = LoginGate(portal, reactor, a["max_failures"], a["lockout"], a["failure_delay"],
                                             a["max_failure_delay"], a["failure_window"])
@@ -113,6 +125,11 @@ class MailstackService(service.MultiService):
             self.protocol_factories.append((lst, factory))
         self.ports: list = []
         self.bound: dict[str, dict] = {}
+        self.log_output = logoutput.build(cfg)  # [log] file / format; None: twistd's own log
+
+    def setServiceParent(self, parent):
+        logoutput.attach(self.log_output, parent, self.reactor)  # before twistd starts logging
+        super().setServiceParent(parent)
 
     def privilegedStartService(self):
         """Bind every listener now (before privileges are dropped), or none at all.  Listeners
@@ -234,6 +251,8 @@ class MailstackService(service.MultiService):
             except ConfigError as e:
                 log.error("reload: {error}", error=str(e))
         log.info("reloaded users, aliases and certificate")
+        if self.context.acme is not None:
+            self.context.acme.check()  # a renewal asked for with 'mailstack acme renew' starts now
 
 
 class PendingFactory(protocol.Factory):
@@ -340,6 +359,7 @@ def make_service(config_path: str, reactor=None) -> MailstackService:
     service, so that every file is opened, and every start-up check made, as the service user
     (mailstack.privileges)."""
     logfilter.install()
+    logcontext.install()
     cfg = config_mod.load(config_path)
     user = privileges.service_user(cfg)
     if user is None:

@@ -83,6 +83,18 @@ def test_production_config_on_standard_ports_checked_once_the_certificate_is_the
     assert cfg.tls_key == str(etc / "tls" / "privkey.pem") and cfg.users_file == str(etc / "users")
 
 
+def test_init_with_acme_needs_no_certificate_files_and_takes_appended_acme_keys(tmp_path):
+    path = prodinit.init_production(str(tmp_path / "etc"), str(tmp_path / "data"), "mail.example.org", ["example.org"],
+                                    ports="any", listen="127.0.0.1", acme_contact="hostmaster@example.org")
+    with open(path, "a") as f:  # [acme] is the last table: a test CA's directory goes right after it
+        f.write('directory = "https://127.0.0.1:14000/dir"\n')
+    cfg = config.load(path)
+    assert cfg.acme["enabled"] and cfg.acme["contact"] == "hostmaster@example.org"
+    assert cfg.acme["directory"] == "https://127.0.0.1:14000/dir"
+    assert cfg.tls_certificate == "" and cfg.has_tls
+    assert cfg.acme["names"] == ["mail.example.org", "mta-sts.example.org", "autoconfig.example.org"]
+
+
 def test_sections_appended_to_the_configuration_belong_to_themselves(tmp_path):
     """The file ends with [store], so an [acme] (or any) block can be appended as it is."""
     path = prodinit.init_production(str(tmp_path / "etc"), str(tmp_path / "data"), "mail.example.org", ["example.org"],

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from support.install import built_dists
 from support.servers import ROOT
 from mailstack.config import STANDARD_PORTS
 from mailstack.devinit import make_dev_ca
@@ -48,10 +49,7 @@ def run(argv, cwd, stdin="", timeout=600) -> subprocess.CompletedProcess:
 def built(tmp_path_factory) -> dict:
     """The sdist and wheel of this tree, and a fresh virtual environment with the wheel installed."""
     base = tmp_path_factory.mktemp("packaging")
-    out = run([sys.executable, "-m", "build", "--outdir", base / "dist", ROOT], cwd=base)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    (wheel,) = (base / "dist").glob("*.whl")
-    (sdist,) = (base / "dist").glob("*.tar.gz")
+    wheel, sdist = built_dists()
     venv = base / "venv"
     out = run([sys.executable, "-m", "venv", venv], cwd=base)
     assert out.returncode == 0, out.stderr

@@ -12,7 +12,7 @@ import base64
 from twisted.internet import reactor, threads
 from twisted.logger import Logger
 
-from mailstack import sasl
+from mailstack import logcontext, sasl
 from mailstack.errors import UnknownUser
 from mailstack.imap.errors import NO_REPLY, Bad, No
 
@@ -90,5 +90,6 @@ async def check_password(s, user: bytes, password: bytes, method: str):
         result.logout()
         return NO_REPLY
     s.logged_in(account.address, mailbox, result.logout)
+    logcontext.set_user(s.peer, account.address)
     log.info("imap login {user} from {peer} ({method})", user=account.address, peer=s.peer, method=method)
     return b"[CAPABILITY " + b" ".join(s.capabilities()) + b"] Logged in"

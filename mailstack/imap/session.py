@@ -26,6 +26,7 @@ from twisted.internet import defer, protocol, reactor, threads
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
+from mailstack import logcontext
 from mailstack import metrics, sasl
 from mailstack.errors import StoreError
 from mailstack.imap import catenate, fetch, login, mailboxes, parser, results, selected
@@ -202,8 +203,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
     # -- connection --------------------------------------------------------------------------
 
     def connectionMade(self):
-        peer = self.transport.getPeer()
-        self.peer = getattr(peer, "host", None) or str(peer)
+        self.peer = logcontext.peer_of(self.transport)  # the address, carrying the session's log id
         self.setTimeout(PREAUTH_TIMEOUT)
         self.write_line(b"* OK [CAPABILITY " + b" ".join(self.capabilities()) + b"] " + GREETING)
 

@@ -1,9 +1,27 @@
-"""Header fields written at final delivery, the same for SMTP deliveries and for bounces."""
+"""Header fields written at final delivery, the same for SMTP deliveries and for bounces, and the
+Message-ID the log names a message by."""
 
 from __future__ import annotations
+
+import re
 
 
 def delivery_fields(sender: str, account: str) -> bytes:
     """``Return-Path`` (RFC 5321 4.4: the reverse-path, added by the delivering MTA; ``<>``
     for a bounce) and ``Delivered-To`` (the account it was delivered to, for loop detection)."""
     return f"Return-Path: <{sender}>\r\nDelivered-To: {account}\r\n".encode("utf-8")
+
+
+_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
+
+
+def message_id(head: bytes) -> str:
+    """The Message-ID field's value (RFC 5322 3.6.4), unfolded, from the header section at the
+    start of ``head`` (for the log: "" when there is none; at most 256 characters)."""
+    end = head.find(b"\r\n\r\n")
+    header = b"" if head.startswith(b"\r\n") else head if end < 0 else head[: end + 2]
+    m = _MESSAGE_ID.search(header)
+    if m is None:
+        return ""
+    value = re.sub(rb"\r?\n[ \t]+", b" ", m.group(1)).strip()
+    return value.decode("utf-8", "replace")[:256]

@@ -9,7 +9,7 @@ goes back into the outbound queue.  Everything here blocks: the relay calls it i
 from __future__ import annotations
 
 from mailstack.mail import codes
-from mailstack.mail.headers import delivery_fields
+from mailstack.mail.headers import delivery_fields, message_id
 from mailstack.outbound import dsn
 from mailstack.outbound.queue import Envelope, OutboundQueue, RecipientState
 
@@ -26,15 +26,20 @@ class BounceSender:
 
         Returns the queue id of the report, or None when it was delivered locally.
         """
+        return self.send_report(env, recipients, action)[0]
+
+    def send_report(self, env: Envelope, recipients: list[RecipientState], action: str) -> tuple[str | None, str]:
+        """:meth:`send`, returning also the report's Message-ID (for the log)."""
         reports = [dsn.RecipientReport(r.address, action, dsn.enhanced_of(r.code or codes.LOCAL_ERROR, r.diagnostic),
                                        f"{r.code} {r.diagnostic}" if r.code else r.diagnostic, r.remote_mta)
                    for r in recipients]
         with self.queue.open_message(env.id) as f:
             head = f.read(QUOTED_HEAD)
         report = dsn.build(self.hostname, env.sender, reports, head, env.id, env.created)
+        report_id = message_id(report)
         if self.deliver_locally(env.sender, report):
-            return None
-        return self.queue.enqueue("", [env.sender], report)
+            return None, report_id
+        return self.queue.enqueue("", [env.sender], report), report_id
 
     def deliver_locally(self, address: str, report: bytes) -> bool:
         """Store the report for a local ``address``; False when the address is not local."""

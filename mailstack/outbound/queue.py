@@ -30,6 +30,10 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator
 
 from mailstack.fsutil import atomic_write, fsync_dir
+from mailstack.mail.headers import message_id
+
+#: How much of a message's start is kept while it is written, to find its Message-ID.
+HEAD = 64 * 1024
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
@@ -58,6 +62,7 @@ class Envelope:
     # died mid-attempt, so recipients not yet marked delivered may already have the message.
     attempt_started: float = 0.0
     interrupted: int = 0  # attempts of this message cut short that way
+    message_id: str = ""  # its Message-ID field, for the log (mailstack.logcontext)
 
     def pending(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.status == PENDING]
@@ -130,12 +135,14 @@ class OutboundQueue:
         # Streamed from the spool (up to the size limit), so not atomic_write, which takes bytes;
         # the pid in the name lets recover() clear what a dead process left half-written.
         tmp = f"{path}.tmp{os.getpid()}-{threading.get_ident()}"
-        size = 0
+        size, head = 0, b""
         with open(tmp, "wb") as f:
             chunks = [source] if isinstance(source, (bytes, bytearray)) else source
             for chunk in chunks:
                 f.write(chunk)
                 size += len(chunk)
+                if len(head) < HEAD:
+                    head += chunk[: HEAD - len(head)]
             if self.fsync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -143,7 +150,8 @@ class OutboundQueue:
         if self.fsync:
             fsync_dir(os.path.dirname(path))
         now = time.time()
-        env = Envelope(qid, sender, [RecipientState(r) for r in recipients], created=now, next_attempt=now, size=size)
+        env = Envelope(qid, sender, [RecipientState(r) for r in recipients], created=now, next_attempt=now, size=size,
+                       message_id=message_id(bytes(head)))
         atomic_write(self.env_path(qid), env.to_json(), fsync=self.fsync)
         return qid
 

@@ -18,10 +18,11 @@ from twisted.application import service
 from twisted.internet import defer, ssl, task, threads
 from twisted.logger import Logger
 
+from mailstack import logcontext
 from mailstack import metrics
 from mailstack.errors import MailError
 from mailstack.mail import codes
-from mailstack.outbound import client
+from mailstack.outbound import client, dsn
 from mailstack.outbound.bounce import BounceSender
 from mailstack.outbound.queue import DELIVERED, FAILED, PENDING, Envelope, OutboundQueue
 from mailstack.outbound.routing import Hop, MXRouter
@@ -153,6 +154,7 @@ class RelayService(service.Service):
                     # Twisted's client cannot send SMTPUTF8 (RFC 6531) addresses: say so at once.
                     r.status, r.code = FAILED, codes.MAILBOX_NAME_INVALID
                     r.diagnostic = f"{codes.E_NON_ASCII_ADDRESS} non-ASCII addresses cannot be relayed by this server"
+                    log_outcome(env, r)
                     continue
                 by_domain.setdefault(r.address.rpartition("@")[2].lower(), []).append(r.address)
             results = yield defer.DeferredList([self._deliver_domain(env, d, rcpts) for d, rcpts in by_domain.items()],
@@ -201,6 +203,7 @@ class RelayService(service.Service):
                 r.status = DELIVERED if 200 <= code < 300 else FAILED if code >= 500 else PENDING
                 log.info("relay: {id} to <{rcpt}> via {host}: {code} {text}", id=env.id, rcpt=r.address,
                          host=host or "-", code=code, text=text)
+                log_outcome(env, r)
                 metrics.relay_reply(code)
         yield threads.deferToThread(self.queue.update, env)  # delivered recipients are recorded now
 
@@ -284,6 +287,7 @@ class RelayService(service.Service):
             for r in pending:
                 r.status = FAILED
                 r.diagnostic = f"{codes.E_DELIVERY_EXPIRED} gave up after {env.attempts} attempts over {int((now - env.created) / 3600)} h; last: {r.diagnostic}"
+                log_outcome(env, r)
             pending = []
         newly_failed = [r for r in env.recipients if r.status == FAILED and r.address not in failed_before]
         metrics.message("bounced", len(newly_failed))
@@ -308,12 +312,24 @@ class RelayService(service.Service):
         if not env.sender:
             log.info("relay: {id}: not bouncing a message from the null sender", id=env.id)
             return
-        qid = yield threads.deferToThread(self.bounces.send, env, recipients, action)
+        qid, report_id = yield threads.deferToThread(self.bounces.send_report, env, recipients, action)
+        logcontext.mail(env.id, "dsn", message_id=env.message_id, sender=env.sender, action=action,
+                        recipient=",".join(r.address for r in recipients), dsn_queue_id=qid or "",
+                        dsn_message_id=report_id, relay=None if qid else "local")
         metrics.message("queued" if qid else "delivered")
         log.info("relay: {id}: {action} report to <{sender}>{via}", id=env.id, action=action, sender=env.sender,
                  via=f" queued as {qid}" if qid else " delivered locally")
         if qid:
             self.kick()
+
+
+def log_outcome(env: Envelope, r) -> None:
+    """The per-message line for one recipient after an attempt: sent, deferred or bounced."""
+    status = {DELIVERED: "sent", FAILED: "bounced"}.get(r.status, "deferred")
+    reply = f"{r.code} {r.diagnostic}" if r.code else r.diagnostic
+    logcontext.mail(env.id, status, message_id=env.message_id, sender=env.sender, recipient=r.address,
+                    size=env.size, relay=r.remote_mta, dsn=dsn.enhanced_of(r.code or codes.LOCAL_ERROR, r.diagnostic),
+                    delay=round(time.time() - env.created, 1), reason=reply)
 
 
 def build_relay(cfg, store, accounts, reactor) -> RelayService:

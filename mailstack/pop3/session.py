@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 
+from mailstack import logcontext
 from mailstack import metrics, sasl
 from mailstack.errors import UnknownUser
 from mailstack.pacing import CommandPacer
@@ -118,8 +119,7 @@ class POP3Session(LineReceiver, TimeoutMixin):
     # -- connection ------------------------------------------------------------------------
 
     def connectionMade(self):
-        peer = self.transport.getPeer()
-        self.peer = getattr(peer, "host", None) or str(peer)
+        self.peer = logcontext.peer_of(self.transport)  # the address, carrying the session's log id
         self.ok("mailstack POP3 server ready")
         self.setTimeout(self.timeOut)
 
@@ -422,6 +422,7 @@ class POP3Session(LineReceiver, TimeoutMixin):
             self.release()
             return
         self.maildrop = maildrop
+        logcontext.set_user(self.peer, maildrop.address)
         self.retriever, self.seen = Retriever(self, maildrop), SeenQueue(maildrop)
         count, size = maildrop.stat()
         log.info("pop3 login {user} from {peer} ({method}, {count} messages)", user=maildrop.address,

@@ -32,10 +32,12 @@ from twisted.logger import Logger
 from twisted.protocols import basic, policies
 
 from mailstack import config as config_mod
+from mailstack import logcontext
 from mailstack import metrics, sasl
 from mailstack.accounts import IMailUser
 from mailstack.errors import MailError
 from mailstack.mail import codes as c
+from mailstack.mail import headers
 from mailstack.pacing import CommandPacer
 from mailstack.smtp import accept
 from mailstack.smtp import address as addr
@@ -82,11 +84,6 @@ def _too_big(max_size: int | None = None) -> MailError:
     return MailError(c.EXCEEDED_STORAGE, c.E_TOO_BIG, f"Message size exceeds fixed maximum message size{limit}")
 
 
-def _non_ascii() -> MailError:
-    return MailError(c.MAILBOX_NAME_INVALID, c.E_NON_ASCII_ADDRESS,
-                     "Non-ASCII address needs the SMTPUTF8 parameter (RFC 6531)")
-
-
 class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
     MAX_LENGTH = MAX_LINE
 
@@ -114,11 +111,10 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
     # -- connection ------------------------------------------------------------------------
 
     def connectionMade(self):
-        peer = self.transport.getPeer()
-        self.peer = getattr(peer, "host", str(peer))
+        self.peer = logcontext.peer_of(self.transport)  # the address, carrying the session's log id
         self.facts = SessionFacts(peer=self.peer, submission=self.listener.protocol == "submission",
                                   tls=self.listener.tls == "implicit")
-        self.session_id = secrets.token_hex(6)
+        self.session_id = logcontext.session_id(self.peer) or secrets.token_hex(6)
         self.reply(c.SERVICE_READY, None, f"{self.host.decode('ascii')} ESMTP mailstack")
         self.setTimeout(self.timeout)
 
@@ -386,6 +382,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
 
         def ok(result: sasl.LoginResult):
             self.facts.user = result.address
+            logcontext.set_user(self.peer, result.address)
             log.info("auth ok {listener} from {peer} as {user}", listener=self.listener.key, peer=self.peer,
                      user=result.address)
             self.reply(c.AUTH_SUCCEEDED, c.E_SECURITY_OK, "Authentication successful")
@@ -411,7 +408,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
         for key, value in options.items():
             self._check_mail_parameter(key, value)
         if not addr.is_ascii(sender) and "SMTPUTF8" not in options:
-            raise _non_ascii()
+            raise addr.non_ascii()
         self.settings.policy.check_sender(self.facts, sender)
         self.sender, self.mail_params = sender, options
         self.state = MAIL
@@ -440,7 +437,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
             raise MailError(c.PARAMETERS_UNRECOGNIZED, c.E_INVALID_ARGUMENTS,
                             f"Unsupported RCPT parameter {params[0].split('=')[0]}")
         if not addr.is_ascii(address) and "SMTPUTF8" not in self.mail_params:
-            raise _non_ascii()
+            raise addr.non_ascii()
         recipient = self.settings.policy.check_recipient(self.facts, address, len(self.recipients), self.sender or "")
         self.recipients.append(recipient)
         self.state = RCPT
@@ -548,15 +545,17 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
             if prepared.action in ("reject", "tempfail"):
                 what = "refused" if prepared.action == "reject" else "deferred"
                 log.info("{what} {id} from <{sender}>: {reason}", what=what, id=message_id, sender=sender,
-                         reason=prepared.reason)
+                         reason=prepared.reason, peer=self.peer)
             return settings.deliver(prepared, received, spool, sender, accounts, remote)
 
         def delivered(result):
             qid, folder = result
             log.info("delivered {id} from <{sender}> to {accounts}{where} ({size} bytes) via {listener}{queued}",
                      id=message_id, sender=sender, accounts=accounts, size=spool.size, listener=self.listener.key,
-                     where=f" ({folder})" if folder != "INBOX" else "",
+                     peer=self.peer, where=f" ({folder})" if folder != "INBOX" else "",
                      queued=f", queued {qid} for {remote}" if qid else "")
+            logcontext.accepted(self.peer, message_id, headers.message_id(added + spool.head), sender,
+                                [r.address for r in recipients], spool.size, self.listener.key, accounts, folder, qid)
             self.reply(c.OK, c.E_OK, f"OK id={message_id}")
 
         def failed(failure):

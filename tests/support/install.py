@@ -68,12 +68,21 @@ def _python_for(user: str) -> str:
     pytest.fail(f"no Python 3.11 with venv that user {user} can run (apt-get install python3-venv)", pytrace=False)
 
 
-def build_wheel(out: Path) -> Path:
-    got = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
-                         capture_output=True, text=True, timeout=600)
-    assert got.returncode == 0, got.stderr[-2000:]
-    (wheel,) = out.glob("mailstack-*.whl")
-    return wheel
+_DISTS: dict[str, Path] = {}
+
+
+def built_dists() -> tuple[Path, Path]:
+    """(wheel, sdist) of this tree, made once per test session with ``python -m build``, the
+    way a release is made; in a directory every user can read."""
+    if "wheel" not in _DISTS:
+        out = public_dir("mailstack-dist-")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        got = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)], capture_output=True,
+                             text=True, timeout=600, cwd=out, env=env)
+        assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+        (_DISTS["wheel"],) = out.glob("mailstack-*.whl")
+        (_DISTS["sdist"],) = out.glob("mailstack-*.tar.gz")
+    return _DISTS["wheel"], _DISTS["sdist"]
 
 
 def make_venv(where: Path, wheel: Path, user: str) -> Path:
@@ -94,13 +103,15 @@ def installed_venv() -> Path:
     if "bin" not in _VENV:
         ensure_service_user()
         base = public_dir("mailstack-venv-")
-        _VENV["bin"] = make_venv(base / "venv", build_wheel(base / "dist"), SERVICE_USER)
+        _VENV["bin"] = make_venv(base / "venv", built_dists()[0], SERVICE_USER)
     return _VENV["bin"]
 
 
 def _remove_venv() -> None:
     if "bin" in _VENV:
         shutil.rmtree(_VENV["bin"].parent.parent, ignore_errors=True)
+    if "wheel" in _DISTS:
+        shutil.rmtree(_DISTS["wheel"].parent, ignore_errors=True)
 
 
 import atexit  # noqa: E402

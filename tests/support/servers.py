@@ -84,7 +84,10 @@ def _write_private(path: Path, text: str) -> None:
 class MailServer:
     """A mailstack process under test."""
 
-    def __init__(self, base: Path, listeners=None, extra: str = "", aliases: str = "", checks: bool = False):
+    def __init__(self, base: Path, listeners=None, extra: str = "", aliases: str = "", checks: bool = False,
+                 endpoints: dict[str, str] | None = None):
+        """``endpoints``: listener key -> endpoint, for a listener that needs a known port
+        (the default is port 0 on 127.0.0.1)."""
         self.base = base
         self.config_path = base / "mailstack.toml"
         self.ports_file = base / "ports.json"
@@ -103,7 +106,7 @@ class MailServer:
         body = [
             "[server]", 'hostname = "mail.example.test"', f'domains = ["{DOMAIN}"]', f'ports_file = "{self.ports_file}"',
             'user = ""',  # stay whoever runs the tests (root on CI): tests/test_service_user.py drops
-            "[listeners]", *[f'{k} = "tcp:0:interface=127.0.0.1"' for k in listeners],
+            "[listeners]", *[f'{k} = "{(endpoints or {}).get(k, "tcp:0:interface=127.0.0.1")}"' for k in listeners],
             "[tls]", 'certificate = "tls/server.pem"', 'key = "tls/server-key.pem"',
             "[accounts]", 'users = "users"', 'aliases = "aliases"',
             "[store]", 'root = "mail"',
