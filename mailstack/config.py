@@ -32,13 +32,14 @@ LISTENERS = {
     "pop3s": ("pop3", "implicit"),
     "autoconfig": ("autoconfig", "none"),  # HTTP: client autoconfiguration (mailstack.autoconfig)
     "https": ("https", "implicit"),  # HTTPS: the MTA-STS policy, autoconfiguration (mailstack.mtasts)
+    "metrics": ("metrics", "none"),  # HTTP: Prometheus /metrics (mailstack.metrics); loopback unless allowed
 }
 
 #: The dev ports `mailstack init --dev` writes; production uses the well-known ports.
 DEV_PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "imap": 2143, "imaps": 2993, "pop3": 2110, "pop3s": 2995,
-             "autoconfig": 2080, "https": 2443}
+             "autoconfig": 2080, "https": 2443, "metrics": 2909}
 STANDARD_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995,
-                  "autoconfig": 80, "https": 443}
+                  "autoconfig": 80, "https": 443, "metrics": 9909}
 
 _REQUIRED = object()
 
@@ -123,6 +124,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "smarthost_password_file": ("path", ""),
         "smarthost_ca_file": ("path", ""),
         "smarthost_verify": (bool, True),
+    },
+    "metrics": {
+        "allow_remote": (bool, False),  # the metrics listener on a non-loopback address
     },
     "limits": {
         "connections": (int, 2000),
@@ -308,6 +312,29 @@ def _listeners(values: dict, path: str) -> list[Listener]:
     return listeners
 
 
+def _check_metrics(values: dict, path: str) -> None:
+    """The metrics listener tells whoever can reach it who logs in and when, and how busy the
+    server is: a non-loopback endpoint is refused unless ``[metrics] allow_remote`` says so."""
+    description = values["listeners"]["metrics"]
+    if description and not values["metrics"]["allow_remote"] and not loopback_endpoint(description):
+        raise ConfigError(path, "[listeners] metrics",
+                          f"{description!r} is not a loopback address: bind it to 127.0.0.1 or ::1 "
+                          "(tcp:PORT:interface=127.0.0.1), a unix: socket, or set [metrics] allow_remote = true")
+
+
+def loopback_endpoint(description: str) -> bool:
+    """Does the endpoint listen only on loopback (or a unix socket)?  tcp: without
+    ``interface=`` listens on every address; systemd: cannot be told from here."""
+    parts = [p.replace("\0", ":") for p in description.replace("\\:", "\0").split(":")]
+    kind = parts[0]
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6"):
+        return False
+    interface = next((p.split("=", 1)[1] for p in parts[1:] if p.startswith("interface=")), "")
+    return is_loopback(interface)
+
+
 def _check_tls(values: dict, listeners: list[Listener], path: str, hostname: str) -> tuple[str, str]:
     """[tls]: both files or neither, readable and matching; needed by any TLS listener unless
     [acme] provides the certificate."""
@@ -474,6 +501,7 @@ def from_dict(raw: dict, path: str) -> Config:
         raise ConfigError(path, "[server] domains", "must list at least one domain, without blanks")
 
     listeners = _listeners(values, path)
+    _check_metrics(values, path)
     if server["ports_file"]:
         fileaccess.writable_dir(path, "[server] ports_file", os.path.dirname(server["ports_file"]))
     cert, key = _check_tls(values, listeners, path, hostname)

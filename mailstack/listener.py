@@ -8,9 +8,13 @@ import time
 from collections import Counter
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from mailstack import metrics
 
 from mailstack import logcontext
 
@@ -33,11 +37,27 @@ def no_delay(transport) -> None:
         transport = getattr(transport, "transport", None)
 
 
-class SessionProtocol(policies.ProtocolWrapper):
+@implementer(IHandshakeListener)
+class _CountsHandshakes:
+    """TLS tells the protocol it wraps when its handshake is done: count it under the
+    listener's key, then tell the protocol inside, if it listens too."""
+
+    def handshakeCompleted(self):
+        metrics.tls_handshake(self.factory.key, self.transport)
+        if IHandshakeListener.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.handshakeCompleted()
+
+
+class SessionProtocol(_CountsHandshakes, policies.ProtocolWrapper):
+    """A session as the listener sees it.  STARTTLS puts the TLS layer under this wrapper, so
+    its handshake is reported here; an implicit-TLS listener's goes to :class:`HandshakeWatch`,
+    inside the TLS layer."""
+
     def connectionMade(self):
         factory: ListenerFactory = self.factory
         self.started = time.monotonic()
         factory.sessions += 1
+        metrics.session_started(factory.key)
         log.info("session start {listener} from {peer}", listener=factory.key, peer=self.peer_host)
         no_delay(self.transport)
         super().connectionMade()
@@ -45,9 +65,24 @@ class SessionProtocol(policies.ProtocolWrapper):
     def connectionLost(self, reason):
         factory: ListenerFactory = self.factory
         factory.sessions -= 1
+        metrics.session_ended(factory.key)
         log.info("session end {listener} from {peer} after {seconds:.1f}s", listener=factory.key,
                  peer=self.peer_host, seconds=time.monotonic() - self.started)
         super().connectionLost(reason)
+
+
+class HandshakeWatch(_CountsHandshakes, policies.ProtocolWrapper):
+    """Between an implicit-TLS layer and the protocol: counts the handshake, and passes
+    everything else through."""
+
+
+class _HandshakeWatchFactory(policies.WrappingFactory):
+    protocol = HandshakeWatch
+    noisy = False
+
+    def __init__(self, key: str, wrapped):
+        super().__init__(wrapped)
+        self.key = key
 
 
 class _Refuse(protocol.Protocol):
@@ -76,6 +111,7 @@ class ListenerFactory(policies.WrappingFactory):
         self.max_total, self.max_per_address = max_total, max_per_address
         self.per_address: Counter = Counter()
         self.sessions = 0
+        metrics.listener_ready(key)
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None)
@@ -101,5 +137,5 @@ def wrap(key: str, factory, tls_mode: str, tls_creator, busy_message: bytes, max
     """The factory to listen with: limits outside, TLS (when implicit) next, protocol inside."""
     inner = factory
     if tls_mode == "implicit":
-        inner = TLSMemoryBIOFactory(tls_creator, False, factory)
+        inner = TLSMemoryBIOFactory(tls_creator, False, _HandshakeWatchFactory(key, factory))
     return ListenerFactory(key, inner, busy_message, max_total, max_per_address)

@@ -18,7 +18,7 @@ import json
 import os
 import re
 
-from mailstack.config import DEV_PORTS, LISTENERS, STANDARD_PORTS
+from mailstack.config import DEV_PORTS, LISTENERS, STANDARD_PORTS, is_loopback
 from mailstack.fsutil import fsync_dir
 
 DEFAULT_DIR = "/etc/mailstack"
@@ -144,7 +144,8 @@ def production_config(hostname: str, domains: list[str], config_dir: str, data_d
         "# Remove a line to turn that service off (e.g. autoconfig when a web server has port 80).",
     ]
     for key, (protocol, _tls) in LISTENERS.items():
-        line = f"{key} = {_q(_endpoint(ports[key], listen))}"
+        where = listen if key != "metrics" or is_loopback(listen) else "127.0.0.1"  # metrics: loopback (config.py)
+        line = f"{key} = {_q(_endpoint(ports[key], where))}"
         lines.append(line if protocol in PROTOCOLS else f"# {line}   (the {protocol} server is not built yet)")
     if acme_contact:
         tls = ["", "[tls]", "# None: the certificate comes by ACME (the [acme] section below)."]

@@ -46,6 +46,7 @@ PROTOCOLS: dict[str, str] = {
     "imap": "mailstack.imap.server",
     "autoconfig": "mailstack.autoconfig",
     "https": "mailstack.mtasts",
+    "metrics": "mailstack.metrics",
 }
 
 

@@ -21,6 +21,8 @@ from twisted.cred import error as cred_error
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from mailstack import metrics
+
 log = Logger()
 
 
@@ -74,11 +76,13 @@ class LoginGate:
         if rec is not None and rec.locked_until > now:
             log.warn("auth refused {protocol} from {peer} for {user}: address locked out", protocol=protocol,
                      peer=peer, user=account)
+            metrics.auth(protocol, "locked_out")
             return defer.fail(LoginThrottled(rec.locked_until - now))
         d = self.portal.login(creds, None, *interfaces)
 
         def succeeded(result):
             self.by_account.pop(account, None)
+            metrics.auth(protocol, "success")
             return result
 
         def failed(failure):
@@ -91,7 +95,10 @@ class LoginGate:
             u.failures += 1
             n = max(a.failures, u.failures)
             delay = min(self.max_delay, self.delay * 2 ** (n - 1))
+            metrics.auth(protocol, "failure")
             if a.failures >= self.max_failures:
+                if a.locked_until <= now:  # newly locked (not already)
+                    metrics.auth_lockout(protocol)
                 a.locked_until = now + self.lockout
             log.warn("auth failed {protocol} from {peer} for {user} (failure {n}; answering in {delay:.2f} s{locked})",
                      protocol=protocol, peer=peer, user=account, n=n, delay=delay,

@@ -62,7 +62,8 @@ def test_production_config_on_standard_ports_checked_once_the_certificate_is_the
     assert {mode(etc / n) for n in ("mailstack.toml", "users", "aliases")} == {0o640}
     assert mode(data / "mail") == 0o700 and mode(data) == 0o700
     raw = tomllib.loads((etc / "mailstack.toml").read_text())
-    assert raw["listeners"] == {key: f"tcp:{port}" for key, port in config.STANDARD_PORTS.items()}
+    assert raw["listeners"] == {key: f"tcp:{port}" for key, port in config.STANDARD_PORTS.items() if key != "metrics"} | {
+        "metrics": "tcp:9909:interface=127.0.0.1"}  # the metrics listener stays on loopback
     assert raw["server"]["hostname"] == "mail.example.org"
     assert raw["server"]["domains"] == ["example.org", "example.net"]
     assert raw["server"]["user"] == "mailstack"  # the service user (mailstack.privileges)

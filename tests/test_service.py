@@ -127,6 +127,9 @@ def test_make_run_starts_the_stack_and_its_ports_answer(tmp_path):
                     s2 = ctx.wrap_socket(s, server_hostname="localhost")
                     s2.sendall(b"GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: mta-sts.example.test\r\n\r\n")
                     assert s2.recv(100).startswith(b"HTTP/1.")
+                elif key == "metrics":  # HTTP, though its key ends in "s"
+                    s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                    assert s.recv(100).split(b"\r\n")[0].endswith(b" 200 OK")
                 elif key.endswith("s"):
                     ctx = ssl.create_default_context(cafile=str(tree / "var" / "tls" / "ca.pem"))
                     s2 = ctx.wrap_socket(s, server_hostname="localhost")

@@ -18,7 +18,8 @@ table, the framing, the responses and the commands of any state and before login
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from time import perf_counter
 from typing import Callable
 
 from twisted.internet import defer, protocol, reactor, threads
@@ -26,7 +27,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
 from mailstack import logcontext
-from mailstack import sasl
+from mailstack import metrics, sasl
 from mailstack.errors import StoreError
 from mailstack.imap import catenate, fetch, login, mailboxes, parser, results, selected
 from mailstack.imap.capabilities import SessionView, capability_names
@@ -59,6 +60,7 @@ class Command:
     grammar: Callable = parser.no_arguments
     expunge_ok: bool = True
     uid: bool = False
+    name: bytes = b""  # the key in COMMANDS (set there): the metrics label
 
 
 def _any_state() -> dict:
@@ -128,6 +130,7 @@ COMMANDS: dict[str, dict[bytes, Command]] = {
     AUTHENTICATED: {**_any_state(), **_authenticated()},
     SELECTED: {**_any_state(), **_authenticated(), **_selected()},
 }
+COMMANDS = {state: {name: replace(c, name=name) for name, c in table.items()} for state, table in COMMANDS.items()}
 _KNOWN = {name for table in COMMANDS.values() for name in table}
 
 def command_name(first_line: bytes) -> tuple[bytes, int]:
@@ -195,6 +198,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         self.rev2 = False  # RFC 9051: after ENABLE IMAP4rev2 (see mailboxes.enable)
         self.utf8 = False  # RFC 6855 3: mailbox names in UTF-8 (UTF8=ACCEPT, or IMAP4rev2)
         self.inflate = None  # RFC 4978: after COMPRESS DEFLATE, input is inflated here
+        self.timing = None  # (command name, perf_counter() at dispatch) for the metrics
 
     # -- connection --------------------------------------------------------------------------
 
@@ -349,12 +353,14 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
             self.dispatch(raw)
 
     def dispatch(self, raw: RawCommand) -> None:
+        started = perf_counter()
         try:
             tag, command, args = self.parse(raw)
         except ImapError as e:
             raw.close()
             self.tagged(raw.tag, e.status, e.line())
             return
+        self.timing = (command.name, started)  # observed when the tagged response is out (finished)
         self.run(tag, command, args)
 
     def parse(self, raw: RawCommand) -> tuple[bytes, Command, tuple]:
@@ -435,6 +441,9 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
 
     def finished(self) -> None:
         """The running command sent its tagged response: read the next one."""
+        if self.timing is not None:
+            metrics.imap_command_done(self.timing)
+            self.timing = None
         if self.busy:
             self.busy = False
             reactor.callLater(0, self.process)
@@ -448,6 +457,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         except StoreError as e:
             raise store_error(e) from None
         except OSError as e:
+            metrics.store_error("imap")
             answer = os_error(e)
             if answer is None:
                 raise

@@ -19,6 +19,7 @@ from twisted.internet import defer, ssl, task, threads
 from twisted.logger import Logger
 
 from mailstack import logcontext
+from mailstack import metrics
 from mailstack.errors import MailError
 from mailstack.mail import codes
 from mailstack.outbound import client, dsn
@@ -95,6 +96,7 @@ class RelayService(service.Service):
 
         def queued(qid):
             log.info("relay: queued {id} from <{sender}> for {recipients}", id=qid, sender=sender, recipients=recipients)
+            metrics.message("queued")
             self.kick()
             return qid
 
@@ -202,6 +204,7 @@ class RelayService(service.Service):
                 log.info("relay: {id} to <{rcpt}> via {host}: {code} {text}", id=env.id, rcpt=r.address,
                          host=host or "-", code=code, text=text)
                 log_outcome(env, r)
+                metrics.relay_reply(code)
         yield threads.deferToThread(self.queue.update, env)  # delivered recipients are recorded now
 
     @defer.inlineCallbacks
@@ -287,6 +290,7 @@ class RelayService(service.Service):
                 log_outcome(env, r)
             pending = []
         newly_failed = [r for r in env.recipients if r.status == FAILED and r.address not in failed_before]
+        metrics.message("bounced", len(newly_failed))
         if newly_failed:
             yield self._bounce(env, newly_failed, "failed")
         elif pending and s.delay_warning and not env.warned and now - env.created > s.delay_warning:
@@ -312,6 +316,7 @@ class RelayService(service.Service):
         logcontext.mail(env.id, "dsn", message_id=env.message_id, sender=env.sender, action=action,
                         recipient=",".join(r.address for r in recipients), dsn_queue_id=qid or "",
                         dsn_message_id=report_id, relay=None if qid else "local")
+        metrics.message("queued" if qid else "delivered")
         log.info("relay: {id}: {action} report to <{sender}>{via}", id=env.id, action=action, sender=env.sender,
                  via=f" queued as {qid}" if qid else " delivered locally")
         if qid:

@@ -22,7 +22,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 
 from mailstack import logcontext
-from mailstack import sasl
+from mailstack import metrics, sasl
 from mailstack.errors import UnknownUser
 from mailstack.pacing import CommandPacer
 from mailstack.pop3.capabilities import SessionView, capability_lines
@@ -280,8 +280,8 @@ class POP3Session(LineReceiver, TimeoutMixin):
             raise Pop3Error("unknown command")
         handler = getattr(self, command.handler)
         if command.words is None:
-            return handler(rest)
-        return handler(*words(rest, *command.words))
+            return metrics.pop3_command(name, handler, rest)
+        return metrics.pop3_command(name, handler, *words(rest, *command.words))
 
     # -- both states -----------------------------------------------------------------------
 
@@ -435,6 +435,7 @@ class POP3Session(LineReceiver, TimeoutMixin):
             log.warn("pop3 maildrop unusable from {peer}: {error}", peer=self.peer, error=failure.getErrorMessage())
             raise Pop3Error("this account has no usable maildrop", SYS_PERM)
         log.failure("pop3 cannot open maildrop for {peer}", failure, peer=self.peer)
+        metrics.store_error("pop3")
         raise Pop3Error("cannot open the maildrop now, try again later", SYS_TEMP)
 
     # -- TRANSACTION state -----------------------------------------------------------------
@@ -509,6 +510,7 @@ class POP3Session(LineReceiver, TimeoutMixin):
 
         def failed(failure):
             log.failure("pop3 UPDATE failed for {user}", failure, user=maildrop.address)
+            metrics.store_error("pop3")
             self.release()
             self.error(Pop3Error("some deleted messages were not removed", SYS_TEMP))
 

@@ -28,6 +28,12 @@ def _syntax(text: str) -> MailError:
     return MailError(codes.SYNTAX_ERROR, codes.E_SYNTAX, text)
 
 
+def non_ascii() -> MailError:
+    """For a non-ASCII address in a transaction that did not ask for SMTPUTF8."""
+    return MailError(codes.MAILBOX_NAME_INVALID, codes.E_NON_ASCII_ADDRESS,
+                     "Non-ASCII address needs the SMTPUTF8 parameter (RFC 6531)")
+
+
 def parse_address(text: str) -> str:
     """Validate ``local@domain`` (RFC 5321 Mailbox); return it with the domain lower-cased."""
     local, sep, domain = text.rpartition("@")

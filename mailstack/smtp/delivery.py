@@ -11,6 +11,8 @@ from __future__ import annotations
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from mailstack import metrics
+
 log = Logger()
 
 
@@ -53,7 +55,9 @@ class DeliveryBatcher:
                 errors = [results.value]
             offset += len(items)
             if errors:
+                metrics.store_error("smtp")
                 d.errback(errors[0])
             else:
+                metrics.message("delivered", len(items))
                 d.callback(None)
         self._start_workers()

@@ -33,7 +33,7 @@ from twisted.protocols import basic, policies
 
 from mailstack import config as config_mod
 from mailstack import logcontext
-from mailstack import sasl
+from mailstack import metrics, sasl
 from mailstack.accounts import IMailUser
 from mailstack.errors import MailError
 from mailstack.mail import codes as c
@@ -84,11 +84,6 @@ def _too_big(max_size: int | None = None) -> MailError:
     return MailError(c.EXCEEDED_STORAGE, c.E_TOO_BIG, f"Message size exceeds fixed maximum message size{limit}")
 
 
-def _non_ascii() -> MailError:
-    return MailError(c.MAILBOX_NAME_INVALID, c.E_NON_ASCII_ADDRESS,
-                     "Non-ASCII address needs the SMTPUTF8 parameter (RFC 6531)")
-
-
 class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
     MAX_LENGTH = MAX_LINE
 
@@ -111,6 +106,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
         self._held = 0  # bytes received while paused
         self._transport_paused = False
         self._messages = 0
+        self._counted = None  # metrics.smtp_recipient or smtp_transaction: the next reply's code goes there
 
     # -- connection ------------------------------------------------------------------------
 
@@ -134,6 +130,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
 
     def reply(self, code: int, enhanced: str | None, text: str) -> None:
         """Send a reply; the enhanced status code (RFC 2034) goes on every line."""
+        self._counted = self._counted and self._counted(self.listener.key, code)  # once: the metrics return None
         lines = text.split("\n")
         prefix = f"{enhanced} " if enhanced else ""
         for i, line in enumerate(lines):
@@ -411,7 +408,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
         for key, value in options.items():
             self._check_mail_parameter(key, value)
         if not addr.is_ascii(sender) and "SMTPUTF8" not in options:
-            raise _non_ascii()
+            raise addr.non_ascii()
         self.settings.policy.check_sender(self.facts, sender)
         self.sender, self.mail_params = sender, options
         self.state = MAIL
@@ -434,12 +431,13 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
             raise MailError(c.PARAMETERS_UNRECOGNIZED, c.E_INVALID_ARGUMENTS, f"Unsupported MAIL parameter {key}")
 
     def cmd_RCPT(self, text):
+        self._counted = metrics.smtp_recipient
         address, params = addr.parse_path(text, "TO", null_ok=False) if "@" in text else self._bare_postmaster(text)
         if params:
             raise MailError(c.PARAMETERS_UNRECOGNIZED, c.E_INVALID_ARGUMENTS,
                             f"Unsupported RCPT parameter {params[0].split('=')[0]}")
         if not addr.is_ascii(address) and "SMTPUTF8" not in self.mail_params:
-            raise _non_ascii()
+            raise addr.non_ascii()
         recipient = self.settings.policy.check_recipient(self.facts, address, len(self.recipients), self.sender or "")
         self.recipients.append(recipient)
         self.state = RCPT
@@ -511,6 +509,7 @@ class SMTPSession(basic.LineReceiver, policies.TimeoutMixin):
     # -- the end of a message -----------------------------------------------------------------
 
     def _end_of_message(self):
+        self._counted = metrics.smtp_transaction
         spool, sender, recipients = self.spool, self.sender, self.recipients
         self.spool = None
         self.state = GREETED
