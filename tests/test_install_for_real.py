@@ -3,7 +3,8 @@
 Install from the wheel into a fresh venv; ``mailstack init`` (production, ACME, loopback ports
 for the test); the service user; users, an alias and a DKIM key added as root; a certificate
 from a local pebble; the server started as the service user (as systemd's unit does it); mail
-sent signed and read over IMAPS verifying the chain to pebble's root; ``/metrics`` scraped;
+sent signed and read over IMAPS verifying the chain to pebble's root; ``/metrics`` scraped
+and its counts exactly what was done;
 ``mailstack config check`` on a broken configuration (exit 2, the key named).
 
 The steps are the README's, in its order; where the test differs it says why (loopback ports
@@ -13,6 +14,7 @@ and directories of its own instead of /etc and /var/lib, a test CA instead of Le
 from __future__ import annotations
 
 import grp
+import http.client
 import imaplib
 import json
 import os
@@ -27,6 +29,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from support.ci import on_ci
 from support.dns import serve_zones
@@ -180,7 +183,20 @@ def test_install_on_a_server_as_the_readme_says(tmp_path, dns_port):
         assert b"It works." in stored
         assert f"status=sent".encode() in log.read_bytes()
 
-        # 7. config check of a broken configuration: exit 2, the file and the key named.
+        # 7. Metrics: the loopback listener's /metrics counts exactly what happened.
+        conn = http.client.HTTPConnection("127.0.0.1", ports["metrics"]["port"], timeout=10)
+        conn.request("GET", "/metrics")
+        answer = conn.getresponse()
+        assert answer.status == 200
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(answer.read().decode()) for s in f.samples}
+        conn.close()
+        assert samples[("mailstack_messages_total", (("outcome", "delivered"),))] == 1
+        assert samples[("mailstack_auth_total", (("protocol", "submission"), ("result", "success")))] == 1
+        assert samples[("mailstack_auth_total", (("protocol", "imap"), ("result", "success")))] == 1
+        assert samples[("mailstack_smtp_transactions_total", (("class", "2xx"), ("listener", "submissions")))] == 1
+
+        # 8. config check of a broken configuration: exit 2, the file and the key named.
         broken = base / "broken.toml"
         broken.write_text(config.read_text() + "[smtp]\ntimeout = 0\n")
         os.chmod(broken, 0o640)
