@@ -37,6 +37,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web import resource
 
+from mailstack import fileaccess
 from mailstack.errors import ConfigError
 from mailstack.fsutil import atomic_write
 from mailstack.tls import ReloadableTLS
@@ -85,15 +86,11 @@ def check_acme_config(values: dict, hostname: str, domains: list[str], listeners
     if not any(lst.key == "autoconfig" for lst in listeners):
         raise ConfigError(path, "[acme] enabled", "HTTP-01 challenges are answered by the HTTP listener: "
                           "set [listeners] autoconfig (port 80, where the CA connects)")
-    if acme["ca_file"] and not os.path.isfile(acme["ca_file"]):
-        raise ConfigError(path, "[acme] ca_file", f"file not found: {acme['ca_file']}")
+    if acme["ca_file"]:
+        fileaccess.readable(path, "[acme] ca_file", acme["ca_file"])
     if os.path.exists(acme["state"]) and not os.path.isdir(acme["state"]):
         raise ConfigError(path, "[acme] state", f"not a directory: {acme['state']}")
-    parent = acme["state"]
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(path, "[acme] state", f"not writable: {parent}")
+    fileaccess.writable_dir(path, "[acme] state", acme["state"])  # as the service user, who renews
     if not 1 <= acme["renew_days"] <= 365:
         raise ConfigError(path, "[acme] renew_days", "must be 1 to 365 (days before expiry)")
     for key in ("check_interval", "retry_delay"):

@@ -58,6 +58,7 @@ def _as_service(cfg: config_mod.Config):
     """Run the block as the service user when root runs the command (mailstack.privileges):
     what it makes under the data directories is then the service's, not root's."""
     user = privileges.service_user(cfg)
+    umask = os.umask(0o077)  # the service's (systemd/mailstack.service): what it makes is private
     try:
         with privileges.acting_as(user):
             yield
@@ -66,6 +67,8 @@ def _as_service(cfg: config_mod.Config):
             raise
         raise SystemExit(f"mailstack: {e.strerror}: {e.filename} (written as the service user {user.name}, "
                          f"who must own the data directories: chown -R {user.name}: {e.filename})") from None
+    finally:
+        os.umask(umask)
 
 
 def cmd_init(args) -> int:
@@ -479,7 +482,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.umask(0o077)  # the service's umask (systemd/mailstack.service): mail and keys are private
     try:
         return args.func(args)
     except ConfigError as e:

@@ -29,7 +29,11 @@ def run(capsys):
     CompletedProcess with its exit status and what it printed."""
     def run(*args) -> subprocess.CompletedProcess:
         capsys.readouterr()
+        umask = os.umask(0o022)
+        os.umask(umask)
         status = main(list(args))
+        after = os.umask(umask)
+        assert after == umask, f"mailstack {args[0]} left the process umask at {after:03o}"  # the test run's files
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(args, status, out, err)
     return run

@@ -161,7 +161,10 @@ def clear_stale_tmp(tmp_dir: str, cutoff: float) -> int:
 
 
 def make_maildir(path: str, fsync: bool, folder: bool) -> None:
-    """``cur/ new/ tmp/`` under ``path`` (and the Maildir++ ``maildirfolder`` marker)."""
+    """``cur/ new/ tmp/`` under ``path`` (and the Maildir++ ``maildirfolder`` marker).  Every
+    directory is made 0700 whatever the umask: mail is private (an admin command run with
+    root's 022 would otherwise leave the user's directory world-readable)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
     for sub in ("tmp", "new", "cur"):
         os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
     if folder:
