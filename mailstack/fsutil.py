@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = ["atomic_write", "fsync_dir", "pid_alive"]
 
 
 def fsync_dir(path: str) -> None:
@@ -59,3 +59,15 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, fsync: bool = True,
         raise
     if fsync:
         fsync_dir(directory)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host: what decides that a lock or a claimed file
+    left by it is stale (the outbound queue's claims, Dovecot's dot-locks)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it runs, as somebody else
+    return True

@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator
 
-from mailstack.fsutil import atomic_write, fsync_dir
+from mailstack.fsutil import atomic_write, fsync_dir, pid_alive
 from mailstack.mail.headers import message_id
 
 #: How much of a message's start is kept while it is written, to find its Message-ID.
@@ -91,16 +91,6 @@ def _unlink_older(path: str, cutoff: float) -> None:
             _unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class OutboundQueue:
@@ -215,7 +205,7 @@ class OutboundQueue:
             parts = name.rsplit(".", 3)
             if len(parts) != 4 or parts[3] != "json" or parts[1] != self.host or not parts[2].isdigit():
                 continue
-            if _pid_alive(int(parts[2])) and int(parts[2]) != os.getpid():
+            if pid_alive(int(parts[2])) and int(parts[2]) != os.getpid():
                 continue
             try:
                 os.rename(os.path.join(self.dir, "active", name), self.env_path(parts[0]))
@@ -233,7 +223,7 @@ class OutboundQueue:
                 path = os.path.join(self.dir, sub, name)
                 pid = name.rsplit(".tmp", 1)[1].split("-", 1)[0]
                 if pid.isdigit():  # a message being written: ours say which process writes it
-                    if int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                    if int(pid) != os.getpid() and not pid_alive(int(pid)):
                         _unlink(path)
                 elif name.endswith(".tmp") and self._writer_gone(name):
                     _unlink(path)  # a claimed envelope's, from atomic_write, by a process now dead
@@ -252,7 +242,7 @@ class OutboundQueue:
         claimed envelope, see active_path) whose process, on this host, no longer runs."""
         parts = name.split(".")
         return (len(parts) == 6 and parts[1] == self.host and parts[2].isdigit() and parts[3] == "json"
-                and int(parts[2]) != os.getpid() and not _pid_alive(int(parts[2])))
+                and int(parts[2]) != os.getpid() and not pid_alive(int(parts[2])))
 
     def open_message(self, qid: str):
         return open(self.msg_path(qid), "rb")

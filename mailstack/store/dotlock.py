@@ -20,6 +20,7 @@ import socket
 import time
 
 from mailstack.errors import StoreError
+from mailstack.fsutil import pid_alive
 
 #: Dovecot's stale timeout for the uidlist and keywords locks (two minutes).
 STALE_AFTER = 120.0
@@ -72,7 +73,7 @@ class DotLock:
         except FileNotFoundError:
             return True  # gone meanwhile: try again at once
         pid, _, host = holder.partition(":")
-        dead = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+        dead = host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
         if dead or time.time() - st.st_mtime > self.stale_after:
             try:
                 os.unlink(self.lock_path)
@@ -114,13 +115,3 @@ class DotLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
