@@ -19,16 +19,25 @@ from mailstack.store.dotlock import DotLock, LockTimeout
 ADDR = "alice@example.test"
 
 
+@pytest.fixture
+def dovecot_pid():
+    """A live process that is not this one, standing for a Dovecot holding a lock."""
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
 def hold(lock_path: str, pid: int) -> None:
     """A lock as Dovecot leaves it: ``<pid>:<host>`` in ``<file>.lock``."""
     with open(lock_path, "x") as f:
         f.write(f"{pid}:{socket.gethostname()}")
 
 
-def test_a_keyword_added_while_dovecot_holds_the_lock_waits_and_takes_the_next_letter(tmp_path):
+def test_a_keyword_added_while_dovecot_holds_the_lock_waits_and_takes_the_next_letter(tmp_path, dovecot_pid):
     inbox = MaildirStore(str(tmp_path / "mail"), fsync=False).mailbox(ADDR).folder("INBOX")
     lock_path = os.path.join(inbox.path, "dovecot-uidlist.lock")
-    hold(lock_path, os.getpid())  # alive: must be waited for
+    hold(lock_path, dovecot_pid)  # alive: must be waited for
 
     def dovecot_adds_its_keyword_then_unlocks():
         time.sleep(0.3)
@@ -71,9 +80,9 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_at_once(tmp_path):
     assert not os.path.exists(target + ".lock")
 
 
-def test_a_live_lock_times_out_and_an_old_one_is_stale(tmp_path):
+def test_a_live_lock_times_out_and_an_old_one_is_stale(tmp_path, dovecot_pid):
     target = str(tmp_path / "subscriptions")
-    hold(target + ".lock", os.getpid())
+    hold(target + ".lock", dovecot_pid)
     with pytest.raises(LockTimeout):
         DotLock(target, timeout=0.2).acquire()
     old = time.time() - 300
@@ -83,3 +92,23 @@ def test_a_live_lock_times_out_and_an_old_one_is_stale(tmp_path):
     with open(target, "rb") as f:
         assert f.read() == b"V\t2\n\n"
     assert not os.path.exists(target + ".lock")
+
+
+def test_a_lock_naming_this_pid_that_this_process_does_not_hold_is_stale(tmp_path):
+    """Left by an earlier process with the same pid (pid 1 in a container, restarted)."""
+    target = str(tmp_path / "dovecot-uidlist")
+    hold(target + ".lock", os.getpid())
+    started = time.monotonic()
+    with DotLock(target, timeout=5):
+        pass
+    assert time.monotonic() - started < 2
+
+
+def test_replace_refuses_when_the_lock_was_taken_over(tmp_path):
+    target = str(tmp_path / "subscriptions")
+    lock = DotLock(target, timeout=1).acquire()
+    os.unlink(lock.lock_path)  # broken by another waiter that judged it stale ...
+    hold(lock.lock_path, os.getpid() + 100000)  # ... and taken by it
+    with pytest.raises(LockTimeout):
+        lock.replace(b"V\t2\n\nmine\n", fsync=False)
+    assert not os.path.exists(target)  # nothing written over the other's work

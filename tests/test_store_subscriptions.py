@@ -10,6 +10,7 @@ import imaplib
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -59,8 +60,9 @@ def test_every_known_form_is_read():
 
 def test_a_change_waits_for_dovecots_lock(mailbox):
     lock = os.path.join(mailbox.path, "subscriptions.lock")
+    dovecot = subprocess.Popen(["sleep", "60"])  # a live holder that is not this process
     with open(lock, "x") as f:
-        f.write(f"{os.getpid()}:{socket.gethostname()}")  # a live holder
+        f.write(f"{dovecot.pid}:{socket.gethostname()}")
 
     def dovecot_finishes():
         time.sleep(0.3)
@@ -72,6 +74,8 @@ def test_a_change_waits_for_dovecots_lock(mailbox):
     other.start()
     mailbox.subscribe("Über/Sub")
     other.join()
+    dovecot.kill()
+    dovecot.wait()
     assert mailbox.subscriptions() == ["Plain", "Über/Sub"]  # read again under the lock: nothing lost
 
 

@@ -102,7 +102,14 @@ class FolderKeywords:
             keywords[free:free + 1] = [word]
             data = "".join(f"{i} {w}\n" for i, w in enumerate(keywords) if w).encode("utf-8")
             before = self.mtime // 1_000_000_000 if self.mtime else 0
-            lock = DotLock(self.path).acquire()
+            # As Dovecot: the uidlist lock already excludes every writer, so a keywords lock
+            # still there is a dead one's; remove it and take it without waiting.
+            lock = DotLock(self.path, timeout=0)
+            try:
+                os.unlink(lock.lock_path)
+            except FileNotFoundError:
+                pass
+            lock.acquire()
             try:
                 # Dovecot notices a new file by its mtime in whole seconds: it must grow each time.
                 lock.replace(data, mode=0o600, fsync=self.fsync, mtime=max(int(time.time()), before + 1))

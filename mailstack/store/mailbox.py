@@ -190,7 +190,7 @@ class Mailbox:
 #: TAB, CR, LF and \x01 escaped as \x01 + a letter.  Version 1 (no header) is one name a line.
 V2_HEADER = b"V\t2\n\n"
 SUBSCRIPTIONS_STALE_AFTER = 30.0  # Dovecot's, for this lock
-SUBSCRIPTIONS_LOCK_TIMEOUT = 120.0
+SUBSCRIPTIONS_LOCK_TIMEOUT = 10.0  # then a temporary failure (Dovecot waits 120 s; a pool thread must not)
 _TAB_ESCAPES = {"\x01": "1", "\t": "t", "\r": "r", "\n": "n"}
 _TAB_UNESCAPES = {v: k for k, v in _TAB_ESCAPES.items()}
 
