@@ -28,7 +28,7 @@ import os
 import sys
 
 from mailstack import __version__, config as config_mod
-from mailstack import privileges
+from mailstack import fileaccess, privileges
 from mailstack.accounts import AliasesFile, UsersFile, normalise_address, valid_address
 from mailstack.passwords import configure_argon2, hash_password
 from mailstack.errors import ConfigError, MailstackError
@@ -116,9 +116,9 @@ def cmd_config(args) -> int:
     """Load the configuration as start-up does (types, files, modes, keys) and say so."""
     cfg = _config(args)
     user = privileges.service_user(cfg)
-    if user is not None:  # root: check again as the service will, with its access rights
-        with privileges.acting_as(user):
-            cfg = _config(args)
+    with privileges.acting_as(user):  # as root: check again as the service will, with its access rights
+        cfg = _config(args)
+        fileaccess.check_maildirs(cfg.path, cfg.store_root)
     running = _running_pid(cfg)
     if args.skip_ports or running:
         note = f"; ports not checked: mailstack is running as pid {running}" if running else "; ports not checked"

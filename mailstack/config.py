@@ -373,8 +373,7 @@ def _check_store(values: dict, path: str) -> str:
     root = values["store"]["root"]
     if os.path.exists(root) and not os.path.isdir(root):
         raise ConfigError(path, "[store] root", f"not a directory: {root}")
-    fileaccess.writable_dir(path, "[store] root", root)
-    fileaccess.check_maildirs(path, root)
+    fileaccess.writable_dir(path, "[store] root", root)  # the users' Maildirs: at start-up and by config check
     if values["store"]["poll_interval"] <= 0:
         raise ConfigError(path, "[store] poll_interval", "must be above 0")
     return root

@@ -97,35 +97,47 @@ def writable_dir(path: str, key: str, directory: str) -> None:
 _MAILDIR_ENTRIES = ("cur", "new", "tmp")
 
 
-def check_maildirs(path: str, root: str) -> None:
-    """Every user directory (and its folders' cur/new/tmp) must be the service's to write: a
-    Maildir that root made by hand or with an old ``mailstack user add`` fails every delivery
-    (issue 17).  One stat or access call per directory; messages are not looked at."""
+def maildir_problems(root: str) -> list[str]:
+    """*Blocking* (one access call per directory).  The users' Maildirs the running user may
+    not write, one line each: a Maildir that root made by hand (or with an old ``mailstack
+    user add``) fails every delivery to that user (issue 17).  Each user directory, its
+    entries and each folder's cur/new/tmp are looked at; the messages are not."""
+    problems: list[str] = []
     if not os.path.isdir(root):
-        return
+        return problems
     fix = f"; chown -R {privileges.who()}: " if os.geteuid() != 0 else "; "
-    for domain in os.listdir(root):
+
+    def check(target: str, udir: str) -> bool:
+        if not os.path.lexists(target) or os.path.islink(target):
+            return True
+        mode = os.R_OK | os.W_OK | (os.X_OK if os.path.isdir(target) else 0)
+        if privileges.can_access(target, mode):
+            return True
+        problems.append(f"not writable{as_whom()}: {target} ({owner_and_mode(os.lstat(target))}){fix}{udir}")
+        return False
+
+    for domain in sorted(os.listdir(root)):
         ddir = os.path.join(root, domain)
-        if not os.path.isdir(ddir) or domain.startswith("."):
+        if domain.startswith(".") or not os.path.isdir(ddir) or not check(ddir, ddir):
             continue
-        if not privileges.can_access(ddir, os.R_OK | os.W_OK | os.X_OK):
-            raise ConfigError(path, "[store] root", f"not writable{as_whom()}: {ddir} "
-                              f"({owner_and_mode(os.stat(ddir))}){fix}{ddir}")
-        for local in os.listdir(ddir):
+        for local in sorted(os.listdir(ddir)):
             udir = os.path.join(ddir, local)
-            if not os.path.isdir(udir):
-                continue
-            for entry in [udir] + [os.path.join(udir, n) for n in os.listdir(udir)] \
-                    if privileges.can_access(udir, os.R_OK | os.X_OK) else [udir]:
-                is_folder = os.path.basename(entry).startswith(".") and os.path.isdir(entry)
-                wanted = [entry] + ([os.path.join(entry, d) for d in _MAILDIR_ENTRIES] if is_folder else [])
-                for target in wanted:
-                    if not os.path.lexists(target) or os.path.islink(target):
-                        continue
-                    mode = os.R_OK | os.W_OK | (os.X_OK if os.path.isdir(target) else 0)
-                    if not privileges.can_access(target, mode):
-                        raise ConfigError(path, "[store] root", f"not writable{as_whom()}: {target} "
-                                          f"({owner_and_mode(os.stat(target))}){fix}{udir}")
+            if not os.path.isdir(udir) or not check(udir, udir):
+                continue  # one line for a user: the rest of the directory would only repeat it
+            for name in sorted(os.listdir(udir)):
+                entry = os.path.join(udir, name)
+                if check(entry, udir) and name.startswith(".") and os.path.isdir(entry):
+                    for sub in _MAILDIR_ENTRIES:
+                        check(os.path.join(entry, sub), udir)
+    return problems
+
+
+def check_maildirs(path: str, root: str) -> None:
+    """:func:`maildir_problems` as a :class:`ConfigError` (``mailstack config check``)."""
+    problems = maildir_problems(root)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(path, "[store] root", problems[0] + more)
 
 
 def certificate_names_host(path: str, key: str, cert_file: str, hostname: str) -> None:

@@ -25,6 +25,7 @@ from mailstack import accounts as accounts_mod
 from mailstack import config as config_mod
 from mailstack import listener as listener_mod
 from mailstack import logcontext, logfilter, logoutput
+from mailstack import fileaccess
 from mailstack import passwords
 from mailstack import privileges
 from mailstack.errors import ConfigError
@@ -174,6 +175,12 @@ class MailstackService(service.MultiService):
         self._index_saver = task.LoopingCall(self._save_indexes)
         self._index_saver.clock = self.reactor
         self._index_saver.start(INDEX_SAVE_INTERVAL, now=False)
+        # Maildirs the service may not write (made by root by hand): named now, not at the
+        # first delivery that fails.  Start-up goes on: the other users' mail works.
+        d = threads.deferToThread(fileaccess.maildir_problems, self.config.store_root)
+        d.addCallback(lambda problems: [log.error("store: {problem}: that user's deliveries and logins fail until "
+                                                  "it is fixed", problem=p) for p in problems])
+        d.addErrback(lambda f: log.failure("store: checking the Maildirs' owners failed", f))
         # What a SIGKILL left in Maildir tmp/ directories (a hard link whose message is already
         # in new/ or cur/, an abandoned half-written file): cleared in the background.
         d = threads.deferToThread(self.context.store.clear_tmp)

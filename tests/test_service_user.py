@@ -215,19 +215,28 @@ def test_server_runs_as_the_service_user_and_signs_and_delivers(install, as_serv
         assert "now running as user " + SERVICE_USER in inst.log_path.read_text()
 
 
-def test_a_root_made_maildir_stops_start_up_naming_the_path(install):
+def test_a_root_made_maildir_is_named_at_start_up_and_by_config_check(install):
+    """Start-up names it (and goes on: the other users' mail works); config check fails on it."""
     inst = install
     prepare_users_and_key(inst)
     carol = inst.lib / "mail" / DOMAIN / "carol"
+    carol.mkdir(mode=0o700)  # root, by hand: what the old 'user add' did
     for d in ("cur", "new", "tmp"):
-        (carol / d).mkdir(parents=True, mode=0o700)  # root, by hand: what the old 'user add' did
-    out = inst.start_fails(as_service_user=True)
-    assert f"{inst.config}: [store] root: not writable by user {SERVICE_USER}: {carol}" in out, out
-    assert "Traceback" not in out
-    out = inst.start_fails(as_service_user=False)  # started by root: checked after the drop
-    assert f"[store] root: not writable by user {SERVICE_USER}: {carol}" in out, out
+        (carol / d).mkdir(mode=0o700)
+    line = f"not writable by user {SERVICE_USER}: {carol} (owner root:root, mode 700); chown -R {SERVICE_USER}: {carol}"
     got = inst.admin("config", "check", ok=False)
-    assert got.returncode == 2 and f"[store] root: not writable by user {SERVICE_USER}: {carol}" in got.stderr
+    assert got.returncode == 2
+    assert got.stderr.strip() == f"mailstack: {inst.config}: [store] root: {line}", got.stderr
+    ports = inst.start(as_service_user=True)
+    try:
+        deadline = time.monotonic() + 20
+        while line not in inst.log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f"store: {line}: that user's deliveries and logins fail until it is fixed" in inst.log_path.read_text()
+        assert b"DKIM-Signature:" in send_and_read(inst, ports)  # alice and bob: unaffected
+    finally:
+        inst.stop()
+    assert "Traceback" not in inst.log_path.read_text()
 
 
 def test_an_unreadable_dkim_key_stops_start_up(install):
