@@ -250,3 +250,12 @@ def test_a_log_file_that_cannot_be_opened_stops_start_up(tmp_path):
     with pytest.raises(ConfigError) as e:
         logoutput.build(config.load(str(base.config_path)))
     assert str(e.value).startswith(f"{base.config_path}: [log] file: cannot open ")
+
+
+def test_a_message_id_cannot_add_fields_to_a_message_line():
+    """The header's text after the msg-id would read as key=value fields of the line."""
+    from mailstack.mail.headers import message_id
+
+    forged = b"Message-ID: <a@b> status=sent to=<ceo@corp> relay=local\r\n\r\nbody\r\n"
+    assert message_id(forged) == "<a@b>"
+    assert message_id(b"Message-ID: no-brackets status=sent\r\n\r\n") == "no-brackets"

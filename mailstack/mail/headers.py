@@ -13,6 +13,7 @@ def delivery_fields(sender: str, account: str) -> bytes:
 
 
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
+_MSG_ID_TOKEN = re.compile(r"<[^<>\s]{1,254}>")
 
 
 def message_id(head: bytes) -> str:
@@ -23,5 +24,8 @@ def message_id(head: bytes) -> str:
     m = _MESSAGE_ID.search(header)
     if m is None:
         return ""
-    value = re.sub(rb"\r?\n[ \t]+", b" ", m.group(1)).strip()
-    return value.decode("utf-8", "replace")[:256]
+    value = re.sub(rb"\r?\n[ \t]+", b" ", m.group(1)).strip().decode("utf-8", "replace")
+    # Only the msg-id itself: the rest is the sender's text, and in a key=value log line
+    # "<a@b> status=sent to=<ceo@corp>" would read as fields of the line.
+    token = _MSG_ID_TOKEN.search(value)
+    return (token.group() if token else value.split(" ", 1)[0])[:256]
