@@ -327,7 +327,7 @@ class Accounts:
             return user
         if not verify_password(stored, password):
             return None
-        if self.rehash and needs_rehash(stored):
+        if self.rehash and needs_rehash(stored) and self._users_file_writable():
             stored = self._rehash(user, stored, password)
             tag = hmac.new(self._cache_key, "\0".join((user, stored, password)).encode("utf-8", "surrogatepass"),
                            hashlib.sha256).digest()
@@ -339,6 +339,23 @@ class Accounts:
 
     #: Make Argon2 hashes with old parameters again at login (``[auth] rehash_on_login``).
     rehash = True
+
+    def _users_file_writable(self) -> bool:
+        """Whether a rehash could be stored: the users file, its lock and its directory are the
+        service's to write.  Not (root:mailstack 0640, as ``mailstack init`` makes it): said
+        once, and no second Argon2 hash is made at every login for nothing."""
+        path = self.users_file.path
+        lock = path + ".lock"
+        directory = os.path.dirname(path) or "."
+        ok = (os.access(path, os.W_OK) and os.access(directory, os.W_OK | os.X_OK)
+              and (not os.path.exists(lock) or os.access(lock, os.W_OK)))
+        if not ok and not self._said_read_only:
+            self._said_read_only = True
+            log.info("{path} is not writable by this service: password hashes with old Argon2 parameters "
+                     "stay until the user's password is set again (mailstack user passwd)", path=path)
+        return ok
+
+    _said_read_only = False
 
     def _rehash(self, user: str, stored: str, password: str) -> str:
         """*Blocking.*  Store a hash with today's parameters; the old one stays when the

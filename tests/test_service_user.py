@@ -278,3 +278,30 @@ def test_an_admin_command_the_service_user_may_not_run_says_so(install):
     assert got.stderr.strip() == (f"mailstack: Permission denied: {inst.etc / 'users.lock'} (running as user "
                                   f"{SERVICE_USER}: run it as root, or as the user that owns the file)"), got.stderr
     assert "carol" not in (inst.etc / "users").read_text()
+
+
+def test_old_hashes_in_a_users_file_the_service_cannot_write_are_said_once_and_kept(install):
+    """root:mailstack 0640 (as init makes it): no rehash can be stored, so none is made."""
+    from argon2 import PasswordHasher
+
+    inst = install
+    prepare_users_and_key(inst)
+    alice = f"alice@{DOMAIN}"
+    old = "{ARGON2ID}" + PasswordHasher(time_cost=2, memory_cost=1024, parallelism=1).hash(PASSWORDS[alice])
+    lines = [f"{alice}:{old}" if line.startswith(alice + ":") else line
+             for line in (inst.etc / "users").read_text().splitlines()]
+    (inst.etc / "users").write_text("\n".join(lines) + "\n")
+    before = (inst.etc / "users").read_text()
+    ports = inst.start(as_service_user=True)
+    try:
+        ctx = ssl.create_default_context(cafile=str(inst.etc / "tls" / "ca.pem"))
+        for _ in range(2):
+            imap = imaplib.IMAP4_SSL("127.0.0.1", ports["listeners"]["imaps"]["port"], ssl_context=ctx, timeout=30)
+            imap.login(alice, PASSWORDS[alice])
+            imap.logout()
+    finally:
+        inst.stop()
+    log = inst.log_path.read_text()
+    assert log.count("is not writable by this service: password hashes with old Argon2 parameters stay") == 1, log
+    assert "cannot store a new password hash" not in log
+    assert (inst.etc / "users").read_text() == before
