@@ -2,7 +2,7 @@
 # a virtual environment, run by twistd as the unprivileged user "mailstack".
 #
 #   docker build -t mailstack .
-#   docker run --rm -v mailstack-etc:/etc/mailstack -v mailstack-data:/var/lib/mailstack \
+#   docker run --rm --user root -v mailstack-etc:/etc/mailstack -v mailstack-data:/var/lib/mailstack \
 #       --entrypoint mailstack mailstack init --hostname mail.example.org --domain example.org
 #   docker run -d --name mailstack -v mailstack-etc:/etc/mailstack -v mailstack-data:/var/lib/mailstack \
 #       -p 25:25 -p 587:587 -p 465:465 -p 143:143 -p 993:993 -p 110:110 -p 995:995 -p 80:80 mailstack
@@ -27,9 +27,11 @@ RUN python -m venv /opt/mailstack \
  && rm -rf /tmp/wheels \
  && /opt/mailstack/bin/python -c "from mailstack.shipped import refresh_plugin_cache; refresh_plugin_cache()" \
  && useradd --system --user-group --home-dir /var/lib/mailstack --no-create-home --shell /usr/sbin/nologin mailstack \
- && install -d -o mailstack -g mailstack -m 750 /etc/mailstack \
+ && install -d -o root -g mailstack -m 750 /etc/mailstack \
  && install -d -o mailstack -g mailstack -m 700 /var/lib/mailstack
-# Named volumes start as copies of these directories, so they belong to mailstack too.
+# Named volumes start as copies of these directories, with their owners: the configuration is
+# root's (the service reads it through its group and cannot change its own accounts), the data
+# the service's.  So 'init' and the other admin commands run as root: docker run/exec --user root.
 VOLUME ["/etc/mailstack", "/var/lib/mailstack"]
 # SMTP (MX), submission (STARTTLS), submissions (TLS), IMAP, IMAPS, POP3, POP3S, autoconfig.
 EXPOSE 25 587 465 143 993 110 995 80 443
