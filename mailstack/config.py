@@ -331,8 +331,9 @@ def loopback_endpoint(description: str) -> bool:
         return True
     if kind not in ("tcp", "tcp6"):
         return False
-    interface = next((p.split("=", 1)[1] for p in parts[1:] if p.startswith("interface=")), "")
-    return is_loopback(interface)
+    # Every interface= given, not only the first: Twisted takes the last of repeated keys.
+    interfaces = [p.split("=", 1)[1] for p in parts[1:] if p.startswith("interface=")]
+    return bool(interfaces) and all(is_loopback(i) for i in interfaces)
 
 
 def _check_tls(values: dict, listeners: list[Listener], path: str, hostname: str) -> tuple[str, str]:

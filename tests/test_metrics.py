@@ -243,6 +243,7 @@ def test_the_metrics_listener_is_loopback_unless_allowed(base, endpoint, ok):
 def test_a_systemd_socket_cannot_be_checked_so_it_needs_allow_remote():
     assert not config.loopback_endpoint("systemd:domain=INET:index=0")
     assert config.loopback_endpoint("tcp:9909:interface=127.0.0.1:backlog=50")
+    assert not config.loopback_endpoint("tcp:9909:interface=127.0.0.1:interface=0.0.0.0")  # Twisted takes the last
 
 
 def test_queue_stats_read_only_directory_listings(tmp_path):
