@@ -96,12 +96,18 @@ def apply(service, new: config_mod.Config) -> tuple[list[str], list[str]]:
     changed = changed_keys(old, new)
     live = [c for c in changed if is_live(old, new, *c)]
     later = [f"[{s}] {k}" for s, k in changed if (s, k) not in live]
+    if old.acme.get("names") != new.acme.get("names") and "[acme] names" not in later:
+        later.append("[acme] names (the default follows [server] domains)")  # the certificate's names
     if not live:
         return [], later
     running = merge(old, new, live)
-    service.config = service.context.config = running
     sections = {s for s, _ in live}
     context = service.context
+    # What can fail comes first, so that a failure leaves the running objects as they were.
+    checker = service.make_inbound_checker(running) if "checks" in sections else context.inbound_checker
+    if "tls" in sections and context.acme is not None:
+        context.acme.tls_files_changed(running.tls_certificate, running.tls_key)  # served only until ACME issues
+    service.config = context.config = running
     context.accounts.domains = list(running.domains)
     context.accounts.delimiter = running.recipient_delimiter
     context.dkim_signer.domains = list(running.domains)
@@ -112,11 +118,8 @@ def apply(service, new: config_mod.Config) -> tuple[list[str], list[str]]:
         gate.delay, gate.max_delay, gate.window = a["failure_delay"], a["max_failure_delay"], a["failure_window"]
         context.accounts.auth_cache_ttl, context.accounts.rehash = a["cache_ttl"], a["rehash_on_login"]
         passwords.configure_argon2(a["argon2_time_cost"], a["argon2_memory_kib"], a["argon2_parallelism"])
-    if "checks" in sections:
-        context.inbound_checker = service.make_inbound_checker(running)
-    if "tls" in sections and context.acme is not None:
-        context.acme.tls_files_changed(running.tls_certificate, running.tls_key)  # served only until ACME issues
-    elif "tls" in sections and context.tls is not None:
+    context.inbound_checker = checker
+    if "tls" in sections and context.acme is None and context.tls is not None:
         context.tls.cert_path, context.tls.key_path = running.tls_certificate, running.tls_key
     for _lst, wrapped in service.factories:
         wrapped.max_total, wrapped.max_per_address = running.max_connections, running.max_connections_per_address

@@ -226,8 +226,12 @@ class MailstackService(service.MultiService):
         """SIGHUP: the configuration file (read in a thread: it checks every path), what of it can
         change while running (mailstack.reconfigure), then users, aliases and certificate.  A
         file with an error changes nothing; the old certificate stays if the new one is bad."""
+        self._reloads = getattr(self, "_reloads", 0) + 1
+        generation = self._reloads
         d = threads.deferToThread(config_mod.load, self.config.path)
-        d.addCallbacks(self._apply_config, self._config_refused)
+        # Two quick SIGHUPs read the file twice; only the newer reading is applied.
+        d.addCallbacks(lambda new: self._apply_config(new) if generation == self._reloads else None,
+                       self._config_refused)
         d.addErrback(lambda f: log.failure("reload: applying the configuration failed", f))
         d.addCallback(lambda _: self._reload_files())
         return d
