@@ -17,8 +17,9 @@ Which certificate is served: the ACME one once there is one; before that the ``[
 when they are set, else a self-signed placeholder made in the state directory.
 
 The state directory (``[acme] state``, default ``acme`` beside the store root; mode 0700) holds
-``account.json`` (the account key and URL, 0600), ``key.pem`` (0600) and ``cert.pem`` (the
-full chain), ``status.json`` (names, expiry, failures, next attempt, last error), the
+``account.json`` (the account key and URL, 0600), ``certs/<serial>/key.pem`` (0600) and
+``cert.pem`` (the full chain) with the symlink ``current`` naming the one served (switched by
+one rename, so a key never meets another's chain), ``status.json`` (names, expiry, failures, next attempt, last error), the
 placeholder, and ``renew-now`` while a forced renewal is pending.  Every file is replaced
 atomically (:func:`mailstack.fsutil.atomic_write`).
 """
@@ -39,7 +40,7 @@ from twisted.web import resource
 
 from mailstack import fileaccess
 from mailstack.errors import ConfigError
-from mailstack.fsutil import atomic_write
+from mailstack.fsutil import atomic_write, fsync_dir
 from mailstack.tls import ReloadableTLS
 
 log = Logger()
@@ -110,8 +111,11 @@ class AcmeState:
     def __init__(self, directory: str):
         self.dir = directory
         self.account = os.path.join(directory, "account.json")
-        self.key = os.path.join(directory, "key.pem")
-        self.cert = os.path.join(directory, "cert.pem")
+        # current -> certs/<serial>/: the key and its chain change together, in one rename of
+        # the link (a crash or a SIGHUP never sees a new key with an old chain).
+        self.current = os.path.join(directory, "current")
+        self.key = os.path.join(self.current, "key.pem")
+        self.cert = os.path.join(self.current, "cert.pem")
         self.status_file = os.path.join(directory, "status.json")
         self.placeholder_key = os.path.join(directory, "placeholder-key.pem")
         self.placeholder_cert = os.path.join(directory, "placeholder.pem")
@@ -136,6 +140,27 @@ class AcmeState:
 
     def has_certificate(self) -> bool:
         return self.status().get("issued") is not None and os.path.exists(self.cert) and os.path.exists(self.key)
+
+    def install(self, key_pem: bytes, chain: bytes, serial: str) -> None:
+        """Make ``certs/<serial>/`` the current key and chain (atomic: ``current`` is a symlink
+        renamed over); the previous one is kept, older ones removed."""
+        import shutil
+
+        certs = os.path.join(self.dir, "certs")
+        target = os.path.join(certs, serial)
+        os.makedirs(target, mode=0o700, exist_ok=True)
+        atomic_write(os.path.join(target, "key.pem"), key_pem, 0o600)
+        atomic_write(os.path.join(target, "cert.pem"), chain, 0o644)
+        previous = os.path.basename(os.readlink(self.current)) if os.path.islink(self.current) else None
+        tmp = f"{self.current}.{os.getpid()}.tmp"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(os.path.join("certs", serial), tmp)
+        os.rename(tmp, self.current)
+        fsync_dir(self.dir)
+        for name in os.listdir(certs):
+            if name not in (serial, previous):
+                shutil.rmtree(os.path.join(certs, name), ignore_errors=True)
 
     def request_renewal(self) -> None:
         atomic_write(self.renew_flag, f"{time.time()}\n".encode(), 0o600)
@@ -293,8 +318,7 @@ def obtain(settings: dict, state: AcmeState, challenges: dict, say) -> dict:
 
     chain = order.fullchain_pem.encode("ascii")
     leaf = x509.load_pem_x509_certificate(chain)
-    atomic_write(state.key, key_pem, 0o600)
-    atomic_write(state.cert, chain, 0o644)
+    state.install(key_pem, chain, format(leaf.serial_number, "x"))
     return {"issued": time.time(), "not_after": leaf.not_valid_after_utc.timestamp(), "serial": format(leaf.serial_number, "x"),
             "names": names, "directory": settings["directory"], "account": regr.uri, "order": order.uri}
 
@@ -427,10 +451,12 @@ class AcmeService(service.Service):
             self.reactor.callFromThread(d.callback, result)
 
     def _issued(self, result: dict) -> None:
+        old_paths = self.tls.cert_path, self.tls.key_path
         self.tls.cert_path, self.tls.key_path = self.state.cert, self.state.key
         try:
             self.tls.reload()
         except ConfigError as e:
+            self.tls.cert_path, self.tls.key_path = old_paths  # keep serving, and reloading, what works
             log.error("acme: the new certificate cannot be loaded: {error}", error=str(e))
             return
         log.info("acme: new certificate for {names} (serial {serial}) valid until {until} is now served; "

@@ -123,15 +123,17 @@ def test_certificate_issued_served_and_renewed_without_dropping_sessions(pebble_
         first = _wait_for_certificate(imaps, context, srv)
         assert _serial(smtps, context) == first
         leaf = x509.load_der_x509_certificate(ssl.PEM_cert_to_DER_cert(
-            (srv.base / "acme" / "cert.pem").read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"))
+            (srv.base / "acme" / "current" / "cert.pem").read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"))
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
         assert sorted(sans) == sorted(NAMES)
 
         # The state: private files 0600 in a 0700 directory.
         state = srv.base / "acme"
         assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
-        for name in ("key.pem", "account.json", "status.json"):
+        for name in ("current/key.pem", "account.json", "status.json"):
             assert stat.S_IMODE(os.stat(state / name).st_mode) == 0o600, name
+        # The key and its chain: one directory, made current by one rename of a symlink.
+        assert os.readlink(state / "current") == f"certs/{first:x}"
         status = _cli(srv, "acme", "status")
         assert status.returncode == 0 and format(first, "x") in status.stdout, status.stdout + status.stderr
 

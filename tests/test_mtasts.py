@@ -143,8 +143,9 @@ def test_when_a_certificate_is_due(base):
     # Before any issuance: the [tls] files are served (they are set), and a certificate is due.
     assert acme.tls.cert_path == cfg.tls_certificate
     assert acme.due() == "no certificate yet"
-    shutil.copy(cfg.tls_certificate, state.cert)
-    shutil.copy(cfg.tls_key, state.key)
+    with open(cfg.tls_key, "rb") as k, open(cfg.tls_certificate, "rb") as c:
+        state.install(k.read(), c.read(), "1")
+    assert os.readlink(state.current) == os.path.join("certs", "1")
     now = time.time()
     issued = {"issued": now, "names": cfg.acme["names"], "directory": cfg.acme["directory"], "not_after": now + 60 * 86400}
     state.write_status(issued)
