@@ -23,6 +23,7 @@ def base(tmp_path) -> MailServer:
     return MailServer(tmp_path, listeners=["submission"])
 
 
+@pytest.mark.slow  # a dozen mailstack processes: in 'make test', not the fast loop
 def test_users_round_trip(base):
     cfg = base.config_path
     out = cli("user", "add", "Dave@Example.test", "--password-file", "-", stdin="dave-pass\n", config=cfg)
@@ -47,6 +48,7 @@ def test_password_never_on_the_command_line(base):
     assert out.returncode != 0  # no positional password argument exists
 
 
+@pytest.mark.slow  # a dozen mailstack processes: in 'make test', not the fast loop
 def test_aliases_round_trip(base):
     cfg = base.config_path
     assert cli("alias", "add", "sales@example.test", "alice@example.test", "bob@example.test", config=cfg).returncode == 0

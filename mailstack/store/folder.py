@@ -18,6 +18,7 @@ from mailstack.errors import FolderNotFound, MessageGone
 from mailstack.store import index as folder_index
 from mailstack.store.cache import HEADER, MessageCache, header_section
 from mailstack.store.delivery import FolderDelivery
+from mailstack.store import dovecot
 from mailstack.store.files import arrival_key, base_of, size_of
 from mailstack.store.flags import FlagChanges, FolderKeywords, flags_of
 from mailstack.store.recent import RecentMarks
@@ -115,10 +116,21 @@ class MaildirFolder(FolderDelivery, FlagChanges):
         self._files_gen += 1
 
     def _ensure_uidlist(self) -> None:
-        """Caller holds the lock.  Make the UID state if it is missing or unreadable."""
+        """Caller holds the lock.  Make the UID state if it is missing or unreadable: from
+        Dovecot's ``dovecot-uidlist`` when the folder has one (its UIDVALIDITY and UIDs carry
+        over, so clients keep their caches), else new."""
         missing = self.uidlist.refresh()
-        if missing or self.uidlist.state.uidvalidity < 1:
+        if not missing and self.uidlist.state.uidvalidity >= 1:
+            return
+        dovecots = dovecot.read_uidlist(self.path) if missing else None
+        if dovecots is None:
             self.uidlist.create(next_uidvalidity(self.mailbox.path, self.store.fsync))
+            return
+        self._invalidate_listing()
+        files = self._scan()
+        entries = [(uid, base, self._internaldate_of(base, files[base]))
+                   for base, uid in dovecots.uids.items() if base in files]
+        self.uidlist.take_over(dovecots.uidvalidity, dovecots.uidnext, entries)
 
     def _internaldate_of(self, base: str, rel: str) -> int:
         """A new file's INTERNALDATE: its mtime, as Dovecot takes it and as APPEND and delivery

@@ -256,6 +256,17 @@ class UidList:
         self.state = UidState(uidvalidity=uidvalidity or int(time.time()))
         self.rewrite()
 
+    def take_over(self, uidvalidity: int, uidnext: int, entries: list[tuple[int, str, int]]) -> None:
+        """Start the log from another server's UIDs (``(uid, base, internaldate)``, as read
+        from ``dovecot-uidlist``): same UIDVALIDITY, same UIDs, UIDNEXT past every one."""
+        state = UidState(uidvalidity=uidvalidity, uidnext=uidnext)
+        for uid, base, internaldate in entries:
+            state.entries[uid] = UidEntry(uid, base, 1, internaldate)
+            state.by_base[base] = uid
+            state.uidnext = max(state.uidnext, uid + 1)
+        self.state = state
+        self.rewrite()
+
     def rewrite(self) -> None:
         """Write the folded state as a new log and rename it over the old one."""
         s = self.state

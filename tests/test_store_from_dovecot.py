@@ -1,0 +1,81 @@
+"""A Maildir that Dovecot served, opened by mailstack (issue 18, item 1, the direction from
+Dovecot): UIDVALIDITY, every UID and UIDNEXT carry over from ``dovecot-uidlist``, so a client's
+cache stays valid.  Dovecot itself (Debian's dovecot-imapd) makes the folder, by IMAP."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from mailstack.store import MaildirStore
+from mailstack.store.dovecot import read_uidlist
+from support.ci import on_ci
+
+ADDR = "alice@example.test"
+
+
+def test_both_versions_of_the_file_are_read(tmp_path):
+    (tmp_path / "dovecot-uidlist").write_text("3 V1700000000 N9 G0123abcd\n"
+                                              "3 :1700000001.M1P2.host,S=10,W=11\n"
+                                              "5 W1234 S1200 :1700000002.P3Q1M5.host\n"
+                                              "7 :1700000003.M9P2.host:2,S\n")
+    got = read_uidlist(str(tmp_path))
+    assert (got.uidvalidity, got.uidnext) == (1700000000, 9)
+    assert got.uids == {"1700000001.M1P2.host,S=10,W=11": 3, "1700000002.P3Q1M5.host": 5, "1700000003.M9P2.host": 7}
+    (tmp_path / "dovecot-uidlist").write_text("1 1600000000 4\n2 0 1600000001.M1P2.host\n")
+    got = read_uidlist(str(tmp_path))
+    assert (got.uidvalidity, got.uidnext, got.uids) == (1600000000, 4, {"1600000001.M1P2.host": 2})
+    (tmp_path / "dovecot-uidlist").write_text("garbage\n")
+    assert read_uidlist(str(tmp_path)) is None
+
+
+@pytest.mark.slow
+def test_uids_of_a_folder_dovecot_served_carry_over(tmp_path):
+    from support.dovecot import run_dovecot, stop
+
+    root = Path(tempfile.mkdtemp(prefix="mailstack-from-dovecot-"))  # Dovecot's processes must enter it
+    os.chmod(root, 0o755)
+    store = MaildirStore(str(root / "mail"), fsync=False)
+    maildir = Path(store.user_path(ADDR))
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    for parent in (root / "mail", maildir.parent):
+        os.chmod(parent, 0o755)
+    proc, port, why = run_dovecot(root / "dovecot", maildir, "u@x.test", "pw", "imap")
+    if proc is None:
+        if on_ci():
+            pytest.fail(why, pytrace=False)
+        pytest.skip(why)
+    try:
+        client = imaplib.IMAP4("127.0.0.1", port)
+        client.login("u@x.test", "pw")
+        for i in range(5):
+            assert client.append("INBOX", None, None, f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode())[0] == "OK"
+        client.select("INBOX")
+        client.store("2", "+FLAGS", "(\\Deleted)")
+        client.expunge()  # UID 2 gone: the UIDs are 1 3 4 5, not 1..4
+        typ, data = client.status("INBOX", "(UIDVALIDITY UIDNEXT)")
+        status = data[0].decode()
+        uidvalidity = int(re.search(r"UIDVALIDITY (\d+)", status).group(1))
+        uidnext = int(re.search(r"UIDNEXT (\d+)", status).group(1))
+        typ, data = client.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        by_uid = {int(re.search(rb"UID (\d+)", item[0]).group(1)): item[1].strip() for item in data if isinstance(item, tuple)}
+        client.logout()
+    finally:
+        stop(proc)
+    assert sorted(by_uid) == [1, 3, 4, 5]
+    snapshot = MaildirStore(str(root / "mail"), fsync=False).mailbox(ADDR).folder("INBOX").snapshot()
+    assert snapshot.uidvalidity == uidvalidity
+    assert snapshot.uidnext == uidnext
+    assert [m.uid for m in snapshot.messages] == [1, 3, 4, 5]
+    folder = MaildirStore(str(root / "mail"), fsync=False).mailbox(ADDR).folder("INBOX")
+    for m in folder.snapshot().messages:  # each UID names the same message on both servers
+        with folder.open_message(m.uid) as f:
+            assert f.read().split(b"\n", 1)[0].rstrip(b"\r") == by_uid[m.uid].splitlines()[0]  # Dovecot wrote LF
+    shutil.rmtree(root, ignore_errors=True)
