@@ -15,7 +15,6 @@ import pytest
 
 from mailstack.store import MaildirStore
 from mailstack.store.dovecot import read_uidlist
-from support.ci import on_ci
 
 ADDR = "alice@example.test"
 
@@ -37,7 +36,7 @@ def test_both_versions_of_the_file_are_read(tmp_path):
 
 @pytest.mark.slow
 def test_uids_of_a_folder_dovecot_served_carry_over(tmp_path):
-    from support.dovecot import run_dovecot, stop
+    from support.dovecot import dovecot_on_store_maildir, stop
 
     root = Path(tempfile.mkdtemp(prefix="mailstack-from-dovecot-"))  # Dovecot's processes must enter it
     os.chmod(root, 0o755)
@@ -45,13 +44,7 @@ def test_uids_of_a_folder_dovecot_served_carry_over(tmp_path):
     maildir = Path(store.user_path(ADDR))
     for sub in ("cur", "new", "tmp"):
         (maildir / sub).mkdir(parents=True)
-    for parent in (root / "mail", maildir.parent):
-        os.chmod(parent, 0o755)
-    proc, port, why = run_dovecot(root / "dovecot", maildir, "u@x.test", "pw", "imap")
-    if proc is None:
-        if on_ci():
-            pytest.fail(why, pytrace=False)
-        pytest.skip(why)
+    proc, port = dovecot_on_store_maildir(root, maildir)
     try:
         client = imaplib.IMAP4("127.0.0.1", port)
         client.login("u@x.test", "pw")

@@ -20,7 +20,6 @@ import pytest
 
 from mailstack.store import MaildirStore
 from mailstack.store.mailbox import read_subscriptions
-from support.ci import on_ci
 
 ADDR = "alice@example.test"
 #: What Dovecot 2.3 wrote after CREATE and SUBSCRIBE of "&ANw-ber", "&ANw-ber.Sub", INBOX, "Plain".
@@ -81,7 +80,7 @@ def test_a_change_waits_for_dovecots_lock(mailbox):
 
 @pytest.mark.slow
 def test_dovecot_reads_ours_and_we_read_dovecots(tmp_path):
-    from support.dovecot import run_dovecot, stop
+    from support.dovecot import dovecot_on_store_maildir, stop
 
     root = Path(tempfile.mkdtemp(prefix="mailstack-subs-"))  # Dovecot's auth process must enter it
     os.chmod(root, 0o755)
@@ -92,13 +91,7 @@ def test_dovecot_reads_ours_and_we_read_dovecots(tmp_path):
         box.unsubscribe(name)
     box.subscribe("Über/Sub")
     box.subscribe("Archive/2024")
-    for parent in (root / "mail", root / "mail" / "example.test"):
-        os.chmod(parent, 0o755)  # Dovecot runs as nobody (run_dovecot gives it the Maildir itself)
-    proc, port, why = run_dovecot(root / "dovecot", Path(box.path), "u@x.test", "pw", "imap")
-    if proc is None:
-        if on_ci():
-            pytest.fail(why, pytrace=False)
-        pytest.skip(why)
+    proc, port = dovecot_on_store_maildir(root, Path(box.path))
     try:
         client = imaplib.IMAP4("127.0.0.1", port)
         client.login("u@x.test", "pw")

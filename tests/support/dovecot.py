@@ -117,3 +117,24 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def dovecot_on_store_maildir(root: Path, maildir: Path):
+    """Dovecot IMAP over one user's Maildir inside a mailstack store under ``root`` (a
+    world-enterable directory): the store's directories above the Maildir are opened to
+    Dovecot's unprivileged processes; skipped without Dovecot, failed on CI.  Returns
+    (process, port); user ``u@x.test``, password ``pw``."""
+    import pytest
+
+    from support.ci import on_ci
+
+    parent = maildir.parent
+    while parent != root and root in parent.parents:
+        os.chmod(parent, 0o755)
+        parent = parent.parent
+    proc, port, why = run_dovecot(root / "dovecot", maildir, "u@x.test", "pw", "imap")
+    if proc is None:
+        if on_ci():
+            pytest.fail(why, pytrace=False)
+        pytest.skip(why)
+    return proc, port
