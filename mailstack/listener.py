@@ -80,9 +80,10 @@ class _HandshakeWatchFactory(policies.WrappingFactory):
     protocol = HandshakeWatch
     noisy = False
 
-    def __init__(self, key: str, wrapped):
+    def __init__(self, key: str, wrapped, alpn_ids: tuple = ()):
         super().__init__(wrapped)
         self.key = key
+        self.alpn_ids = alpn_ids  # what mailstack.tls.select_alpn may choose for this listener
 
 
 class _Refuse(protocol.Protocol):
@@ -137,5 +138,9 @@ def wrap(key: str, factory, tls_mode: str, tls_creator, busy_message: bytes, max
     """The factory to listen with: limits outside, TLS (when implicit) next, protocol inside."""
     inner = factory
     if tls_mode == "implicit":
-        inner = TLSMemoryBIOFactory(tls_creator, False, _HandshakeWatchFactory(key, factory))
+        from mailstack.config import LISTENERS
+        from mailstack.tls import ALPN_IDS
+
+        alpn = ALPN_IDS.get(key, ALPN_IDS.get(LISTENERS.get(key, ("",))[0], ()))
+        inner = TLSMemoryBIOFactory(tls_creator, False, _HandshakeWatchFactory(key, factory, alpn))
     return ListenerFactory(key, inner, busy_message, max_total, max_per_address)

@@ -53,10 +53,30 @@ def load_context_factory(cert_path: str, key_path: str, config_path: str = "") -
         acceptableCiphers=MODERN_CIPHERS,
     )
     try:
-        options.getContext()  # checks that the key matches the certificate
+        context = options.getContext()  # checks that the key matches the certificate (and is kept)
     except SSL.Error:
         raise ConfigError(config_path, "[tls] key", f"{key_path} does not match the certificate in {cert_path}") from None
+    context.set_alpn_select_callback(select_alpn)
     return options
+
+
+#: The ALPN ids (IANA's registry; RFC 2595 registered "imap" and "pop3") of what a listener speaks.
+ALPN_IDS = {"imap": (b"imap",), "pop3": (b"pop3",), "smtp": (b"smtp",), "submission": (b"smtp",),
+            "autoconfig": (b"http/1.1",), "https": (b"http/1.1",)}
+
+
+def select_alpn(connection: SSL.Connection, offered: list[bytes]):
+    """The listener's own protocol if the client offers it, else none at all: RFC 7301 3.2
+    lets a server ignore the extension, and a TLS alert would only lock out curl, browsers,
+    MTA-STS policy fetchers and mail apps that offer ALPN.  (Twisted's own callback answers
+    "no overlap" with an empty choice, which OpenSSL turns into an internal-error alert.)
+    The listener is found through the TLS protocol, the connection's app data."""
+    tls_protocol = connection.get_app_data()
+    factory = getattr(getattr(tls_protocol, "factory", None), "wrappedFactory", None)
+    for protocol_id in getattr(factory, "alpn_ids", ()):
+        if protocol_id in offered:
+            return protocol_id
+    return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -75,7 +95,12 @@ class ReloadableTLS:
         return self.options.getContext()
 
     def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
-        return SSL.Connection(self.options.getContext(), None)
+        connection = SSL.Connection(self.options.getContext(), None)
+        # Twisted's ALPN callback finds the listener's protocols through the connection's app
+        # data: without it, every client that offers ALPN (curl, browsers, MTA-STS fetchers,
+        # some mail apps) got a TLS "internal error" alert instead of a handshake.
+        connection.set_app_data(tlsProtocol)
+        return connection
 
 
 def tls_info(transport) -> tuple[str, str] | None:
