@@ -306,7 +306,7 @@ def test_any_fetch_attribute_parses_or_is_a_parse_error(data):
     except ParseError:
         return
     assert item.type in ("envelope", "flags", "internaldate", "rfc822header", "rfc822text", "rfc822size",
-                         "rfc822", "uid", "bodystructure", "body", "savedate")
+                         "rfc822", "uid", "bodystructure", "body", "savedate", "binary", "binarysize")  # RFC 3516
 
 
 @given(st.lists(st.binary(min_size=1, max_size=300), max_size=8), st.integers(1, 50))
