@@ -242,8 +242,12 @@ def _store_check(cfg, args) -> int:
     for user in users:
         for report in check_user(store, user, repair=args.repair):
             status = "ok" if not report.problems else ("repaired" if report.repaired else "PROBLEMS")
-            waiting = f" ({report.waiting} in new/ waiting for their first listing)" if report.waiting else ""
-            print(f"{user} {report.folder}: {report.messages} messages, {status}{waiting}")
+            notes = [f"{report.from_dovecot} UIDs from dovecot-uidlist, taken over at the first opening"] \
+                if report.from_dovecot else []
+            notes += [f"{report.waiting} in new/ waiting for their first listing"] if report.waiting else []
+            notes += [f"{report.stale_cache} cache entries of expunged messages"] if report.stale_cache else []
+            notes_text = f" ({'; '.join(notes)})" if notes else ""
+            print(f"{user} {report.folder}: {report.messages} messages, {status}{notes_text}")
             for problem in report.problems:
                 print(f"  - {problem}")
             bad += bool(report.problems) and not report.repaired

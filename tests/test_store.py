@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from mailstack.store.dovecot import read_uidlist
+
 from mailstack.errors import FolderExists, FolderNotFound, InvalidFolderName, KeywordLimit, MessageGone, StoreError, UnknownUser
 from mailstack.store import SPECIAL_FOLDERS, MaildirStore
 from mailstack.store import uidlist as uidlist_mod
@@ -70,7 +72,7 @@ def test_new_mailbox_layout_and_special_folders(store, tmp_path):
         assert os.path.isfile(os.path.join(mb.path, "." + name, "maildirfolder"))
     assert infos["INBOX"].special_use is None
     assert mb.list_folders()[0].name == "INBOX"
-    assert sorted(mb.subscriptions()) == sorted(SPECIAL_FOLDERS)
+    assert sorted(mb.subscriptions()) == sorted(["INBOX", *SPECIAL_FOLDERS])
     assert store.exists(ADDR)
     assert list(store.users()) == [ADDR]
     assert not store.exists("bob@example.test")
@@ -769,10 +771,39 @@ def test_checker_truncated_line(store, five):
     assert check_folder(fresh(store)).problems == []
 
 
+def test_checker_accepts_a_folder_with_only_dovecot_uidlist(store, five):
+    """Issue 18 item 7: Dovecot's file alone is a folder's UID state, taken over on repair."""
+    uids, _, validity = five
+    inbox = fresh(store)
+    os.unlink(uidlist_path(inbox))
+    rep = check_folder(inbox)
+    assert rep.problems == [] and rep.from_dovecot == 5, rep
+    assert check_folder(inbox, repair=True).repaired
+    snap = fresh(store).snapshot()
+    assert snap.uidvalidity == validity and {m.uid: m.base for m in snap.messages} == uids
+    assert check_folder(fresh(store)).problems == []
+
+
+def test_checker_reports_and_repairs_a_dovecot_uidlist_out_of_step(store, five):
+    uids, _, validity = five
+    inbox = fresh(store)
+    path = os.path.join(inbox.path, "dovecot-uidlist")
+    lines = open(path).read().splitlines()
+    with open(path, "w") as f:  # UIDs 1 and 2 swapped
+        f.write("\n".join([lines[0], lines[2].replace("2 ", "1 ", 1), lines[1].replace("1 ", "2 ", 1)] + lines[3:]) + "\n")
+    assert check_folder(inbox).problems == ["dovecot-uidlist disagrees on 2 of 5 UIDs"]
+    os.unlink(path)
+    assert check_folder(inbox).problems == ["no dovecot-uidlist (Dovecot would give every message a new UID)"]
+    check_folder(inbox, repair=True)
+    assert check_folder(fresh(store)).problems == []
+    assert read_uidlist(inbox.path).uids == {base: uid for uid, base in uids.items()}
+
+
 def test_checker_deleted_uidlist(store, five):
     uids, _, validity = five
     inbox = fresh(store)
     os.unlink(uidlist_path(inbox))
+    os.unlink(os.path.join(inbox.path, "dovecot-uidlist"))
     rep = check_folder(inbox)
     assert "no UID state file" in rep.problems
     assert sum("file without UID" in p for p in rep.problems) == 5
@@ -785,13 +816,29 @@ def test_checker_deleted_uidlist(store, five):
     assert check_folder(fresh(store)).problems == []
 
 
-def test_opening_folder_with_deleted_uidlist_changes_uidvalidity(store, five):
+def test_opening_folder_with_both_uid_files_deleted_changes_uidvalidity(store, five):
     _, _, validity = five
     inbox = fresh(store)
     os.unlink(uidlist_path(inbox))
+    os.unlink(os.path.join(inbox.path, "dovecot-uidlist"))
     snap = inbox.snapshot()
     assert len(snap.messages) == 5
     assert snap.uidvalidity != validity
+
+
+def test_a_lost_uid_log_is_rebuilt_from_dovecot_uidlist(store, five):
+    """dovecot-uidlist, kept with every UID given (issue 18 item 1), is also the copy the log is
+    rebuilt from: same UIDVALIDITY and UIDs, and HIGHESTMODSEQ does not go down (RFC 7162 3.1.2.1)."""
+    uids, _, validity = five
+    inbox = fresh(store)
+    inbox.set_flags([1], ["\\Seen"], "add")
+    before = inbox.snapshot()
+    os.unlink(uidlist_path(inbox))
+    after = fresh(store).snapshot()
+    assert after.uidvalidity == validity
+    assert {m.uid: m.base for m in after.messages} == uids
+    assert after.highestmodseq > before.highestmodseq
+    assert all(m.modseq > before.highestmodseq for m in after.messages)
 
 
 def test_checker_repairs_file_in_new_and_cur(store, five):

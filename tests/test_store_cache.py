@@ -119,10 +119,13 @@ def test_checker_reports_stale_and_wrong_entries_and_repairs(inbox):
     db.commit()
     db.close()
     report = check_folder(inbox)
-    assert any("1 cache entries for messages no longer in the folder" in p for p in report.problems), report.problems
+    # Entries of a message expunged elsewhere are housekeeping (issue 18: Dovecot expunges), not a problem.
+    assert report.stale_cache == 1
+    assert not any("no longer" in p for p in report.problems), report.problems
     assert any("cached header of" in p and "differs from the file" in p for p in report.problems), report.problems
     repaired = check_folder(inbox, repair=True)
     assert repaired.repaired
-    assert check_folder(inbox).problems == []
+    again = check_folder(inbox)
+    assert again.problems == [] and again.stale_cache == 0
     left = uids(inbox)
     assert inbox.headers(left)[left[0]] == header_section(inbox.open_message(left[0]))

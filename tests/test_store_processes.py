@@ -169,7 +169,7 @@ def test_concurrent_first_use_of_a_mailbox(tmp_path):
             assert p.returncode == 0 and out.strip() == b"ok", err.decode()
         mb = MaildirStore(root).mailbox("bob@example.test", create=False)
         assert {f.name for f in mb.list_folders()} == {"INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"}
-        assert sorted(mb.subscriptions()) == sorted(["Sent", "Drafts", "Trash", "Junk", "Archive"])
+        assert sorted(mb.subscriptions()) == sorted(["INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"])
 
 
 # -- (b) SIGKILL mid-delivery -------------------------------------------------------------------

@@ -336,7 +336,6 @@ async def list_mailboxes(s, tag, tokens, lsub=False):
         return word + b" completed"
     mailbox = s.mailbox
     folders, subs = await s.store_call(lambda: (mailbox.list_folders(), set(mailbox.subscriptions())))
-    subs.add("INBOX")  # always there, always shown: clients that list subscribed folders only need it
     existing = {f.name: f for f in folders}
     for name, attrs in matching(req, existing, subs):
         extra = b""

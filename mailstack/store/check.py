@@ -3,10 +3,14 @@
 The UID state is a cache of facts about the mail files plus the UIDs already shown to
 clients.  The checker reads it *without* the automatic fix-ups that opening a folder does, so
 it can report what is wrong: files without a UID, UIDs without a file, duplicate UIDs, UIDNEXT
-too low, unreadable records; and the message cache (cache.py) and the saved folder index
-(index.py) against the files.  Repair keeps every UID that still names a file (clients have
-cached them), gives new UIDs above UIDNEXT to the rest, and rewrites the log; a cache that
-or index that disagrees with the files is removed, to be rebuilt as it is used.
+too low, unreadable records, a ``dovecot-uidlist`` that is missing or says other UIDs (Dovecot
+would renumber the folder: numbering.py); and the message cache (cache.py) and the saved folder
+index (index.py) against the files.  A folder that has only Dovecot's ``dovecot-uidlist`` is
+fine: its first opening takes those UIDs over (folder.py), which ``--repair`` does at once.
+Repair keeps every UID that still names a file (clients have cached them), gives new UIDs above
+UIDNEXT to the rest, and rewrites the log and Dovecot's file; a cache or index that disagrees
+with the files is removed, to be rebuilt as it is used.  Cache entries of messages expunged
+elsewhere (by Dovecot, say) are housekeeping, not a problem: counted, and dropped on repair.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 
 from mailstack.store import index as folder_index
 from mailstack.store.cache import HEADER, header_section
+from mailstack.store.dovecot import DovecotUidList, DovecotUids
 from mailstack.store.files import base_of
 from mailstack.store.folder import MaildirFolder
 from mailstack.store.maildir import MaildirStore
@@ -29,6 +34,8 @@ class FolderReport:
     problems: list[str] = field(default_factory=list)
     repaired: bool = False
     waiting: int = 0  # delivered into new/, not numbered yet: normal, see _waiting
+    from_dovecot: int = 0  # UIDs that Dovecot's file gives and the first opening takes over
+    stale_cache: int = 0  # cache entries of messages no longer there (dropped on repair)
 
 
 def _listing(path: str) -> dict[str, list[str]]:
@@ -71,6 +78,9 @@ def check_folder(folder: MaildirFolder, repair: bool = False) -> FolderReport:
         state = raw.state
         files = _listing(folder.path)
         report.messages = len(files)
+        theirs = DovecotUidList(folder.path, fsync=False).refresh()
+        if missing and theirs is not None:
+            return _check_dovecot_only(folder, report, theirs, files, repair)
         log_mtime_ns = None if missing else _log_mtime_ns(raw.path)
         # No log and nothing in cur/ (only a client puts mail there): a folder never listed.
         # No log beside mail in cur/: the log was lost, and every file has lost its UID.
@@ -93,10 +103,15 @@ def check_folder(folder: MaildirFolder, repair: bool = False) -> FolderReport:
                 report.problems.append(f"UID {uid} has no file ({entry.base})")
         if state.entries and state.uidnext <= max(state.entries):
             report.problems.append(f"UIDNEXT {state.uidnext} is not above the highest UID {max(state.entries)}")
-        cache_problems = _check_cache(folder, files) + _check_index(folder, state, files)
+        if not missing and state.uidvalidity >= 1:
+            report.problems += _check_dovecot(state, theirs)
+        cache_problems, report.stale_cache = _check_cache(folder, files)
+        cache_problems += _check_index(folder, state, files)
         if repair and report.problems:
             _repair(folder, state, files)
             report.repaired = True
+        if repair and report.stale_cache and not cache_problems:
+            folder.cache.forget([b for b, _k, _v in folder.cache.entries() if b not in files])
         if repair and cache_problems:
             folder.cache.clear()  # it is only a cache: rebuilt from the mail files as it is used
             try:
@@ -124,9 +139,32 @@ def _check_index(folder: MaildirFolder, state: UidState, files: dict[str, list[s
     return []
 
 
-def _check_cache(folder: MaildirFolder, files: dict[str, list[str]]) -> list[str]:
-    """The message cache against the files: entries of messages that are gone, and cached
-    header sections that differ from the file's."""
+def _check_dovecot_only(folder: MaildirFolder, report: FolderReport, theirs: DovecotUids,
+                        files: dict[str, list[str]], repair: bool) -> FolderReport:
+    """A folder Dovecot served, not opened here yet: its UIDs are Dovecot's."""
+    report.from_dovecot = sum(b in theirs.uids for b in files)
+    report.waiting = len(files) - report.from_dovecot  # numbered above Dovecot's at the first opening
+    report.problems += [f"{base} is present {len(rels)} times: {', '.join(rels)}"
+                        for base, rels in sorted(files.items()) if len(rels) > 1]
+    if repair:
+        folder.snapshot()  # the first opening: takes the UIDs over, numbers the rest
+        report.repaired = True
+    return report
+
+
+def _check_dovecot(state: UidState, theirs: DovecotUids | None) -> list[str]:
+    """Dovecot's file against the log: Dovecot, served this store, must see the same UIDs."""
+    if theirs is None:
+        return ["no dovecot-uidlist (Dovecot would give every message a new UID)"]
+    if theirs.uidvalidity != state.uidvalidity:
+        return [f"dovecot-uidlist has UIDVALIDITY {theirs.uidvalidity}, not {state.uidvalidity}"]
+    differ = sum(theirs.uids.get(e.base) != uid for uid, e in state.entries.items())
+    return [f"dovecot-uidlist disagrees on {differ} of {len(state.entries)} UIDs"] if differ else []
+
+
+def _check_cache(folder: MaildirFolder, files: dict[str, list[str]]) -> tuple[list[str], int]:
+    """The message cache against the files: cached header sections that differ from the
+    file's (problems), and how many entries are of messages that are gone (not a problem)."""
     problems, stale = [], 0
     for base, kind, value in folder.cache.entries():
         rels = files.get(base)
@@ -141,9 +179,7 @@ def _check_cache(folder: MaildirFolder, files: dict[str, list[str]]) -> list[str
                 continue
             if actual != value:
                 problems.append(f"cached header of {rels[-1]} differs from the file")
-    if stale:
-        problems.append(f"{stale} cache entries for messages no longer in the folder")
-    return problems
+    return problems, stale
 
 
 def _repair(folder: MaildirFolder, state: UidState, files: dict[str, list[str]]) -> None:
@@ -166,6 +202,9 @@ def _repair(folder: MaildirFolder, state: UidState, files: dict[str, list[str]])
         ul.add(base, folder._internaldate_of(base, files[base][-1]), records)
     ul.rewrite()
     folder._invalidate_listing()
+    folder.dovecot.refresh()
+    with folder.dovecot.lock() as lock:
+        folder._rewrite_dovecot(lock, folder.dovecot.refresh())
 
 
 def check_user(store: MaildirStore, address: str, repair: bool = False) -> list[FolderReport]:

@@ -146,9 +146,8 @@ class FolderDelivery:
                 key = arrival_key(other, date)
                 if key < ours:
                     waiting.append((key, other, date))
-            for _key, other, date in sorted(waiting):
-                ul.add(other, date, records)
-            uid = ul.add(base, when, records)
+            fresh = [(other, date) for _key, other, date in sorted(waiting)] + [(base, when)]
+            uid = self._number(fresh, records)[base]
             ul.append(records)
             return uid
 

@@ -18,9 +18,10 @@ from mailstack.errors import FolderNotFound, MessageGone
 from mailstack.store import index as folder_index
 from mailstack.store.cache import HEADER, MessageCache, header_section
 from mailstack.store.delivery import FolderDelivery
-from mailstack.store import dovecot
+from mailstack.store.dovecot import DovecotUidList
 from mailstack.store.files import arrival_key, base_of, size_of
 from mailstack.store.flags import FlagChanges, FolderKeywords, flags_of
+from mailstack.store.numbering import UidNumbering
 from mailstack.store.recent import RecentMarks
 from mailstack.store.snapshot import FolderSnapshot, MessageInfo
 from mailstack.store.uidlist import FolderLock, UidList, next_uidvalidity
@@ -30,18 +31,22 @@ if TYPE_CHECKING:
     from mailstack.store.maildir import MaildirStore
 
 
-class MaildirFolder(FolderDelivery, FlagChanges):
+class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
     """One Maildir folder: its messages, flags and UID state.
 
     This module holds what keeps the folder's view current (the listing, the UID log, the
     saved index, snapshots) and reading mail; adding mail is in
     :class:`~mailstack.store.delivery.FolderDelivery`, changing flags and expunging in
-    :class:`~mailstack.store.flags.FlagChanges`.
+    :class:`~mailstack.store.flags.FlagChanges`, numbering new files in step with Dovecot in
+    :class:`~mailstack.store.numbering.UidNumbering`.
     """
 
     def __init__(self, store: "MaildirStore", mailbox: "Mailbox", name: str, path: str):
         self.store, self.mailbox, self.name, self.path = store, mailbox, name, path
         self.uidlist = UidList(path, fsync=store.fsync)
+        self.dovecot = DovecotUidList(path, fsync=store.fsync)
+        self._dovecot_checked: tuple | None = None  # the version of dovecot-uidlist found in step
+        self._renamed: set[str] = set()  # bases whose flags another process changed (new MODSEQs due)
         self._files: dict[str, str] = {}  # base -> "new/name" | "cur/name"
         self._scan_mtimes: tuple[int, int] | None = None
         self._listed_at = 0  # time.time_ns() when the listing in _files was started
@@ -106,6 +111,9 @@ class MaildirFolder(FolderDelivery, FlagChanges):
             # A listing equal to the last one keeps its generation, so a re-listing forced by
             # the timestamp window does not invalidate the snapshot built on it.
             self._files_gen += 1
+            old = self._files  # this process's own renames are in it already
+            self._renamed.update(b for b, rel in files.items() if (was := old.get(b)) is not None
+                                 and was.partition(":2,")[2] != rel.partition(":2,")[2])
             self._files = files
         self._scan_mtimes, self._listed_at = (st_new, st_cur), listed_at
         return self._files
@@ -122,15 +130,17 @@ class MaildirFolder(FolderDelivery, FlagChanges):
         missing = self.uidlist.refresh()
         if not missing and self.uidlist.state.uidvalidity >= 1:
             return
-        dovecots = dovecot.read_uidlist(self.path) if missing else None
+        dovecots = self.dovecot.refresh() if missing else None
         if dovecots is None:
             self.uidlist.create(next_uidvalidity(self.mailbox.path, self.store.fsync))
+            self._dovecot_file_kept()
             return
         self._invalidate_listing()
         files = self._scan()
         entries = [(uid, base, self._internaldate_of(base, files[base]))
                    for base, uid in dovecots.uids.items() if base in files]
         self.uidlist.take_over(dovecots.uidvalidity, dovecots.uidnext, entries)
+        self._dovecot_checked = self.dovecot.inode if len(entries) == len(dovecots.uids) else None
 
     def _internaldate_of(self, base: str, rel: str) -> int:
         """A new file's INTERNALDATE: its mtime, as Dovecot takes it and as APPEND and delivery
@@ -185,13 +195,18 @@ class MaildirFolder(FolderDelivery, FlagChanges):
         with ul.mutex:
             if not self._index_tried:
                 self._restore_index()
+                if not os.path.exists(self.dovecot.path):  # Dovecot could not take the folder over
+                    with self.locked():
+                        self._ensure_uidlist()
+                        self._dovecot_file_kept()
             ul.refresh()
             files = self._scan()
             state = ul.state
             verified = (self._files_gen, ul.position)
             if verified == self._verified:
                 return files
-            if state.uidvalidity >= 1 and len(state.by_base) == len(files) and all(b in state.by_base for b in files):
+            if (not self._renamed and state.uidvalidity >= 1 and len(state.by_base) == len(files)
+                    and all(b in state.by_base for b in files)):
                 self._verified = verified
                 return files
             with self.locked():
@@ -202,8 +217,13 @@ class MaildirFolder(FolderDelivery, FlagChanges):
                 records: list[str] = []
                 fresh = [(b, self._internaldate_of(b, files[b])) for b in files if b not in state.by_base]
                 fresh.sort(key=lambda bd: arrival_key(*bd))
-                for base, when in fresh:
-                    ul.add(base, when, records)
+                self._number(fresh, records)
+                # Flags changed by another server (a rename): a new MODSEQ, so that CONDSTORE
+                # clients see the change (RFC 7162 3.1.1: every change of metadata).
+                for base in self._renamed:
+                    if base in state.by_base:
+                        ul.touch(state.by_base[base], records)
+                self._renamed.clear()
                 gone = [e.uid for e in state.entries.values() if e.base not in files]
                 if gone:
                     self._invalidate_listing()

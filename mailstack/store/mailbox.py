@@ -35,6 +35,7 @@ class Mailbox:
         inbox = self.store._folder(self, "INBOX", self.path)
         with inbox.locked():
             inbox._ensure_uidlist()
+        self.subscribe("INBOX")  # a stored subscription, as Dovecot lists it (RFC 3501 6.3.9)
         for name in SPECIAL_FOLDERS:
             if not os.path.isdir(self._path_of(name)):
                 try:

@@ -258,10 +258,17 @@ class UidList:
 
     def take_over(self, uidvalidity: int, uidnext: int, entries: list[tuple[int, str, int]]) -> None:
         """Start the log from another server's UIDs (``(uid, base, internaldate)``, as read
-        from ``dovecot-uidlist``): same UIDVALIDITY, same UIDs, UIDNEXT past every one."""
-        state = UidState(uidvalidity=uidvalidity, uidnext=uidnext)
+        from ``dovecot-uidlist``): same UIDVALIDITY, same UIDs, UIDNEXT past every one.
+
+        The MODSEQs the other server gave are not known here, and RFC 7162 3.1.2.1 forbids
+        HIGHESTMODSEQ to go down within one UIDVALIDITY: every message starts at the current
+        time in microseconds, above any counter a server reaches (and above what an earlier
+        take-over gave), so a client resynchronising from its cached HIGHESTMODSEQ is sent every
+        message's flags once rather than none."""
+        start = int(time.time() * 1_000_000)
+        state = UidState(uidvalidity=uidvalidity, uidnext=uidnext, highestmodseq=start)
         for uid, base, internaldate in entries:
-            state.entries[uid] = UidEntry(uid, base, 1, internaldate)
+            state.entries[uid] = UidEntry(uid, base, start, internaldate)
             state.by_base[base] = uid
             state.uidnext = max(state.uidnext, uid + 1)
         self.state = state
@@ -303,11 +310,13 @@ class UidList:
         self.state.highestmodseq += 1
         return self.state.highestmodseq
 
-    def add(self, base: str, internaldate: int, records: list[str]) -> int:
-        """Give ``base`` the next UID; the record is queued in ``records`` for :meth:`append`."""
+    def add(self, base: str, internaldate: int, records: list[str], uid: int | None = None) -> int:
+        """Give ``base`` the next UID, or ``uid`` (not below UIDNEXT: numbered by Dovecot, see
+        numbering.py); the record is queued in ``records`` for :meth:`append`."""
         s = self.state
-        uid = s.uidnext
-        s.uidnext += 1
+        if uid is None or uid < s.uidnext:
+            uid = s.uidnext
+        s.uidnext = uid + 1
         modseq = self.next_modseq()
         s.entries[uid] = UidEntry(uid, base, modseq, internaldate)
         s.by_base[base] = uid
