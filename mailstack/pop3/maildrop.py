@@ -74,8 +74,9 @@ class Maildrop:
             if substitute and not self.substituted:
                 self.substituted = True
                 log.warn("pop3 UIDL of UID {uid} in {user} is not 1-70 characters 0x21-0x7E (RFC 1939 section 7) "
-                         "with uidl_format {format!r}: sent {uidl} instead (and so for any other such message)",
-                         uid=m.uid, user=self.address, format=self.uidl_format.text, uidl=uidl)
+                         "with uidl_format {uidl_format!r} or as stored: sent {uidl} (the MD5 of UIDVALIDITY.UID) "
+                         "instead, and so for any other such message", uid=m.uid, user=self.address,
+                         uidl_format=self.uidl_format.text, uidl=uidl)
             self.uidls[index] = uidl
         return uidl
 
