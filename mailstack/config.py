@@ -88,6 +88,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
     "imap": {
         "autologout": (int, 1800),
     },
+    "pop3": {
+        "uidl_format": (str, "%08Xu%08Xv"),  # Dovecot's pop3_uidl_format syntax (mailstack.pop3.uidl)
+    },
     "dns": {
         "nameservers": ("list[str]", []),
         "port": (int, 53),
@@ -199,6 +202,7 @@ class Config:
     trusted_networks: list[str]
     smtp_timeout: int
     imap_autologout: int = 1800
+    pop3_uidl_format: str = "%08Xu%08Xv"  # checked by mailstack.pop3.uidl.check
     auth: dict = field(default_factory=dict)  # [auth] throttling: see mailstack.throttle.LoginGate
     dns: dict = field(default_factory=dict)  # [dns] resolver for MX, SPF, DKIM, DMARC lookups
     dkim: dict = field(default_factory=dict)  # [dkim] signing of submitted mail
@@ -381,7 +385,13 @@ def _check_store(values: dict, path: str) -> str:
 
 
 def _check_sessions(values: dict, path: str) -> None:
-    """[smtp], [imap] and [auth]."""
+    """[smtp], [imap], [pop3] and [auth]."""
+    from mailstack.pop3.uidl import UidlFormatError, check
+
+    try:
+        check(values["pop3"]["uidl_format"])
+    except UidlFormatError as e:
+        raise ConfigError(path, "[pop3] uidl_format", f"{values['pop3']['uidl_format']!r}: {e}") from None
     for net in values["smtp"]["trusted_networks"]:
         try:
             ipaddress.ip_network(net, strict=False)
@@ -552,6 +562,7 @@ def from_dict(raw: dict, path: str) -> Config:
         trusted_networks=values["smtp"]["trusted_networks"],
         smtp_timeout=values["smtp"]["timeout"],
         imap_autologout=values["imap"]["autologout"],
+        pop3_uidl_format=values["pop3"]["uidl_format"],
         auth=auth,
         dns=dns,
         dkim=dkim,

@@ -38,7 +38,7 @@ def test_smtp_to_pop3_and_imap_then_pop3_delete_seen_by_imap(inproc_server_facto
     pop.stls(context=srv.ssl_context())
     pop.user(BOB)
     pop.pass_(PASSWORDS[BOB])
-    assert pop.uidl(1).split()[-1].decode() == f"{uidvalidity}.{uid}"  # the same numbers
+    assert pop.uidl(1).split()[-1].decode() == f"{uid:08x}{uidvalidity:08x}"  # the same numbers ("%08Xu%08Xv")
     _, lines, _ = pop.retr(1)
     assert b"\r\n".join(lines) + b"\r\n" == via_imap  # byte for byte (poplib un-stuffs dots)
     pop.dele(1)

@@ -634,7 +634,7 @@ def test_smtp_delivery_fetched_byte_exact_with_pop3_uid(server_factory):
     fetched = c.fetch([uid], ["BODY.PEEK[]"])[uid][b"BODY[]"]
     assert fetched == stored
     assert uid == snap.messages[0].uid
-    uidl = f"{snap.uidvalidity}.{snap.messages[0].uid}"  # what POP3 UIDL says for it
+    uidl = f"{snap.uidvalidity}.{snap.messages[0].uid}"  # what POP3 UIDL says for it with uidl_format "%v.%u"
     assert uidl == f"{c.folder_status('INBOX', ['UIDVALIDITY'])[b'UIDVALIDITY']}.{uid}"
     c.logout()
 

@@ -11,6 +11,8 @@ from twisted.internet import defer, reactor, threads
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from mailstack.pop3.uidl import UidlFormat
+
 log = Logger()
 
 SEEN_DELAY = 1.0  # seconds a RETRieved message may wait for its \Seen flag (see SeenQueue)
@@ -28,11 +30,15 @@ class IMaildrop(Interface):
 class Maildrop:
     """The snapshot taken at :meth:`load`; message indexes are 0-based positions in it."""
 
-    def __init__(self, store, address: str):
+    def __init__(self, store, address: str, uidl_format: UidlFormat | None = None):
         self.store, self.address = store, address
+        self.uidl_format = uidl_format or UidlFormat()
         self.folder = None
         self.uidvalidity = 0
         self.messages: tuple = ()
+        self.stored_uidls: dict[int, str] = {}  # UIDLs another server gave (folder.pop3_uidls)
+        self.uidls: dict[int, str] = {}  # index -> UIDL, made at the first UIDL that asks
+        self.substituted = False  # a UIDL was not valid as RFC 1939 7 has it (logged once)
         self.deleted: set[int] = set()
         self.locked = False
 
@@ -55,11 +61,24 @@ class Maildrop:
         self.folder = self.store.mailbox(self.address).folder("INBOX")
         snapshot = self.folder.snapshot()
         self.uidvalidity, self.messages = snapshot.uidvalidity, snapshot.messages
+        self.stored_uidls = self.folder.pop3_uidls()
 
     def uidl(self, index: int) -> str:
-        """RFC 1939 section 7: stable for the message's life, since UIDs never change within
-        one UIDVALIDITY, and the same whichever protocol or process looks."""
-        return f"{self.uidvalidity}.{self.messages[index].uid}"
+        """RFC 1939 section 7: the UIDL another server stored for the message, else the
+        ``[pop3] uidl_format`` one; stable for the message's life (UIDs never change within one
+        UIDVALIDITY, base names never) and the same whichever process looks."""
+        uidl = self.uidls.get(index)
+        if uidl is None:
+            m = self.messages[index]
+            uidl, substitute = self.uidl_format.uidl(m.uid, self.uidvalidity, m.base, self.stored_uidls.get(m.uid))
+            if substitute and not self.substituted:
+                self.substituted = True
+                log.warn("pop3 UIDL of UID {uid} in {user} is not 1-70 characters 0x21-0x7E (RFC 1939 section 7) "
+                         "with uidl_format {uidl_format!r} or as stored: sent {uidl} (the MD5 of UIDVALIDITY.UID) "
+                         "instead, and so for any other such message", uid=m.uid, user=self.address,
+                         uidl_format=self.uidl_format.text, uidl=uidl)
+            self.uidls[index] = uidl
+        return uidl
 
     def live(self) -> list[int]:
         return [i for i in range(len(self.messages)) if i not in self.deleted]
@@ -94,11 +113,11 @@ class Maildrop:
         return len(uids)
 
 
-def make_avatar_factory(store):
+def make_avatar_factory(store, uidl_format: UidlFormat | None = None):
     """The realm's factory for :class:`IMaildrop`: ``address -> (Maildrop, logout)``."""
 
     def factory(address: str):
-        return Maildrop(store, address), lambda: None
+        return Maildrop(store, address, uidl_format), lambda: None
 
     return factory
 

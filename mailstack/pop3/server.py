@@ -14,6 +14,7 @@ from twisted.internet import protocol
 
 from mailstack.pop3.maildrop import IMaildrop, make_avatar_factory
 from mailstack.pop3.session import POP3Session
+from mailstack.pop3.uidl import UidlFormat
 
 #: Sent by the listener when a connection limit turns a client away (RFC 3206 section 4).
 BUSY = b"-ERR [SYS/TEMP] too many connections, try again later\r\n"
@@ -21,7 +22,8 @@ BUSY = b"-ERR [SYS/TEMP] too many connections, try again later\r\n"
 
 def build_factory(context, listener) -> protocol.ServerFactory:
     """The factory for one pop3/pop3s listener; the realm hands POP3 logins a Maildrop."""
-    context.realm.register(IMaildrop, make_avatar_factory(context.store))
+    uidl_format = UidlFormat(context.config.pop3_uidl_format)  # [pop3] applies at a restart (not on SIGHUP)
+    context.realm.register(IMaildrop, make_avatar_factory(context.store, uidl_format))
     factory = protocol.ServerFactory.forProtocol(partial(POP3Session, context, listener))
     factory.noisy = False
     return factory

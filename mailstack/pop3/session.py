@@ -458,7 +458,7 @@ class POP3Session(LineReceiver, TimeoutMixin):
         self.per_message(args, lambda i: self.maildrop.messages[i].size, f"{count} messages ({size} octets)")
 
     def cmd_uidl(self, *args):
-        """RFC 1939 section 7: "<uidvalidity>.<uid>", unique and stable for the message's life."""
+        """RFC 1939 section 7: as ``[pop3] uidl_format`` makes them (mailstack.pop3.uidl)."""
         self.per_message(args, self.maildrop.uidl, "unique-id listing follows")
 
     def per_message(self, args, value, heading: str) -> None:

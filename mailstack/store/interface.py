@@ -80,6 +80,9 @@ class FolderAPI(Protocol):
     def locked(self) -> ContextManager[None]:
         """This folder's lock, across threads and processes (re-entrant)."""
 
+    def pop3_uidls(self) -> dict[int, str]:
+        """UIDs -> UIDL that another server stored for them (Dovecot's P extension)."""
+
 
 @runtime_checkable
 class MailboxAPI(Protocol):
