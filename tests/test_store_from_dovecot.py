@@ -72,3 +72,25 @@ def test_uids_of_a_folder_dovecot_served_carry_over(tmp_path):
         with folder.open_message(m.uid) as f:
             assert f.read().split(b"\n", 1)[0].rstrip(b"\r") == by_uid[m.uid].splitlines()[0]  # Dovecot wrote LF
     shutil.rmtree(root, ignore_errors=True)
+
+
+def test_pop3_uidls_dovecot_kept_from_a_migration_are_served_and_survive_a_rewrite(tmp_path):
+    """Dovecot's ``P`` extension (a UIDL kept from an older server) is what POP3 sends, and
+    mailstack's own rewrite of dovecot-uidlist keeps it."""
+    store = MaildirStore(str(tmp_path / "mail"), fsync=False)
+    maildir = Path(store.user_path(ADDR))
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    names = ["1700000001.M1P2.host,S=20,W=21", "1700000002.M1P2.host,S=20,W=21"]
+    for name in names:
+        (maildir / "cur" / (name + ":2,S")).write_bytes(b"Subject: x\n\nbody\n")
+    (maildir / "dovecot-uidlist").write_text(f"3 V1700000000 N8 G0123\n4 P0000abcd.old W21 :{names[0]}:2,S\n"
+                                             f"7 :{names[1]}\n")
+    inbox = store.mailbox(ADDR).folder("INBOX")
+    assert [m.uid for m in inbox.snapshot().messages] == [4, 7]
+    assert inbox.pop3_uidls() == {4: "0000abcd.old"}
+    inbox.append(b"Subject: new\r\n\r\nhi\r\n")
+    with inbox.locked(), inbox.dovecot.lock() as lock:
+        inbox._rewrite_dovecot(lock, inbox.dovecot.refresh())
+    assert read_uidlist(str(maildir)).pop3_uidls == {4: "0000abcd.old"}
+    assert sorted(read_uidlist(str(maildir)).uids.values()) == [4, 7, 8]

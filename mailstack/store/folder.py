@@ -328,11 +328,6 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
         with self.open_message(uid) as f:
             return f.read()
 
-    def pop3_uidls(self) -> dict[int, str]:
-        """UIDs -> the POP3 UIDL another server stored for them (Dovecot's ``P`` extension of
-        ``dovecot-uidlist``), which POP3 sends instead of its own so clients download nothing again."""
-        return {}  # filled by the dovecot-uidlist reader
-
     def expunged_since(self, modseq: int, uids: Iterable[int] | None = None) -> list[int]:
         """UIDs expunged after ``modseq`` (RFC 7162 QRESYNC), among ``uids`` if given.
 
