@@ -37,17 +37,35 @@ def run_dovecot(base: Path, maildir: Path, user: str, password: str, protocol: s
                 extra_config: str = "") -> tuple[subprocess.Popen | None, int, str]:
     """Start Dovecot serving ``protocol`` ("pop3" or "imap"); (process, port, why-not).
     ``extra_config``: more dovecot.conf lines (a benchmark's raised limits)."""
-    package = f"dovecot-{protocol}d"
+    proc, ports, why = run_dovecot_protocols(base, maildir, user, password, (protocol,), extra_config)
+    return proc, ports.get(protocol, 0), why
+
+
+def run_dovecot_protocols(base: Path, maildir: Path, user: str, password: str, protocols: tuple[str, ...],
+                          extra_config: str = "", mail_user: str | None = None,
+                          separator: str | None = None) -> tuple[subprocess.Popen | None, dict[str, int], str]:
+    """Start one Dovecot serving each of ``protocols``; (process, {protocol: port}, why-not).
+
+    Mail is accessed as ``mail_user`` (a user name) if given, else as whoever runs the tests,
+    or as nobody for root (Dovecot refuses root; the Maildir is then chowned to nobody).
+    ``separator``: the hierarchy separator clients see (Dovecot's default for Maildir++ is ".")."""
     binary = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
-    if binary is None or not os.path.exists(f"/usr/lib/dovecot/{protocol}"):
-        return None, 0, f"Dovecot's {protocol} server is not installed (apt-get install {package})"
-    port = free_port()
+    for protocol in protocols:
+        if binary is None or not os.path.exists(f"/usr/lib/dovecot/{protocol}"):
+            return None, {}, f"Dovecot's {protocol} server is not installed (apt-get install dovecot-{protocol}d)"
+    ports = {protocol: free_port() for protocol in protocols}
     for sub in ("run", "state", "home"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(base / "run", 0o755)  # its auth process must enter it
     (base / "passwd").write_text(f"{user}:{{PLAIN}}{password}::::::\n")
     uid, gid = os.getuid(), os.getgid()
-    if uid == 0:  # Dovecot refuses to access mail as root: serve the copy as nobody
+    if mail_user is not None:
+        import pwd
+
+        entry = pwd.getpwnam(mail_user)
+        uid, gid = entry.pw_uid, entry.pw_gid
+        os.chown(base / "home", uid, gid)
+    elif uid == 0:  # Dovecot refuses to access mail as root: serve the copy as nobody
         import pwd
 
         nobody = pwd.getpwnam("nobody")
@@ -56,14 +74,26 @@ def run_dovecot(base: Path, maildir: Path, user: str, password: str, protocol: s
             for dirpath, dirnames, filenames in os.walk(path):
                 for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
                     os.chown(name, uid, gid)
-    extra = ("pop3_uidl_format = %08Xu%08Xv\n" if protocol == "pop3" else "") + extra_config
+    extra = ("pop3_uidl_format = %08Xu%08Xv\n" if "pop3" in protocols else "") + extra_config
+    if separator is not None:
+        extra += f"namespace inbox {{\n  inbox = yes\n  separator = {separator}\n}}\n"
+    services = "".join(f"""service {protocol}-login {{
+  inet_listener {protocol} {{
+    address = 127.0.0.1
+    port = {ports[protocol]}
+  }}
+  inet_listener {protocol}s {{
+    port = 0
+  }}
+}}
+""" for protocol in protocols)
     config = base / "dovecot.conf"
     config.write_text(f"""\
 base_dir = {base}/run
 state_dir = {base}/state
 log_path = {base}/dovecot.log
-instance_name = mailstack-bench-{protocol}
-protocols = {protocol}
+instance_name = mailstack-test-{base.name}
+protocols = {" ".join(protocols)}
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
@@ -79,16 +109,7 @@ userdb {{
   driver = static
   args = uid={uid} gid={gid} home={base}/home
 }}
-service {protocol}-login {{
-  inet_listener {protocol} {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener {protocol}s {{
-    port = 0
-  }}
-}}
-service stats {{
+{services}service stats {{
   unix_listener stats-reader {{
     mode = 0666
   }}
@@ -99,15 +120,15 @@ service stats {{
 """)
     log = open(base / "dovecot.out", "wb")
     proc = subprocess.Popen([binary, "-F", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    if not wait_port(port) or proc.poll() is not None:
+    if not all(wait_port(port) for port in ports.values()) or proc.poll() is not None:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
         text = (base / "dovecot.out").read_text(errors="replace")
         if (base / "dovecot.log").exists():
             text += (base / "dovecot.log").read_text(errors="replace")
-        return None, 0, "dovecot did not start:\n" + text
-    return proc, port, ""
+        return None, {}, "dovecot did not start:\n" + text
+    return proc, ports, ""
 
 
 def stop(proc: subprocess.Popen) -> None:
