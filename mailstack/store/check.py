@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from mailstack.store import crlf
 from mailstack.store import index as folder_index
 from mailstack.store.cache import HEADER, header_section
 from mailstack.store.files import base_of
@@ -135,7 +136,7 @@ def _check_cache(folder: MaildirFolder, files: dict[str, list[str]]) -> list[str
             continue
         if kind == HEADER:
             try:
-                with open(os.path.join(folder.path, rels[-1]), "rb") as f:
+                with crlf.open_served(os.path.join(folder.path, rels[-1]), crlf.size_from_name(base)) as f:
                     actual = header_section(f)
             except FileNotFoundError:
                 continue
