@@ -30,20 +30,23 @@ _CHUNK = 256 * 1024
 _OURS = re.compile(r"^\d+\.M\d+P\d+Q\d+R[0-9a-f]+\.")
 
 
-def _field(base: str, key: str) -> int | None:
-    i = base.find(key)
-    if i < 0:
-        return None
-    digits = base[i + 3 :].split(",", 1)[0]
+def _field(base: str, i: int) -> int | None:
+    """The number after the ``,X=`` at ``i`` (up to the next comma)."""
+    j = base.find(",", i + 3)
+    digits = base[i + 3 :] if j < 0 else base[i + 3 : j]
     return int(digits) if digits.isdigit() else None
 
 
 def size_from_name(base: str) -> int | None:
-    """The CRLF size a base name states (``,W=``, or ``,S=`` in one of our names), or None."""
-    size = _field(base, ",W=")
-    if size is None and _OURS.match(base):
-        size = _field(base, ",S=")
-    return size
+    """The CRLF size a base name states (``,W=``, or ``,S=`` in one of our names), or None.
+    Called for every message of a cold snapshot: kept cheap."""
+    i = base.find(",W=")
+    if i >= 0:
+        return _field(base, i)
+    i = base.find(",S=")
+    if i < 0 or not _OURS.match(base):
+        return None
+    return _field(base, i)
 
 
 def bare_lfs(chunk: bytes, after_cr: bool) -> int:
