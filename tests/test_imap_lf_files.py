@@ -1,6 +1,7 @@
-"""IMAP over LF-only Maildir files (issue 18, item 2): every item sees the CRLF form, exact
-bytes (RFC 3501 2.3.4 and 6.4.5, RFC 3516 BINARY, RFC 4469 CATENATE, RFC 8438 STATUS SIZE).
-In process; the comparison with Dovecot itself is tests/test_lf_maildir_vs_dovecot.py."""
+"""IMAP and POP3 over LF-only Maildir files (issue 18, item 2): every item sees the CRLF form,
+exact bytes (RFC 3501 2.3.4 and 6.4.5, RFC 3516 BINARY, RFC 4469 CATENATE, RFC 8438 STATUS
+SIZE, RFC 1939 5, 7 and 11).  In process; the comparison with Dovecot itself is
+tests/test_lf_maildir_vs_dovecot.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 
 import pytest
 
-from support.clients import ImapClient
+from support.clients import ImapClient, pop3_login
 
 BOB = "bob@example.test"
 SMALL = b"From: a@example.test\nSubject: lf\nMessage-ID: <lf@x>\n\nfirst line\nneedle here\n.dot\n"
@@ -21,7 +22,7 @@ def crlf(data: bytes) -> bytes:
 
 @pytest.fixture
 def srv(inproc_server_factory):
-    srv = inproc_server_factory(listeners=["imap"], extra="[auth]\nfailure_delay = 0.0\n")
+    srv = inproc_server_factory(listeners=["imap", "pop3"], extra="[auth]\nfailure_delay = 0.0\n")
     inbox = srv.maildir(BOB)
     for sub in ("cur", "new", "tmp"):
         (inbox / sub).mkdir(parents=True)
@@ -97,3 +98,19 @@ def test_search_status_copy_and_catenate_see_the_crlf_form(srv):
     assert c.cmd(b"l", b"EXAMINE Drafts")[-1].startswith(b"l OK")
     text = small[small.index(b"\r\n\r\n") + 4 :]
     assert literal(c, b"m", b"FETCH 1 BODY.PEEK[]")[1] == small + b"--" + text
+
+
+def test_pop3_sizes_and_bytes_are_the_crlf_form(srv):
+    small, big = crlf(SMALL), crlf(BIG)
+    p = pop3_login(srv)
+    assert p.cmd("STAT") == b"+OK 2 %d\r\n" % (len(small) + len(big))
+    assert p.cmd("LIST").startswith(b"+OK")
+    assert p.multiline() == [b"1 %d\r\n" % len(small), b"2 %d\r\n" % len(big)]
+    assert p.cmd("RETR 1") == b"+OK %d octets\r\n" % len(small)
+    assert b"".join(p.multiline()) == small.replace(b"\r\n.", b"\r\n..")  # dot-stuffed (RFC 1939 3)
+    assert p.cmd("RETR 2") == b"+OK %d octets\r\n" % len(big)
+    assert b"".join(p.multiline()) == big
+    assert p.cmd("TOP 1 1").startswith(b"+OK")
+    assert b"".join(p.multiline()) == small[: small.index(b"\r\n\r\n") + 4] + b"first line\r\n"
+    p.cmd("QUIT")
+    p.close()
