@@ -3,7 +3,7 @@
     python bench/imap_vs_dovecot.py [--sizes 1000 10000] [--seed 1] [--keep DIR]
 
 For every folder size N it writes one INBOX of N realistic messages (2-20 KB, varied headers,
-about a quarter multipart) straight into mailstack's store as Maildir files with ",S=<size>"
+about a quarter multipart) straight into mailstack's store as Maildir files with ",S=<size>,W=<size>"
 names (a third in new/, the rest in cur/ with ":2,S" or ":2,FS"), so mailstack gives them UIDs
 at the first SELECT; it copies that Maildir for Dovecot.  It then starts mailstack
 (tests/support/servers.py's MailServer, a real twistd process) and, after it, Dovecot (``dovecot -F``
@@ -162,7 +162,7 @@ def build_folder(store_root: Path, count: int, seed: int) -> dict:
         subj += s_hit
         body += b_hit
         total += len(data)
-        base = f"{when}.M{n % 1000000}P{os.getpid()}Q{n}.bench,S={len(data)}"
+        base = f"{when}.M{n % 1000000}P{os.getpid()}Q{n}.bench,S={len(data)},W={len(data)}"  # CRLF: W = S
         r = rnd.random()
         rel = f"new/{base}" if r < 1 / 3 else f"cur/{base}:2,S" if r < 0.9 else f"cur/{base}:2,FS"
         path = inbox / rel

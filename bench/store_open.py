@@ -2,7 +2,7 @@
 """How long does opening a big Maildir folder take, and how much memory does it hold?
 
 For each N it builds a folder of N small messages, writing the files directly with proper
-Maildir names (``<time>.M<usec>P<pid>Q<n>.<host>,S=<size>[:2,<flags>]``, 1/3 in new/, the rest
+Maildir names (``<time>.M<usec>P<pid>Q<n>.<host>,S=<size>,W=<size>[:2,<flags>]``, 1/3 in new/, the rest
 in cur/ with flags), then measures, each in a fresh Python process:
 
 * first open (assign UIDs): the first ``snapshot()``, which finds N files without UIDs and
@@ -14,7 +14,7 @@ in cur/ with flags), then measures, each in a fresh Python process:
   first snapshot, with the snapshot still referenced.
 
 With ``--strace`` the cold open also runs under ``strace -f -e trace=open,openat`` and reports
-how many message files were opened (must be 0: sizes come from the ``,S=`` in the names).
+how many message files were opened (must be 0: sizes come from the ``,W=`` in the names).
 
 Run:  /tmp/venv/bin/python bench/store_open.py --messages 1000 10000 100000
 """
@@ -82,7 +82,7 @@ def build(root: str, n: int) -> float:
             f"From: sender{i % 97}@example.test\r\nTo: {ADDRESS}\r\nSubject: bench message {i}\r\n"
             f"Message-ID: <{i}.bench@example.test>\r\n\r\nHello number {i}.\r\n"
         ).encode()
-        base = f"{now + i}.M{i % 1_000_000}P{pid}Q{i}.benchhost,S={len(body)}"
+        base = f"{now + i}.M{i % 1_000_000}P{pid}Q{i}.benchhost,S={len(body)},W={len(body)}"  # CRLF: W = S
         rel = f"new/{base}" if i % 3 == 0 else f"cur/{base}:2,{'S' if i % 2 else 'FS'}"
         path = os.path.join(folder.path, rel)
         with open(path, "wb") as f:

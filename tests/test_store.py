@@ -20,7 +20,7 @@ from mailstack.store.maildir import split_address
 from support.messages import message as build_message
 
 ADDR = "alice@example.test"
-NAME_RE = re.compile(r"^\d+\.M\d+P\d+Q\d+R[0-9a-f]+\.[^/:]+,S=(\d+)$")
+NAME_RE = re.compile(r"^\d+\.M\d+P\d+Q\d+R[0-9a-f]+\.[^/:]+,S=(\d+),W=(\d+)$")
 
 
 def message(i: int, extra: bytes = b"") -> bytes:
@@ -151,17 +151,23 @@ def test_deliver_into_folder(store):
     ],
 )
 def test_bytes_round_trip(inbox, payload):
+    """Every byte is kept on disk; what is read is the CRLF form (a bare LF as CRLF, a bare
+    CR kept), and the name says both sizes."""
     uid = inbox.append(payload)
+    served = payload.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     with inbox.open_message(uid) as f:
-        assert f.read() == payload
-    assert inbox.read_message(uid) == payload
+        assert f.read() == served
+    assert inbox.read_message(uid) == served
     info = inbox.snapshot().by_uid()[uid]
-    assert info.size == len(payload)
-    assert info.base.endswith(f",S={len(payload)}")
+    assert info.size == len(served)
+    assert info.base.endswith(f",S={len(payload)},W={len(served)}")
+    (name,) = files_in(inbox, "cur")
+    with open(os.path.join(inbox.path, "cur", name), "rb") as f:
+        assert f.read() == payload
 
 
 def test_five_megabyte_message_from_a_stream(inbox):
-    chunk = bytes((i * 7 + 3) % 256 for i in range(1000)) + b"\r\n"
+    chunk = bytes((i * 7 + 3) % 256 for i in range(1000)).replace(b"\n", b"") + b"\r\n"  # CRLF: read as it is
     payload = chunk * (5 * 1024 * 1024 // len(chunk) + 1)
     assert len(payload) > 5 * 1024 * 1024
     uid = inbox.append(io.BytesIO(payload))
@@ -192,7 +198,7 @@ def test_file_names_carry_size_and_dovecot_flag_letters(inbox):
     assert name.endswith(":2,")
     m = NAME_RE.match(base_of(name))
     assert m, name
-    assert int(m.group(1)) == len(body)
+    assert int(m.group(1)) == int(m.group(2)) == len(body)
     assert size_of(base_of(name)) == len(body)
     assert files_in(inbox, "tmp") == [] and files_in(inbox, "new") == []
 

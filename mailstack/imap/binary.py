@@ -29,7 +29,6 @@ byte as it always was.)  A stored message with a NUL is sent by BINARY in a lite
 from __future__ import annotations
 
 import binascii
-import os
 import re
 
 from mailstack.imap import message as msgmod
@@ -155,7 +154,7 @@ def whole_message(folder, uid: int, item, raw: bytes | None, files: list) -> lis
 
 def _scanned(f, item, text: bool) -> list | None:
     """The answer streaming ``f`` as it is, or None when a text in it has a bare LF."""
-    size = os.fstat(f.fileno()).st_size
+    size = f.size  # of the CRLF form the store serves
     offset, length, name = 0, size, b"BINARY[]"
     if item.partial_begin is not None:
         offset = min(item.partial_begin, size)

@@ -9,7 +9,6 @@ are streamed from their file in chunks under flow control.
 from __future__ import annotations
 
 import hashlib
-import os
 
 from twisted.internet import defer, threads
 
@@ -380,7 +379,7 @@ def _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived, raw=No
             return [name + b" {%d}\r\n" % len(data), data]  # joined once, with the rest
         f = folder.open_message(uid)
         files.append(f)
-        size = os.fstat(f.fileno()).st_size
+        size = f.size  # of the CRLF form the store serves (RFC 3501 2.3.4)
         offset, length = 0, size
         if begin is not None:
             offset = min(begin, size)

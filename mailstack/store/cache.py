@@ -25,6 +25,8 @@ from typing import Iterable
 CACHE_FILE = "mailstack-cache.sqlite"
 HEADER = "header"
 MAX_VALUE = 256 * 1024  # a header section (or derived value) larger than this is not kept
+#: What the entries were derived from; older caches are emptied (1: the CRLF form of every file).
+FORMAT = 1
 _IN_CHUNK = 500  # bases per SELECT ... IN (...): below SQLite's default variable limit
 
 _SCHEMA = """
@@ -59,6 +61,10 @@ class MessageCache:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
+                if db.execute("PRAGMA user_version").fetchone()[0] < FORMAT:
+                    # Made before messages were read in their CRLF form: what was derived
+                    # from an LF-only file (headers, sizes in BODYSTRUCTURE) is wrong.
+                    db.executescript(f"DELETE FROM entries; DELETE FROM tables; PRAGMA user_version = {FORMAT}")
                 os.chmod(self.path, 0o600)
                 self._db = db
                 return db

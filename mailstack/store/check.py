@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from mailstack.store import crlf
 from mailstack.store import index as folder_index
 from mailstack.store.cache import HEADER, header_section
 from mailstack.store.dovecot import DovecotUidList, DovecotUids
@@ -173,7 +174,7 @@ def _check_cache(folder: MaildirFolder, files: dict[str, list[str]]) -> tuple[li
             continue
         if kind == HEADER:
             try:
-                with open(os.path.join(folder.path, rels[-1]), "rb") as f:
+                with crlf.open_served(os.path.join(folder.path, rels[-1]), crlf.size_from_name(base)) as f:
                     actual = header_section(f)
             except FileNotFoundError:
                 continue

@@ -40,8 +40,8 @@ def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
             folder = store.mailbox(address).folder(item[2] if len(item) > 2 else "INBOX")
             base = new_base(store.hostname)
             tmp_path = os.path.join(folder.path, "tmp", base)
-            size = write_new_file(source, tmp_path, fsync=False)
-            staged.append((i, folder, tmp_path, f"{base},S={size}"))
+            size, crlf_size = write_new_file(source, tmp_path, fsync=False)
+            staged.append((i, folder, tmp_path, f"{base},S={size},W={crlf_size}"))
         except Exception as e:
             results[i] = e
             if tmp_path:
@@ -96,10 +96,10 @@ class FolderDelivery:
         base = new_base(self.store.hostname)
         tmp_path = os.path.join(self.path, "tmp", base)
         try:
-            size = write_new_file(source, tmp_path, self.store.fsync)
+            size, crlf_size = write_new_file(source, tmp_path, self.store.fsync)
             when = int(time.time()) if internaldate is None else int(internaldate)
             os.utime(tmp_path, (when, when))
-            base += f",S={size}"
+            base += f",S={size},W={crlf_size}"
             if flags or assign_uid:  # APPEND: into cur/, \Recent kept by mailstack.store.recent
                 letters = ""
                 if flags:
@@ -175,7 +175,8 @@ class FolderDelivery:
         return pairs
 
     def _add_copy(self, src: BinaryIO, info: MessageInfo) -> int:
-        base = new_base(self.store.hostname) + f",S={info.size}"
+        # A link keeps the bytes (maybe LF-only, read in the CRLF form): the name says both sizes.
+        base = new_base(self.store.hostname) + f",S={src.raw_size},W={info.size}"
         tmp_path = os.path.join(self.path, "tmp", base)
         try:
             try:
@@ -183,8 +184,8 @@ class FolderDelivery:
             except OSError as e:
                 if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                     raise
-                size = write_new_file(src, tmp_path, self.store.fsync)
-                base = base.rsplit(",S=", 1)[0] + f",S={size}"
+                size, crlf_size = write_new_file(src, tmp_path, self.store.fsync)  # the CRLF form
+                base = base.rsplit(",S=", 1)[0] + f",S={size},W={crlf_size}"
                 os.rename(tmp_path, os.path.join(self.path, "tmp", base))
                 tmp_path = os.path.join(self.path, "tmp", base)
             with self.locked():

@@ -1,8 +1,9 @@
 """Message files on disk: their names, writing one under ``tmp/``, and making links durable.
 
-A mail file is named ``<time>.M<usec>P<pid>Q<n>R<rand>.<host>,S=<size>[:2,<flags>]``: the
-part before ``:2,`` (the *base*) never changes, so it identifies the message in the UID log,
-and the ``,S=`` size spares a listing any stat or read.
+A mail file is named ``<time>.M<usec>P<pid>Q<n>R<rand>.<host>,S=<size>,W=<CRLF size>[:2,<flags>]``
+(older ones lack ``,W=``): the part before ``:2,`` (the *base*) never changes, so it
+identifies the message in the UID log, and the sizes spare a listing any stat or read
+(``,W=`` as Dovecot writes it: RFC822.SIZE, see :mod:`mailstack.store.crlf`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from typing import Iterator
 
 from mailstack.fsutil import fsync_dir
+from mailstack.store.crlf import CrlfCounter
 
 _counter = itertools.count(1)
 _PROCESS_TOKEN = secrets.token_hex(4)  # with pid and counter, unique even across pid reuse
@@ -97,25 +99,26 @@ def chunks(source) -> Iterator[bytes]:
             yield bytes(chunk)
 
 
-def write_new_file(source, path: str, fsync: bool) -> int:
-    """Write ``source`` to the new file ``path`` (0600, never one that exists); return its size.
+def write_new_file(source, path: str, fsync: bool) -> tuple[int, int]:
+    """Write ``source`` to the new file ``path`` (0600, never one that exists); return its
+    size and its CRLF size (the two of a ``,S=<size>,W=<CRLF size>`` name, see :mod:`crlf`).
 
     Not :func:`mailstack.fsutil.atomic_write`: a message is streamed, not held whole, and it
     is published by a link from ``tmp/``, not a rename over a file.
     """
-    size = 0
+    counter = CrlfCounter()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb", closefd=False) as f:
             for chunk in chunks(source):
                 f.write(chunk)
-                size += len(chunk)
+                counter.feed(chunk)
             f.flush()
             if fsync:
                 os.fsync(fd)
     finally:
         os.close(fd)
-    return size
+    return counter.size, counter.crlf_size
 
 
 def unlink_quietly(path: str) -> None:

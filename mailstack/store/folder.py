@@ -18,8 +18,9 @@ from mailstack.errors import FolderNotFound, MessageGone
 from mailstack.store import index as folder_index
 from mailstack.store.cache import HEADER, MessageCache, header_section
 from mailstack.store.delivery import FolderDelivery
+from mailstack.store import crlf
 from mailstack.store.dovecot import DovecotUidList
-from mailstack.store.files import arrival_key, base_of, size_of
+from mailstack.store.files import arrival_key, base_of
 from mailstack.store.flags import FlagChanges, FolderKeywords, flags_of
 from mailstack.store.numbering import UidNumbering
 from mailstack.store.recent import RecentMarks
@@ -274,6 +275,7 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
             messages = []
             append, files_get, make = messages.append, files.get, MessageInfo.__new__
             entries = state.entries
+            unsized: list[tuple[int, str, str]] = []
             for uid in sorted(entries):  # the loop a cold open of a big folder spends its time in
                 entry = entries[uid]
                 base = entry.base
@@ -285,28 +287,39 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
                     if old is not None and old.filename == rel and old.modseq == entry.modseq:
                         append(old)
                         continue
-                size = size_of(base)
-                if size is None:
-                    try:
-                        size = os.stat(os.path.join(self.path, rel)).st_size
-                    except FileNotFoundError:
-                        continue
+                size = crlf.size_from_name(base)
+                if size is None:  # resolved below, in one cache look-up for all of them
+                    unsized.append((len(messages), base, rel))
+                    size = -1
                 i = rel.find(":2,")
                 suffix = rel[i + 3 :] if i >= 0 else None
                 flags = decoded.get(suffix)
                 if flags is None:
                     flags = decoded[suffix] = flags_of(rel, keywords)
                 append(make(MessageInfo, uid, base, rel, flags, size, entry.internaldate, entry.modseq))
+            if unsized:
+                messages = self._sized(messages, unsized)
             snapshot = FolderSnapshot(self.name, state.uidvalidity, state.uidnext, state.highestmodseq, tuple(messages),
                                       marked)
             self._snapshot = (key, snapshot)
             return snapshot
 
 
+    def _sized(self, messages: list, unsized: list[tuple[int, str, str]]) -> list:
+        """``messages`` with the CRLF sizes the names did not give (RFC 3501 2.3.4): cached,
+        or read once per file; a file gone meanwhile drops out."""
+        sizes = crlf.resolve_sizes(self.path, self.cache, [(base, rel) for _, base, rel in unsized])
+        for i, base, _rel in unsized:
+            size = sizes.get(base)
+            messages[i] = None if size is None else messages[i]._replace(size=size)
+        return [m for m in messages if m is not None]
+
     # -- reading mail ----------------------------------------------------------------------
 
     def open_message(self, uid: int) -> BinaryIO:
-        """Open a message's file for reading (stream it; do not read it whole)."""
+        """Open a message in its CRLF form for reading (stream it; do not read it whole):
+        the file itself when it is in that form already, else a converting reader
+        (:mod:`mailstack.store.crlf`).  Either has ``size``, the CRLF size."""
         ul = self.uidlist
         with ul.mutex:
             ul.refresh()
@@ -317,12 +330,23 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
                 rel = self._files.get(entry.base)
                 if rel is not None:
                     try:
-                        return open(os.path.join(self.path, rel), "rb")
+                        return crlf.open_served(os.path.join(self.path, rel), self._crlf_size(uid, entry.base))
                     except FileNotFoundError:
                         pass
                 self._invalidate_listing()
                 self._scan()
         raise MessageGone(f"UID {uid} was expunged from {self.name}")
+
+    def _crlf_size(self, uid: int, base: str) -> int | None:
+        """The CRLF size from the name, the last snapshot or the cache; None if unknown."""
+        size = crlf.size_from_name(base)
+        if size is None and self._snapshot is not None:
+            info = self._snapshot[1].by_uid().get(uid)
+            size = info.size if info is not None and info.base == base else None
+        if size is None:
+            value = self.cache.get_many([base], crlf.SIZE_KIND).get(base)
+            size = int(value) if value is not None and value.isdigit() else None
+        return size
 
     def read_message(self, uid: int) -> bytes:
         with self.open_message(uid) as f:

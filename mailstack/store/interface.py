@@ -37,9 +37,13 @@ class FolderAPI(Protocol):
         COPY stored into cur/; return their UIDs."""
 
     def open_message(self, uid: int) -> BinaryIO:
-        """The message's file, to stream; raises MessageGone."""
+        """The message in its CRLF form (RFC 5322 2.1: a file's bare LFs read as CRLF), to
+        stream; raises MessageGone.  ``size`` is the CRLF size (RFC822.SIZE); ``read(n)`` is
+        short only at the end; ``seek(offset)`` starts a range (on a converted file it reads
+        up to the offset).  Never fstat it: a file's own size may not be the message's."""
 
-    def read_message(self, uid: int) -> bytes: ...
+    def read_message(self, uid: int) -> bytes:
+        """The whole message in its CRLF form; raises MessageGone."""
 
     def headers(self, uids: Iterable[int]) -> dict[int, bytes]:
         """uid -> header section (blank line included), cached."""

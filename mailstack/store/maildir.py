@@ -8,8 +8,8 @@ Layout (Maildir++ as Dovecot and Courier use it)::
     .../dovecot-keywords                    keyword <-> filename letter map, Dovecot's format
     <root>/<domain>/<localpart>/subscriptions
 
-Mail files are named ``<time>.M<usec>P<pid>Q<n>R<rand>.<host>,S=<size>[:2,<flags>]`` so a
-listing needs neither stat nor read, and flags live in the ``:2,`` suffix with Dovecot's
+Mail files are named ``<time>.M<usec>P<pid>Q<n>R<rand>.<host>,S=<size>,W=<CRLF size>[:2,<flags>]``
+so a listing needs neither stat nor read (files read in their CRLF form: crlf.py), and flags live in the ``:2,`` suffix with Dovecot's
 letters (D draft, F flagged, R answered, S seen, T deleted; a-z keywords), so the files can be
 rsynced between mailstack and Dovecot.
 

@@ -17,7 +17,7 @@ class MessageInfo(NamedTuple):
     base: str
     filename: str  # relative to the folder: "new/..." or "cur/..."
     flags: frozenset
-    size: int
+    size: int  # of the CRLF form (RFC 3501 2.3.4), whatever line ends the file has
     internaldate: int
     modseq: int
 
