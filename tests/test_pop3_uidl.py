@@ -222,6 +222,9 @@ class FakeFolder:
     def pop3_uidls(self):
         return self._stored
 
+    def pop3_order(self):
+        return {}
+
 
 def test_the_maildrop_over_a_fake_folder():
     from mailstack.store import FolderSnapshot, MessageInfo

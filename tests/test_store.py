@@ -911,3 +911,25 @@ def test_append_after_unnumbered_deliveries_keeps_arrival_order(store, mailbox):
     order = [(m.uid, inbox.read_message(m.uid)) for m in inbox.snapshot().messages]
     assert [body for _, body in order] == [message(1), message(2), message(3), message(4), message(5)]
     assert [uid for uid, _ in order][2:4] == [appended, new_uid]
+
+
+def test_a_flag_change_racing_another_servers_rename_is_not_lost(store, inbox, monkeypatch):
+    """Dovecot renames a file (its own flag change) between our listing and our rename: ours
+    must start again from the new name, not give up (issue 18, both servers at once)."""
+    from mailstack.store import flags as flags_mod
+
+    uid = inbox.append(message(0))
+    real_rename = os.rename
+    raced = []
+
+    def rename(src, dst):
+        if not raced and "/cur/" in src:
+            raced.append(src)
+            real_rename(src, src.split(":2,")[0] + ":2,R")  # the other server: \Answered
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(flags_mod.os, "rename", rename)
+    changed, _ = inbox.set_flags([uid], ["\\Flagged"], "add")
+    assert raced
+    assert changed[uid][0] == {"\\Flagged", "\\Answered"}
+    assert fresh(store).snapshot().by_uid()[uid].flags == {"\\Flagged", "\\Answered"}

@@ -94,3 +94,25 @@ def test_pop3_uidls_dovecot_kept_from_a_migration_are_served_and_survive_a_rewri
         inbox._rewrite_dovecot(lock, inbox.dovecot.refresh())
     assert read_uidlist(str(maildir)).pop3_uidls == {4: "0000abcd.old"}
     assert sorted(read_uidlist(str(maildir)).uids.values()) == [4, 7, 8]
+
+
+def test_dovecot_pop3_order_and_crlf_sizes_from_its_extensions(tmp_path):
+    """``O`` (a migrated POP3 order) orders the POP3 listing; ``W`` gives the CRLF size of a
+    file whose name lacks ``,W=``, without reading the file."""
+    from mailstack.pop3.maildrop import Maildrop
+    from mailstack.pop3.uidl import UidlFormat
+
+    store = MaildirStore(str(tmp_path / "mail"), fsync=False)
+    maildir = Path(store.user_path(ADDR))
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    names = [f"170000000{i}.M{i}P2.host" for i in range(3)]
+    for name in names:
+        (maildir / "cur" / (name + ":2,")).write_bytes(b"Subject: x\n\nbody\n")  # 17 bytes, 20 in CRLF
+    (maildir / "dovecot-uidlist").write_text(f"3 V1700000000 N4 G0123\n1 O3 W999 :{names[0]}\n2 O1 :{names[1]}\n"
+                                             f"3 :{names[2]}\n")
+    inbox = store.mailbox(ADDR).folder("INBOX")
+    assert {m.uid: m.size for m in inbox.snapshot().messages} == {1: 999, 2: 20, 3: 20}  # 999: Dovecot's word
+    drop = Maildrop(store, ADDR, UidlFormat("%u"))
+    drop.load()
+    assert [m.uid for m in drop.messages] == [2, 1, 3]

@@ -62,6 +62,9 @@ class Maildrop:
         snapshot = self.folder.snapshot()
         self.uidvalidity, self.messages = snapshot.uidvalidity, snapshot.messages
         self.stored_uidls = self.folder.pop3_uidls()
+        order = self.folder.pop3_order()
+        if order:  # a migration kept the old server's order: those first, in it, then the rest by UID
+            self.messages = tuple(sorted(self.messages, key=lambda m: (m.uid not in order, order.get(m.uid, 0), m.uid)))
 
     def uidl(self, index: int) -> str:
         """RFC 1939 section 7: the UIDL another server stored for the message, else the

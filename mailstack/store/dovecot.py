@@ -38,6 +38,10 @@ class DovecotUids:
     uids: dict[str, int] = field(default_factory=dict)  # base name -> UID
     #: uid -> POP3 UIDL, where Dovecot stored one (the ``P`` extension).
     pop3_uidls: dict[int, str] = field(default_factory=dict)
+    #: uid -> POP3 order, where Dovecot stored one (``O``: the order a migration kept).
+    pop3_order: dict[int, int] = field(default_factory=dict)
+    #: uid -> CRLF size (``W``), for files whose names do not carry ``,W=``.
+    vsizes: dict[int, int] = field(default_factory=dict)
     version: str = "3"
     guid: str = ""
     records: int = 0
@@ -87,8 +91,13 @@ def parse_records(lines: list[str], found: DovecotUids) -> None:
         found.records += 1
         found.uidnext = max(found.uidnext, uid + 1)
         for ext in exts.split():
-            if ext[:1] == "P" and len(ext) > 1:
-                found.pop3_uidls[uid] = ext[1:]
+            kind, value = ext[:1], ext[1:]
+            if kind == "P" and value:
+                found.pop3_uidls[uid] = value
+            elif kind == "O" and value.isdigit():
+                found.pop3_order[uid] = int(value)
+            elif kind == "W" and value.isdigit():
+                found.vsizes[uid] = int(value)
 
 
 def read_uidlist(folder_path: str) -> DovecotUids | None:
@@ -97,8 +106,8 @@ def read_uidlist(folder_path: str) -> DovecotUids | None:
     return mirror.refresh()
 
 
-def record_line(uid: int, name: str, pop3_uidl: str | None = None) -> str:
-    return f"{uid} P{pop3_uidl} :{name}\n" if pop3_uidl else f"{uid} :{name}\n"
+def record_line(uid: int, name: str, exts: str = "") -> str:
+    return f"{uid} {exts} :{name}\n" if exts else f"{uid} :{name}\n"
 
 
 class DovecotUidList:
@@ -147,14 +156,15 @@ class DovecotUidList:
         return self.state
 
     def rewrite(self, lock: DotLock, uidvalidity: int, uidnext: int, names: dict[int, str],
-                pop3_uidls: dict[int, str] | None = None) -> None:
+                exts: dict[int, str] | None = None) -> None:
         """Write the whole file through the held ``lock``: uid -> file name, every UID below
-        ``uidnext``.  The mailbox GUID is kept, or made once."""
+        ``uidnext``, with the extension fields ``exts`` gives (kept from Dovecot's records).
+        The mailbox GUID is kept, or made once."""
         guid = (self.state.guid if self.state is not None and self.state.uidvalidity == uidvalidity else "") \
             or secrets.token_hex(16)
-        pop3_uidls = pop3_uidls or {}
+        exts = exts or {}
         lines = [f"3 V{uidvalidity} N{uidnext} G{guid}\n"]
-        lines += [record_line(uid, names[uid], pop3_uidls.get(uid)) for uid in sorted(names)]
+        lines += [record_line(uid, names[uid], exts.get(uid, "")) for uid in sorted(names)]
         lock.replace("".join(lines).encode("utf-8", "surrogateescape"), fsync=self.fsync)
         self.state, self._inode = None, None
         self.refresh()

@@ -19,6 +19,8 @@ from mailstack.store.dotlock import DotLock
 SYSTEM_FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
 LETTER_SYSTEM_FLAGS = {v: k for k, v in SYSTEM_FLAG_LETTERS.items()}
 KEYWORDS_FILE = "dovecot-keywords"
+#: Tries at changing a message's flags that another process keeps renaming under us.
+RENAME_ATTEMPTS = 20
 #: The file whose Dovecot dot-lock (``dovecot-uidlist.lock``) guards the keywords file too.
 UIDLIST_DOTLOCKED = "dovecot-uidlist"
 MAX_KEYWORDS = 26
@@ -161,17 +163,29 @@ class FlagChanges:
                 if unchangedsince is not None and entry.modseq > unchangedsince:
                     refused.append(uid)
                     continue
-                old = flags_of(rel, keywords)
-                new = wanted if mode == "replace" else (old | wanted if mode == "add" else old - wanted)
-                old_suffix = rel.split(":2,", 1)[1] if ":2," in rel else ""
-                letters = self.keywords.letters(new, keep_unknown=old_suffix)
-                keywords = self.keywords.load()
-                target = f"cur/{entry.base}:2,{letters}"
-                if target == rel:
-                    continue
-                try:
-                    os.rename(os.path.join(self.path, rel), os.path.join(self.path, target))
-                except FileNotFoundError:
+                for _attempt in range(RENAME_ATTEMPTS):
+                    old = flags_of(rel, keywords)
+                    new = wanted if mode == "replace" else (old | wanted if mode == "add" else old - wanted)
+                    old_suffix = rel.split(":2,", 1)[1] if ":2," in rel else ""
+                    letters = self.keywords.letters(new, keep_unknown=old_suffix)
+                    keywords = self.keywords.load()
+                    target = f"cur/{entry.base}:2,{letters}"
+                    if target == rel:
+                        break
+                    try:
+                        os.rename(os.path.join(self.path, rel), os.path.join(self.path, target))
+                        break
+                    except FileNotFoundError:
+                        # Renamed meanwhile by another server (Dovecot changing flags, or moving it
+                        # to cur/): start again from its new name, or stop if it is gone.
+                        self._invalidate_listing()
+                        files = self._scan()
+                        rel = files.get(entry.base)
+                        if rel is None:
+                            break
+                else:
+                    rel = None
+                if rel is None or target == rel:
                     continue
                 dirs_touched.update({rel[:3], "cur"})
                 files[entry.base] = target

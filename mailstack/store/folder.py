@@ -308,7 +308,11 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
     def _sized(self, messages: list, unsized: list[tuple[int, str, str]]) -> list:
         """``messages`` with the CRLF sizes the names did not give (RFC 3501 2.3.4): cached,
         or read once per file; a file gone meanwhile drops out."""
-        sizes = crlf.resolve_sizes(self.path, self.cache, [(base, rel) for _, base, rel in unsized])
+        theirs = self.dovecot.refresh()  # Dovecot's W: the CRLF size it computed, where it did
+        known = {} if theirs is None or not theirs.vsizes else {
+            base: theirs.vsizes[uid] for base, uid in theirs.uids.items() if uid in theirs.vsizes}
+        sizes = crlf.resolve_sizes(self.path, self.cache, [(base, rel) for _, base, rel in unsized if base not in known])
+        sizes.update((base, known[base]) for _, base, _rel in unsized if base in known)
         for i, base, _rel in unsized:
             size = sizes.get(base)
             messages[i] = None if size is None else messages[i]._replace(size=size)

@@ -87,6 +87,9 @@ class FolderAPI(Protocol):
     def pop3_uidls(self) -> dict[int, str]:
         """UIDs -> UIDL that another server stored for them (Dovecot's P extension)."""
 
+    def pop3_order(self) -> dict[int, int]:
+        """UIDs -> POP3 position another server stored for them (Dovecot's O extension)."""
+
 
 @runtime_checkable
 class MailboxAPI(Protocol):

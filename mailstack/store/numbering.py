@@ -70,15 +70,19 @@ class UidNumbering:
         state = self.uidlist.state
         names = {uid: e.base for uid, e in state.entries.items()}
         uidnext = state.uidnext
-        pop3_uidls: dict[int, str] = {}
+        exts: dict[int, str] = {}
         if theirs is not None and theirs.uidvalidity == state.uidvalidity:
             for base, uid in theirs.uids.items():
                 if base not in state.by_base and uid >= state.uidnext:
                     names[uid] = base  # numbered by Dovecot, not yet seen here: keep it
-                elif names.get(uid) == base and uid in theirs.pop3_uidls:
-                    pop3_uidls[uid] = theirs.pop3_uidls[uid]
+                elif names.get(uid) != base:
+                    continue
+                fields = [f"{kind}{table[uid]}" for kind, table in
+                          (("P", theirs.pop3_uidls), ("O", theirs.pop3_order), ("W", theirs.vsizes)) if uid in table]
+                if fields:
+                    exts[uid] = " ".join(fields)
             uidnext = max(uidnext, theirs.uidnext)
-        self.dovecot.rewrite(lock, state.uidvalidity, uidnext, names, pop3_uidls)
+        self.dovecot.rewrite(lock, state.uidvalidity, uidnext, names, exts)
         self._dovecot_checked = self.dovecot.inode
 
     def _dovecot_file_kept(self) -> None:
@@ -96,10 +100,20 @@ class UidNumbering:
 
     def pop3_uidls(self) -> dict[int, str]:
         """uid -> the POP3 UIDL Dovecot kept for it (its ``P`` extension, set by a migration)."""
+        return self._dovecot_extension("pop3_uidls")
+
+    def pop3_order(self) -> dict[int, int]:
+        """uid -> the POP3 position Dovecot kept for it (``O``, set by a migration)."""
+        return self._dovecot_extension("pop3_order")
+
+    def _dovecot_extension(self, table: str) -> dict:
+        """One of Dovecot's per-message extension tables, for the messages whose UID and file
+        Dovecot's file and the log agree on."""
         with self.uidlist.mutex:
             theirs = self.dovecot.refresh()
-            if theirs is None or not theirs.pop3_uidls or theirs.uidvalidity != self.uidlist.state.uidvalidity:
+            values = getattr(theirs, table) if theirs is not None else {}
+            if not values or theirs.uidvalidity != self.uidlist.state.uidvalidity:
                 return {}
             entries = self.uidlist.state.entries
             names = {uid: base for base, uid in theirs.uids.items()}
-            return {uid: v for uid, v in theirs.pop3_uidls.items() if uid in entries and entries[uid].base == names.get(uid)}
+            return {uid: v for uid, v in values.items() if uid in entries and entries[uid].base == names.get(uid)}
