@@ -151,12 +151,13 @@ def message(subject: str, body: str = "hello", size: int = 0) -> bytes:
 def populate(client: IMAPClient, origin: str) -> None:
     """Folders, subscriptions, mail with flags, keywords and dates, expunges: what a client
     leaves in a mailbox after a while."""
-    for name in ("Work", "Work/Projects", "Lists/python"):
+    for name in ("Work", "Work/Projects", "Lists/python", "Ärchiv/2024"):  # the last in modified UTF-7
         client.create_folder(name)
     client.subscribe_folder("Work/Projects")
     client.subscribe_folder("Lists/python")
+    client.subscribe_folder("Ärchiv/2024")
     day = datetime.datetime(2024, 3, 5, 10, 30, 0, tzinfo=datetime.timezone(datetime.timedelta(hours=2)))
-    for i in range(12):
+    for i in range(50):
         flags = [[], [b"\\Seen"], [b"\\Seen", b"\\Flagged"], [b"$Label1"], [b"\\Answered", f"{origin}-kw".encode()]][i % 5]
         client.append("INBOX", message(f"{origin}-{i}", size=300_000 if i == 7 else 0), flags,
                       day + datetime.timedelta(days=i))
@@ -164,9 +165,18 @@ def populate(client: IMAPClient, origin: str) -> None:
     client.append("Lists/python", "Subject: no final newline\r\n\r\nbody with a bare\nLF and a bare\rCR".encode(), [],
                   day)
     client.select_folder("INBOX")
-    client.delete_messages([2, 9])  # UIDs 2 and 9 gone: the UIDs are not 1..N
+    client.delete_messages([2, 9, 31])  # UIDs 2, 9 and 31 gone: the UIDs are not 1..N
     client.expunge()
     client.logout()
+
+
+def summary(seen: dict) -> str:
+    """The counts the closing note quotes: what was compared, item by item."""
+    messages = [m for _v, _n, box in seen["boxes"].values() for m in box.values()]
+    keywords = sum(1 for flags, *_ in messages for f in flags if not f.startswith(b"\\"))
+    return (f"{len(seen['folders'])} folders, {len(seen['subscribed'])} subscriptions, {len(seen['boxes'])} "
+            f"UIDVALIDITY/UIDNEXT pairs, {len(messages)} messages (UID, flags, INTERNALDATE, RFC822.SIZE, bytes), "
+            f"{keywords} keywords set, {sum(len(m[3]) for m in messages)} bytes")
 
 
 def assert_same(first: dict, second: dict, what: str) -> None:
@@ -181,6 +191,7 @@ def assert_same(first: dict, second: dict, what: str) -> None:
             assert (flags, date, size) == others[uid][:3], f"{what}: {name} UID {uid} flags, INTERNALDATE, RFC822.SIZE"
             assert body == others[uid][3], f"{what}: {name} UID {uid} bytes"
             assert size == len(body), f"{what}: {name} UID {uid} RFC822.SIZE is not the size served"
+    print(f"{what}: the same through both servers: {summary(first)}")
 
 
 def test_a_store_populated_through_mailstack_reads_the_same_through_dovecot(pair):
@@ -189,7 +200,7 @@ def test_a_store_populated_through_mailstack_reads_the_same_through_dovecot(pair
     with smtplib.SMTP("127.0.0.1", pair.ports["smtp"]["port"], timeout=30) as s:  # left in new/, unnumbered
         s.sendmail("someone@remote.test", [ALICE], message("ms-delivered"))
     ours = view(pair.imap("mailstack", ALICE))
-    assert len(ours["boxes"]["INBOX"][2]) == 11  # 12 appended, 2 expunged, 1 delivered
+    assert len(ours["boxes"]["INBOX"][2]) == 48  # 50 appended, 3 expunged, 1 delivered
     with smtplib.SMTP("127.0.0.1", pair.ports["smtp"]["port"], timeout=30) as s:  # Dovecot numbers this one
         s.sendmail("someone@remote.test", [ALICE], message("ms-delivered-later"))
     pair.stop_mailstack()
@@ -210,7 +221,8 @@ def test_a_store_populated_through_mailstack_reads_the_same_through_dovecot(pair
     again = view(pair.imap("mailstack", ALICE))
     assert [uid for uid, m in again["boxes"]["INBOX"][2].items() if b"ms-delivered-later" in m[3]] == late
     assert pop3_view(pair.pop3("mailstack", ALICE)) == theirs_pop3
-    assert len(theirs_pop3) == 12
+    assert len(theirs_pop3) == 49
+    print(f"mailstack -> Dovecot: POP3 {len(theirs_pop3)}/{len(theirs_pop3)} UIDLs, sizes and RETR bytes the same")
 
 
 def test_a_store_populated_through_dovecot_reads_the_same_through_mailstack(pair):
@@ -234,18 +246,20 @@ def test_a_store_populated_through_dovecot_reads_the_same_through_mailstack(pair
     pair.stop_mailstack()
     pair.start_dovecot(BOB)
     assert pop3_view(pair.pop3("dovecot", BOB)) == ours_pop3
-    assert len(ours_pop3) == 10
+    assert len(ours_pop3) == 47
+    print(f"Dovecot -> mailstack: POP3 {len(ours_pop3)}/{len(ours_pop3)} UIDLs, sizes and RETR bytes the same")
 
 
 def test_both_servers_at_once_lose_duplicate_and_stall_nothing(pair):
     pair.start_mailstack()
     setup = pair.imap("mailstack", ALICE)
-    for i in range(10):
+    for i in range(12):  # 12 x 2 new keywords: within the 26 letters a Maildir folder has
         setup.append("INBOX", message(f"base-{i}"))
     setup.logout()
     pair.start_dovecot(ALICE)
     base_uids = sorted(view(pair.imap("dovecot", ALICE))["boxes"]["INBOX"][2])
     durations: list[tuple[float, str]] = []
+    create_races: list[str] = []
     errors: list[str] = []
 
     def timed(label, fn, *args):
@@ -255,13 +269,13 @@ def test_both_servers_at_once_lose_duplicate_and_stall_nothing(pair):
 
     def appends(which):
         client = pair.imap(which, ALICE)
-        for i in range(15):
+        for i in range(30):
             timed(f"{which} APPEND", client.append, "INBOX", message(f"{which}-append-{i}"))
         client.logout()
 
     def deliveries():
         with smtplib.SMTP("127.0.0.1", pair.ports["smtp"]["port"], timeout=30) as s:
-            for i in range(15):
+            for i in range(30):
                 timed("mailstack SMTP", s.sendmail, "someone@remote.test", [ALICE], message(f"smtp-{i}"))
 
     def flags(which, flag):
@@ -275,7 +289,15 @@ def test_both_servers_at_once_lose_duplicate_and_stall_nothing(pair):
     def subscriptions(which):
         client = pair.imap(which, ALICE)
         for i in range(5):
-            timed(f"{which} CREATE", client.create_folder, f"{which}/f{i}")
+            try:
+                timed(f"{which} CREATE", client.create_folder, f"{which}/f{i}")
+            except IMAPClient.Error as e:
+                # Dovecot 2.3 now and then answers its own CREATE with NO [ALREADYEXISTS] while
+                # the other server changes the Maildir (about 1 run in 15; its log says nothing);
+                # the folder is then there, which the checks below see.  mailstack never does.
+                if which != "dovecot" or "ALREADYEXISTS" not in str(e):
+                    raise
+                create_races.append(f"{which}/f{i}")
             timed(f"{which} SUBSCRIBE", client.subscribe_folder, f"{which}/f{i}")
         client.logout()
 
@@ -298,17 +320,18 @@ def test_both_servers_at_once_lose_duplicate_and_stall_nothing(pair):
     assert_same(ours, theirs, "both at once")
     messages = ours["boxes"]["INBOX"][2]
     subjects = sorted(body.split(b"Subject: ")[1].split(b"\r\n")[0].decode() for _f, _d, _s, body in messages.values())
-    expected = sorted([f"base-{i}" for i in range(10)] + [f"{w}-append-{i}" for w in ("mailstack", "dovecot")
-                                                          for i in range(15)] + [f"smtp-{i}" for i in range(15)])
+    expected = sorted([f"base-{i}" for i in range(12)] + [f"{w}-append-{i}" for w in ("mailstack", "dovecot")
+                                                          for i in range(30)] + [f"smtp-{i}" for i in range(30)])
     assert subjects == expected  # nothing lost, nothing twice
     for i, uid in enumerate(base_uids):
         want = sorted([b"\\Answered", b"\\Flagged", f"mailstack-kw-{i}".encode(), f"dovecot-kw-{i}".encode()])
         assert messages[uid][0] == want, f"UID {uid}"
     others = [m[0] for uid, m in messages.items() if uid not in base_uids]
     assert all(flags == [] for flags in others)
-    assert set(ours["subscribed"]) >= {f"{w}/f{i}" for w in ("mailstack", "dovecot") for i in range(5)}
+    created = {f"{w}/f{i}" for w in ("mailstack", "dovecot") for i in range(5)}
+    assert set(ours["folders"]) >= created and set(ours["subscribed"]) >= created
     slowest = max(durations)
     print(f"both at once: {len(messages)}/{len(expected)} messages, {len(durations)} operations, "
-          f"slowest {slowest[0] * 1000:.0f} ms ({slowest[1]})")
+          f"slowest {slowest[0] * 1000:.0f} ms ({slowest[1]}); Dovecot CREATE said ALREADYEXISTS: {create_races}")
     assert slowest[0] < STALL, sorted(durations)[-5:]
     assert pair.dovecot_errors() == []
