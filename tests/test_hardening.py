@@ -386,6 +386,25 @@ def test_a_full_or_read_only_store_answers_with_a_response_code(quick, monkeypat
     assert "imap store call failed for bob@example.test" in quick.log_text()
 
 
+@pytest.mark.parametrize("failure", [28, 122], ids=["ENOSPC", "EDQUOT"])
+def test_a_full_store_answers_data_with_452_4_3_1(quick, monkeypatch, failure):
+    """RFC 5321 4.2.2 (452: insufficient system storage) and RFC 3463 X.3.1 (mail system full):
+    the client hears why and retries later.  The fault is injected in the store's delivery."""
+    import os
+
+    from mailstack.store import MaildirStore
+
+    def broken(*args, **kwargs):
+        raise OSError(failure, os.strerror(failure))
+
+    monkeypatch.setattr(MaildirStore, "deliver_batch", broken)
+    monkeypatch.setattr(MaildirStore, "deliver", broken)
+    c = mx_transaction(quick)
+    assert c.cmd("DATA")[0] == 354
+    assert c.cmd(b"Subject: a\r\n\r\nbody\r\n.") == (452, "4.3.1 Insufficient system storage; try again later")
+    assert quick.messages(BOB) == []
+
+
 def test_login_without_tls_is_refused_before_the_password_literal(inproc_server_factory):
     # Issue 14 item 14: "LOGIN {15}" without TLS was answered "+ Ready", inviting the password.
     srv = inproc_server_factory(listeners=["imap"], extra="[auth]\nplaintext_on_loopback = false\n").start()

@@ -44,6 +44,7 @@ E_VRFY_REFUSED = "2.5.0"  # X.5.0 other protocol status
 E_SECURITY_OK = "2.7.0"  # X.7.0 other security status
 
 E_SYSTEM_TEMPORARY = "4.3.0"  # X.3.0 other or undefined mail system status
+E_SYSTEM_FULL = "4.3.1"  # X.3.1 mail system full (RFC 3463)
 E_NO_ANSWER = "4.4.1"  # X.4.1 no answer from host
 E_CONNECTION_DROPPED = "4.4.2"  # X.4.2 bad connection (also our idle timeout)
 E_ROUTING_TEMPORARY = "4.4.3"  # X.4.3 directory server failure (DNS)

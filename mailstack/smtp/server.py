@@ -23,6 +23,7 @@ every copy is fsynced.  Replies use the names of :mod:`mailstack.mail.codes`.
 
 from __future__ import annotations
 
+import errno
 import re
 import secrets
 
@@ -486,6 +487,10 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
                 self.reply_error(failure.value)
                 return
             log.failure("delivery of {id} failed", failure, id=message_id)
+            cause = failure.value if isinstance(failure.value, OSError) else failure.value.__cause__
+            if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):  # RFC 3463 X.3.1
+                self.reply(c.INSUFFICIENT_STORAGE, c.E_SYSTEM_FULL, "Insufficient system storage; try again later")
+                return
             self.reply(c.LOCAL_ERROR, c.E_SYSTEM_TEMPORARY,
                        "Local error in processing; message not accepted, try again later")
 
