@@ -14,7 +14,7 @@ from mailstack.errors import MailError
 from mailstack.mail import codes as c
 from mailstack.smtp.capabilities import MECHANISMS
 
-log = Logger()
+log = Logger(namespace="mailstack.smtp.server")  # the session's: log lines keep their name
 
 
 class AuthCommands:
