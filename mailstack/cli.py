@@ -246,6 +246,7 @@ def _store_check(cfg, args) -> int:
                 if report.from_dovecot else []
             notes += [f"{report.waiting} in new/ waiting for their first listing"] if report.waiting else []
             notes += [f"{report.stale_cache} cache entries of expunged messages"] if report.stale_cache else []
+            notes += [f"{report.expunged_elsewhere} expunged by another program"] if report.expunged_elsewhere else []
             notes_text = f" ({'; '.join(notes)})" if notes else ""
             print(f"{user} {report.folder}: {report.messages} messages, {status}{notes_text}")
             for problem in report.problems:

@@ -111,6 +111,10 @@ def test_store_check_and_repair(base):
     uidlist = base.store_root / "example.test" / "alice" / "mailstack-uidlist"
     lines = uidlist.read_text().splitlines()
     uidlist.write_text("\n".join(lines[:2]) + "\n")  # forget the UIDs of two messages
+    kept = cli("store", "check", "alice@example.test", config=cfg)  # dovecot-uidlist still has them
+    assert kept.returncode == 0 and "2 UIDs from dovecot-uidlist" in kept.stdout, kept.stdout
+    theirs = uidlist.parent / "dovecot-uidlist"
+    theirs.write_text("\n".join(theirs.read_text().splitlines()[:2]) + "\n")  # and there too
     bad = cli("store", "check", "alice@example.test", config=cfg)
     assert bad.returncode == 1 and bad.stdout.count("file without UID") == 2
     fixed = cli("store", "check", "--repair", "alice@example.test", config=cfg)

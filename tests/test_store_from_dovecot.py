@@ -116,3 +116,71 @@ def test_dovecot_pop3_order_and_crlf_sizes_from_its_extensions(tmp_path):
     drop = Maildrop(store, ADDR, UidlFormat("%u"))
     drop.load()
     assert [m.uid for m in drop.messages] == [2, 1, 3]
+
+
+# -- sharing the folder with Dovecot: its numbering and compaction (review of issue 18) ----------
+
+def _shared_inbox(tmp_path, n):
+    store = MaildirStore(str(tmp_path / "mail"), fsync=False)
+    inbox = store.mailbox(ADDR).folder("INBOX")
+    for i in range(n):
+        inbox.append(b"Subject: %d\r\n\r\nbody\r\n" % i)
+    snap = inbox.snapshot()
+    return store, inbox, snap, os.path.join(inbox.path, "dovecot-uidlist")
+
+
+def _dovecot_rewrites(path, header_uidnext, records):
+    """What Dovecot's compaction does: the file anew, through its lock file, renamed over."""
+    header = open(path).readline().split()
+    header = [h if not h.startswith("N") else f"N{header_uidnext}" for h in header]
+    with open(path + ".lock", "w") as f:
+        f.write(" ".join(header) + "\n" + "".join(f"{uid} :{name}\n" for uid, name in records))
+    os.rename(path + ".lock", path)
+
+
+def test_dovecot_expunges_and_compacts_then_numbers_a_new_file(tmp_path):
+    """Dovecot expunged UID 1, gave 5 to a message it expunged too, 6 to Y, and dropped the
+    dead records: Y keeps 6, and mailstack's next UID is 7, not a reused 5."""
+    store, inbox, snap, path = _shared_inbox(tmp_path, 4)
+    os.unlink(os.path.join(inbox.path, snap.messages[0].filename))
+    y = "1700000000.M1P1.dovecothost,S=20,W=21"
+    (Path(inbox.path) / "cur" / (y + ":2,S")).write_bytes(b"Subject: Y\n\nbody\n")
+    _dovecot_rewrites(path, 7, [(m.uid, m.base) for m in snap.messages[1:]] + [(6, y)])
+    z = inbox.append(b"Subject: Z\r\n\r\nbody\r\n")
+    assert z == 7
+    got = {m.base: m.uid for m in inbox.snapshot().messages}
+    assert got[y] == 6 and sorted(got.values()) == [2, 3, 4, 6, 7]
+    assert read_uidlist(inbox.path).uids == got | {}  # Dovecot's file says the same, no more
+    assert MaildirStore(str(tmp_path / "mail"), fsync=False).mailbox(ADDR).folder("INBOX").snapshot().uidnext == 8
+
+
+def test_an_append_does_not_jump_ahead_of_what_dovecot_numbered_in_cur(tmp_path):
+    """Dovecot APPENDed X with \\Seen (into cur/, UID 3): mailstack's APPEND, which lists only
+    new/, still sees X in Dovecot's file, takes 3 for it and 4 for its own."""
+    store, inbox, snap, path = _shared_inbox(tmp_path, 2)
+    x = "1700000000.M1P1.dovecothost,S=20,W=21"
+    (Path(inbox.path) / "cur" / (x + ":2,S")).write_bytes(b"Subject: X\n\nbody\n")
+    with open(path, "a") as f:
+        f.write(f"3 :{x}:2,S\n")
+    assert inbox.append(b"Subject: Z\r\n\r\nbody\r\n") == 4
+    assert {m.base: m.uid for m in inbox.snapshot().messages}[x] == 3
+    assert sorted(read_uidlist(inbox.path).uids.values()) == [1, 2, 3, 4]
+
+
+def test_a_rewritten_dovecot_uidlist_on_a_reused_inode_is_read_afresh(tmp_path):
+    """ext4 gives a renamed-in file the inode number of the one it replaced: the mirror must
+    not read on from its old offset (it appended records twice, and Dovecot then threw its
+    file away: 'UIDs not ordered')."""
+    store, inbox, snap, path = _shared_inbox(tmp_path, 3)
+    inbox.dovecot.refresh()
+    records = [(m.uid, m.base) for m in snap.messages[1:]]
+    os.unlink(os.path.join(inbox.path, snap.messages[0].filename))
+    ys = [f"170000000{i}.M1P1.dovecothost,S=20,W=21" for i in range(2)]
+    for y in ys:
+        (Path(inbox.path) / "cur" / (y + ":2,S")).write_bytes(b"Subject: Y\n\nbody\n")
+    for _ in range(2):  # twice: the second file may well get the first inode back
+        _dovecot_rewrites(path, 6, records + [(4, ys[0]), (5, ys[1])])
+    got = {m.base: m.uid for m in inbox.snapshot().messages}
+    assert got[ys[0]] == 4 and got[ys[1]] == 5
+    uids = [int(line.split()[0]) for line in open(path).read().splitlines()[1:]]
+    assert uids == sorted(set(uids)), uids  # ascending, no record twice

@@ -37,6 +37,7 @@ class FolderReport:
     waiting: int = 0  # delivered into new/, not numbered yet: normal, see _waiting
     from_dovecot: int = 0  # UIDs that Dovecot's file gives and the first opening takes over
     stale_cache: int = 0  # cache entries of messages no longer there (dropped on repair)
+    expunged_elsewhere: int = 0  # UIDs whose file another program deleted (forgotten at the next opening)
 
 
 def _listing(path: str) -> dict[str, list[str]]:
@@ -94,18 +95,23 @@ def check_folder(folder: MaildirFolder, repair: bool = False) -> FolderReport:
         elif state.uidvalidity < 1:
             report.problems.append("UID state has no valid UIDVALIDITY")
         report.problems += state.problems
+        same = theirs is not None and not missing and theirs.uidvalidity == state.uidvalidity
         for base, rels in sorted(files.items()):
             if len(rels) > 1:
                 report.problems.append(f"{base} is present {len(rels)} times: {', '.join(rels)}")
-            if base not in state.by_base and base not in waiting:
+            if base in state.by_base or base in waiting:
+                continue
+            if same and theirs.uids.get(base, 0) >= state.uidnext:
+                report.from_dovecot += 1  # numbered by Dovecot: the next opening takes its UID
+            else:
                 report.problems.append(f"file without UID: {rels[0]}")
-        for uid, entry in sorted(state.entries.items()):
-            if entry.base not in files:
-                report.problems.append(f"UID {uid} has no file ({entry.base})")
+        # A UID whose file is gone: expunged by another program (Dovecot, a MUA on the Maildir);
+        # the next opening forgets it.  Not a problem: Maildir lets any program delete mail.
+        report.expunged_elsewhere = sum(e.base not in files for e in state.entries.values())
         if state.entries and state.uidnext <= max(state.entries):
             report.problems.append(f"UIDNEXT {state.uidnext} is not above the highest UID {max(state.entries)}")
         if not missing and state.uidvalidity >= 1:
-            report.problems += _check_dovecot(state, theirs)
+            report.problems += _check_dovecot(state, theirs, files)
         cache_problems, report.stale_cache = _check_cache(folder, files)
         cache_problems += _check_index(folder, state, files)
         if repair and report.problems:
@@ -153,14 +159,17 @@ def _check_dovecot_only(folder: MaildirFolder, report: FolderReport, theirs: Dov
     return report
 
 
-def _check_dovecot(state: UidState, theirs: DovecotUids | None) -> list[str]:
-    """Dovecot's file against the log: Dovecot, served this store, must see the same UIDs."""
+def _check_dovecot(state: UidState, theirs: DovecotUids | None, files: dict[str, list[str]]) -> list[str]:
+    """Dovecot's file against the log: Dovecot, served this store, must see the same UIDs.
+    Records it dropped for expunged files are no disagreement (numbering.py)."""
     if theirs is None:
         return ["no dovecot-uidlist (Dovecot would give every message a new UID)"]
     if theirs.uidvalidity != state.uidvalidity:
         return [f"dovecot-uidlist has UIDVALIDITY {theirs.uidvalidity}, not {state.uidvalidity}"]
-    differ = sum(theirs.uids.get(e.base) != uid for uid, e in state.entries.items())
-    return [f"dovecot-uidlist disagrees on {differ} of {len(state.entries)} UIDs"] if differ else []
+    names = {uid: base for base, uid in theirs.uids.items()}
+    live = [(uid, e) for uid, e in state.entries.items() if e.base in files]
+    differ = sum(theirs.uids.get(e.base) != uid or names.get(uid, e.base) != e.base for uid, e in live)
+    return [f"dovecot-uidlist disagrees on {differ} of {len(live)} UIDs"] if differ else []
 
 
 def _check_cache(folder: MaildirFolder, files: dict[str, list[str]]) -> tuple[list[str], int]:
@@ -189,9 +198,11 @@ def _repair(folder: MaildirFolder, state: UidState, files: dict[str, list[str]])
         for rel in sorted(rels, key=lambda r: r.startswith("cur/"))[:-1]:
             os.unlink(os.path.join(folder.path, rel))
     keep = {uid: e for uid, e in state.entries.items() if e.base in files}
+    theirs = folder.dovecot.refresh()
+    same = theirs is not None and theirs.uidvalidity == state.uidvalidity >= 1
     fixed = UidState(
         uidvalidity=state.uidvalidity if state.uidvalidity >= 1 else next_uidvalidity(folder.mailbox.path, folder.store.fsync),
-        uidnext=max([state.uidnext] + [uid + 1 for uid in keep]),
+        uidnext=max([state.uidnext, theirs.uidnext if same else 1] + [uid + 1 for uid in keep]),
         highestmodseq=state.highestmodseq,
         entries=keep,
         by_base={e.base: uid for uid, e in keep.items()},
@@ -199,7 +210,12 @@ def _repair(folder: MaildirFolder, state: UidState, files: dict[str, list[str]])
     ul = folder.uidlist
     ul.state = fixed
     records: list[str] = []
-    for base in sorted(b for b in files if b not in fixed.by_base):
+    lacking = [b for b in files if b not in fixed.by_base]
+    # Files Dovecot numbered keep its UIDs (ascending, above the log's); the rest get new ones.
+    for uid, base in sorted((theirs.uids[b], b) for b in lacking if same and b in theirs.uids):
+        if uid >= state.uidnext and uid not in keep:
+            ul.add(base, folder._internaldate_of(base, files[base][-1]), records, uid=uid)
+    for base in sorted(b for b in lacking if b not in fixed.by_base):
         ul.add(base, folder._internaldate_of(base, files[base][-1]), records)
     ul.rewrite()
     folder._invalidate_listing()

@@ -24,7 +24,7 @@ import socket
 import time
 
 from mailstack.errors import StoreError
-from mailstack.fsutil import pid_alive
+from mailstack.fsutil import fsync_dir, pid_alive
 
 #: Dovecot's stale timeout for the uidlist and keywords locks (two minutes).
 STALE_AFTER = 120.0
@@ -134,6 +134,8 @@ class DotLock:
         finally:
             os.close(fd)
         os.rename(self.lock_path, self.path)
+        if fsync:  # the rename itself durable: a power loss must not bring the old file back
+            fsync_dir(os.path.dirname(self.path) or ".")
         self._forget()
 
     def __enter__(self) -> "DotLock":

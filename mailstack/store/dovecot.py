@@ -42,10 +42,15 @@ class DovecotUids:
     pop3_order: dict[int, int] = field(default_factory=dict)
     #: uid -> CRLF size (``W``), for files whose names do not carry ``,W=``.
     vsizes: dict[int, int] = field(default_factory=dict)
+    #: uid -> the record's extension fields as written, kept when mailstack rewrites the file
+    #: (Dovecot's G message GUIDs from dsync, S sizes, ...: what this module does not read).
+    exts: dict[int, str] = field(default_factory=dict)
     version: str = "3"
     guid: str = ""
     records: int = 0
     last_uid: int = 0
+    #: (uid, base) of the records read since the caller last looked (see numbering.py).
+    fresh: list[tuple[int, str]] = field(default_factory=list)
 
 
 def parse_header(line: str) -> DovecotUids | None:
@@ -90,6 +95,9 @@ def parse_records(lines: list[str], found: DovecotUids) -> None:
         found.last_uid = uid
         found.records += 1
         found.uidnext = max(found.uidnext, uid + 1)
+        found.fresh.append((uid, name))
+        if exts:
+            found.exts[uid] = exts
         for ext in exts.split():
             kind, value = ext[:1], ext[1:]
             if kind == "P" and value:
@@ -112,7 +120,14 @@ def record_line(uid: int, name: str, exts: str = "") -> str:
 
 class DovecotUidList:
     """The folder's ``dovecot-uidlist`` as last read, refreshed by reading only what was
-    appended since (Dovecot and mailstack append; a rewrite is a rename, a new inode)."""
+    appended since (Dovecot and mailstack append; a rewrite renames a new file in).
+
+    A rewritten file can get the old one's inode number back (ext4 reuses them at once), so the
+    inode alone does not say the file is the one read: the header line and the bytes just
+    before where reading stopped must also be as they were, else the file is read afresh.
+    """
+
+    TAIL = 64  # bytes before the read offset compared at each refresh
 
     def __init__(self, folder_path: str, fsync: bool = True):
         self.path = os.path.join(folder_path, UIDLIST)
@@ -120,11 +135,17 @@ class DovecotUidList:
         self.state: DovecotUids | None = None
         self._inode: tuple[int, int] | None = None
         self._offset = 0
+        self._header = b""
+        self._tail = b""
+        self.generation = 0  # grows at every full read: what numbering.py keys its check on
 
     @property
     def inode(self) -> tuple[int, int] | None:
-        """Which version of the file the mirror holds (a rewrite renames a new one in)."""
         return self._inode
+
+    def forget(self) -> None:
+        """Read the file afresh next time (after a failed write, the mirror may be ahead of it)."""
+        self.state, self._inode, self._offset = None, None, 0
 
     def lock(self) -> DotLock:
         """Dovecot's lock on the file (and, through it, on ``dovecot-keywords``)."""
@@ -139,12 +160,15 @@ class DovecotUidList:
         with f:
             st = os.fstat(f.fileno())
             inode = (st.st_dev, st.st_ino)
-            if inode != self._inode or st.st_size < self._offset or self.state is None:
+            if inode != self._inode or st.st_size < self._offset or self.state is None or not self._same_file(f):
                 data = f.read()
                 end = data.rfind(b"\n") + 1
                 lines = data[:end].decode("utf-8", "surrogateescape").split("\n")[:-1]
                 self.state = parse_header(lines[0]) if lines else None
                 self._inode, self._offset = inode, end
+                self._header = data[: data.find(b"\n") + 1]
+                self._tail = data[max(0, end - self.TAIL):end]
+                self.generation += 1
                 if self.state is not None:
                     parse_records(lines[1:], self.state)
             elif st.st_size > self._offset:
@@ -153,7 +177,15 @@ class DovecotUidList:
                 end = data.rfind(b"\n") + 1
                 parse_records(data[:end].decode("utf-8", "surrogateescape").split("\n")[:-1], self.state)
                 self._offset += end
+                self._tail = (self._tail + data[:end])[-self.TAIL:]
         return self.state
+
+    def _same_file(self, f) -> bool:
+        head = f.read(len(self._header))
+        f.seek(max(0, self._offset - len(self._tail)))
+        tail = f.read(len(self._tail))
+        f.seek(0)
+        return head == self._header and tail == self._tail
 
     def rewrite(self, lock: DotLock, uidvalidity: int, uidnext: int, names: dict[int, str],
                 exts: dict[int, str] | None = None) -> None:
@@ -166,7 +198,7 @@ class DovecotUidList:
         lines = [f"3 V{uidvalidity} N{uidnext} G{guid}\n"]
         lines += [record_line(uid, names[uid], exts.get(uid, "")) for uid in sorted(names)]
         lock.replace("".join(lines).encode("utf-8", "surrogateescape"), fsync=self.fsync)
-        self.state, self._inode = None, None
+        self.forget()
         self.refresh()
 
     def append(self, records: list[tuple[int, str]]) -> None:
@@ -189,6 +221,7 @@ class DovecotUidList:
         finally:
             os.close(fd)
         self._offset += len(data)
+        self._tail = (self._tail + data)[-self.TAIL:]
         for uid, name in records:
             self.state.uids[name] = uid
             self.state.last_uid = uid

@@ -177,16 +177,23 @@ class FlagChanges:
                         break
                     except FileNotFoundError:
                         # Renamed meanwhile by another server (Dovecot changing flags, or moving it
-                        # to cur/): start again from its new name, or stop if it is gone.
+                        # to cur/): start again from its new name, or stop if it is gone.  Under
+                        # UNCHANGEDSINCE that other change is one after the client's MODSEQ: refused
+                        # (RFC 7162 3.1.3), its new MODSEQ given at the next listing.
                         self._invalidate_listing()
                         files = self._scan()
                         rel = files.get(entry.base)
                         if rel is None:
                             break
+                        if unchangedsince is not None and flags_of(rel, keywords) != old:
+                            refused.append(uid)
+                            rel = None
+                            break
                 else:
                     rel = None
                 if rel is None or target == rel:
                     continue
+                self._renamed.pop(entry.base, None)  # our own change supersedes: its MODSEQ is below
                 dirs_touched.update({rel[:3], "cur"})
                 files[entry.base] = target
                 if new != old:

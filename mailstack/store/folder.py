@@ -47,7 +47,11 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
         self.uidlist = UidList(path, fsync=store.fsync)
         self.dovecot = DovecotUidList(path, fsync=store.fsync)
         self._dovecot_checked: tuple | None = None  # the version of dovecot-uidlist found in step
-        self._renamed: set[str] = set()  # bases whose flags another process changed (new MODSEQs due)
+        #: base -> the MODSEQ the log gave it when its old name was seen, for files whose flags
+        #: another process changed: a new MODSEQ is due unless the log has one above it already
+        #: (a change another mailstack process made, and logged).
+        self._renamed: dict[str, float] = {}
+        self._baseline_modseqs: dict[str, int] = {}  # from a stale saved index (see _restore_index)
         self._files: dict[str, str] = {}  # base -> "new/name" | "cur/name"
         self._scan_mtimes: tuple[int, int] | None = None
         self._listed_at = 0  # time.time_ns() when the listing in _files was started
@@ -113,8 +117,14 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
             # the timestamp window does not invalidate the snapshot built on it.
             self._files_gen += 1
             old = self._files  # this process's own renames are in it already
-            self._renamed.update(b for b, rel in files.items() if (was := old.get(b)) is not None
-                                 and was.partition(":2,")[2] != rel.partition(":2,")[2])
+            moved = [b for b, rel in files.items() if (was := old.get(b)) is not None
+                     and was.partition(":2,")[2] != rel.partition(":2,")[2]]
+            if moved:
+                entries, by_base, baseline = self.uidlist.state.entries, self.uidlist.state.by_base, self._baseline_modseqs
+                for b in moved:
+                    uid = by_base.get(b)
+                    self._renamed[b] = baseline.get(b, entries[uid].modseq if uid in entries else 0)
+            self._baseline_modseqs = {}
             self._files = files
         self._scan_mtimes, self._listed_at = (st_new, st_cur), listed_at
         return self._files
@@ -131,7 +141,7 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
         missing = self.uidlist.refresh()
         if not missing and self.uidlist.state.uidvalidity >= 1:
             return
-        dovecots = self.dovecot.refresh() if missing else None
+        dovecots = self.dovecot.refresh()  # also when ours is there but unreadable: Dovecot's UIDs win
         if dovecots is None:
             self.uidlist.create(next_uidvalidity(self.mailbox.path, self.store.fsync))
             self._dovecot_file_kept()
@@ -141,7 +151,6 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
         entries = [(uid, base, self._internaldate_of(base, files[base]))
                    for base, uid in dovecots.uids.items() if base in files]
         self.uidlist.take_over(dovecots.uidvalidity, dovecots.uidnext, entries)
-        self._dovecot_checked = self.dovecot.inode if len(entries) == len(dovecots.uids) else None
 
     def _internaldate_of(self, base: str, rel: str) -> int:
         """A new file's INTERNALDATE: its mtime, as Dovecot takes it and as APPEND and delivery
@@ -162,6 +171,17 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
         self._index_tried = True
         saved = folder_index.restore(self.path, self.uidlist.path, self.keywords.path)
         if saved is None:
+            # Stale (another server renamed or added files since): its listing is still the
+            # baseline the first listing is compared with, so that flags Dovecot changed while
+            # this process was not running get new MODSEQs (see _scan).  Without an index (a
+            # crash before the first save) such changes keep their MODSEQs: a second process
+            # cannot tell them from this one's own, which the log already numbered.
+            doc = folder_index.read(self.path)
+            try:
+                self._files = {base_of(rel.split("/", 1)[1]): rel for rel in doc["files"]} if doc else {}
+                self._baseline_modseqs = {e[3]: int(e[1]) for e in doc["entries"]} if doc else {}
+            except (KeyError, TypeError, AttributeError, IndexError, ValueError):
+                self._files, self._baseline_modseqs = {}, {}
             return
         self.uidlist.adopt(saved.state, saved.uidlist_inode, saved.uidlist_size)
         self._files, self._scan_mtimes, self._listed_at = saved.files, saved.mtimes, saved.listed_at
@@ -216,15 +236,8 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
                 files = self._scan()
                 state = ul.state
                 records: list[str] = []
-                fresh = [(b, self._internaldate_of(b, files[b])) for b in files if b not in state.by_base]
-                fresh.sort(key=lambda bd: arrival_key(*bd))
-                self._number(fresh, records)
-                # Flags changed by another server (a rename): a new MODSEQ, so that CONDSTORE
-                # clients see the change (RFC 7162 3.1.1: every change of metadata).
-                for base in self._renamed:
-                    if base in state.by_base:
-                        ul.touch(state.by_base[base], records)
-                self._renamed.clear()
+                # What is gone first: numbering compares the log with Dovecot's file, which
+                # no longer lists what Dovecot expunged.
                 gone = [e.uid for e in state.entries.values() if e.base not in files]
                 if gone:
                     self._invalidate_listing()
@@ -233,6 +246,16 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
                         if state.entries[uid].base not in again:
                             ul.remove(uid, records)
                     files = again
+                fresh = [(b, self._internaldate_of(b, files[b])) for b in files if b not in state.by_base]
+                fresh.sort(key=lambda bd: arrival_key(*bd))
+                self._number(fresh, records)
+                # Flags changed by another server (a rename): a new MODSEQ, so that CONDSTORE
+                # clients see the change (RFC 7162 3.1.1: every change of metadata).
+                for base, seen in self._renamed.items():
+                    uid = state.by_base.get(base)
+                    if uid is not None and state.entries[uid].modseq <= seen:
+                        ul.touch(uid, records)
+                self._renamed.clear()
                 ul.append(records)
                 return files
 

@@ -62,6 +62,7 @@ class UidState:
 
 
 UIDVALIDITY_FILE = "mailstack-uidvalidity"
+TAIL = 64  # bytes before the read offset compared at each refresh (see UidList._same_file)
 
 
 def next_uidvalidity(mailbox_path: str, fsync: bool = True) -> int:
@@ -171,6 +172,8 @@ class UidList:
         self.state = UidState()
         self._inode: tuple[int, int] | None = None
         self._offset = 0  # bytes of complete lines consumed
+        self._head = b""  # the first line, and the bytes before _offset, as read
+        self._tail = b""
         self._size = 0  # file size seen at last refresh
         self.mutex = threading.RLock()  # guards the in-memory mirror within this process
 
@@ -186,6 +189,11 @@ class UidList:
         """Take ``state`` as the mirror of the file ``inode`` read up to ``size`` (the saved
         folder index restores it so, without reading the log)."""
         self.state, self._inode, self._offset, self._size = state, inode, size, size
+        self._head = self._tail = b""  # not read: the inode and size are all that is known
+
+    def forget(self) -> None:
+        """Read the file afresh next time (a failed write may have left the mirror ahead of it)."""
+        self._inode, self._offset, self._size = None, 0, 0
 
     def refresh(self) -> bool:
         """Bring the mirror up to date with the file. Return True if the file did not exist."""
@@ -198,17 +206,33 @@ class UidList:
         with f:
             st = os.fstat(f.fileno())
             inode = (st.st_dev, st.st_ino)
-            if inode != self._inode or st.st_size < self._offset:
+            if inode != self._inode or st.st_size < self._offset or not self._same_file(f):
                 self.state = UidState()
                 self._inode, self._offset = inode, 0
                 data = f.read()
                 self._offset = self._consume(data, header=True)
+                self._head = data[: data.find(b"\n") + 1]
+                self._tail = data[max(0, self._offset - TAIL):self._offset]
             elif st.st_size > self._offset:
                 f.seek(self._offset)
                 data = f.read()
-                self._offset += self._consume(data, header=False)
+                used = self._consume(data, header=False)
+                self._offset += used
+                self._tail = (self._tail + data[:used])[-TAIL:]
             self._size = st.st_size
         return False
+
+    def _same_file(self, f) -> bool:
+        """A rewrite renames a new file in, which may get the old one's inode number back
+        (ext4 reuses them at once): the first line and the bytes before where reading stopped
+        must also be as they were."""
+        if self._inode is None:
+            return False
+        head = f.read(len(self._head))
+        f.seek(max(0, self._offset - len(self._tail)))
+        tail = f.read(len(self._tail))
+        f.seek(0)
+        return head == self._head and tail == self._tail
 
     def _consume(self, data: bytes, header: bool) -> int:
         """Parse complete lines of ``data``; return how many bytes they took."""
@@ -283,6 +307,7 @@ class UidList:
         atomic_write(self.path, data, fsync=self.fsync)
         st = os.stat(self.path)
         self._inode, self._offset, self._size = (st.st_dev, st.st_ino), len(data), len(data)
+        self._head, self._tail = data[: data.find(b"\n") + 1], data[-TAIL:]
         s.records = len(s.entries)
         # What a reader of the new file knows: the expunges before it are forgotten.
         s.header_uidnext, s.header_modseq, s.expunged = s.uidnext, s.highestmodseq, {}
@@ -302,6 +327,7 @@ class UidList:
                 os.fdatasync(f.fileno())
         self._offset += len(data)
         self._size = self._offset
+        self._tail = (self._tail + data)[-TAIL:]
         self.state.records += len(records)
         if self.state.records > 2 * len(self.state.entries) + 1000:
             self.rewrite()
