@@ -269,11 +269,20 @@ def test_iprev_with_the_other_checks_in_one_field(inproc_server_factory, dns_por
     assert b"spf=" in field and b"dmarc=" in field
 
 
-def test_iprev_required_refuses_a_client_without_reverse_dns(inproc_server_factory, tmp_path):
-    zones = {"127.in-addr.arpa": ["PTR('1.0.0.127.in-addr.arpa', 'liar.bad.test')"], "bad.test": ["A('liar.bad.test', '192.0.2.1')"]}
+@pytest.mark.parametrize("zones, result", [
+    ({"127.in-addr.arpa": ["PTR('1.0.0.127.in-addr.arpa', 'liar.bad.test')"], "bad.test": ["A('liar.bad.test', '192.0.2.1')"]},
+     b"iprev=fail"),
+    ({"other.test": []}, b"iprev=permerror"),  # RFC 8601 2.7.3: no PTR data published
+], ids=["fail", "permerror"])
+def test_iprev_failures_recorded_or_refused(inproc_server_factory, tmp_path, zones, result):
     dns = serve_zones(tmp_path, zones)
     port = next(dns)
     try:
+        srv = inproc_server_factory(listeners=["smtp"], extra=antispam(port, iprev="record")).start()
+        assert deliver(mx(srv))[0] == 250
+        [stored] = srv.wait_for_messages(BOB, 1)
+        assert b"\r\nAuthentication-Results: mail.example.test; " + result + b" policy.iprev=127.0.0.1\r\n" in stored
+        srv.stop()
         srv = inproc_server_factory(listeners=["smtp"], extra=antispam(port, iprev="require")).start()
         assert send(mx(srv)) == (550, "5.7.25 Reverse DNS validation failed for [127.0.0.1]")
     finally:
