@@ -329,3 +329,14 @@ def test_a_client_that_waits_is_greeted(inproc_server_factory, dns_port):
     assert time.monotonic() - started >= 0.2
     assert deliver(client)[0] == 250
     in_reactor(lambda: None)
+
+
+def test_sighup_applies_antispam_to_new_sessions(inproc_server_factory, dns_port):
+    srv = inproc_server_factory(listeners=["smtp"], extra=antispam(dns_port)).start()
+    before = mx(srv)
+    assert send(before)[0] == 250
+    srv.config_path.write_text(srv.config_path.read_text().replace("[antispam]\n", '[antispam]\ndnsbl = ["bl.test"]\n'))
+    in_reactor(srv.service.reload)
+    assert "reload: applied [antispam] dnsbl" in srv.log_text()
+    assert send(mx(srv)) == (554, REFUSED + "bl.test")
+    assert before.cmd("RSET")[0] == 250  # a session open before keeps going

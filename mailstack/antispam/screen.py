@@ -78,7 +78,7 @@ class ClientScreen:
         self.resolver, self.policy = resolver, policy
 
     @classmethod
-    def build(cls, context, listener, policy) -> "ClientScreen | None":
+    def build(cls, context, listener, policy) -> ClientScreen | None:
         section = context.config.antispam
         if listener.protocol != "smtp" or not section:
             return None
@@ -87,7 +87,7 @@ class ClientScreen:
             return None
         return cls(section, context.resolver, policy)
 
-    def start(self, session) -> "SessionScreen | None":
+    def start(self, session) -> SessionScreen | None:
         """A connection came in: its screen (which greets the client), or None (greet it now)."""
         if self.policy.trusted_peer(session.peer):
             return None
