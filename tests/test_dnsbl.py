@@ -340,3 +340,32 @@ def test_sighup_applies_antispam_to_new_sessions(inproc_server_factory, dns_port
     assert "reload: applied [antispam] dnsbl" in srv.log_text()
     assert send(mx(srv)) == (554, REFUSED + "bl.test")
     assert before.cmd("RSET")[0] == 250  # a session open before keeps going
+
+
+def test_refusals_and_list_failures_are_counted(inproc_server_factory, dns_port):
+    from mailstack import metrics
+
+    def value(name, **labels):
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0
+
+    refused, failed = value("mailstack_client_refusals_total", reason="dnsbl"), \
+        value("mailstack_dnslist_failures_total", zone="refusing.test")
+    srv = inproc_server_factory(listeners=["smtp"], extra=antispam(dns_port, dnsbl=["bl.test", "refusing.test"])).start()
+    client = mx(srv)
+    assert send(client)[0] == 554
+    assert client.cmd(f"RCPT TO:<{ALICE}>")[0] == 554
+    assert value("mailstack_client_refusals_total", reason="dnsbl") == refused + 2
+    assert value("mailstack_dnslist_failures_total", zone="refusing.test") == failed + 1
+
+
+def test_in_a_twistd_process(server_factory, dns_port):
+    # The same checks in the real process: a list, iprev, and an early talker during the wait.
+    srv = server_factory(listeners=["smtp"], extra=antispam(dns_port, dnsbl=["clean.test"], iprev="record",
+                                                            early_talkers=True, greet_wait=0.3)).start()
+    assert _talk_early(srv, 0.3).startswith(b"554 5.5.1 Service unavailable; client [127.0.0.1] spoke before the greeting\r\n")
+    assert deliver(mx(srv))[0] == 250
+    [stored] = srv.wait_for_messages(BOB, 1)
+    assert b"\r\nAuthentication-Results: mail.example.test; iprev=pass policy.iprev=127.0.0.1 (client.good.test)\r\n" in stored
+    srv.stop()
+    srv = server_factory(listeners=["smtp"], extra=antispam(dns_port, dnsbl=["bl.test"])).start()
+    assert send(mx(srv)) == (554, REFUSED + "bl.test")

@@ -21,6 +21,7 @@ import socket
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
 
+from mailstack import metrics
 from mailstack.antispam import dnslists, iprev
 from mailstack.antispam.clientlists import ALLOW, BLOCK, ClientList
 from mailstack.errors import ConfigError, MailError
@@ -137,6 +138,7 @@ class SessionScreen:
             session.greet()
             return
         self.early = True
+        metrics.client_refused("early_talker")
         log.info("refused {peer}: it spoke before the greeting", peer=session.peer)
         session.reply(c.TRANSACTION_FAILED, c.E_INVALID_COMMAND,
                       f"Service unavailable; client [{self.ip}] spoke before the greeting")
@@ -153,6 +155,7 @@ class SessionScreen:
         self.answers = [r for r in results if isinstance(r, dnslists.ListAnswer)]
         for answer in self.answers:
             if answer.error:
+                metrics.dnslist_failure(answer.dnslist.zone)
                 log.warn("DNS list {zone}: no answer for {ip} ({error}); the list is skipped, nothing refused",
                          zone=answer.dnslist.zone, ip=str(self.ip), error=answer.error, peer=self.session.peer)
         self._done()
@@ -183,39 +186,45 @@ class SessionScreen:
             d = defer.Deferred()
             self._waiters.append(d)
             return d
+        refusal = None
         sender_listed = None
         if method == "cmd_RCPT" and sender and self.screen.client_list is not None:
             sender_listed = self.screen.client_list.for_sender(sender)
             if sender_listed == BLOCK:
-                domain = sender.rpartition("@")[2]
-                raise MailError(c.TRANSACTION_FAILED, c.E_NOT_AUTHORIZED,
-                                f"Service unavailable; sender domain {domain} blocked by local policy")
-        if at_point and sender_listed != ALLOW:
-            self._refuse()
+                refusal = ("sender_domain", MailError(
+                    c.TRANSACTION_FAILED, c.E_NOT_AUTHORIZED,
+                    f"Service unavailable; sender domain {sender.rpartition('@')[2]} blocked by local policy"))
+        if refusal is None and at_point and sender_listed != ALLOW:
+            refusal = self._verdict()
+        if refusal is not None:
+            metrics.client_refused(refusal[0])
+            raise refusal[1]
         return None
 
-    def _refuse(self) -> None:
-        """The verdict on the client at the refusal point (raises MailError, or returns)."""
+    def _verdict(self) -> tuple[str, MailError] | None:
+        """The verdict on the client at the refusal point: (reason, the refusal), or None."""
         ip = self.ip
         if self.listed == BLOCK:
-            raise MailError(c.TRANSACTION_FAILED, c.E_NOT_AUTHORIZED,
-                            f"Service unavailable; client [{ip}] blocked by local policy", cause="the client list")
+            return "client_list", MailError(c.TRANSACTION_FAILED, c.E_NOT_AUTHORIZED,
+                                            f"Service unavailable; client [{ip}] blocked by local policy",
+                                            cause="the client list")
         hits = [a for a in self.answers if a.listed and a.dnslist in self.screen.dnsbl]
         allowed = [a for a in self.answers if a.listed and a.dnslist in self.screen.dnswl]
         score = sum(a.dnslist.weight for a in hits) - sum(a.dnslist.weight for a in allowed)
         if hits and score >= self.screen.threshold:
             worst = max(hits, key=lambda a: a.dnslist.weight)  # the first of the heaviest
             cause = ", ".join(f"{a.dnslist.zone} {'/'.join(a.codes)}" for a in hits + allowed)
-            raise MailError(c.TRANSACTION_FAILED, c.E_NOT_AUTHORIZED,
-                            f"Service unavailable; client [{ip}] blocked using {worst.dnslist.zone}",
-                            cause=f"score {score} (threshold {self.screen.threshold}): {cause}")
+            return "dnsbl", MailError(c.TRANSACTION_FAILED, c.E_NOT_AUTHORIZED,
+                                      f"Service unavailable; client [{ip}] blocked using {worst.dnslist.zone}",
+                                      cause=f"score {score} (threshold {self.screen.threshold}): {cause}")
         if self.screen.iprev == "require" and self.iprev is not None and self.iprev.result != "pass":
             if self.iprev.result == "temperror":
-                raise MailError(MAILBOX_BUSY, E_IPREV_TEMPORARY,
-                                f"Reverse DNS of [{ip}] cannot be checked now; try again later",
-                                cause=self.iprev.reason)
-            raise MailError(c.MAILBOX_UNAVAILABLE, E_IPREV_FAILED,
-                            f"Reverse DNS validation failed for [{ip}]", cause=self.iprev.reason)
+                return "iprev", MailError(MAILBOX_BUSY, E_IPREV_TEMPORARY,
+                                          f"Reverse DNS of [{ip}] cannot be checked now; try again later",
+                                          cause=self.iprev.reason)
+            return "iprev", MailError(c.MAILBOX_UNAVAILABLE, E_IPREV_FAILED,
+                                      f"Reverse DNS validation failed for [{ip}]", cause=self.iprev.reason)
+        return None
 
     def auth_results(self) -> list:
         """Entries for the MX's Authentication-Results field (iprev, when it was checked)."""
