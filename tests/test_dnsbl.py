@@ -114,11 +114,14 @@ def test_list_specifications():
     ('client_list = "nope"', "[antispam] client_list", "file not found"),
     ('client_list = "lists"', "[antispam] client_list", "line 2: must be 'allow' or 'block'"),
     ('client_list = "lists2"', "[antispam] client_list", "line 1: 'x_y' is not an address, network or domain"),
+    ('client_list = "open"', "[antispam] client_list", "is world-writable (mode 646)"),
 ])
 def test_config_errors_name_file_key_and_problem(inproc_server_factory, extra, key, problem):
     srv = inproc_server_factory(listeners=["smtp"], extra="[antispam]\n" + extra + "\n")
     (srv.base / "lists").write_text("allow 192.0.2.1\ndeny 192.0.2.2\n")
     (srv.base / "lists2").write_text("block x_y\n")
+    (srv.base / "open").write_text("allow 192.0.2.1\n")
+    (srv.base / "open").chmod(0o646)
     with pytest.raises(ConfigError) as e:
         config.load(str(srv.config_path))
     assert str(e.value).startswith(f"{srv.config_path}: {key}: ") and problem in str(e.value), str(e.value)

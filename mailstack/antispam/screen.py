@@ -57,6 +57,7 @@ def check_config(values: dict, path: str) -> dict:
         from mailstack import fileaccess
 
         fileaccess.readable(path, "[antispam] client_list", section["client_list"])
+        fileaccess.not_writable_by_others(path, "[antispam] client_list", section["client_list"])  # it lets clients in
         try:
             ClientList(section["client_list"])
         except ConfigError as e:
