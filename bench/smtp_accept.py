@@ -15,6 +15,7 @@ Prints messages/s for each server and the ratio mailstack / aiosmtpd.
     python bench/smtp_accept.py                      # the default grid: 1/10/50 clients x 4 KB/100 KB
     python bench/smtp_accept.py --clients 50 --size 4096 --seconds 10
     python bench/smtp_accept.py --checks off         # diagnosis only: a server nobody runs
+    python bench/smtp_accept.py --dnsbl on           # plus [antispam]: a DNS list and iprev, on the local DNS
 """
 
 from __future__ import annotations
@@ -218,6 +219,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=0, help="with smtp-source: messages per cell (default: about --seconds worth)")
     parser.add_argument("--checks", choices=["on", "off"], default="on",
                         help="SPF/DKIM/DMARC on the MX (default on, as mailstack init writes it; off for diagnosis only)")
+    parser.add_argument("--dnsbl", choices=["on", "off"], default="off",
+                        help="[antispam]: one DNS list (the client not listed) and iprev recorded, served by the local DNS")
     args = parser.parse_args()
 
     from support.dns import serve_zones
@@ -228,8 +231,14 @@ def main() -> None:
     key_pem, dkim_txt = dkim_key()
     extra = "[limits]\nconnections_per_address = 1000\n"
     dns_server = None
-    if args.checks == "on":
-        dns_server = serve_zones(work, {SENDER_DOMAIN: zone_records(dkim_txt)})
+    if args.checks == "on" or args.dnsbl == "on":
+        zones = {SENDER_DOMAIN: zone_records(dkim_txt)}
+        if args.dnsbl == "on":  # the load's 127.0.0.1 is not listed, and its PTR leads back to it
+            zones.update({"bl.test": ["A('2.0.0.127.bl.test', '127.0.0.2')"],
+                          "127.in-addr.arpa": ["PTR('1.0.0.127.in-addr.arpa', 'load.example')"],
+                          "load.example": ["A('load.example', '127.0.0.1')"]})
+            extra += '[antispam]\ndnsbl = ["bl.test"]\niprev = "record"\n'
+        dns_server = serve_zones(work, zones)
         extra += f'[dns]\nnameservers = ["127.0.0.1"]\nport = {next(dns_server)}\ntimeout = 5.0\n'
     srv = MailServer(work / "mailstack", listeners=["smtp"], extra=extra, checks=args.checks == "on")
     if args.no_fsync:  # only to see where the time goes; the reference still fsyncs
@@ -241,7 +250,8 @@ def main() -> None:
                            stdout=subprocess.PIPE, text=True)
     assert ref.stdout.readline().strip() == "ready"
 
-    print(f"SMTP accept benchmark: mailstack with SPF/DKIM/DMARC checks {args.checks} (aiosmtpd checks nothing), "
+    print(f"SMTP accept benchmark: mailstack with SPF/DKIM/DMARC checks {args.checks}, DNSBL and iprev {args.dnsbl} "
+          f"(aiosmtpd checks nothing), "
           f"fsync on, load from {args.load}, {os.cpu_count()} cores")
     print("columns: messages/s, latency per message (p50/p99 ms), server CPU ms per message")
     print(f"{'clients':>7} {'size':>7} | {'mailstack msg/s':>15} {'p50':>6} {'p99':>6} {'cpu':>5} | "

@@ -71,6 +71,7 @@ class Config:
     acme: dict = field(default_factory=lambda: {"enabled": False})  # [acme], checked: mailstack.acmecert
     mta_sts: dict = field(default_factory=dict)  # [mta_sts], checked: mailstack.mtasts
     log: dict = field(default_factory=lambda: {"format": "text", "file": ""})  # [log]: see mailstack.logoutput
+    antispam: dict = field(default_factory=dict)  # [antispam], checked: mailstack.antispam.screen
 
     @property
     def has_tls(self) -> bool:
@@ -383,6 +384,9 @@ def from_dict(raw: dict, path: str) -> Config:
 
     acme = check_acme_config(values, hostname, domains, listeners, root, path)
     mta_sts = check_mta_sts_config(values, hostname, path)
+    from mailstack.antispam.screen import check_config as check_antispam_config
+
+    antispam = check_antispam_config(values, path)
     for k in ("connections", "connections_per_address", "message_size", "recipients", "commands_per_second",
               "command_burst"):
         if values["limits"][k] < 1:
@@ -430,6 +434,7 @@ def from_dict(raw: dict, path: str) -> Config:
         acme=acme,
         mta_sts=mta_sts,
         log=_check_log(values, path),
+        antispam=antispam,
     )
 
 

@@ -151,4 +151,15 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "format": (str, "text"),  # "text" | "json" (mailstack.logoutput)
         "file": ("path", ""),  # "": twistd's own output (standard output with --nodaemon)
     },
+    # Client checks on the MX port (mailstack.antispam.screen): DNS lists, the local list, iprev.
+    "antispam": {
+        "dnsbl": ("list[str]", []),  # "zone[=codes][*weight]" (mailstack.antispam.dnslists)
+        "dnswl": ("list[str]", []),
+        "dnsbl_threshold": (int, 1),
+        "reject_at": (str, "rcpt"),  # "rcpt" | "ehlo"
+        "client_list": ("path", ""),
+        "iprev": (str, "off"),  # "off" | "record" | "require"
+        "early_talkers": (bool, False),
+        "greet_wait": (float, 0.0),
+    },
 }

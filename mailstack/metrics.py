@@ -82,6 +82,10 @@ AUTH_LOCKOUTS = Counter("mailstack_auth_lockouts", "Client addresses locked out 
                         ["protocol"], registry=REGISTRY)
 STORE_ERRORS = Counter("mailstack_store_errors", "Store operations that failed on the server's side, per protocol",
                        ["protocol"], registry=REGISTRY)
+CLIENT_REFUSALS = Counter("mailstack_client_refusals", "MX replies refusing a client (mailstack.antispam.screen), per reason",
+                          ["reason"], registry=REGISTRY)
+DNSLIST_FAILURES = Counter("mailstack_dnslist_failures", "DNS list lookups that got no answer (the list skipped), per zone",
+                           ["zone"], registry=REGISTRY)
 
 for _outcome in ("delivered", "queued", "sent", "deferred", "bounced"):
     MESSAGES.labels(_outcome)
@@ -152,6 +156,15 @@ def auth_lockout(key: str) -> None:
 
 def store_error(protocol: str) -> None:
     STORE_ERRORS.labels(protocol).inc()
+
+
+def client_refused(reason: str) -> None:
+    """``reason``: dnsbl, client_list, sender_domain, iprev, early_talker."""
+    CLIENT_REFUSALS.labels(reason).inc()
+
+
+def dnslist_failure(zone: str) -> None:
+    DNSLIST_FAILURES.labels(zone).inc()
 
 
 class CommandTimes:

@@ -69,6 +69,7 @@ class ServerContext:
     inbound_checker: object = None  # SPF, DKIM, DMARC on the MX port
     bound: dict = None  # listener key -> {"host", "port", "tls", "protocol"} once listening
     acme: object = None  # mailstack.acmecert.AcmeService when [acme] is on (its HTTP-01 answers)
+    resolver: object = None  # the cached DNS resolver (mailstack.resolver), for the DNS lists
 
 
 class MailstackService(service.MultiService):
@@ -107,7 +108,7 @@ class MailstackService(service.MultiService):
 
         resolver = authentication.set_default_resolver(cfg.dns["nameservers"], cfg.dns["port"], cfg.dns["timeout"],
                                                      cfg.dns["cache_size"])
-        self.resolver = resolver
+        self.resolver = self.context.resolver = resolver
         self.context.dkim_signer = authentication.DkimSigner(cfg.dkim["keys"], cfg.dkim["selector"], cfg.domains)
         self.context.inbound_checker = self.make_inbound_checker(cfg)
         self.context.relay = relay.build_relay(cfg, store, accounts, reactor)

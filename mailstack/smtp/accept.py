@@ -62,6 +62,9 @@ class SMTPSettings:
         self.plaintext_on_loopback = cfg.plaintext_on_loopback
         self.policy = SmtpPolicy(context.accounts, cfg.domains, cfg.max_recipients, cfg.trusted_networks)
         self.checker = context.inbound_checker if self.listener.protocol == "smtp" else None
+        from mailstack.antispam.screen import ClientScreen
+
+        self.screen = ClientScreen.build(context, self.listener, self.policy)
 
     def prepare(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str,
                 helo: str) -> defer.Deferred:
@@ -72,9 +75,10 @@ class SMTPSettings:
                 return defer.maybeDeferred(self.submit, spool, added, facts, sender, spool.header_block())
             d = threads.deferToThread(spool.header_block)  # a header beyond 64 KiB: read from the spool
             return d.addCallback(lambda header: self.submit(spool, added, facts, sender, header))
+        extra = facts.client.auth_results() if facts.client is not None else []  # iprev
         if self.checker is not None:
-            return threads.deferToThread(self.check, spool, facts.peer, sender, helo)
-        return defer.succeed(Prepared())
+            return threads.deferToThread(self.check, spool, facts.peer, sender, helo, extra)
+        return defer.succeed(Prepared(header=authentication.results_header(self.hostname, extra) if extra else b""))
 
     def submit(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str, header: bytes):
         """Refuse a From or Sender the user may not send as; remove Authentication-Results
@@ -95,10 +99,10 @@ class SMTPSettings:
             message = authentication.strip_own_results(message, self.hostname)
         return Prepared(header=self.signer.sign(message, domain) if domain else b"", body=message)
 
-    def check(self, spool: MessageSpool, peer: str, sender: str, helo: str) -> Prepared:
+    def check(self, spool: MessageSpool, peer: str, sender: str, helo: str, extra: list = ()) -> Prepared:
         """MX (worker thread): SPF, DKIM, DMARC; our own Authentication-Results header on top."""
         message = spool.read_all()
-        verdict = self.checker.check(message, peer, sender, helo)
+        verdict = self.checker.check(message, peer, sender, helo, extra)
         stripped = authentication.strip_own_results(message, self.hostname)
         return Prepared(header=verdict.header, body=stripped if stripped != message else None,
                         action=verdict.action, reason=verdict.reason)

@@ -252,6 +252,13 @@ def parse_public_suffix_list_once() -> None:
     remembered("example.com")  # parse now, at start-up, not in the first message's check
 
 
+def results_header(hostname: str, results: list) -> bytes:
+    """An Authentication-Results field (RFC 8601) of ``results`` (authres objects), CRLF-terminated."""
+    from authres import AuthenticationResultsHeader
+
+    return (str(AuthenticationResultsHeader(authserv_id=hostname, results=results)) + "\r\n").encode()
+
+
 class InboundChecker:
     def __init__(self, hostname: str, resolver: dns.resolver.Resolver, spf: bool = True, dkim: bool = True,
                  dmarc: bool = True, enforce: bool = True):
@@ -270,12 +277,13 @@ class InboundChecker:
         dmarc = [r for r in records if r.startswith("v=DMARC1")]
         return dmarc[0] if len(dmarc) == 1 else None
 
-    def check(self, message: bytes, ip: str, mail_from: str, helo: str) -> Verdict:
+    def check(self, message: bytes, ip: str, mail_from: str, helo: str, extra=()) -> Verdict:
+        """``extra``: results found before the message (iprev, mailstack.antispam), put first."""
         import authheaders
         from authres import AuthenticationResultsHeader
         from authres.dmarc import DMARCAuthenticationResult
 
-        results, temporary = [], []
+        results, temporary = list(extra), []
         spf_result = dkim_result = None
         if self.do_spf:
             spf_result = authheaders.check_spf(ip, mail_from or f"postmaster@{helo}", helo)

@@ -33,6 +33,7 @@ class SessionFacts:
     submission: bool
     user: str | None = None  # the authenticated account
     tls: bool = False
+    client: object = None  # the MX port's client checks (mailstack.antispam.screen.SessionScreen)
 
 
 @dataclass

@@ -94,6 +94,7 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
         self.timeout = settings.timeout
         self.state = FRESH
         self.facts: SessionFacts | None = None
+        self.screen = None  # mailstack.antispam.screen.SessionScreen on the MX port
         self.commands = 0
         self.pacer = CommandPacer(settings.command_rate, settings.command_burst, reactor)
         self.helo, self.esmtp = "", False
@@ -115,8 +116,14 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
         self.facts = SessionFacts(peer=self.peer, submission=self.listener.protocol == "submission",
                                   tls=self.listener.tls == "implicit")
         self.session_id = logcontext.session_id(self.peer) or secrets.token_hex(6)
-        self.reply(c.SERVICE_READY, None, f"{self.host.decode('ascii')} ESMTP mailstack")
+        # The MX port's client checks (mailstack.antispam.screen) start now and greet the client.
+        self.screen = self.facts.client = self.settings.screen.start(self) if self.settings.screen else None
+        if self.screen is None:
+            self.greet()
         self.setTimeout(self.timeout)
+
+    def greet(self) -> None:
+        self.reply(c.SERVICE_READY, None, f"{self.host.decode('ascii')} ESMTP mailstack")
 
     def connectionLost(self, reason):
         self._lost = True
@@ -235,6 +242,13 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
             self.reply(c.SYNTAX_ERROR, c.E_SYNTAX, "Syntax error: control characters in the command")
             return
         try:
+            if method == "cmd_RCPT":
+                self._counted = metrics.smtp_recipient  # a refusal by the client checks is a reply to RCPT
+            held = self.screen.before(method, self.sender) if self.screen is not None else None
+            if held is not None:  # the client checks are not answered yet: this command waits
+                self.pause()
+                held.addCallback(lambda _: self._paced(line))
+                return
             getattr(self, method)(text)
         except MailError as e:
             self.reply_error(e)
