@@ -294,7 +294,8 @@ def _queue_command(queue, args) -> int:
     if args.action == "show":
         print(f"id {env.id} ({where}), from <{env.sender}>, {env.size} bytes, queued {when(env.created)}, "
               f"attempts {env.attempts}, next {when(env.next_attempt)}"
-              + (f", {env.interrupted} interrupted by a crash" if env.interrupted else ""))
+              + (f", {env.interrupted} interrupted by a crash" if env.interrupted else "")
+              + (f", submitted by {env.user}" + (" (held)" if env.user in queue.held_users() else "") if env.user else ""))
         for r in env.recipients:
             detail = f"  last: {r.code} {r.diagnostic}" + (f" ({r.remote_mta})" if r.remote_mta else "") if r.code else ""
             print(f"  {r.address}: {r.status}{detail}")

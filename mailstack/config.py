@@ -369,6 +369,11 @@ def _check_greylisting_limits(values: dict, path: str) -> None:
         raise ConfigError(path, "[greylisting] memory", "must be longer than delay")
     if any(not d.strip() or " " in d.strip() for d in g["spf_allow_domains"]):
         raise ConfigError(path, "[greylisting] spf_allow_domains", "must list domains, without blanks")
+    if g["enabled"]:
+        database = g["database"] or os.path.join(os.path.dirname(values["store"]["root"]), "greylist.sqlite")
+        if os.path.isdir(database):
+            raise ConfigError(path, "[greylisting] database", f"{database} is a directory, not a file")
+        fileaccess.writable_dir(path, "[greylisting] database", os.path.dirname(database))
     o = values["outbound_limits"]
     for k in KEYS:
         if o[k] < 0:

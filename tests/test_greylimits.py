@@ -150,6 +150,7 @@ def test_bad_override_is_refused(text):
     ("[greylisting]\nmemory = 100\n", "[greylisting] memory"),
     ("[outbound_limits]\nrecipients_per_hour = -1\n", "[outbound_limits] recipients_per_hour"),
     ('[outbound_limits]\nusers = ["alice@example.test often=2"]\n', "[outbound_limits] users"),
+    ('[greylisting]\nenabled = true\ndatabase = "tls"\n', "[greylisting] database"),
 ])
 def test_config_errors_name_the_key(tmp_path, extra, key):
     srv = MailServer(tmp_path, listeners=["smtp"], extra=extra)
@@ -255,6 +256,15 @@ def test_outbound_limits_over_submission(inproc_server_factory):
     log = srv.log_text()
     assert log.count(f"outbound limit: {ALICE} reached") == 1  # the first hit only
     assert metrics.OUTBOUND_LIMITED.labels("recipients_per_hour")._value.get() == before + 1
+    # SIGHUP: higher limits apply at once, the counts so far are kept (3 recipients this hour).
+    text = srv.config_path.read_text().replace("recipients_per_hour = 3\nmessages_per_hour = 2",
+                                               "recipients_per_hour = 4\nmessages_per_hour = 10")
+    srv.config_path.write_text(text)
+    in_reactor(srv.service.reload)
+    assert s.cmd(f"MAIL FROM:<{ALICE}>")[0] == 250
+    assert s.cmd(f"RCPT TO:<{BOB}>")[0] == 250
+    assert s.cmd(f"RCPT TO:<{ALICE}>") == (
+        451, f"4.7.0 Sending limit reached: at most 4 recipients per hour for {ALICE}; try again later")
 
 
 # -- queue hold and release ----------------------------------------------------------------------------

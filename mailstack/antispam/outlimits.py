@@ -9,7 +9,7 @@ every limit again) logs one line at warning level, the alert an administrator wa
 Only accepted messages count.  Every recipient of a submitted message counts, local ones too
 (spam to the server's own users is abuse as well).
 
-The counters are in memory: a restart resets them, so a compromised account gets a fresh
+SIGHUP applies changed limits and keeps the counts.  The counters are in memory: a restart resets them, so a compromised account gets a fresh
 allowance at each restart (a weakness, bounded by the daily limit times the restarts).
 """
 
@@ -110,3 +110,11 @@ def build(cfg, clock=time.time) -> OutboundLimits | None:
         return None
     overrides = dict(parse_override(text) for text in section["users"])
     return OutboundLimits(section, overrides, clock)
+
+
+def rebuild(old: OutboundLimits | None, cfg) -> OutboundLimits | None:
+    """SIGHUP changed ``[outbound_limits]``: the new limits, with the counts so far."""
+    new = build(cfg, old.clock if old is not None else time.time)
+    if new is not None and old is not None:
+        new.sent, new.alerted = old.sent, old.alerted
+    return new

@@ -51,7 +51,6 @@ class SMTPSettings:
         self.batcher = context.delivery_batcher
         # antispam: greylisting on the MX port, outbound limits per user on submission (None: off)
         self.greylist = getattr(context, "greylist", None) if listener.protocol == "smtp" else None
-        self.limits = getattr(context, "outbound_limits", None) if listener.protocol == "submission" else None
         self.configure(context)
 
     def configure(self, context) -> None:
@@ -65,6 +64,7 @@ class SMTPSettings:
         self.plaintext_on_loopback = cfg.plaintext_on_loopback
         self.policy = SmtpPolicy(context.accounts, cfg.domains, cfg.max_recipients, cfg.trusted_networks)
         self.checker = context.inbound_checker if self.listener.protocol == "smtp" else None
+        self.limits = getattr(context, "outbound_limits", None) if self.listener.protocol == "submission" else None
 
     def prepare(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str,
                 helo: str) -> defer.Deferred:
