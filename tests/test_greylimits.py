@@ -283,6 +283,7 @@ def test_queue_skips_a_held_users_mail(tmp_path):
     assert sorted(qid for _, qid in q.due()) == sorted([mine, other, bounce, later])
 
 
+@pytest.mark.slow  # two CLI processes and seconds of relay scans
 def test_cli_hold_and_release(inproc_server_factory):
     dead = "127.0.0.1:9"  # discard port: nothing listens, every attempt fails at once
     extra = f'[relay]\nsmarthost = "{dead}"\nsmarthost_verify = false\nscan_interval = 0.2\nretry_schedule = [1]\n'
