@@ -3,7 +3,8 @@ what could not be applied.
 
 Applied at once, without dropping a session (:data:`LIVE`): ``[server] domains``,
 ``[tls] certificate``/``key`` (while TLS stays on), ``[accounts] recipient_delimiter``, every key
-of ``[auth]``, ``[limits]``, ``[smtp]``, ``[imap]``, ``[checks]``, ``[mta_sts]`` and ``[outbound_limits]``, and ``[dkim] selector``.
+of ``[auth]``, ``[limits]``, ``[smtp]``, ``[imap]``, ``[checks]``, ``[mta_sts]`` and
+``[outbound_limits]``, and ``[dkim] selector``.
 Everything else (the listeners, the host name, the store, the queue and relay, DNS, the
 account files' paths) needs a restart: such a change is logged by its key and the running
 value is kept, so the running server never mixes the two files.  A file with an error is

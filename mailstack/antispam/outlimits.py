@@ -9,8 +9,9 @@ every limit again) logs one line at warning level, the alert an administrator wa
 Only accepted messages count.  Every recipient of a submitted message counts, local ones too
 (spam to the server's own users is abuse as well).
 
-SIGHUP applies changed limits and keeps the counts.  The counters are in memory: a restart resets them, so a compromised account gets a fresh
-allowance at each restart (a weakness, bounded by the daily limit times the restarts).
+SIGHUP applies changed limits and keeps the counts.  The counters are in memory: a restart
+resets them, so a compromised account gets a fresh allowance at each restart (a weakness,
+bounded by the daily limit times the restarts; 'mailstack queue hold' survives restarts).
 """
 
 from __future__ import annotations

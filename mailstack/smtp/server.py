@@ -364,11 +364,13 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
         if not addr.is_ascii(address) and "SMTPUTF8" not in self.mail_params:
             raise addr.non_ascii()
         recipient = self.settings.policy.check_recipient(self.facts, address, len(self.recipients), self.sender or "")
-        wait = smtp_hooks.at_rcpt(self.settings, self.facts, self.sender or "", recipient, len(self.recipients), self.helo)
+        wait = smtp_hooks.at_rcpt(self.settings, self.facts, self.sender or "", recipient, len(self.recipients),
+                                  self.helo)
         if wait is None:
             return self._rcpt_ok(recipient, address)
         self.pause()  # greylisting asks its database in a thread
-        wait.addCallbacks(lambda _: self._rcpt_ok(recipient, address), lambda f: self.reply_error(f.trap(MailError) and f.value))
+        wait.addCallbacks(lambda _: self._rcpt_ok(recipient, address),
+                          lambda f: self.reply_error(f.trap(MailError) and f.value))
         wait.addBoth(lambda _: self.resume())
 
     def _rcpt_ok(self, recipient, address: str) -> None:
