@@ -36,6 +36,8 @@ What is counted (names as exposed; counters end in ``_total``):
   mistake such as a missing folder.
 * ``mailstack_outbound_limited_total`` {limit}: MAIL/RCPT refused over a per-user outbound
   limit; ``mailstack_outbound_limit_hits_total`` {limit}: users who reached one (the alert).
+* ``mailstack_greylist_total`` {result}: greylisting at RCPT: ``greylisted`` (451),
+  ``passed``, ``spf_allowed``, ``unchecked`` (overloaded or failed: let through).
 """
 
 from __future__ import annotations
@@ -160,6 +162,14 @@ OUTBOUND_LIMITED = Counter("mailstack_outbound_limited", "Submissions refused ov
                            ["limit"], registry=REGISTRY)
 OUTBOUND_LIMIT_HITS = Counter("mailstack_outbound_limit_hits", "Users who reached a per-user outbound limit (once "
                               "an episode), per limit", ["limit"], registry=REGISTRY)
+
+
+GREYLIST = Counter("mailstack_greylist", "Greylisting decisions at RCPT: greylisted, passed, spf_allowed, unchecked",
+                   ["result"], registry=REGISTRY)
+
+
+def greylist(result: str) -> None:
+    GREYLIST.labels(result).inc()
 
 
 def outbound_limited(limit: str, first: bool) -> None:

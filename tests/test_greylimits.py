@@ -220,8 +220,10 @@ def test_spf_pass_for_an_allowed_domain_skips_greylisting(inproc_server_factory,
     extra = (f'[dns]\nnameservers = ["127.0.0.1"]\nport = {spf_dns}\n'
              '[greylisting]\nenabled = true\nspf_allow_domains = ["allowed.test", "elsewhere.test"]\n')
     srv = inproc_server_factory(listeners=["smtp"], extra=extra).start()
+    before = metrics.GREYLIST.labels("spf_allowed")._value.get()
     _, reply = _mx_transaction(srv, sender="news@allowed.test")
     assert reply == (250, f"2.1.5 Recipient <{BOB}> OK")
+    assert metrics.GREYLIST.labels("spf_allowed")._value.get() == before + 1
     _, reply = _mx_transaction(srv, sender="news@elsewhere.test")  # listed, but SPF fails from here
     assert reply == (GREY_451[0], GREY_451[1].format(300))
 

@@ -31,6 +31,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from mailstack import metrics
 from mailstack.errors import MailError
 from mailstack.mail import codes
 
@@ -130,6 +131,7 @@ class Greylist(service.Service):
         self.spf_allow = {d.lower().rstrip(".") for d in spf_allow_domains}
         self.max_pending = max_pending
         self.pending = 0
+        self.overloaded = False  # warned about max_pending; logged again only after it cleared
         self.pool = ThreadPool(1, 1, name="greylist")
         self.spf_check = spf_check or _spf_check
 
@@ -153,24 +155,32 @@ class Greylist(service.Service):
     def check(self, ip: str, sender: str, recipient: str, helo: str):
         """Fires with None (go on) or fails with the 451 MailError."""
         if self.pending >= self.max_pending:
-            log.warn("greylisting: {n} checks waiting; letting {ip} through unchecked", n=self.pending, ip=ip)
+            if not self.overloaded:
+                self.overloaded = True
+                log.warn("greylisting: {n} checks waiting; letting mail through unchecked until fewer", n=self.pending)
+            metrics.greylist("unchecked")
             return None
+        self.overloaded = self.overloaded and self.pending > self.max_pending // 2
         self.pending += 1
         try:
             domain = sender.rpartition("@")[2].lower().rstrip(".")
             if domain and domain in self.spf_allow:
                 result = yield threads.deferToThread(self.spf_check, ip, sender, helo)
                 if result == "pass":
+                    metrics.greylist("spf_allowed")
                     return None
             wait = yield self._in_pool(self.db.check, ip, sender, recipient)
             if not wait:
+                metrics.greylist("passed")
                 return None
         except Exception:
             log.failure("greylisting: check of {ip} failed; letting it through", ip=ip)
+            metrics.greylist("unchecked")
             return None
         finally:
             self.pending -= 1
         log.info("greylisted {ip} <{sender}> -> <{recipient}>", ip=ip, sender=sender, recipient=recipient)
+        metrics.greylist("greylisted")
         raise deferred_error(wait)
 
 
