@@ -316,3 +316,23 @@ def test_cli_hold_and_release(inproc_server_factory):
     while time.time() < deadline and not any(e.attempts for e, _ in queue.all()):
         time.sleep(0.1)
     assert [e.attempts > 0 for e, _ in queue.all()] == [True]
+
+
+def test_greylisting_fails_open(inproc_server_factory):
+    """A broken database, or too many checks waiting, lets mail through (logged, counted)."""
+    srv = inproc_server_factory(listeners=["smtp"], extra="[greylisting]\nenabled = true\nmax_pending = 4\n").start()
+    greylist = srv.service.context.greylist
+
+    def broken(*args):
+        raise OSError("disk I/O error")
+
+    greylist.db.check = broken
+    _, reply = _mx_transaction(srv)
+    assert reply == (250, f"2.1.5 Recipient <{BOB}> OK")
+    assert "greylisting: check of 127.0.0.1 failed; letting it through" in srv.log_text()
+    greylist.pending = 4  # as if four checks were waiting
+    for _ in range(2):
+        _, reply = _mx_transaction(srv, rcpt=ALICE)
+        assert reply == (250, f"2.1.5 Recipient <{ALICE}> OK")
+    assert srv.log_text().count("checks waiting; letting mail through unchecked") == 1
+    greylist.pending = 0
