@@ -8,7 +8,7 @@
     mailstack [--config FILE] user add|passwd|del|list ...
     mailstack [--config FILE] alias add|del|list ...
     mailstack [--config FILE] store check [--repair] USER
-    mailstack [--config FILE] queue list|show ID|retry ID|delete ID|flush
+    mailstack [--config FILE] queue list|show ID|retry ID|delete ID|flush|hold USER|release USER
     mailstack [--config FILE] dkim genkey DOMAIN [--ed25519]
     mailstack [--config FILE] dns [DOMAIN] [--check]
     mailstack [--config FILE] acme status|renew
@@ -270,13 +270,19 @@ def _queue_command(queue, args) -> int:
         return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
     if args.action == "list":
-        entries = list(queue.all())
+        entries, held = list(queue.all()), queue.held_users()
         if not entries:
             print("queue is empty")
         for env, where in entries:
             pending = [r.address for r in env.pending()]
+            where = "held" if env.user and env.user in held else where
             print(f"{env.id}  {where:<7} {env.size:>9} bytes  from <{env.sender}>  attempts {env.attempts}  "
                   f"next {when(env.next_attempt)}  to {', '.join(pending)}")
+        return 0
+    if args.action in ("hold", "release"):
+        ids = queue.hold(args.user, held=args.action == "hold")
+        print(f"{args.user}: {len(ids)} queued messages " + ("held (and what the user queues until released)"
+                                                           if args.action == "hold" else "released, due now"))
         return 0
     if args.action == "flush":
         n = sum(queue.reschedule(env.id) for env, where in list(queue.all()) if where == "waiting")
@@ -289,7 +295,8 @@ def _queue_command(queue, args) -> int:
     if args.action == "show":
         print(f"id {env.id} ({where}), from <{env.sender}>, {env.size} bytes, queued {when(env.created)}, "
               f"attempts {env.attempts}, next {when(env.next_attempt)}"
-              + (f", {env.interrupted} interrupted by a crash" if env.interrupted else ""))
+              + (f", {env.interrupted} interrupted by a crash" if env.interrupted else "")
+              + (f", submitted by {env.user}" + (" (held)" if env.user in queue.held_users() else "") if env.user else ""))
         for r in env.recipients:
             detail = f"  last: {r.code} {r.diagnostic}" + (f" ({r.remote_mta})" if r.remote_mta else "") if r.code else ""
             print(f"  {r.address}: {r.status}{detail}")
@@ -454,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
                          ("delete", "remove a message without a bounce")):
         q = qsub.add_parser(action, help=text)
         q.add_argument("id")
+    for action, text in (("hold", "freeze a user's queued outbound mail (a compromised account)"),
+                         ("release", "let a held user's mail go again")):
+        qsub.add_parser(action, help=text).add_argument("user")
     p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("dkim", help="DKIM signing keys")

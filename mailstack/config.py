@@ -358,6 +358,34 @@ def _check_log(values: dict, path: str) -> dict:
     return section
 
 
+def _check_greylisting_limits(values: dict, path: str) -> None:
+    """[greylisting] and [outbound_limits] (mailstack.antispam.greylist, .outlimits)."""
+    from mailstack.antispam.outlimits import KEYS, parse_override
+
+    g = values["greylisting"]
+    for k, low in (("delay", 1), ("memory", 3600), ("auto_allow", 0), ("max_pending", 1)):
+        if g[k] < low:
+            raise ConfigError(path, f"[greylisting] {k}", f"must be at least {low}")
+    if g["memory"] <= g["delay"]:
+        raise ConfigError(path, "[greylisting] memory", "must be longer than delay")
+    if any(not d.strip() or " " in d.strip() for d in g["spf_allow_domains"]):
+        raise ConfigError(path, "[greylisting] spf_allow_domains", "must list domains, without blanks")
+    if g["enabled"]:
+        database = g["database"] or os.path.join(os.path.dirname(values["store"]["root"]), "greylist.sqlite")
+        if os.path.isdir(database):
+            raise ConfigError(path, "[greylisting] database", f"{database} is a directory, not a file")
+        fileaccess.writable_dir(path, "[greylisting] database", os.path.dirname(database))
+    o = values["outbound_limits"]
+    for k in KEYS:
+        if o[k] < 0:
+            raise ConfigError(path, f"[outbound_limits] {k}", "must be 0 (no limit) or more")
+    for entry in o["users"]:
+        try:
+            parse_override(entry)
+        except ValueError as e:
+            raise ConfigError(path, "[outbound_limits] users", str(e)) from None
+
+
 def from_dict(raw: dict, path: str) -> Config:
     values = _typed_values(raw, path)
     as_read = copy.deepcopy(values)
@@ -387,6 +415,7 @@ def from_dict(raw: dict, path: str) -> Config:
     from mailstack.antispam.screen import check_config as check_antispam_config
 
     antispam = check_antispam_config(values, path)
+    _check_greylisting_limits(values, path)
     for k in ("connections", "connections_per_address", "message_size", "recipients", "commands_per_second",
               "command_burst"):
         if values["limits"][k] < 1:

@@ -162,4 +162,23 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "early_talkers": (bool, False),
         "greet_wait": (float, 0.0),
     },
+    # Greylisting on the MX port (mailstack.antispam.greylist); off unless enabled.
+    "greylisting": {
+        "enabled": (bool, False),
+        "delay": (int, 300),
+        "memory": (int, 36 * 86400),
+        "auto_allow": (int, 5),  # 0: never
+        "spf_allow_domains": ("list[str]", []),
+        "database": ("path", ""),  # default: greylist.sqlite beside the store root
+        "max_pending": (int, 100),
+    },
+    # Per-user outbound limits on submission (mailstack.antispam.outlimits); 0: no limit.
+    "outbound_limits": {
+        "enabled": (bool, True),
+        "messages_per_hour": (int, 500),
+        "messages_per_day": (int, 1000),
+        "recipients_per_hour": (int, 500),
+        "recipients_per_day": (int, 1000),
+        "users": ("list[str]", []),  # "USER KEY=N ...": per-user overrides
+    },
 }

@@ -34,6 +34,10 @@ What is counted (names as exposed; counters end in ``_total``):
 * ``mailstack_store_errors_total`` {protocol}: store operations that failed on the server's
   side (an OSError or an unexpected exception: disk full, I/O, permissions), not a client's
   mistake such as a missing folder.
+* ``mailstack_outbound_limited_total`` {limit}: MAIL/RCPT refused over a per-user outbound
+  limit; ``mailstack_outbound_limit_hits_total`` {limit}: users who reached one (the alert).
+* ``mailstack_greylist_total`` {result}: greylisting at RCPT: ``greylisted`` (451),
+  ``passed``, ``spf_allowed``, ``unchecked`` (overloaded or failed: let through).
 """
 
 from __future__ import annotations
@@ -165,6 +169,25 @@ def client_refused(reason: str) -> None:
 
 def dnslist_failure(zone: str) -> None:
     DNSLIST_FAILURES.labels(zone).inc()
+OUTBOUND_LIMITED = Counter("mailstack_outbound_limited", "Submissions refused over a per-user outbound limit, per limit",
+                           ["limit"], registry=REGISTRY)
+OUTBOUND_LIMIT_HITS = Counter("mailstack_outbound_limit_hits", "Users who reached a per-user outbound limit (once "
+                              "an episode), per limit", ["limit"], registry=REGISTRY)
+
+
+GREYLIST = Counter("mailstack_greylist", "Greylisting decisions at RCPT: greylisted, passed, spf_allowed, unchecked",
+                   ["result"], registry=REGISTRY)
+
+
+def greylist(result: str) -> None:
+    GREYLIST.labels(result).inc()
+
+
+def outbound_limited(limit: str, first: bool) -> None:
+    """A MAIL or RCPT refused over ``limit`` (antispam.outlimits); ``first``: the user just hit it."""
+    OUTBOUND_LIMITED.labels(limit).inc()
+    if first:
+        OUTBOUND_LIMIT_HITS.labels(limit).inc()
 
 
 class CommandTimes:

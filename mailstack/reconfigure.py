@@ -3,8 +3,8 @@ what could not be applied.
 
 Applied at once, without dropping a session (:data:`LIVE`): ``[server] domains``,
 ``[tls] certificate``/``key`` (while TLS stays on), ``[accounts] recipient_delimiter``, every key
-of ``[auth]``, ``[limits]``, ``[smtp]``, ``[imap]``, ``[checks]``, ``[mta_sts]`` and ``[antispam]``, and
-``[dkim] selector``.
+of ``[auth]``, ``[limits]``, ``[smtp]``, ``[imap]``, ``[checks]``, ``[mta_sts]``, ``[antispam]`` and
+``[outbound_limits]``, and ``[dkim] selector``.
 Everything else (the listeners, the host name, the store, the queue and relay, DNS, the
 account files' paths) needs a restart: such a change is logged by its key and the running
 value is kept, so the running server never mixes the two files.  A file with an error is
@@ -36,6 +36,7 @@ LIVE: dict[str, set[str] | str] = {
     "dkim": {"selector"},
     "mta_sts": "*",  # the policy is made from the running configuration at each request
     "antispam": "*",  # the MX listener's client checks are made again (new sessions see them)
+    "outbound_limits": "*",  # the counts so far are kept (mailstack.antispam.outlimits.rebuild)
 }
 
 #: "[section] key" -> the Config field it becomes (keys of dict sections need none).
@@ -121,6 +122,10 @@ def apply(service, new: config_mod.Config) -> tuple[list[str], list[str]]:
         context.accounts.auth_cache_ttl, context.accounts.rehash = a["cache_ttl"], a["rehash_on_login"]
         passwords.configure_argon2(a["argon2_time_cost"], a["argon2_memory_kib"], a["argon2_parallelism"])
     context.inbound_checker = checker
+    if "outbound_limits" in sections:
+        from mailstack.antispam import outlimits
+
+        context.outbound_limits = outlimits.rebuild(context.outbound_limits, running)
     if "tls" in sections and context.acme is None and context.tls is not None:
         context.tls.cert_path, context.tls.key_path = running.tls_certificate, running.tls_key
     for _lst, wrapped in service.factories:

@@ -70,6 +70,8 @@ class ServerContext:
     bound: dict = None  # listener key -> {"host", "port", "tls", "protocol"} once listening
     acme: object = None  # mailstack.acmecert.AcmeService when [acme] is on (its HTTP-01 answers)
     resolver: object = None  # the cached DNS resolver (mailstack.resolver), for the DNS lists
+    greylist: object = None  # mailstack.antispam.greylist.Greylist when [greylisting] is on
+    outbound_limits: object = None  # mailstack.antispam.outlimits.OutboundLimits unless off
 
 
 class MailstackService(service.MultiService):
@@ -113,6 +115,11 @@ class MailstackService(service.MultiService):
         self.context.inbound_checker = self.make_inbound_checker(cfg)
         self.context.relay = relay.build_relay(cfg, store, accounts, reactor)
         self.context.relay.setServiceParent(self)
+        from mailstack.antispam import greylist, outlimits
+
+        self.context.greylist, self.context.outbound_limits = greylist.build(cfg), outlimits.build(cfg)
+        if self.context.greylist is not None:
+            self.context.greylist.setServiceParent(self)
         self.factories = []  # (listener, the factory listened with)
         self.protocol_factories = []  # (listener, the protocol's own factory inside it)
         for lst in cfg.listeners:

@@ -6,9 +6,12 @@ Layout under the queue directory::
     env/<id>.json                 its envelope while it waits: sender, recipients with their
                                   state, attempts, next attempt time, last errors
     active/<id>.<host>.<pid>.json the envelope while one process is delivering it
+    held.json                     users whose queued mail is frozen ('mailstack queue hold USER')
 
 Claiming a message is ``rename(env/<id>.json, active/...)``: the file system lets exactly one
 process win, so two mailstack processes sharing the directory never send a message twice.
+A held user's messages (the envelope names the authenticated user who submitted it) are left
+out of :meth:`OutboundQueue.due`, so no relay picks them up until they are released.
 Every envelope change is written with :func:`mailstack.fsutil.atomic_write` (temporary file,
 fsync, rename over), so a crash leaves either the old or the new state.  After a crash, envelopes in ``active/`` whose
 process is gone are put back.  A recipient is marked delivered the moment the remote server
@@ -63,6 +66,7 @@ class Envelope:
     attempt_started: float = 0.0
     interrupted: int = 0  # attempts of this message cut short that way
     message_id: str = ""  # its Message-ID field, for the log (mailstack.logcontext)
+    user: str = ""  # the authenticated user who submitted it ("" for MX mail, bounces, forwarding)
 
     def pending(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.status == PENDING]
@@ -118,7 +122,7 @@ class OutboundQueue:
 
     # -- adding --------------------------------------------------------------------------------
 
-    def enqueue(self, sender: str, recipients: Iterable[str], source) -> str:
+    def enqueue(self, sender: str, recipients: Iterable[str], source, user: str = "") -> str:
         """Store a message for delivery; durable when this returns.  Returns its queue id."""
         qid = f"{int(time.time()):x}-{secrets.token_hex(6)}"
         path = self.msg_path(qid)
@@ -141,7 +145,7 @@ class OutboundQueue:
             fsync_dir(os.path.dirname(path))
         now = time.time()
         env = Envelope(qid, sender, [RecipientState(r) for r in recipients], created=now, next_attempt=now, size=size,
-                       message_id=message_id(bytes(head)))
+                       message_id=message_id(bytes(head)), user=user.lower())
         atomic_write(self.env_path(qid), env.to_json(), fsync=self.fsync)
         return qid
 
@@ -150,7 +154,7 @@ class OutboundQueue:
     def due(self, now: float | None = None) -> list[tuple[float, str]]:
         """(next attempt, id) of every waiting envelope, soonest first."""
         now = time.time() if now is None else now
-        out = []
+        out, held = [], self.held_users()
         for name in os.listdir(os.path.join(self.dir, "env")):
             if not name.endswith(".json"):
                 continue
@@ -159,6 +163,8 @@ class OutboundQueue:
                 with open(self.env_path(qid), "rb") as f:
                     env = Envelope.from_json(f.read())
             except (FileNotFoundError, ValueError, TypeError, KeyError):
+                continue
+            if env.user and env.user in held:
                 continue
             out.append((env.next_attempt, qid))
         out.sort()
@@ -283,6 +289,28 @@ class OutboundQueue:
         claimed.next_attempt = when
         self.release(claimed)
         return True
+
+    def held_users(self) -> set[str]:
+        try:
+            with open(os.path.join(self.dir, "held.json"), "rb") as f:
+                return set(json.loads(f.read()))
+        except FileNotFoundError:
+            return set()
+        except ValueError:  # never seen from atomic_write; a hand edit gone wrong holds nothing
+            return set()
+
+    def hold(self, user: str, held: bool = True) -> list[str]:
+        """Freeze (or with ``held=False`` release) ``user``'s queued mail, and what the user
+        queues later, until released.  Returns the ids of the user's queued messages; on
+        release they are made due now."""
+        users = self.held_users()
+        users = users | {user.lower()} if held else users - {user.lower()}
+        atomic_write(os.path.join(self.dir, "held.json"), json.dumps(sorted(users)).encode(), fsync=self.fsync)
+        ids = [env.id for env, where in self.all() if env.user == user.lower()]
+        if not held:
+            for qid in ids:
+                self.reschedule(qid)
+        return ids
 
     def delete(self, qid: str) -> bool:
         claimed = self.claim(qid)

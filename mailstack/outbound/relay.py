@@ -90,9 +90,9 @@ class RelayService(service.Service):
             self._scan_call.cancel()
         return super().stopService()
 
-    def enqueue(self, sender: str, recipients: list[str], source) -> defer.Deferred:
+    def enqueue(self, sender: str, recipients: list[str], source, user: str = "") -> defer.Deferred:
         """Queue a message durably (thread); fires with its queue id, then delivery starts."""
-        d = threads.deferToThread(self.queue.enqueue, sender, recipients, source)
+        d = threads.deferToThread(self.queue.enqueue, sender, recipients, source, user)
 
         def queued(qid):
             log.info("relay: queued {id} from <{sender}> for {recipients}", id=qid, sender=sender, recipients=recipients)

@@ -49,6 +49,8 @@ class SMTPSettings:
         if context.delivery_batcher is None:  # one for all SMTP listeners, so they batch together
             context.delivery_batcher = DeliveryBatcher(context.store)
         self.batcher = context.delivery_batcher
+        # antispam: greylisting on the MX port, outbound limits per user on submission (None: off)
+        self.greylist = getattr(context, "greylist", None) if listener.protocol == "smtp" else None
         self.configure(context)
 
     def configure(self, context) -> None:
@@ -65,6 +67,7 @@ class SMTPSettings:
         from mailstack.antispam.screen import ClientScreen
 
         self.screen = ClientScreen.build(context, self.listener, self.policy)
+        self.limits = getattr(context, "outbound_limits", None) if self.listener.protocol == "submission" else None
 
     def prepare(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str,
                 helo: str) -> defer.Deferred:
@@ -108,11 +111,12 @@ class SMTPSettings:
                         action=verdict.action, reason=verdict.reason)
 
     def deliver(self, prepared: Prepared, received: bytes, spool: MessageSpool, sender: str,
-                accounts: list[str], remote: list[str]) -> defer.Deferred:
+                accounts: list[str], remote: list[str], user: str | None = None) -> defer.Deferred:
         """Store the local copies, then queue for the outside; fires with (queue id or None, folder).
 
         Local copies go first (both read the one spool, in turn): a local failure then answers
-        451 before anything is left for elsewhere.
+        451 before anything is left for elsewhere.  ``user`` (the authenticated sender) goes
+        with the queued copy, for 'mailstack queue hold USER'.
         """
         if prepared.action == "reject":
             raise MailError(codes.MAILBOX_UNAVAILABLE, codes.E_NOT_AUTHORIZED, f"Message refused: {prepared.reason}")
@@ -124,7 +128,7 @@ class SMTPSettings:
         folder = "Junk" if prepared.action == "junk" else "INBOX"
         d = self.deliver_local(accounts, sender, head, body, folder)
         if remote:
-            d.addCallback(lambda _: self.relay.enqueue(sender, remote, compose(head, body)))
+            d.addCallback(lambda _: self.relay.enqueue(sender, remote, compose(head, body), user or ""))
         return d.addCallback(lambda qid: (qid, folder))
 
     def deliver_local(self, accounts: list[str], sender: str, head: bytes, body, folder: str = "INBOX"):

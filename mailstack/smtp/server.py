@@ -34,6 +34,7 @@ from twisted.protocols import basic, policies
 from mailstack import config as config_mod
 from mailstack import logcontext
 from mailstack import metrics, sasl
+from mailstack.antispam import smtp_hooks
 from mailstack.errors import MailError
 from mailstack.mail import codes as c
 from mailstack.mail import headers
@@ -348,6 +349,7 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
         if not addr.is_ascii(sender) and "SMTPUTF8" not in options:
             raise addr.non_ascii()
         self.settings.policy.check_sender(self.facts, sender)
+        smtp_hooks.at_mail(self.settings, self.facts)
         self.sender, self.mail_params = sender, options
         self.state = MAIL
         self.reply(c.OK, c.E_SENDER_OK, f"Sender <{sender}> OK")
@@ -377,6 +379,16 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
         if not addr.is_ascii(address) and "SMTPUTF8" not in self.mail_params:
             raise addr.non_ascii()
         recipient = self.settings.policy.check_recipient(self.facts, address, len(self.recipients), self.sender or "")
+        wait = smtp_hooks.at_rcpt(self.settings, self.facts, self.sender or "", recipient, len(self.recipients),
+                                  self.helo)
+        if wait is None:
+            return self._rcpt_ok(recipient, address)
+        self.pause()  # greylisting asks its database in a thread
+        wait.addCallbacks(lambda _: self._rcpt_ok(recipient, address),
+                          lambda f: self.reply_error(f.trap(MailError) and f.value))
+        wait.addBoth(lambda _: self.resume())
+
+    def _rcpt_ok(self, recipient, address: str) -> None:
         self.recipients.append(recipient)
         self.state = RCPT
         self.reply(c.OK, c.E_RECIPIENT_OK, f"Recipient <{address}> OK")
@@ -484,7 +496,7 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
                 what = "refused" if prepared.action == "reject" else "deferred"
                 log.info("{what} {id} from <{sender}>: {reason}", what=what, id=message_id, sender=sender,
                          reason=prepared.reason, peer=self.peer)
-            return settings.deliver(prepared, received, spool, sender, accounts, remote)
+            return settings.deliver(prepared, received, spool, sender, accounts, remote, self.facts.user)
 
         def delivered(result):
             qid, folder = result
@@ -494,6 +506,7 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
                      queued=f", queued {qid} for {remote}" if qid else "")
             logcontext.accepted(self.peer, message_id, headers.message_id(added + spool.head), sender,
                                 [r.address for r in recipients], spool.size, self.listener.key, accounts, folder, qid)
+            smtp_hooks.accepted(settings, self.facts, recipients)
             self.reply(c.OK, c.E_OK, f"OK id={message_id}")
 
         def failed(failure):

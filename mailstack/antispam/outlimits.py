@@ -1,0 +1,121 @@
+"""Outbound limits per authenticated user (issue 20, item 5): a stolen password should send
+hundreds of messages, not hundreds of thousands, before someone looks.
+
+Per user, over a sliding hour and a sliding day: messages (checked at MAIL FROM) and
+recipients (checked at each RCPT, counting those already accepted in the transaction).  Over a
+limit -> ``451 4.7.0`` (temporary: a legitimate burst goes out later on its own), counted in
+``mailstack_outbound_limited_total``; the first refusal of an episode (until the user is under
+every limit again) logs one line at warning level, the alert an administrator watches for.
+Only accepted messages count.  Every recipient of a submitted message counts, local ones too
+(spam to the server's own users is abuse as well).
+
+SIGHUP applies changed limits and keeps the counts.  The counters are in memory: a restart
+resets them, so a compromised account gets a fresh allowance at each restart (a weakness,
+bounded by the daily limit times the restarts; 'mailstack queue hold' survives restarts).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from twisted.logger import Logger
+
+from mailstack import metrics
+from mailstack.errors import MailError
+from mailstack.mail import codes
+
+log = Logger()
+
+KEYS = ("messages_per_hour", "messages_per_day", "recipients_per_hour", "recipients_per_day")
+HOUR, DAY = 3600, 86400
+
+
+def parse_override(text: str) -> tuple[str, dict[str, int]]:
+    """``"alice@example.org recipients_per_hour=2000 messages_per_day=0"`` -> (user, limits);
+    ValueError saying what is wrong."""
+    parts = text.split()
+    if len(parts) < 2 or "@" not in parts[0] or "=" in parts[0]:
+        raise ValueError(f"{text!r}: write USER KEY=NUMBER ... (keys: {', '.join(KEYS)})")
+    limits = {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if key not in KEYS:
+            raise ValueError(f"{text!r}: unknown limit {key!r} (known: {', '.join(KEYS)})")
+        if not sep or not value.isdigit():
+            raise ValueError(f"{text!r}: {key} needs a number (0: no limit)")
+        limits[key] = int(value)
+    return parts[0].lower(), limits
+
+
+class OutboundLimits:
+    def __init__(self, defaults: dict[str, int], overrides: dict[str, dict[str, int]] | None = None,
+                 clock=time.time):
+        self.defaults = {k: defaults[k] for k in KEYS}
+        self.overrides = overrides or {}
+        self.clock = clock
+        self.sent: dict[str, collections.deque] = {}  # user -> (time, recipients) of accepted messages, oldest first
+        self.alerted: set[str] = set()  # users refused since they were last under every limit
+
+    def limits_of(self, user: str) -> dict[str, int]:
+        return {**self.defaults, **self.overrides.get(user.lower(), {})}
+
+    def _usage(self, user: str) -> dict[str, int]:
+        now, sent = self.clock(), self.sent.get(user.lower())
+        if not sent:
+            return dict.fromkeys(KEYS, 0)
+        while sent and sent[0][0] <= now - DAY:
+            sent.popleft()
+        hour = [n for t, n in sent if t > now - HOUR]
+        return {"messages_per_hour": len(hour), "messages_per_day": len(sent),
+                "recipients_per_hour": sum(hour), "recipients_per_day": sum(n for _, n in sent)}
+
+    def check_message(self, user: str) -> None:
+        """MAIL FROM: one more message would not pass a messages limit."""
+        self._check(user, ("messages_per_hour", "messages_per_day"), 1)
+
+    def check_recipient(self, user: str, in_transaction: int) -> None:
+        """RCPT: the recipients already accepted in this transaction plus this one."""
+        self._check(user, ("recipients_per_hour", "recipients_per_day"), in_transaction + 1)
+
+    def _check(self, user: str, keys, adding: int) -> None:
+        limits, usage = self.limits_of(user), self._usage(user)
+        for key in keys:
+            if limits[key] and usage[key] + adding > limits[key]:
+                self._refuse(user, key, limits[key])
+        if user.lower() in self.alerted and all(not limits[k] or usage[k] < limits[k] for k in KEYS):
+            self.alerted.discard(user.lower())
+
+    def _refuse(self, user: str, key: str, limit: int):
+        first = user.lower() not in self.alerted
+        if first:
+            self.alerted.add(user.lower())
+            log.warn("outbound limit: {user} reached {limit} {what}; further mail refused with 451 until under it "
+                     "(compromised account? 'mailstack queue hold {user}' freezes what is queued)",
+                     user=user, limit=limit, what=key.replace("_", " "))
+        metrics.outbound_limited(key, first)
+        what, _, per = key.partition("_per_")
+        raise MailError(codes.LOCAL_ERROR, codes.E_SECURITY_TEMPORARY,
+                        f"Sending limit reached: at most {limit} {what} per {per} for {user}; try again later")
+
+    def record(self, user: str, recipients: int) -> None:
+        """A message from ``user`` to ``recipients`` was accepted."""
+        self.sent.setdefault(user.lower(), collections.deque()).append((self.clock(), recipients))
+
+
+
+def build(cfg, clock=time.time) -> OutboundLimits | None:
+    """The limits ``[outbound_limits]`` describes (checked by :func:`check_config`), or None when off."""
+    section = cfg.values.get("outbound_limits") or {}
+    if not section.get("enabled"):
+        return None
+    overrides = dict(parse_override(text) for text in section["users"])
+    return OutboundLimits(section, overrides, clock)
+
+
+def rebuild(old: OutboundLimits | None, cfg) -> OutboundLimits | None:
+    """SIGHUP changed ``[outbound_limits]``: the new limits, with the counts so far."""
+    new = build(cfg, old.clock if old is not None else time.time)
+    if new is not None and old is not None:
+        new.sent, new.alerted = old.sent, old.alerted
+    return new
