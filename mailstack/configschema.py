@@ -151,4 +151,19 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "format": (str, "text"),  # "text" | "json" (mailstack.logoutput)
         "file": ("path", ""),  # "": twistd's own output (standard output with --nodaemon)
     },
+    # The rspamd content filter and learning from Junk (mailstack.antispam.rspamd, .learning).
+    "rspamd": {
+        "url": (str, ""),  # "": no content filter
+        "timeout": (float, 10.0),
+        "on_failure": (str, "tempfail"),  # "tempfail" | "accept"
+        "junk": (bool, True),
+        "scan_outbound": (bool, True),
+        "max_size": (int, 20 * 1024 * 1024),
+        "pool_size": (int, 16),
+        "controller_url": (str, ""),  # "": no learning
+        "password": (str, ""),
+        "password_file": ("path", ""),
+        "learn_retries": (int, 5),
+        "learn_retry_delay": (float, 30.0),
+    },
 }

@@ -83,6 +83,11 @@ AUTH_LOCKOUTS = Counter("mailstack_auth_lockouts", "Client addresses locked out 
 STORE_ERRORS = Counter("mailstack_store_errors", "Store operations that failed on the server's side, per protocol",
                        ["protocol"], registry=REGISTRY)
 
+RSPAMD_SCANS = Counter("mailstack_rspamd_scans", "Messages scanned by rspamd, per action ('error': no answer)",
+                       ["action"], registry=REGISTRY)
+RSPAMD_LEARNS = Counter("mailstack_rspamd_learns", "Messages sent to rspamd to learn, per kind and result "
+                        "(learned, retried, failed, dropped)", ["kind", "result"], registry=REGISTRY)
+
 for _outcome in ("delivered", "queued", "sent", "deferred", "bounced"):
     MESSAGES.labels(_outcome)
 
@@ -152,6 +157,14 @@ def auth_lockout(key: str) -> None:
 
 def store_error(protocol: str) -> None:
     STORE_ERRORS.labels(protocol).inc()
+
+
+def rspamd_scan(action: str) -> None:
+    RSPAMD_SCANS.labels(action).inc()
+
+
+def rspamd_learn(kind: str, result: str) -> None:
+    RSPAMD_LEARNS.labels(kind, result).inc()
 
 
 class CommandTimes:
