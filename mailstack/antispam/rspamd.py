@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from io import BytesIO
-
 from twisted.internet import defer, threads
 from twisted.logger import Logger
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 from mailstack import metrics
 from mailstack.errors import MailError
@@ -81,6 +81,28 @@ def parse_result(body: bytes) -> Result:
     return Result(data["action"], float(data.get("score", 0)), float(data.get("required_score", 0)), symbols)
 
 
+@implementer(IBodyProducer)
+class BytesProducer:
+    """The request body in one write (FileBodyProducer would feed it in pieces, one reactor
+    turn each: a 100 KB message would cost several turns per request)."""
+
+    def __init__(self, data: bytes):
+        self.data, self.length = data, len(data)
+
+    def startProducing(self, consumer):
+        consumer.write(self.data)
+        return defer.succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
 class RspamdClient:
     """HTTP to rspamd: /checkv2 on the normal worker, learnspam/learnham on the controller."""
 
@@ -99,7 +121,7 @@ class RspamdClient:
     def _post(self, url: str, message: bytes, headers: dict) -> defer.Deferred:
         """POST; fires with (status code, body); fails on no answer within the timeout."""
         h = Headers({k: v if isinstance(v, list) else [v] for k, v in headers.items()})
-        d = self.agent.request(b"POST", url.encode("ascii"), h, FileBodyProducer(BytesIO(message)))
+        d = self.agent.request(b"POST", url.encode("ascii"), h, BytesProducer(message))
         d.addCallback(lambda response: readBody(response).addCallback(lambda body: (response.code, body)))
         d.addTimeout(self.timeout, self.reactor)
         return d
@@ -163,6 +185,8 @@ class RspamdFilter:
         envelope = self.envelope(facts.peer, helo, sender, recipients, queue_id, facts.user)
         if prepared.body is not None:
             d = defer.succeed(prepared.body)
+        elif spool.size <= spool.MEMORY:  # still in memory (SpooledTemporaryFile): no I/O, no thread
+            d = defer.succeed(spool.read_all())
         else:
             d = threads.deferToThread(spool.read_all)
         d.addCallback(lambda message: self.client.check(prepared.header + message, envelope))
