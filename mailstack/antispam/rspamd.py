@@ -33,7 +33,9 @@ from twisted.internet import defer, threads
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.internet.protocol import Protocol
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
@@ -81,6 +83,39 @@ def parse_result(body: bytes) -> Result:
         raise ValueError(f"no action in rspamd's answer: {body[:200]!r}")
     symbols = {str(k): float(v.get("score", 0)) for k, v in (data.get("symbols") or {}).items() if isinstance(v, dict)}
     return Result(data["action"], float(data.get("score", 0)), float(data.get("required_score", 0)), symbols)
+
+
+class _Body(Protocol):
+    """Collects a response body, at most MAX_ANSWER octets.  (Twisted's readBody warns when
+    the connection is gone by the time it is called, as rspamd's always is.)"""
+
+    MAX_ANSWER = 4 * 1024 * 1024
+
+    def __init__(self, code: int, done: defer.Deferred):
+        self.code, self.done, self.parts, self.size = code, done, [], 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.MAX_ANSWER:
+            self.transport.stopProducing()
+        else:
+            self.parts.append(data)
+
+    def connectionLost(self, reason) -> None:
+        if self.done.called:  # cancelled: the timeout came first
+            return
+        if self.size > self.MAX_ANSWER:
+            self.done.errback(ValueError(f"rspamd's answer is over {self.MAX_ANSWER} octets"))
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback((self.code, b"".join(self.parts)))
+        else:
+            self.done.errback(reason)
+
+
+def _read_body(response) -> defer.Deferred:
+    done = defer.Deferred()
+    response.deliverBody(_Body(response.code, done))
+    return done
 
 
 @implementer(IAgentEndpointFactory)
@@ -146,7 +181,7 @@ class RspamdClient:
         """POST; fires with (status code, body); fails on no answer within the timeout."""
         h = Headers({k: v if isinstance(v, list) else [v] for k, v in headers.items()})
         d = self.agent.request(b"POST", url.encode("ascii"), h, BytesProducer(message))
-        d.addCallback(lambda response: readBody(response).addCallback(lambda body: (response.code, body)))
+        d.addCallback(_read_body)
         d.addTimeout(self.timeout, self.reactor)
         return d
 
