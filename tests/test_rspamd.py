@@ -288,3 +288,33 @@ def test_rspamd_is_off_by_default_and_reads_its_password_file(tmp_path):
     (tmp_path / "rspamd-password").write_text("s3cret\n")
     base = MailServer(tmp_path, listeners=["smtp"], extra='[rspamd]\npassword_file = "rspamd-password"\n')
     assert load(str(base.config_path)).rspamd["password"] == "s3cret"
+
+
+def _filter(checks: dict):
+    from mailstack.antispam.rspamd import RspamdFilter
+
+    settings = {"on_failure": "tempfail", "junk": True, "scan_outbound": True, "max_size": 1000}
+    return RspamdFilter(None, settings, checks)
+
+
+def test_the_envelope_and_what_rspamd_is_told_to_skip():
+    f = _filter({"spf": True, "dkim": True, "dmarc": False})
+    env = f.envelope("192.0.2.7", "mx.sender.example", "a@sender.example", ["b@example.test", "c@example.test"],
+                     "abc.1", None)
+    assert env == {"IP": "192.0.2.7", "Helo": "mx.sender.example", "From": b"a@sender.example",
+                   "Rcpt": [b"b@example.test", b"c@example.test"], "Queue-Id": "abc.1",
+                   "Settings": '{"groups_disabled": ["spf", "dkim"]}'}
+    user = _filter({"spf": False, "dkim": False, "dmarc": False}).envelope("::1", "", "", ["x@y.test"], "q", "alice@example.test")
+    assert user["User"] == b"alice@example.test" and "Settings" not in user and user["Helo"] == "unknown"
+
+
+def test_what_is_not_sent_to_rspamd():
+    from mailstack.smtp.accept import Prepared
+
+    f = _filter({})
+    assert f.wanted(Prepared(), submission=False, size=1000)
+    assert not f.wanted(Prepared(), submission=False, size=1001)  # over max_size
+    assert not f.wanted(Prepared(action="reject"), submission=False, size=10)  # DMARC p=reject already said no
+    assert not f.wanted(Prepared(action="tempfail"), submission=False, size=10)
+    f.outbound = False
+    assert not f.wanted(Prepared(), submission=True, size=10) and f.wanted(Prepared(), submission=False, size=10)
