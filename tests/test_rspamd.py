@@ -13,6 +13,9 @@ import socket
 import time
 
 import pytest
+from support import rspamd as rspamd_support
+from support.inprocess import InProcessServer
+from support.servers import PASSWORDS, MailServer, free_port
 from twisted.internet import defer, task
 
 from mailstack import metrics
@@ -20,9 +23,6 @@ from mailstack.antispam import learning
 from mailstack.antispam.rspamd import Result, parse_result
 from mailstack.config import load
 from mailstack.errors import ConfigError
-from support import rspamd as rspamd_support
-from support.inprocess import InProcessServer
-from support.servers import PASSWORDS, MailServer, free_port
 
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 ALICE, BOB = "alice@example.test", "bob@example.test"
@@ -186,7 +186,7 @@ def test_moving_to_junk_learns_spam_and_out_of_junk_learns_ham(rspamd, make_serv
         imap.login(BOB, PASSWORDS[BOB])
         imap.select("INBOX")
         started = time.monotonic()
-        typ, data = imap.uid("MOVE", f"1:{n - 1}", "Junk")
+        typ, _ = imap.uid("MOVE", f"1:{n - 1}", "Junk")
         assert typ == "OK" and time.monotonic() - started < 2  # the reply did not wait for rspamd
         assert imap.append("Junk", None, None, spam_text(n - 1))[0] == "OK"  # APPEND into Junk counts too
         assert wait_until(lambda: learned(rspamd) >= before + n), (rspamd.stat(), srv.log_text()[-3000:])
