@@ -133,6 +133,18 @@ def test_rspamd_stopped_gives_451_by_default(make_server):
 
 
 @pytest.mark.slow
+def test_rspamd_stopped_while_running_gives_451(tmp_path, make_server):
+    own = rspamd_support.start_or_skip(tmp_path / "own-rspamd")
+    try:
+        srv = make_server(own.url)
+        assert mx_send(srv, message())[0] == 250
+    finally:
+        own.stop()
+    assert mx_send(srv, message()) == (451, b"4.7.1 Content filter unavailable; try again later")
+    assert len(srv.messages(BOB)) == 1
+
+
+@pytest.mark.slow
 def test_rspamd_too_slow_gives_451_after_the_timeout(make_server):
     with socket.socket() as hang:  # accepts, never answers
         hang.bind(("127.0.0.1", 0))
