@@ -76,8 +76,12 @@ def mx_send(srv, data: bytes, sender: str = "alice@sender.example") -> tuple[int
 @pytest.mark.slow
 def test_gtube_is_refused_with_550(rspamd, make_server):
     srv = make_server(rspamd.url)
+    rejects = metrics.RSPAMD_SCANS.labels("reject")
+    before = rejects._value.get()
     assert mx_send(srv, message(body=GTUBE)) == (550, b"5.7.1 Message refused: it looks like spam")
     assert srv.messages(BOB) == [] and srv.messages(BOB, "Junk") == []
+    assert rejects._value.get() == before + 1
+    assert "Message refused: it looks like spam: rspamd: reject (score 15.00/15.00)" in srv.log_text()
 
 
 @pytest.mark.slow
