@@ -16,6 +16,12 @@ Prints messages/s for each server and the ratio mailstack / aiosmtpd.
     python bench/smtp_accept.py --clients 50 --size 4096 --seconds 10
     python bench/smtp_accept.py --checks off         # diagnosis only: a server nobody runs
     python bench/smtp_accept.py --dnsbl on           # plus [antispam]: a DNS list and iprev, on the local DNS
+    python bench/smtp_accept.py --rspamd             # also mailstack with the rspamd content filter
+
+With ``--rspamd`` a real rspamd (and redis) is started the way the tests start it
+(tests/support/rspamd.py: Debian's configuration, network modules off, on loopback) and a
+second mailstack, the same configuration plus ``[rspamd] url``, is measured in each cell
+too: the accept rate with rspamd, and its ratio to the rate without it in the same run.
 """
 
 from __future__ import annotations
@@ -193,6 +199,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its direct children (rspamd's main process and workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [pid] + [int(p) for p in children.read_text().split()] if children.exists() else [pid]
+    total = 0.0
+    for p in pids:
+        try:
+            total += cpu_seconds(p)
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def stored_verdict(root: Path) -> str:
     """The Authentication-Results of one stored message: proof the checks ran and passed."""
     for d, _, files in os.walk(root):
@@ -221,6 +240,10 @@ def main() -> None:
                         help="SPF/DKIM/DMARC on the MX (default on, as mailstack init writes it; off for diagnosis only)")
     parser.add_argument("--dnsbl", choices=["on", "off"], default="off",
                         help="[antispam]: one DNS list (the client not listed) and iprev recorded, served by the local DNS")
+    parser.add_argument("--rspamd", action="store_true",
+                        help="also measure mailstack with [rspamd] url set (needs apt-get install rspamd redis-server)")
+    parser.add_argument("--rspamd-workers", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="rspamd normal worker processes (default: half the cores)")
     args = parser.parse_args()
 
     from support.dns import serve_zones
@@ -244,6 +267,17 @@ def main() -> None:
     if args.no_fsync:  # only to see where the time goes; the reference still fsyncs
         srv.config_path.write_text(srv.config_path.read_text().replace('root = "mail"', 'root = "mail"\nfsync = false'))
     srv.start()
+    scanned, rspamd = None, None
+    if args.rspamd:
+        from support import rspamd as rspamd_support
+
+        rspamd, why = rspamd_support.start(work / "rspamd", args.rspamd_workers)
+        if rspamd is None:
+            srv.stop()
+            sys.exit(f"--rspamd: {why}")
+        (work / "mailstack-rspamd").mkdir()
+        scanned = MailServer(work / "mailstack-rspamd", listeners=["smtp"], checks=args.checks == "on",
+                             extra=extra + f'[rspamd]\nurl = "{rspamd.url}"\n').start()
     ref_dir = work / "aiosmtpd" / "Maildir"
     ref_port = free_port()
     ref = subprocess.Popen([sys.executable, "-c", REFERENCE, str(ref_dir), str(ref_port)], stdin=subprocess.PIPE,
@@ -253,9 +287,12 @@ def main() -> None:
     print(f"SMTP accept benchmark: mailstack with SPF/DKIM/DMARC checks {args.checks}, DNSBL and iprev {args.dnsbl} "
           f"(aiosmtpd checks nothing), "
           f"fsync on, load from {args.load}, {os.cpu_count()} cores")
-    print("columns: messages/s, latency per message (p50/p99 ms), server CPU ms per message")
+    print("columns: messages/s, latency per message (p50/p99 ms), server CPU ms per message"
+          + (" (+rspamd: mailstack's, then rspamd's)" if scanned else ""))
     print(f"{'clients':>7} {'size':>7} | {'mailstack msg/s':>15} {'p50':>6} {'p99':>6} {'cpu':>5} | "
-          f"{'aiosmtpd msg/s':>14} {'p50':>6} {'p99':>6} {'cpu':>5} | {'ratio':>5}")
+          f"{'aiosmtpd msg/s':>14} {'p50':>6} {'p99':>6} {'cpu':>5} | {'ratio':>5}"
+          + (f" | {'+rspamd msg/s':>13} {'p50':>6} {'p99':>6} {'cpu':>5} {'rspamd':>6} | {'vs without':>10}"
+             if scanned else ""))
     ref_cpu = cpu_seconds(ref.pid)
     try:
         for size in args.size:
@@ -276,14 +313,33 @@ def main() -> None:
                 c2 = cpu_seconds(ref.pid)
                 cpu_m, cpu_r = (c1 - c0) / max(n_m, 1) * 1000, (c2 - ref_cpu) / max(n_r, 1) * 1000
                 ref_cpu = c2
+                with_rspamd = ""
+                if scanned is not None:
+                    before_s = count_files(scanned.store_root)
+                    c3, r3 = cpu_seconds(scanned.proc.pid), tree_cpu_seconds(rspamd.proc.pid)
+                    n_s, t_s, p50_s, p99_s = load(scanned.port("smtp"))
+                    cpu_s = (cpu_seconds(scanned.proc.pid) - c3) / max(n_s, 1) * 1000
+                    cpu_rs = (tree_cpu_seconds(rspamd.proc.pid) - r3) / max(n_s, 1) * 1000
+                    assert count_files(scanned.store_root) - before_s == n_s, "mailstack+rspamd stored fewer than it accepted"
+                    with_rspamd = (f" | {n_s / t_s:>13.1f} {p50_s * 1000:>6.1f} {p99_s * 1000:>6.1f} {cpu_s:>5.2f} "
+                                   f"{cpu_rs:>6.2f} | "
+                                   f"{(n_s / t_s) / (n_m / t_m):>10.2f}")
                 assert count_files(srv.store_root) - before_m == n_m, "mailstack stored fewer than it accepted"
                 assert count_files(ref_dir) - before_r == n_r, "aiosmtpd stored fewer than it accepted"
                 rate_m, rate_r = n_m / t_m, n_r / t_r
                 print(f"{clients:>7} {size // 1024:>5}KB | {rate_m:>15.1f} {p50_m * 1000:>6.1f} {p99_m * 1000:>6.1f} {cpu_m:>5.2f} | "
-                      f"{rate_r:>14.1f} {p50_r * 1000:>6.1f} {p99_r * 1000:>6.1f} {cpu_r:>5.2f} | {rate_m / rate_r:>5.2f}", flush=True)
+                      f"{rate_r:>14.1f} {p50_r * 1000:>6.1f} {p99_r * 1000:>6.1f} {cpu_r:>5.2f} | {rate_m / rate_r:>5.2f}"
+                      + with_rspamd, flush=True)
         print("a stored message says:", stored_verdict(srv.store_root))
+        if rspamd is not None:
+            stat = rspamd.stat()
+            print("rspamd scanned:", stat.get("scanned"), "actions:", stat.get("actions"))
     finally:
         srv.stop()
+        if scanned is not None:
+            scanned.stop()
+        if rspamd is not None:
+            rspamd.stop()
         ref.stdin.close()
         ref.wait(10)
         if dns_server is not None:

@@ -72,6 +72,7 @@ class Config:
     mta_sts: dict = field(default_factory=dict)  # [mta_sts], checked: mailstack.mtasts
     log: dict = field(default_factory=lambda: {"format": "text", "file": ""})  # [log]: see mailstack.logoutput
     antispam: dict = field(default_factory=dict)  # [antispam], checked: mailstack.antispam.screen
+    rspamd: dict = field(default_factory=lambda: {"url": ""}, repr=False)  # [rspamd], checked: _check_rspamd
 
     @property
     def has_tls(self) -> bool:
@@ -384,6 +385,28 @@ def _check_greylisting_limits(values: dict, path: str) -> None:
             parse_override(entry)
         except ValueError as e:
             raise ConfigError(path, "[outbound_limits] users", str(e)) from None
+def _check_rspamd(values: dict, path: str) -> dict:
+    """[rspamd]: http(s) URLs, a known on_failure, positive limits; the password from its file."""
+    section = values["rspamd"]
+    for key in ("url", "controller_url"):
+        url = section[key]
+        if url and not (url.startswith(("http://", "https://")) and len(url.split("/")) >= 3 and url.split("/")[2]):
+            raise ConfigError(path, f"[rspamd] {key}", f"must be an http:// or https:// URL such as http://127.0.0.1:11333, not {url!r}")
+    if section["on_failure"] not in ("tempfail", "accept"):
+        raise ConfigError(path, "[rspamd] on_failure", f'must be "tempfail" or "accept", not {section["on_failure"]!r}')
+    for key in ("timeout", "learn_retry_delay", "max_size", "pool_size"):
+        if section[key] <= 0:
+            raise ConfigError(path, f"[rspamd] {key}", "must be above 0")
+    if section["learn_retries"] < 0:
+        raise ConfigError(path, "[rspamd] learn_retries", "must be 0 or more")
+    password_file = section.pop("password_file")
+    if password_file:
+        if section["password"]:
+            raise ConfigError(path, "[rspamd] password_file", "set password or password_file, not both")
+        fileaccess.readable(path, "[rspamd] password_file", password_file)
+        with open(password_file, encoding="utf-8") as f:
+            section["password"] = f.readline().rstrip("\r\n")
+    return section
 
 
 def from_dict(raw: dict, path: str) -> Config:
@@ -464,6 +487,7 @@ def from_dict(raw: dict, path: str) -> Config:
         mta_sts=mta_sts,
         log=_check_log(values, path),
         antispam=antispam,
+        rspamd=_check_rspamd(values, path),
     )
 
 

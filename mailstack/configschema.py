@@ -181,4 +181,19 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "recipients_per_day": (int, 1000),
         "users": ("list[str]", []),  # "USER KEY=N ...": per-user overrides
     },
+    # The rspamd content filter and learning from Junk (mailstack.antispam.rspamd, .learning).
+    "rspamd": {
+        "url": (str, ""),  # "": no content filter
+        "timeout": (float, 10.0),
+        "on_failure": (str, "tempfail"),  # "tempfail" | "accept"
+        "junk": (bool, True),
+        "scan_outbound": (bool, True),
+        "max_size": (int, 20 * 1024 * 1024),
+        "pool_size": (int, 16),
+        "controller_url": (str, ""),  # "": no learning
+        "password": (str, ""),
+        "password_file": ("path", ""),
+        "learn_retries": (int, 5),
+        "learn_retry_delay": (float, 30.0),
+    },
 }

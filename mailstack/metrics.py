@@ -91,6 +91,11 @@ CLIENT_REFUSALS = Counter("mailstack_client_refusals", "MX replies refusing a cl
 DNSLIST_FAILURES = Counter("mailstack_dnslist_failures", "DNS list lookups that got no answer (the list skipped), per zone",
                            ["zone"], registry=REGISTRY)
 
+RSPAMD_SCANS = Counter("mailstack_rspamd_scans", "Messages scanned by rspamd, per action ('error': no answer)",
+                       ["action"], registry=REGISTRY)
+RSPAMD_LEARNS = Counter("mailstack_rspamd_learns", "Messages sent to rspamd to learn, per kind and result "
+                        "(learned, retried, failed, dropped)", ["kind", "result"], registry=REGISTRY)
+
 for _outcome in ("delivered", "queued", "sent", "deferred", "bounced"):
     MESSAGES.labels(_outcome)
 
@@ -169,6 +174,8 @@ def client_refused(reason: str) -> None:
 
 def dnslist_failure(zone: str) -> None:
     DNSLIST_FAILURES.labels(zone).inc()
+
+
 OUTBOUND_LIMITED = Counter("mailstack_outbound_limited", "Submissions refused over a per-user outbound limit, per limit",
                            ["limit"], registry=REGISTRY)
 OUTBOUND_LIMIT_HITS = Counter("mailstack_outbound_limit_hits", "Users who reached a per-user outbound limit (once "
@@ -188,6 +195,14 @@ def outbound_limited(limit: str, first: bool) -> None:
     OUTBOUND_LIMITED.labels(limit).inc()
     if first:
         OUTBOUND_LIMIT_HITS.labels(limit).inc()
+
+
+def rspamd_scan(action: str) -> None:
+    RSPAMD_SCANS.labels(action).inc()
+
+
+def rspamd_learn(kind: str, result: str) -> None:
+    RSPAMD_LEARNS.labels(kind, result).inc()
 
 
 class CommandTimes:

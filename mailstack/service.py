@@ -72,6 +72,8 @@ class ServerContext:
     resolver: object = None  # the cached DNS resolver (mailstack.resolver), for the DNS lists
     greylist: object = None  # mailstack.antispam.greylist.Greylist when [greylisting] is on
     outbound_limits: object = None  # mailstack.antispam.outlimits.OutboundLimits unless off
+    rspamd: object = None  # the content filter, mailstack.antispam.rspamd.RspamdFilter ([rspamd] url)
+    filed: object = None  # IMAP calls it after COPY/MOVE/APPEND: mailstack.antispam.learning.JunkLearner.filed
 
 
 class MailstackService(service.MultiService):
@@ -114,6 +116,7 @@ class MailstackService(service.MultiService):
         self.context.dkim_signer = authentication.DkimSigner(cfg.dkim["keys"], cfg.dkim["selector"], cfg.domains)
         self.context.inbound_checker = self.make_inbound_checker(cfg)
         self.context.relay = relay.build_relay(cfg, store, accounts, reactor)
+        self._build_antispam(cfg)
         self.context.relay.setServiceParent(self)
         from mailstack.antispam import greylist, outlimits
 
@@ -213,12 +216,24 @@ class MailstackService(service.MultiService):
             log.failure("saving folder indexes at shutdown failed")
         if self.context.watcher is not None:
             self.context.watcher.stop()
+        if getattr(self, "learner", None) is not None:
+            self.learner.stop()
         if self.config.ports_file:
             try:
                 os.unlink(self.config.ports_file)
             except FileNotFoundError:
                 pass
         return super().stopService()
+
+    def _build_antispam(self, cfg: config_mod.Config) -> None:
+        """[rspamd]: the content filter for the SMTP listeners, learning from Junk for IMAP."""
+        from mailstack.antispam import learning, rspamd
+
+        self.context.rspamd, client = rspamd.build(self.reactor, cfg)
+        if client is not None and cfg.rspamd["controller_url"]:
+            self.learner = learning.JunkLearner(client, self.reactor, cfg.rspamd["learn_retries"],
+                                                cfg.rspamd["learn_retry_delay"], cfg.rspamd["max_size"])
+            self.context.filed = self.learner.filed
 
     def make_inbound_checker(self, cfg: config_mod.Config):
         """SPF, DKIM and DMARC on the MX port, or None when [checks] turns all three off."""

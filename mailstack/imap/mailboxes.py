@@ -15,7 +15,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from mailstack.errors import FolderNotFound, InvalidFolderName
-from mailstack.imap import catenate
+from mailstack.imap import catenate, filing
 from mailstack.imap import message as msgmod
 from mailstack.imap.errors import NO_REPLY, Bad, No, shown
 from mailstack.imap.parser import Atom, String, quote
@@ -450,6 +450,7 @@ async def append(s, tag, raw_name, messages):
         name = mailbox_name(raw_name, utf8=s.utf8)
         items = [(message, *_append_options(flags, date)) for flags, date, message in messages]
         mailbox, limit = s.mailbox, s.context.config.max_message_size
+        report = filing.wanted(s)
 
         def work():
             folder = destination(mailbox, name)
@@ -465,9 +466,11 @@ async def append(s, tag, raw_name, messages):
             except BaseException:
                 folder.expunge(uids)  # RFC 3502 6: a failed MULTIAPPEND appends nothing
                 raise
-            return folder.uidvalidity(), uids
+            return folder.uidvalidity(), uids, folder, filing.special_uses(mailbox) if report else {}
 
-        uidvalidity, uids = await s.store_call(work)
+        uidvalidity, uids, folder, uses = await s.store_call(work)
+        if report:
+            filing.report(s, uses, None, folder, [u for u in uids if u is not None])
     finally:
         for _flags, _date, message in messages:
             message.close()

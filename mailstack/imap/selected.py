@@ -13,6 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from mailstack.imap import filing
 from mailstack.imap import results as resultsmod
 from mailstack.imap import search as searchmod
 from mailstack.imap import sort as sortmod
@@ -122,14 +123,17 @@ async def copy(s, tag, ranges, raw_name, uid=False, move=False):
     name = mailbox_name(raw_name, utf8=s.utf8)
     targets = sel.resolve(ranges, uid)
     mailbox = s.mailbox
+    report = filing.wanted(s)
 
     def work():
         dest = destination(mailbox, name)
         uids = [u for _, u in targets]
         pairs = sel.folder.move(uids, dest) if move else sel.folder.copy(uids, dest)
-        return pairs, dest.snapshot().uidvalidity
+        return pairs, dest.snapshot().uidvalidity, dest, filing.special_uses(mailbox) if report and pairs else {}
 
-    pairs, uidvalidity = await s.store_call(work)
+    pairs, uidvalidity, dest, uses = await s.store_call(work)
+    if report:
+        filing.report(s, uses, sel.folder.name, dest, [p[1] for p in pairs])
     word = b"MOVE" if move else b"COPY"
     if targets and not pairs:
         raise No("the messages were expunged meanwhile", "EXPUNGEISSUED")

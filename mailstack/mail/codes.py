@@ -52,6 +52,7 @@ E_UNROUTABLE_NOW = "4.4.4"  # X.4.4 unable to route
 E_DELIVERY_EXPIRED = "4.4.7"  # X.4.7 delivery time expired
 E_TOO_MANY_RECIPIENTS = "4.5.3"  # X.5.3 too many recipients
 E_SECURITY_TEMPORARY = "4.7.0"  # X.7.0 other security status
+E_NOT_AUTHORIZED_TEMPORARY = "4.7.1"  # X.7.1 not authorized for now (content filter: deferred, unavailable)
 
 E_PERMANENT = "5.0.0"  # X.0.0 other undefined status
 E_NO_SUCH_MAILBOX = "5.1.1"  # X.1.1 bad destination mailbox address

@@ -68,11 +68,19 @@ class SMTPSettings:
 
         self.screen = ClientScreen.build(context, self.listener, self.policy)
         self.limits = getattr(context, "outbound_limits", None) if self.listener.protocol == "submission" else None
+        self.content_filter = context.rspamd  # mailstack.antispam.rspamd, after the checks
 
-    def prepare(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str,
-                helo: str) -> defer.Deferred:
-        """Submission: check From/Sender, DKIM-sign if the domain has a key; MX: check; fires
-        with :class:`Prepared` (or fails with MailError)."""
+    def prepare(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str, helo: str,
+                recipients: list[str] = (), queue_id: str = "") -> defer.Deferred:
+        """Submission: check From/Sender, DKIM-sign if the domain has a key; MX: check; then
+        the content filter when there is one; fires with :class:`Prepared` (or fails with MailError)."""
+        d = self._prepare(spool, added, facts, sender, helo)
+        if self.content_filter is not None:
+            d.addCallback(self.content_filter.scan, spool, facts, helo, sender, list(recipients), queue_id)
+        return d
+
+    def _prepare(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str,
+                 helo: str) -> defer.Deferred:
         if facts.submission:
             if spool.header_in_head():
                 return defer.maybeDeferred(self.submit, spool, added, facts, sender, spool.header_block())

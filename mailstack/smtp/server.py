@@ -521,7 +521,7 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
             self.reply(c.LOCAL_ERROR, c.E_SYSTEM_TEMPORARY,
                        "Local error in processing; message not accepted, try again later")
 
-        d = settings.prepare(spool, added, self.facts, sender, self.helo)
+        d = settings.prepare(spool, added, self.facts, sender, self.helo, [r.address for r in recipients], message_id)
         d.addCallback(deliver)
         d.addCallbacks(delivered, failed)
         d.addBoth(lambda _: spool.close())

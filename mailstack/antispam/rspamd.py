@@ -1,0 +1,291 @@
+"""The content filter: rspamd over its HTTP protocol (issue 20, item 1).
+
+Each message is POSTed to ``/checkv2`` on rspamd's normal worker with the SMTP envelope as
+request headers (``IP``, ``Helo``, ``From``, one ``Rcpt`` per recipient, ``Queue-Id``, and
+``User`` for mail from an authenticated user, which puts rspamd in its "user" mode: outbound
+spam from a stolen password is caught too).  Requests share one persistent connection pool
+(``twisted.web.client.HTTPConnectionPool``), so a busy MX does not open a TCP connection
+per message, and never block the reactor.
+
+rspamd's answer is mapped to what the session replies:
+
+* ``reject`` -> ``550 5.7.1`` at the end of DATA;
+* ``soft reject``, ``greylist`` -> ``451 4.7.1``;
+* ``add header``, ``rewrite subject`` -> ``X-Spam: Yes``, ``X-Spamd-Result`` and
+  ``X-Spam-Score`` above the message, and delivery to the recipients' Junk folder
+  (``[rspamd] junk = false``: to INBOX, headers only);
+* ``no action`` -> delivered as it is;
+* no answer within ``[rspamd] timeout``, or an error -> ``[rspamd] on_failure``:
+  ``"tempfail"`` (``451 4.7.1``, the sender retries) or ``"accept"``.
+
+SPF, DKIM and DMARC are not done twice: mailstack's own checks (:mod:`mailstack.smtp.
+authentication`) run first, as without rspamd, since they own the Authentication-Results
+header (RFC 8601) and DMARC's reject/quarantine; for each of them that ``[checks]`` leaves
+on, rspamd is told to skip its own (the request's ``Settings`` header disables that symbol
+group), and a message those checks already refuse is not sent to rspamd at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from twisted.internet import defer, threads
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
+from zope.interface import implementer
+
+from mailstack import metrics
+from mailstack.errors import MailError
+from mailstack.mail import codes
+
+log = Logger()
+
+SPAM_ACTIONS = ("add header", "rewrite subject")
+DEFER_ACTIONS = ("soft reject", "greylist")
+#: rspamd's symbol groups for what mailstack's [checks] already does (key: the [checks] key).
+GROUPS = {"spf": "spf", "dkim": "dkim", "dmarc": "dmarc"}
+
+
+@dataclass
+class Result:
+    """rspamd's verdict on one message."""
+
+    action: str
+    score: float = 0.0
+    required: float = 0.0
+    symbols: dict = field(default_factory=dict)  # name -> score
+
+    def headers(self) -> bytes:
+        """X-Spam, X-Spamd-Result (the symbols, highest score first, folded), X-Spam-Score."""
+        spam = self.action in SPAM_ACTIONS or self.action == "reject"
+        symbols = sorted(self.symbols.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines = [f"X-Spam: {'Yes' if spam else 'No'}",
+                 f"X-Spamd-Result: default: {spam} [{self.score:.2f} / {self.required:.2f}]"
+                 + "".join(f";\r\n\t{_safe(name)}({score:.2f})" for name, score in symbols),
+                 f"X-Spam-Score: {self.score:.2f}"]
+        return "".join(line + "\r\n" for line in lines).encode("utf-8")
+
+
+def _safe(name: str) -> str:
+    return "".join(ch for ch in name if ch.isalnum() or ch in "_-.")[:80]
+
+
+def parse_result(body: bytes) -> Result:
+    """The JSON of /checkv2; ValueError when it is not one."""
+    data = json.loads(body)
+    if not isinstance(data, dict) or not isinstance(data.get("action"), str):
+        raise ValueError(f"no action in rspamd's answer: {body[:200]!r}")
+    symbols = {str(k): float(v.get("score", 0)) for k, v in (data.get("symbols") or {}).items() if isinstance(v, dict)}
+    return Result(data["action"], float(data.get("score", 0)), float(data.get("required_score", 0)), symbols)
+
+
+class _Body(Protocol):
+    """Collects a response body, at most MAX_ANSWER octets.  (Twisted's readBody warns when
+    the connection is gone by the time it is called, as rspamd's always is.)"""
+
+    MAX_ANSWER = 4 * 1024 * 1024
+
+    def __init__(self, code: int, done: defer.Deferred):
+        self.code, self.done, self.parts, self.size = code, done, [], 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.MAX_ANSWER:
+            self.transport.stopProducing()
+        else:
+            self.parts.append(data)
+
+    def connectionLost(self, reason) -> None:
+        if self.done.called:  # cancelled: the timeout came first
+            return
+        if self.size > self.MAX_ANSWER:
+            self.done.errback(ValueError(f"rspamd's answer is over {self.MAX_ANSWER} octets"))
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback((self.code, b"".join(self.parts)))
+        else:
+            self.done.errback(reason)
+
+
+def _read_body(response) -> defer.Deferred:
+    done = defer.Deferred()
+    response.deliverBody(_Body(response.code, done))
+    return done
+
+
+@implementer(IAgentEndpointFactory)
+class _PlainEndpoints:
+    """TCP endpoints for http:// URLs.  Agent's default, HostnameEndpoint, resolves even an
+    address literal in a thread and builds classes per connection: about a third of the
+    client's CPU per scan, and rspamd's normal worker closes every connection after its
+    answer (3.4 answers "Connection: close"), so each scan pays for a connection."""
+
+    def __init__(self, reactor, timeout: float):
+        self.reactor, self.timeout = reactor, timeout
+
+    def endpointForURI(self, uri):
+        host = uri.host.decode("ascii")
+        if isIPv6Address(host.strip("[]")):
+            return TCP6ClientEndpoint(self.reactor, host.strip("[]"), uri.port, self.timeout)
+        if isIPAddress(host):
+            return TCP4ClientEndpoint(self.reactor, host, uri.port, self.timeout)
+        return HostnameEndpoint(self.reactor, uri.host, uri.port, self.timeout)
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """The request body in one write (FileBodyProducer would feed it in pieces, one reactor
+    turn each: a 100 KB message would cost several turns per request)."""
+
+    def __init__(self, data: bytes):
+        self.data, self.length = data, len(data)
+
+    def startProducing(self, consumer):
+        consumer.write(self.data)
+        return defer.succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+class RspamdClient:
+    """HTTP to rspamd: /checkv2 on the normal worker, learnspam/learnham on the controller."""
+
+    def __init__(self, reactor, url: str, timeout: float, pool_size: int = 16,
+                 controller_url: str = "", password: str = ""):
+        self.reactor = reactor
+        self.url = url.rstrip("/")
+        self.controller_url = controller_url.rstrip("/")
+        self.timeout = timeout
+        self.password = password
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = pool_size
+        self.pool.retryAutomatically = True
+        if self.url.startswith("http://") and (not self.controller_url or self.controller_url.startswith("http://")):
+            self.agent = Agent.usingEndpointFactory(reactor, _PlainEndpoints(reactor, timeout), pool=self.pool)
+        else:  # https: Agent's own endpoints, with TLS
+            self.agent = Agent(reactor, pool=self.pool, connectTimeout=timeout)
+
+    def _post(self, url: str, message: bytes, headers: dict) -> defer.Deferred:
+        """POST; fires with (status code, body); fails on no answer within the timeout."""
+        h = Headers({k: v if isinstance(v, list) else [v] for k, v in headers.items()})
+        d = self.agent.request(b"POST", url.encode("ascii"), h, BytesProducer(message))
+        d.addCallback(_read_body)
+        d.addTimeout(self.timeout, self.reactor)
+        return d
+
+    def check(self, message: bytes, envelope: dict) -> defer.Deferred:
+        """Scan; fires with a :class:`Result`."""
+        def answered(result):
+            code, body = result
+            if code != 200:
+                raise ValueError(f"rspamd answered HTTP {code}: {body[:200]!r}")
+            return parse_result(body)
+        return self._post(self.url + "/checkv2", message, envelope).addCallback(answered)
+
+    def learn(self, kind: str, message: bytes) -> defer.Deferred:
+        """``kind`` "spam" or "ham"; fires with True when learned (or already known: rspamd
+        answers 208 for a message it has learned before)."""
+        def answered(result):
+            code, body = result
+            if code in (200, 208):
+                return True
+            raise ValueError(f"rspamd learn{kind} answered HTTP {code}: {body[:200]!r}")
+        return self._post(f"{self.controller_url}/learn{kind}", message,
+                          {"Password": self.password} if self.password else {}).addCallback(answered)
+
+    def close(self) -> defer.Deferred:
+        return self.pool.closeCachedConnections()
+
+
+class RspamdFilter:
+    """What the SMTP listeners ask before storing a message (mailstack.smtp.accept)."""
+
+    def __init__(self, client: RspamdClient, settings: dict, checks: dict):
+        self.client = client
+        self.on_failure = settings["on_failure"]
+        self.junk = settings["junk"]
+        self.outbound = settings["scan_outbound"]
+        self.max_size = settings["max_size"]
+        skipped = [group for key, group in GROUPS.items() if checks.get(key)]
+        self.settings_header = json.dumps({"groups_disabled": skipped}) if skipped else ""
+
+    def envelope(self, peer: str, helo: str, sender: str, recipients: list[str], queue_id: str,
+                 user: str | None) -> dict:
+        headers = {"IP": peer.split("%", 1)[0], "Helo": helo or "unknown", "From": sender.encode("utf-8"),
+                   "Rcpt": [r.encode("utf-8") for r in recipients], "Queue-Id": queue_id}
+        if user:
+            headers["User"] = user.encode("utf-8")
+        if self.settings_header:
+            headers["Settings"] = self.settings_header
+        return headers
+
+    def wanted(self, prepared, submission: bool, size: int) -> bool:
+        if prepared.action in ("reject", "tempfail") or size > self.max_size:
+            return False
+        return self.outbound or not submission
+
+    def scan(self, prepared, spool, facts, helo: str, sender: str, recipients: list[str],
+             queue_id: str) -> defer.Deferred:
+        """Fires with ``prepared``, changed by rspamd's verdict, or fails with MailError."""
+        if not self.wanted(prepared, facts.submission, spool.size):
+            return defer.succeed(prepared)
+        envelope = self.envelope(facts.peer, helo, sender, recipients, queue_id, facts.user)
+        if prepared.body is not None:
+            d = defer.succeed(prepared.body)
+        elif spool.size <= spool.MEMORY:  # still in memory (SpooledTemporaryFile): no I/O, no thread
+            d = defer.succeed(spool.read_all())
+        else:
+            d = threads.deferToThread(spool.read_all)
+        d.addCallback(lambda message: self.client.check(prepared.header + message, envelope))
+        return d.addCallbacks(self._verdict, self._failed, callbackArgs=(prepared, facts.submission),
+                              errbackArgs=(prepared, queue_id))
+
+    def _verdict(self, result: Result, prepared, submission: bool):
+        metrics.rspamd_scan(result.action)
+        why = f"rspamd: {result.action} (score {result.score:.2f}/{result.required:.2f})"
+        if result.action == "reject":
+            raise MailError(codes.MAILBOX_UNAVAILABLE, codes.E_NOT_AUTHORIZED,
+                            "Message refused: it looks like spam", why)
+        if result.action in DEFER_ACTIONS:
+            raise MailError(codes.LOCAL_ERROR, codes.E_NOT_AUTHORIZED_TEMPORARY,
+                            "Message deferred by the content filter; try again later", why)
+        if result.action in SPAM_ACTIONS:
+            if submission:  # outbound: not filed as Junk for the recipient, but the log says so
+                log.warn("outbound message scored as spam: {why}", why=why)
+                return prepared
+            prepared.header += result.headers()
+            if self.junk and prepared.action == "deliver":
+                prepared.action = "junk"
+        return prepared
+
+    def _failed(self, failure, prepared, queue_id: str):
+        metrics.rspamd_scan("error")
+        log.warn("rspamd scan of {id} failed ({on_failure}): {error}", id=queue_id, on_failure=self.on_failure,
+                 error=failure.getErrorMessage() or failure.type.__name__)
+        if self.on_failure == "accept":
+            return prepared
+        raise MailError(codes.LOCAL_ERROR, codes.E_NOT_AUTHORIZED_TEMPORARY,
+                        "Content filter unavailable; try again later", f"rspamd: {failure.getErrorMessage()}")
+
+
+def build(reactor, cfg) -> tuple[RspamdFilter | None, RspamdClient | None]:
+    """The filter and client from ``[rspamd]``; (None, None) when no url is set."""
+    settings = cfg.rspamd
+    if not settings.get("url"):
+        return None, None
+    client = RspamdClient(reactor, settings["url"], settings["timeout"], settings["pool_size"],
+                          settings["controller_url"], settings["password"])
+    return RspamdFilter(client, settings, cfg.checks), client
