@@ -255,9 +255,13 @@ def test_both_servers_at_once_lose_duplicate_and_stall_nothing(pair):
     setup = pair.imap("mailstack", ALICE)
     for i in range(12):  # 12 x 2 new keywords: within the 26 letters a Maildir folder has
         setup.append("INBOX", message(f"base-{i}"))
+    for i in range(20):  # expunged by Dovecot while the rest goes on (its compaction drops their records)
+        setup.append("INBOX", message(f"doomed-{i}"))
     setup.logout()
     pair.start_dovecot(ALICE)
-    base_uids = sorted(view(pair.imap("dovecot", ALICE))["boxes"]["INBOX"][2])
+    before = view(pair.imap("dovecot", ALICE))["boxes"]["INBOX"][2]
+    base_uids = sorted(uid for uid, m in before.items() if b"Subject: base-" in m[3])
+    doomed_uids = sorted(uid for uid, m in before.items() if b"Subject: doomed-" in m[3])
     durations: list[tuple[float, str]] = []
     create_races: list[str] = []
     errors: list[str] = []
@@ -286,6 +290,14 @@ def test_both_servers_at_once_lose_duplicate_and_stall_nothing(pair):
             timed(f"{which} NOOP", client.noop)
         client.logout()
 
+    def expunges():
+        client = pair.imap("dovecot", ALICE)
+        client.select_folder("INBOX")
+        for uid in doomed_uids:
+            timed("dovecot STORE", client.add_flags, [uid], [b"\\Deleted"], True)
+            timed("dovecot EXPUNGE", client.expunge)
+        client.logout()
+
     def subscriptions(which):
         client = pair.imap(which, ALICE)
         for i in range(5):
@@ -308,7 +320,7 @@ def test_both_servers_at_once_lose_duplicate_and_stall_nothing(pair):
             errors.append(f"{fn.__name__}{args}: {e!r}")
 
     jobs = [(appends, "mailstack"), (appends, "dovecot"), (deliveries,), (flags, "mailstack", b"\\Flagged"),
-            (flags, "dovecot", b"\\Answered"), (subscriptions, "mailstack"), (subscriptions, "dovecot")]
+            (flags, "dovecot", b"\\Answered"), (subscriptions, "mailstack"), (subscriptions, "dovecot"), (expunges,)]
     threads = [threading.Thread(target=guarded, args=job) for job in jobs]
     for t in threads:
         t.start()
