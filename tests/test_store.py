@@ -914,22 +914,29 @@ def test_append_after_unnumbered_deliveries_keeps_arrival_order(store, mailbox):
     assert [uid for uid, _ in order][2:4] == [appended, new_uid]
 
 
-def test_a_flag_change_racing_another_servers_rename_is_not_lost(store, inbox, monkeypatch):
-    """Dovecot renames a file (its own flag change) between our listing and our rename: ours
-    must start again from the new name, not give up (issue 18, both servers at once)."""
+def other_server_renames_first(monkeypatch, letters: str) -> list:
+    """Make the store's next rename of a file in cur/ lose a race: just before it, "Dovecot"
+    renames the same file to the flag ``letters`` (its own change); returns what was raced."""
     from mailstack.store import flags as flags_mod
 
-    uid = inbox.append(message(0))
     real_rename = os.rename
-    raced = []
+    raced: list = []
 
     def rename(src, dst):
         if not raced and "/cur/" in src:
             raced.append(src)
-            real_rename(src, src.split(":2,")[0] + ":2,R")  # the other server: \Answered
+            real_rename(src, src.split(":2,")[0] + ":2," + letters)
         return real_rename(src, dst)
 
     monkeypatch.setattr(flags_mod.os, "rename", rename)
+    return raced
+
+
+def test_a_flag_change_racing_another_servers_rename_is_not_lost(store, inbox, monkeypatch):
+    """Dovecot renames a file (its own flag change) between our listing and our rename: ours
+    must start again from the new name, not give up (issue 18, both servers at once)."""
+    uid = inbox.append(message(0))
+    raced = other_server_renames_first(monkeypatch, "R")  # the other server: \Answered
     changed, _ = inbox.set_flags([uid], ["\\Flagged"], "add")
     assert raced
     assert changed[uid][0] == {"\\Flagged", "\\Answered"}
@@ -960,20 +967,9 @@ def test_flags_another_server_changed_while_we_were_down_get_new_modseqs(store, 
 def test_unchangedsince_refuses_when_another_server_changed_the_flags_meanwhile(store, inbox, monkeypatch):
     """RFC 7162 3.1.3: Dovecot's rename between our check and our rename is a change after the
     client's MODSEQ: the conditional STORE is refused, Dovecot's flag kept (review of issue 18)."""
-    from mailstack.store import flags as flags_mod
-
     uid = inbox.append(message(0))
     modseq = inbox.snapshot().by_uid()[uid].modseq
-    real_rename = os.rename
-    raced = []
-
-    def rename(src, dst):
-        if not raced and "/cur/" in src:
-            raced.append(src)
-            real_rename(src, src.split(":2,")[0] + ":2,F")  # the other server: \Flagged
-        return real_rename(src, dst)
-
-    monkeypatch.setattr(flags_mod.os, "rename", rename)
+    other_server_renames_first(monkeypatch, "F")  # the other server: \Flagged
     changed, refused = inbox.set_flags([uid], ["\\Seen"], "add", unchangedsince=modseq)
     assert (changed, refused) == ({}, [uid])
     after = inbox.snapshot().by_uid()[uid]  # Dovecot's change gets its MODSEQ at the next listing
