@@ -184,3 +184,21 @@ def test_a_rewritten_dovecot_uidlist_on_a_reused_inode_is_read_afresh(tmp_path):
     assert got[ys[0]] == 4 and got[ys[1]] == 5
     uids = [int(line.split()[0]) for line in open(path).read().splitlines()[1:]]
     assert uids == sorted(set(uids)), uids  # ascending, no record twice
+
+
+def test_a_folder_whose_dovecot_uidlist_cannot_be_written_still_opens(tmp_path, monkeypatch):
+    """An older mailstack's folder gets dovecot-uidlist at its first opening; on a read-only
+    store (or with Dovecot holding its lock) that fails, and the folder is still read."""
+    import errno
+
+    from mailstack.store.folder import MaildirFolder
+
+    store, inbox, snap, path = _shared_inbox(tmp_path, 2)
+    os.unlink(path)
+
+    def read_only(self):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(MaildirFolder, "_dovecot_file_kept", read_only)
+    again = MaildirStore(str(tmp_path / "mail"), fsync=False).mailbox(ADDR).folder("INBOX").snapshot()
+    assert [m.uid for m in again.messages] == [m.uid for m in snap.messages]

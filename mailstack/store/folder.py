@@ -14,10 +14,13 @@ import os
 import time
 from typing import TYPE_CHECKING, BinaryIO, Iterable
 
+from twisted.logger import Logger
+
 from mailstack.errors import FolderNotFound, MessageGone
 from mailstack.store import index as folder_index
 from mailstack.store.cache import HEADER, MessageCache, header_section
 from mailstack.store.delivery import FolderDelivery
+from mailstack.store.dotlock import LockTimeout
 from mailstack.store import crlf
 from mailstack.store.dovecot import DovecotUidList
 from mailstack.store.files import arrival_key, base_of
@@ -26,6 +29,8 @@ from mailstack.store.numbering import UidNumbering
 from mailstack.store.recent import RecentMarks
 from mailstack.store.snapshot import FolderSnapshot, MessageInfo
 from mailstack.store.uidlist import FolderLock, UidList, next_uidvalidity
+
+log = Logger()
 
 if TYPE_CHECKING:
     from mailstack.store.mailbox import Mailbox
@@ -152,6 +157,17 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
                    for base, uid in dovecots.uids.items() if base in files]
         self.uidlist.take_over(dovecots.uidvalidity, dovecots.uidnext, entries)
 
+    def _write_dovecot_uidlist(self) -> None:
+        """At a folder's first opening, the ``dovecot-uidlist`` an older mailstack did not keep.
+        A folder that cannot be written to (read-only, or Dovecot holding its lock for long)
+        is still read: the file is written with the next UID given instead."""
+        try:
+            with self.locked():
+                self._ensure_uidlist()
+                self._dovecot_file_kept()
+        except (OSError, LockTimeout) as e:
+            log.warn("folder {path}: dovecot-uidlist not written at opening: {why}", path=self.path, why=e)
+
     def _internaldate_of(self, base: str, rel: str) -> int:
         """A new file's INTERNALDATE: its mtime, as Dovecot takes it and as APPEND and delivery
         set it (an imported file keeps its date, where the name says when it was copied in);
@@ -217,9 +233,7 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
             if not self._index_tried:
                 self._restore_index()
                 if not os.path.exists(self.dovecot.path):  # Dovecot could not take the folder over
-                    with self.locked():
-                        self._ensure_uidlist()
-                        self._dovecot_file_kept()
+                    self._write_dovecot_uidlist()
             ul.refresh()
             files = self._scan()
             state = ul.state
