@@ -99,6 +99,7 @@ def test_edits_apply_to_a_running_server_at_once(base):
         srv.stop()
 
 
+@pytest.mark.slow  # four CLI processes
 def test_store_check_and_repair(base):
     from mailstack.store import MaildirStore
 

@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 
 from mailstack.store import MaildirStore
 from mailstack.store.check import check_folder
@@ -99,6 +100,7 @@ LISTER = """
 """
 
 
+@pytest.mark.slow  # several Python processes: the full suite's, not the fast loop's
 def test_two_deliverers_and_a_lister(tmp_path):
     root = str(tmp_path / "mail")
     n = 500
@@ -158,6 +160,7 @@ MAKER = """
 """
 
 
+@pytest.mark.slow  # several Python processes: the full suite's, not the fast loop's
 def test_concurrent_first_use_of_a_mailbox(tmp_path):
     """Several processes making the same new mailbox at once: all succeed, one layout results."""
     for attempt in range(4):
@@ -207,6 +210,7 @@ def check_complete(data: bytes) -> str:
     return seq
 
 
+@pytest.mark.slow  # several Python processes: the full suite's, not the fast loop's
 def test_sigkill_mid_delivery(tmp_path):
     root = str(tmp_path / "mail")
     rng = random.Random()
