@@ -96,8 +96,8 @@ class CrlfReader:
     """A message file read in its CRLF form, streaming (a read-only binary file).
 
     ``size`` is the CRLF size, ``raw_size`` the file's, ``name`` its path.  A forward
-    :meth:`seek` reads and converts up to the offset (nothing is kept); a backward one starts
-    again from the file's beginning.
+    :meth:`seek` reads up to the offset, counting whole chunks and converting only the one it
+    lands in (nothing is kept); a backward one starts again from the file's beginning.
     """
 
     def __init__(self, raw: io.BufferedReader, size: int, raw_size: int):
@@ -143,9 +143,26 @@ class CrlfReader:
         if offset < self._pos:
             self._raw.seek(0)
             self._pending, self._pos, self._cr = bytearray(), 0, False
+        if self._pending:  # what is converted already
+            step = min(len(self._pending), offset - self._pos)
+            del self._pending[:step]
+            self._pos += step
         while self._pos < offset:
-            if not self.read(min(_CHUNK, offset - self._pos)):
+            # Whole chunks before the offset are only counted, not converted (a partial FETCH
+            # deep into a big file is a count at C speed, not a conversion of all before it).
+            chunk = self._raw.read(_CHUNK)
+            if not chunk:
                 break
+            grown = len(chunk) + bare_lfs(chunk, self._cr)
+            if self._pos + grown <= offset:
+                self._pos += grown
+                self._cr = chunk[-1:] == b"\r"
+                continue
+            self._pending = bytearray(to_crlf(chunk, self._cr))
+            self._cr = chunk[-1:] == b"\r"
+            step = offset - self._pos
+            del self._pending[:step]
+            self._pos += step
         return self._pos
 
     def tell(self) -> int:
