@@ -9,7 +9,6 @@ name, UID and UIDVALIDITY; the last test asks a real Dovecot over the same Maild
 from __future__ import annotations
 
 import hashlib
-import imaplib
 import os
 import poplib
 import re
@@ -255,7 +254,7 @@ def test_uidls_are_the_ones_dovecot_sends(inproc_server_factory):
     takes over from dovecot-uidlist), then lists UIDLs by POP3 with each format; mailstack,
     over a copy of that Maildir, must send the same lines."""
     from support.ci import on_ci
-    from support.dovecot import run_dovecot, stop
+    from support.dovecot import fill_through_dovecot, run_dovecot, stop
 
     root = Path(tempfile.mkdtemp(prefix="mailstack-uidl-"))  # Dovecot's processes must enter it
     try:
@@ -267,14 +266,7 @@ def test_uidls_are_the_ones_dovecot_sends(inproc_server_factory):
         if proc is None:
             pytest.fail(why, pytrace=False) if on_ci() else pytest.skip(why)
         try:
-            client = imaplib.IMAP4("127.0.0.1", port)
-            client.login("u@x.test", "pw")
-            for i in range(4):
-                assert client.append("INBOX", None, None, f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode())[0] == "OK"
-            client.select("INBOX")
-            client.store("2", "+FLAGS", "(\\Deleted)")
-            client.expunge()  # UIDs 1 3 4: the message numbers and the UIDs differ
-            client.logout()
+            fill_through_dovecot(port, 4).logout()  # UIDs 1 3 4: the message numbers and the UIDs differ
         finally:
             stop(proc)
         dovecot: dict[str, list[bytes]] = {}

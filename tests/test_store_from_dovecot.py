@@ -4,7 +4,6 @@ cache stays valid.  Dovecot itself (Debian's dovecot-imapd) makes the folder, by
 
 from __future__ import annotations
 
-import imaplib
 import os
 import re
 import shutil
@@ -36,7 +35,7 @@ def test_both_versions_of_the_file_are_read(tmp_path):
 
 @pytest.mark.slow
 def test_uids_of_a_folder_dovecot_served_carry_over(tmp_path):
-    from support.dovecot import dovecot_on_store_maildir, stop
+    from support.dovecot import dovecot_on_store_maildir, fill_through_dovecot, stop
 
     root = Path(tempfile.mkdtemp(prefix="mailstack-from-dovecot-"))  # Dovecot's processes must enter it
     os.chmod(root, 0o755)
@@ -46,13 +45,7 @@ def test_uids_of_a_folder_dovecot_served_carry_over(tmp_path):
         (maildir / sub).mkdir(parents=True)
     proc, port = dovecot_on_store_maildir(root, maildir)
     try:
-        client = imaplib.IMAP4("127.0.0.1", port)
-        client.login("u@x.test", "pw")
-        for i in range(5):
-            assert client.append("INBOX", None, None, f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode())[0] == "OK"
-        client.select("INBOX")
-        client.store("2", "+FLAGS", "(\\Deleted)")
-        client.expunge()  # UID 2 gone: the UIDs are 1 3 4 5, not 1..4
+        client = fill_through_dovecot(port, 5)  # UID 2 gone: the UIDs are 1 3 4 5, not 1..4
         typ, data = client.status("INBOX", "(UIDVALIDITY UIDNEXT)")
         status = data[0].decode()
         uidvalidity = int(re.search(r"UIDVALIDITY (\d+)", status).group(1))

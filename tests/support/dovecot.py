@@ -159,3 +159,19 @@ def dovecot_on_store_maildir(root: Path, maildir: Path):
             pytest.fail(why, pytrace=False)
         pytest.skip(why)
     return proc, port
+
+
+def fill_through_dovecot(port: int, count: int, user: str = "u@x.test", password: str = "pw"):
+    """Through Dovecot's IMAP: APPEND ``count`` small messages to INBOX and expunge the second,
+    so that message numbers and UIDs differ (UIDs 1, 3, 4, ...).  Returns the logged-in
+    imaplib client, INBOX selected."""
+    import imaplib
+
+    client = imaplib.IMAP4("127.0.0.1", port)
+    client.login(user, password)
+    for i in range(count):
+        assert client.append("INBOX", None, None, f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode())[0] == "OK"
+    client.select("INBOX")
+    client.store("2", "+FLAGS", "(\\Deleted)")
+    client.expunge()
+    return client
