@@ -96,6 +96,10 @@ class MailboxAPI(Protocol):
     """One user's folder tree and subscriptions (RFC 3501 6.3)."""
 
     address: str
+    #: The user's directory (their INBOX's Maildir).  Per-user files that are not mail (Sieve
+    #: scripts in Dovecot's layout: ``sieve/`` and ``.dovecot.sieve``) live here; the store
+    #: never reads them and never lists them as folders.
+    path: str
 
     def folder(self, name: str) -> FolderAPI: ...
 
