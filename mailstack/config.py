@@ -73,6 +73,8 @@ class Config:
     log: dict = field(default_factory=lambda: {"format": "text", "file": ""})  # [log]: see mailstack.logoutput
     antispam: dict = field(default_factory=dict)  # [antispam], checked: mailstack.antispam.screen
     rspamd: dict = field(default_factory=lambda: {"url": ""}, repr=False)  # [rspamd], checked: _check_rspamd
+    #: [sieve] max_script_size, max_scripts: the script storage (mailstack.sieve.scripts), checked: _check_sieve_storage
+    sieve_limits: dict = field(default_factory=lambda: {"max_script_size": 64 * 1024, "max_scripts": 16})
 
     @property
     def has_tls(self) -> bool:
@@ -409,6 +411,17 @@ def _check_rspamd(values: dict, path: str) -> dict:
     return section
 
 
+def _check_sieve_storage(values: dict, path: str) -> dict:
+    """[sieve] max_script_size and max_scripts (ManageSieve's QUOTA/MAXSIZE and QUOTA/MAXSCRIPTS,
+    RFC 5804 1.3)."""
+    section = values["sieve"]
+    if not 1 <= section["max_script_size"] <= 16 * 1024 * 1024:
+        raise ConfigError(path, "[sieve] max_script_size", "must be 1 to 16777216 (octets; default 65536)")
+    if not 1 <= section["max_scripts"] <= 10000:
+        raise ConfigError(path, "[sieve] max_scripts", "must be 1 to 10000 (default 16)")
+    return {"max_script_size": section["max_script_size"], "max_scripts": section["max_scripts"]}
+
+
 def from_dict(raw: dict, path: str) -> Config:
     values = _typed_values(raw, path)
     as_read = copy.deepcopy(values)
@@ -488,6 +501,7 @@ def from_dict(raw: dict, path: str) -> Config:
         log=_check_log(values, path),
         antispam=antispam,
         rspamd=_check_rspamd(values, path),
+        sieve_limits=_check_sieve_storage(values, path),
     )
 
 

@@ -19,6 +19,7 @@ LISTENERS = {
     "imaps": ("imap", "implicit"),
     "pop3": ("pop3", "starttls"),
     "pop3s": ("pop3", "implicit"),
+    "managesieve": ("managesieve", "starttls"),  # Sieve script management (RFC 5804, mailstack.managesieve)
     "autoconfig": ("autoconfig", "none"),  # HTTP: client autoconfiguration (mailstack.autoconfig)
     "https": ("https", "implicit"),  # HTTPS: the MTA-STS policy, autoconfiguration (mailstack.mtasts)
     "metrics": ("metrics", "none"),  # HTTP: Prometheus /metrics (mailstack.metrics); loopback unless allowed
@@ -26,9 +27,9 @@ LISTENERS = {
 
 #: The dev ports `mailstack init --dev` writes; production uses the well-known ports.
 DEV_PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "imap": 2143, "imaps": 2993, "pop3": 2110, "pop3s": 2995,
-             "autoconfig": 2080, "https": 2443, "metrics": 2909}
+             "managesieve": 2190, "autoconfig": 2080, "https": 2443, "metrics": 2909}
 STANDARD_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995,
-                  "autoconfig": 80, "https": 443, "metrics": 9909}
+                  "managesieve": 4190, "autoconfig": 80, "https": 443, "metrics": 9909}
 
 REQUIRED = object()  # a key without a default
 
@@ -79,6 +80,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
     },
     "pop3": {
         "uidl_format": (str, "%08Xu%08Xv"),  # Dovecot's pop3_uidl_format syntax (mailstack.pop3.uidl)
+    },
+    # Storage of users' Sieve scripts (mailstack.sieve.scripts; ManageSieve and 'mailstack sieve').
+    "sieve": {
+        "max_script_size": (int, 64 * 1024),  # octets
+        "max_scripts": (int, 16),  # per user
     },
     "dns": {
         "nameservers": ("list[str]", []),

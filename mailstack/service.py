@@ -45,6 +45,7 @@ PROTOCOLS: dict[str, str] = {
     "submission": "mailstack.smtp.server",
     "pop3": "mailstack.pop3.server",
     "imap": "mailstack.imap.server",
+    "managesieve": "mailstack.managesieve.server",
     "autoconfig": "mailstack.autoconfig",
     "https": "mailstack.mtasts",
     "metrics": "mailstack.metrics",
