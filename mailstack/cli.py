@@ -12,6 +12,7 @@
     mailstack [--config FILE] dkim genkey DOMAIN [--ed25519]
     mailstack [--config FILE] dns [DOMAIN] [--check]
     mailstack [--config FILE] acme status|renew
+    mailstack [--config FILE] sieve put|get|list|activate|deactivate|delete|check USER [NAME] [FILE]
 
 The configuration is ``--config``, else ``$MAILSTACK_CONFIG``, else ``var/mailstack.toml`` when
 present, else ``/etc/mailstack/mailstack.toml``.  Passwords are read from a prompt or from
@@ -418,6 +419,37 @@ def _add_setup_commands(sub) -> None:
     p.set_defaults(func=cmd_install_files)
 
 
+def cmd_sieve(args) -> int:
+    """A user's Sieve scripts, as ManageSieve changes them (mailstack.sieve.scripts), as the service user."""
+    from mailstack.sieve import admin, scripts as sv
+    from mailstack.store import MaildirStore
+
+    cfg = _config(args)
+    address = normalise_address(args.user)
+    users = UsersFile(cfg.users_file)
+    users.refresh()
+    if address not in users.users:
+        raise SystemExit(f"mailstack: no such user: {args.user!r}")
+    admin.check_arguments(args)
+    with _as_service(cfg):
+        store = sv.ScriptStore(MaildirStore(cfg.store_root, fsync=cfg.store_fsync).mailbox(address).path,
+                               cfg.sieve_limits["max_script_size"], cfg.sieve_limits["max_scripts"], cfg.store_fsync)
+        try:
+            return admin.run(store, args)
+        except sv.ScriptError as e:
+            raise SystemExit(f"mailstack: {e}" + (f" ({e.code})" if e.code else "")) from None
+
+
+def _add_sieve_command(sub) -> None:
+    p = sub.add_parser("sieve", help="a user's Sieve filters (as ManageSieve manages them)")
+    p.add_argument("action", choices=["put", "get", "list", "activate", "deactivate", "delete", "check"])
+    p.add_argument("user")
+    p.add_argument("name", nargs="?", help="the script (check: default the active one)")
+    p.add_argument("file", nargs="?", help="put/check: the script's file ('-' or none: standard input for put)")
+    p.add_argument("--activate", action="store_true", help="put: make it the active script too")
+    p.set_defaults(func=cmd_sieve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailstack", description="Administer a mailstack mail server.")
     parser.add_argument("--version", action="version", version=f"mailstack {__version__}")
@@ -492,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--all", action="store_true", help="check every user in the store")
     q.add_argument("user", nargs="?")
     p.set_defaults(func=cmd_store)
+    _add_sieve_command(sub)
     return parser
 
 

@@ -3,7 +3,7 @@
 ``mailstack dns DOMAIN`` prints them; ``--check`` asks DNS (the ``[dns]`` resolver) and says
 which are missing or wrong.  Records: MX; SPF (RFC 7208); the DKIM key (RFC 6376); DMARC
 (RFC 7489); MTA-STS (RFC 8461) and TLS-RPT (RFC 8460); the client set-up SRV records of
-RFC 6186 and an autoconfig name for Thunderbird.
+RFC 6186 (and ManageSieve's of RFC 5804 1.8) and an autoconfig name for Thunderbird.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ def records_for(cfg, domain: str) -> list[Record]:
         if cfg.listener(service) is not None:
             out.append(Record(f"_{service}._tcp.{domain}", "SRV", f"{prio} 1 {port} {host}.", "client set-up (RFC 6186)",
                               "contains"))
+    if cfg.listener("managesieve") is not None:  # RFC 5804 1.8: where ManageSieve clients find the server
+        out.append(Record(f"_sieve._tcp.{domain}", "SRV", f"0 1 4190 {host}.", "ManageSieve, Sieve filters (RFC 5804)",
+                          "contains"))
     out.append(Record(f"autoconfig.{domain}", "CNAME", f"{host}.", "Thunderbird's autoconfiguration", "exact"))
     out.append(Record(f"mta-sts.{domain}", "CNAME", f"{host}.", "MTA-STS policy host (the https listener)", "exact"))
     return out

@@ -4,7 +4,7 @@
   exports (``__all__``), never ``mailstack.store.<module>``;
 * no private Twisted name (``from twisted... import _x``, ``twisted.x._y``, ``imap4._Fetch``)
   and no name-mangled reach into another class (``_IMAP4Server__doCommand``);
-* the protocol packages (smtp, outbound, imap, pop3) never import one another;
+* the protocol packages (smtp, outbound, imap, pop3, managesieve) never import one another;
 * no session subclasses Twisted's protocol implementations (``ESMTP``, ``POP3``, ``IMAP4Server``);
 * no module over 600 lines, no function over 80;
 * the store's classes offer what its Protocol classes promise.
@@ -22,7 +22,7 @@ import mailstack.store as store
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mailstack"
-PROTOCOL_PACKAGES = ("smtp", "outbound", "imap", "pop3")
+PROTOCOL_PACKAGES = ("smtp", "outbound", "imap", "pop3", "managesieve")
 MANGLED = re.compile(r"^_[A-Za-z][A-Za-z0-9]*__[A-Za-z]")
 
 MAX_MODULE_LINES = 600

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CAPABILITY_MODULES = ["mailstack.smtp.capabilities", "mailstack.imap.capabilities", "mailstack.pop3.capabilities"]
+CAPABILITY_MODULES = ["mailstack.smtp.capabilities", "mailstack.imap.capabilities", "mailstack.pop3.capabilities",
+                      "mailstack.managesieve.capabilities"]
 
 
 def table() -> dict[str, tuple[str, list[str]]]:
