@@ -341,10 +341,10 @@ class ManageSieveSession(ScriptCommands, LineReceiver, TimeoutMixin):
         if not self.login_allowed():
             raise SieveNo("authentication needs TLS: use STARTTLS first", b"ENCRYPT-NEEDED")
         try:
-            exchange = sasl.start(mechanism.decode("ascii"), initial, SASL_MECHANISMS)
+            exchange = sasl.start(mechanism.decode("ascii"), None, SASL_MECHANISMS)
         except sasl.SaslError as e:
             raise SieveNo(str(e)) from None
-        return self.sasl_step(exchange, None)
+        return self.sasl_step(exchange, initial)  # an initial response is the first response
 
     def sasl_response(self, tokens: list):
         """The client's answer to a challenge: one string; ``"*"`` cancels (RFC 5804 2.1)."""

@@ -96,7 +96,7 @@ def _quoted(line: bytes, start: int) -> tuple[bytes, int]:
         if c == 0x5C:
             nxt = line[i + 1 : i + 2]
             if nxt not in (b'"', b"\\"):
-                raise SyntaxProblem('in a quoted string a backslash may only escape " or \\')
+                raise SyntaxProblem("in a quoted string a backslash may only escape a double quote or a backslash")
             out += nxt
             i += 2
             continue

@@ -82,7 +82,7 @@ def check_name(name: str) -> str:
     if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in name):
         raise BadScriptName("a script name must not contain control characters (RFC 5804 1.6)")
     if "/" in name or name.startswith("."):
-        raise BadScriptName('a script name must not contain "/" or start with "."')
+        raise BadScriptName("a script name must not contain a slash or start with a dot")
     if len(name) > MAX_NAME_LENGTH or len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise BadScriptName(f"a script name is at most {MAX_NAME_LENGTH} characters")
     return name
