@@ -500,8 +500,7 @@ def from_dict(raw: dict, path: str) -> Config:
         mta_sts=mta_sts,
         log=_check_log(values, path),
         antispam=antispam,
-        rspamd=_check_rspamd(values, path),
-        sieve_limits=_check_sieve_storage(values, path),
+        rspamd=_check_rspamd(values, path), sieve_limits=_check_sieve_storage(values, path),
     )
 
 

@@ -3,6 +3,7 @@ and the switch to the service user are in :mod:`mailstack.cli`)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from mailstack.sieve import scripts as sv
@@ -16,6 +17,13 @@ def check_arguments(args) -> None:
     if ("NAME" in usage and "[NAME]" not in usage and not args.name) or ("NAME" not in usage and args.name) or (
             "FILE" not in usage and args.file):
         raise SystemExit(f"mailstack: usage: mailstack sieve {args.action} {usage}")
+
+
+def _stored(store: sv.ScriptStore, name: str) -> bool:
+    try:
+        return store.exists(name)
+    except sv.BadScriptName:
+        return False
 
 
 def run(store: sv.ScriptStore, args) -> int:
@@ -33,7 +41,8 @@ def run(store: sv.ScriptStore, args) -> int:
     elif args.action == "get":
         sys.stdout.buffer.write(store.get(args.name))
     elif args.action in ("put", "check"):
-        if args.action == "check" and args.name and not args.file and not store.exists(args.name):
+        if args.action == "check" and args.name and not args.file and os.path.isfile(args.name) and not _stored(
+                store, args.name):
             args.name, args.file = None, args.name  # "check USER FILE": a file, not a stored script
         name = args.name or ("" if args.file and args.action == "check" else store.active_name())
         if name is None:
