@@ -106,7 +106,7 @@ def sieve_extensions() -> list[str]:
     """The extensions the interpreter supports (ManageSieve's SIEVE capability, RFC 5804 1.7)."""
     import mailstack.sieve as sieve
 
-    for attr in ("EXTENSIONS", "extensions", "SUPPORTED_EXTENSIONS"):
+    for attr in ("CAPABILITIES", "EXTENSIONS"):
         found = getattr(sieve, attr, None)
         if found is not None:
             return sorted(found() if callable(found) else found)
