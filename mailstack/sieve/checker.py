@@ -17,7 +17,7 @@ from .matching import compile_regex, RegexError
 from .parser import Arg, Node
 
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_ENCODED = re.compile(r"\$\{(hex|unicode):([^}]*)\}", re.IGNORECASE)
+_ENCODED = re.compile(r"\$\{(hex|unicode):([^}$]*)\}", re.IGNORECASE)
 _ZONE = re.compile(r"[+-][0-9]{4}\Z")
 
 
@@ -252,7 +252,10 @@ def _names(values, node, what="variable name"):
 
 
 def _check_set(cmd, node):
-    _names(cmd.pos[:1], node)
+    name = cmd.pos[0]
+    if not isinstance(name, Template) and name.lower().startswith("global."):
+        name = name[7:]  # RFC 6609 3.5: the "global" namespace
+    _names([name], node)
 
 
 def _check_flags(cmd, node):
