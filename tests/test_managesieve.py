@@ -21,7 +21,7 @@ from mailstack.managesieve.session import COMMANDS, MAX_LINE, ManageSieveSession
 BOB = "bob@example.test"
 LIMITS = "[sieve]\nmax_script_size = 200\nmax_scripts = 3\n"
 FAST_FAILURES = "[auth]\nfailure_delay = 0.0\n"
-SCRIPT = b'require ["fileinto"];\r\n\r\nif envelope :contains "to" "tmartin+sent" {\r\n  fileinto "INBOX.sent";\r\n}'
+SCRIPT = b'require ["fileinto", "envelope"];\r\n\r\nif envelope :contains "to" "tmartin+sent" {\r\n  fileinto "INBOX.sent";\r\n}'
 
 CAPS_PLAIN = (b'"IMPLEMENTATION" "mailstack"\r\n"SASL" "PLAIN"\r\n"SIEVE" "%s"\r\n"STARTTLS"\r\n'
               b'"UNAUTHENTICATE"\r\n"VERSION" "1.0"\r\n')
@@ -63,12 +63,13 @@ class Client(LineClient):
         out = b""
         while True:
             line = self.line()
-            out += line + b"\r\n"
-            m = re.search(rb"\{(\d+)\}$", line)
-            if m:
-                out += self.recv_exactly(int(m.group(1)))
-                continue
-            if re.match(rb"(OK|NO|BYE)( |$)", line):
+            logical = line
+            while re.search(rb"\{(\d+)\}$", line):  # a literal, then the rest of the line
+                literal = self.recv_exactly(int(re.search(rb"\{(\d+)\}$", line).group(1)))
+                line = self.line()
+                logical += b"\r\n" + literal + line
+            out += logical + b"\r\n"
+            if re.match(rb"(OK|NO|BYE)( |$)", logical):
                 return out
 
     def cmd(self, data: bytes | str) -> bytes:
@@ -247,13 +248,20 @@ def test_an_invalid_script_is_refused_with_its_line_and_column(srv):
     bad = b"#comment\r\nInvalidSieveCommand\r\n"
     with pytest.raises(SieveSyntaxError) as raised:
         compile_script(bad.decode())
-    expected = b"NO " + wire.string(str(raised.value)) + b"\r\n"
-    assert re.match(rb'NO "line 2, column \d+: ', expected)
+    expected = b"NO " + wire.string(str(raised.value), escape=True) + b"\r\n"
+    assert re.match(rb'NO "line 2, column \d+: [^"]+"\r\n$', expected)
     c = logged_in(srv)
     assert c.cmd(b'Putscript "foo" {%d+}\r\n' % len(bad) + bad) == expected
     assert c.cmd(b"CheckScript {%d+}\r\n" % len(bad) + bad) == expected
     assert c.cmd("LISTSCRIPTS") == b"OK\r\n"  # nothing stored
     assert c.cmd(b"CHECKSCRIPT {5+}\r\nkeep;") == b"OK\r\n"
+    # a message with double quotes in it: escaped in the quoted string (RFC 5804 4, QUOTED-SPECIALS)
+    unrequired = b'if envelope :is "to" "x" { stop; }'
+    with pytest.raises(SieveSyntaxError) as raised:
+        compile_script(unrequired.decode())
+    assert '"envelope"' in str(raised.value)
+    quoted = str(raised.value).replace('"', '\\"').encode()
+    assert c.cmd(b"CHECKSCRIPT {%d+}\r\n" % len(unrequired) + unrequired) == b'NO "' + quoted + b'"\r\n'
 
 
 def test_checkscript_stores_nothing(srv):

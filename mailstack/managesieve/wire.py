@@ -110,13 +110,17 @@ def _quoted(line: bytes, start: int) -> tuple[bytes, int]:
 # -- replies --------------------------------------------------------------------------------
 
 
-def string(value: bytes | str) -> bytes:
-    """A string as the server sends it: quoted when it can be (RFC 5804 4), else a literal
-    ``{n}`` CRLF value (as the RFC's LISTSCRIPTS example sends a name with a quote in it)."""
+def string(value: bytes | str, escape: bool = False) -> bytes:
+    """A string as the server sends it (RFC 5804 4): quoted when it can be, else a literal
+    ``{n}`` CRLF value, as the RFC's LISTSCRIPTS example sends a name with a quote in it.
+    ``escape``: a double quote or backslash is escaped in a quoted string instead (for the
+    text of a response, which clients show)."""
     if isinstance(value, str):
         value = value.encode("utf-8")
-    if len(value) <= MAX_QUOTED and not any(b in value for b in (b'"', b"\\", b"\r", b"\n", b"\0")):
-        return b'"' + value + b'"'
+    quoted = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') if escape else value
+    specials = (b"\r", b"\n", b"\0") if escape else (b"\r", b"\n", b"\0", b'"', b"\\")
+    if len(quoted) <= MAX_QUOTED and not any(b in value for b in specials):
+        return b'"' + quoted + b'"'
     return b"{%d}\r\n" % len(value) + value
 
 
@@ -126,5 +130,5 @@ def response(kind: bytes, text: str | None = None, code: bytes | None = None) ->
     if code:
         parts.append(b"(" + code + b")")
     if text:
-        parts.append(string(text))
+        parts.append(string(text, escape=True))
     return b" ".join(parts) + b"\r\n"
