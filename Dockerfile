@@ -34,7 +34,7 @@ RUN python -m venv /opt/mailstack \
 # the service's.  So 'init' and the other admin commands run as root: docker run/exec --user root.
 VOLUME ["/etc/mailstack", "/var/lib/mailstack"]
 # SMTP (MX), submission (STARTTLS), submissions (TLS), IMAP, IMAPS, POP3, POP3S, autoconfig.
-EXPOSE 25 587 465 143 993 110 995 80 443
+EXPOSE 25 587 465 143 993 110 995 4190 80 443
 USER mailstack
 WORKDIR /var/lib/mailstack
 # Ports below 1024 are bound without root: Docker (20.10 and later) sets
