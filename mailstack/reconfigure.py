@@ -4,7 +4,7 @@ what could not be applied.
 Applied at once, without dropping a session (:data:`LIVE`): ``[server] domains``,
 ``[tls] certificate``/``key`` (while TLS stays on), ``[accounts] recipient_delimiter``, every key
 of ``[auth]``, ``[limits]``, ``[smtp]``, ``[imap]``, ``[checks]``, ``[mta_sts]``, ``[antispam]`` and
-``[outbound_limits]``, and ``[dkim] selector``.
+``[outbound_limits]``, ``[dkim] selector`` and the script limits of ``[sieve]``.
 Everything else (the listeners, the host name, the store, the queue and relay, DNS, the
 account files' paths) needs a restart: such a change is logged by its key and the running
 value is kept, so the running server never mixes the two files.  A file with an error is
@@ -37,6 +37,7 @@ LIVE: dict[str, set[str] | str] = {
     "mta_sts": "*",  # the policy is made from the running configuration at each request
     "antispam": "*",  # the MX listener's client checks are made again (new sessions see them)
     "outbound_limits": "*",  # the counts so far are kept (mailstack.antispam.outlimits.rebuild)
+    "sieve": {"max_script_size", "max_scripts"},  # ManageSieve sessions started after the reload
 }
 
 #: "[section] key" -> the Config field it becomes (keys of dict sections need none).
@@ -58,7 +59,8 @@ FIELDS = {
     ("imap", "autologout"): "imap_autologout",
 }
 #: Sections kept as dicts in Config: a live key is copied into the running copy of the dict.
-DICT_SECTIONS = {"auth": "auth", "checks": "checks", "dkim": "dkim", "mta_sts": "mta_sts", "antispam": "antispam"}
+DICT_SECTIONS = {"auth": "auth", "checks": "checks", "dkim": "dkim", "mta_sts": "mta_sts", "antispam": "antispam",
+                 "sieve": "sieve_limits"}
 
 
 def changed_keys(old: config_mod.Config, new: config_mod.Config) -> list[tuple[str, str]]:

@@ -191,3 +191,16 @@ def test_cli_round_trip(tmp_path):
     assert done.returncode == 1 and b"usage: mailstack sieve get USER NAME" in done.stderr
     done = cli("put", bob, "huge", stdin=b"#" * 70000)
     assert done.returncode == 1 and b"too large" in done.stderr and b"QUOTA/MAXSIZE" in done.stderr
+
+
+def test_sieve_limits_apply_on_reload(tmp_path):
+    """SIGHUP: [sieve] max_script_size and max_scripts apply to the next ManageSieve sessions."""
+    from mailstack import reconfigure
+
+    base = MailServer(tmp_path, listeners=["managesieve"])
+    old = config.load(str(base.config_path))
+    base.config_path.write_text(base.config_path.read_text() + "[sieve]\nmax_script_size = 1000\nmax_scripts = 2\n")
+    new = config.load(str(base.config_path))
+    live = [c for c in reconfigure.changed_keys(old, new) if reconfigure.is_live(old, new, *c)]
+    assert live == [("sieve", "max_script_size"), ("sieve", "max_scripts")]
+    assert reconfigure.merge(old, new, live).sieve_limits == {"max_script_size": 1000, "max_scripts": 2}
