@@ -192,6 +192,20 @@ def test_admin_commands_as_root_leave_files_the_service_can_use(install):
     assert f"checked as user {SERVICE_USER}" in got.stdout
 
 
+def test_sieve_scripts_put_by_root_belong_to_the_service(install):
+    """``mailstack sieve put`` run as root writes as the service user: ManageSieve, running as
+    it, can then replace and delete the script (mailstack.sieve.scripts)."""
+    inst = install
+    prepare_users_and_key(inst)
+    inst.admin("sieve", "put", "--activate", f"bob@{DOMAIN}", "main", stdin="keep;\n")
+    bob = inst.lib / "mail" / DOMAIN / "bob"
+    uid, gid = inst.user.pw_uid, inst.gid
+    assert owner(bob / "sieve") == (uid, gid, 0o700)
+    assert owner(bob / "sieve" / "main.sieve") == (uid, gid, 0o600)
+    assert os.lstat(bob / ".dovecot.sieve").st_uid == uid and os.readlink(bob / ".dovecot.sieve") == "sieve/main.sieve"
+    assert inst.admin("sieve", "list", f"bob@{DOMAIN}").stdout == "main (active)\n"
+
+
 @pytest.mark.parametrize("as_service_user", [False, True], ids=["started-by-root", "started-as-service-user"])
 def test_server_runs_as_the_service_user_and_signs_and_delivers(install, as_service_user):
     inst = install
