@@ -347,3 +347,47 @@ def test_srv_record_in_mailstack_dns(srv):
     cfg = config.load(str(srv.config_path))
     records = {(r.name, r.rtype): r.value for r in dnsrecords.records_for(cfg, "example.test")}
     assert records[("_sieve._tcp.example.test", "SRV")] == "0 1 4190 mail.example.test."
+
+
+def test_lockout_is_shared_with_the_other_protocols(inproc_server_factory):
+    """The login gate (mailstack.throttle) counts ManageSieve failures with the rest: once the
+    address is locked out even the right password gets TRYLATER (RFC 5804 1.3)."""
+    srv = inproc_server_factory(listeners=["managesieve", "pop3"],
+                                extra="[auth]\nmax_failures = 2\nfailure_delay = 0.0\nlockout = 900.0\n").start()
+    from support.clients import Pop3Client
+
+    pop = Pop3Client(srv.port("pop3"))
+    assert pop.cmd(f"USER {BOB}").startswith(b"+OK")
+    assert pop.cmd("PASS wrong").startswith(b"-ERR")
+    c = Client(srv)
+    assert c.cmd(b'AUTHENTICATE "PLAIN" "' + plain(BOB, "wrong") + b'"') == b'NO "authentication failed"\r\n'
+    got = c.login()
+    assert re.fullmatch(rb'NO \(TRYLATER\) "too many authentication failures; try again in \d+ s"\r\n', got), got
+
+
+# -- the wire syntax, as properties ------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.booleans())
+def test_any_line_parses_or_is_a_syntax_problem(line, first):
+    try:
+        fragment = wire.parse_fragment(line, first)
+    except wire.SyntaxProblem:
+        return
+    assert fragment.literal is None or fragment.literal >= 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.booleans())
+def test_strings_round_trip(value, escape):
+    """What the server sends as a string reads back as the same octets."""
+    sent = wire.string(value, escape=escape)
+    if sent.startswith(b"{"):
+        size, _, rest = sent.partition(b"}\r\n")
+        assert int(size[1:]) == len(value) and rest == value
+    else:
+        assert wire.parse_fragment(b"X " + sent, first=True).tokens[1] == value
