@@ -382,6 +382,10 @@ def banner(cfg: config_mod.Config, bound: dict[str, dict]) -> str:
         if auto and config_mod.is_loopback(auto["host"] or ""):
             lines.append(f"    or let the account wizard find them: in Config Editor set mailnews.auto_config_url "
                          f"to http://{auto['host']}:{auto['port']}/v1.1/")
+        sieve = bound.get("managesieve")
+        if sieve:  # Thunderbird's Sieve add-on (README, "Sieve filters and ManageSieve")
+            server = sieve["host"] if config_mod.is_loopback(sieve["host"] or "") else cfg.hostname
+            lines.append(f"    filters: the Sieve add-on, server {server}, port {sieve['port']}, STARTTLS, same login")
         ca = os.path.join(os.path.dirname(cfg.tls_certificate), "ca.pem")
         if cfg.has_tls and os.path.exists(ca):
             lines.append(f"    the certificate is signed by the dev CA {ca}: import it, or accept the exception")
