@@ -204,3 +204,23 @@ def test_sieve_limits_apply_on_reload(tmp_path):
     live = [c for c in reconfigure.changed_keys(old, new) if reconfigure.is_live(old, new, *c)]
     assert live == [("sieve", "max_script_size"), ("sieve", "max_scripts")]
     assert reconfigure.merge(old, new, live).sieve_limits == {"max_script_size": 1000, "max_scripts": 2}
+
+
+def test_imap_folders_named_dovecot_leave_the_active_script_alone(tmp_path):
+    """The active link ``.dovecot.sieve`` sits among the Maildir++ folders (``.dovecot`` is the
+    folder "dovecot"): renaming that folder must not carry the link along, and the folder
+    "dovecot/sieve" cannot be made over it."""
+    from mailstack.errors import InvalidFolderName
+    from mailstack.store import MaildirStore
+
+    mailbox = MaildirStore(str(tmp_path), fsync=False).mailbox("bob@example.test")
+    scripts = ScriptStore(mailbox.path, fsync=False)
+    scripts.put("main", b"keep;")
+    scripts.activate("main")
+    mailbox.create_folder("dovecot")
+    mailbox.rename_folder("dovecot", "other")
+    assert scripts.active_name() == "main" and not os.path.lexists(os.path.join(mailbox.path, ".other.sieve"))
+    with pytest.raises(InvalidFolderName):
+        mailbox.create_folder("dovecot/sieve")
+    assert scripts.active_name() == "main"
+    assert "dovecot/sieve" not in [f.name for f in mailbox.list_folders()]

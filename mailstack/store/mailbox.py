@@ -91,6 +91,8 @@ class Mailbox:
         for i in range(1, len(parts) + 1):
             sub = names.SEPARATOR.join(parts[:i])
             path = self._path_of(sub)
+            if os.path.lexists(path) and not os.path.isdir(path):  # .dovecot.sieve: the active Sieve script
+                raise InvalidFolderName(f"{sub!r} is the name of a file that is not a folder")
             if not os.path.isdir(os.path.join(path, "cur")):
                 make_maildir(path, self.store.fsync, folder=True)
                 folder = self.store._folder(self, sub, path)
@@ -134,7 +136,7 @@ class Mailbox:
         old_dir, new_dir = names.to_dirname(old), names.to_dirname(new)
         moves = []
         for entry in os.listdir(self.path):
-            if entry == old_dir or entry.startswith(old_dir + "."):
+            if (entry == old_dir or entry.startswith(old_dir + ".")) and os.path.isdir(os.path.join(self.path, entry)):
                 moves.append((entry, new_dir + entry[len(old_dir):]))
         for src, dst in moves:
             if os.path.exists(os.path.join(self.path, dst)):
