@@ -146,7 +146,7 @@ def clear_stale_tmp(tmp_dir: str, cutoff: float) -> int:
     removed = 0
     try:
         names = os.listdir(tmp_dir)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectory: .dovecot.sieve, a file among the folders
         return 0
     for name in names:
         path = os.path.join(tmp_dir, name)
