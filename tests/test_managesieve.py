@@ -70,6 +70,7 @@ class Client(LineClient):
                 logical += b"\r\n" + literal + line
             out += logical + b"\r\n"
             if re.match(rb"(OK|NO|BYE)( |$)", logical):
+                self.final = logical  # the response line (with its text even when a literal)
                 return out
 
     def cmd(self, data: bytes | str) -> bytes:
