@@ -129,6 +129,17 @@ def test_starttls_sends_the_capabilities_again(srv):
     assert c.cmd("CAPABILITY") == caps(CAPS_AUTHED) + b"OK\r\n"
 
 
+def test_input_pipelined_after_starttls_is_dropped(srv):
+    """What arrived in the clear behind STARTTLS must not run inside TLS (command injection)."""
+    c = Client(srv)
+    c.send(b'STARTTLS\r\nPUTSCRIPT "x" {5+}\r\nkeep;\r\n')
+    assert c.response() == b'OK "begin TLS negotiation now"\r\n'
+    assert c.buf == b""
+    c.starttls(srv.ssl_context())
+    assert c.response() == caps(CAPS_TLS) + b"OK\r\n"
+    assert c.cmd("NOOP") == b'OK "done"\r\n'  # nothing of the injected command came through
+
+
 def test_no_password_in_the_clear_where_loopback_is_not_trusted(inproc_server_factory):
     srv = inproc_server_factory(listeners=["managesieve"], extra="[auth]\nplaintext_on_loopback = false\n").start()
     c = Client(srv)
@@ -323,6 +334,11 @@ def test_syntax_errors_get_no_and_the_session_goes_on(srv):
     assert c.cmd('GETSCRIPT "' + "x" * 1025 + '"') == \
         b'NO "quoted string longer than 1024 octets (use a literal)"\r\n'
     assert c.cmd(b'GETSCRIPT {9000+}\r\n' + b"x" * 9000) == b'NO "string too long (at most 8192 octets)"\r\n'
+    assert c.cmd(b'5 {3+}\r\nabc') == b'NO "expected a command name"\r\n'
+    assert c.cmd(b'{3+}\r\nabc') == b'NO "expected a command name"\r\n'
+    assert c.cmd(b'"x" {3+}\r\nabc') == b'NO "expected a command name"\r\n'
+    assert c.cmd(b'GETSCRIPT {0+}\r\n') == b'NO "a script name must not be empty"\r\n'
+    assert c.cmd(b'GETSCRIPT {1+}\r\nab') == b'NO "expected a space after the literal"\r\n'
     assert c.cmd("NOOP") == b'OK "done"\r\n'
 
 

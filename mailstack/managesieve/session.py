@@ -196,7 +196,8 @@ class ManageSieveSession(ScriptCommands, LineReceiver, TimeoutMixin):
             self.start_literal(fragment.literal)
 
     def start_literal(self, size: int) -> None:
-        script = self.exchange is None and self.tokens[:1] and self.tokens[0].upper() in SCRIPT_COMMANDS
+        first = self.tokens[0] if self.tokens else None
+        script = self.exchange is None and isinstance(first, wire.Atom) and first.upper() in SCRIPT_COMMANDS
         limit = self.max_script_size if script else MAX_STRING
         if size > limit + MAX_DISCARD:
             self.bye(f"literal of {size} octets refused")
