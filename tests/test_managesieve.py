@@ -408,3 +408,20 @@ def test_strings_round_trip(value, escape):
         assert int(size[1:]) == len(value) and rest == value
     else:
         assert wire.parse_fragment(b"X " + sent, first=True).tokens[1] == value
+
+
+def test_a_store_failure_is_trylater_and_the_session_goes_on(srv):
+    """The scripts' directory unwritable (a root-made one, a full disk): NO (TRYLATER), logged."""
+    c = logged_in(srv)
+    assert c.cmd('PUTSCRIPT "a" {5+}\r\nkeep;') == b"OK\r\n"
+    sieve_dir = user_dir(srv) / "sieve"
+    (sieve_dir / "a.sieve").unlink()
+    (sieve_dir / ".lock").unlink()
+    sieve_dir.rmdir()
+    sieve_dir.write_text("not a directory")
+    try:
+        assert c.cmd('PUTSCRIPT "b" {5+}\r\nkeep;') == b'NO (TRYLATER) "internal server error, try again later"\r\n'
+        assert c.cmd("NOOP") == b'OK "done"\r\n'
+    finally:
+        sieve_dir.unlink()
+    assert c.cmd("LISTSCRIPTS") == b"OK\r\n"

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 
-from mailstack import logcontext, sasl
+from mailstack import logcontext, metrics, sasl
 from mailstack.errors import UnknownUser
 from mailstack.managesieve import wire
 from mailstack.managesieve.capabilities import SessionView, capability_lines
@@ -265,6 +265,7 @@ class ManageSieveSession(ScriptCommands, LineReceiver, TimeoutMixin):
             self.reply_no(failure.value)
             return
         log.failure("managesieve command failed for {peer}", failure, peer=self.peer)
+        metrics.store_error("managesieve")  # the scripts' directory could not be read or written
         self.reply_no(SieveNo("internal server error, try again later", b"TRYLATER"))
 
     def command_done(self, _):
