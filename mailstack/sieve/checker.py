@@ -145,6 +145,7 @@ class Checker:
     def arguments(self, node: Node, spec: S.Spec) -> tuple[dict, tuple]:
         tags: dict = {}
         positional: list = []
+        positional_args: list[Arg] = []
         args = node.args
         i = 0
         while i < len(args):
@@ -152,6 +153,7 @@ class Checker:
             i += 1
             if arg.kind != "tag":
                 positional.append(self.value(arg))
+                positional_args.append(arg)
                 continue
             if positional:
                 raise _fail(f"tag {arg.value} after positional arguments", arg)
@@ -174,12 +176,13 @@ class Checker:
         if not low <= len(positional) <= len(spec.pos):
             want = str(len(spec.pos)) if low == len(spec.pos) else f"{low} to {len(spec.pos)}"
             raise _fail(f"{node.name} takes {want} positional arguments, found {len(positional)}", node)
-        kinds = spec.pos[len(spec.pos) - len(positional):]
-        for value, kind, arg in zip(positional, kinds, [a for a in args if a.kind != "tag"]):
+        missing = [None] * (len(spec.pos) - len(positional))
+        kinds = spec.pos[len(missing):] if spec.optional_first else spec.pos[:len(positional)]
+        for kind, arg in zip(kinds, positional_args):
             if not _fits(arg, kind):
                 raise _fail(f"{node.name}: expected a {kind.rstrip('s')}{' list' if kind == 'strings' else ''}", arg)
         values = [v[0] if k == "string" else v for v, k in zip(positional, kinds)]
-        return tags, tuple([None] * (len(spec.pos) - len(positional)) + values)
+        return tags, tuple(missing + values if spec.optional_first else values + missing)
 
     def value(self, arg: Arg):
         if arg.kind == "number":
