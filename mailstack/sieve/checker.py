@@ -292,6 +292,8 @@ def _check_redirect(cmd, node):
 def _check_deleteheader(cmd, node):
     if cmd.tag("last") and cmd.tag("index") is None:
         raise _fail(":last needs :index in deleteheader (RFC 5293 5)", node)
+    if cmd.targ("index") == 0:
+        raise _fail(":index counts from 1", node)
     _field_name(cmd, node)
 
 
