@@ -321,3 +321,21 @@ def test_flags_of_duplicate_stores_merge():
 def test_lf_only_script_and_message():
     script = 'require "fileinto";\nif header :is "subject" "hi" {\n  fileinto "A";\n}\n'
     assert actions(script, b"Subject: hi\nFrom: a@b.example\n\nbody\n") == [FileInto("A")]
+
+
+def test_one_compiled_script_serves_many_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    script = compile_script('require ["fileinto", "variables", "editheader"];\n'
+                            'if header :matches "Subject" "* for *" { fileinto "${2}"; addheader "X-N" "${1}"; }')
+    messages = [b"Subject: gift %d for user%d\r\n\r\n" % (i, i) for i in range(200)]
+
+    def one(i):
+        outcome = run(script, messages[i], ENV)
+        return outcome.actions, outcome.header
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(200)))
+    for i, (acts, header) in enumerate(results):
+        assert acts == [FileInto(f"user{i}")]
+        assert header == b"X-N: gift %d\r\nSubject: gift %d for user%d\r\n" % (i, i, i)

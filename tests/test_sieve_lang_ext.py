@@ -114,6 +114,11 @@ def test_subaddress_parts(recipient, test, expected):
     assert (actions(script, envelope=Envelope("x@y.example", recipient)) == []) is expected
 
 
+def test_unknown_envelope_part_is_a_syntax_error():
+    assert syntax_error('require "envelope"; if envelope "frob" "x" { }') == (
+        "unknown envelope part 'frob' (RFC 5228 5.4: from, to)")
+
+
 def test_null_sender_compares_as_empty():  # RFC 5228 5.4
     script = 'require "envelope"; if envelope :is "from" "" { discard; }'
     assert actions(script, envelope=Envelope("", "me@example.org")) == []

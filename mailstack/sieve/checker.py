@@ -303,6 +303,15 @@ def _field_name(cmd, node):
         raise _fail(f"invalid header field name {name!r}", node)
 
 
+ENVELOPE_PARTS = frozenset({"from", "to", "auth"})
+
+
+def _check_envelope(cmd, node):
+    for part in cmd.pos[0]:
+        if not isinstance(part, Template) and part.lower() not in ENVELOPE_PARTS:
+            raise _fail(f"unknown envelope part {part!r} (RFC 5228 5.4: from, to)", node)
+
+
 def _check_include(cmd, node):
     name = cmd.pos[0]
     if not isinstance(name, Template) and ("/" in name or not name):
@@ -334,7 +343,7 @@ _EXTRA = {
     "hasflag": _check_hasflag, "size": _check_size, "date": _check_date_test, "currentdate": _check_date,
     "redirect": _check_redirect, "deleteheader": _check_deleteheader, "addheader": _field_name,
     "include": _check_include, "global": _check_global, "header": _check_header_like,
-    "address": _check_header_like,
+    "address": _check_header_like, "envelope": _check_envelope,
 }
 
 
