@@ -131,6 +131,13 @@ def test_address_on_a_header_with_several_addresses():
     assert actions('if address :is "to" "undisclosed" { discard; }', msg) == [Keep()]
 
 
+def test_address_with_an_encoded_comma_in_the_display_name():
+    msg = b"From: =?utf-8?q?Doe=2C_John?= <john@example.com>\r\n\r\n"
+    assert actions('if address :count "eq" :comparator "i;ascii-numeric" "from" "1" { discard; }'.replace(
+        "if", 'require ["relational", "comparator-i;ascii-numeric"]; if', 1), msg) == []
+    assert actions('if address :is "from" "john@example.com" { discard; }', msg) == []
+
+
 def test_header_values_are_unfolded_and_decoded():
     msg = b"Subject: =?utf-8?q?caf=C3=A9?= =?iso-8859-1?b?6Q==?=\r\n and\r\n\tmore\r\n\r\n"
     assert actions('if header :is "subject" "caf\u00e9\u00e9 and\tmore" { discard; }', msg) == []
