@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import quopri
 import re
 from email.parser import BytesFeedParser
@@ -16,7 +17,9 @@ from email.policy import compat32
 from .message import split_message
 
 _CHUNK = 1 << 20
+_BLOCK_TAG = re.compile(r"<\s*/?\s*(?:p|br|div|li|tr|td|th|h[1-6]|table|ul|ol|blockquote|hr)\b[^>]*>", re.I)
 _TAG = re.compile(r"<[^>]*>")
+_HIDDEN = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
 
 
 def body_texts(raw: bytes, transform: str, types: tuple, max_body: int, tick) -> list[str]:
@@ -38,9 +41,15 @@ def body_texts(raw: bytes, transform: str, types: tuple, max_body: int, tick) ->
             continue
         text = _decoded(part, max_body)
         if transform == ":text" and ctype == "text/html":  # 5.3: text without the markup
-            text = _TAG.sub(" ", text)
+            text = html_text(text)
         out.append(text)
     return out
+
+
+def html_text(markup: str) -> str:
+    """Block elements become line breaks, other tags vanish, entities are decoded."""
+    markup = _HIDDEN.sub("", markup)
+    return html.unescape(_TAG.sub("", _BLOCK_TAG.sub("\n", markup)))
 
 
 def _selected(ctype: str, wanted) -> bool:
@@ -61,7 +70,8 @@ def _decoded(part, max_body: int) -> str:
     if cte == "base64":
         encoded = payload[: (max_body * 4) // 3 + 1024]
         cleaned = re.sub(r"[^A-Za-z0-9+/]", "", encoded)
-        cleaned = cleaned[: len(cleaned) - len(cleaned) % 4]
+        rest = len(cleaned) % 4  # padding was dropped with the line breaks: put it back
+        cleaned = cleaned[:-1] if rest == 1 else cleaned + "=" * ((4 - rest) % 4)
         try:
             data = base64.b64decode(cleaned)
         except (binascii.Error, ValueError):
