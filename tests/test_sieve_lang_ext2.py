@@ -396,3 +396,15 @@ def test_addheader_encodes_non_ascii():
 def test_editheader_argument_errors():
     assert syntax_error('require "editheader"; addheader "Bad Name" "x";') == "invalid header field name 'Bad Name'"
     assert syntax_error('require "editheader"; deleteheader :last "X";') == ":last needs :index in deleteheader (RFC 5293 5)"
+
+
+@pytest.mark.parametrize("message, key", [
+    ("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\ncaf\u00e9\r\n".encode(),
+     "caf\u00e9"),
+    ("Content-Type: text/plain; charset=iso-8859-1\r\n\r\ncaf\u00e9\r\n".encode("latin-1"), "caf\u00e9"),
+    (b"Content-Type: text/plain; charset=koi8-r\r\nContent-Transfer-Encoding: base64\r\n\r\n1MXT1A==\r\n",
+     "\u0442\u0435\u0441\u0442"),
+    (b"Content-Type: text/plain; charset=no-such-charset\r\n\r\ncaf\xc3\xa9\r\n", "caf\u00e9"),  # UTF-8 then
+])
+def test_body_charsets(message, key):
+    assert actions(f'require "body"; if body :contains "{key}" {{ discard; }}', message) == []

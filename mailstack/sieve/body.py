@@ -63,26 +63,35 @@ def _selected(ctype: str, wanted) -> bool:
 
 
 def _decoded(part, max_body: int) -> str:
-    payload = part.get_payload()
-    if not isinstance(payload, str):
-        return ""
+    """The part's text: transfer decoding on at most what ``max_body`` needs, then its charset."""
     cte = str(part.get("content-transfer-encoding", "")).strip().lower()
-    if cte == "base64":
-        encoded = payload[: (max_body * 4) // 3 + 1024]
-        cleaned = re.sub(r"[^A-Za-z0-9+/]", "", encoded)
-        rest = len(cleaned) % 4  # padding was dropped with the line breaks: put it back
-        cleaned = cleaned[:-1] if rest == 1 else cleaned + "=" * ((4 - rest) % 4)
+    encoded = None
+    if cte in ("base64", "quoted-printable"):
         try:
-            data = base64.b64decode(cleaned)
-        except (binascii.Error, ValueError):
-            data = b""
-    elif cte == "quoted-printable":
-        data = quopri.decodestring(payload[: max_body * 3].encode("ascii", "replace"))
+            encoded = part.get_payload()  # str: the encoded text, to cut before decoding
+        except LookupError:  # 8-bit bytes in it and an unknown charset
+            encoded = None
+    if isinstance(encoded, str) and cte == "base64":
+        data = _base64(encoded[: (max_body * 4) // 3 + 1024])
+    elif isinstance(encoded, str):
+        data = quopri.decodestring(encoded[: max_body * 3].encode("ascii", "replace"))
     else:
-        data = payload[:max_body].encode("utf-8", "surrogateescape")
+        data = part.get_payload(decode=True)  # 7bit, 8bit, binary: the part's own bytes
+        if not isinstance(data, bytes):
+            return ""
     data = data[:max_body]
     charset = part.get_content_charset() or "us-ascii"
     try:
         return data.decode(charset, "replace")
     except LookupError:
         return data.decode("utf-8", "replace")
+
+
+def _base64(encoded: str) -> bytes:
+    cleaned = re.sub(r"[^A-Za-z0-9+/]", "", encoded)
+    rest = len(cleaned) % 4  # padding went with the line breaks: put it back
+    cleaned = cleaned[:-1] if rest == 1 else cleaned + "=" * ((4 - rest) % 4)
+    try:
+        return base64.b64decode(cleaned)
+    except (binascii.Error, ValueError):
+        return b""
