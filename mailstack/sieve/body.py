@@ -14,7 +14,7 @@ import re
 from email.parser import BytesFeedParser
 from email.policy import compat32
 
-from .message import split_message
+from .message import header_bounds
 
 _CHUNK = 1 << 20
 _BLOCK_TAG = re.compile(r"<\s*/?\s*(?:p|br|div|li|tr|td|th|h[1-6]|table|ul|ol|blockquote|hr)\b[^>]*>", re.I)
@@ -24,7 +24,8 @@ _HIDDEN = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
 
 def body_texts(raw: bytes, transform: str, types: tuple, max_body: int, tick) -> list[str]:
     if transform == ":raw":  # RFC 5173 5.1: the body as it is, no decoding
-        return [split_message(raw)[1][:max_body].decode("utf-8", "replace")]
+        start = header_bounds(raw)[1]
+        return [raw[start:start + max_body].decode("utf-8", "replace")]
     parser = BytesFeedParser(policy=compat32)
     for start in range(0, len(raw), _CHUNK):
         tick()

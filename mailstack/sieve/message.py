@@ -42,15 +42,23 @@ def _decode_word(m: re.Match) -> str:
         return m.group()
 
 
-def split_message(raw: bytes) -> tuple[bytes, bytes]:
-    """(header section, body): the header without the empty line that ends it."""
-    if raw.startswith(b"\n") or raw.startswith(b"\r\n"):
-        return b"", raw[1:] if raw[:1] == b"\n" else raw[2:]
+def header_bounds(raw: bytes) -> tuple[int, int]:
+    """(end of the header section, start of the body): the header keeps the line end of its
+    last field, not the empty line after it.  Only offsets, so a large body is not copied."""
+    if raw.startswith(b"\n"):
+        return 0, 1
+    if raw.startswith(b"\r\n"):
+        return 0, 2
     m = _END_OF_HEADER.search(raw)
     if m is None:
-        return raw, b""
-    head_end = m.start() + (2 if raw[m.start():m.start() + 2] == b"\r\n" else 1)
-    return raw[:head_end], raw[m.end():]
+        return len(raw), len(raw)
+    return m.start() + (2 if raw[m.start():m.start() + 2] == b"\r\n" else 1), m.end()
+
+
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    """(header section, body)."""
+    head_end, body_start = header_bounds(raw)
+    return raw[:head_end], raw[body_start:]
 
 
 class Field:
@@ -82,7 +90,6 @@ class Message:
         self.raw = raw
         self.size = len(raw)
         self._fields: list[Field] | None = None
-        self._body: bytes | None = None
         self._by_name: dict[str, list[Field]] = {}
         self._addresses: dict[str, list[str]] = {}
         self.edited = False
@@ -90,7 +97,7 @@ class Message:
     @property
     def fields(self) -> list[Field]:
         if self._fields is None:
-            head, self._body = split_message(self.raw)
+            head = self.raw[:header_bounds(self.raw)[0]]
             fields = []
             for chunk in _FIELD_BREAK.split(head.rstrip(b"\r\n")) if head else ():
                 name, colon, _ = chunk.partition(b":")
@@ -99,12 +106,6 @@ class Message:
                     fields.append(Field(name.decode("ascii", "replace"), chunk))
             self._fields = fields
         return self._fields
-
-    @property
-    def body(self) -> bytes:
-        if self._body is None:
-            self._body = split_message(self.raw)[1]
-        return self._body
 
     def named(self, name: str) -> list[Field]:
         key = name.lower()
