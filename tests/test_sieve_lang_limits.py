@@ -146,6 +146,6 @@ def test_header_tests_on_a_large_message_do_not_walk_its_body():
 
 def test_a_string_full_of_escapes_is_read_in_linear_time():
     start = time.perf_counter()
-    script = compile_script('require "reject"; reject "' + "\\\\a" * 120_000 + '";')
+    script = compile_script('require "reject"; reject "' + "\\a" * 120_000 + '";')
     assert time.perf_counter() - start < 1.0
     assert run(script, b"\r\n", ENV).actions[0].reason == "a" * 120_000
