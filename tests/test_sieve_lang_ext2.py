@@ -393,6 +393,13 @@ def test_addheader_encodes_non_ascii():
     assert result.header == b"X-Note: =?utf-8?b?Y2Fmw6k=?=\r\nSubject: s\r\n"
 
 
+def test_addheader_cannot_inject_a_field_or_end_the_header():
+    script = ('require ["editheader", "variables"]; set "v" "a\r\nBcc: evil@example.com\r\n\r\nbody";'
+              ' addheader "X-A" "${v}"; if header :is "X-A" "a Bcc: evil@example.com body" { addheader "X-Ok" "1"; }')
+    result = outcome(script, b"Subject: s\r\n\r\n")
+    assert result.header == b"X-Ok: 1\r\nX-A: a\r\n Bcc: evil@example.com\r\n body\r\nSubject: s\r\n"
+
+
 def test_editheader_argument_errors():
     assert syntax_error('require "editheader"; addheader "Bad Name" "x";') == "invalid header field name 'Bad Name'"
     assert syntax_error('require "editheader"; deleteheader :last "X";') == ":last needs :index in deleteheader (RFC 5293 5)"

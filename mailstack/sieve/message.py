@@ -20,6 +20,7 @@ _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(r"(?<=\?=)[ \t\r\n]+(?==\?)")
 _QP_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def decode_2047(text: str) -> str:
@@ -137,7 +138,9 @@ class Message:
         """RFC 5293 4: a new field, first unless :last; non-ASCII values RFC 2047-encoded."""
         if not value.isascii():
             value = Header(value, "utf-8", header_name=name).encode()
-        value = value.replace("\r\n", "\n").replace("\n", "\r\n")
+        # every line break becomes a fold: a script cannot start a field of its own (or the body)
+        lines = [line.strip(" \t") for line in _LINE_BREAK.split(value)]
+        value = "\r\n ".join(line for line in lines if line)
         field = Field(name, f"{name}: {value}".encode("utf-8"))
         fields = self.fields
         if last:
