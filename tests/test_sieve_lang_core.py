@@ -51,7 +51,7 @@ def test_discard_cancels_implicit_keep():
     assert actions("discard;") == []
 
 
-def test_keep_then_discard_still_keeps():  # 4.5: discard only cancels the implicit keep
+def test_keep_then_discard_still_keeps():  # 4.4: discard only cancels the implicit keep
     assert actions("keep; discard;") == [Keep()]
 
 
