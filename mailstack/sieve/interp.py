@@ -47,6 +47,8 @@ class Frame:
 
 
 class Run:
+    """One evaluation: the message view, the actions so far, flags, variables, include state."""
+
     def __init__(self, script, message: bytes, envelope: Envelope, *, mailbox_exists, loader,
                  now, deadline, max_body):
         self.msg = Message(message)
@@ -188,6 +190,8 @@ class Run:
             if optional:  # RFC 6609 3.2 :optional: a missing script is no error
                 return None
             raise SieveRuntimeError(f"included {location} script {name!r} does not exist")
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
         try:
             script = _compile_included(text, name)
         except SieveSyntaxError as e:
