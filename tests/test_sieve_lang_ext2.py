@@ -400,6 +400,11 @@ def test_addheader_cannot_inject_a_field_or_end_the_header():
     assert result.header == b"X-Ok: 1\r\nX-A: a\r\n Bcc: evil@example.com\r\n body\r\nSubject: s\r\n"
 
 
+def test_edited_header_of_an_lf_message_is_crlf():
+    result = outcome('require "editheader"; addheader "X-A" "1";', b"Subject: a\n b\nTo: c@d.example\n\nbody\n")
+    assert result.header == b"X-A: 1\r\nSubject: a\r\n b\r\nTo: c@d.example\r\n"
+
+
 def test_editheader_argument_errors():
     assert syntax_error('require "editheader"; addheader "Bad Name" "x";') == "invalid header field name 'Bad Name'"
     assert syntax_error('require "editheader"; deleteheader :last "X";') == ":last needs :index in deleteheader (RFC 5293 5)"

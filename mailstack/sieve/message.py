@@ -21,6 +21,7 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(r"(?<=\?=)[ \t\r\n]+(?==\?)")
 _QP_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_LF = re.compile(rb"\r?\n")
 
 
 def decode_2047(text: str) -> str:
@@ -156,7 +157,8 @@ class Message:
             self._changed()
 
     def header_bytes(self) -> bytes:
-        return b"".join(f.raw + b"\r\n" for f in self.fields)
+        """The fields, each ending in CRLF (folds too, for an LF-only message), no empty line."""
+        return b"".join(_LF.sub(b"\r\n", f.raw) + b"\r\n" for f in self.fields)
 
 
 def address_part(address: str, part: str) -> str | None:
