@@ -114,6 +114,11 @@ def test_subaddress_parts(recipient, test, expected):
     assert (actions(script, envelope=Envelope("x@y.example", recipient)) == []) is expected
 
 
+def test_unknown_envelope_part_is_a_syntax_error():
+    assert syntax_error('require "envelope"; if envelope "frob" "x" { }') == (
+        "unknown envelope part 'frob' (RFC 5228 5.4: from, to)")
+
+
 def test_null_sender_compares_as_empty():  # RFC 5228 5.4
     script = 'require "envelope"; if envelope :is "from" "" { discard; }'
     assert actions(script, envelope=Envelope("", "me@example.org")) == []
@@ -124,6 +129,13 @@ def test_address_on_a_header_with_several_addresses():
     msg = b"To: A <a@x.example>, \"B, b\" <b@y.example>, undisclosed:;\r\n\r\n"
     assert actions('if address :is :domain "to" "y.example" { discard; }', msg) == []
     assert actions('if address :is "to" "undisclosed" { discard; }', msg) == [Keep()]
+
+
+def test_address_with_an_encoded_comma_in_the_display_name():
+    msg = b"From: =?utf-8?q?Doe=2C_John?= <john@example.com>\r\n\r\n"
+    assert actions('if address :count "eq" :comparator "i;ascii-numeric" "from" "1" { discard; }'.replace(
+        "if", 'require ["relational", "comparator-i;ascii-numeric"]; if', 1), msg) == []
+    assert actions('if address :is "from" "john@example.com" { discard; }', msg) == []
 
 
 def test_header_values_are_unfolded_and_decoded():
@@ -321,6 +333,8 @@ RELATIONAL_MSG = (b"Received: from a.example by b.example; Mon, 1 Jan 2007 00:00
     ('header :value "gt" :comparator "i;octet" "subject" "Z"', True),
     ('header :value "lt" :comparator "i;ascii-numeric" "subject" "5"', False),  # not a number: infinity
     ('address :value "ne" :domain "cc" "example.com"', False),
+    ('header :value "gt" "subject" "_"', False),  # RFC 4790 9.2: compared upper-cased, "EXAMPLE" < "_"
+    ('header :value "lt" :comparator "i;octet" "subject" "_"', False),  # "e" > "_"
 ])
 def test_relational(test, expected):
     script = f'require ["relational", "comparator-i;ascii-numeric"]; if {test} {{ discard; }}'

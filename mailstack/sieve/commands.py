@@ -17,9 +17,11 @@ from .matching import quote_regex, quote_wildcard
 
 MAX_REDIRECTS = 32
 MAX_ACTIONS = 256
-#: RFC 5230 4.1: a site minimum of 1 day, a maximum above 30 days; RFC 6131 for :seconds.
+#: RFC 5230 4.1 lets a site bound :days (a minimum of at least 1 day, a maximum above 7 and
+#: preferably above 30 days); RFC 6131's :seconds gets the same maximum.
 MIN_DAYS, MAX_DAYS, DEFAULT_DAYS = 1, 90, 7
-#: RFC 5293 section 7 (security): trace and loop-prevention fields stay as they are.
+#: Trace and loop-prevention fields stay as they are (RFC 5293's security considerations):
+#: editing them is ignored, not an error.
 PROTECTED_FIELDS = frozenset({"received", "auto-submitted"})
 
 
@@ -42,22 +44,20 @@ def _flag_list(values) -> list[str]:
 
 
 def store(run, mailbox: str, flags: tuple, create: bool, copy: bool, implicit: bool = False) -> None:
-    """keep / fileinto: at most one store per mailbox, flags of the duplicates merged."""
+    """keep / fileinto: at most one store per mailbox, flags of the duplicates merged.
+    ``fileinto "INBOX"`` is a keep (RFC 5228 2.10.3), so delivery sees one form."""
     is_inbox = mailbox.upper() == "INBOX"
     if not implicit and run.state.get("reject"):
         raise SieveRuntimeError("reject cannot be combined with keep or fileinto (RFC 5429 2.2)")
     for i, action in enumerate(run.actions):
-        if isinstance(action, Keep) and is_inbox or isinstance(action, FileInto) and (
-                action.mailbox == mailbox or is_inbox and action.mailbox.upper() == "INBOX"):
-            merged = tuple(_flag_list(action.flags + flags))
-            if isinstance(action, Keep):
-                run.actions[i] = Keep(merged)
-            else:
-                run.actions[i] = FileInto(action.mailbox, merged, action.create or create)
+        if is_inbox and isinstance(action, Keep):
+            run.actions[i] = Keep(tuple(_flag_list(action.flags + flags)))
+            break
+        if not is_inbox and isinstance(action, FileInto) and action.mailbox == mailbox:
+            run.actions[i] = FileInto(mailbox, tuple(_flag_list(action.flags + flags)), action.create or create)
             break
     else:
-        keep = implicit or create is None  # do_keep passes create=None
-        _add(run, Keep(flags) if keep else FileInto(mailbox, flags, bool(create)))
+        _add(run, Keep(flags) if is_inbox else FileInto(mailbox, flags, create))
     if not copy:
         run.implicit_keep = False
 
@@ -69,7 +69,7 @@ def _flags_for(run, cmd) -> tuple:
 
 
 def do_keep(run, cmd) -> None:
-    store(run, "INBOX", _flags_for(run, cmd), None, False)
+    store(run, "INBOX", _flags_for(run, cmd), False, False)
 
 
 def do_fileinto(run, cmd) -> None:
@@ -134,7 +134,7 @@ def do_vacation(run, cmd) -> None:
 
 def _period(cmd) -> int:
     tag, value = cmd.tags.get("period", (":days", DEFAULT_DAYS))
-    if tag == ":seconds":  # RFC 6131 2: 0 means "reply every time"
+    if tag == ":seconds":  # RFC 6131: 0 means "reply every time"
         return max(0, min(value, MAX_DAYS * 86400))
     return max(MIN_DAYS, min(value, MAX_DAYS)) * 86400
 

@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - the dependency is declared; this keeps
 NO_TIMEOUT_INPUT = 4096
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _DIGITS = re.compile(r"[0-9]+")
 INFINITY = float("inf")
 
@@ -37,6 +38,11 @@ class MatchTimeout(Exception):
 def fold(text: str) -> str:
     """i;ascii-casemap: only A-Z fold, so lengths and offsets stay those of the original."""
     return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
+
+
+def fold_upper(text: str) -> str:
+    """i;ascii-casemap for ordering (RFC 4790 9.2 maps a-z to A-Z: "_" sorts after "A")."""
+    return text.upper() if text.isascii() else text.translate(_ASCII_UPPER)
 
 
 def numeric(text: str) -> float:
@@ -87,7 +93,7 @@ def compare(comparator: str, a: str, b: str) -> int:
     if comparator == "i;ascii-numeric":
         x, y = numeric(a), numeric(b)
     elif comparator == "i;ascii-casemap":
-        x, y = fold(a), fold(b)
+        x, y = fold_upper(a), fold_upper(b)
     else:
         x, y = a, b
     return (x > y) - (x < y)
@@ -104,13 +110,14 @@ class Matcher:
     callable giving the seconds a regex call may take; ``groups`` holds the match variables
     of the last successful :matches/:regex (RFC 5229 3.2)."""
 
-    __slots__ = ("kind", "relation", "comparator", "timeout", "groups")
+    __slots__ = ("kind", "relation", "comparator", "timeout", "tick", "groups")
 
-    def __init__(self, cmd, timeout, default_comparator: str = "i;ascii-casemap"):
+    def __init__(self, cmd, timeout, tick=None, default_comparator: str = "i;ascii-casemap"):
         self.kind = cmd.tag("match", ":is")
         self.relation = cmd.targ("match")
         self.comparator = cmd.targ("comparator", default_comparator)
         self.timeout = timeout
+        self.tick = tick
         self.groups: list[str] | None = None
 
     def count(self, n: int, keys) -> bool:
@@ -120,7 +127,9 @@ class Matcher:
 
     def test(self, values, keys) -> bool:
         kind = self.kind
-        for value in values:
+        for n, value in enumerate(values):
+            if self.tick is not None and n % 64 == 63:  # many fields or parts: watch the deadline
+                self.tick()
             for key in keys:
                 if self.one(kind, value, key):
                     return True
