@@ -23,11 +23,12 @@ LIMITS = "[sieve]\nmax_script_size = 200\nmax_scripts = 3\n"
 FAST_FAILURES = "[auth]\nfailure_delay = 0.0\n"
 SCRIPT = b'require ["fileinto", "envelope"];\r\n\r\nif envelope :contains "to" "tmartin+sent" {\r\n  fileinto "INBOX.sent";\r\n}'
 
-CAPS_PLAIN = (b'"IMPLEMENTATION" "mailstack"\r\n"SASL" "PLAIN"\r\n"SIEVE" "%s"\r\n"STARTTLS"\r\n'
+CAPS_PLAIN = (b'"IMPLEMENTATION" "mailstack"\r\n"SASL" "PLAIN"\r\n"SIEVE" "%(sieve)s"\r\n"STARTTLS"\r\n%(redirects)s'
               b'"UNAUTHENTICATE"\r\n"VERSION" "1.0"\r\n')
-CAPS_TLS = b'"IMPLEMENTATION" "mailstack"\r\n"SASL" "PLAIN"\r\n"SIEVE" "%s"\r\n"UNAUTHENTICATE"\r\n"VERSION" "1.0"\r\n'
-CAPS_AUTHED = (b'"IMPLEMENTATION" "mailstack"\r\n"SASL" "PLAIN"\r\n"SIEVE" "%s"\r\n"OWNER" "bob@example.test"\r\n'
-               b'"UNAUTHENTICATE"\r\n"VERSION" "1.0"\r\n')
+CAPS_TLS = (b'"IMPLEMENTATION" "mailstack"\r\n"SASL" "PLAIN"\r\n"SIEVE" "%(sieve)s"\r\n%(redirects)s'
+            b'"UNAUTHENTICATE"\r\n"VERSION" "1.0"\r\n')
+CAPS_AUTHED = (b'"IMPLEMENTATION" "mailstack"\r\n"SASL" "PLAIN"\r\n"SIEVE" "%(sieve)s"\r\n%(redirects)s'
+               b'"OWNER" "bob@example.test"\r\n"UNAUTHENTICATE"\r\n"VERSION" "1.0"\r\n')
 
 
 def extensions() -> bytes:
@@ -37,7 +38,12 @@ def extensions() -> bytes:
 
 
 def caps(template: bytes) -> bytes:
-    return template % extensions()
+    """The capability lines with the interpreter's extensions and redirect limit (RFC 5804 1.7)."""
+    import mailstack.sieve
+
+    limit = getattr(mailstack.sieve, "MAX_REDIRECTS", None)
+    redirects = b"" if limit is None else b'"MAXREDIRECTS" "%d"\r\n' % limit
+    return template % {b"sieve": extensions(), b"redirects": redirects}
 
 
 def have_interpreter() -> bool:

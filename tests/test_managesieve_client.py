@@ -41,6 +41,8 @@ def test_sievelib_manages_scripts_over_starttls(client):
     assert c.get_implementation() == "mailstack"
     assert c.get_sasl_mechanisms() == ["PLAIN"]
     assert not c.has_tls_support()  # after STARTTLS it is no longer offered (RFC 5804 2.2)
+    if have_interpreter():
+        assert {"fileinto", "vacation", "envelope", "imap4flags"} <= set(c.get_sieve_capabilities())
     assert c.listscripts() == (None, [])
     assert c.havespace("rules", len(RULES))
     assert not c.havespace("rules", 10_000_000) and c.errcode == b"QUOTA/MAXSIZE"
