@@ -21,6 +21,7 @@ class SessionView:
     can_starttls: bool
     login_allowed: bool  # a password may be sent now (TLS, or loopback where allowed)
     owner: str | None  # the logged-in user, None before AUTHENTICATE
+    max_redirects: int | None = None  # [sieve] max_redirects where delivery configures one
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,11 @@ class Capability:
     rfc: str
 
 
-def _max_redirects(_view) -> str | None:
+def _max_redirects(view) -> str | None:
+    """The limit delivery applies: ``[sieve] max_redirects`` if configured, else the interpreter's."""
     import mailstack.sieve as sieve
 
-    limit = getattr(sieve, "MAX_REDIRECTS", None)
+    limit = view.max_redirects if view.max_redirects is not None else getattr(sieve, "MAX_REDIRECTS", None)
     return None if limit is None else str(limit)
 
 

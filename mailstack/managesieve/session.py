@@ -149,7 +149,8 @@ class ManageSieveSession(ScriptCommands, LineReceiver, TimeoutMixin):
         self.send(wire.response(b"OK", text, code))
 
     def view(self) -> SessionView:
-        return SessionView(self.can_starttls(), self.login_allowed(), self.user)
+        delivery = getattr(self.context.config, "sieve", None) or {}  # [sieve] of mailstack.sieve.delivery
+        return SessionView(self.can_starttls(), self.login_allowed(), self.user, delivery.get("max_redirects"))
 
     def send_capabilities(self, text: str | None = None) -> None:
         self.send(b"".join(line + b"\r\n" for line in capability_lines(self.view())))
