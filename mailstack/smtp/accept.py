@@ -68,14 +68,19 @@ class SMTPSettings:
 
         self.screen = ClientScreen.build(context, self.listener, self.policy)
         self.limits = getattr(context, "outbound_limits", None) if self.listener.protocol == "submission" else None
-        self.content_filter = context.rspamd  # mailstack.antispam.rspamd, after the checks
+        self.content_filter = context.rspamd  # mailstack.antispam.rspamd, beside the checks
 
     def prepare(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str, helo: str,
                 recipients: list[str] = (), queue_id: str = "") -> defer.Deferred:
         """Submission: check From/Sender, DKIM-sign if the domain has a key; MX: check; then
         the content filter when there is one; fires with :class:`Prepared` (or fails with MailError)."""
+        started = None
+        if self.content_filter is not None:  # before the checks, which then run while rspamd scans
+            started = self.content_filter.begin(spool, facts, helo, sender, list(recipients), queue_id)
         d = self._prepare(spool, added, facts, sender, helo)
-        if self.content_filter is not None:
+        if started is not None:
+            d.addCallback(self.content_filter.finish, started, queue_id)
+        elif self.content_filter is not None:
             d.addCallback(self.content_filter.scan, spool, facts, helo, sender, list(recipients), queue_id)
         return d
 
