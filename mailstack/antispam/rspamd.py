@@ -173,12 +173,15 @@ class _Exchange(Protocol):
 
     MAX_ANSWER = 4 * 1024 * 1024
 
-    def __init__(self, request: bytes, done: defer.Deferred):
+    def __init__(self, request: bytes, done: defer.Deferred, sent: defer.Deferred | None = None):
         self.request, self.done, self.buffer, self.expected = request, done, b"", None
+        self.sent = sent if sent is not None else defer.Deferred()
 
     def connectionMade(self) -> None:
         self.transport.write(self.request)
         self.request = b""
+        if not self.sent.called:
+            self.sent.callback(None)
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
@@ -269,9 +272,10 @@ class RspamdClient:
         d.addTimeout(self.timeout, self.reactor)
         return d
 
-    def _exchange(self, message: bytes, headers: dict) -> defer.Deferred:
+    def _exchange(self, message: bytes, headers: dict, sent: defer.Deferred | None = None) -> defer.Deferred:
         """POST /checkv2 over a connection of its own (:class:`_Exchange`); the same answer
-        and failures as :meth:`_post`."""
+        and failures as :meth:`_post`.  ``sent`` fires once the request is written (or could
+        not be), never failing."""
         lines = [b"POST " + self.scan_path + b" HTTP/1.0", b"Host: " + self.scan_host,
                  b"Content-Length: " + str(len(message)).encode("ascii")]
         for name, value in headers.items():
@@ -286,21 +290,30 @@ class RspamdClient:
             connecting.cancel()
 
         done = defer.Deferred(cancel)
-        exchange = _Exchange(request, done)
+        exchange = _Exchange(request, done, sent)
+
+        def not_connected(failure):
+            if not exchange.sent.called:
+                exchange.sent.callback(None)
+            if not done.called:
+                done.errback(failure)
         connecting = connectProtocol(self.scan_endpoint, exchange)
-        connecting.addErrback(lambda f: None if done.called else done.errback(f))
+        connecting.addErrback(not_connected)
         done.addTimeout(self.timeout, self.reactor)
         return done
 
-    def check(self, message: bytes, envelope: dict) -> defer.Deferred:
-        """Scan; fires with a :class:`Result`."""
+    def check(self, message: bytes, envelope: dict, sent: defer.Deferred | None = None) -> defer.Deferred:
+        """Scan; fires with a :class:`Result`.  ``sent``, if given, fires (never fails) once
+        the message is on its way to rspamd."""
         def answered(result):
             code, body = result
             if code != 200:
                 raise ValueError(f"rspamd answered HTTP {code}: {body[:200]!r}")
             return parse_result(body)
         if self.scan_endpoint is not None:
-            return self._exchange(message, envelope).addCallback(answered)
+            return self._exchange(message, envelope, sent).addCallback(answered)
+        if sent is not None:
+            sent.callback(None)
         return self._post(self.url + "/checkv2", message, envelope).addCallback(answered)
 
     def learn(self, kind: str, message: bytes) -> defer.Deferred:
@@ -363,14 +376,18 @@ class RspamdFilter:
 
     def begin(self, spool, facts, helo: str, sender: str, recipients: list[str], queue_id: str):
         """Start scanning an MX message at once, beside mailstack's own checks, so the two
-        latencies overlap instead of adding up; a Deferred for :meth:`finish` that never fails
-        (it fires with a Result or ``[Failure]``), or None when this message is not scanned
+        latencies overlap instead of adding up.  Returns (sent, started): ``sent`` fires once
+        the request is written (start the checks then: their thread holds the GIL for
+        milliseconds, and the write would wait for it); ``started``, for :meth:`finish`, fires
+        with a Result or ``[Failure]``; neither fails.  None when this message is not scanned
         early (submission, too big, or still on disk: then :meth:`scan` after the checks).
         rspamd is sent the message without the Authentication-Results the checks add."""
         if facts.submission or spool.size > self.max_size or spool.size > spool.MEMORY:
             return None
         envelope = self.envelope(facts.peer, helo, sender, recipients, queue_id, facts.user)
-        return self.client.check(spool.read_all(), envelope).addErrback(lambda failure: [failure])
+        sent = defer.Deferred()
+        started = self.client.check(spool.read_all(), envelope, sent).addErrback(lambda failure: [failure])
+        return sent, started
 
     def finish(self, prepared, started: defer.Deferred, queue_id: str) -> defer.Deferred:
         """Apply the scan :meth:`begin` started to what the checks made of the message; a

@@ -74,13 +74,15 @@ class SMTPSettings:
                 recipients: list[str] = (), queue_id: str = "") -> defer.Deferred:
         """Submission: check From/Sender, DKIM-sign if the domain has a key; MX: check; then
         the content filter when there is one; fires with :class:`Prepared` (or fails with MailError)."""
-        started = None
+        early = None
         if self.content_filter is not None:  # before the checks, which then run while rspamd scans
-            started = self.content_filter.begin(spool, facts, helo, sender, list(recipients), queue_id)
+            early = self.content_filter.begin(spool, facts, helo, sender, list(recipients), queue_id)
+        if early is not None:
+            sent, started = early
+            d = sent.addCallback(lambda _: self._prepare(spool, added, facts, sender, helo))
+            return d.addCallback(self.content_filter.finish, started, queue_id)
         d = self._prepare(spool, added, facts, sender, helo)
-        if started is not None:
-            d.addCallback(self.content_filter.finish, started, queue_id)
-        elif self.content_filter is not None:
+        if self.content_filter is not None:
             d.addCallback(self.content_filter.scan, spool, facts, helo, sender, list(recipients), queue_id)
         return d
 
