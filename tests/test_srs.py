@@ -409,3 +409,29 @@ def test_forged_and_expired_srs_addresses_get_550_and_no_relay(mx):
         assert s.rcpt("victim@victim.test")[0] == 554  # and the MX still relays nothing else
     assert _queued(mx) == []
     assert mx.log_text().count("srs: refused <") == len(forged)
+
+
+def test_a_rotated_key_applies_on_reload_and_the_old_one_still_verifies(mx):
+    from mailstack import metrics
+    from support.inprocess import in_reactor
+
+    key_file = mx.base / "srs.key"
+    old = _srs(mx)
+    made_with_old = old.forward("dave@outside.test")
+    key_file.write_text("a-new-secret\n" + key_file.read_text())
+    in_reactor(mx.service.reload)
+    new = SRS([b"a-new-secret"], "example.test")
+    refused = metrics.REGISTRY.get_sample_value("mailstack_srs_total", {"result": "refused"})
+    reversed_ = metrics.REGISTRY.get_sample_value("mailstack_srs_total", {"result": "reversed"})
+    forwarded = metrics.REGISTRY.get_sample_value("mailstack_srs_total", {"result": "forwarded"})
+    with smtplib.SMTP("127.0.0.1", mx.port("smtp")) as s:
+        s.sendmail("erin@outside.test", ["fwd@example.test"], b"Subject: signed with the new key\r\n\r\nx\r\n")
+        s.ehlo()
+        s.mail("")
+        assert s.rcpt(made_with_old)[0] == 250  # the old line still verifies
+        assert s.rcpt(new.forward("frank@outside.test"))[0] == 250
+        assert s.rcpt(SRS(b"a guess", "example.test").forward("frank@outside.test"))[0] == 550
+    assert (new.forward("erin@outside.test"), ["carol@remote.test"]) in _queued(mx)  # the new first line signs
+    assert metrics.REGISTRY.get_sample_value("mailstack_srs_total", {"result": "refused"}) == refused + 1
+    assert metrics.REGISTRY.get_sample_value("mailstack_srs_total", {"result": "reversed"}) == reversed_ + 2
+    assert metrics.REGISTRY.get_sample_value("mailstack_srs_total", {"result": "forwarded"}) == forwarded + 1
