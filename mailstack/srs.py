@@ -38,7 +38,7 @@ import os
 import secrets as secrets_mod
 import sys
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from mailstack import fileaccess
 from mailstack.errors import ConfigError, MailstackError
@@ -103,7 +103,7 @@ class SRS:
         self.key_file = key_file
 
     @classmethod
-    def from_config(cls, cfg) -> "SRS | None":
+    def from_config(cls, cfg) -> SRS | None:
         """The SRS of ``[srs]`` (checked by :func:`check_config`), None when it is off.
         *Blocking*: makes the key file on first use and reads it."""
         s = getattr(cfg, "srs", None) or {}

@@ -264,8 +264,10 @@ def test_cli_forward_and_reverse(tmp_path, capsys):
 
 
 class _Accounts:
-    domains = ["example.test"]
-    aliases = {"@example.test": ["catchall@example.test"]}
+    """Accounts with alice, an alias fwd@ forwarding outside, and a catch-all."""
+
+    def __init__(self):
+        self.domains = ["example.test"]
 
     def is_local_domain(self, domain):
         return domain in self.domains
@@ -412,8 +414,9 @@ def test_forged_and_expired_srs_addresses_get_550_and_no_relay(mx):
 
 
 def test_a_rotated_key_applies_on_reload_and_the_old_one_still_verifies(mx):
-    from mailstack import metrics
     from support.inprocess import in_reactor
+
+    from mailstack import metrics
 
     key_file = mx.base / "srs.key"
     old = _srs(mx)

@@ -10,11 +10,11 @@ import smtplib
 import sys
 
 import pytest
-
-from mailstack.srs import SRS, load_keys
 from support.dns import TOOLS, serve_zones
 from support.servers import Proc, free_port
 from support.waiting import wait_files, wait_for
+
+from mailstack.srs import SRS, load_keys
 
 pytestmark = pytest.mark.slow
 
