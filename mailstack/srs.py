@@ -165,7 +165,7 @@ class SRS:
                 _hash, srs_host, srs_user = local[5:].split("=", 2)
             except ValueError:
                 srs_host, srs_user = "", ""
-            if not srs_host or not srs_user:  # not a well-formed SRS1: wrap it as a plain sender
+            if not srs_host or len(srs_user) < 2 or srs_user[0] not in SEPARATORS:  # not SRS1: wrap it as SRS0
                 return self._srs0(local, host)
         else:
             return self._srs0(local, host)

@@ -91,6 +91,13 @@ def test_srs1_from_an_srs1_keeps_the_first_forwarder_and_rehashes():
         "SRS0=abcd=RA=orig.example=alice@first.example"
 
 
+def test_a_malformed_srs1_sender_is_wrapped_as_a_plain_one():
+    srs = make()
+    for sender in ("SRS1=zzzz=first.example=abcd@second.example", "SRS1=zzzz@second.example"):
+        address = srs.forward(sender)
+        assert address.startswith("SRS0=") and srs.reverse(address) == sender
+
+
 def test_srs1_has_no_timestamp_of_its_own():
     assert make(NOW + 500 * DAY).reverse("SRS1=+2LX=other.example==abcd=RA=orig.example=alice@fwd.example") == \
         "SRS0=abcd=RA=orig.example=alice@other.example"
