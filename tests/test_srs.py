@@ -253,6 +253,19 @@ def test_srs_config_checks(tmp_path):
         _config(tmp_path, 'key_file = "data"')
 
 
+def test_dns_lists_an_srs_domain_of_its_own(tmp_path):
+    from mailstack import dnsrecords
+
+    def srs_rows(cfg, domain):
+        return [(r.name, r.rtype, r.value) for r in dnsrecords.records_for(cfg, domain) if "SRS" in r.why]
+
+    assert srs_rows(_config(tmp_path), "example.test") == []  # the default: the first domain, listed already
+    cfg = _config(tmp_path, 'domain = "srs.example.test"')
+    assert srs_rows(cfg, "example.test") == [("srs.example.test", "MX", "10 mail.example.test."),
+                                             ("srs.example.test", "TXT", "v=spf1 mx -all")]
+    assert srs_rows(cfg, "other.test") == []
+
+
 def test_cli_forward_and_reverse(tmp_path, capsys):
     from mailstack import cli
 
