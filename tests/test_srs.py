@@ -327,6 +327,16 @@ def test_policy_reverses_our_srs_addresses_before_aliases():
         assert (e.value.code, e.value.enhanced) == (550, "5.1.1")
 
 
+def test_an_srs_domain_that_is_not_a_mail_domain_is_reversed_too():
+    srs = SRS(b"k", "srs.example.test", local_domains=["example.test"])
+    policy, facts = _policy(srs), SessionFacts(peer="192.0.2.1", submission=False)
+    r = policy.check_recipient(facts, srs.forward("dave@outside.test"), 0, "")
+    assert (r.remote, r.forward) == (["dave@outside.test"], True)
+    with pytest.raises(MailError) as e:  # anything else there is not ours: relay denied as before
+        policy.check_recipient(facts, "someone@srs.example.test", 0, "")
+    assert e.value.code == 554
+
+
 def test_without_srs_the_catch_all_takes_srs_looking_addresses():
     r = _policy(None).check_recipient(SessionFacts(peer="192.0.2.1", submission=False), "SRS0=a=b=c=d@example.test", 0)
     assert r.local == ["catchall@example.test"]
