@@ -18,6 +18,7 @@ from typing import Any
 
 from mailstack import fileaccess
 from mailstack.errors import ConfigError
+from mailstack.srs import check_config as check_srs_config
 
 from mailstack.configschema import DEV_PORTS, LISTENERS, REQUIRED as _REQUIRED, SCHEMA, STANDARD_PORTS  # noqa: F401
 
@@ -73,6 +74,7 @@ class Config:
     log: dict = field(default_factory=lambda: {"format": "text", "file": ""})  # [log]: see mailstack.logoutput
     antispam: dict = field(default_factory=dict)  # [antispam], checked: mailstack.antispam.screen
     rspamd: dict = field(default_factory=lambda: {"url": ""}, repr=False)  # [rspamd], checked: _check_rspamd
+    srs: dict = field(default_factory=lambda: {"enabled": False})  # [srs], checked: mailstack.srs.check_config
 
     @property
     def has_tls(self) -> bool:
@@ -487,7 +489,7 @@ def from_dict(raw: dict, path: str) -> Config:
         mta_sts=mta_sts,
         log=_check_log(values, path),
         antispam=antispam,
-        rspamd=_check_rspamd(values, path),
+        rspamd=_check_rspamd(values, path), srs=check_srs_config(values, domains, root, path),
     )
 
 
