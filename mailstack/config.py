@@ -18,6 +18,7 @@ from typing import Any
 
 from mailstack import fileaccess
 from mailstack.errors import ConfigError
+from mailstack.srs import check_config as check_srs_config
 
 from mailstack.configschema import DEV_PORTS, LISTENERS, REQUIRED as _REQUIRED, SCHEMA, STANDARD_PORTS  # noqa: F401
 
@@ -73,6 +74,7 @@ class Config:
     log: dict = field(default_factory=lambda: {"format": "text", "file": ""})  # [log]: see mailstack.logoutput
     antispam: dict = field(default_factory=dict)  # [antispam], checked: mailstack.antispam.screen
     rspamd: dict = field(default_factory=lambda: {"url": ""}, repr=False)  # [rspamd], checked: _check_rspamd
+    srs: dict = field(default_factory=lambda: {"enabled": False})  # [srs], checked: mailstack.srs.check_config
     #: [sieve] max_script_size, max_scripts: the script storage (mailstack.sieve.scripts), checked: _check_sieve_storage
     sieve_limits: dict = field(default_factory=lambda: {"max_script_size": 64 * 1024, "max_scripts": 16})
 
@@ -498,9 +500,8 @@ def from_dict(raw: dict, path: str) -> Config:
         values=as_read,
         acme=acme,
         mta_sts=mta_sts,
-        log=_check_log(values, path),
-        antispam=antispam,
-        rspamd=_check_rspamd(values, path), sieve_limits=_check_sieve_storage(values, path),
+        log=_check_log(values, path), antispam=antispam, sieve_limits=_check_sieve_storage(values, path),
+        rspamd=_check_rspamd(values, path), srs=check_srs_config(values, domains, root, path),
     )
 
 

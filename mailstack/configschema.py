@@ -202,4 +202,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "learn_retries": (int, 5),
         "learn_retry_delay": (float, 30.0),
     },
+    # The Sender Rewriting Scheme for forwarded mail (mailstack.srs).
+    "srs": {
+        "enabled": (bool, True),
+        "domain": (str, ""),  # default: the first [server] domain
+        "key_file": ("path", ""),  # default: srs.key beside the store root
+        "max_age_days": (int, 21),
+    },
 }

@@ -3,7 +3,8 @@
 ``mailstack dns DOMAIN`` prints them; ``--check`` asks DNS (the ``[dns]`` resolver) and says
 which are missing or wrong.  Records: MX; SPF (RFC 7208); the DKIM key (RFC 6376); DMARC
 (RFC 7489); MTA-STS (RFC 8461) and TLS-RPT (RFC 8460); the client set-up SRV records of
-RFC 6186 (and ManageSieve's of RFC 5804 1.8) and an autoconfig name for Thunderbird.
+RFC 6186 (and ManageSieve's of RFC 5804 1.8) and an autoconfig name for Thunderbird; MX and SPF of an
+``[srs] domain`` of its own.
 """
 
 from __future__ import annotations
@@ -62,7 +63,17 @@ def records_for(cfg, domain: str) -> list[Record]:
                           "contains"))
     out.append(Record(f"autoconfig.{domain}", "CNAME", f"{host}.", "Thunderbird's autoconfiguration", "exact"))
     out.append(Record(f"mta-sts.{domain}", "CNAME", f"{host}.", "MTA-STS policy host (the https listener)", "exact"))
-    return out
+    return out + (srs_records(cfg) if domain == cfg.domains[0] else [])
+
+
+def srs_records(cfg) -> list[Record]:
+    """An [srs] domain of its own (not one of [server] domains): bounces to the rewritten
+    senders must reach this MX, and the senders must pass SPF (mailstack.srs)."""
+    srs = getattr(cfg, "srs", None) or {}
+    if not srs.get("enabled") or srs.get("domain", cfg.domains[0]) in cfg.domains:
+        return []
+    return [Record(srs["domain"], "MX", f"10 {cfg.hostname}.", "bounces to forwarded mail's SRS senders come here", "contains"),
+            Record(srs["domain"], "TXT", "v=spf1 mx -all", "SPF for the SRS senders of forwarded mail", "prefix")]
 
 
 def mta_sts_policy(cfg) -> str:

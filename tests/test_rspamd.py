@@ -334,3 +334,77 @@ def test_what_is_not_sent_to_rspamd():
     assert not f.wanted(Prepared(action="tempfail"), submission=False, size=10)
     f.outbound = False
     assert not f.wanted(Prepared(), submission=True, size=10) and f.wanted(Prepared(), submission=False, size=10)
+
+
+# -- the lean HTTP/1.0 exchange for scans (in memory, exact bytes) ----------------------------------
+
+def _exchange(answer_parts: list[bytes], close: bool = True):
+    from twisted.internet import defer
+    from twisted.internet.testing import StringTransport
+
+    from mailstack.antispam.rspamd import _Exchange
+
+    done, results = defer.Deferred(), []
+    done.addBoth(results.append)
+    proto = _Exchange(b"POST /checkv2 HTTP/1.0\r\n\r\n", done)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    for part in answer_parts:
+        proto.dataReceived(part)
+    if close and not done.called:
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        proto.connectionLost(Failure(ConnectionDone()))
+    return transport, results
+
+
+def test_the_scan_request_goes_in_one_write_and_ends_at_content_length():
+    transport, results = _exchange([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nab", b"cde"],
+                                   close=False)
+    assert transport.value() == b"POST /checkv2 HTTP/1.0\r\n\r\n"
+    assert results == [(200, b"abcde")] and transport.disconnecting  # done without waiting for the close
+
+
+def test_an_answer_without_content_length_ends_at_the_close():
+    _, results = _exchange([b"HTTP/1.0 500 Internal\r\n\r\n{", b"}"])
+    assert results == [(500, b"{}")]
+
+
+@pytest.mark.parametrize("answer, problem", [
+    ([], "closed the connection without an answer"),
+    ([b"HTTP/1.1 200 OK\r\nContent-Le"], "closed the connection without an answer"),
+    ([b"SSH-2.0-OpenSSH\r\n\r\n"], "not an HTTP answer"),
+    ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n"], "transfer coding"),
+    ([b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * (4 * 1024 * 1024 + 1)], "over 4194304 octets"),
+])
+def test_what_is_not_an_answer_fails_the_scan(answer, problem):
+    _, results = _exchange(answer)
+    assert len(results) == 1 and problem in results[0].getErrorMessage()
+
+
+def test_envelope_values_cannot_split_the_request():
+    from mailstack.antispam.rspamd import _field
+
+    assert _field("a@b.test\r\nX-Injected: 1") == b"a@b.testX-Injected: 1" and _field(b"x\ny") == b"xy"
+
+
+def test_what_the_checks_refuse_is_refused_for_their_reason_whatever_rspamd_said():
+    """The scan starts beside the checks (issue 20's speed); a DMARC reject still wins."""
+    from twisted.internet import defer
+
+    from mailstack.antispam.rspamd import Result
+    from mailstack.smtp.accept import Prepared
+
+    f = _filter({})
+    refused = Prepared(action="reject", reason="DMARC policy")
+    out = []
+    f.finish(refused, defer.succeed(Result("no action")), "q").addCallback(out.append)
+    assert out == [refused]
+    f.finish(Prepared(), defer.succeed(Result("add header", 9.0, 6.0)), "q").addCallback(out.append)
+    assert out[1].action == "junk" and b"X-Spam: Yes" in out[1].header
+    from twisted.python.failure import Failure
+
+    failed = []
+    f.finish(Prepared(), defer.succeed([Failure(ConnectionError("down"))]), "q").addErrback(failed.append)
+    assert failed and failed[0].value.code == 451

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from twisted.internet import defer, threads
 
 from mailstack import config as config_mod
+from mailstack import metrics
 from mailstack.errors import MailError
 from mailstack.mail import codes
 from mailstack.mail.headers import delivery_fields
@@ -62,18 +63,26 @@ class SMTPSettings:
         self.command_rate, self.command_burst = cfg.command_rate, cfg.command_burst
         self.timeout = cfg.smtp_timeout
         self.plaintext_on_loopback = cfg.plaintext_on_loopback
-        self.policy = SmtpPolicy(context.accounts, cfg.domains, cfg.max_recipients, cfg.trusted_networks)
+        self.srs = getattr(context, "srs", None)  # mailstack.srs.SRS: forwarded copies' senders
+        self.policy = SmtpPolicy(context.accounts, cfg.domains, cfg.max_recipients, cfg.trusted_networks, self.srs)
         self.checker = context.inbound_checker if self.listener.protocol == "smtp" else None
         from mailstack.antispam.screen import ClientScreen
 
         self.screen = ClientScreen.build(context, self.listener, self.policy)
         self.limits = getattr(context, "outbound_limits", None) if self.listener.protocol == "submission" else None
-        self.content_filter = context.rspamd  # mailstack.antispam.rspamd, after the checks
+        self.content_filter = context.rspamd  # mailstack.antispam.rspamd, beside the checks
 
     def prepare(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str, helo: str,
                 recipients: list[str] = (), queue_id: str = "") -> defer.Deferred:
         """Submission: check From/Sender, DKIM-sign if the domain has a key; MX: check; then
         the content filter when there is one; fires with :class:`Prepared` (or fails with MailError)."""
+        early = None
+        if self.content_filter is not None:  # before the checks, which then run while rspamd scans
+            early = self.content_filter.begin(spool, facts, helo, sender, list(recipients), queue_id)
+        if early is not None:
+            sent, started = early
+            d = sent.addCallback(lambda _: self._prepare(spool, added, facts, sender, helo))
+            return d.addCallback(self.content_filter.finish, started, queue_id)
         d = self._prepare(spool, added, facts, sender, helo)
         if self.content_filter is not None:
             d.addCallback(self.content_filter.scan, spool, facts, helo, sender, list(recipients), queue_id)
@@ -119,12 +128,15 @@ class SMTPSettings:
                         action=verdict.action, reason=verdict.reason)
 
     def deliver(self, prepared: Prepared, received: bytes, spool: MessageSpool, sender: str,
-                accounts: list[str], remote: list[str], user: str | None = None) -> defer.Deferred:
+                accounts: list[str], remote: list[str], user: str | None = None,
+                forwarded: list[str] = ()) -> defer.Deferred:
         """Store the local copies, then queue for the outside; fires with (queue id or None, folder).
 
         Local copies go first (both read the one spool, in turn): a local failure then answers
         451 before anything is left for elsewhere.  ``user`` (the authenticated sender) goes
-        with the queued copy, for 'mailstack queue hold USER'.
+        with the queued copy, for 'mailstack queue hold USER'.  ``forwarded``: outside
+        addresses reached by forwarding (aliases, SRS reversal), queued with the sender
+        rewritten by SRS when it is not ours (a second queue entry then; the ids joined by ",").
         """
         if prepared.action == "reject":
             raise MailError(codes.MAILBOX_UNAVAILABLE, codes.E_NOT_AUTHORIZED, f"Message refused: {prepared.reason}")
@@ -135,9 +147,22 @@ class SMTPSettings:
         body = prepared.body if prepared.body is not None else spool
         folder = "Junk" if prepared.action == "junk" else "INBOX"
         d = self.deliver_local(accounts, sender, head, body, folder)
-        if remote:
-            d.addCallback(lambda _: self.relay.enqueue(sender, remote, compose(head, body), user or ""))
-        return d.addCallback(lambda qid: (qid, folder))
+        queued = []
+        for envelope_sender, targets in self.outgoing(sender, remote, forwarded):
+            d.addCallback(lambda _, s=envelope_sender, t=targets: self.relay.enqueue(s, t, compose(head, body), user or ""))
+            d.addCallback(queued.append)
+        return d.addCallback(lambda _: (",".join(queued) or None, folder))
+
+    def outgoing(self, sender: str, remote: list[str], forwarded: list[str]) -> list[tuple[str, list[str]]]:
+        """(envelope sender, recipients) of each queue entry: one, or two when SRS rewrote the
+        sender of the forwarded copies."""
+        rewritten = self.srs.forward(sender) if self.srs is not None and forwarded else sender
+        if rewritten == sender:
+            both = list(remote) + [a for a in forwarded if a not in remote]
+            return [(sender, both)] if both else []
+        metrics.srs("forwarded")
+        extra = [a for a in forwarded if a not in remote]
+        return ([(sender, list(remote))] if remote else []) + ([(rewritten, extra)] if extra else [])
 
     def deliver_local(self, accounts: list[str], sender: str, head: bytes, body, folder: str = "INBOX"):
         """One copy per account, each with its own Return-Path and Delivered-To; a Deferred."""
