@@ -12,6 +12,8 @@ import os
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from support.clients import LineClient
 from support.servers import PASSWORDS
@@ -389,9 +391,6 @@ def test_lockout_is_shared_with_the_other_protocols(inproc_server_factory):
 
 
 # -- the wire syntax, as properties ------------------------------------------------------------
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=300, deadline=None)

@@ -107,7 +107,7 @@ def chown_tree(path: Path, uid: int, gid: int) -> None:
 
 
 class DovecotClient(MailstackClient):
-    def __init__(self, port: int):  # noqa: D107 - the same conversation, another server
+    def __init__(self, port: int):  # the same conversation, another server
         from support.clients import LineClient
 
         LineClient.__init__(self, port)

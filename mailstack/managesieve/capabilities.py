@@ -7,8 +7,8 @@ STARTTLS (RFC 5804 1.7, 2.2, 2.4); which entries appear depends on the session
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from mailstack.managesieve.wire import string
 from mailstack.sieve.scripts import sieve_extensions
