@@ -73,6 +73,9 @@ class Config:
     log: dict = field(default_factory=lambda: {"format": "text", "file": ""})  # [log]: see mailstack.logoutput
     antispam: dict = field(default_factory=dict)  # [antispam], checked: mailstack.antispam.screen
     rspamd: dict = field(default_factory=lambda: {"url": ""}, repr=False)  # [rspamd], checked: _check_rspamd
+    #: [quota], checked by _check_quota: storage in bytes, messages, smtp_reply, warning_percent
+    quota: dict = field(default_factory=lambda: {"storage": 0, "messages": 0, "smtp_reply": "temporary",
+                                                 "warning_percent": 90})
 
     @property
     def has_tls(self) -> bool:
@@ -409,6 +412,24 @@ def _check_rspamd(values: dict, path: str) -> dict:
     return section
 
 
+def _check_quota(values: dict, path: str) -> dict:
+    """[quota] (mailstack.store.quota): a size, counts of 0 or more, a known reply, a percentage."""
+    from mailstack.quotarules import parse_size
+
+    section = dict(values["quota"])
+    try:
+        section["storage"] = parse_size(section["storage"])
+    except ValueError as e:
+        raise ConfigError(path, "[quota] storage", str(e)) from None
+    if section["messages"] < 0:
+        raise ConfigError(path, "[quota] messages", "must be 0 (no limit) or more")
+    if section["smtp_reply"] not in ("temporary", "permanent"):
+        raise ConfigError(path, "[quota] smtp_reply", f'must be "temporary" or "permanent", not {section["smtp_reply"]!r}')
+    if not 0 <= section["warning_percent"] <= 100:
+        raise ConfigError(path, "[quota] warning_percent", "must be from 0 (no warning) to 100")
+    return section
+
+
 def from_dict(raw: dict, path: str) -> Config:
     values = _typed_values(raw, path)
     as_read = copy.deepcopy(values)
@@ -488,6 +509,7 @@ def from_dict(raw: dict, path: str) -> Config:
         log=_check_log(values, path),
         antispam=antispam,
         rspamd=_check_rspamd(values, path),
+        quota=_check_quota(values, path),
     )
 
 

@@ -196,4 +196,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "learn_retries": (int, 5),
         "learn_retry_delay": (float, 30.0),
     },
+    # Per-user quotas (mailstack.store.quota); the users file's Dovecot quota rules override.
+    "quota": {
+        "storage": (str, "0"),  # bytes, with an optional unit b/k/M/G/T; "0": no limit
+        "messages": (int, 0),  # 0: no limit
+        "smtp_reply": (str, "temporary"),  # "temporary" (452 4.2.2) | "permanent" (552 5.2.2)
+        "warning_percent": (int, 90),  # 0: no warning
+    },
 }

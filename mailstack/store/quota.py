@@ -286,7 +286,7 @@ class QuotaPolicy:
     def __init__(self, limits: Callable[[str], Limits], permanent: bool = False, warning_percent: int = 90,
                  postmaster: str = "", hostname: str = "localhost", fsync: bool = True):
         self.limits, self.permanent, self.warning_percent = limits, permanent, warning_percent
-        self.postmaster, self.hostname, self.fsync = postmaster or f"postmaster@{hostname}", hostname, fsync
+        self.postmaster, self.hostname, self.fsync = postmaster, hostname, fsync
         self._counters: dict[str, UserCounter] = {}
         self._lock = threading.Lock()
 
@@ -361,7 +361,8 @@ def _warn_if_due(store, policy: QuotaPolicy, mailbox, usage: QuotaUsage) -> None
 def warning_message(policy: QuotaPolicy, address: str, usage: QuotaUsage) -> bytes:
     """The plain-text warning, from the postmaster (RFC 5322 fields, CRLF lines)."""
     lim = usage.limits
-    lines = [f"From: Mail System <{policy.postmaster}>", f"To: <{address}>",
+    postmaster = policy.postmaster or "postmaster@" + address.rpartition("@")[2]  # RFC 5321 4.5.1
+    lines = [f"From: Mail System <{postmaster}>", f"To: <{address}>",
              f"Subject: Your mailbox is {int(usage.percent())}% full",
              f"Date: {email.utils.format_datetime(email.utils.localtime())}",
              f"Message-ID: <quota.{int(time.time())}.{secrets.token_hex(6)}@{policy.hostname}>",
