@@ -508,8 +508,7 @@ def from_dict(raw: dict, path: str) -> Config:
         mta_sts=mta_sts,
         log=_check_log(values, path),
         antispam=antispam,
-        rspamd=_check_rspamd(values, path),
-        quota=_check_quota(values, path),
+        rspamd=_check_rspamd(values, path), quota=_check_quota(values, path),
     )
 
 

@@ -15,6 +15,7 @@ from mailstack.errors import (
     InvalidFolderName,
     KeywordLimit,
     MessageGone,
+    OverQuota,
     StoreError,
 )
 
@@ -75,4 +76,13 @@ def store_error(e: StoreError) -> ImapError:
         return No(str(e), "LIMIT")
     if isinstance(e, MessageGone):
         return No("message was expunged", "EXPUNGEISSUED")
+    if isinstance(e, OverQuota):  # RFC 9208 4.3.1
+        return No("over quota: the mailbox is full", "OVERQUOTA")
     return No(str(e) or "the mailbox store refused", "CANNOT")
+
+
+def quota_failed(e: ImapError, word: bytes) -> ImapError:
+    """A refusal of APPEND/COPY/MOVE; OVERQUOTA worded as RFC 9208 4.3.1's example."""
+    if e.code == "OVERQUOTA":
+        return No(f"{word.decode()} Failed", "OVERQUOTA")
+    return e
