@@ -126,8 +126,11 @@ class MaildirStore:
     def quota_usage(self, address: str) -> "quota_mod.QuotaUsage | None":
         """The user's usage (bytes as stored, messages) and limits; None without limits.
         Cheap: reads what ``maildirsize`` gained since the last look (quota.py)."""
-        if self.quota is None or self.quota.limits(address.lower()).unlimited or not self.exists(address):
+        limits = self.quota.limits(address.lower()) if self.quota is not None else quota_mod.Limits()
+        if limits.unlimited:
             return None
+        if not self.exists(address):  # no mail yet: nothing made at RCPT time
+            return quota_mod.QuotaUsage(0, 0, limits)
         return quota_mod.usage_of(self, self.mailbox(address, create=False))
 
     def check_quota(self, address: str, size: int = 0) -> None:
