@@ -47,7 +47,7 @@ def test_quota_refusals_usage_and_warning(server_factory):
     c = ImapClient(server.port("imap"))
     c.login(BOB)
     assert c.cmd(b"A003", b"GETQUOTAROOT INBOX") == [
-        b'* QUOTAROOT INBOX ""', b'* QUOTA "" (STORAGE %d 1024 MESSAGE 4 4)' % (stored_bytes(server) // 1024),
+        b'* QUOTAROOT INBOX ""', b'* QUOTA "" (STORAGE %d 1024 MESSAGE 4 4)' % (-(-stored_bytes(server) // 1024)),
         b"A003 OK Getquotaroot completed"]
     body = b"Subject: appended\r\n\r\nx\r\n"
     c.send(b"A1 APPEND INBOX {%d+}\r\n" % len(body) + body + b"\r\n")

@@ -1,7 +1,7 @@
 """IMAP QUOTA (RFC 9208): GETQUOTA, GETQUOTAROOT, SETQUOTA and the OVERQUOTA response code.
 
 Every folder of a user has one quota root, ``""`` (RFC 9208 3.2: the name is the server's
-choice; Dovecot's default too), holding the STORAGE (units of 1024 octets, RFC 9208 5.1) and
+choice; Dovecot's default when its quota setting names none), holding the STORAGE (units of 1024 octets, RFC 9208 5.1) and
 MESSAGE (RFC 9208 5.2) resources that have a limit.  A user without limits has no quota root:
 QUOTAROOT lists none and GETQUOTA "" is NO.  Limits are set by the administrator
 (``mailstack quota set``): SETQUOTA is answered NO, and QUOTASET is not advertised (RFC 9208
@@ -20,10 +20,12 @@ _ATOM = re.compile(rb"^[!#-'*+\-./0-9:;<=>?@A-Z^-z|~]+$")  # ATOM-CHAR without "
 
 
 def quota_list(usage) -> bytes:
-    """``(STORAGE used limit MESSAGE used limit)`` for the resources with a limit."""
+    """``(STORAGE used limit MESSAGE used limit)`` for the resources with a limit.  STORAGE's
+    usage is rounded up (a mailbox with mail never shows 0), its limit down: Dovecot's
+    numbers for the same ``maildirsize`` (tests/test_quota_dovecot.py)."""
     parts = []
     if usage.limits.storage:
-        parts.append(b"STORAGE %d %d" % (usage.bytes // 1024, usage.limits.storage // 1024))
+        parts.append(b"STORAGE %d %d" % (-(-usage.bytes // 1024), usage.limits.storage // 1024))
     if usage.limits.messages:
         parts.append(b"MESSAGE %d %d" % (usage.messages, usage.limits.messages))
     return b"(" + b" ".join(parts) + b")"
