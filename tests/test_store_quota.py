@@ -219,3 +219,22 @@ def test_the_warning_is_delivered_once_per_crossing(tmp_path):
     inbox.append(MSG)
     inbox.append(MSG)  # 5 of 10 again: a second warning
     assert len(inbox.snapshot().messages) == 6
+
+
+def test_a_big_file_is_compacted_between_walks(tmp_path):
+    """Past 5 KB: a walk at most every 15 minutes, else the file's own sum written back (a
+    walk costs O(Maildir); the sum is what the walk would find when nothing else wrote)."""
+    store = make_store(tmp_path, storage=1 << 30)
+    inbox = store.mailbox(USER).folder("INBOX")
+    uids = [inbox.append(MSG) for _ in range(3)]  # the first use walked (no file yet)
+    path = size_file(store)
+    with open(path, "a") as f:
+        f.write("1 0\n-1 0\n" * 600)
+    os.unlink(os.path.join(inbox.path, "cur", sorted(os.listdir(os.path.join(inbox.path, "cur")))[0]))
+    inbox.expunge(uids[1:2])  # compacted (no walk: the file still counts the deleted file), then -100 -1
+    assert open(path).read() == "1073741824S,0C\n300 3\n-100 -1\n"
+    counter = store.quota.counter(store.mailbox(USER).path)
+    counter._walked_at -= 16 * 60  # the last walk is older than 15 minutes
+    with open(path, "a") as f:
+        f.write("1 0\n-1 0\n" * 600)
+    assert (store.quota_usage(USER).bytes, store.quota_usage(USER).messages) == (100, 1)  # walked
