@@ -248,7 +248,8 @@ class QuotaReport:
 def check_quota(store: MaildirStore, address: str, repair: bool = False) -> QuotaReport | None:
     """Recount the user's mail and compare with ``maildirsize``: changes made by a program
     that did not append to it (Dovecot without its quota plugin, a script) show as a
-    disagreement; ``repair`` rewrites the file.  None: no limits and no file, nothing kept."""
+    disagreement; ``repair`` rewrites the file.  A missing file is no problem (it is made at
+    its first use).  None: no limits and no file, nothing kept."""
     mailbox = store.mailbox(address, create=False)
     limits = store.quota.limits(mailbox.address) if store.quota is not None else Limits()
     counter = UserCounter(mailbox.path, store.fsync)
@@ -257,16 +258,14 @@ def check_quota(store: MaildirStore, address: str, repair: bool = False) -> Quot
         return None
     actual = walk(mailbox.path)
     report = QuotaReport(None if recorded is None else recorded[1:], actual, limits)
-    if recorded is None:
-        report.problems.append("maildirsize is missing or unreadable" if not limits.unlimited or
-                               os.path.exists(counter.path) else "")
-    elif recorded[1:] != actual:
+    if recorded is None and os.path.exists(counter.path):
+        report.problems.append("maildirsize is unreadable (it is rebuilt at its next use)")
+    elif recorded is not None and recorded[1:] != actual:
         report.problems.append(f"maildirsize says {recorded[1]} bytes in {recorded[2]} messages, "
                                f"the Maildir holds {actual[0]} bytes in {actual[1]}")
-    elif not limits.unlimited and recorded[0] != limits:
+    elif recorded is not None and not limits.unlimited and recorded[0] != limits:
         report.problems.append(f"maildirsize has the limits {recorded[0].definition()}, "
                                f"the configuration {limits.definition()}")
-    report.problems = [p for p in report.problems if p]
     if repair and report.problems:
         counter.rebuild(limits if not limits.unlimited or recorded is None else recorded[0])
         report.repaired = True
