@@ -108,3 +108,10 @@ def test_per_user_rules_override_the_defaults(inproc_server_factory):
     extra = {ALICE: "::::::userdb_quota_rule=*:storage=1M userdb_quota_rule2=*:messages=1000"}
     c = client(start(inproc_server_factory, extra), ALICE)
     assert c.cmd(b"A", b'GETQUOTA ""')[0] == b'* QUOTA "" (STORAGE 0 1024 MESSAGE 0 1000)'
+
+
+def test_quotaroot_names_a_mailbox_as_the_client_can_read_it(inproc_server_factory):
+    c = client(start(inproc_server_factory))
+    assert c.cmd(b"C", b'CREATE "My Box"')[-1].startswith(b"C OK")
+    assert c.cmd(b"Q", b'GETQUOTAROOT "My Box"')[0] == b'* QUOTAROOT "My Box" ""'  # not an atom: quoted
+    assert c.cmd(b"R", b"GETQUOTAROOT inbox")[0] == b'* QUOTAROOT inbox ""'  # the client's spelling
