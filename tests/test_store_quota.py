@@ -238,3 +238,23 @@ def test_a_big_file_is_compacted_between_walks(tmp_path):
     with open(path, "a") as f:
         f.write("1 0\n-1 0\n" * 600)
     assert (store.quota_usage(USER).bytes, store.quota_usage(USER).messages) == (100, 1)  # walked
+
+
+def test_concurrent_deliveries_and_expunges_keep_the_count(tmp_path):
+    import threading
+
+    store = make_store(tmp_path, storage=1 << 30, messages=10_000)
+    inbox = store.mailbox(USER).folder("INBOX")
+
+    def work():
+        uids = [inbox.append(MSG) for _ in range(40)]
+        inbox.expunge(uids[::4])
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    usage = store.quota_usage(USER)
+    assert (usage.bytes, usage.messages) == walk(store.mailbox(USER).path) == (12_000, 120)
+    assert check_quota(store, USER).problems == []

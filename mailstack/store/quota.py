@@ -177,7 +177,7 @@ class UserCounter:
         usage after it.  ``removed``: the files are gone already, so a rebuild made now has
         counted the change (it is then not appended)."""
         with self._mutex:
-            fd, state = self._open(limits, rebuilt_after=removed)
+            fd, state = self._open(limits)
             try:
                 if state[0] == "rebuilt" and removed:
                     return QuotaUsage(state[1], state[2], limits)
@@ -204,7 +204,7 @@ class UserCounter:
     def _old(fd: int) -> bool:
         return time.time() - os.fstat(fd).st_mtime > RECALC_AGE
 
-    def _open(self, limits: Limits, force: bool = False, rebuilt_after: bool = False) -> tuple[int, tuple]:
+    def _open(self, limits: Limits, force: bool = False) -> tuple[int, tuple]:
         """The file open for appending and locked, and ("read" | "rebuilt", bytes, messages)."""
         rebuilt = False
         for _attempt in range(5):
