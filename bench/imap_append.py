@@ -6,6 +6,7 @@ not fall as the folder grows.  Both servers run their defaults (mailstack's fsyn
 
     python bench/imap_append.py                     # 10,000 messages, blocks of 1,000
     python bench/imap_append.py --messages 3000 --block 500
+    python bench/imap_append.py --quota 10G         # with a storage limit: maildirsize kept
 """
 
 from __future__ import annotations
@@ -74,13 +75,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=10_000)
     ap.add_argument("--block", type=int, default=1000)
+    ap.add_argument("--quota", help='a [quota] storage limit for mailstack, e.g. "10G" (default: none)')
     args = ap.parse_args()
     password = PASSWORDS[USER]
     work = Path(tempfile.mkdtemp(prefix="imap-append-bench-"))
     os.chmod(work, 0o755)
     try:
         (work / "mailstack").mkdir()
-        srv = MailServer(work / "mailstack", listeners=["imap"])
+        extra = f'[quota]\nstorage = "{args.quota}"\nwarning_percent = 0\n' if args.quota else ""
+        srv = MailServer(work / "mailstack", listeners=["imap"], extra=extra)
         srv.start()
         try:
             ms = fill(srv.port("imap"), password, args.messages, args.block)

@@ -38,6 +38,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from mailstack.errors import ConfigError
 from mailstack.fsutil import atomic_write
+from mailstack.quotarules import rules_of, with_rules
 from mailstack.passwords import burn_time, check_hash_syntax, hash_password, needs_rehash, verify_password
 
 log = Logger()
@@ -135,9 +136,12 @@ class UsersFile(_WatchedFile):
     def __init__(self, path: str):
         super().__init__(path)
         self.users: dict[str, str] = {}
+        #: user -> {"storage": bytes, "messages": n}, what the line's Dovecot quota rules set.
+        self.quotas: dict[str, dict[str, int]] = {}
 
     def _parse(self, lines: list[str]) -> None:
         users: dict[str, str] = {}
+        quotas: dict[str, dict[str, int]] = {}
         for n, line in enumerate(lines, 1):
             text = _content(line)
             if not text:
@@ -154,7 +158,32 @@ class UsersFile(_WatchedFile):
             if user in users:
                 raise ConfigError(self.path, where, f"{user} is listed twice")
             users[user] = stored
-        self.users = users
+            rules = _quota_rules(self.path, where, rest)
+            if rules:
+                quotas[user] = rules
+        self.users, self.quotas = users, quotas
+
+    def set_quota(self, user: str, storage: int | None, messages: int | None) -> None:
+        """Rewrite the user's ``userdb_quota_rule`` extra fields (Dovecot's passwd-file: the
+        eighth field on, space-separated; None leaves a limit as it is); KeyError if unknown."""
+        user = normalise_address(user)
+
+        def change(lines):
+            out, found = [], False
+            for line in lines:
+                text = _content(line)
+                if text and normalise_address(text.partition(":")[0]) == user:
+                    found = True
+                    fields = (text.partition(":")[2].split(":", 6) + [""] * 6)[:7]
+                    fields[6] = with_rules(fields[6], storage, messages)
+                    line = (f"{user}:" + ":".join(fields)).rstrip(":") if not any(fields[1:6]) and not fields[6] \
+                        else f"{user}:" + ":".join(fields)
+                out.append(line)
+            if not found:
+                raise KeyError(f"no such user: {user}")
+            return out
+
+        self._edit(change)
 
     def set(self, user: str, stored: str, must_exist: bool | None, unless_changed_from: str | None = None) -> None:
         """Set (or with ``stored`` empty, delete) a user's hash.  ``unless_changed_from``:
@@ -184,6 +213,17 @@ class UsersFile(_WatchedFile):
             return out
 
         self._edit(change)
+
+
+def _quota_rules(path: str, where: str, rest: str) -> dict[str, int]:
+    """The quota limits of a line's extra fields (after password, uid, gid, gecos, home, shell)."""
+    fields = rest.split(":", 6)
+    if len(fields) < 7:
+        return {}
+    try:
+        return rules_of(fields[6])
+    except ValueError as e:
+        raise ConfigError(path, where, f"quota rule: {e}") from None
 
 
 class AliasesFile(_WatchedFile):
@@ -291,6 +331,12 @@ class Accounts:
     def aliases(self) -> dict[str, list[str]]:
         self.reload()
         return self.aliases_file.aliases if self.aliases_file else {}
+
+    def quota(self, user: str) -> dict[str, int]:
+        """The user's own limits from the users file ({"storage": bytes, "messages": n}, each
+        only when set; [quota] gives the rest)."""
+        self.reload()
+        return self.users_file.quotas.get(normalise_address(user), {})
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.domains

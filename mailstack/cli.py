@@ -8,6 +8,7 @@
     mailstack [--config FILE] user add|passwd|del|list ...
     mailstack [--config FILE] alias add|del|list ...
     mailstack [--config FILE] store check [--repair] USER
+    mailstack [--config FILE] quota show USER | set USER [--storage SIZE] [--messages N]
     mailstack [--config FILE] queue list|show ID|retry ID|delete ID|flush|hold USER|release USER
     mailstack [--config FILE] dkim genkey DOMAIN [--ed25519]
     mailstack [--config FILE] dns [DOMAIN] [--check]
@@ -236,9 +237,10 @@ def cmd_store(args) -> int:
 
 
 def _store_check(cfg, args) -> int:
-    from mailstack.store import MaildirStore, check_user
+    from mailstack.quotacli import check_lines, quota_store
+    from mailstack.store import check_user
 
-    store = MaildirStore(cfg.store_root, fsync=cfg.store_fsync)
+    store, _accounts = quota_store(cfg)
     users = list(store.users()) if args.all else [normalise_address(args.user)]
     bad = 0
     for user in users:
@@ -254,7 +256,17 @@ def _store_check(cfg, args) -> int:
             for problem in report.problems:
                 print(f"  - {problem}")
             bad += bool(report.problems) and not report.repaired
+        lines, left = check_lines(store, user, args.repair)  # maildirsize (mailstack.quotacli)
+        for line in lines:
+            print(line)
+        bad += left
     return 1 if bad else 0
+
+
+def cmd_quota(args) -> int:
+    from mailstack.quotacli import cmd_quota as run
+
+    return run(args, _config, _as_service)
 
 
 def cmd_queue(args) -> int:
@@ -545,6 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_store)
     _add_srs_command(sub)
     _add_sieve_command(sub)
+
+    from mailstack.quotacli import add_parser as add_quota_parser
+
+    add_quota_parser(sub, cmd_quota)
     return parser
 
 

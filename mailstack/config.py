@@ -77,6 +77,9 @@ class Config:
     srs: dict = field(default_factory=lambda: {"enabled": False})  # [srs], checked: mailstack.srs.check_config
     #: [sieve] max_script_size, max_scripts: the script storage (mailstack.sieve.scripts), checked: _check_sieve_storage
     sieve_limits: dict = field(default_factory=lambda: {"max_script_size": 64 * 1024, "max_scripts": 16})
+    #: [quota], checked by _check_quota: storage in bytes, messages, smtp_reply, warning_percent
+    quota: dict = field(default_factory=lambda: {"storage": 0, "messages": 0, "smtp_reply": "temporary",
+                                                 "warning_percent": 90})
 
     @property
     def has_tls(self) -> bool:
@@ -422,6 +425,22 @@ def _check_sieve_storage(values: dict, path: str) -> dict:
     if not 1 <= section["max_scripts"] <= 10000:
         raise ConfigError(path, "[sieve] max_scripts", "must be 1 to 10000 (default 16)")
     return {"max_script_size": section["max_script_size"], "max_scripts": section["max_scripts"]}
+def _check_quota(values: dict, path: str) -> dict:
+    """[quota] (mailstack.store.quota): a size, counts of 0 or more, a known reply, a percentage."""
+    from mailstack.quotarules import parse_size
+
+    section = dict(values["quota"])
+    try:
+        section["storage"] = parse_size(section["storage"])
+    except ValueError as e:
+        raise ConfigError(path, "[quota] storage", str(e)) from None
+    if section["messages"] < 0:
+        raise ConfigError(path, "[quota] messages", "must be 0 (no limit) or more")
+    if section["smtp_reply"] not in ("temporary", "permanent"):
+        raise ConfigError(path, "[quota] smtp_reply", f'must be "temporary" or "permanent", not {section["smtp_reply"]!r}')
+    if not 0 <= section["warning_percent"] <= 100:
+        raise ConfigError(path, "[quota] warning_percent", "must be from 0 (no warning) to 100")
+    return section
 
 
 def from_dict(raw: dict, path: str) -> Config:
@@ -502,6 +521,7 @@ def from_dict(raw: dict, path: str) -> Config:
         mta_sts=mta_sts,
         log=_check_log(values, path), antispam=antispam, sieve_limits=_check_sieve_storage(values, path),
         rspamd=_check_rspamd(values, path), srs=check_srs_config(values, domains, root, path),
+        quota=_check_quota(values, path),
     )
 
 

@@ -209,4 +209,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "key_file": ("path", ""),  # default: srs.key beside the store root
         "max_age_days": (int, 21),
     },
+    # Per-user quotas (mailstack.store.quota); the users file's Dovecot quota rules override.
+    "quota": {
+        "storage": (str, "0"),  # bytes, with an optional unit b/k/M/G/T; "0": no limit
+        "messages": (int, 0),  # 0: no limit
+        "smtp_reply": (str, "temporary"),  # "temporary" (452 4.2.2) | "permanent" (552 5.2.2)
+        "warning_percent": (int, 90),  # 0: no warning
+    },
 }

@@ -70,3 +70,15 @@ class KeywordLimit(StoreError):
 
 class UnknownUser(StoreError):
     pass
+
+
+class OverQuota(MailError, StoreError):
+    """An addition (delivery, APPEND, COPY, MOVE to another user) would exceed the user's
+    storage or message limit.  ``code``/``enhanced`` are 452 4.2.2 (temporary, RFC 3463
+    X.2.2 "mailbox full") or 552 5.2.2 as ``[quota] smtp_reply`` says; IMAP answers
+    ``NO [OVERQUOTA]`` (RFC 9208 4.3).  Also a :class:`StoreError`, so that code catching
+    store failures catches this one too."""
+
+    def __init__(self, text: str = "Mailbox is full", permanent: bool = False, cause: object = None):
+        code, enhanced = (552, "5.2.2") if permanent else (452, "4.2.2")
+        super().__init__(code, enhanced, text, cause)

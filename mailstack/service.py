@@ -91,6 +91,9 @@ class MailstackService(service.MultiService):
         accounts = accounts_mod.Accounts(cfg.users_file, cfg.aliases_file, cfg.domains, cfg.recipient_delimiter,
                                          cfg.send_as_file)
         accounts.auth_cache_ttl = cfg.auth["cache_ttl"]
+        from mailstack.quotas import build_policy
+
+        store.quota = build_policy(cfg, accounts)  # [quota]: mailstack.store.quota
         accounts.rehash = cfg.auth["rehash_on_login"]
         passwords.configure_argon2(cfg.auth["argon2_time_cost"], cfg.auth["argon2_memory_kib"],
                                       cfg.auth["argon2_parallelism"])

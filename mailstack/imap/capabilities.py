@@ -66,6 +66,10 @@ CAPABILITIES: tuple[Capability, ...] = (
     # BINARY is in IMAP4rev2's base protocol too: the FETCH items and ~{n} work whatever is listed.
     Capability("BINARY", "RFC 3516"),
     Capability("CATENATE", "RFC 4469"),  # without URLAUTH: URLs to the user's own mailboxes here
+    # RFC 9208 3.1: one quota root per user; SETQUOTA refused, so no QUOTASET.
+    Capability("QUOTA", "RFC 9208"),
+    Capability("QUOTA=RES-STORAGE", "RFC 9208 5.1"),
+    Capability("QUOTA=RES-MESSAGE", "RFC 9208 5.2"),
     Capability("COMPRESS=DEFLATE", "RFC 4978", lambda v: v.authenticated and not v.compressed),
 )
 

@@ -15,6 +15,7 @@ from mailstack.errors import (
     InvalidFolderName,
     KeywordLimit,
     MessageGone,
+    OverQuota,
     StoreError,
 )
 
@@ -75,4 +76,17 @@ def store_error(e: StoreError) -> ImapError:
         return No(str(e), "LIMIT")
     if isinstance(e, MessageGone):
         return No("message was expunged", "EXPUNGEISSUED")
+    if isinstance(e, OverQuota):  # RFC 9208 4.3.1
+        return No(OVER_QUOTA, "OVERQUOTA")
     return No(str(e) or "the mailbox store refused", "CANNOT")
+
+
+OVER_QUOTA = "over quota: the mailbox is full"
+
+
+def quota_failed(e: ImapError, word: bytes) -> ImapError:
+    """A refusal of APPEND/COPY/MOVE; the user's quota (not a full disk) worded as RFC 9208
+    4.3.1's example."""
+    if e.code == "OVERQUOTA" and e.text == OVER_QUOTA:
+        return No(f"{word.decode()} Failed", "OVERQUOTA")
+    return e

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from mailstack.errors import FolderNotFound, InvalidFolderName
 from mailstack.imap import catenate, filing
 from mailstack.imap import message as msgmod
-from mailstack.imap.errors import NO_REPLY, Bad, No, shown
+from mailstack.imap.errors import NO_REPLY, Bad, No, shown, quota_failed
 from mailstack.imap.parser import Atom, String, quote
 from mailstack.imap.view import SYSTEM_FLAGS, Selected, uid_list, uid_set
 from mailstack.store import decode_mutf7, encode_mutf7, normalise
@@ -468,7 +468,10 @@ async def append(s, tag, raw_name, messages):
                 raise
             return folder.uidvalidity(), uids, folder, filing.special_uses(mailbox) if report else {}
 
-        uidvalidity, uids, folder, uses = await s.store_call(work)
+        try:
+            uidvalidity, uids, folder, uses = await s.store_call(work)
+        except No as e:
+            raise quota_failed(e, b"APPEND") from None
         if report:
             filing.report(s, uses, None, folder, [u for u in uids if u is not None])
     finally:

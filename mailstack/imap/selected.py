@@ -18,7 +18,7 @@ from mailstack.imap import results as resultsmod
 from mailstack.imap import search as searchmod
 from mailstack.imap import sort as sortmod
 from mailstack.imap import thread as threadmod
-from mailstack.imap.errors import Bad, No
+from mailstack.imap.errors import Bad, No, quota_failed
 from mailstack.imap.mailboxes import check_flags, destination, mailbox_name
 from mailstack.imap.parser import String
 from mailstack.imap.view import uid_set
@@ -131,7 +131,10 @@ async def copy(s, tag, ranges, raw_name, uid=False, move=False):
         pairs = sel.folder.move(uids, dest) if move else sel.folder.copy(uids, dest)
         return pairs, dest.snapshot().uidvalidity, dest, filing.special_uses(mailbox) if report and pairs else {}
 
-    pairs, uidvalidity, dest, uses = await s.store_call(work)
+    try:
+        pairs, uidvalidity, dest, uses = await s.store_call(work)
+    except No as e:
+        raise quota_failed(e, b"MOVE" if move else b"COPY") from None
     if report:
         filing.report(s, uses, sel.folder.name, dest, [p[1] for p in pairs])
     word = b"MOVE" if move else b"COPY"

@@ -29,7 +29,7 @@ from twisted.protocols.policies import TimeoutMixin
 from mailstack import logcontext
 from mailstack import metrics, sasl
 from mailstack.errors import StoreError
-from mailstack.imap import catenate, fetch, login, mailboxes, parser, results, selected
+from mailstack.imap import catenate, fetch, login, mailboxes, parser, quota, results, selected
 from mailstack.imap.capabilities import SessionView, capability_names
 from mailstack.imap.errors import NO_REPLY, Bad, Disconnect, ImapError, No, os_error, store_error
 from mailstack.imap.reader import (
@@ -90,6 +90,9 @@ def _authenticated() -> dict:
         b"ENABLE": Command(m.enable, parser.all_tokens),
         b"COMPRESS": Command(lambda s, tag, mech: s.compress(tag, mech), parser.mechanism),
         b"IDLE": Command(lambda s, tag: s.idle(tag)),
+        b"GETQUOTA": Command(quota.getquota, parser.one_mailbox),  # RFC 9208 4.1
+        b"GETQUOTAROOT": Command(quota.getquotaroot, parser.one_mailbox),
+        b"SETQUOTA": Command(quota.setquota, parser.all_tokens),
     }
 
 

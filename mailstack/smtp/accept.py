@@ -20,7 +20,7 @@ from mailstack import metrics
 from mailstack.errors import MailError
 from mailstack.mail import codes
 from mailstack.mail.headers import delivery_fields
-from mailstack.smtp import authentication
+from mailstack.smtp import authentication, quota
 from mailstack.smtp.delivery import DeliveryBatcher
 from mailstack.smtp.message import MessageSpool
 from mailstack.smtp.policy import SessionFacts, SmtpPolicy
@@ -165,9 +165,14 @@ class SMTPSettings:
         return ([(sender, list(remote))] if remote else []) + ([(rewritten, extra)] if extra else [])
 
     def deliver_local(self, accounts: list[str], sender: str, head: bytes, body, folder: str = "INBOX"):
-        """One copy per account, each with its own Return-Path and Delivered-To; a Deferred."""
+        """One copy per account, each with its own Return-Path and Delivered-To; a Deferred.
+        Quotas first, when an account has one (mailstack.smtp.quota)."""
         items = [(account, compose(delivery_fields(sender, account) + head, body), folder) for account in accounts]
-        return self.batcher.deliver(items)
+        size = len(head) + (len(body) if isinstance(body, bytes) else body.size)
+        checked = quota.at_data(self.store, accounts, size)
+        if checked is None:
+            return self.batcher.deliver(items)
+        return checked.addCallback(lambda _: self.batcher.deliver([item + (True,) for item in items]))
 
 
 def compose(head: bytes, body):

@@ -39,7 +39,7 @@ from mailstack.errors import MailError
 from mailstack.mail import codes as c
 from mailstack.mail import headers
 from mailstack.pacing import CommandPacer
-from mailstack.smtp import accept
+from mailstack.smtp import accept, quota
 from mailstack.smtp import address as addr
 from mailstack.smtp.auth_commands import AuthCommands
 from mailstack.smtp.capabilities import SessionView, ehlo_keywords
@@ -381,12 +381,21 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
         recipient = self.settings.policy.check_recipient(self.facts, address, len(self.recipients), self.sender or "")
         wait = smtp_hooks.at_rcpt(self.settings, self.facts, self.sender or "", recipient, len(self.recipients),
                                   self.helo)
+        wait = self._quota_at_rcpt(wait, recipient)
         if wait is None:
             return self._rcpt_ok(recipient, address)
         self.pause()  # greylisting asks its database in a thread
         wait.addCallbacks(lambda _: self._rcpt_ok(recipient, address),
                           lambda f: self.reply_error(f.trap(MailError) and f.value))
         wait.addBoth(lambda _: self.resume())
+
+    def _quota_at_rcpt(self, wait, recipient):
+        """After greylisting (if any), the recipient's quota (mailstack.smtp.quota; SIZE of
+        MAIL FROM counted, RFC 1870 6)."""
+        size = int(self.mail_params.get("SIZE") or 0)
+        if wait is None:
+            return quota.at_rcpt(self.settings.store, recipient, size)
+        return wait.addCallback(lambda _: quota.at_rcpt(self.settings.store, recipient, size))
 
     def _rcpt_ok(self, recipient, address: str) -> None:
         self.recipients.append(recipient)

@@ -14,14 +14,17 @@ package: tests/test_layout.py fails on ``mailstack.store.<module>`` imports outs
 * :class:`FolderWatcher`: change notification on the reactor (imported on first use, so
   that ``import mailstack.store`` does not load Twisted).
 * ``check_user``, ``check_folder``, :class:`FolderReport`: the consistency checker and
-  repair behind ``mailstack store check``.
+  repair behind ``mailstack store check``; ``check_quota``, its part for ``maildirsize``.
+* :class:`QuotaPolicy`, :class:`Limits`, :class:`QuotaUsage`: per-user quotas (quota.py),
+  enforced once the service sets ``MaildirStore.quota``.
 """
 
-from mailstack.store.check import FolderReport, check_folder, check_user
+from mailstack.store.check import FolderReport, QuotaReport, check_folder, check_quota, check_user
 from mailstack.store.folder import MaildirFolder
 from mailstack.store.interface import FolderAPI, MailboxAPI, StoreAPI
 from mailstack.store.mailbox import SPECIAL_FOLDERS, Mailbox
 from mailstack.store.maildir import MaildirStore
+from mailstack.store.quota import Limits, QuotaPolicy, QuotaUsage
 from mailstack.store.names import SEPARATOR, decode_mutf7, encode_mutf7, is_inbox, normalise
 from mailstack.store.snapshot import FolderInfo, FolderSnapshot, MessageInfo
 
@@ -33,13 +36,18 @@ __all__ = [
     "FolderReport",
     "FolderSnapshot",
     "FolderWatcher",
+    "Limits",
     "Mailbox",
     "MailboxAPI",
     "MaildirFolder",
     "MaildirStore",
     "MessageInfo",
+    "QuotaPolicy",
+    "QuotaUsage",
     "StoreAPI",
+    "QuotaReport",
     "check_folder",
+    "check_quota",
     "check_user",
     "decode_mutf7",
     "encode_mutf7",

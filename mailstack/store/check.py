@@ -25,6 +25,7 @@ from mailstack.store.dovecot import DovecotUidList, DovecotUids
 from mailstack.store.files import base_of
 from mailstack.store.folder import MaildirFolder
 from mailstack.store.maildir import MaildirStore
+from mailstack.store.quota import Limits, UserCounter, walk
 from mailstack.store.uidlist import UidList, UidState, next_uidvalidity
 
 
@@ -231,3 +232,41 @@ def check_user(store: MaildirStore, address: str, repair: bool = False) -> list[
         if info.selectable:
             reports.append(check_folder(mailbox.folder(info.name), repair=repair))
     return reports
+
+
+@dataclass
+class QuotaReport:
+    """``maildirsize`` (quota.py) against a walk of the Maildir."""
+
+    recorded: tuple[int, int] | None  # (bytes, messages) the file says; None: missing or unreadable
+    actual: tuple[int, int]
+    limits: Limits
+    problems: list[str] = field(default_factory=list)
+    repaired: bool = False
+
+
+def check_quota(store: MaildirStore, address: str, repair: bool = False) -> QuotaReport | None:
+    """Recount the user's mail and compare with ``maildirsize``: changes made by a program
+    that did not append to it (Dovecot without its quota plugin, a script) show as a
+    disagreement; ``repair`` rewrites the file.  A missing file is no problem (it is made at
+    its first use).  None: no limits and no file, nothing kept."""
+    mailbox = store.mailbox(address, create=False)
+    limits = store.quota.limits(mailbox.address) if store.quota is not None else Limits()
+    counter = UserCounter(mailbox.path, store.fsync)
+    recorded = counter.recorded()
+    if recorded is None and limits.unlimited and not os.path.exists(counter.path):
+        return None
+    actual = walk(mailbox.path)
+    report = QuotaReport(None if recorded is None else recorded[1:], actual, limits)
+    if recorded is None and os.path.exists(counter.path):
+        report.problems.append("maildirsize is unreadable (it is rebuilt at its next use)")
+    elif recorded is not None and recorded[1:] != actual:
+        report.problems.append(f"maildirsize says {recorded[1]} bytes in {recorded[2]} messages, "
+                               f"the Maildir holds {actual[0]} bytes in {actual[1]}")
+    elif recorded is not None and not limits.unlimited and recorded[0] != limits:
+        report.problems.append(f"maildirsize has the limits {recorded[0].definition()}, "
+                               f"the configuration {limits.definition()}")
+    if repair and report.problems:
+        counter.rebuild(limits if not limits.unlimited or recorded is None else recorded[0])
+        report.repaired = True
+    return report

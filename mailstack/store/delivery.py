@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO, Iterable
 from mailstack.errors import MessageGone
 from mailstack.fsutil import fsync_dir
 from mailstack.store.files import arrival_key, base_of, new_base, syncfs, unlink_quietly, write_new_file
+from mailstack.store.quota import charge, file_size, refund
 from mailstack.store.snapshot import MessageInfo
 
 if TYPE_CHECKING:
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
 
 
 def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
-    """Deliver many (address, source[, folder]) messages with one flush for the lot (group commit).
+    """Deliver many (address, source[, folder[, grace]]) messages with one flush for the lot
+    (group commit).  Each is counted against its user's quota (quota.py) before it is linked
+    in, and refused with OverQuota past a limit unless ``grace`` (the caller decided already).
 
     Every file is written to tmp/ first, then one ``syncfs`` puts all of them on disk at
     once (measured: per-file fsyncs cost one journal commit each here; falls back to them
@@ -41,7 +44,8 @@ def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
             base = new_base(store.hostname)
             tmp_path = os.path.join(folder.path, "tmp", base)
             size, crlf_size = write_new_file(source, tmp_path, fsync=False)
-            staged.append((i, folder, tmp_path, f"{base},S={size},W={crlf_size}"))
+            charge(store, folder.mailbox, size, 1, grace=len(item) > 3 and bool(item[3]))
+            staged.append((i, folder, tmp_path, f"{base},S={size},W={crlf_size}", size))
         except Exception as e:
             results[i] = e
             if tmp_path:
@@ -49,7 +53,7 @@ def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
     if store.fsync and len(staged) > 1 and syncfs(store.root):
         pass  # one flush of the file system carried every file of the batch
     elif store.fsync:
-        for i, folder, tmp_path, base in staged:
+        for i, folder, tmp_path, base, _size in staged:
             try:
                 fd = os.open(tmp_path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
@@ -59,7 +63,7 @@ def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
             except OSError as e:
                 results[i] = e
     dirs: dict[str, list[int]] = {}
-    for i, folder, tmp_path, base in staged:
+    for i, folder, tmp_path, base, size in staged:
         try:
             if results[i] is None:
                 os.link(tmp_path, os.path.join(folder.path, "new", base))
@@ -67,6 +71,8 @@ def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
         except OSError as e:
             results[i] = e
         finally:
+            if results[i] is not None:
+                refund(store, folder.mailbox, size, 1)
             unlink_quietly(tmp_path)
     for path, indexes in dirs.items():
         try:
@@ -95,8 +101,11 @@ class FolderDelivery:
         flags = [f for f in flags if f != "\\Recent"]
         base = new_base(self.store.hostname)
         tmp_path = os.path.join(self.path, "tmp", base)
+        counted, linked = None, False
         try:
             size, crlf_size = write_new_file(source, tmp_path, self.store.fsync)
+            charge(self.store, self.mailbox, size, 1)  # OverQuota: nothing linked in (RFC 9208 4.3)
+            counted = size
             when = int(time.time()) if internaldate is None else int(internaldate)
             os.utime(tmp_path, (when, when))
             base += f",S={size},W={crlf_size}"
@@ -109,6 +118,7 @@ class FolderDelivery:
             else:  # a delivery: new/, numbered by the next snapshot
                 rel = f"new/{base}"
             os.link(tmp_path, os.path.join(self.path, rel))
+            linked = True
             if self.store.fsync:
                 self.store.dir_syncer.sync(os.path.join(self.path, rel.split("/")[0]))
             uid = None
@@ -118,6 +128,8 @@ class FolderDelivery:
                     self.recent_marks.add([uid])  # in cur/ at once: unclaimed all the same
         finally:
             unlink_quietly(tmp_path)
+            if counted is not None and not linked:
+                refund(self.store, self.mailbox, counted, 1)
         self.store.on_change(self.path)
         return uid
 
@@ -151,25 +163,33 @@ class FolderDelivery:
             ul.append(records)
             return uid
 
-    def copy(self, uids: Iterable[int], dest: "MaildirFolder") -> list[tuple[int, int]]:
+    def copy(self, uids: Iterable[int], dest: "MaildirFolder", counted: bool = True) -> list[tuple[int, int]]:
         """Copy messages with their flags and internal dates; return [(source uid, new uid)].
 
         The copy is a hard link under a new name (mail files never change once written), or a
-        byte copy where the folders are on different file systems.
+        byte copy where the folders are on different file systems.  The whole set is counted
+        against the destination user's quota first: over it, nothing is copied (RFC 9208 4.3,
+        OverQuota).  ``counted=False``: a move within one user, which changes no usage.
         """
         snap = self.snapshot().by_uid()
-        pairs = []
-        for uid in uids:
-            info = snap.get(uid)
-            if info is None:
-                continue
-            try:
-                src = self.open_message(uid)
-            except MessageGone:
-                continue
-            with src:
-                new_uid = dest._add_copy(src, info)
-            pairs.append((uid, new_uid))
+        wanted = [(uid, snap[uid]) for uid in uids if uid in snap]
+        total = sum(file_size(self.path, info.base, info.filename) for _, info in wanted) if counted else 0
+        if counted and wanted:
+            charge(self.store, dest.mailbox, total, len(wanted))
+        pairs, left = [], total
+        try:
+            for uid, info in wanted:
+                try:
+                    src = self.open_message(uid)
+                except MessageGone:
+                    continue
+                with src:
+                    new_uid = dest._add_copy(src, info)
+                pairs.append((uid, new_uid))
+                left -= file_size(self.path, info.base, info.filename) if counted else 0
+        finally:
+            if counted and len(pairs) < len(wanted):
+                refund(self.store, dest.mailbox, max(left, 0), len(wanted) - len(pairs))
         if pairs:
             self.store.on_change(dest.path)
         return pairs
@@ -201,7 +221,9 @@ class FolderDelivery:
             unlink_quietly(tmp_path)
 
     def move(self, uids: Iterable[int], dest: "MaildirFolder") -> list[tuple[int, int]]:
-        """Copy then expunge (RFC 6851 3.1 allows exactly this); return [(old uid, new uid)]."""
-        pairs = self.copy(uids, dest)
-        self.expunge([old for old, _ in pairs])
+        """Copy then expunge (RFC 6851 3.1 allows exactly this); return [(old uid, new uid)].
+        Between folders of one user the usage does not change: neither step is counted."""
+        same_user = dest.mailbox.path == self.mailbox.path
+        pairs = self.copy(uids, dest, counted=not same_user)
+        self.expunge([old for old, _ in pairs], counted=not same_user)
         return pairs

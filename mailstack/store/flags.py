@@ -15,6 +15,7 @@ from typing import Iterable
 from mailstack.errors import KeywordLimit
 from mailstack.fsutil import fsync_dir
 from mailstack.store.dotlock import DotLock
+from mailstack.store.quota import file_size, refund
 
 SYSTEM_FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
 LETTER_SYSTEM_FLAGS = {v: k for k, v in SYSTEM_FLAG_LETTERS.items()}
@@ -243,9 +244,10 @@ class FlagChanges:
                 self._invalidate_listing()  # files is still right: only our renames changed it
         return files, sorted(taken)
 
-    def expunge(self, uids: Iterable[int]) -> list[int]:
-        """Remove messages for good; return the UIDs that were removed."""
-        removed, gone_bases = [], []
+    def expunge(self, uids: Iterable[int], counted: bool = True) -> list[int]:
+        """Remove messages for good; return the UIDs that were removed.  Their sizes come off
+        the user's quota usage (quota.py) unless ``counted`` is False (a move within the user)."""
+        removed, gone_bases, freed = [], [], 0
         with self.locked():
             files = self._sync()
             state = self.uidlist.state
@@ -255,6 +257,8 @@ class FlagChanges:
                 rel = files.get(entry.base) if entry else None
                 if rel is None:
                     continue
+                if counted:
+                    freed += file_size(self.path, entry.base, rel)
                 try:
                     os.unlink(os.path.join(self.path, rel))
                 except FileNotFoundError:
@@ -269,6 +273,8 @@ class FlagChanges:
             self.uidlist.append(records)
             self._invalidate_listing()
         self.cache.forget(gone_bases)
+        if removed and counted:
+            refund(self.store, self.mailbox, freed, len(removed))
         if removed:
             self.store.on_change(self.path)
         return removed

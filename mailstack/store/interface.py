@@ -4,7 +4,8 @@
 :class:`~mailstack.store.MaildirFolder` satisfy these (tests/test_layout.py checks it).
 Everything here blocks on disk I/O: Twisted callers run it in a thread pool.  Failures are
 the exceptions of :mod:`mailstack.errors` (``UnknownUser``, ``FolderNotFound``,
-``FolderExists``, ``InvalidFolderName``, ``KeywordLimit``, ``MessageGone``, ``StoreError``).
+``FolderExists``, ``InvalidFolderName``, ``KeywordLimit``, ``MessageGone``, ``OverQuota``,
+``StoreError``).
 Folder names are Unicode with ``/`` between levels (``SEPARATOR``); an IMAP session converts
 them with ``encode_mutf7``/``decode_mutf7`` (RFC 3501 5.1.3).
 """
@@ -76,7 +77,8 @@ class FolderAPI(Protocol):
         """Remove messages for good; the UIDs removed."""
 
     def copy(self, uids: Iterable[int], dest) -> list[tuple[int, int]]:
-        """[(source uid, new uid)], flags and internal dates kept (RFC 4315 COPYUID)."""
+        """[(source uid, new uid)], flags and internal dates kept (RFC 4315 COPYUID).  Like
+        ``append`` raises OverQuota (nothing copied) past the destination user's quota."""
 
     def move(self, uids: Iterable[int], dest) -> list[tuple[int, int]]:
         """Copy then expunge (RFC 6851 3.1)."""
@@ -140,7 +142,15 @@ class StoreAPI(Protocol):
         """Store a message durably in a user's folder (SMTP final delivery)."""
 
     def deliver_batch(self, items: list[tuple]) -> list[Exception | None]:
-        """Deliver (address, source[, folder]) items with one flush; per item None or the error."""
+        """Deliver (address, source[, folder[, grace]]) items with one flush; per item None or
+        the error (OverQuota past a limit, unless ``grace``)."""
+
+    def quota_usage(self, address: str):
+        """A ``QuotaUsage`` (``bytes``, ``messages``, ``limits.storage``, ``limits.messages``;
+        0 is no limit), or None for a user without limits (RFC 9208: no quota root)."""
+
+    def check_quota(self, address: str, size: int = 0) -> None:
+        """Raise OverQuota if the user is full, or would be with ``size`` more bytes."""
 
     def save_indexes(self) -> int:
         """Save the index of every open folder (periodically and at shutdown)."""

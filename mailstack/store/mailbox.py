@@ -12,6 +12,7 @@ from mailstack.fsutil import fsync_dir
 from mailstack.store import names
 from mailstack.store.dotlock import DotLock
 from mailstack.store.files import make_maildir
+from mailstack.store.quota import folder_totals, refund
 from mailstack.store.snapshot import FolderInfo
 
 if TYPE_CHECKING:
@@ -113,6 +114,8 @@ class Mailbox:
         graveyard = os.path.join(self.path, "tmp", f"deleted-{secrets.token_hex(8)}")
         os.rename(path, graveyard)
         self.store._forget(path)
+        if self.store.quota is not None:
+            refund(self.store, self, *folder_totals(graveyard))  # its mail no longer counts
         if self.store.fsync:
             fsync_dir(self.path)
         shutil.rmtree(graveyard, ignore_errors=True)

@@ -32,8 +32,9 @@ import threading
 import time
 from typing import Callable, Iterable, Iterator
 
-from mailstack.errors import StoreError, UnknownUser
+from mailstack.errors import OverQuota, StoreError, UnknownUser
 from mailstack.store import files
+from mailstack.store import quota as quota_mod
 from mailstack.store.delivery import deliver_batch
 from mailstack.store.folder import MaildirFolder
 from mailstack.store.mailbox import Mailbox
@@ -67,6 +68,8 @@ class MaildirStore:
         #: Called with a folder path after this process changed that folder.
         self.on_change: Callable[[str], None] = lambda path: None
         self.dir_syncer = files.DirSyncer()
+        #: What quotas are enforced (quota.py; the service sets it from [quota]); None: none.
+        self.quota: quota_mod.QuotaPolicy | None = None
 
     def user_path(self, address: str) -> str:
         local, domain = split_address(address)
@@ -119,6 +122,24 @@ class MaildirStore:
         commit, see :func:`mailstack.store.delivery.deliver_batch`); returns, per item, None
         or the exception that stopped it."""
         return deliver_batch(self, items)
+
+    def quota_usage(self, address: str) -> "quota_mod.QuotaUsage | None":
+        """The user's usage (bytes as stored, messages) and limits; None without limits.
+        Cheap: reads what ``maildirsize`` gained since the last look (quota.py)."""
+        limits = self.quota.limits(address.lower()) if self.quota is not None else quota_mod.Limits()
+        if limits.unlimited:
+            return None
+        if not self.exists(address):  # no mail yet: nothing made at RCPT time
+            return quota_mod.QuotaUsage(0, 0, limits)
+        return quota_mod.usage_of(self, self.mailbox(address, create=False))
+
+    def check_quota(self, address: str, size: int = 0) -> None:
+        """Raise OverQuota if the user is full already, or would be with a message of
+        ``size`` bytes (SMTP RCPT, with the SIZE of MAIL FROM: RFC 1870)."""
+        usage = self.quota_usage(address)
+        if usage is not None and usage.exceeds(max(size, 1), 1):
+            raise OverQuota("Mailbox is full: over the storage or message limit", self.quota.permanent,
+                            f"{address}: {usage}")
 
     def save_indexes(self) -> int:
         """*Blocking.*  Save the index of every folder this process has open (index.py);
