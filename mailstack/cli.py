@@ -557,7 +557,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_store)
     _add_srs_command(sub)
     _add_sieve_command(sub)
-
     from mailstack.quotacli import add_parser as add_quota_parser
 
     add_quota_parser(sub, cmd_quota)
