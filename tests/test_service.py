@@ -130,6 +130,8 @@ def test_make_run_starts_the_stack_and_its_ports_answer(tmp_path):
                 elif key == "metrics":  # HTTP, though its key ends in "s"
                     s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
                     assert s.recv(100).split(b"\r\n")[0].endswith(b" 200 OK")
+                elif key == "managesieve":  # RFC 5804 1.7: the greeting is the capability list
+                    assert s.recv(100).startswith(b'"IMPLEMENTATION" "mailstack')
                 elif key.endswith("s"):
                     ctx = ssl.create_default_context(cafile=str(tree / "var" / "tls" / "ca.pem"))
                     s2 = ctx.wrap_socket(s, server_hostname="localhost")
