@@ -23,12 +23,12 @@ if TYPE_CHECKING:
 
 
 def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
-    """Deliver many (address, source[, folder]) messages with one flush for the lot (group commit).
+    """Deliver many (address, source[, folder[, flags]]) messages with one flush for the lot (group commit).
 
     Every file is written to tmp/ first, then one ``syncfs`` puts all of them on disk at
     once (measured: per-file fsyncs cost one journal commit each here; falls back to them
-    where syncfs is missing), then each is linked into new/ and every new/ directory
-    fsynced once.  Each item gets the same guarantee as ``MaildirStore.deliver``; returns,
+    where syncfs is missing), then each is linked into new/ (into cur/ with its flags when it
+    has some: Sieve's imap4flags, RFC 5232) and every directory fsynced once.  Each item gets the same guarantee as ``MaildirStore.deliver``; returns,
     per item, None or the exception that stopped it.
     """
     results: list[Exception | None] = [None] * len(items)
@@ -41,7 +41,12 @@ def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
             base = new_base(store.hostname)
             tmp_path = os.path.join(folder.path, "tmp", base)
             size, crlf_size = write_new_file(source, tmp_path, fsync=False)
-            staged.append((i, folder, tmp_path, f"{base},S={size},W={crlf_size}"))
+            rel = f"new/{base},S={size},W={crlf_size}"
+            flags = [f for f in (item[3] if len(item) > 3 else ()) if f != "\\Recent"]
+            if flags:  # Sieve imap4flags (RFC 5232): into cur/ with the letters, as APPEND does
+                with folder.locked():
+                    rel = f"cur/{base},S={size},W={crlf_size}:2,{folder.keywords.letters(flags)}"
+            staged.append((i, folder, tmp_path, rel))
         except Exception as e:
             results[i] = e
             if tmp_path:
@@ -59,11 +64,11 @@ def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
             except OSError as e:
                 results[i] = e
     dirs: dict[str, list[int]] = {}
-    for i, folder, tmp_path, base in staged:
+    for i, folder, tmp_path, rel in staged:
         try:
             if results[i] is None:
-                os.link(tmp_path, os.path.join(folder.path, "new", base))
-                dirs.setdefault(folder.path, []).append(i)
+                os.link(tmp_path, os.path.join(folder.path, rel))
+                dirs.setdefault(os.path.join(folder.path, rel.split("/")[0]), []).append(i)
         except OSError as e:
             results[i] = e
         finally:
@@ -71,11 +76,11 @@ def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
     for path, indexes in dirs.items():
         try:
             if store.fsync:
-                store.dir_syncer.sync(os.path.join(path, "new"))
+                store.dir_syncer.sync(path)
         except OSError as e:
             for i in indexes:
                 results[i] = e
-        store.on_change(path)
+        store.on_change(os.path.dirname(path))
     return results
 
 

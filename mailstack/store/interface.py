@@ -140,7 +140,7 @@ class StoreAPI(Protocol):
         """Store a message durably in a user's folder (SMTP final delivery)."""
 
     def deliver_batch(self, items: list[tuple]) -> list[Exception | None]:
-        """Deliver (address, source[, folder]) items with one flush; per item None or the error."""
+        """Deliver (address, source[, folder[, flags]]) items with one flush; per item None or the error."""
 
     def save_indexes(self) -> int:
         """Save the index of every open folder (periodically and at shutdown)."""

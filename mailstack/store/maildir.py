@@ -115,7 +115,7 @@ class MaildirStore:
         self.mailbox(address).folder(folder).append(source, flags=flags, assign_uid=False)
 
     def deliver_batch(self, items: list[tuple]) -> list[Exception | None]:
-        """Deliver many (address, source[, folder]) messages with one flush for the lot (group
+        """Deliver many (address, source[, folder[, flags]]) messages with one flush for the lot (group
         commit, see :func:`mailstack.store.delivery.deliver_batch`); returns, per item, None
         or the exception that stopped it."""
         return deliver_batch(self, items)
