@@ -73,6 +73,7 @@ class Config:
     log: dict = field(default_factory=lambda: {"format": "text", "file": ""})  # [log]: see mailstack.logoutput
     antispam: dict = field(default_factory=dict)  # [antispam], checked: mailstack.antispam.screen
     rspamd: dict = field(default_factory=lambda: {"url": ""}, repr=False)  # [rspamd], checked: _check_rspamd
+    sieve: dict = field(default_factory=dict)  # [sieve], checked: mailstack.sieve.delivery.check_config
 
     @property
     def has_tls(self) -> bool:
@@ -409,6 +410,13 @@ def _check_rspamd(values: dict, path: str) -> dict:
     return section
 
 
+def _check_sieve(values: dict, path: str) -> dict:
+    """[sieve] (mailstack.sieve.delivery): limits, and the global scripts compile."""
+    from mailstack.sieve.delivery import check_config
+
+    return check_config(values, path)
+
+
 def from_dict(raw: dict, path: str) -> Config:
     values = _typed_values(raw, path)
     as_read = copy.deepcopy(values)
@@ -487,7 +495,7 @@ def from_dict(raw: dict, path: str) -> Config:
         mta_sts=mta_sts,
         log=_check_log(values, path),
         antispam=antispam,
-        rspamd=_check_rspamd(values, path),
+        rspamd=_check_rspamd(values, path), sieve=_check_sieve(values, path),  # from_dict stays under 80 lines
     )
 
 

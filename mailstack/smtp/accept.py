@@ -49,6 +49,7 @@ class SMTPSettings:
         if context.delivery_batcher is None:  # one for all SMTP listeners, so they batch together
             context.delivery_batcher = DeliveryBatcher(context.store)
         self.batcher = context.delivery_batcher
+        self.sieve = getattr(context, "sieve", None)  # mailstack.sieve.delivery.SieveDelivery; None: off
         # antispam: greylisting on the MX port, outbound limits per user on submission (None: off)
         self.greylist = getattr(context, "greylist", None) if listener.protocol == "smtp" else None
         self.configure(context)
@@ -119,7 +120,7 @@ class SMTPSettings:
                         action=verdict.action, reason=verdict.reason)
 
     def deliver(self, prepared: Prepared, received: bytes, spool: MessageSpool, sender: str,
-                accounts: list[str], remote: list[str], user: str | None = None) -> defer.Deferred:
+                accounts: list[str], remote: list[str], user: str | None = None, recipients=()) -> defer.Deferred:
         """Store the local copies, then queue for the outside; fires with (queue id or None, folder).
 
         Local copies go first (both read the one spool, in turn): a local failure then answers
@@ -134,13 +135,24 @@ class SMTPSettings:
         head = received + prepared.header
         body = prepared.body if prepared.body is not None else spool
         folder = "Junk" if prepared.action == "junk" else "INBOX"
-        d = self.deliver_local(accounts, sender, head, body, folder)
+        d = self.deliver_local(accounts, sender, head, body, folder, recipients, user or "", not remote)
         if remote:
             d.addCallback(lambda _: self.relay.enqueue(sender, remote, compose(head, body), user or ""))
         return d.addCallback(lambda qid: (qid, folder))
 
-    def deliver_local(self, accounts: list[str], sender: str, head: bytes, body, folder: str = "INBOX"):
-        """One copy per account, each with its own Return-Path and Delivered-To; a Deferred."""
+    def deliver_local(self, accounts: list[str], sender: str, head: bytes, body, folder: str = "INBOX",
+                      recipients=(), user: str = "", only_local: bool = True):
+        """One copy per account, each with its own Return-Path and Delivered-To; a Deferred.
+        With Sieve on, each account's scripts decide first (RFC 5228); a reject answers 550
+        5.7.1 here when the message has one recipient (RFC 5429 2.1), else it bounces."""
+        if self.sieve is not None and accounts:
+            rcpt_of: dict[str, str] = {}
+            for r in recipients:
+                for account in r.local:
+                    rcpt_of.setdefault(account, r.address)
+            single = only_local and len(recipients) == 1 and len(accounts) == 1
+            return self.sieve.deliver([(a, rcpt_of.get(a, a)) for a in accounts], sender, head, body, folder,
+                                      self.batcher.deliver, user, single)
         items = [(account, compose(delivery_fields(sender, account) + head, body), folder) for account in accounts]
         return self.batcher.deliver(items)
 

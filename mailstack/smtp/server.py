@@ -496,7 +496,7 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
                 what = "refused" if prepared.action == "reject" else "deferred"
                 log.info("{what} {id} from <{sender}>: {reason}", what=what, id=message_id, sender=sender,
                          reason=prepared.reason, peer=self.peer)
-            return settings.deliver(prepared, received, spool, sender, accounts, remote, self.facts.user)
+            return settings.deliver(prepared, received, spool, sender, accounts, remote, self.facts.user, recipients)
 
         def delivered(result):
             qid, folder = result
