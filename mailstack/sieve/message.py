@@ -1,0 +1,167 @@
+"""The message as the tests see it: header fields parsed once per run, lazily, without
+building :mod:`email` objects (that cost is kept for the ``body`` test).
+
+Values are unfolded, trimmed and RFC 2047-decoded (RFC 5228 2.7.2: tests compare decoded
+text).  editheader (RFC 5293) changes the field list in place, so later tests see the
+change, and :meth:`Message.header_bytes` gives the new header section.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import re
+from email.header import Header
+
+_END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
+_FIELD_BREAK = re.compile(rb"\r?\n(?![ \t])")
+_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_BETWEEN_WORDS = re.compile(r"(?<=\?=)[ \t\r\n]+(?==\?)")
+_QP_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def decode_2047(text: str) -> str:
+    """Encoded words (RFC 2047 6.2): white space between adjacent ones is dropped."""
+    if "=?" not in text:
+        return text
+    return _ENCODED_WORD.sub(_decode_word, _BETWEEN_WORDS.sub("", text))
+
+
+def _decode_word(m: re.Match) -> str:
+    charset = m.group(1).split("*", 1)[0]
+    data = m.group(3)
+    try:
+        if m.group(2) in "bB":
+            raw = base64.b64decode(data + "=" * (-len(data) % 4))
+        else:
+            raw = _QP_HEX.sub(lambda h: bytes([int(h.group(1), 16)]), data.replace("_", " ").encode("ascii"))
+        return raw.decode(charset, "replace")
+    except (LookupError, binascii.Error, UnicodeEncodeError, ValueError):
+        return m.group()
+
+
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    """(header section, body): the header without the empty line that ends it."""
+    if raw.startswith(b"\n") or raw.startswith(b"\r\n"):
+        return b"", raw[1:] if raw[:1] == b"\n" else raw[2:]
+    m = _END_OF_HEADER.search(raw)
+    if m is None:
+        return raw, b""
+    head_end = m.start() + (2 if raw[m.start():m.start() + 2] == b"\r\n" else 1)
+    return raw[:head_end], raw[m.end():]
+
+
+class Field:
+    __slots__ = ("name", "lower", "raw", "_value")
+
+    def __init__(self, name: str, raw: bytes):
+        self.name = name
+        self.lower = name.lower()
+        self.raw = raw  # the whole field, "Name: value" with its folding, no final line end
+        self._value: str | None = None
+
+    @property
+    def value(self) -> str:
+        if self._value is None:
+            text = self.raw.partition(b":")[2].decode("utf-8", "replace")
+            self._value = decode_2047(_UNFOLD.sub("", text).strip(" \t\r\n"))
+        return self._value
+
+
+class Message:
+    """One run's view of the message (not shared between runs: editheader changes it)."""
+
+    def __init__(self, raw: bytes):
+        self.raw = raw
+        self.size = len(raw)
+        self._fields: list[Field] | None = None
+        self._body: bytes | None = None
+        self._by_name: dict[str, list[Field]] = {}
+        self._addresses: dict[str, list[str]] = {}
+        self.edited = False
+
+    @property
+    def fields(self) -> list[Field]:
+        if self._fields is None:
+            head, self._body = split_message(self.raw)
+            fields = []
+            for chunk in _FIELD_BREAK.split(head.rstrip(b"\r\n")) if head else ():
+                name, colon, _ = chunk.partition(b":")
+                name = name.rstrip(b" \t")
+                if colon and name and b" " not in name:
+                    fields.append(Field(name.decode("ascii", "replace"), chunk))
+            self._fields = fields
+        return self._fields
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            self._body = split_message(self.raw)[1]
+        return self._body
+
+    def named(self, name: str) -> list[Field]:
+        key = name.lower()
+        found = self._by_name.get(key)
+        if found is None:
+            found = self._by_name[key] = [f for f in self.fields if f.lower == key]
+        return found
+
+    def values(self, name: str) -> list[str]:
+        return [f.value for f in self.named(name)]
+
+    def addresses(self, name: str, fields: list[Field] | None = None) -> list[str]:
+        """The addr-specs of an address header (RFC 5228 5.1), groups and names dropped."""
+        key = name.lower()
+        if fields is None and key in self._addresses:
+            return self._addresses[key]
+        values = [f.value for f in (self.named(name) if fields is None else fields)]
+        found = [addr for _, addr in email.utils.getaddresses(values) if addr]
+        if fields is None:
+            self._addresses[key] = found
+        return found
+
+    def _changed(self) -> None:
+        self._by_name.clear()
+        self._addresses.clear()
+        self.edited = True
+
+    def add(self, name: str, value: str, last: bool) -> None:
+        """RFC 5293 4: a new field, first unless :last; non-ASCII values RFC 2047-encoded."""
+        if not value.isascii():
+            value = Header(value, "utf-8", header_name=name).encode()
+        value = value.replace("\r\n", "\n").replace("\n", "\r\n")
+        field = Field(name, f"{name}: {value}".encode("utf-8"))
+        fields = self.fields
+        if last:
+            fields.append(field)
+        else:
+            fields.insert(0, field)
+        self._changed()
+
+    def delete(self, doomed: list[Field]) -> None:
+        if doomed:
+            ids = {id(f) for f in doomed}
+            self._fields = [f for f in self.fields if id(f) not in ids]
+            self._changed()
+
+    def header_bytes(self) -> bytes:
+        return b"".join(f.raw + b"\r\n" for f in self.fields)
+
+
+def address_part(address: str, part: str) -> str | None:
+    """RFC 5228 2.7.4 and RFC 5233 4 (separator "+"); None: the part does not exist."""
+    if part == ":all":
+        return address
+    local, at, domain = address.rpartition("@")
+    if not at:
+        local, domain = address, ""
+    if part == ":localpart":
+        return local
+    if part == ":domain":
+        return domain
+    user, plus, detail = local.partition("+")
+    if part == ":user":
+        return user
+    return detail if plus else None
