@@ -105,7 +105,9 @@ class MaildirStore:
         removed = 0
         for address in self.users():
             path = self.user_path(address)
-            folders = [path] + [os.path.join(path, n) for n in os.listdir(path) if n.startswith(".")]
+            # Only directories: .dovecot.sieve and other per-user files live here too (interface.py)
+            folders = [path] + [os.path.join(path, n) for n in os.listdir(path)
+                                if n.startswith(".") and os.path.isdir(os.path.join(path, n))]
             for folder in folders:
                 removed += files.clear_stale_tmp(os.path.join(folder, "tmp"), cutoff)
         return removed
