@@ -4,7 +4,8 @@ Every local delivery (the MX port, submission to a local user, a bounce to a loc
 runs the global ``before`` scripts, the user's active script (``<user dir>/.dovecot.sieve``,
 Dovecot's layout) and the global ``after`` scripts, in Pigeonhole's sequence: the next script
 runs only while a keep (implicit or explicit) is in effect; every action but keep is carried
-out; the last script's keep stores in the default folder; a script that fails ends the
+out; the last script's keep stores in the default folder (with the flags every keep of the
+sequence asked for, so an after script adds to the user's); a script that fails ends the
 sequence with an implicit keep (RFC 5228 2.10.6), the earlier scripts' actions standing.
 
 The run happens in a worker thread (:meth:`SieveDelivery.deliver`), bounded by a deadline and
@@ -274,7 +275,7 @@ class SieveDelivery:
             actions += [a for a in outcome.actions if not isinstance(a, Keep)]
             if not keeps:
                 return actions, None, message
-            keep_flags = tuple(f for k in keeps for f in k.flags)
+            keep_flags = tuple(dict.fromkeys(keep_flags + tuple(f for k in keeps for f in k.flags)))
         return actions, keep_flags, message
 
     def _log_error(self, account: str, kind: str, name: str, reason: str) -> None:
