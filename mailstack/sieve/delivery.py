@@ -255,11 +255,10 @@ class SieveDelivery:
         deadline = time.monotonic() + self.settings.max_run_time
         message, actions, keep_flags = incoming.message, [], ()
         for kind, path in self._sequence(user_dir):
-            name = script_name(path)
             try:
                 script = self.cache.get(path)
             except (lang.SieveSyntaxError, OSError, UnicodeError) as e:
-                self._log_error(account, kind, name, f"cannot be used: {e}")
+                self._log_error(account, kind, script_name(path), f"cannot be used: {e}")
                 return actions, (), message
             if script is None:
                 continue
@@ -267,7 +266,7 @@ class SieveDelivery:
                                loader=self._loader(user_dir), deadline=deadline,
                                max_body=self.settings.max_body_size)
             if outcome.errors:
-                self._log_error(account, kind, name, "; ".join(outcome.errors))
+                self._log_error(account, kind, script_name(path), "; ".join(outcome.errors))
                 return actions, (), message  # the sequence is broken: implicit keep
             if outcome.header is not None:
                 message = replace_header(message, outcome.header)
