@@ -582,3 +582,45 @@ def test_sieve_at_the_mx_port(relay_env):
     fields = dict(vacation.parse_header(data))
     assert (fields["subject"], fields["from"], fields["to"]) == ("Out of office", BOB, f"<{ANN}>")
     assert fields["in-reply-to"].startswith("<away.1.") and data.endswith(b"\r\n\r\nI am away until Monday.\r\n")
+
+
+@pytest.mark.slow
+def test_submission_to_a_local_user_and_a_script_over_its_time(server_factory):
+    from mailstack.store import MaildirStore
+    from support.servers import PASSWORDS
+
+    srv = server_factory(listeners=["smtp", "submission"], extra="[sieve]\nmax_run_time = 0.2\n")
+    user_dir = MaildirStore(str(srv.store_root)).mailbox(BOB).path
+    with open(os.path.join(user_dir, ".dovecot.sieve"), "w") as f:  # a hand-written file counts too
+        f.write('require ["envelope", "fileinto", "mailbox", "body", "regex"];\n'
+                'if envelope :is "from" "alice@example.test" { fileinto :create "From Alice"; stop; }\n'
+                'if body :regex "(a|aa)+$" { fileinto :create "Never"; }\n')
+    srv.start()
+    alice = "alice@example.test"
+    with smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=20) as s:
+        s.starttls(context=srv.ssl_context())
+        s.login(alice, PASSWORDS[alice])
+        s.sendmail(alice, [BOB], f"From: {alice}\r\nTo: {BOB}\r\nSubject: hi\r\n\r\nHello.\r\n".encode())
+    [filed] = srv.messages(BOB, "From Alice")
+    assert filed.startswith(b"Return-Path: <alice@example.test>\r\nDelivered-To: bob@example.test\r\nReceived: ")
+    started = time.monotonic()
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=20) as s:
+        s.sendmail(ANN, [BOB], b"From: ann@remote.test\r\nTo: bob@example.test\r\nSubject: slow\r\n\r\n"
+                   + b"a" * 50000 + b"b\r\n")
+    assert time.monotonic() - started < 5
+    assert len(srv.messages(BOB)) == 1 and srv.messages(BOB, "Never") == []  # the implicit keep
+    assert "took too long; implicit keep" in srv.log_text()
+
+
+def test_a_sieve_step_that_overruns_keeps_everything(env, monkeypatch):
+    store, _, make = env
+    sieve = make()
+    monkeypatch.setattr(sd.threads, "deferToThread", lambda f, *a, **k: defer.fail(defer.TimeoutError()))
+    results = []
+
+    def store_items(items):
+        assert [(a, f) for a, _, f in items] == [(BOB, "INBOX"), (CAROL, "INBOX")]
+        return defer.succeed(store.deliver_batch(items))
+
+    sieve.deliver([(BOB, BOB), (CAROL, CAROL)], "ann@remote.test", b"", MESSAGE, "INBOX", store_items).addBoth(results.append)
+    assert len(stored(store, BOB)) == 1 and len(stored(store, CAROL)) == 1
