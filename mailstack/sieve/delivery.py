@@ -156,6 +156,8 @@ class SieveDelivery:
         self.enqueue_now, self.refusal, self.srs = enqueue_now, refusal, srs
         self.reactor = reactor
         self.cache = ScriptCache()
+        _warm_up()
+
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -252,7 +254,7 @@ class SieveDelivery:
         from mailstack import sieve as lang
 
         mailbox = self.store.mailbox(account)
-        deadline = time.monotonic() + self.settings.max_run_time
+        deadline = None  # from the first run on: compiling a changed script is not the run's time
         message, actions, keep_flags = incoming.message, [], ()
         for kind, path in self._sequence(user_dir):
             try:
@@ -262,6 +264,7 @@ class SieveDelivery:
                 return actions, (), message
             if script is None:
                 continue
+            deadline = deadline or time.monotonic() + self.settings.max_run_time
             outcome = lang.run(script, message, envelope, mailbox_exists=lambda n: _exists(mailbox, n),
                                loader=self._loader(user_dir), deadline=deadline,
                                max_body=self.settings.max_body_size)
@@ -409,6 +412,17 @@ class SieveDelivery:
                 if self.enqueue_now is None:
                     raise MailError(codes.LOCAL_ERROR, codes.E_SYSTEM_TEMPORARY, "Cannot queue a message now; try again later")
                 self.enqueue_now(envelope_sender, remote, message)
+
+
+def _warm_up() -> None:
+    """Import the interpreter's modules now, at start-up, not within the first delivery's
+    time limit."""
+    from mailstack import sieve as lang
+
+    try:
+        lang.run(lang.compile_script("keep;"), b"Subject: x\r\n\r\n", Envelope("", "user@localhost"))
+    except Exception:  # noqa: BLE001 - only a warm-up; a broken interpreter shows at delivery
+        log.failure("sieve: the interpreter failed its warm-up")
 
 
 def _exists(mailbox, name: str) -> bool:
