@@ -259,3 +259,83 @@ def test_compiled_script_is_reusable():
     for _ in range(3):
         assert run(script, MSG, ENV).actions == []
         assert run(script, b"Subject: no\r\n\r\n", ENV).actions == [Keep()]
+
+
+# -- more of RFC 5228's own examples ---------------------------------------------------------------
+
+def test_rfc5228_2_3_comment_example():
+    script = ('if size :over 100k { # this is a comment\r\n    discard;\r\n}\r\n'
+              'if size :over 100K { /* this is a comment\r\n    this is still a comment */ discard /* this is a comment\r\n'
+              '    */ ;\r\n}\r\n')
+    big = MSG + b"x" * 200_000
+    assert actions(script, big) == []
+    assert actions(script) == [Keep()]
+
+
+def test_rfc5228_3_1_if_example():
+    script = ('if header :contains ["From"] ["coyote"] {\r\n    redirect "acm@example.com";\r\n'
+              '} elsif header :contains "Subject" "$$$" {\r\n    redirect "postmaster@example.com";\r\n'
+              '} else {\r\n    redirect "field@example.com";\r\n}\r\n')
+    assert actions(script) == [Redirect("acm@example.com")]
+    assert actions(script, b"From: a@b.example\r\nSubject: get $$$\r\n\r\n") == [Redirect("postmaster@example.com")]
+    assert actions(script, b"From: a@b.example\r\n\r\n") == [Redirect("field@example.com")]
+
+
+def test_rfc5228_4_1_fileinto_example():
+    script = 'require "fileinto";\r\nif header :contains ["from"] "coyote" {\r\n    fileinto "INBOX.harassment";\r\n}\r\n'
+    assert actions(script) == [FileInto("INBOX.harassment")]
+
+
+def test_rfc5228_fileinto_inbox_is_a_keep():  # 2.10.3: keep is fileinto "INBOX"
+    assert actions('require "fileinto"; fileinto "inbox"; keep;') == [Keep()]
+
+
+def test_rfc5228_5_2_allof_and_5_3_anyof_examples():
+    msg = b"From: John Cleese <cleese@example.org>\r\nTo: Eric Idle <idle@example.org>\r\n\r\n"
+    both = 'if allof (header :contains "From" "Cleese", header :contains "To" "Idle") { discard; }'
+    either = 'if anyof (header :contains "From" "Cleese", header :contains "To" "Chapman") { discard; }'
+    assert actions(both, msg) == [] and actions(either, msg) == []
+    assert actions(both, b"From: John Cleese <cleese@example.org>\r\nTo: Michael Palin <palin@example.org>\r\n\r\n") == [Keep()]
+
+
+def test_rfc5228_5_7_header_example_with_empty_strings():
+    # "X-Caffeine" is present: :contains "" matches it, :is "" does not (its value is not empty)
+    assert actions('if header :contains "X-Caffeine" "" { discard; }') == []
+    assert actions('if header :is "X-Caffeine" "" { discard; }') == [Keep()]
+    assert actions('if header :is "X-Empty" "" { discard; }', b"X-Empty:\r\n\r\n") == []
+
+
+def test_rfc5228_2_10_6_run_time_error_keeps():
+    # a variable address that is not an address only fails when run
+    script = compile_script('require "variables"; set "a" "not an address"; redirect "${a}";')
+    outcome = run(script, MSG, ENV)
+    assert outcome.actions == [Keep()]
+    assert outcome.errors == ["redirect to an invalid address 'not an address'"]
+
+
+def test_flags_of_duplicate_stores_merge():
+    script = 'require ["fileinto", "imap4flags"]; fileinto :flags "a" "X"; fileinto :flags ["b", "A"] "X";'
+    assert actions(script) == [FileInto("X", ("a", "b"))]
+
+
+def test_lf_only_script_and_message():
+    script = 'require "fileinto";\nif header :is "subject" "hi" {\n  fileinto "A";\n}\n'
+    assert actions(script, b"Subject: hi\nFrom: a@b.example\n\nbody\n") == [FileInto("A")]
+
+
+def test_one_compiled_script_serves_many_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    script = compile_script('require ["fileinto", "variables", "editheader"];\n'
+                            'if header :matches "Subject" "* for *" { fileinto "${2}"; addheader "X-N" "${1}"; }')
+    messages = [b"Subject: gift %d for user%d\r\n\r\n" % (i, i) for i in range(200)]
+
+    def one(i):
+        outcome = run(script, messages[i], ENV)
+        return outcome.actions, outcome.header
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(200)))
+    for i, (acts, header) in enumerate(results):
+        assert acts == [FileInto(f"user{i}")]
+        assert header == b"X-N: gift %d\r\nSubject: gift %d for user%d\r\n" % (i, i, i)

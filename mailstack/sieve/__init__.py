@@ -10,7 +10,8 @@ Public interface (the rest of mailstack uses only these):
   outcome carries it and an implicit keep).  ``loader(name, location)`` returns the text of an
   ``include``d script (``location`` "personal" or "global"), or None if missing.
 * :mod:`mailstack.sieve.actions`: the action and outcome types.
-* ``CAPABILITIES``: the extensions a script may ``require`` (ManageSieve's SIEVE capability).
+* ``CAPABILITIES``: the extensions a script may ``require`` (ManageSieve's SIEVE capability);
+  ``MAX_REDIRECTS``: redirects allowed in one run (its MAXREDIRECTS, RFC 5804 1.7).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .actions import Envelope, Outcome
+from .commands import MAX_REDIRECTS
 from .errors import SieveRuntimeError, SieveSyntaxError
 from .spec import CAPABILITIES
 
-__all__ = ["CAPABILITIES", "Envelope", "Outcome", "Script", "SieveRuntimeError", "SieveSyntaxError",
+__all__ = ["CAPABILITIES", "MAX_REDIRECTS", "Envelope", "Outcome", "Script", "SieveRuntimeError", "SieveSyntaxError",
            "compile_script", "run"]
 
 

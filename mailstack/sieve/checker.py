@@ -17,7 +17,7 @@ from .matching import compile_regex, RegexError
 from .parser import Arg, Node
 
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_ENCODED = re.compile(r"\$\{(hex|unicode):([^}]*)\}", re.IGNORECASE)
+_ENCODED = re.compile(r"\$\{(hex|unicode):([^}$]*)\}", re.IGNORECASE)
 _ZONE = re.compile(r"[+-][0-9]{4}\Z")
 
 
@@ -145,6 +145,7 @@ class Checker:
     def arguments(self, node: Node, spec: S.Spec) -> tuple[dict, tuple]:
         tags: dict = {}
         positional: list = []
+        positional_args: list[Arg] = []
         args = node.args
         i = 0
         while i < len(args):
@@ -152,6 +153,7 @@ class Checker:
             i += 1
             if arg.kind != "tag":
                 positional.append(self.value(arg))
+                positional_args.append(arg)
                 continue
             if positional:
                 raise _fail(f"tag {arg.value} after positional arguments", arg)
@@ -174,12 +176,13 @@ class Checker:
         if not low <= len(positional) <= len(spec.pos):
             want = str(len(spec.pos)) if low == len(spec.pos) else f"{low} to {len(spec.pos)}"
             raise _fail(f"{node.name} takes {want} positional arguments, found {len(positional)}", node)
-        kinds = spec.pos[len(spec.pos) - len(positional):]
-        for value, kind, arg in zip(positional, kinds, [a for a in args if a.kind != "tag"]):
+        missing = [None] * (len(spec.pos) - len(positional))
+        kinds = spec.pos[len(missing):] if spec.optional_first else spec.pos[:len(positional)]
+        for kind, arg in zip(kinds, positional_args):
             if not _fits(arg, kind):
                 raise _fail(f"{node.name}: expected a {kind.rstrip('s')}{' list' if kind == 'strings' else ''}", arg)
         values = [v[0] if k == "string" else v for v, k in zip(positional, kinds)]
-        return tags, tuple([None] * (len(spec.pos) - len(positional)) + values)
+        return tags, tuple(missing + values if spec.optional_first else values + missing)
 
     def value(self, arg: Arg):
         if arg.kind == "number":
@@ -252,7 +255,10 @@ def _names(values, node, what="variable name"):
 
 
 def _check_set(cmd, node):
-    _names(cmd.pos[:1], node)
+    name = cmd.pos[0]
+    if not isinstance(name, Template) and name.lower().startswith("global."):
+        name = name[7:]  # RFC 6609 3.5: the "global" namespace
+    _names([name], node)
 
 
 def _check_flags(cmd, node):
@@ -286,6 +292,8 @@ def _check_redirect(cmd, node):
 def _check_deleteheader(cmd, node):
     if cmd.tag("last") and cmd.tag("index") is None:
         raise _fail(":last needs :index in deleteheader (RFC 5293 5)", node)
+    if cmd.targ("index") == 0:
+        raise _fail(":index counts from 1", node)
     _field_name(cmd, node)
 
 
@@ -293,6 +301,15 @@ def _field_name(cmd, node):
     name = cmd.pos[0]
     if not isinstance(name, Template) and not valid_field_name(name):
         raise _fail(f"invalid header field name {name!r}", node)
+
+
+ENVELOPE_PARTS = frozenset({"from", "to", "auth"})
+
+
+def _check_envelope(cmd, node):
+    for part in cmd.pos[0]:
+        if not isinstance(part, Template) and part.lower() not in ENVELOPE_PARTS:
+            raise _fail(f"unknown envelope part {part!r} (RFC 5228 5.4: from, to)", node)
 
 
 def _check_include(cmd, node):
@@ -326,7 +343,7 @@ _EXTRA = {
     "hasflag": _check_hasflag, "size": _check_size, "date": _check_date_test, "currentdate": _check_date,
     "redirect": _check_redirect, "deleteheader": _check_deleteheader, "addheader": _field_name,
     "include": _check_include, "global": _check_global, "header": _check_header_like,
-    "address": _check_header_like,
+    "address": _check_header_like, "envelope": _check_envelope,
 }
 
 

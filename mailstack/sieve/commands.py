@@ -42,22 +42,20 @@ def _flag_list(values) -> list[str]:
 
 
 def store(run, mailbox: str, flags: tuple, create: bool, copy: bool, implicit: bool = False) -> None:
-    """keep / fileinto: at most one store per mailbox, flags of the duplicates merged."""
+    """keep / fileinto: at most one store per mailbox, flags of the duplicates merged.
+    ``fileinto "INBOX"`` is a keep (RFC 5228 2.10.3), so delivery sees one form."""
     is_inbox = mailbox.upper() == "INBOX"
     if not implicit and run.state.get("reject"):
         raise SieveRuntimeError("reject cannot be combined with keep or fileinto (RFC 5429 2.2)")
     for i, action in enumerate(run.actions):
-        if isinstance(action, Keep) and is_inbox or isinstance(action, FileInto) and (
-                action.mailbox == mailbox or is_inbox and action.mailbox.upper() == "INBOX"):
-            merged = tuple(_flag_list(action.flags + flags))
-            if isinstance(action, Keep):
-                run.actions[i] = Keep(merged)
-            else:
-                run.actions[i] = FileInto(action.mailbox, merged, action.create or create)
+        if is_inbox and isinstance(action, Keep):
+            run.actions[i] = Keep(tuple(_flag_list(action.flags + flags)))
+            break
+        if not is_inbox and isinstance(action, FileInto) and action.mailbox == mailbox:
+            run.actions[i] = FileInto(mailbox, tuple(_flag_list(action.flags + flags)), action.create or create)
             break
     else:
-        keep = implicit or create is None  # do_keep passes create=None
-        _add(run, Keep(flags) if keep else FileInto(mailbox, flags, bool(create)))
+        _add(run, Keep(flags) if is_inbox else FileInto(mailbox, flags, create))
     if not copy:
         run.implicit_keep = False
 
@@ -69,7 +67,7 @@ def _flags_for(run, cmd) -> tuple:
 
 
 def do_keep(run, cmd) -> None:
-    store(run, "INBOX", _flags_for(run, cmd), None, False)
+    store(run, "INBOX", _flags_for(run, cmd), False, False)
 
 
 def do_fileinto(run, cmd) -> None:

@@ -97,7 +97,7 @@ class Run:
                 COMMANDS[cmd.name](self, cmd)
 
     def matcher(self, cmd) -> Matcher:
-        return Matcher(cmd, self.regex_timeout)
+        return Matcher(cmd, self.regex_timeout, self.tick)
 
     def matched(self, matcher: Matcher, result: bool) -> bool:
         """RFC 5229 3.2: a successful :matches/:regex sets ${0}..${n}; a failed one keeps them."""

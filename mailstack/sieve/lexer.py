@@ -7,7 +7,7 @@ so the parser's and checker's errors point at the script text.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import SieveSyntaxError
 
@@ -15,21 +15,29 @@ from .errors import SieveSyntaxError
 MAX_SCRIPT_BYTES = 1 << 20
 MAX_STRING_BYTES = 256 * 1024
 
-SPECIALS = frozenset("[](),;{}")
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NUMBER = re.compile(r"[0-9]+([KkMmGg])?")
 _MULTIPLIER = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-#: RFC 5228 8.1: after "text:" only white space or a hash comment before the line break.
-_TEXT_HEAD = re.compile(r"text:[ \t]*(#[^\n]*)?\n")
-_SPACE = re.compile(r"[ \t\n]+")
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
+class Token(NamedTuple):
     kind: str  # "ident", "tag", "number", "string", or the special character itself
     value: object
     line: int
     column: int
+
+
+#: One pass over the common tokens; strings, "text:" and /* */ are handled by hand.
+_MASTER = re.compile(r"""
+    (?P<space>[ \t\n]+)
+  | (?P<hash>\#[^\n]*)
+  | (?P<special>[\[\](),;{}])
+  | (?P<quote>")
+  | (?P<bracket>/\*)
+  | (?P<tag>:[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<number>[0-9]+[KkMmGg]?)
+  | (?P<text>text:[ \t]*(?:\#[^\n]*)?\n)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+""", re.VERBOSE)
+_WORD_CHAR = re.compile(r"[A-Za-z0-9_]")
 
 
 def tokenize(text: str) -> list[Token]:
@@ -38,61 +46,48 @@ def tokenize(text: str) -> list[Token]:
         raise SieveSyntaxError(f"script larger than {MAX_SCRIPT_BYTES} bytes", 1, 1)
     text = text.replace("\r\n", "\n")
     tokens: list[Token] = []
+    append = tokens.append
     line, line_start = 1, 0
     pos, end = 0, len(text)
+    match = _MASTER.match
     while pos < end:
-        ch = text[pos]
-        if ch in " \t\n":
-            m = _SPACE.match(text, pos)
-            newlines = m.group().count("\n")
-            if newlines:
-                line += newlines
-                line_start = text.rfind("\n", pos, m.end()) + 1
-            pos = m.end()
-            continue
+        m = match(text, pos)
         column = pos - line_start + 1
-        start = pos
-        if ch == "#":
-            nl = text.find("\n", pos)
-            pos = end if nl < 0 else nl
-            continue
-        if text.startswith("/*", pos):
-            close = text.find("*/", pos + 2)
+        if m is None:
+            if text[pos] == ":":
+                raise SieveSyntaxError("':' must start a tag such as :is", line, column)
+            raise SieveSyntaxError(f"unexpected character {text[pos]!r}", line, column)
+        kind = m.lastgroup
+        start, pos = pos, m.end()
+        if kind == "space" or kind == "hash":
+            pass
+        elif kind == "special":
+            append(Token(m.group(), m.group(), line, column))
+        elif kind == "ident":
+            append(Token("ident", m.group().lower(), line, column))
+        elif kind == "tag":
+            append(Token("tag", m.group().lower(), line, column))
+        elif kind == "quote":
+            value, pos = _quoted(text, start, line, column)
+            append(Token("string", value, line, column))
+        elif kind == "number":
+            if pos < end and _WORD_CHAR.match(text, pos):
+                raise SieveSyntaxError(f"bad number {text[start:pos + 1]!r}", line, column)
+            digits = m.group().rstrip("KkMmGg")
+            append(Token("number", int(digits) * _MULTIPLIER[m.group()[len(digits):].lower()], line, column))
+        elif kind == "text":
+            value, pos = _multiline(text, pos, line, column)
+            append(Token("string", value, line, column))
+        else:  # bracket comment
+            close = text.find("*/", pos)
             if close < 0:
                 raise SieveSyntaxError("unterminated /* comment", line, column)
             pos = close + 2
-        elif ch in SPECIALS:
-            tokens.append(Token(ch, ch, line, column))
-            pos += 1
-        elif ch == '"':
-            value, pos = _quoted(text, pos, line, column)
-            tokens.append(Token("string", value, line, column))
-        elif ch == ":":
-            m = _IDENT.match(text, pos + 1)
-            if not m:
-                raise SieveSyntaxError("':' must start a tag such as :is", line, column)
-            tokens.append(Token("tag", ":" + m.group().lower(), line, column))
-            pos = m.end()
-        elif ch.isdigit():
-            m = _NUMBER.match(text, pos)
-            if m.end() < end and (text[m.end()].isalnum() or text[m.end()] == "_"):
-                raise SieveSyntaxError(f"bad number {text[pos:m.end() + 1]!r}", line, column)
-            digits = m.group().rstrip("KkMmGg")
-            tokens.append(Token("number", int(digits) * _MULTIPLIER[m.group()[len(digits):].lower()], line, column))
-            pos = m.end()
-        elif _TEXT_HEAD.match(text, pos):
-            value, pos = _multiline(text, _TEXT_HEAD.match(text, pos).end(), line, column)
-            tokens.append(Token("string", value, line, column))
-        elif _IDENT.match(text, pos):
-            m = _IDENT.match(text, pos)
-            tokens.append(Token("ident", m.group().lower(), line, column))
-            pos = m.end()
-        else:
-            raise SieveSyntaxError(f"unexpected character {ch!r}", line, column)
-        spanned = text.count("\n", start, pos)  # strings and /* */ comments may span lines
-        if spanned:
-            line += spanned
-            line_start = text.rfind("\n", start, pos) + 1
+        if kind != "special" and kind != "ident" and kind != "tag":
+            spanned = text.count("\n", start, pos)
+            if spanned:
+                line += spanned
+                line_start = text.rfind("\n", start, pos) + 1
     return tokens
 
 

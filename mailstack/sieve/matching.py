@@ -104,13 +104,14 @@ class Matcher:
     callable giving the seconds a regex call may take; ``groups`` holds the match variables
     of the last successful :matches/:regex (RFC 5229 3.2)."""
 
-    __slots__ = ("kind", "relation", "comparator", "timeout", "groups")
+    __slots__ = ("kind", "relation", "comparator", "timeout", "tick", "groups")
 
-    def __init__(self, cmd, timeout, default_comparator: str = "i;ascii-casemap"):
+    def __init__(self, cmd, timeout, tick=None, default_comparator: str = "i;ascii-casemap"):
         self.kind = cmd.tag("match", ":is")
         self.relation = cmd.targ("match")
         self.comparator = cmd.targ("comparator", default_comparator)
         self.timeout = timeout
+        self.tick = tick
         self.groups: list[str] | None = None
 
     def count(self, n: int, keys) -> bool:
@@ -120,7 +121,9 @@ class Matcher:
 
     def test(self, values, keys) -> bool:
         kind = self.kind
-        for value in values:
+        for n, value in enumerate(values):
+            if self.tick is not None and n % 64 == 63:  # many fields or parts: watch the deadline
+                self.tick()
             for key in keys:
                 if self.one(kind, value, key):
                     return True

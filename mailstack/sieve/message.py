@@ -65,9 +65,14 @@ class Field:
     @property
     def value(self) -> str:
         if self._value is None:
-            text = self.raw.partition(b":")[2].decode("utf-8", "replace")
-            self._value = decode_2047(_UNFOLD.sub("", text).strip(" \t\r\n"))
+            self._value = decode_2047(self.unfolded)
         return self._value
+
+    @property
+    def unfolded(self) -> str:
+        """The value unfolded and trimmed, encoded words left as they are (for address parsing:
+        a decoded display name may hold commas or brackets)."""
+        return _UNFOLD.sub("", self.raw.partition(b":")[2].decode("utf-8", "replace")).strip(" \t\r\n")
 
 
 class Message:
@@ -116,7 +121,7 @@ class Message:
         key = name.lower()
         if fields is None and key in self._addresses:
             return self._addresses[key]
-        values = [f.value for f in (self.named(name) if fields is None else fields)]
+        values = [f.unfolded for f in (self.named(name) if fields is None else fields)]
         found = [addr for _, addr in email.utils.getaddresses(values) if addr]
         if fields is None:
             self._addresses[key] = found

@@ -6,7 +6,7 @@ The tree is only shape; what each command and test accepts is checked in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import SieveSyntaxError
 from .lexer import Token, tokenize
@@ -35,7 +35,6 @@ class Node:
     column: int
     block: list["Node"] | None = None
     has_test_list: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 class _Parser:

@@ -21,7 +21,8 @@ class Tag:
 @dataclass(frozen=True)
 class Spec:
     pos: tuple[str, ...] = ()
-    min_pos: int | None = None  # fewer positionals allowed (the leading ones are optional)
+    min_pos: int | None = None  # fewer positionals allowed
+    optional_first: bool = True  # the omitted ones are the leading ones (setflag), else trailing
     tags: dict = field(default_factory=dict)
     ext: str | tuple | None = None  # one capability, or a tuple of which all are needed
     tests: str = ""  # "", "one" or "list"
@@ -88,7 +89,7 @@ COMMANDS = {
     "return": Spec(ext="include"),
     "global": Spec(pos=("strings",), ext=("include", "variables")),
     "addheader": Spec(pos=("string", "string"), ext="editheader", tags={":last": Tag("last")}),
-    "deleteheader": Spec(pos=("string", "strings"), min_pos=1, ext="editheader", tags={
+    "deleteheader": Spec(pos=("string", "strings"), min_pos=1, optional_first=False, ext="editheader", tags={
         **COMPARE, ":index": Tag("index", "number"), ":last": Tag("last")}),
 }
 
