@@ -12,6 +12,7 @@
     mailstack [--config FILE] dkim genkey DOMAIN [--ed25519]
     mailstack [--config FILE] dns [DOMAIN] [--check]
     mailstack [--config FILE] acme status|renew
+    mailstack [--config FILE] srs forward|reverse ADDRESS
 
 The configuration is ``--config``, else ``$MAILSTACK_CONFIG``, else ``var/mailstack.toml`` when
 present, else ``/etc/mailstack/mailstack.toml``.  Passwords are read from a prompt or from
@@ -395,6 +396,24 @@ def cmd_acme(args) -> int:
     return 0
 
 
+def cmd_srs(args) -> int:
+    """The envelope sender a forwarded copy from ADDRESS gets, or what an SRS address stands for."""
+    from mailstack.srs import cmd_srs
+
+    cfg = _config(args)
+    with _as_service(cfg):  # the first use makes the key file: the service's own
+        return cmd_srs(cfg, args.action, args.address)
+
+
+def _add_srs_command(sub) -> None:
+    p = sub.add_parser("srs", help="the Sender Rewriting Scheme of forwarded mail ([srs]), for debugging")
+    ssub = p.add_subparsers(dest="action", required=True)
+    ssub.add_parser("forward", help="the SRS sender a forwarded copy from ADDRESS gets").add_argument("address")
+    ssub.add_parser("reverse", help="check an SRS address of ours and print the address it stands for "
+                    "(exit 1: forged, expired or malformed)").add_argument("address")
+    p.set_defaults(func=cmd_srs)
+
+
 def _add_setup_commands(sub) -> None:
     """``init`` and ``install-files``: setting a server up."""
     p = sub.add_parser("init", help="make a configuration: production (--hostname, --domain) or --dev")
@@ -492,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--all", action="store_true", help="check every user in the store")
     q.add_argument("user", nargs="?")
     p.set_defaults(func=cmd_store)
+    _add_srs_command(sub)
     return parser
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from mailstack import fileaccess
 from mailstack.errors import ConfigError
+from mailstack.srs import check_config as check_srs_config
 
 from mailstack.configschema import DEV_PORTS, LISTENERS, REQUIRED as _REQUIRED, SCHEMA, STANDARD_PORTS  # noqa: F401
 
@@ -74,6 +75,7 @@ class Config:
     antispam: dict = field(default_factory=dict)  # [antispam], checked: mailstack.antispam.screen
     rspamd: dict = field(default_factory=lambda: {"url": ""}, repr=False)  # [rspamd], checked: _check_rspamd
     sieve: dict = field(default_factory=dict)  # [sieve], checked: mailstack.sieve.delivery.check_config
+    srs: dict = field(default_factory=lambda: {"enabled": False})  # [srs], checked: mailstack.srs.check_config
 
     @property
     def has_tls(self) -> bool:
@@ -495,7 +497,7 @@ def from_dict(raw: dict, path: str) -> Config:
         mta_sts=mta_sts,
         log=_check_log(values, path),
         antispam=antispam,
-        rspamd=_check_rspamd(values, path), sieve=_check_sieve(values, path),  # from_dict stays under 80 lines
+        rspamd=_check_rspamd(values, path), sieve=_check_sieve(values, path), srs=check_srs_config(values, domains, root, path),
     )
 
 

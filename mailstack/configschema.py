@@ -208,4 +208,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "vacation_min_period": (int, 86400),
         "vacation_max_period": (int, 30 * 86400),
     },
+    # The Sender Rewriting Scheme for forwarded mail (mailstack.srs).
+    "srs": {
+        "enabled": (bool, True),
+        "domain": (str, ""),  # default: the first [server] domain
+        "key_file": ("path", ""),  # default: srs.key beside the store root
+        "max_age_days": (int, 21),
+    },
 }

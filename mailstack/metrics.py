@@ -41,6 +41,8 @@ What is counted (names as exposed; counters end in ``_total``):
 * ``mailstack_sieve_actions_total`` {action}: what Sieve did at local delivery (mailstack.sieve
   .delivery): ``keep``, ``fileinto``, ``redirect``, ``reject``, ``discard``, ``vacation`` (a
   reply sent), ``error`` (a script failed or timed out: implicit keep).
+* ``mailstack_srs_total`` {result}: ``forwarded`` queued copies whose sender was rewritten,
+  ``reversed`` RCPTs to our SRS addresses accepted, ``refused`` ones refused (forged, expired).
 """
 
 from __future__ import annotations
@@ -206,6 +208,16 @@ def rspamd_scan(action: str) -> None:
 
 def rspamd_learn(kind: str, result: str) -> None:
     RSPAMD_LEARNS.labels(kind, result).inc()
+
+
+SRS = Counter("mailstack_srs", "SRS (mailstack.srs): senders rewritten for forwarded copies (forwarded), "
+              "RCPT to our SRS addresses reversed or refused (forged, expired, malformed)", ["result"], registry=REGISTRY)
+for _result in ("forwarded", "reversed", "refused"):
+    SRS.labels(_result)
+
+
+def srs(result: str, n: int = 1) -> None:
+    SRS.labels(result).inc(n)
 
 
 class CommandTimes:

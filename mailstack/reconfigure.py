@@ -114,6 +114,8 @@ def apply(service, new: config_mod.Config) -> tuple[list[str], list[str]]:
     context.accounts.domains = list(running.domains)
     context.accounts.delimiter = running.recipient_delimiter
     context.dkim_signer.domains = list(running.domains)
+    if getattr(context, "srs", None) is not None:
+        context.srs.local_domains = list(running.domains)  # their senders are never rewritten
     context.dkim_signer.selector = running.dkim["selector"]
     if "auth" in sections:
         a, gate = running.auth, context.login_gate

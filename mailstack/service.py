@@ -75,6 +75,7 @@ class ServerContext:
     rspamd: object = None  # the content filter, mailstack.antispam.rspamd.RspamdFilter ([rspamd] url)
     filed: object = None  # IMAP calls it after COPY/MOVE/APPEND: mailstack.antispam.learning.JunkLearner.filed
     sieve: object = None  # mailstack.sieve.delivery.SieveDelivery: local deliveries run Sieve ([sieve] enabled)
+    srs: object = None  # mailstack.srs.SRS for forwarded mail; None when [srs] enabled = false
 
 
 class MailstackService(service.MultiService):
@@ -117,6 +118,7 @@ class MailstackService(service.MultiService):
         self.context.dkim_signer = authentication.DkimSigner(cfg.dkim["keys"], cfg.dkim["selector"], cfg.domains)
         self.context.inbound_checker = self.make_inbound_checker(cfg)
         self.context.relay = relay.build_relay(cfg, store, accounts, reactor)
+        self._build_srs(cfg)
         self._build_antispam(cfg)
         self._build_sieve(cfg, self.reactor)
         self.context.relay.setServiceParent(self)
@@ -227,6 +229,14 @@ class MailstackService(service.MultiService):
                 pass
         return super().stopService()
 
+    def _build_srs(self, cfg: config_mod.Config) -> None:
+        """[srs]: the key (made on first start, as the service user), for the SMTP listeners;
+        the relay's own bounces to our SRS addresses go straight to the original sender."""
+        from mailstack.srs import SRS
+
+        self.context.srs = SRS.from_config(cfg)
+        self.context.relay.bounces.srs = self.context.srs
+
     def _build_antispam(self, cfg: config_mod.Config) -> None:
         """[rspamd]: the content filter for the SMTP listeners, learning from Junk for IMAP."""
         from mailstack.antispam import learning, rspamd
@@ -302,6 +312,11 @@ class MailstackService(service.MultiService):
                 self.context.tls.reload()
             except ConfigError as e:
                 log.error("reload: {error}", error=str(e))
+        if self.context.srs is not None:
+            try:
+                self.context.srs.reload_keys()  # a rotated [srs] key_file
+            except ConfigError as e:
+                log.error("reload: {error}; the SRS keys are kept as they were", error=str(e))
         log.info("reloaded users, aliases and certificate")
         if self.context.acme is not None:
             self.context.acme.check()  # a renewal asked for with 'mailstack acme renew' starts now

@@ -188,6 +188,9 @@ def test_admin_commands_as_root_leave_files_the_service_can_use(install):
     # The DKIM key: the service reads it, nobody else may.
     key = inst.lib / "dkim" / DOMAIN / "mail.rsa.pem"
     assert owner(key) == (uid, gid, 0o600)
+    # The SRS key, made by the first command that needs it: the service's too (issue 19).
+    assert inst.admin("srs", "forward", "dave@outside.test").stdout.startswith("SRS0=")
+    assert owner(inst.lib / "srs.key") == (uid, gid, 0o600)
     got = inst.admin("config", "check")
     assert f"checked as user {SERVICE_USER}" in got.stdout
 
@@ -204,6 +207,7 @@ def test_server_runs_as_the_service_user_and_signs_and_delivers(install, as_serv
         assert 0 not in ids["Groups"], ids
         stored = send_and_read(inst, ports)
         assert b"DKIM-Signature:" in stored.split(b"\r\n\r\n", 1)[0], stored[:500]
+        assert owner(inst.lib / "srs.key") == (inst.user.pw_uid, inst.gid, 0o600)  # made at start, as the service user
         bob_new = [p for d in ("new", "cur") for p in (inst.lib / "mail" / DOMAIN / "bob" / d).iterdir()]
         assert bob_new and all(p.stat().st_uid == inst.user.pw_uid for p in bob_new)
         queue = inst.lib / "queue"

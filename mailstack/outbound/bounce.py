@@ -14,6 +14,7 @@ from mailstack.mail import codes
 from mailstack.mail.headers import delivery_fields, message_id
 from mailstack.outbound import dsn
 from mailstack.outbound.queue import Envelope, OutboundQueue, RecipientState
+from mailstack.srs import SRSError
 
 #: How much of the original message the report quotes (its header, ``text/rfc822-headers``).
 QUOTED_HEAD = 64 * 1024
@@ -25,6 +26,7 @@ class BounceSender:
         #: ``(account, sender, message)``, blocking: how a report reaches a local sender's
         #: mailbox (service.py sets Sieve's, so the sender's filters see it); None: straight in.
         self.local_delivery = None
+        self.srs = None  # mailstack.srs.SRS (set by the service): reports to our SRS senders are reversed
 
     def send(self, env: Envelope, recipients: list[RecipientState], action: str) -> str | None:
         """Report ``action`` ("failed" | "delayed") for ``recipients`` of ``env`` to its sender.
@@ -40,11 +42,22 @@ class BounceSender:
                    for r in recipients]
         with self.queue.open_message(env.id) as f:
             head = f.read(QUOTED_HEAD)
-        report = dsn.build(self.hostname, env.sender, reports, head, env.id, env.created)
+        to = self.report_address(env.sender)
+        report = dsn.build(self.hostname, to, reports, head, env.id, env.created)
         report_id = message_id(report)
-        if self.deliver_locally(env.sender, report):
+        if self.deliver_locally(to, report):
             return None, report_id
-        return self.queue.enqueue("", [env.sender], report), report_id
+        return self.queue.enqueue("", [to], report), report_id
+
+    def report_address(self, sender: str) -> str:
+        """Where the report goes: for a copy we forwarded (its sender one of our SRS addresses)
+        the original sender, as the MX port would send it on (mailstack.srs)."""
+        if self.srs is not None and self.srs.is_ours(sender):
+            try:
+                return self.srs.reverse(sender)
+            except SRSError:
+                pass  # expired: it goes to the SRS address, which refuses it (no loop: the report's sender is <>)
+        return sender
 
     def deliver_locally(self, address: str, report: bytes) -> bool:
         """Store the report for a local ``address``; False when the address is not local."""

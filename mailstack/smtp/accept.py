@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from twisted.internet import defer, threads
 
 from mailstack import config as config_mod
+from mailstack import metrics
 from mailstack.errors import MailError
 from mailstack.mail import codes
 from mailstack.mail.headers import delivery_fields
@@ -63,7 +64,8 @@ class SMTPSettings:
         self.command_rate, self.command_burst = cfg.command_rate, cfg.command_burst
         self.timeout = cfg.smtp_timeout
         self.plaintext_on_loopback = cfg.plaintext_on_loopback
-        self.policy = SmtpPolicy(context.accounts, cfg.domains, cfg.max_recipients, cfg.trusted_networks)
+        self.srs = getattr(context, "srs", None)  # mailstack.srs.SRS: forwarded copies' senders
+        self.policy = SmtpPolicy(context.accounts, cfg.domains, cfg.max_recipients, cfg.trusted_networks, self.srs)
         self.checker = context.inbound_checker if self.listener.protocol == "smtp" else None
         from mailstack.antispam.screen import ClientScreen
 
@@ -120,12 +122,15 @@ class SMTPSettings:
                         action=verdict.action, reason=verdict.reason)
 
     def deliver(self, prepared: Prepared, received: bytes, spool: MessageSpool, sender: str,
-                accounts: list[str], remote: list[str], user: str | None = None, recipients=()) -> defer.Deferred:
+                accounts: list[str], remote: list[str], user: str | None = None,
+                forwarded: list[str] = (), recipients=()) -> defer.Deferred:
         """Store the local copies, then queue for the outside; fires with (queue id or None, folder).
 
         Local copies go first (both read the one spool, in turn): a local failure then answers
         451 before anything is left for elsewhere.  ``user`` (the authenticated sender) goes
-        with the queued copy, for 'mailstack queue hold USER'.
+        with the queued copy, for 'mailstack queue hold USER'.  ``forwarded``: outside
+        addresses reached by forwarding (aliases, SRS reversal), queued with the sender
+        rewritten by SRS when it is not ours (a second queue entry then; the ids joined by ",").
         """
         if prepared.action == "reject":
             raise MailError(codes.MAILBOX_UNAVAILABLE, codes.E_NOT_AUTHORIZED, f"Message refused: {prepared.reason}")
@@ -135,10 +140,24 @@ class SMTPSettings:
         head = received + prepared.header
         body = prepared.body if prepared.body is not None else spool
         folder = "Junk" if prepared.action == "junk" else "INBOX"
-        d = self.deliver_local(accounts, sender, head, body, folder, recipients, user or "", not remote)
-        if remote:
-            d.addCallback(lambda _: self.relay.enqueue(sender, remote, compose(head, body), user or ""))
-        return d.addCallback(lambda qid: (qid, folder))
+        d = self.deliver_local(accounts, sender, head, body, folder, recipients, user or "",
+                               not remote and not forwarded)
+        queued = []
+        for envelope_sender, targets in self.outgoing(sender, remote, forwarded):
+            d.addCallback(lambda _, s=envelope_sender, t=targets: self.relay.enqueue(s, t, compose(head, body), user or ""))
+            d.addCallback(queued.append)
+        return d.addCallback(lambda _: (",".join(queued) or None, folder))
+
+    def outgoing(self, sender: str, remote: list[str], forwarded: list[str]) -> list[tuple[str, list[str]]]:
+        """(envelope sender, recipients) of each queue entry: one, or two when SRS rewrote the
+        sender of the forwarded copies."""
+        rewritten = self.srs.forward(sender) if self.srs is not None and forwarded else sender
+        if rewritten == sender:
+            both = list(remote) + [a for a in forwarded if a not in remote]
+            return [(sender, both)] if both else []
+        metrics.srs("forwarded")
+        extra = [a for a in forwarded if a not in remote]
+        return ([(sender, list(remote))] if remote else []) + ([(rewritten, extra)] if extra else [])
 
     def deliver_local(self, accounts: list[str], sender: str, head: bytes, body, folder: str = "INBOX",
                       recipients=(), user: str = "", only_local: bool = True):

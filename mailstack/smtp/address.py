@@ -19,6 +19,11 @@ _LABEL = r"(?:[A-Za-z0-9\u0080-\U0010FFFF](?:[A-Za-z0-9\-\u0080-\U0010FFFF]{0,61
 _DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
 _LITERAL = re.compile(r"^\[(?:IPv6:[0-9A-Fa-f:.]+|[0-9.]+)\]$")
 _KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+#: SRS addresses (mailstack.srs) hold a whole address in their local part, so they often pass
+#: 64 octets; RFC 5321 4.5.3.1 lets a server accept longer objects, and bounces to the ones we
+#: made must come back in.
+_SRS_TAG = re.compile(r"^SRS[01][=+-]", re.IGNORECASE)
+SRS_LOCAL_MAX = 255
 
 def _bad(text: str) -> MailError:
     return MailError(codes.SYNTAX_ERROR, codes.E_ADDRESS_SYNTAX, text)
@@ -39,7 +44,7 @@ def parse_address(text: str) -> str:
     local, sep, domain = text.rpartition("@")
     if not sep or not local or not domain:
         raise _bad("Bad address syntax: expected local-part@domain")
-    if len(local.encode()) > 64:
+    if len(local.encode()) > (SRS_LOCAL_MAX if _SRS_TAG.match(local) else 64):
         raise _bad("Local part longer than 64 octets (RFC 5321 4.5.3.1.1)")
     if len(domain.encode()) > 255:
         raise _bad("Domain longer than 255 octets (RFC 5321 4.5.3.1.2)")

@@ -11,6 +11,10 @@ sends it.  The rules:
   a forged From); any recipient domain is allowed.
 * A non-ASCII (SMTPUTF8) address on mail that would only leave the server: ``553 5.6.7`` at
   RCPT (the outbound side cannot send SMTPUTF8).
+* An SRS address of our SRS domain (mailstack.srs) is reversed and accepted for the address
+  it stands for, from any sender: the one way mail from outside may leave again (a bounce to
+  mail we forwarded).  A forged, expired or malformed one is ``550 5.1.1``, so no one can use
+  it to relay.
 * Unknown local recipient ``550 5.1.1``; too many recipients ``452 4.5.3`` (RFC 5321 4.5.3.1.8
   says 452 for this, so the client sends the rest in another transaction).
 """
@@ -20,9 +24,15 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from twisted.logger import Logger
+
+from mailstack import metrics
 from mailstack.errors import MailError
 from mailstack.mail import codes
 from mailstack.smtp.message import header_addresses
+from mailstack.srs import SRSError
+
+log = Logger()
 
 
 @dataclass
@@ -41,11 +51,13 @@ class Recipient:
     address: str  # as the client gave it (domain lower-cased)
     local: list[str] = field(default_factory=list)  # accounts it reaches here
     remote: list[str] = field(default_factory=list)  # outside addresses (relay or alias forwarding)
+    forward: bool = False  # remote reached by forwarding (alias, SRS reversal): the sender gets SRS
 
 
 class SmtpPolicy:
-    def __init__(self, accounts, domains: list[str], max_recipients: int, trusted_networks: list[str]):
+    def __init__(self, accounts, domains: list[str], max_recipients: int, trusted_networks: list[str], srs=None):
         self.accounts = accounts
+        self.srs = srs  # mailstack.srs.SRS, or None ([srs] enabled = false)
         self.domains = domains
         self.max_recipients = max_recipients
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
@@ -80,7 +92,7 @@ class SmtpPolicy:
                                     f"{name} address <{shown}> is not one {facts.user} may send as")
 
     def check_recipient(self, facts: SessionFacts, address: str, accepted: int, sender: str = "") -> Recipient:
-        recipient = self._recipient(facts, address, accepted)
+        recipient = self._recipient(facts, address, accepted, sender)
         if not recipient.local and recipient.remote and not (sender.isascii() and all(a.isascii() for a in recipient.remote)):
             # The outbound client speaks no SMTPUTF8 (RFC 6531), so say so now rather than
             # bounce later (a bounce to a non-ASCII sender could not leave either).
@@ -88,18 +100,41 @@ class SmtpPolicy:
                             f"<{address}>: this server cannot relay mail with non-ASCII addresses")
         return recipient
 
-    def _recipient(self, facts: SessionFacts, address: str, accepted: int) -> Recipient:
+    def _recipient(self, facts: SessionFacts, address: str, accepted: int, sender: str = "") -> Recipient:
         if accepted >= self.max_recipients:
             raise MailError(codes.INSUFFICIENT_STORAGE, codes.E_TOO_MANY_RECIPIENTS,
                             f"Too many recipients (at most {self.max_recipients} per message)")
         if "@" not in address and address.lower() == "postmaster":
             address = f"postmaster@{self.domains[0]}"  # RFC 5321 4.1.1.3: bare <Postmaster>
         domain = address.rpartition("@")[2]
+        if self.srs is not None and self.srs.is_ours(address):  # before aliases: a catch-all must not take it
+            return self._reversed(facts, address, sender)
         if self.accounts.is_local_domain(domain):
             resolution = self.accounts.resolve(address)
             if resolution is None:
                 raise MailError(codes.MAILBOX_UNAVAILABLE, codes.E_NO_SUCH_MAILBOX, f"<{address}>: no such user here")
-            return Recipient(address, resolution.local, resolution.remote)
+            return Recipient(address, resolution.local, resolution.remote, forward=True)
         if not self.may_relay(facts):
             raise MailError(codes.TRANSACTION_FAILED, codes.E_NOT_AUTHORIZED, f"<{address}>: relay access denied")
         return Recipient(address, [], [address])
+
+    def _reversed(self, facts: SessionFacts, address: str, sender: str) -> Recipient:
+        """RCPT to one of our SRS addresses: the original sender (a local user's mailboxes, or
+        the outside address, queued), or 550 5.1.1 for a forged, expired or malformed one."""
+        try:
+            original = self.srs.reverse(address)
+        except SRSError as e:
+            metrics.srs("refused")
+            log.info("srs: refused <{address}> from <{sender}> ({peer}): {reason}", address=address, sender=sender,
+                     peer=facts.peer, reason=str(e))
+            raise MailError(codes.MAILBOX_UNAVAILABLE, codes.E_NO_SUCH_MAILBOX,
+                            f"<{address}>: not a valid address here") from None
+        metrics.srs("reversed")
+        log.info("srs: <{address}> from <{sender}> ({peer}) reversed to <{original}>", address=address, sender=sender,
+                 peer=facts.peer, original=original)
+        if self.accounts.is_local_domain(original.rpartition("@")[2]):
+            resolution = self.accounts.resolve(original)
+            if resolution is None:
+                raise MailError(codes.MAILBOX_UNAVAILABLE, codes.E_NO_SUCH_MAILBOX, f"<{address}>: no such user here")
+            return Recipient(address, resolution.local, resolution.remote, forward=True)
+        return Recipient(address, [], [original], forward=True)

@@ -482,10 +482,11 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
             self.reply(c.TRANSACTION_FAILED, c.E_BAD_CONTENT, "NUL characters are not allowed in a message")
             return
         received, added = accept.trace_fields(self._trace_facts(), recipients, spool, self.facts.submission)
-        accounts, remote = [], []
+        accounts, remote, forwarded = [], [], []
         for r in recipients:
             accounts += [a for a in r.local if a not in accounts]
-            remote += [a for a in r.remote if a not in remote]
+            out = forwarded if r.forward else remote  # forwarded copies' sender gets SRS (accept.deliver)
+            out += [a for a in r.remote if a not in out]
         self._messages += 1
         message_id = f"{self.session_id}.{self._messages}"
         self.pause()
@@ -496,14 +497,15 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
                 what = "refused" if prepared.action == "reject" else "deferred"
                 log.info("{what} {id} from <{sender}>: {reason}", what=what, id=message_id, sender=sender,
                          reason=prepared.reason, peer=self.peer)
-            return settings.deliver(prepared, received, spool, sender, accounts, remote, self.facts.user, recipients)
+            return settings.deliver(prepared, received, spool, sender, accounts, remote, self.facts.user,
+                                    recipients=recipients, forwarded=forwarded)
 
         def delivered(result):
             qid, folder = result
             log.info("delivered {id} from <{sender}> to {accounts}{where} ({size} bytes) via {listener}{queued}",
                      id=message_id, sender=sender, accounts=accounts, size=spool.size, listener=self.listener.key,
                      peer=self.peer, where=f" ({folder})" if folder != "INBOX" else "",
-                     queued=f", queued {qid} for {remote}" if qid else "")
+                     queued=f", queued {qid} for {remote + [a for a in forwarded if a not in remote]}" if qid else "")
             logcontext.accepted(self.peer, message_id, headers.message_id(added + spool.head), sender,
                                 [r.address for r in recipients], spool.size, self.listener.key, accounts, folder, qid)
             smtp_hooks.accepted(settings, self.facts, recipients)
