@@ -467,6 +467,14 @@ def test_replace_header():
     assert sd.replace_header(b"A: 1\r\n", b"B: 2") == b"B: 2\r\n\r\n"
 
 
+def test_vacation_non_ascii_reason_is_quoted_printable():
+    reply = vacation.build_reply(Vacation("Je suis en congé."), [("subject", "Hi")], "a@x.test", BOB, HOST, now=0)
+    assert reply.endswith(b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable"
+                          b"\r\n\r\nJe suis en cong=C3=A9.\r\n")
+    reply = vacation.build_reply(Vacation("x", subject="Abwesend bis März"), [], "a@x.test", BOB, HOST, now=0)
+    assert dict(vacation.parse_header(reply))["subject"] == "=?utf-8?q?Abwesend_bis_M=C3=A4rz?="  # RFC 2047 4.2
+
+
 def test_vacation_date_is_rfc5322():
     reply = vacation.build_reply(Vacation("x"), [("subject", "Hi")], "a@x.test", BOB, HOST, now=0)
     assert email.utils.parsedate_to_datetime(dict(vacation.parse_header(reply))["date"]).timestamp() == 0
@@ -628,3 +636,12 @@ def test_a_sieve_step_that_overruns_keeps_everything(env, monkeypatch):
 
     sieve.deliver([(BOB, BOB), (CAROL, CAROL)], "ann@remote.test", b"", MESSAGE, "INBOX", store_items).addBoth(results.append)
     assert len(stored(store, BOB)) == 1 and len(stored(store, CAROL)) == 1
+
+
+@pytest.mark.slow
+def test_an_invalid_global_script_stops_start_up(server_factory):
+    srv = server_factory(listeners=["smtp"], extra='[sieve]\nbefore = ["spam.sieve"]\n')
+    (srv.base / "spam.sieve").write_text('require "fileinto";\nif header :is "x-spam" "yes" { fileinto "Junk" }\n')
+    with pytest.raises(RuntimeError) as e:
+        srv.start()
+    assert f"{srv.config_path}: [sieve] before: {srv.base}/spam.sieve: line 2, column " in str(e.value)

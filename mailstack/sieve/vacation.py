@@ -13,6 +13,7 @@ import email.utils
 import fcntl
 import hashlib
 import os
+import quopri
 import secrets
 import threading
 import time
@@ -126,9 +127,13 @@ def build_reply(action, fields: list[tuple[str, str]], sender: str, user: str, h
         entity = reason.lstrip("\n")
         return ("\r\n".join(lines) + "\r\n" + entity.replace("\n", "\r\n")).encode("utf-8")
     body = reason if reason.endswith("\n") else reason + "\n"
-    lines += ["Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit" if not body.isascii()
-              else "Content-Transfer-Encoding: 7bit", ""]
-    return ("\r\n".join(lines) + "\r\n" + body.replace("\n", "\r\n")).encode("utf-8")
+    encoded = body.encode("utf-8")
+    if body.isascii() and all(len(line) <= 998 for line in encoded.split(b"\n")):
+        cte = "7bit"
+    else:  # quoted-printable: the relay's client may meet a server without 8BITMIME
+        cte, encoded = "quoted-printable", quopri.encodestring(encoded)
+    lines += ["Content-Type: text/plain; charset=utf-8", f"Content-Transfer-Encoding: {cte}", ""]
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8") + encoded.replace(b"\n", b"\r\n")
 
 
 def respond(action, message: bytes, envelope, account: str, user_dir: str, hostname: str,
