@@ -645,3 +645,25 @@ def test_an_invalid_global_script_stops_start_up(server_factory):
     with pytest.raises(RuntimeError) as e:
         srv.start()
     assert f"{srv.config_path}: [sieve] before: {srv.base}/spam.sieve: line 2, column " in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_bounce_to_a_local_sender_runs_her_script(relay_env):
+    from mailstack.store import MaildirStore
+    from test_relay import submit
+
+    make, start_fake, _ = relay_env
+    start_fake("127.0.0.2", "--rcpt-code", "550")
+    srv = make()
+    alice = "alice@example.test"
+    user_dir = MaildirStore(str(srv.store_root)).mailbox(alice).path
+    with open(os.path.join(user_dir, ".dovecot.sieve"), "w") as f:
+        f.write('require ["envelope", "fileinto", "mailbox", "imap4flags"];\n'
+                'if envelope :is "from" "" { fileinto :create :flags "\\\\Seen" "Bounces"; }\n')
+    srv.start()
+    submit(srv, "nobody@remote.test", subject="bounceme")
+    [raw] = srv.wait_for_messages(alice, 1, timeout=20, folder="Bounces")
+    assert raw.startswith(b"Return-Path: <>\r\nDelivered-To: alice@example.test\r\nFrom: Mail Delivery System")
+    assert srv.messages(alice) == []
+    [name] = os.listdir(srv.maildir(alice, "Bounces") / "cur")
+    assert name.endswith(":2,S")
