@@ -158,7 +158,6 @@ class SieveDelivery:
         self.cache = ScriptCache()
         _warm_up()
 
-
     # -- entry points ------------------------------------------------------------------------
 
     def deliver(self, deliveries: list[tuple[str, str]], sender: str, head: bytes, body, folder: str,
