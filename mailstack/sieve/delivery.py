@@ -234,13 +234,14 @@ class SieveDelivery:
 
     def plan(self, incoming: Incoming, account: str, rcpt: str) -> Plan:
         """Run the script sequence for ``account`` and turn its actions into a :class:`Plan`."""
-        user_dir = self.store.mailbox(account).path
+        mailbox = self.store.mailbox(account)
+        user_dir = mailbox.path
         recipient = rcpt if _bare(rcpt) == account.lower() else account
         envelope = Envelope(incoming.sender, recipient, rcpt if rcpt.lower() != recipient.lower() else "",
                             incoming.auth)
-        actions, keep_flags, message = self._run_sequence(incoming, account, user_dir, envelope)
+        actions, keep_flags, message = self._run_sequence(incoming, mailbox, envelope)
         plan = Plan(account, message)
-        self._carry_out(plan, incoming, actions, keep_flags, envelope, user_dir)
+        self._carry_out(plan, incoming, actions, keep_flags, envelope, mailbox)
         return plan
 
     def _sequence(self, user_dir: str) -> list[tuple[str, str]]:
@@ -248,11 +249,11 @@ class SieveDelivery:
         return ([("before", p) for p in s.before] + [("user", os.path.join(user_dir, ".dovecot.sieve"))]
                 + [("after", p) for p in s.after])
 
-    def _run_sequence(self, incoming: Incoming, account: str, user_dir: str, envelope: Envelope):
+    def _run_sequence(self, incoming: Incoming, mailbox, envelope: Envelope):
         """(actions other than keep, the final keep's flags or None, the message after editheader)."""
         from mailstack import sieve as lang
 
-        mailbox = self.store.mailbox(account)
+        account, user_dir = mailbox.address, mailbox.path
         deadline = None  # from the first run on: compiling a changed script is not the run's time
         message, actions, keep_flags = incoming.message, [], ()
         for kind, path in self._sequence(user_dir):
@@ -303,9 +304,9 @@ class SieveDelivery:
 
         return load
 
-    def _carry_out(self, plan: Plan, incoming: Incoming, actions: list, keep_flags, envelope, user_dir) -> None:
+    def _carry_out(self, plan: Plan, incoming: Incoming, actions: list, keep_flags, envelope, mailbox) -> None:
         """Turn actions into stores and outgoing messages (RFC 5228 4.x; duplicates collapse)."""
-        mailbox = self.store.mailbox(plan.account)
+        user_dir = mailbox.path
         vacation_done = False
         redirects: list[str] = []
         for action in actions:
