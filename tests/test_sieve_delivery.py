@@ -584,11 +584,8 @@ def test_sieve_at_the_mx_port(relay_env):
     assert b"Status: 5.7.1\r\n" in sent["bounce"][2] and b"550 5.7.1 No thanks, not interested." in sent["bounce"][2]
     sender, rcpts, data = sent["redirect"]
     assert rcpts == ["dave@remote.test"] and data.startswith(b"Delivered-To: bob@example.test\r\nReceived: ")
-    try:  # with the srs branch merged the redirect leaves with an SRS sender (update then)
-        import mailstack.srs  # noqa: F401
-        assert sender.startswith("SRS0=")
-    except ImportError:
-        assert sender == ANN
+    # SRS (srs branch, merged): the sender rewritten, SRS0 of remote.test's ann at our domain
+    assert sender.startswith("SRS0=") and sender.endswith("=remote.test=ann@example.test"), sender
     sender, rcpts, data = sent["vacation"]
     assert (sender, rcpts) == ("", [ANN])
     fields = dict(vacation.parse_header(data))
