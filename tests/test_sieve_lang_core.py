@@ -51,7 +51,7 @@ def test_discard_cancels_implicit_keep():
     assert actions("discard;") == []
 
 
-def test_keep_then_discard_still_keeps():  # 4.5: discard only cancels the implicit keep
+def test_keep_then_discard_still_keeps():  # 4.4: discard only cancels the implicit keep
     assert actions("keep; discard;") == [Keep()]
 
 
@@ -245,6 +245,18 @@ def test_identifiers_are_case_insensitive():
     ("keep; @", 1, 7, "unexpected character '@'"),
     ('if header :contains "a" ["b", ] { keep; }', 1, 31, "expected a string, found ']'"),
     ('if size :over 12x { keep; }', 1, 15, "bad number '12x'"),
+    ('require "vacation"; vacation :days "7" "away";', 1, 30, "tag :days needs a number argument"),
+    ('require "vacation"; vacation :days 7;', 1, 21, "vacation takes 1 positional arguments, found 0"),
+    ('require "fileinto"; fileinto ["a", "b"];', 1, 30, "fileinto: expected a string"),
+    ('if header "subject" :is "x" { }', 1, 21, "tag :is after positional arguments"),
+    ('if header :comparator :is "a" "b" { }', 1, 11, "tag :comparator needs a string argument"),
+    ('keep :flags "x";', 1, 6, 'tag :flags needs require "imap4flags"'),
+    ('if header :regex "a" "b" { }', 1, 11, 'tag :regex needs require "regex"'),
+    ('require "relational"; if header :count "a" "b" "c" { }', 1, 26, ":count needs one of eq, ge, gt, le, lt, ne"),
+    ('require "include"; global "x";', 1, 20, 'command global needs require "variables"'),
+    ('require ["variables"]; set "a" "b" "c";', 1, 24, "set takes 2 positional arguments, found 3"),
+    ('if exists "a" "b" { }', 1, 4, "exists takes 1 positional arguments, found 2"),
+    ('stop true;', 1, 6, "command stop takes no test"),
 ])
 def test_syntax_errors(script, line, column, message):
     assert error_of(script) == (line, column, message)

@@ -333,6 +333,8 @@ RELATIONAL_MSG = (b"Received: from a.example by b.example; Mon, 1 Jan 2007 00:00
     ('header :value "gt" :comparator "i;octet" "subject" "Z"', True),
     ('header :value "lt" :comparator "i;ascii-numeric" "subject" "5"', False),  # not a number: infinity
     ('address :value "ne" :domain "cc" "example.com"', False),
+    ('header :value "gt" "subject" "_"', False),  # RFC 4790 9.2: compared upper-cased, "EXAMPLE" < "_"
+    ('header :value "lt" :comparator "i;octet" "subject" "_"', False),  # "e" > "_"
 ])
 def test_relational(test, expected):
     script = f'require ["relational", "comparator-i;ascii-numeric"]; if {test} {{ discard; }}'

@@ -53,7 +53,7 @@ MIME = (b"From: a@example.com\r\n"
         b"Content-Type: text/html; charset=utf-8\r\n"
         b"Content-Transfer-Encoding: base64\r\n"
         b"\r\n"
-        + base64.encodebytes("<p>project <b>schedule</b> \u00fcber</p>".encode("utf-8")) +
+        + base64.encodebytes("<p>project <b>schedule</b> &uuml;ber</p><style>p {}</style>".encode("utf-8")) +
         b"--b1\r\n"
         b"Content-Type: audio/mp3\r\n"
         b"Content-Transfer-Encoding: base64\r\n"
@@ -69,9 +69,11 @@ MIME = (b"From: a@example.com\r\n"
     ('body :content "text" :contains ["missile", "coordinates"]', True),
     ('body :content "audio/mp3" :contains ""', True),
     ('body :content "image" :contains ""', False),
-    ('body :text :contains "project schedule"', False),  # tags become spaces: "project  schedule "
+    ('body :text :contains "project schedule"', True),  # RFC 5173's example: the markup is gone
+    ('body :text :contains "<b>"', False),
     ('body :text :contains "\u00fcber"', True),
     ('body :content "text/html" :contains "<b>schedule</b>"', True),
+    ('body :text :contains "p {}"', False),
     ('body :text :contains "preamble"', False),
     ('body :content "" :contains "SUQz"', False),  # decoded, so the base64 text is gone
 ])
@@ -391,6 +393,30 @@ def test_addheader_encodes_non_ascii():
     assert result.header == b"X-Note: =?utf-8?b?Y2Fmw6k=?=\r\nSubject: s\r\n"
 
 
+def test_addheader_cannot_inject_a_field_or_end_the_header():
+    script = ('require ["editheader", "variables"]; set "v" "a\r\nBcc: evil@example.com\r\n\r\nbody";'
+              ' addheader "X-A" "${v}"; if header :is "X-A" "a Bcc: evil@example.com body" { addheader "X-Ok" "1"; }')
+    result = outcome(script, b"Subject: s\r\n\r\n")
+    assert result.header == b"X-Ok: 1\r\nX-A: a\r\n Bcc: evil@example.com\r\n body\r\nSubject: s\r\n"
+
+
+def test_edited_header_of_an_lf_message_is_crlf():
+    result = outcome('require "editheader"; addheader "X-A" "1";', b"Subject: a\n b\nTo: c@d.example\n\nbody\n")
+    assert result.header == b"X-A: 1\r\nSubject: a\r\n b\r\nTo: c@d.example\r\n"
+
+
 def test_editheader_argument_errors():
     assert syntax_error('require "editheader"; addheader "Bad Name" "x";') == "invalid header field name 'Bad Name'"
     assert syntax_error('require "editheader"; deleteheader :last "X";') == ":last needs :index in deleteheader (RFC 5293 5)"
+
+
+@pytest.mark.parametrize("message, key", [
+    ("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\ncaf\u00e9\r\n".encode(),
+     "caf\u00e9"),
+    ("Content-Type: text/plain; charset=iso-8859-1\r\n\r\ncaf\u00e9\r\n".encode("latin-1"), "caf\u00e9"),
+    (b"Content-Type: text/plain; charset=koi8-r\r\nContent-Transfer-Encoding: base64\r\n\r\n1MXT1A==\r\n",
+     "\u0442\u0435\u0441\u0442"),
+    (b"Content-Type: text/plain; charset=no-such-charset\r\n\r\ncaf\xc3\xa9\r\n", "caf\u00e9"),  # UTF-8 then
+])
+def test_body_charsets(message, key):
+    assert actions(f'require "body"; if body :contains "{key}" {{ discard; }}', message) == []

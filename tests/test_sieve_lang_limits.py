@@ -132,3 +132,20 @@ def test_twenty_rules_on_a_4k_message_cost_well_under_a_millisecond():
     per_run = (time.perf_counter() - start) / runs
     assert outcome.actions == [Keep()]
     assert per_run < 0.001, f"{per_run * 1e6:.0f} us per run"
+
+
+def test_header_tests_on_a_large_message_do_not_walk_its_body():
+    msg = b"Subject: big\r\nFrom: a@example.org\r\n\r\n" + b"x" * (30 << 20)
+    script = compile_script('if allof(header :is "subject" "big", address :is "from" "a@example.org",'
+                            ' size :over 20M) { discard; }')
+    start = time.perf_counter()
+    outcome = run(script, msg, ENV)
+    assert outcome.actions == [] and not outcome.errors
+    assert time.perf_counter() - start < 0.1
+
+
+def test_a_string_full_of_escapes_is_read_in_linear_time():
+    start = time.perf_counter()
+    script = compile_script('require "reject"; reject "' + "\\a" * 120_000 + '";')
+    assert time.perf_counter() - start < 1.0
+    assert run(script, b"\r\n", ENV).actions[0].reason == "a" * 120_000

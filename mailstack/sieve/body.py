@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import quopri
 import re
 from email.parser import BytesFeedParser
 from email.policy import compat32
 
-from .message import split_message
+from .message import header_bounds
 
 _CHUNK = 1 << 20
+_BLOCK_TAG = re.compile(r"<\s*/?\s*(?:p|br|div|li|tr|td|th|h[1-6]|table|ul|ol|blockquote|hr)\b[^>]*>", re.I)
 _TAG = re.compile(r"<[^>]*>")
+_HIDDEN = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
 
 
 def body_texts(raw: bytes, transform: str, types: tuple, max_body: int, tick) -> list[str]:
     if transform == ":raw":  # RFC 5173 5.1: the body as it is, no decoding
-        return [split_message(raw)[1][:max_body].decode("utf-8", "replace")]
+        start = header_bounds(raw)[1]
+        return [raw[start:start + max_body].decode("utf-8", "replace")]
     parser = BytesFeedParser(policy=compat32)
     for start in range(0, len(raw), _CHUNK):
         tick()
@@ -38,9 +42,15 @@ def body_texts(raw: bytes, transform: str, types: tuple, max_body: int, tick) ->
             continue
         text = _decoded(part, max_body)
         if transform == ":text" and ctype == "text/html":  # 5.3: text without the markup
-            text = _TAG.sub(" ", text)
+            text = html_text(text)
         out.append(text)
     return out
+
+
+def html_text(markup: str) -> str:
+    """Block elements become line breaks, other tags vanish, entities are decoded."""
+    markup = _HIDDEN.sub("", markup)
+    return html.unescape(_TAG.sub("", _BLOCK_TAG.sub("\n", markup)))
 
 
 def _selected(ctype: str, wanted) -> bool:
@@ -54,25 +64,35 @@ def _selected(ctype: str, wanted) -> bool:
 
 
 def _decoded(part, max_body: int) -> str:
-    payload = part.get_payload()
-    if not isinstance(payload, str):
-        return ""
+    """The part's text: transfer decoding on at most what ``max_body`` needs, then its charset."""
     cte = str(part.get("content-transfer-encoding", "")).strip().lower()
-    if cte == "base64":
-        encoded = payload[: (max_body * 4) // 3 + 1024]
-        cleaned = re.sub(r"[^A-Za-z0-9+/]", "", encoded)
-        cleaned = cleaned[: len(cleaned) - len(cleaned) % 4]
+    encoded = None
+    if cte in ("base64", "quoted-printable"):
         try:
-            data = base64.b64decode(cleaned)
-        except (binascii.Error, ValueError):
-            data = b""
-    elif cte == "quoted-printable":
-        data = quopri.decodestring(payload[: max_body * 3].encode("ascii", "replace"))
+            encoded = part.get_payload()  # str: the encoded text, to cut before decoding
+        except LookupError:  # 8-bit bytes in it and an unknown charset
+            encoded = None
+    if isinstance(encoded, str) and cte == "base64":
+        data = _base64(encoded[: (max_body * 4) // 3 + 1024])
+    elif isinstance(encoded, str):
+        data = quopri.decodestring(encoded[: max_body * 3].encode("ascii", "replace"))
     else:
-        data = payload[:max_body].encode("utf-8", "surrogateescape")
+        data = part.get_payload(decode=True)  # 7bit, 8bit, binary: the part's own bytes
+        if not isinstance(data, bytes):
+            return ""
     data = data[:max_body]
     charset = part.get_content_charset() or "us-ascii"
     try:
         return data.decode(charset, "replace")
     except LookupError:
         return data.decode("utf-8", "replace")
+
+
+def _base64(encoded: str) -> bytes:
+    cleaned = re.sub(r"[^A-Za-z0-9+/]", "", encoded)
+    rest = len(cleaned) % 4  # padding went with the line breaks: put it back
+    cleaned = cleaned[:-1] if rest == 1 else cleaned + "=" * ((4 - rest) % 4)
+    try:
+        return base64.b64decode(cleaned)
+    except (binascii.Error, ValueError):
+        return b""

@@ -17,9 +17,11 @@ from .matching import quote_regex, quote_wildcard
 
 MAX_REDIRECTS = 32
 MAX_ACTIONS = 256
-#: RFC 5230 4.1: a site minimum of 1 day, a maximum above 30 days; RFC 6131 for :seconds.
+#: RFC 5230 4.1 lets a site bound :days (a minimum of at least 1 day, a maximum above 7 and
+#: preferably above 30 days); RFC 6131's :seconds gets the same maximum.
 MIN_DAYS, MAX_DAYS, DEFAULT_DAYS = 1, 90, 7
-#: RFC 5293 section 7 (security): trace and loop-prevention fields stay as they are.
+#: Trace and loop-prevention fields stay as they are (RFC 5293's security considerations):
+#: editing them is ignored, not an error.
 PROTECTED_FIELDS = frozenset({"received", "auto-submitted"})
 
 
@@ -132,7 +134,7 @@ def do_vacation(run, cmd) -> None:
 
 def _period(cmd) -> int:
     tag, value = cmd.tags.get("period", (":days", DEFAULT_DAYS))
-    if tag == ":seconds":  # RFC 6131 2: 0 means "reply every time"
+    if tag == ":seconds":  # RFC 6131: 0 means "reply every time"
         return max(0, min(value, MAX_DAYS * 86400))
     return max(MIN_DAYS, min(value, MAX_DAYS)) * 86400
 

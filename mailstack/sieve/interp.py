@@ -7,6 +7,7 @@ Control flow (``stop``, ``return``) travels as exceptions; any other failure is 
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 
@@ -46,6 +47,8 @@ class Frame:
 
 
 class Run:
+    """One evaluation: the message view, the actions so far, flags, variables, include state."""
+
     def __init__(self, script, message: bytes, envelope: Envelope, *, mailbox_exists, loader,
                  now, deadline, max_body):
         self.msg = Message(message)
@@ -187,10 +190,10 @@ class Run:
             if optional:  # RFC 6609 3.2 :optional: a missing script is no error
                 return None
             raise SieveRuntimeError(f"included {location} script {name!r} does not exist")
-        from . import compile_script
-
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
         try:
-            script = compile_script(text, name)
+            script = _compile_included(text, name)
         except SieveSyntaxError as e:
             raise SieveRuntimeError(f"included {location} script {name!r}: {e}") from None
         self.compiled[key] = script
@@ -206,6 +209,14 @@ class Run:
             actions = list(self.actions)
         header = self.msg.header_bytes() if self.msg.edited else None
         return Outcome(actions=actions, header=header)
+
+
+@functools.lru_cache(maxsize=128)
+def _compile_included(text: str, name: str):
+    """Included scripts are compiled once per text, not once per delivery (they are immutable)."""
+    from . import compile_script
+
+    return compile_script(text, name)
 
 
 def execute(script, message: bytes, envelope: Envelope, **options) -> Outcome:

@@ -91,28 +91,22 @@ def tokenize(text: str) -> list[Token]:
     return tokens
 
 
+_QUOTED_BODY = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)  # linear: no rescanning per escape
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
 def _quoted(text: str, start: int, line: int, column: int) -> tuple[str, int]:
     """RFC 5228 2.4.2: ``\\"`` and ``\\\\`` are escapes, any other backslash is dropped."""
-    out = []
-    pos = start + 1
-    while True:
-        close = text.find('"', pos)
-        if close < 0:
-            raise SieveSyntaxError("unterminated quoted string", line, column)
-        back = text.find("\\", pos, close)
-        if back < 0:
-            out.append(text[pos:close])
-            pos = close + 1
-            break
-        out.append(text[pos:back])
-        if back + 1 < len(text):
-            out.append(text[back + 1])
-        pos = back + 2
-        if pos - start > MAX_STRING_BYTES:
-            break
-    if pos - start > MAX_STRING_BYTES:
+    m = _QUOTED_BODY.match(text, start + 1)
+    end = m.end()
+    if end - start > MAX_STRING_BYTES:
         raise SieveSyntaxError(f"string longer than {MAX_STRING_BYTES} bytes", line, column)
-    return "".join(out).replace("\n", "\r\n"), pos
+    if end >= len(text) or text[end] != '"':
+        raise SieveSyntaxError("unterminated quoted string", line, column)
+    body = m.group()
+    if "\\" in body:
+        body = _ESCAPE.sub(r"\1", body)
+    return body.replace("\n", "\r\n"), end + 1
 
 
 def _multiline(text: str, pos: int, line: int, column: int) -> tuple[str, int]:

@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - the dependency is declared; this keeps
 NO_TIMEOUT_INPUT = 4096
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _DIGITS = re.compile(r"[0-9]+")
 INFINITY = float("inf")
 
@@ -37,6 +38,11 @@ class MatchTimeout(Exception):
 def fold(text: str) -> str:
     """i;ascii-casemap: only A-Z fold, so lengths and offsets stay those of the original."""
     return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
+
+
+def fold_upper(text: str) -> str:
+    """i;ascii-casemap for ordering (RFC 4790 9.2 maps a-z to A-Z: "_" sorts after "A")."""
+    return text.upper() if text.isascii() else text.translate(_ASCII_UPPER)
 
 
 def numeric(text: str) -> float:
@@ -87,7 +93,7 @@ def compare(comparator: str, a: str, b: str) -> int:
     if comparator == "i;ascii-numeric":
         x, y = numeric(a), numeric(b)
     elif comparator == "i;ascii-casemap":
-        x, y = fold(a), fold(b)
+        x, y = fold_upper(a), fold_upper(b)
     else:
         x, y = a, b
     return (x > y) - (x < y)

@@ -20,6 +20,8 @@ _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(r"(?<=\?=)[ \t\r\n]+(?==\?)")
 _QP_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_LF = re.compile(rb"\r?\n")
 
 
 def decode_2047(text: str) -> str:
@@ -42,15 +44,23 @@ def _decode_word(m: re.Match) -> str:
         return m.group()
 
 
-def split_message(raw: bytes) -> tuple[bytes, bytes]:
-    """(header section, body): the header without the empty line that ends it."""
-    if raw.startswith(b"\n") or raw.startswith(b"\r\n"):
-        return b"", raw[1:] if raw[:1] == b"\n" else raw[2:]
+def header_bounds(raw: bytes) -> tuple[int, int]:
+    """(end of the header section, start of the body): the header keeps the line end of its
+    last field, not the empty line after it.  Only offsets, so a large body is not copied."""
+    if raw.startswith(b"\n"):
+        return 0, 1
+    if raw.startswith(b"\r\n"):
+        return 0, 2
     m = _END_OF_HEADER.search(raw)
     if m is None:
-        return raw, b""
-    head_end = m.start() + (2 if raw[m.start():m.start() + 2] == b"\r\n" else 1)
-    return raw[:head_end], raw[m.end():]
+        return len(raw), len(raw)
+    return m.start() + (2 if raw[m.start():m.start() + 2] == b"\r\n" else 1), m.end()
+
+
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    """(header section, body)."""
+    head_end, body_start = header_bounds(raw)
+    return raw[:head_end], raw[body_start:]
 
 
 class Field:
@@ -82,7 +92,6 @@ class Message:
         self.raw = raw
         self.size = len(raw)
         self._fields: list[Field] | None = None
-        self._body: bytes | None = None
         self._by_name: dict[str, list[Field]] = {}
         self._addresses: dict[str, list[str]] = {}
         self.edited = False
@@ -90,7 +99,7 @@ class Message:
     @property
     def fields(self) -> list[Field]:
         if self._fields is None:
-            head, self._body = split_message(self.raw)
+            head = self.raw[:header_bounds(self.raw)[0]]
             fields = []
             for chunk in _FIELD_BREAK.split(head.rstrip(b"\r\n")) if head else ():
                 name, colon, _ = chunk.partition(b":")
@@ -99,12 +108,6 @@ class Message:
                     fields.append(Field(name.decode("ascii", "replace"), chunk))
             self._fields = fields
         return self._fields
-
-    @property
-    def body(self) -> bytes:
-        if self._body is None:
-            self._body = split_message(self.raw)[1]
-        return self._body
 
     def named(self, name: str) -> list[Field]:
         key = name.lower()
@@ -136,7 +139,9 @@ class Message:
         """RFC 5293 4: a new field, first unless :last; non-ASCII values RFC 2047-encoded."""
         if not value.isascii():
             value = Header(value, "utf-8", header_name=name).encode()
-        value = value.replace("\r\n", "\n").replace("\n", "\r\n")
+        # every line break becomes a fold: a script cannot start a field of its own (or the body)
+        lines = [line.strip(" \t") for line in _LINE_BREAK.split(value)]
+        value = "\r\n ".join(line for line in lines if line)
         field = Field(name, f"{name}: {value}".encode("utf-8"))
         fields = self.fields
         if last:
@@ -152,7 +157,8 @@ class Message:
             self._changed()
 
     def header_bytes(self) -> bytes:
-        return b"".join(f.raw + b"\r\n" for f in self.fields)
+        """The fields, each ending in CRLF (folds too, for an LF-only message), no empty line."""
+        return b"".join(_LF.sub(b"\r\n", f.raw) + b"\r\n" for f in self.fields)
 
 
 def address_part(address: str, part: str) -> str | None:
