@@ -74,6 +74,7 @@ class Config:
     log: dict = field(default_factory=lambda: {"format": "text", "file": ""})  # [log]: see mailstack.logoutput
     antispam: dict = field(default_factory=dict)  # [antispam], checked: mailstack.antispam.screen
     rspamd: dict = field(default_factory=lambda: {"url": ""}, repr=False)  # [rspamd], checked: _check_rspamd
+    sieve: dict = field(default_factory=dict)  # [sieve], checked: mailstack.sieve.delivery.check_config
     srs: dict = field(default_factory=lambda: {"enabled": False})  # [srs], checked: mailstack.srs.check_config
     #: [sieve] max_script_size, max_scripts: the script storage (mailstack.sieve.scripts), checked: _check_sieve_storage
     sieve_limits: dict = field(default_factory=lambda: {"max_script_size": 64 * 1024, "max_scripts": 16})
@@ -425,6 +426,8 @@ def _check_sieve_storage(values: dict, path: str) -> dict:
     if not 1 <= section["max_scripts"] <= 10000:
         raise ConfigError(path, "[sieve] max_scripts", "must be 1 to 10000 (default 16)")
     return {"max_script_size": section["max_script_size"], "max_scripts": section["max_scripts"]}
+
+
 def _check_quota(values: dict, path: str) -> dict:
     """[quota] (mailstack.store.quota): a size, counts of 0 or more, a known reply, a percentage."""
     from mailstack.quotarules import parse_size
@@ -441,6 +444,13 @@ def _check_quota(values: dict, path: str) -> dict:
     if not 0 <= section["warning_percent"] <= 100:
         raise ConfigError(path, "[quota] warning_percent", "must be from 0 (no warning) to 100")
     return section
+
+
+def _check_sieve(values: dict, path: str) -> dict:
+    """[sieve] (mailstack.sieve.delivery): limits, and the global scripts compile."""
+    from mailstack.sieve.delivery import check_config
+
+    return check_config(values, path)
 
 
 def from_dict(raw: dict, path: str) -> Config:
@@ -521,7 +531,7 @@ def from_dict(raw: dict, path: str) -> Config:
         mta_sts=mta_sts,
         log=_check_log(values, path), antispam=antispam, sieve_limits=_check_sieve_storage(values, path),
         rspamd=_check_rspamd(values, path), srs=check_srs_config(values, domains, root, path),
-        quota=_check_quota(values, path),
+        quota=_check_quota(values, path), sieve=_check_sieve(values, path),
     )
 
 

@@ -202,6 +202,18 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "learn_retries": (int, 5),
         "learn_retry_delay": (float, 30.0),
     },
+    # Sieve at local delivery (mailstack.sieve.delivery); ManageSieve's keys join this section.
+    "sieve": {
+        "enabled": (bool, True),
+        "before": ("list[str]", []),
+        "after": ("list[str]", []),
+        "global_dir": ("path", ""),
+        "max_run_time": (float, 2.0),
+        "max_body_size": (int, 1 << 20),
+        "max_redirects": (int, 4),
+        "vacation_min_period": (int, 86400),
+        "vacation_max_period": (int, 30 * 86400),
+    },
     # The Sender Rewriting Scheme for forwarded mail (mailstack.srs).
     "srs": {
         "enabled": (bool, True),

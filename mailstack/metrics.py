@@ -38,6 +38,9 @@ What is counted (names as exposed; counters end in ``_total``):
   limit; ``mailstack_outbound_limit_hits_total`` {limit}: users who reached one (the alert).
 * ``mailstack_greylist_total`` {result}: greylisting at RCPT: ``greylisted`` (451),
   ``passed``, ``spf_allowed``, ``unchecked`` (overloaded or failed: let through).
+* ``mailstack_sieve_actions_total`` {action}: what Sieve did at local delivery (mailstack.sieve
+  .delivery): ``keep``, ``fileinto``, ``redirect``, ``reject``, ``discard``, ``vacation`` (a
+  reply sent), ``error`` (a script failed or timed out: implicit keep).
 * ``mailstack_srs_total`` {result}: ``forwarded`` queued copies whose sender was rewritten,
   ``reversed`` RCPTs to our SRS addresses accepted, ``refused`` ones refused (forged, expired).
 """
@@ -375,3 +378,11 @@ def build_factory(context, listener):
     site.noisy = False
     site.displayTracebacks = False
     return site
+
+
+SIEVE_ACTIONS = Counter("mailstack_sieve_actions", "Sieve at local delivery: keep, fileinto, redirect, reject, discard, "
+                        "vacation (a reply sent), error (a script failed: implicit keep)", ["action"], registry=REGISTRY)
+
+
+def sieve_action(action: str) -> None:
+    SIEVE_ACTIONS.labels(action).inc()

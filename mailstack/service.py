@@ -75,6 +75,7 @@ class ServerContext:
     outbound_limits: object = None  # mailstack.antispam.outlimits.OutboundLimits unless off
     rspamd: object = None  # the content filter, mailstack.antispam.rspamd.RspamdFilter ([rspamd] url)
     filed: object = None  # IMAP calls it after COPY/MOVE/APPEND: mailstack.antispam.learning.JunkLearner.filed
+    sieve: object = None  # mailstack.sieve.delivery.SieveDelivery: local deliveries run Sieve ([sieve] enabled)
     srs: object = None  # mailstack.srs.SRS for forwarded mail; None when [srs] enabled = false
 
 
@@ -123,6 +124,7 @@ class MailstackService(service.MultiService):
         self.context.relay = relay.build_relay(cfg, store, accounts, reactor)
         self._build_srs(cfg)
         self._build_antispam(cfg)
+        self._build_sieve(cfg, self.reactor)
         self.context.relay.setServiceParent(self)
         from mailstack.antispam import greylist, outlimits
 
@@ -248,6 +250,22 @@ class MailstackService(service.MultiService):
             self.learner = learning.JunkLearner(client, self.reactor, cfg.rspamd["learn_retries"],
                                                 cfg.rspamd["learn_retry_delay"], cfg.rspamd["max_size"])
             self.context.filed = self.learner.filed
+
+    def _build_sieve(self, cfg: config_mod.Config, reactor) -> None:
+        """[sieve]: the Sieve step of local delivery, for SMTP and for bounces to local senders;
+        the outbound side (queue, DSN, SRS) handed in, since the sieve package imports none."""
+        from mailstack.outbound.bounce import refusal_report
+        from mailstack.sieve.delivery import SieveDelivery, SieveSettings
+
+        settings = SieveSettings.from_config(cfg.sieve) if cfg.sieve else SieveSettings()
+        if not settings.enabled:
+            return
+        context, relay_service = self.context, self.context.relay
+        self.context.sieve = SieveDelivery(
+            settings, context.store, context.accounts, cfg.hostname, enqueue_now=relay_service.enqueue_now,
+            refusal=lambda *args: refusal_report(cfg.hostname, *args), srs=lambda: getattr(context, "srs", None),
+            reactor=reactor)
+        relay_service.bounces.local_delivery = self.context.sieve.deliver_now
 
     def make_inbound_checker(self, cfg: config_mod.Config):
         """SPF, DKIM and DMARC on the MX port, or None when [checks] turns all three off."""

@@ -974,3 +974,15 @@ def test_unchangedsince_refuses_when_another_server_changed_the_flags_meanwhile(
     assert (changed, refused) == ({}, [uid])
     after = inbox.snapshot().by_uid()[uid]  # Dovecot's change gets its MODSEQ at the next listing
     assert after.flags == {"\\Flagged"} and after.modseq > modseq
+
+
+def test_clearing_tmp_skips_the_files_beside_the_folders(tmp_path):
+    """A user's directory holds Sieve's .dovecot.sieve (a link to a file) and other dot-files
+    that are not folders (interface.py): start-up's tmp/ clearing passes them by."""
+    store = MaildirStore(str(tmp_path), fsync=False)
+    path = store.mailbox(ADDR).path
+    os.makedirs(os.path.join(path, "sieve"))
+    open(os.path.join(path, "sieve", "main.sieve"), "w").close()
+    os.symlink("sieve/main.sieve", os.path.join(path, ".dovecot.sieve"))
+    open(os.path.join(path, ".mailstack-vacation"), "w").close()
+    assert store.clear_tmp() == 0

@@ -8,6 +8,8 @@ goes back into the outbound queue.  Everything here blocks: the relay calls it i
 
 from __future__ import annotations
 
+import time
+
 from mailstack.mail import codes
 from mailstack.mail.headers import delivery_fields, message_id
 from mailstack.outbound import dsn
@@ -21,6 +23,9 @@ QUOTED_HEAD = 64 * 1024
 class BounceSender:
     def __init__(self, hostname: str, queue: OutboundQueue, accounts, store):
         self.hostname, self.queue, self.accounts, self.store = hostname, queue, accounts, store
+        #: ``(account, sender, message)``, blocking: how a report reaches a local sender's
+        #: mailbox (service.py sets Sieve's, so the sender's filters see it); None: straight in.
+        self.local_delivery = None
         self.srs = None  # mailstack.srs.SRS (set by the service): reports to our SRS senders are reversed
 
     def send(self, env: Envelope, recipients: list[RecipientState], action: str) -> str | None:
@@ -60,5 +65,16 @@ class BounceSender:
         if resolution is None or not resolution.local:
             return False
         for account in resolution.local:
-            self.store.deliver(account, delivery_fields("", account) + report)
+            if self.local_delivery is not None:
+                self.local_delivery(account, "", report)
+            else:
+                self.store.deliver(account, delivery_fields("", account) + report)
         return True
+
+
+def refusal_report(hostname: str, sender: str, recipient: str, reason: str, original_head: bytes) -> bytes:
+    """The DSN for a message a recipient's Sieve script rejected after the SMTP session
+    (RFC 5429 2.1: several recipients, or no session to answer): failed, 5.7.1, the reason."""
+    report = dsn.RecipientReport(recipient, "failed", codes.E_NOT_AUTHORIZED,
+                                 f"{codes.MAILBOX_UNAVAILABLE} {codes.E_NOT_AUTHORIZED} {reason}")
+    return dsn.build(hostname, sender, [report], original_head[:QUOTED_HEAD], "sieve", time.time())

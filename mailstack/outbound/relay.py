@@ -102,6 +102,15 @@ class RelayService(service.Service):
 
         return d.addCallback(queued)
 
+    def enqueue_now(self, sender: str, recipients: list[str], source, user: str = "") -> str:
+        """:meth:`enqueue` from a worker thread (Sieve's redirects and replies): blocking; the
+        scan is started on the reactor."""
+        qid = self.queue.enqueue(sender, recipients, source, user)
+        log.info("relay: queued {id} from <{sender}> for {recipients}", id=qid, sender=sender, recipients=recipients)
+        metrics.message("queued")
+        self.reactor.callFromThread(self.kick)
+        return qid
+
     def kick(self) -> None:
         """Look for due messages now (a later scan already planned is brought forward)."""
         if not self.running:

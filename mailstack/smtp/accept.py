@@ -50,6 +50,7 @@ class SMTPSettings:
         if context.delivery_batcher is None:  # one for all SMTP listeners, so they batch together
             context.delivery_batcher = DeliveryBatcher(context.store)
         self.batcher = context.delivery_batcher
+        self.sieve = getattr(context, "sieve", None)  # mailstack.sieve.delivery.SieveDelivery; None: off
         # antispam: greylisting on the MX port, outbound limits per user on submission (None: off)
         self.greylist = getattr(context, "greylist", None) if listener.protocol == "smtp" else None
         self.configure(context)
@@ -129,7 +130,7 @@ class SMTPSettings:
 
     def deliver(self, prepared: Prepared, received: bytes, spool: MessageSpool, sender: str,
                 accounts: list[str], remote: list[str], user: str | None = None,
-                forwarded: list[str] = ()) -> defer.Deferred:
+                forwarded: list[str] = (), recipients=()) -> defer.Deferred:
         """Store the local copies, then queue for the outside; fires with (queue id or None, folder).
 
         Local copies go first (both read the one spool, in turn): a local failure then answers
@@ -146,7 +147,8 @@ class SMTPSettings:
         head = received + prepared.header
         body = prepared.body if prepared.body is not None else spool
         folder = "Junk" if prepared.action == "junk" else "INBOX"
-        d = self.deliver_local(accounts, sender, head, body, folder)
+        d = self.deliver_local(accounts, sender, head, body, folder, recipients, user or "",
+                               not remote and not forwarded)
         queued = []
         for envelope_sender, targets in self.outgoing(sender, remote, forwarded):
             d.addCallback(lambda _, s=envelope_sender, t=targets: self.relay.enqueue(s, t, compose(head, body), user or ""))
@@ -164,16 +166,36 @@ class SMTPSettings:
         extra = [a for a in forwarded if a not in remote]
         return ([(sender, list(remote))] if remote else []) + ([(rewritten, extra)] if extra else [])
 
-    def deliver_local(self, accounts: list[str], sender: str, head: bytes, body, folder: str = "INBOX"):
+    def deliver_local(self, accounts: list[str], sender: str, head: bytes, body, folder: str = "INBOX",
+                      recipients=(), user: str = "", only_local: bool = True):
         """One copy per account, each with its own Return-Path and Delivered-To; a Deferred.
-        Quotas first, when an account has one (mailstack.smtp.quota)."""
-        items = [(account, compose(delivery_fields(sender, account) + head, body), folder) for account in accounts]
+        Quotas first, when an account has one (mailstack.smtp.quota): past that check the
+        copies are stored with grace.  With Sieve on, each account's scripts decide next (RFC
+        5228); a reject answers 550 5.7.1 here when the message has one recipient (RFC 5429
+        2.1), else it bounces."""
         size = len(head) + (len(body) if isinstance(body, bytes) else body.size)
         checked = quota.at_data(self.store, accounts, size)
         if checked is None:
-            return self.batcher.deliver(items)
-        return checked.addCallback(lambda _: self.batcher.deliver([item + (True,) for item in items]))
+            return self._store_local(accounts, sender, head, body, folder, recipients, user, only_local, False)
+        return checked.addCallback(lambda _: self._store_local(accounts, sender, head, body, folder, recipients,
+                                                               user, only_local, True))
 
+    def _store_local(self, accounts, sender, head, body, folder, recipients, user, only_local, grace: bool):
+        def store_items(items):  # (account, source, folder[, flags]) -> the batcher's full items
+            if grace:
+                items = [(item + ((),) if len(item) == 3 else item[:4]) + (True,) for item in items]
+            return self.batcher.deliver(items)
+
+        if self.sieve is not None and accounts:
+            rcpt_of: dict[str, str] = {}
+            for r in recipients:
+                for account in r.local:
+                    rcpt_of.setdefault(account, r.address)
+            single = only_local and len(recipients) == 1 and len(accounts) == 1
+            return self.sieve.deliver([(a, rcpt_of.get(a, a)) for a in accounts], sender, head, body, folder,
+                                      store_items, user, single)
+        return store_items([(account, compose(delivery_fields(sender, account) + head, body), folder)
+                            for account in accounts])
 
 def compose(head: bytes, body):
     """Header lines, then the message (the spool, read in the worker thread, or bytes)."""

@@ -507,7 +507,7 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
                 log.info("{what} {id} from <{sender}>: {reason}", what=what, id=message_id, sender=sender,
                          reason=prepared.reason, peer=self.peer)
             return settings.deliver(prepared, received, spool, sender, accounts, remote, self.facts.user,
-                                    forwarded=forwarded)
+                                    recipients=recipients, forwarded=forwarded)
 
         def delivered(result):
             qid, folder = result

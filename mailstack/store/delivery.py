@@ -24,15 +24,17 @@ if TYPE_CHECKING:
 
 
 def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
-    """Deliver many (address, source[, folder[, grace]]) messages with one flush for the lot
-    (group commit).  Each is counted against its user's quota (quota.py) before it is linked
-    in, and refused with OverQuota past a limit unless ``grace`` (the caller decided already).
+    """Deliver many (address, source[, folder[, flags[, grace]]]) messages with one flush for
+    the lot (group commit).  Each is counted against its user's quota (quota.py) before it is
+    linked in, and refused with OverQuota past a limit unless ``grace`` (the caller decided
+    already).
 
     Every file is written to tmp/ first, then one ``syncfs`` puts all of them on disk at
     once (measured: per-file fsyncs cost one journal commit each here; falls back to them
-    where syncfs is missing), then each is linked into new/ and every new/ directory
-    fsynced once.  Each item gets the same guarantee as ``MaildirStore.deliver``; returns,
-    per item, None or the exception that stopped it.
+    where syncfs is missing), then each is linked into new/ (into cur/ with its flags when it
+    has some: Sieve's imap4flags, RFC 5232) and every directory fsynced once.  Each item gets
+    the same guarantee as ``MaildirStore.deliver``; returns, per item, None or the exception
+    that stopped it.
     """
     results: list[Exception | None] = [None] * len(items)
     staged = []
@@ -44,8 +46,13 @@ def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
             base = new_base(store.hostname)
             tmp_path = os.path.join(folder.path, "tmp", base)
             size, crlf_size = write_new_file(source, tmp_path, fsync=False)
-            charge(store, folder.mailbox, size, 1, grace=len(item) > 3 and bool(item[3]))
-            staged.append((i, folder, tmp_path, f"{base},S={size},W={crlf_size}", size))
+            charge(store, folder.mailbox, size, 1, grace=len(item) > 4 and bool(item[4]))
+            rel = f"new/{base},S={size},W={crlf_size}"
+            flags = [f for f in (item[3] if len(item) > 3 and item[3] else ()) if f != "\\Recent"]
+            if flags:  # Sieve imap4flags (RFC 5232): into cur/ with the letters, as APPEND does
+                with folder.locked():
+                    rel = f"cur/{base},S={size},W={crlf_size}:2,{folder.keywords.letters(flags)}"
+            staged.append((i, folder, tmp_path, rel, size))
         except Exception as e:
             results[i] = e
             if tmp_path:
@@ -53,7 +60,7 @@ def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
     if store.fsync and len(staged) > 1 and syncfs(store.root):
         pass  # one flush of the file system carried every file of the batch
     elif store.fsync:
-        for i, folder, tmp_path, base, _size in staged:
+        for i, folder, tmp_path, _rel, _size in staged:
             try:
                 fd = os.open(tmp_path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
@@ -63,11 +70,11 @@ def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
             except OSError as e:
                 results[i] = e
     dirs: dict[str, list[int]] = {}
-    for i, folder, tmp_path, base, size in staged:
+    for i, folder, tmp_path, rel, size in staged:
         try:
             if results[i] is None:
-                os.link(tmp_path, os.path.join(folder.path, "new", base))
-                dirs.setdefault(folder.path, []).append(i)
+                os.link(tmp_path, os.path.join(folder.path, rel))
+                dirs.setdefault(os.path.join(folder.path, rel.split("/")[0]), []).append(i)
         except OSError as e:
             results[i] = e
         finally:
@@ -77,11 +84,11 @@ def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
     for path, indexes in dirs.items():
         try:
             if store.fsync:
-                store.dir_syncer.sync(os.path.join(path, "new"))
+                store.dir_syncer.sync(path)
         except OSError as e:
             for i in indexes:
                 results[i] = e
-        store.on_change(path)
+        store.on_change(os.path.dirname(path))
     return results
 
 

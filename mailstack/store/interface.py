@@ -142,8 +142,8 @@ class StoreAPI(Protocol):
         """Store a message durably in a user's folder (SMTP final delivery)."""
 
     def deliver_batch(self, items: list[tuple]) -> list[Exception | None]:
-        """Deliver (address, source[, folder[, grace]]) items with one flush; per item None or
-        the error (OverQuota past a limit, unless ``grace``)."""
+        """Deliver (address, source[, folder[, flags[, grace]]]) items with one flush; per item
+        None or the error (OverQuota past a limit, unless ``grace``)."""
 
     def quota_usage(self, address: str):
         """A ``QuotaUsage`` (``bytes``, ``messages``, ``limits.storage``, ``limits.messages``;

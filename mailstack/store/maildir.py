@@ -108,7 +108,9 @@ class MaildirStore:
         removed = 0
         for address in self.users():
             path = self.user_path(address)
-            folders = [path] + [os.path.join(path, n) for n in os.listdir(path) if n.startswith(".")]
+            # Only directories: .dovecot.sieve and other per-user files live here too (interface.py)
+            folders = [path] + [os.path.join(path, n) for n in os.listdir(path)
+                                if n.startswith(".") and os.path.isdir(os.path.join(path, n))]
             for folder in folders:
                 removed += files.clear_stale_tmp(os.path.join(folder, "tmp"), cutoff)
         return removed
@@ -118,7 +120,7 @@ class MaildirStore:
         self.mailbox(address).folder(folder).append(source, flags=flags, assign_uid=False)
 
     def deliver_batch(self, items: list[tuple]) -> list[Exception | None]:
-        """Deliver many (address, source[, folder]) messages with one flush for the lot (group
+        """Deliver many (address, source[, folder[, flags]]) messages with one flush for the lot (group
         commit, see :func:`mailstack.store.delivery.deliver_batch`); returns, per item, None
         or the exception that stopped it."""
         return deliver_batch(self, items)
