@@ -82,10 +82,6 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "uidl_format": (str, "%08Xu%08Xv"),  # Dovecot's pop3_uidl_format syntax (mailstack.pop3.uidl)
     },
     # Storage of users' Sieve scripts (mailstack.sieve.scripts; ManageSieve and 'mailstack sieve').
-    "sieve": {
-        "max_script_size": (int, 64 * 1024),  # octets
-        "max_scripts": (int, 16),  # per user
-    },
     "dns": {
         "nameservers": ("list[str]", []),
         "port": (int, 53),
@@ -213,6 +209,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "max_redirects": (int, 4),
         "vacation_min_period": (int, 86400),
         "vacation_max_period": (int, 30 * 86400),
+        "max_script_size": (int, 64 * 1024),  # octets (ManageSieve, mailstack sieve put)
+        "max_scripts": (int, 16),  # per user
     },
     # The Sender Rewriting Scheme for forwarded mail (mailstack.srs).
     "srs": {

@@ -40,10 +40,11 @@ def extensions() -> bytes:
 
 
 def caps(template: bytes) -> bytes:
-    """The capability lines with the interpreter's extensions and redirect limit (RFC 5804 1.7)."""
-    import mailstack.sieve
+    """The capability lines with the interpreter's extensions and the redirect limit delivery
+    applies, [sieve] max_redirects at its default (RFC 5804 1.7)."""
+    from mailstack.configschema import SCHEMA
 
-    limit = getattr(mailstack.sieve, "MAX_REDIRECTS", None)
+    limit = SCHEMA["sieve"]["max_redirects"][1]
     redirects = b"" if limit is None else b'"MAXREDIRECTS" "%d"\r\n' % limit
     return template % {b"sieve": extensions(), b"redirects": redirects}
 

@@ -154,7 +154,7 @@ def test_batch_delivery_refuses_per_item_and_grace_lets_one_through(tmp_path):
     store = make_store(tmp_path, messages=1)
     results = store.deliver_batch([(USER, MSG), (USER, MSG), ("bob@example.test", MSG)])
     assert results[0] is None and isinstance(results[1], OverQuota) and results[2] is None
-    assert store.deliver_batch([(USER, MSG, "INBOX", True)]) == [None]
+    assert store.deliver_batch([(USER, MSG, "INBOX", (), True)]) == [None]  # (address, source, folder, flags, grace)
     assert store.quota_usage(USER).messages == 2
 
 
