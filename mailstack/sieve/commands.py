@@ -2,7 +2,7 @@
 5429, 6609, 3894, 5490): each adds to the run's action list or changes its state.
 
 Duplicates collapse (RFC 5228 2.10.3): one store per mailbox (``keep`` is INBOX), one
-redirect per address; ``reject`` excludes keep, fileinto and vacation (RFC 5429 2.2).
+redirect per address; ``reject`` excludes keep, fileinto, redirect and vacation (RFC 5429 2.4).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def store(run, mailbox: str, flags: tuple, create: bool, copy: bool, implicit: b
     ``fileinto "INBOX"`` is a keep (RFC 5228 2.10.3), so delivery sees one form."""
     is_inbox = mailbox.upper() == "INBOX"
     if not implicit and run.state.get("reject"):
-        raise SieveRuntimeError("reject cannot be combined with keep or fileinto (RFC 5429 2.2)")
+        raise SieveRuntimeError("reject cannot be combined with keep or fileinto (RFC 5429 2.4)")
     for i, action in enumerate(run.actions):
         if is_inbox and isinstance(action, Keep):
             run.actions[i] = Keep(tuple(_flag_list(action.flags + flags)))
@@ -88,6 +88,8 @@ def do_stop(run, cmd) -> None:
 
 
 def do_redirect(run, cmd) -> None:
+    if run.state.get("reject"):
+        raise SieveRuntimeError("reject cannot be combined with redirect (RFC 5429 2.4)")
     address = run.expand(cmd.pos[0]).strip()
     if not valid_address(address):
         raise SieveRuntimeError(f"redirect to an invalid address {address!r}")
@@ -102,9 +104,10 @@ def do_redirect(run, cmd) -> None:
 
 def do_reject(run, cmd) -> None:
     if run.state.get("reject"):
-        raise SieveRuntimeError("only one reject or ereject per run (RFC 5429 2.2)")
-    if any(isinstance(a, (Keep, FileInto, Vacation)) for a in run.actions):
-        raise SieveRuntimeError(f"{cmd.name} cannot be combined with keep, fileinto or vacation (RFC 5429 2.2)")
+        raise SieveRuntimeError("only one reject or ereject per run (RFC 5429 2.4)")
+    if any(isinstance(a, (Keep, FileInto, Redirect, Vacation)) for a in run.actions):
+        raise SieveRuntimeError(f"{cmd.name} cannot be combined with keep, fileinto, redirect or vacation"
+                                " (RFC 5429 2.4)")
     run.state["reject"] = True
     _add(run, Reject(run.expand(cmd.pos[0]), ereject=cmd.name == "ereject"))
     run.implicit_keep = False
@@ -114,7 +117,7 @@ def do_vacation(run, cmd) -> None:
     if run.state.get("vacation"):
         raise SieveRuntimeError("only one vacation per run")
     if run.state.get("reject"):
-        raise SieveRuntimeError("vacation cannot be combined with reject (RFC 5429 2.2)")
+        raise SieveRuntimeError("vacation cannot be combined with reject (RFC 5429 2.4, RFC 5230 4.7)")
     run.state["vacation"] = True
     reason = run.expand(cmd.pos[0])
     subject = cmd.targ("subject")

@@ -1,0 +1,48 @@
+"""Findings of the RFC review of the Sieve interpreter: each test quotes the section it
+checks; expected outcomes come from the RFC text, not from the implementation."""
+
+from __future__ import annotations
+
+from mailstack.sieve import Envelope, compile_script, run
+from mailstack.sieve.actions import FileInto, Keep, Redirect, Reject
+
+ENV = Envelope(sender="coyote@desert.example.org", recipient="roadrunner@acme.example.com")
+MSG = (b"From: coyote@desert.example.org\r\n"
+       b"To: roadrunner@acme.example.com\r\n"
+       b"Subject: I have a present for you\r\n"
+       b"\r\n"
+       b"Look, I'm sorry about the whole anvil thing.\r\n")
+
+
+def outcome(script: str, message: bytes = MSG, envelope: Envelope = ENV):
+    return run(compile_script(script), message, envelope)
+
+
+def actions(script: str, message: bytes = MSG, envelope: Envelope = ENV):
+    result = outcome(script, message, envelope)
+    assert not result.errors, result.errors
+    return result.actions
+
+
+# -- RFC 5429 2.4: reject and actions that cause mail delivery ---------------------------------
+# "It is NOT RECOMMENDED that implementations permit the use of "reject" with actions that
+# cause mail delivery, such as "keep", "fileinto", and "redirect"."  keep and fileinto were
+# refused already; redirect must be refused the same way (the run fails: implicit keep).
+
+def test_reject_after_redirect_is_an_error():
+    result = outcome('require "reject"; redirect "x@example.com"; reject "no";')
+    assert result.errors and result.actions == [Keep()]
+
+
+def test_redirect_after_reject_is_an_error():
+    result = outcome('require "reject"; reject "no"; redirect "x@example.com";')
+    assert result.errors and result.actions == [Keep()]
+
+
+def test_ereject_with_redirect_copy_is_an_error():
+    result = outcome('require ["ereject", "copy"]; redirect :copy "x@example.com"; ereject "no";')
+    assert result.errors and result.actions == [Keep()]
+
+
+def test_reject_alone_still_works():
+    assert actions('require "reject"; reject "no";') == [Reject("no")]
