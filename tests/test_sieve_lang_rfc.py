@@ -46,3 +46,20 @@ def test_ereject_with_redirect_copy_is_an_error():
 
 def test_reject_alone_still_works():
     assert actions('require "reject"; reject "no";') == [Reject("no")]
+
+
+# -- RFC 5173 6: body wildcards set no match variables -----------------------------------------
+# "Wildcard expressions used with "body" are exempt from the side effects described in
+# [VARIABLES].  That is, they MUST NOT set match variables (${1}, ${2}...)"
+
+def test_body_matches_sets_no_match_variables():
+    script = ('require ["body", "variables", "fileinto"];\r\n'
+              'if header :matches "Subject" "I have *" { }\r\n'
+              'if body :matches "Look, * about *" { fileinto "${1}"; }\r\n')
+    assert actions(script) == [FileInto("a present for you")]
+
+
+def test_body_regex_sets_no_match_variables():
+    script = ('require ["body", "variables", "fileinto", "regex"];\r\n'
+              'if body :regex "(anvil)" { fileinto "x${1}"; }\r\n')
+    assert actions(script) == [FileInto("x")]

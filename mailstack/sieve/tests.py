@@ -27,11 +27,12 @@ def _select(run, cmd, name: str):
     return [fields[-index] if cmd.tag("last") else fields[index - 1]]
 
 
-def _compare(run, cmd, values, keys) -> bool:
+def _compare(run, cmd, values, keys, match_variables: bool = True) -> bool:
     matcher = run.matcher(cmd)
     if matcher.kind == ":count":
         return matcher.count(len(values), keys)
-    return run.matched(matcher, matcher.test(values, keys))
+    result = matcher.test(values, keys)
+    return run.matched(matcher, result) if match_variables else result
 
 
 def t_header(run, cmd) -> bool:
@@ -109,7 +110,8 @@ def t_body(run, cmd) -> bool:
     texts = run.bodies.get(key)
     if texts is None:
         texts = run.bodies[key] = body_texts(run.msg.raw, transform, types, run.max_body, run.tick)
-    return _compare(run, cmd, texts, run.expand_list(cmd.pos[0]))
+    # RFC 5173 6: body wildcards MUST NOT set match variables
+    return _compare(run, cmd, texts, run.expand_list(cmd.pos[0]), match_variables=False)
 
 
 def t_string(run, cmd) -> bool:
