@@ -63,3 +63,23 @@ def test_body_regex_sets_no_match_variables():
     script = ('require ["body", "variables", "fileinto", "regex"];\r\n'
               'if body :regex "(anvil)" { fileinto "x${1}"; }\r\n')
     assert actions(script) == [FileInto("x")]
+
+
+# -- RFC 5173 4: a message without a body --------------------------------------------------------
+# "If a message consists of a header only, not followed by an empty line, then that set is
+# empty and all "body" tests return false, including those that test for an empty string."
+
+HEADER_ONLY = b"From: coyote@desert.example.org\r\nSubject: nothing else\r\n"
+
+
+def test_header_only_message_fails_every_body_test():
+    for transform in (":raw", ":text", ':content "text"', ':content ""'):
+        script = f'require ["body", "fileinto"]; if body {transform} :is "" {{ fileinto "empty"; }}'
+        assert actions(script, HEADER_ONLY) == [Keep()], transform
+        script = f'require ["body", "fileinto"]; if body {transform} :matches "*" {{ fileinto "any"; }}'
+        assert actions(script, HEADER_ONLY) == [Keep()], transform
+
+
+def test_empty_body_after_the_empty_line_is_the_empty_string():
+    script = 'require ["body", "fileinto"]; if body :raw :is "" { fileinto "empty"; }'
+    assert actions(script, HEADER_ONLY + b"\r\n") == [FileInto("empty")]

@@ -23,8 +23,10 @@ _HIDDEN = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
 
 
 def body_texts(raw: bytes, transform: str, types: tuple, max_body: int, tick) -> list[str]:
+    head_end, start = header_bounds(raw)
+    if head_end == len(raw):  # RFC 5173 4: a header with no empty line after it: no body at all
+        return []
     if transform == ":raw":  # RFC 5173 5.1: the body as it is, no decoding
-        start = header_bounds(raw)[1]
         return [raw[start:start + max_body].decode("utf-8", "replace")]
     parser = BytesFeedParser(policy=compat32)
     for start in range(0, len(raw), _CHUNK):
