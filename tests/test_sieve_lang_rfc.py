@@ -83,3 +83,40 @@ def test_header_only_message_fails_every_body_test():
 def test_empty_body_after_the_empty_line_is_the_empty_string():
     script = 'require ["body", "fileinto"]; if body :raw :is "" { fileinto "empty"; }'
     assert actions(script, HEADER_ONLY + b"\r\n") == [FileInto("empty")]
+
+
+# -- RFC 5230 4.2: response tracking uses the arguments before variable expansion ---------------
+# "the arguments MUST NOT have undergone variable expansion prior to their use in response
+# tracking.  This is so that examples like the following script will only generate a single
+# response to each incoming message with a different subject line."
+
+VACATION_5230_4_2 = ('require ["vacation", "variables"];\r\n'
+                     'if header :matches "subject" "*" {\r\n'
+                     '    vacation :subject "Automatic response to: ${1}"\r\n'
+                     '             "I\'m away -- send mail to foo in my absence";\r\n'
+                     '}\r\n')
+
+
+def _vacation(script: str, message: bytes):
+    (vacation,) = [a for a in actions(script, message) if not isinstance(a, Keep)]
+    return vacation
+
+
+def test_vacation_handle_is_built_before_variable_expansion():
+    one = _vacation(VACATION_5230_4_2, b"From: coyote@desert.example.org\r\nSubject: Cyrus bug\r\n\r\nx\r\n")
+    two = _vacation(VACATION_5230_4_2, b"From: coyote@desert.example.org\r\nSubject: dinner\r\n\r\nx\r\n")
+    assert one.subject == "Automatic response to: Cyrus bug"
+    assert two.subject == "Automatic response to: dinner"
+    assert one.handle == two.handle
+
+
+def test_vacation_different_reasons_are_different_responses():  # 4.2's "REQUIRED" example
+    script = ('require "vacation";\r\n'
+              'if header :contains "subject" "cyrus" {\r\n'
+              '    vacation "I\'m out -- send mail to cyrus-bugs";\r\n'
+              '} else {\r\n'
+              '    vacation "I\'m out -- call me at +1 304 555 0123";\r\n'
+              '}\r\n')
+    one = _vacation(script, b"From: coyote@desert.example.org\r\nSubject: Cyrus bug\r\n\r\nx\r\n")
+    two = _vacation(script, b"From: coyote@desert.example.org\r\nSubject: come over for dinner\r\n\r\nx\r\n")
+    assert one.handle != two.handle

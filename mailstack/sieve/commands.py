@@ -126,9 +126,10 @@ def do_vacation(run, cmd) -> None:
     from_addr = None if from_addr is None else run.expand(from_addr)
     mime = bool(cmd.tag("mime"))
     handle = cmd.targ("handle")
-    if handle is None:  # RFC 5230 4.2: derived from the arguments that shape the reply
-        digest = hashlib.sha256("\0".join([reason, subject or "", from_addr or "", str(mime)]).encode("utf-8"))
-        handle = "auto-" + digest.hexdigest()[:32]
+    if handle is None:  # RFC 5230 4.2: from the arguments that shape the reply, as written
+        # (before variable expansion), so ":subject "Re: ${1}"" is one response for all subjects
+        raw = [cmd.pos[0], cmd.targ("subject") or "", cmd.targ("from") or "", str(mime)]
+        handle = "auto-" + hashlib.sha256("\0".join(raw).encode("utf-8")).hexdigest()[:32]
     else:
         handle = run.expand(handle)
     _add(run, Vacation(reason=reason, seconds=_period(cmd), subject=subject, from_addr=from_addr,
