@@ -120,3 +120,17 @@ def test_vacation_different_reasons_are_different_responses():  # 4.2's "REQUIRE
     one = _vacation(script, b"From: coyote@desert.example.org\r\nSubject: Cyrus bug\r\n\r\nx\r\n")
     two = _vacation(script, b"From: coyote@desert.example.org\r\nSubject: come over for dinner\r\n\r\nx\r\n")
     assert one.handle != two.handle
+
+
+# -- RFC 5228 5.4: the null reverse-path -----------------------------------------------------------
+# "The null reverse-path is matched against as the empty string, regardless of the
+# ADDRESS-PART argument specified."
+
+NULL_SENDER = Envelope(sender="", recipient="roadrunner@acme.example.com")
+
+
+def test_null_reverse_path_is_empty_for_every_address_part():
+    for part in (":all", ":localpart", ":domain", ":user", ":detail"):
+        script = (f'require ["envelope", "subaddress", "fileinto"];'
+                  f' if envelope {part} "from" "" {{ fileinto "bounce"; }}')
+        assert actions(script, envelope=NULL_SENDER) == [FileInto("bounce")], part

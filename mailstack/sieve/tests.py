@@ -72,9 +72,8 @@ def t_envelope(run, cmd) -> bool:
                 continue
         else:
             raise SieveRuntimeError(f"unknown envelope part {name!r}")
-        if address == "":  # RFC 5228 5.4: the null reverse-path compares as ""
-            if part == ":all" or part in (":localpart", ":domain"):
-                values.append("")
+        if address == "":  # RFC 5228 5.4: "" whatever the address part (:user, :detail too)
+            values.append("")
             continue
         found = address_part(address, part)
         if found is not None:
