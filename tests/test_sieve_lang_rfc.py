@@ -134,3 +134,36 @@ def test_null_reverse_path_is_empty_for_every_address_part():
         script = (f'require ["envelope", "subaddress", "fileinto"];'
                   f' if envelope {part} "from" "" {{ fileinto "bounce"; }}')
         assert actions(script, envelope=NULL_SENDER) == [FileInto("bounce")], part
+
+
+# -- RFC 5228 5.1: address only on headers that contain addresses ------------------------------------
+# "Implementations MUST restrict the address test to headers that contain addresses, but MUST
+# include at least From, To, Cc, Bcc, Sender, Resent-From, and Resent-To"
+
+ADDRESSY = (b"From: coyote@desert.example.org\r\nTo: a@example.com\r\nCc: b@example.com\r\n"
+            b"Bcc: c@example.com\r\nSender: d@example.com\r\nResent-From: e@example.com\r\n"
+            b"Resent-To: f@example.com\r\nSubject: g@example.com\r\nX-Note: h@example.com\r\n\r\nx\r\n")
+
+
+def test_address_works_on_the_headers_5_1_requires():
+    for name, addr in (("From", "coyote@desert.example.org"), ("To", "a@example.com"), ("Cc", "b@example.com"),
+                       ("Bcc", "c@example.com"), ("Sender", "d@example.com"),
+                       ("Resent-From", "e@example.com"), ("Resent-To", "f@example.com")):
+        script = f'require "fileinto"; if address :is "{name}" "{addr}" {{ fileinto "hit"; }}'
+        assert actions(script, ADDRESSY) == [FileInto("hit")], name
+
+
+def test_address_on_a_header_without_addresses_never_matches():
+    for name, addr in (("Subject", "g@example.com"), ("X-Note", "h@example.com")):
+        script = f'require "fileinto"; if address :is "{name}" "{addr}" {{ fileinto "hit"; }}'
+        assert actions(script, ADDRESSY) == [Keep()], name
+        script = f'require "fileinto"; if address :is :domain "{name}" "example.com" {{ fileinto "hit"; }}'
+        assert actions(script, ADDRESSY) == [Keep()], name
+
+
+def test_address_on_other_address_list_headers():  # "SHOULD include any other ... address-list"
+    msg = b"Reply-To: r@example.com\r\nResent-Cc: s@example.com\r\nDelivered-To: t@example.com\r\n\r\nx\r\n"
+    script = ('require "fileinto"; if allof (address :is "reply-to" "r@example.com",'
+              ' address :is "resent-cc" "s@example.com", address :is "delivered-to" "t@example.com")'
+              ' { fileinto "hit"; }')
+    assert actions(script, msg) == [FileInto("hit")]

@@ -43,11 +43,23 @@ def t_header(run, cmd) -> bool:
     return _compare(run, cmd, values, run.expand_list(cmd.pos[1]))
 
 
+#: RFC 5228 5.1: the address test is restricted to headers that contain addresses: at least
+#: the seven it names, and (SHOULD) the other address-list fields (RFC 5322 3.6, RFC 4021).
+ADDRESS_HEADERS = frozenset({
+    "from", "sender", "reply-to", "to", "cc", "bcc", "resent-from", "resent-sender", "resent-to",
+    "resent-cc", "resent-bcc", "resent-reply-to", "return-path", "delivered-to", "x-original-to",
+    "envelope-to", "x-envelope-to", "x-envelope-from", "errors-to", "mail-followup-to", "mail-reply-to",
+    "disposition-notification-to", "apparently-to", "original-from", "x-sender",
+})
+
+
 def t_address(run, cmd) -> bool:
     part = cmd.tag("part", ":all")
     values = []
     for name in run.expand_list(cmd.pos[0]):
         run.tick()
+        if name.lower() not in ADDRESS_HEADERS:  # e.g. Subject: never parsed as addresses
+            continue
         fields = _select(run, cmd, name) if cmd.targ("index") is not None else None
         for address in run.msg.addresses(name, fields):
             found = address_part(address, part)
