@@ -167,3 +167,32 @@ def test_address_on_other_address_list_headers():  # "SHOULD include any other .
               ' address :is "resent-cc" "s@example.com", address :is "delivered-to" "t@example.com")'
               ' { fileinto "hit"; }')
     assert actions(script, msg) == [FileInto("hit")]
+
+
+# -- RFC 5260 4: date uses the first field only (without :index) --------------------------------------
+# "If multiple header fields with the same name are present, only the first field that is
+# found is used."  and "The count of a date test is 1 if the specified field exists and
+# contains a valid date; 0, otherwise."
+
+TWO_RECEIVED = (b"Received: from a by b; Tue, 1 Apr 1997 09:06:31 -0800\r\n"
+                b"Received: from c by d; Mon, 31 Mar 1997 18:00:00 -0800\r\n"
+                b"Subject: x\r\n\r\nx\r\n")
+
+
+def test_date_looks_at_the_first_field_only():
+    base = 'require ["date", "fileinto"]; if date :originalzone "received" "date" "1997-03-31" { fileinto "hit"; }'
+    assert actions(base, TWO_RECEIVED) == [Keep()]
+    first = 'require ["date", "fileinto"]; if date :originalzone "received" "date" "1997-04-01" { fileinto "hit"; }'
+    assert actions(first, TWO_RECEIVED) == [FileInto("hit")]
+
+
+def test_date_count_is_one_with_several_fields():
+    script = ('require ["date", "relational", "fileinto", "comparator-i;ascii-numeric"];'
+              ' if date :count "eq" :comparator "i;ascii-numeric" "received" "year" "1" { fileinto "one"; }')
+    assert actions(script, TWO_RECEIVED) == [FileInto("one")]
+
+
+def test_date_with_index_still_reaches_the_second_field():  # 6: "can be modified with index"
+    script = ('require ["date", "index", "fileinto"]; if date :index 2 :originalzone "received" "date"'
+              ' "1997-03-31" { fileinto "hit"; }')
+    assert actions(script, TWO_RECEIVED) == [FileInto("hit")]

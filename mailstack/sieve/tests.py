@@ -161,7 +161,10 @@ def t_date(run, cmd) -> bool:
     part = run.expand(cmd.pos[1]).lower()
     zone = _zone(run, cmd)
     values = []
-    for field in _select(run, cmd, name):
+    fields = _select(run, cmd, name)
+    if cmd.targ("index") is None:  # RFC 5260 4: only the first field (without :index)
+        fields = fields[:1]
+    for field in fields:
         when = header_date(field.value, name)
         if when is not None:
             found = date_part(when, part, zone)
