@@ -196,3 +196,23 @@ def test_date_with_index_still_reaches_the_second_field():  # 6: "can be modifie
     script = ('require ["date", "index", "fileinto"]; if date :index 2 :originalzone "received" "date"'
               ' "1997-03-31" { fileinto "hit"; }')
     assert actions(script, TWO_RECEIVED) == [FileInto("hit")]
+
+
+# -- RFC 5260 4.2: iso8601 writes a zero offset as "Z" -------------------------------------------------
+# "a time zone offset of zero MUST be represented by "Z" and not "+00:00"."  The example of 6:
+# date :value "gt" :index 2 :zone "-0500" "received" "iso8601" "2007-02-26T09:00:00-05:00"
+
+def test_iso8601_zero_offset_is_z():
+    script = ('require ["date", "variables", "fileinto"];'
+              ' if date :zone "+0000" :matches "date" "iso8601" "*" { fileinto "${1}"; }')
+    msg = b"Date: Tue, 1 Apr 1997 09:06:31 -0800\r\n\r\nx\r\n"
+    assert actions(script, msg) == [FileInto("1997-04-01T17:06:31Z")]
+
+
+def test_iso8601_rfc5260_6_example():
+    script = ('require ["date", "relational", "index", "fileinto"];'
+              ' if date :value "gt" :index 2 :zone "-0500" "received"'
+              ' "iso8601" "2007-02-26T09:00:00-05:00" { fileinto "late"; }')
+    msg = (b"Received: from a by b; Tue, 27 Feb 2007 10:00:00 +0000\r\n"
+           b"Received: from c by d; Mon, 26 Feb 2007 14:30:00 +0000\r\n\r\nx\r\n")
+    assert actions(script, msg) == [FileInto("late")]

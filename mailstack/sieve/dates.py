@@ -66,8 +66,9 @@ def date_part(when: datetime, part: str, zone) -> str | None:
         return f"{when.second:02d}"
     if part == "time":
         return f"{when.hour:02d}:{when.minute:02d}:{when.second:02d}"
-    if part == "iso8601":
-        return when.replace(microsecond=0).isoformat()
+    if part == "iso8601":  # RFC 5260 4.2: RFC 3339 date-time, a zero offset written "Z"
+        text = when.replace(microsecond=0).isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
     if part == "std11":
         return email.utils.format_datetime(when.replace(microsecond=0))
     if part == "zone":
