@@ -3,7 +3,9 @@ checks; expected outcomes come from the RFC text, not from the implementation.""
 
 from __future__ import annotations
 
-from mailstack.sieve import Envelope, compile_script, run
+import pytest
+
+from mailstack.sieve import Envelope, SieveSyntaxError, compile_script, run
 from mailstack.sieve.actions import FileInto, Keep, Redirect, Reject
 
 ENV = Envelope(sender="coyote@desert.example.org", recipient="roadrunner@acme.example.com")
@@ -216,3 +218,19 @@ def test_iso8601_rfc5260_6_example():
     msg = (b"Received: from a by b; Tue, 27 Feb 2007 10:00:00 +0000\r\n"
            b"Received: from c by d; Mon, 26 Feb 2007 14:30:00 +0000\r\n\r\nx\r\n")
     assert actions(script, msg) == [FileInto("late")]
+
+
+# -- RFC 5229 4: the name of set is a constant string ----------------------------------------------------
+# "The name MUST be a constant string and conform to the syntax of variable-name. [...]
+# An invalid name MUST be detected as a syntax error."
+
+def test_set_with_a_variable_name_is_a_syntax_error():
+    with pytest.raises(SieveSyntaxError) as info:
+        compile_script('require "variables"; set "n" "x"; set "${n}" "y";')
+    assert (info.value.line, info.value.column) == (1, 35)
+    assert "constant" in info.value.message
+
+
+def test_set_global_name_is_still_fine():  # RFC 6609 3.5
+    assert actions('require ["variables", "include", "fileinto"]; set "global.a" "x"; fileinto "${global.a}";') \
+        == [FileInto("x")]

@@ -256,7 +256,9 @@ def _names(values, node, what="variable name"):
 
 def _check_set(cmd, node):
     name = cmd.pos[0]
-    if not isinstance(name, Template) and name.lower().startswith("global."):
+    if isinstance(name, Template):  # RFC 5229 4: "The name MUST be a constant string"
+        raise _fail(f"set needs a constant variable name, not {name!r}", node)
+    if name.lower().startswith("global."):
         name = name[7:]  # RFC 6609 3.5: the "global" namespace
     _names([name], node)
 
