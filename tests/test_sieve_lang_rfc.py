@@ -234,3 +234,23 @@ def test_set_with_a_variable_name_is_a_syntax_error():
 def test_set_global_name_is_still_fine():  # RFC 6609 3.5
     assert actions('require ["variables", "include", "fileinto"]; set "global.a" "x"; fileinto "${global.a}";') \
         == [FileInto("x")]
+
+
+# -- RFC 5229 4.1.3: case modifiers change only US-ASCII letters -------------------------------------------
+# "Characters other than "A"-"Z" and "a"-"z" from US-ASCII are left unchanged."  And 4.1's
+# examples (set "a" "juMBlEd lETteRS"; ...).
+
+def test_case_modifiers_leave_non_ascii_letters():
+    script = ('require ["variables", "fileinto"];'
+              ' set :upper "a" "\u00e9t\u00e9"; set :lower "b" "\u00c9T\u00c9";'
+              ' set :upperfirst "c" "\u00e9t\u00e9"; set :lowerfirst "d" "\u00c9T\u00c9";'
+              ' fileinto "${a}|${b}|${c}|${d}";')
+    assert actions(script) == [FileInto("\u00e9T\u00e9|\u00c9t\u00c9|\u00e9t\u00e9|\u00c9T\u00c9")]
+
+
+def test_rfc5229_4_1_examples():
+    script = ('require ["variables", "fileinto"]; set "a" "juMBlEd lETteRS";'
+              ' set :length "b" "${a}"; set :lower "c" "${a}"; set :upperfirst "d" "${a}";'
+              ' set :upperfirst :lower "e" "${a}"; set :quotewildcard "f" "Rock*";'
+              ' fileinto "${b}|${c}|${d}|${e}|${f}";')
+    assert actions(script) == [FileInto("15|jumbled letters|JuMBlEd lETteRS|Jumbled letters|Rock\\*")]

@@ -13,7 +13,7 @@ from .actions import FileInto, Keep, Redirect, Reject, Vacation
 from .checker import valid_address, valid_field_name
 from .errors import SieveRuntimeError
 from .interp import Return, Stop
-from .matching import quote_regex, quote_wildcard
+from .matching import fold, fold_upper, quote_regex, quote_wildcard
 
 MAX_REDIRECTS = 32
 MAX_ACTIONS = 256
@@ -173,18 +173,19 @@ def do_removeflag(run, cmd) -> None:
 
 
 def do_set(run, cmd) -> None:
-    """RFC 5229 4: modifiers applied from the highest precedence (40) down to :length (10)."""
+    """RFC 5229 4: modifiers applied from the highest precedence (40) down to :length (10);
+    the case ones change only US-ASCII letters (4.1.3)."""
     value = run.expand(cmd.pos[1])
     mod = cmd.tag("mod40")
     if mod == ":lower":
-        value = value.lower()
+        value = fold(value)
     elif mod == ":upper":
-        value = value.upper()
+        value = fold_upper(value)
     mod = cmd.tag("mod30")
     if mod == ":lowerfirst":
-        value = value[:1].lower() + value[1:]
+        value = fold(value[:1]) + value[1:]
     elif mod == ":upperfirst":
-        value = value[:1].upper() + value[1:]
+        value = fold_upper(value[:1]) + value[1:]
     mod = cmd.tag("mod20")
     if mod == ":quotewildcard":
         value = quote_wildcard(value)
