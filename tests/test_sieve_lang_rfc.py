@@ -254,3 +254,69 @@ def test_rfc5229_4_1_examples():
               ' set :upperfirst :lower "e" "${a}"; set :quotewildcard "f" "Rock*";'
               ' fileinto "${b}|${c}|${d}|${e}|${f}";')
     assert actions(script) == [FileInto("15|jumbled letters|JuMBlEd lETteRS|Jumbled letters|Rock\\*")]
+
+
+# -- RFC 5173 5.2: :content on container parts ------------------------------------------------------------
+# "If the :content specification matches a multipart MIME part, only the prologue and epilogue
+# sections of the part will be searched [...] If the :content specification matches a
+# message/rfc822 MIME part, only the header of the nested message will be searched"
+
+MIME_5173 = (b"From: Whomever\r\nTo: Someone\r\nDate: Whenever\r\nSubject: whatever\r\n"
+             b"Content-Type: multipart/mixed; boundary=outer\r\n"
+             b"\r\n"
+             b"This is a multi-part message in MIME format.\r\n"
+             b"\r\n"
+             b"--outer\r\n"
+             b"Content-Type: multipart/alternative; boundary=inner\r\n"
+             b"\r\n"
+             b"This is a nested multi-part message in MIME format.\r\n"
+             b"\r\n"
+             b"--inner\r\n"
+             b"Content-Type: text/plain; charset=\"us-ascii\"\r\n"
+             b"\r\n"
+             b"Hello\r\n"
+             b"\r\n"
+             b"--inner\r\n"
+             b"Content-Type: text/html; charset=\"us-ascii\"\r\n"
+             b"\r\n"
+             b"<html><body>Hello</body></html>\r\n"
+             b"\r\n"
+             b"--inner--\r\n"
+             b"\r\n"
+             b"This is the end of the inner MIME multipart.\r\n"
+             b"\r\n"
+             b"--outer\r\n"
+             b"Content-Type: message/rfc822\r\n"
+             b"\r\n"
+             b"From: Someone Else\r\n"
+             b"Subject: hello request\r\n"
+             b"\r\n"
+             b"Please say Hello\r\n"
+             b"\r\n"
+             b"--outer--\r\n"
+             b"\r\n"
+             b"This is the end of the outer MIME multipart.\r\n")
+
+
+def _body(test: str) -> bool:
+    script = f'require ["body", "fileinto"]; if body {test} {{ fileinto "hit"; }}'
+    return actions(script, MIME_5173) == [FileInto("hit")]
+
+
+def test_content_multipart_searches_prologue_and_epilogue():
+    assert _body(':content "multipart" :contains "MIME"')
+    assert _body(':content "multipart" :contains "end of the inner MIME multipart"')
+    assert _body(':content "multipart" :contains "end of the outer MIME multipart"')
+    assert not _body(':content "multipart" :contains "Hello"')  # nested parts: only by their own type
+
+
+def test_content_message_rfc822_searches_the_nested_header():
+    assert _body(':content "message/rfc822" :contains "Hello"')  # "Subject: hello request"
+    assert _body(':content "message/rfc822" :contains "Someone Else"')
+    assert not _body(':content "message/rfc822" :contains "Please say"')
+
+
+def test_content_text_searches_the_leaf_parts():  # the '$' and '%' lines
+    assert _body(':content "text/plain" :contains "Please say Hello"')
+    assert _body(':content "text/html" :contains "<body>Hello"')
+    assert not _body(':content "text/plain" :contains "MIME format"')

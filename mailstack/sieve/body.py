@@ -37,9 +37,11 @@ def body_texts(raw: bytes, transform: str, types: tuple, max_body: int, tick) ->
     out = []
     for part in root.walk():
         tick()
-        if part.is_multipart():
-            continue
         ctype = part.get_content_type()
+        if part.is_multipart():  # RFC 5173 5.2: a container's own text, its parts by their types
+            if transform == ":content" and _selected(ctype, wanted):
+                out.extend(_container_texts(part, ctype, max_body))
+            continue
         if not _selected(ctype, wanted):
             continue
         text = _decoded(part, max_body)
@@ -47,6 +49,16 @@ def body_texts(raw: bytes, transform: str, types: tuple, max_body: int, tick) ->
             text = html_text(text)
         out.append(text)
     return out
+
+
+def _container_texts(part, ctype: str, max_body: int) -> list[str]:
+    """A multipart's prologue and epilogue (two strings); a message/rfc822's nested header."""
+    if ctype.startswith("multipart/"):
+        return [(part.preamble or "")[:max_body], (part.epilogue or "")[:max_body]]
+    nested = part.get_payload()
+    if isinstance(nested, list) and nested:
+        return ["".join(f"{name}: {value}\r\n" for name, value in nested[0].items())[:max_body]]
+    return []
 
 
 def html_text(markup: str) -> str:
