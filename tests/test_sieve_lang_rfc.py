@@ -320,3 +320,14 @@ def test_content_text_searches_the_leaf_parts():  # the '$' and '%' lines
     assert _body(':content "text/plain" :contains "Please say Hello"')
     assert _body(':content "text/html" :contains "<body>Hello"')
     assert not _body(':content "text/plain" :contains "MIME format"')
+
+
+# -- RFC 5231 4.2: :count of envelope "from" ---------------------------------------------------------------
+# "The envelope "from" will be 0 if the MAIL FROM is empty, or 1 if MAIL FROM is not empty."
+
+def test_envelope_from_count_is_zero_for_the_null_sender():
+    script = ('require ["envelope", "relational", "fileinto", "comparator-i;ascii-numeric"];'
+              ' if envelope :count "eq" :comparator "i;ascii-numeric" "from" "0" { fileinto "zero"; }'
+              ' if envelope :count "eq" :comparator "i;ascii-numeric" "from" "1" { fileinto "one"; }')
+    assert actions(script, envelope=NULL_SENDER) == [FileInto("zero")]
+    assert actions(script) == [FileInto("one")]

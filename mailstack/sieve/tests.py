@@ -85,7 +85,8 @@ def t_envelope(run, cmd) -> bool:
         else:
             raise SieveRuntimeError(f"unknown envelope part {name!r}")
         if address == "":  # RFC 5228 5.4: "" whatever the address part (:user, :detail too)
-            values.append("")
+            if cmd.tag("match") != ":count":  # RFC 5231 4.2: but it counts as no address
+                values.append("")
             continue
         found = address_part(address, part)
         if found is not None:
