@@ -331,3 +331,29 @@ def test_envelope_from_count_is_zero_for_the_null_sender():
               ' if envelope :count "eq" :comparator "i;ascii-numeric" "from" "1" { fileinto "one"; }')
     assert actions(script, envelope=NULL_SENDER) == [FileInto("zero")]
     assert actions(script) == [FileInto("one")]
+
+
+# -- RFC 5232 4: hasflag's list-of-flags is split into flags too --------------------------------------------
+# 'If the internal variable has the value "A B", the following test  hasflag :is "b A"
+# evaluates to true.'  and, with MyVar as in 4's example, hasflag :contains "MyVar"
+# "junk forward" is true (a "not recommended" form, but true).
+
+def _hasflag(test: str) -> bool:
+    script = ('require ["imap4flags", "variables", "fileinto"];'
+              ' set "MyVar" "NonJunk Junk gnus-forward $Forwarded NotJunk JunkRecorded $Junk $NotJunk";'
+              f' setflag "A B"; if {test} {{ fileinto "T"; }} else {{ fileinto "F"; }}')
+    (action,) = actions(script)
+    return action.mailbox == "T"
+
+
+def test_hasflag_rfc5232_4_examples():
+    assert _hasflag('hasflag :is "b A"')
+    assert _hasflag('hasflag ["b","A"]')
+    assert _hasflag('hasflag :contains "MyVar" "Junk"')
+    assert _hasflag('hasflag :contains "MyVar" "forward"')
+    assert _hasflag('hasflag :contains "MyVar" ["label", "forward"]')
+    assert _hasflag('hasflag :contains "MyVar" ["junk", "forward"]')
+    assert _hasflag('hasflag :contains "MyVar" "junk forward"')
+    assert _hasflag('hasflag :contains "MyVar" "forward junk"')
+    assert not _hasflag('hasflag :contains "MyVar" "label"')
+    assert not _hasflag('hasflag :contains "MyVar" ["label1", "label2"]')

@@ -142,7 +142,8 @@ def t_hasflag(run, cmd) -> bool:
         flags = list(run.flags)
     else:
         flags = _flag_list([run.get_variable(n) for n in run.expand_list(cmd.pos[0])])
-    return _compare(run, cmd, flags, run.expand_list(cmd.pos[1]))
+    # RFC 5232 4: a key such as "b A" is two flags (hasflag :is "b A" is true for "A B")
+    return _compare(run, cmd, flags, _flag_list(run.expand_list(cmd.pos[1])))
 
 
 def _zone(run, cmd):
