@@ -357,3 +357,17 @@ def test_hasflag_rfc5232_4_examples():
     assert _hasflag('hasflag :contains "MyVar" "forward junk"')
     assert not _hasflag('hasflag :contains "MyVar" "label"')
     assert not _hasflag('hasflag :contains "MyVar" ["label1", "label2"]')
+
+
+# -- RFC 5232 3: duplicate stores keep the last flag list -------------------------------------------------
+# "when keep/fileinto is used multiple times in a script and duplicate message elimination is
+# performed (as described in Section 2.10.3 of [SIEVE]), the last flag list value MUST win."
+
+def test_duplicate_fileinto_last_flag_list_wins():
+    script = 'require ["fileinto", "imap4flags"]; fileinto :flags "a" "X"; fileinto :flags ["b", "c"] "X";'
+    assert actions(script) == [FileInto("X", ("b", "c"))]
+
+
+def test_duplicate_keep_last_flag_list_wins_also_for_the_implicit_keep():
+    script = 'require ["fileinto", "imap4flags", "copy"]; fileinto :copy :flags "a" "INBOX"; setflag "b";'
+    assert actions(script) == [Keep(("b",))]

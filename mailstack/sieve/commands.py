@@ -44,17 +44,17 @@ def _flag_list(values) -> list[str]:
 
 
 def store(run, mailbox: str, flags: tuple, create: bool, copy: bool, implicit: bool = False) -> None:
-    """keep / fileinto: at most one store per mailbox, flags of the duplicates merged.
+    """keep / fileinto: at most one store per mailbox, the last flag list winning (RFC 5232 3).
     ``fileinto "INBOX"`` is a keep (RFC 5228 2.10.3), so delivery sees one form."""
     is_inbox = mailbox.upper() == "INBOX"
     if not implicit and run.state.get("reject"):
         raise SieveRuntimeError("reject cannot be combined with keep or fileinto (RFC 5429 2.4)")
     for i, action in enumerate(run.actions):
         if is_inbox and isinstance(action, Keep):
-            run.actions[i] = Keep(tuple(_flag_list(action.flags + flags)))
+            run.actions[i] = Keep(tuple(flags))
             break
         if not is_inbox and isinstance(action, FileInto) and action.mailbox == mailbox:
-            run.actions[i] = FileInto(mailbox, tuple(_flag_list(action.flags + flags)), action.create or create)
+            run.actions[i] = FileInto(mailbox, tuple(flags), action.create or create)
             break
     else:
         _add(run, Keep(flags) if is_inbox else FileInto(mailbox, flags, create))
