@@ -371,3 +371,24 @@ def test_duplicate_fileinto_last_flag_list_wins():
 def test_duplicate_keep_last_flag_list_wins_also_for_the_implicit_keep():
     script = 'require ["fileinto", "imap4flags", "copy"]; fileinto :copy :flags "a" "INBOX"; setflag "b";'
     assert actions(script) == [Keep(("b",))]
+
+
+# -- RFC 5232 2: invalid and unsettable flags are ignored ---------------------------------------------------
+# "it is not possible to use this extension to set or clear the \Recent flag [...] Any such
+# flags MUST be ignored if included in a flag list."  "The Sieve interpreter SHOULD check the
+# list of flags for validity as described by [IMAP] ABNF.  In particular [...] non-ASCII
+# characters are not allowed in flag names. [...] If a flag validity check fails, the flag
+# MUST be ignored."
+
+def test_recent_and_invalid_flags_are_ignored():
+    script = ('require ["imap4flags", "fileinto"];'
+              ' setflag ["\\\\Recent", "\\\\Seen", "caf\u00e9", "a(b", "$Label1"];'
+              ' fileinto :flags ["\\\\recent", "\\\\Flagged", "x]"] "X";')
+    assert actions(script) == [FileInto("X", ("\\Flagged",))]
+    assert actions(script.replace('fileinto :flags', 'keep; fileinto :flags')) == [
+        Keep(("\\Seen", "$Label1")), FileInto("X", ("\\Flagged",))]
+
+
+def test_internal_variable_without_ignored_flags():
+    script = 'require "imap4flags"; addflag "\\\\Recent \\\\Answered  \u00fcber ";'
+    assert actions(script) == [Keep(("\\Answered",))]

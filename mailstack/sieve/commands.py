@@ -8,6 +8,7 @@ redirect per address; ``reject`` excludes keep, fileinto, redirect and vacation 
 from __future__ import annotations
 
 import hashlib
+import re
 
 from .actions import FileInto, Keep, Redirect, Reject, Vacation
 from .checker import valid_address, valid_field_name
@@ -62,9 +63,18 @@ def store(run, mailbox: str, flags: tuple, create: bool, copy: bool, implicit: b
         run.implicit_keep = False
 
 
+#: An IMAP flag (RFC 3501 9): an atom, or "\\" and an atom; ASCII only.
+_FLAG = re.compile(r'\\?[^(){ %*"\\\]\x00-\x1f\x7f-\U0010ffff]+\Z')
+
+
+def _settable(flags: list[str]) -> list[str]:
+    """RFC 5232 2: flags that fail the IMAP syntax, and \\Recent, are ignored, not errors."""
+    return [f for f in flags if _FLAG.match(f) and f.lower() != "\\recent"]
+
+
 def _flags_for(run, cmd) -> tuple:
     if cmd.tag("flags") is not None:
-        return tuple(_flag_list(run.expand_list(cmd.targ("flags"))))
+        return tuple(_settable(_flag_list(run.expand_list(cmd.targ("flags")))))
     return tuple(run.flags)
 
 
@@ -158,12 +168,12 @@ def _flag_store(run, name, flags) -> None:
 
 def do_setflag(run, cmd) -> None:
     name, _, given = _flag_target(run, cmd)
-    _flag_store(run, name, given)
+    _flag_store(run, name, _settable(given))
 
 
 def do_addflag(run, cmd) -> None:
     name, current, given = _flag_target(run, cmd)
-    _flag_store(run, name, _flag_list(current + given))
+    _flag_store(run, name, _flag_list(current + _settable(given)))
 
 
 def do_removeflag(run, cmd) -> None:
