@@ -392,3 +392,31 @@ def test_recent_and_invalid_flags_are_ignored():
 def test_internal_variable_without_ignored_flags():
     script = 'require "imap4flags"; addflag "\\\\Recent \\\\Answered  \u00fcber ";'
     assert actions(script) == [Keep(("\\Answered",))]
+
+
+# -- RFC 6609 3.2: include ----------------------------------------------------------------------------------
+# ":once [...] Implementations MUST NOT generate an error if an "include :once" command names
+# a script whose inclusion would be recursive; in this case, the script MUST be considered
+# previously included"
+
+def _loader(scripts: dict):
+    return lambda name, location: scripts.get((location, name))
+
+
+def test_include_once_of_a_script_being_run_is_no_error():
+    scripts = {("personal", "a"): 'require "include"; include :once "b"; keep;',
+               ("personal", "b"): 'require ["include", "fileinto"]; include :once "a"; fileinto "B";'}
+    result = run(compile_script(scripts[("personal", "a")], "a"), MSG, ENV, loader=_loader(scripts))
+    assert result.errors == [] and result.actions == [FileInto("B"), Keep()]
+
+
+def test_include_once_of_the_main_script_is_no_error():
+    scripts = {("personal", "main"): 'require "include"; include :once "main"; keep;'}
+    result = run(compile_script(scripts[("personal", "main")], "main"), MSG, ENV, loader=_loader(scripts))
+    assert result.errors == [] and result.actions == [Keep()]
+
+
+def test_plain_recursive_include_is_still_a_run_time_error():  # 3.1: MUST generate an error
+    scripts = {("personal", "a"): 'require "include"; include "a";'}
+    result = run(compile_script(scripts[("personal", "a")], "a"), MSG, ENV, loader=_loader(scripts))
+    assert result.errors and result.actions == [Keep()]
