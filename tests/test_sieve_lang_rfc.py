@@ -420,3 +420,23 @@ def test_plain_recursive_include_is_still_a_run_time_error():  # 3.1: MUST gener
     scripts = {("personal", "a"): 'require "include"; include "a";'}
     result = run(compile_script(scripts[("personal", "a")], "a"), MSG, ENV, loader=_loader(scripts))
     assert result.errors and result.actions == [Keep()]
+
+
+# "The script name argument MUST be a constant string as defined in [RFC5229], Section 3;
+# implementations MUST NOT expand variables in the script name argument."  "Implementations
+# MUST restrict script names according to ManageSieve [RFC5804], Section 1.6" (no control
+# characters, no U+2028/U+2029, at least one character).
+
+def test_include_with_a_variable_in_the_name_is_a_syntax_error():
+    with pytest.raises(SieveSyntaxError) as info:
+        compile_script('require ["include", "variables"]; set "n" "x"; include "${n}";')
+    assert "constant" in info.value.message
+
+
+def test_include_names_follow_rfc5804_1_6():
+    for bad in ("a\u2028b", "a\u2029b", "tab\tx", "del\x7f", "c1\x85"):
+        with pytest.raises(SieveSyntaxError):
+            compile_script(f'require "include"; include "{bad}";')
+    scripts = {("personal", "caf\u00e9 $1"): 'require "fileinto"; fileinto "ok";'}
+    result = run(compile_script('require "include"; include "caf\u00e9 $1";'), MSG, ENV, loader=_loader(scripts))
+    assert result.actions == [FileInto("ok")]

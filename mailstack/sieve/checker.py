@@ -314,9 +314,21 @@ def _check_envelope(cmd, node):
             raise _fail(f"unknown envelope part {part!r} (RFC 5228 5.4: from, to)", node)
 
 
+_REFERENCE = re.compile(r"\$\{[A-Za-z0-9_.]+\}")
+#: RFC 5804 1.6 (which RFC 6609 3.2 applies to include): no C0/C1 controls, DEL, U+2028, U+2029.
+_BAD_NAME_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def valid_script_name(name: str) -> bool:
+    """RFC 5804 1.6, and no "/" (names are file names in the repository)."""
+    return bool(name) and "/" not in name and not _BAD_NAME_CHAR.search(name)
+
+
 def _check_include(cmd, node):
     name = cmd.pos[0]
-    if not isinstance(name, Template) and ("/" in name or not name):
+    if isinstance(name, Template) and _REFERENCE.search(name):  # RFC 6609 3.2: never expanded
+        raise _fail(f"include needs a constant script name, not {name!r} (RFC 6609 3.2)", node)
+    if not valid_script_name(name):
         raise _fail(f"invalid script name {name!r} (RFC 6609 3.2)", node)
 
 

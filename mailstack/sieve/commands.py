@@ -208,9 +208,7 @@ def do_set(run, cmd) -> None:
 
 def do_include(run, cmd) -> None:
     location = "global" if cmd.tag("location") == ":global" else "personal"
-    name = run.expand(cmd.pos[0])
-    if not name or "/" in name:
-        raise SieveRuntimeError(f"invalid script name {name!r}")
+    name = str(cmd.pos[0])  # RFC 6609 3.2: a constant string, variables never expanded
     run.include(name, location, bool(cmd.tag("once")), bool(cmd.tag("optional")))
 
 
