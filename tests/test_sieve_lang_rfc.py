@@ -440,3 +440,32 @@ def test_include_names_follow_rfc5804_1_6():
     scripts = {("personal", "caf\u00e9 $1"): 'require "fileinto"; fileinto "ok";'}
     result = run(compile_script('require "include"; include "caf\u00e9 $1";'), MSG, ENV, loader=_loader(scripts))
     assert result.actions == [FileInto("ok")]
+
+
+# -- RFC 6609 3.4.1 / 3.4.2: global -------------------------------------------------------------------------
+# "Each name MUST be a constant string [...] An invalid name MUST be detected as a syntax
+# error."  "If a "global" command is given the name of a variable that has previously been
+# defined in the immediate script with "set", an error MUST be generated"  "references to the
+# "global" namespace without a prior require statement for the "include" extension MUST cause
+# an error."
+
+def test_global_with_a_variable_name_is_a_syntax_error():
+    with pytest.raises(SieveSyntaxError):
+        compile_script('require ["include", "variables"]; set "n" "x"; global "${n}";')
+
+
+def test_global_after_set_of_the_same_name_is_an_error():
+    result = outcome('require ["include", "variables", "fileinto"]; set "a" "1"; global "a"; fileinto "x";')
+    assert result.errors and result.actions == [Keep()]
+
+
+def test_global_before_set_is_fine():
+    assert actions('require ["include", "variables", "fileinto"]; global "a"; set "a" "1"; fileinto "x${a}";') \
+        == [FileInto("x1")]
+
+
+def test_global_namespace_needs_require_include():
+    with pytest.raises(SieveSyntaxError):
+        compile_script('require "variables"; set "global.a" "1";')
+    with pytest.raises(SieveSyntaxError):
+        compile_script('require ["variables", "fileinto"]; fileinto "${global.a}";')

@@ -19,6 +19,7 @@ from .parser import Arg, Node
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _ENCODED = re.compile(r"\$\{(hex|unicode):([^}$]*)\}", re.IGNORECASE)
 _ZONE = re.compile(r"[+-][0-9]{4}\Z")
+_GLOBAL_REFERENCE = re.compile(r"\$\{global\.", re.IGNORECASE)
 
 
 class Template(str):
@@ -193,6 +194,8 @@ class Checker:
         if "encoded-character" in self.requires and "${" in text:
             text = _decode_encoded(text, where)
         if "variables" in self.requires and "${" in text:
+            if "include" not in self.requires and _GLOBAL_REFERENCE.search(text):
+                raise _fail('the "global" namespace needs require "include" (RFC 6609 3.4.2)', where)
             return Template(text)
         return text
 
@@ -243,6 +246,8 @@ def _semantic(checker: Checker, cmd: Cmd, node: Node) -> None:
                     compile_regex(pattern, False)
                 except RegexError as e:
                     raise _fail(f"invalid regex {pattern!r}: {e}", node) from None
+    if cmd.name == "set" and "include" not in checker.requires and str(cmd.pos[0]).lower().startswith("global."):
+        raise _fail('the "global" namespace needs require "include" (RFC 6609 3.4.2)', node)
     extra = _EXTRA.get(cmd.name)
     if extra:
         extra(cmd, node)
@@ -333,6 +338,9 @@ def _check_include(cmd, node):
 
 
 def _check_global(cmd, node):
+    for name in cmd.pos[0]:
+        if isinstance(name, Template):  # RFC 6609 3.4.1: "Each name MUST be a constant string"
+            raise _fail(f"global needs constant variable names, not {name!r}", node)
     _names(cmd.pos[0], node)
 
 

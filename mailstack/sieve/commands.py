@@ -217,8 +217,11 @@ def do_return(run, cmd) -> None:
 
 
 def do_global(run, cmd) -> None:
-    for name in run.expand_list(cmd.pos[0]):
-        run.frame.global_names.add(name.lower())
+    for name in cmd.pos[0]:
+        name = name.lower()
+        if name in run.frame.local and name not in run.frame.global_names:  # RFC 6609 3.4.1
+            raise SieveRuntimeError(f"global {name!r}: already set as a local variable in this script")
+        run.frame.global_names.add(name)
 
 
 def do_addheader(run, cmd) -> None:
