@@ -469,3 +469,18 @@ def test_global_namespace_needs_require_include():
         compile_script('require "variables"; set "global.a" "1";')
     with pytest.raises(SieveSyntaxError):
         compile_script('require ["variables", "fileinto"]; fileinto "${global.a}";')
+
+
+# -- RFC 5229 3: namespaces need their extension -------------------------------------------------------------
+# "References to namespaces without a prior require statement for the relevant extension MUST
+# cause an error."  (variable-ref = "${" [namespace] variable-name "}")
+
+def test_reference_to_an_unrequired_namespace_is_an_error():
+    for text in ("${foo.bar}", "${Env.host}", "${global.a.b}", "${a.b.1}"):
+        with pytest.raises(SieveSyntaxError):
+            compile_script(f'require ["variables", "include", "fileinto"]; fileinto "{text}";')
+
+
+def test_strings_that_are_not_namespace_references_stay_verbatim():
+    for text in ("${a.}", "${.a}", "${doh.!}"):
+        assert actions(f'require ["variables", "fileinto"]; fileinto "{text}";') == [FileInto(text)]

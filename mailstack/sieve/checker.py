@@ -19,7 +19,8 @@ from .parser import Arg, Node
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _ENCODED = re.compile(r"\$\{(hex|unicode):([^}$]*)\}", re.IGNORECASE)
 _ZONE = re.compile(r"[+-][0-9]{4}\Z")
-_GLOBAL_REFERENCE = re.compile(r"\$\{global\.", re.IGNORECASE)
+#: variable-ref with a namespace (RFC 5229 3): identifier "." *(variable-name ".") variable-name
+_NAMESPACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\.((?:[A-Za-z0-9_]+\.)*[A-Za-z0-9_]+)\}")
 
 
 class Template(str):
@@ -194,8 +195,12 @@ class Checker:
         if "encoded-character" in self.requires and "${" in text:
             text = _decode_encoded(text, where)
         if "variables" in self.requires and "${" in text:
-            if "include" not in self.requires and _GLOBAL_REFERENCE.search(text):
-                raise _fail('the "global" namespace needs require "include" (RFC 6609 3.4.2)', where)
+            for m in _NAMESPACED.finditer(text):  # RFC 5229 3: a namespace needs its extension
+                namespace, name = m.group(1).lower(), m.group(2)
+                if namespace != "global" or "." in name or not VARIABLE_NAME.match(name):
+                    raise _fail(f"unknown variable namespace in {m.group()!r} (RFC 5229 3)", where)
+                if "include" not in self.requires:
+                    raise _fail('the "global" namespace needs require "include" (RFC 6609 3.4.2)', where)
             return Template(text)
         return text
 
