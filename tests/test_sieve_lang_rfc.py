@@ -484,3 +484,16 @@ def test_reference_to_an_unrequired_namespace_is_an_error():
 def test_strings_that_are_not_namespace_references_stay_verbatim():
     for text in ("${a.}", "${.a}", "${doh.!}"):
         assert actions(f'require ["variables", "fileinto"]; fileinto "{text}";') == [FileInto(text)]
+
+
+# -- RFC 5228 2.7.4: invalid addresses and :localpart / :domain --------------------------------------------
+# "If an address is not syntactically valid, then it will not be matched by tests specifying
+# ":localpart" or ":domain"."
+
+def test_address_without_a_domain_matches_only_all():
+    msg = b"To: undisclosed-recipients\r\nCc: a@example.com\r\n\r\nx\r\n"
+    script = 'require "fileinto"; if address {part} "to" "{key}" {{ fileinto "hit"; }}'
+    assert actions(script.format(part=":all", key="undisclosed-recipients"), msg) == [FileInto("hit")]
+    assert actions(script.format(part=":localpart", key="undisclosed-recipients"), msg) == [Keep()]
+    assert actions(script.format(part=":domain", key=""), msg) == [Keep()]
+    assert actions(script.format(part=":localpart", key="a").replace('"to"', '"cc"'), msg) == [FileInto("hit")]

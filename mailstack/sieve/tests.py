@@ -62,10 +62,17 @@ def t_address(run, cmd) -> bool:
             continue
         fields = _select(run, cmd, name) if cmd.targ("index") is not None else None
         for address in run.msg.addresses(name, fields):
+            if part != ":all" and not _valid_address(address):
+                continue  # RFC 5228 2.7.4: an invalid address has no :localpart or :domain
             found = address_part(address, part)
             if found is not None:
                 values.append(found)
     return _compare(run, cmd, values, run.expand_list(cmd.pos[1]))
+
+
+def _valid_address(address: str) -> bool:
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and domain)
 
 
 def t_envelope(run, cmd) -> bool:
