@@ -497,3 +497,37 @@ def test_address_without_a_domain_matches_only_all():
     assert actions(script.format(part=":localpart", key="undisclosed-recipients"), msg) == [Keep()]
     assert actions(script.format(part=":domain", key=""), msg) == [Keep()]
     assert actions(script.format(part=":localpart", key="a").replace('"to"', '"cc"'), msg) == [FileInto("hit")]
+
+
+# -- draft-murchison-sieve-regex-07 3: POSIX EREs only ------------------------------------------------------
+# "Any regular expression not defined by [POSIX.2], as well as [POSIX.2] basic regular
+# expressions, word boundaries and backreferences are not supported by this extension.
+# Implementations SHOULD reject regular expressions that are unsupported by this
+# specification as a syntax error."  And its example, with [[:lower:]].
+
+REGEX_EXAMPLE = ('require "regex";\r\n'
+                 'if anyof (\r\n'
+                 '  not address :regex ["to", "cc", "bcc"]\r\n'
+                 '    "me(\\\\+.*)?@company\\\\.com",\r\n'
+                 '  header :regex :comparator "i;octet" "subject"\r\n'
+                 '    "^[^[:lower:]]+$" ) {\r\n'
+                 '  discard;\r\n'
+                 '}\r\n')
+
+
+def test_regex_draft_example():
+    assert actions(REGEX_EXAMPLE, b"To: me+x@company.com\r\nSubject: BUY NOW\r\n\r\nx\r\n") == []
+    assert actions(REGEX_EXAMPLE, b"To: me+x@company.com\r\nSubject: Hello\r\n\r\nx\r\n") == [Keep()]
+    assert actions(REGEX_EXAMPLE, b"To: you@company.com\r\nSubject: Hello\r\n\r\nx\r\n") == []
+
+
+def test_non_ere_regexes_are_syntax_errors():
+    for pattern in ("\\\\bfoo\\\\b", "(a)\\\\1", "(?i)a", "\\\\d+", "a*?", "a++", "[\\\\w]", "(?P<x>a)"):
+        with pytest.raises(SieveSyntaxError):
+            compile_script(f'require "regex"; if header :regex "subject" "{pattern}" {{ discard; }}')
+
+
+def test_ere_escapes_and_brackets_are_fine():
+    for pattern in ("a\\\\.b", "\\\\(x\\\\)", "[*?+]", "[]a]", "[^]a]", "a{2,3}", "(a|b)+", "[[:digit:]]?",
+                    "\\\\\\\\", "x$"):
+        compile_script(f'require "regex"; if header :regex "subject" "{pattern}" {{ discard; }}')

@@ -25,6 +25,7 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 _ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _DIGITS = re.compile(r"[0-9]+")
 INFINITY = float("inf")
+_CLASS_ESCAPE = re.compile(r"\\[A-Za-z0-9]")
 
 
 class RegexError(Exception):
@@ -51,8 +52,57 @@ def numeric(text: str) -> float:
     return int(m.group()) if m else INFINITY
 
 
+def not_ere(pattern: str) -> str | None:
+    """Why ``pattern`` is not a POSIX ERE (regex draft 3: backreferences, word boundaries and
+    other non-POSIX syntax SHOULD be syntax errors), or None.  Python would accept them."""
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        nxt = pattern[i + 1] if i + 1 < n else ""
+        if c == "\\":
+            if nxt.isalnum():
+                return f"\\{nxt} is not POSIX ERE syntax"
+            i += 2
+        elif c == "[":
+            start, i = i, _bracket_end(pattern, i)
+            if i < 0:
+                return None  # unterminated: the compiler reports it
+            if _CLASS_ESCAPE.search(pattern, start, i):
+                return "a backslash class inside [ ] is not POSIX ERE syntax"
+        elif c == "(" and nxt == "?":
+            return "(? groups are not POSIX ERE syntax"
+        elif c in "*+?}" and nxt in ("?", "+"):
+            return f"{c}{nxt} is not POSIX ERE syntax"
+        else:
+            i += 1
+    return None
+
+
+def _bracket_end(pattern: str, start: int) -> int:
+    """The index after the bracket expression opening at ``start`` ([:class:] etc. inside), or -1."""
+    i = start + 1
+    if pattern.startswith("^", i):
+        i += 1
+    if pattern.startswith("]", i):
+        i += 1
+    while i < len(pattern):
+        if pattern[i] == "[" and pattern[i + 1:i + 2] in (":", "=", "."):
+            close = pattern.find(pattern[i + 1] + "]", i + 2)
+            if close < 0:
+                return -1
+            i = close + 2
+        elif pattern[i] == "]":
+            return i + 1
+        else:
+            i += 1
+    return -1
+
+
 @functools.lru_cache(maxsize=512)
 def compile_regex(pattern: str, nocase: bool):
+    reason = not_ere(pattern)
+    if reason:
+        raise RegexError(reason)
     flags = _engine.DOTALL | (_engine.IGNORECASE if nocase else 0)
     try:
         return _engine.compile(pattern, flags)
