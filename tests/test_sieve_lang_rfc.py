@@ -531,3 +531,21 @@ def test_ere_escapes_and_brackets_are_fine():
     for pattern in ("a\\\\.b", "\\\\(x\\\\)", "[*?+]", "[]a]", "[^]a]", "a{2,3}", "(a|b)+", "[[:digit:]]?",
                     "\\\\\\\\", "x$"):
         compile_script(f'require "regex"; if header :regex "subject" "{pattern}" {{ discard; }}')
+
+
+# -- RFC 5230 4.3: :from is a mailbox-list ----------------------------------------------------------------
+# "The string must specify a valid [RFC2822] mailbox-list.  Implementations SHOULD check the
+# syntax and generate an error when a syntactically invalid ":from" parameter is specified."
+
+def test_vacation_from_that_is_not_a_mailbox_list_is_an_error():
+    with pytest.raises(SieveSyntaxError):
+        compile_script('require "vacation"; vacation :from "not an address" "away";')
+    result = outcome('require ["vacation", "variables"]; set "f" "nobody"; vacation :from "${f}" "away";')
+    assert result.errors and result.actions == [Keep()]
+
+
+def test_vacation_from_mailbox_lists_are_fine():
+    for value, quoted in (("me@example.com", "me@example.com"), ("Me <me@example.com>", "Me <me@example.com>"),
+                          ('"Doe, J" <j@example.com>, k@example.com', '\\"Doe, J\\" <j@example.com>, k@example.com')):
+        vacation, keep = actions(f'require "vacation"; vacation :from "{quoted}" "away";')
+        assert vacation.from_addr == value and keep == Keep()

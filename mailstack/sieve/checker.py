@@ -8,6 +8,7 @@ date parts, regexes and variable names.
 
 from __future__ import annotations
 
+import email.utils
 import re
 from dataclasses import dataclass
 
@@ -342,6 +343,18 @@ def _check_include(cmd, node):
         raise _fail(f"invalid script name {name!r} (RFC 6609 3.2)", node)
 
 
+def valid_mailbox_list(value: str) -> bool:
+    """RFC 5230 4.3: :from "must specify a valid [RFC2822] mailbox-list"."""
+    found = email.utils.getaddresses([value])
+    return bool(found) and all(valid_address(addr) for _, addr in found)
+
+
+def _check_vacation(cmd, node):
+    value = cmd.targ("from")
+    if value is not None and not isinstance(value, Template) and not valid_mailbox_list(value):
+        raise _fail(f"vacation :from needs a mailbox-list, not {value!r} (RFC 5230 4.3)", node)
+
+
 def _check_global(cmd, node):
     for name in cmd.pos[0]:
         if isinstance(name, Template):  # RFC 6609 3.4.1: "Each name MUST be a constant string"
@@ -370,7 +383,7 @@ _EXTRA = {
     "hasflag": _check_hasflag, "size": _check_size, "date": _check_date_test, "currentdate": _check_date,
     "redirect": _check_redirect, "deleteheader": _check_deleteheader, "addheader": _field_name,
     "include": _check_include, "global": _check_global, "header": _check_header_like,
-    "address": _check_header_like, "envelope": _check_envelope,
+    "address": _check_header_like, "envelope": _check_envelope, "vacation": _check_vacation,
 }
 
 

@@ -11,7 +11,7 @@ import hashlib
 import re
 
 from .actions import FileInto, Keep, Redirect, Reject, Vacation
-from .checker import valid_address, valid_field_name
+from .checker import valid_address, valid_field_name, valid_mailbox_list
 from .errors import SieveRuntimeError
 from .interp import Return, Stop
 from .matching import fold, fold_upper, quote_regex, quote_wildcard
@@ -134,6 +134,8 @@ def do_vacation(run, cmd) -> None:
     from_addr = cmd.targ("from")
     subject = None if subject is None else run.expand(subject)
     from_addr = None if from_addr is None else run.expand(from_addr)
+    if from_addr is not None and not valid_mailbox_list(from_addr):
+        raise SieveRuntimeError(f"vacation :from needs a mailbox-list, not {from_addr!r} (RFC 5230 4.3)")
     mime = bool(cmd.tag("mime"))
     handle = cmd.targ("handle")
     if handle is None:  # RFC 5230 4.2: from the arguments that shape the reply, as written
