@@ -549,3 +549,25 @@ def test_vacation_from_mailbox_lists_are_fine():
                           ('"Doe, J" <j@example.com>, k@example.com', '\\"Doe, J\\" <j@example.com>, k@example.com')):
         vacation, keep = actions(f'require "vacation"; vacation :from "{quoted}" "away";')
         assert vacation.from_addr == value and keep == Keep()
+
+
+# -- RFC 5293 4: addheader values that do not fit a header line ---------------------------------------------
+# "If the specified field value does not match the [IMAIL] "unstructured" nonterminal syntax
+# element or exceeds a length limit set by the implementation, the implementation MUST either
+# flag an error or encode the field using folding white space [...] to be compliant with
+# [IMAIL]."  (RFC 5322 2.1.1: lines of at most 998 characters.)
+
+def test_long_addheader_value_is_folded():
+    value = " ".join(["word"] * 400)
+    result = outcome(f'require "editheader"; addheader "X-Long" "{value}";')
+    assert not result.errors
+    field = result.header.split(b"\r\nFrom:")[0]
+    lines = field.split(b"\r\n")
+    assert len(lines) > 1 and max(len(line) for line in lines) <= 998
+    assert all(line.startswith(b" ") for line in lines[1:])
+    assert field.replace(b"\r\n", b"") == b"X-Long: " + value.encode()
+
+
+def test_addheader_value_that_cannot_be_folded_is_an_error():
+    result = outcome('require "editheader"; addheader "X-Long" "' + "z" * 1200 + '";')
+    assert result.errors and result.actions == [Keep()] and result.header is None

@@ -233,7 +233,10 @@ def do_addheader(run, cmd) -> None:
     if name.lower() in PROTECTED_FIELDS:
         return
     value = run.expand(cmd.pos[1])
-    run.msg.add(name, value, bool(cmd.tag("last")))
+    try:
+        run.msg.add(name, value, bool(cmd.tag("last")))
+    except ValueError as e:  # RFC 5293 4: fold or "flag an error"
+        raise SieveRuntimeError(f"addheader {name}: {e}") from None
 
 
 def do_deleteheader(run, cmd) -> None:
