@@ -131,6 +131,15 @@ def compile_wildcard(pattern: str):
     return _engine.compile("".join(out), _engine.DOTALL)
 
 
+def _octets(text: str) -> str:
+    """The UTF-8 octets of ``text``, one character each (latin-1), for octet-wise matching."""
+    return text.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+def _text(octets: str) -> str:
+    return octets.encode("latin-1").decode("utf-8", "replace")
+
+
 def quote_wildcard(text: str) -> str:
     return re.sub(r"([*?\\])", r"\\\1", text)
 
@@ -212,11 +221,15 @@ class Matcher:
                 self.groups = [value]
                 return True
             return False
+        octets = not (value.isascii() and key.isascii())
+        if octets:  # RFC 5228 2.7.1: under these comparators "?" is exactly one octet
+            value, key = _octets(value), _octets(key)
         pattern = compile_wildcard(fold(key) if nocase else key)
         m = self._run(pattern.fullmatch, fold(value) if nocase else value)
         if m is None:
             return False
-        self.groups = [value] + [value[m.start(i):m.end(i)] for i in range(1, pattern.groups + 1)]
+        groups = [value] + [value[m.start(i):m.end(i)] for i in range(1, pattern.groups + 1)]
+        self.groups = [_text(g) for g in groups] if octets else groups
         return True
 
     def regex(self, value: str, key: str) -> bool:

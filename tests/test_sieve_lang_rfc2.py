@@ -1,0 +1,41 @@
+"""More findings of the RFC review of the Sieve interpreter (see test_sieve_lang_rfc.py):
+each test quotes the section it checks."""
+
+from __future__ import annotations
+
+from mailstack.sieve import Envelope, compile_script, run
+from mailstack.sieve.actions import FileInto, Keep
+
+ENV = Envelope(sender="coyote@desert.example.org", recipient="roadrunner@acme.example.com")
+
+
+def actions(script: str, message: bytes):
+    result = run(compile_script(script), message, ENV)
+    assert not result.errors, result.errors
+    return result.actions
+
+
+# -- RFC 5228 2.7.1: "?" is one octet under i;octet and i;ascii-casemap --------------------------------------
+# "the comparators "i;octet" and "i;ascii-casemap" define a character to be a single octet, so
+# "?" will always match exactly one octet when one of those comparators is in use."
+
+CAFE = "Subject: caf\u00e9 \u00e0 la carte\r\n\r\nx\r\n".encode("utf-8")  # e-acute, a-grave: 2 octets each
+
+
+def _matches(key: str, comparator: str = "i;ascii-casemap") -> bool:
+    script = (f'require ["fileinto", "variables"]; if header :matches :comparator "{comparator}"'
+              f' "Subject" "{key}" {{ fileinto "hit"; }}')
+    return actions(script, CAFE) == [FileInto("hit")]
+
+
+def test_question_mark_is_one_octet():
+    for comparator in ("i;ascii-casemap", "i;octet"):
+        assert not _matches("caf? * la carte", comparator)
+        assert _matches("caf?? ?? la carte", comparator)
+        assert _matches("CAF?? * LA CARTE") if comparator == "i;ascii-casemap" else True
+
+
+def test_match_variables_still_hold_whole_characters():
+    script = ('require ["fileinto", "variables"]; if header :matches "Subject" "caf* * la *"'
+              ' { fileinto "${1}|${2}|${3}"; }')
+    assert actions(script, CAFE) == [FileInto("\u00e9|\u00e0|carte")]
