@@ -39,3 +39,17 @@ def test_match_variables_still_hold_whole_characters():
     script = ('require ["fileinto", "variables"]; if header :matches "Subject" "caf* * la *"'
               ' { fileinto "${1}|${2}|${3}"; }')
     assert actions(script, CAFE) == [FileInto("\u00e9|\u00e0|carte")]
+
+
+# -- RFC 5228 5.4: envelope tests drop source routes ---------------------------------------------------------
+# "All tests against envelopes MUST drop source routes."
+
+def test_envelope_drops_source_routes():
+    env = Envelope(sender="@relay1.example,@relay2.example:coyote@desert.example.org",
+                   recipient="@mx.example:roadrunner@acme.example.com")
+    script = ('require ["envelope", "fileinto"];'
+              ' if allof (envelope :all :is "from" "coyote@desert.example.org",'
+              ' envelope :localpart :is "to" "roadrunner",'
+              ' envelope :domain :is "to" "acme.example.com") { fileinto "hit"; }')
+    result = run(compile_script(script), b"Subject: x\r\n\r\nx\r\n", env)
+    assert result.actions == [FileInto("hit")] and not result.errors

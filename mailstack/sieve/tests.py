@@ -91,6 +91,8 @@ def t_envelope(run, cmd) -> bool:
                 continue
         else:
             raise SieveRuntimeError(f"unknown envelope part {name!r}")
+        if address.startswith("@") and ":" in address:  # RFC 5228 5.4: source routes dropped
+            address = address.partition(":")[2]
         if address == "":  # RFC 5228 5.4: "" whatever the address part (:user, :detail too)
             if cmd.tag("match") != ":count":  # RFC 5231 4.2: but it counts as no address
                 values.append("")
