@@ -53,3 +53,16 @@ def test_envelope_drops_source_routes():
               ' envelope :domain :is "to" "acme.example.com") { fileinto "hit"; }')
     result = run(compile_script(script), b"Subject: x\r\n\r\nx\r\n", env)
     assert result.actions == [FileInto("hit")] and not result.errors
+
+
+# -- RFC 5260 4: a date at the end after a semicolon, in any field ------------------------------------------
+# "Implementations MUST support extraction of RFC 2822 date-time information that either makes
+# up the entire header field (e.g., as it does in a standard Date: header field) or appears at
+# the end of a header field following a semicolon (e.g., as it does in a standard Received:
+# header field)."
+
+def test_date_after_a_semicolon_in_any_field():
+    msg = b"X-Delivered: by mx.example; Tue, 1 Apr 1997 09:06:31 -0800\r\n\r\nx\r\n"
+    script = ('require ["date", "fileinto"];'
+              ' if date :originalzone "x-delivered" "date" "1997-04-01" { fileinto "hit"; }')
+    assert actions(script, msg) == [FileInto("hit")]
