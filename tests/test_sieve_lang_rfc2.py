@@ -66,3 +66,12 @@ def test_date_after_a_semicolon_in_any_field():
     script = ('require ["date", "fileinto"];'
               ' if date :originalzone "x-delivered" "date" "1997-04-01" { fileinto "hit"; }')
     assert actions(script, msg) == [FileInto("hit")]
+
+
+# -- RFC 6131 2: "vacation-seconds" implies "vacation" ------------------------------------------------------
+# 'Note that "vacation-seconds" implies "vacation", and a script with "vacation-seconds" in a
+# "require" list can omit "vacation" from that list.'
+
+def test_vacation_seconds_implies_vacation():
+    (vacation, keep) = actions('require "vacation-seconds"; vacation :seconds 1800 "away";', b"Subject: x\r\n\r\nx\r\n")
+    assert vacation.seconds == 1800 and keep == Keep()

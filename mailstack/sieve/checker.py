@@ -79,6 +79,8 @@ class Checker:
             if name not in S.CAPABILITIES:
                 raise _fail(f"unsupported extension {name!r} in require", node.args[0])
             self.requires.add(name)
+            if name == "vacation-seconds":  # RFC 6131 2: it implies "vacation"
+                self.requires.add("vacation")
 
     def needs(self, ext, where, what: str) -> None:
         for name in (ext if isinstance(ext, tuple) else (ext,)):
