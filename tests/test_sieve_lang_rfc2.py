@@ -75,3 +75,20 @@ def test_date_after_a_semicolon_in_any_field():
 def test_vacation_seconds_implies_vacation():
     (vacation, keep) = actions('require "vacation-seconds"; vacation :seconds 1800 "away";', b"Subject: x\r\n\r\nx\r\n")
     assert vacation.seconds == 1800 and keep == Keep()
+
+
+# -- RFC 5232 3: a variable name without "variables" ------------------------------------------------------
+# "If the SIEVE interpreter doesn't support the "variables" extension [VARIABLES], the presence
+# of the variable name parameter will cause a runtime error"; and RFC 5228 2.10.5: an extension
+# not enabled with require is treated as not supported at all.
+
+def test_flag_commands_with_a_variable_name_need_variables():
+    import pytest
+
+    from mailstack.sieve import SieveSyntaxError
+    for script in ('require "imap4flags"; setflag "v" "A";', 'require "imap4flags"; addflag "v" "A";',
+                   'require "imap4flags"; removeflag "v" "A";', 'require "imap4flags"; if hasflag "v" "A" { }'):
+        with pytest.raises(SieveSyntaxError) as info:
+            compile_script(script)
+        assert '"variables"' in info.value.message
+    compile_script('require ["imap4flags", "variables"]; setflag "v" "A"; if hasflag "v" "A" { }')

@@ -256,9 +256,14 @@ def _semantic(checker: Checker, cmd: Cmd, node: Node) -> None:
                     raise _fail(f"invalid regex {pattern!r}: {e}", node) from None
     if cmd.name == "set" and "include" not in checker.requires and str(cmd.pos[0]).lower().startswith("global."):
         raise _fail('the "global" namespace needs require "include" (RFC 6609 3.4.2)', node)
+    if cmd.name in _FLAG_COMMANDS and cmd.pos[0] is not None and "variables" not in checker.requires:
+        raise _fail(f'{cmd.name} with a variable name needs require "variables" (RFC 5232 3)', node)
     extra = _EXTRA.get(cmd.name)
     if extra:
         extra(cmd, node)
+
+
+_FLAG_COMMANDS = frozenset({"setflag", "addflag", "removeflag", "hasflag"})
 
 
 def _names(values, node, what="variable name"):
