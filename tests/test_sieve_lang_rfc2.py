@@ -92,3 +92,15 @@ def test_flag_commands_with_a_variable_name_need_variables():
             compile_script(script)
         assert '"variables"' in info.value.message
     compile_script('require ["imap4flags", "variables"]; setflag "v" "A"; if hasflag "v" "A" { }')
+
+
+# -- RFC 6609 3.2: :once counts every earlier inclusion ---------------------------------------------------
+# 'The ":once" parameter tells the interpreter only to include the named script if it has not
+# already been included at any other point during script execution.'
+
+def test_include_once_after_a_plain_include_is_skipped():
+    scripts = {("personal", "flag"): 'require ["imap4flags"]; addflag "seen-by-flag";'}
+    main = 'require ["include", "imap4flags"]; include "flag"; removeflag "seen-by-flag"; include :once "flag";'
+    result = run(compile_script(main, "main"), b"Subject: x\r\n\r\nx\r\n", ENV,
+                 loader=lambda name, location: scripts.get((location, name)))
+    assert not result.errors and result.actions == [Keep()]

@@ -168,8 +168,7 @@ class Run:
         script = self.load(key, optional)
         if script is None:
             return
-        if once:
-            self.included_once.add(key)
+        self.included_once.add(key)  # RFC 6609 3.2: :once skips any earlier inclusion, :once or not
         outer = self.frame
         self.frame = Frame(script.requires, name)
         self.include_stack.append(key)
