@@ -104,3 +104,28 @@ def test_include_once_after_a_plain_include_is_skipped():
     result = run(compile_script(main, "main"), b"Subject: x\r\n\r\nx\r\n", ENV,
                  loader=lambda name, location: scripts.get((location, name)))
     assert not result.errors and result.actions == [Keep()]
+
+
+# -- regex draft 3: "." and the anchors work on lines ------------------------------------------------------
+# '"."  Match any single character except newline.'  '"^"  Match the beginning of the line or
+# string.'  '"$"  Match the end of the line or string.'
+
+BODY = b"Subject: x\r\n\r\nfirst line, about the anvil\r\nLook, second line\r\n"
+
+
+def _body_regex(pattern: str) -> bool:
+    script = f'require ["body", "regex", "fileinto"]; if body :raw :regex "{pattern}" {{ fileinto "hit"; }}'
+    return actions(script, BODY) == [FileInto("hit")]
+
+
+def test_regex_dot_does_not_cross_a_line_end():
+    assert not _body_regex("anvil..Look")
+    assert not _body_regex("anvil.*Look")
+    assert _body_regex("anvil[[:space:]]+Look")
+
+
+def test_regex_anchors_match_at_line_ends():
+    assert _body_regex("^Look")
+    assert _body_regex("anvil$")
+    assert _body_regex("^first")
+    assert not _body_regex("^second")

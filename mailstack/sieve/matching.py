@@ -103,7 +103,9 @@ def compile_regex(pattern: str, nocase: bool):
     reason = not_ere(pattern)
     if reason:
         raise RegexError(reason)
-    flags = _engine.DOTALL | (_engine.IGNORECASE if nocase else 0)
+    # regex draft 3: "." is any character but a line end, "^" and "$" match at lines too;
+    # the regex module's WORD flag makes CRLF (the message's line end) one line boundary
+    flags = _engine.MULTILINE | getattr(_engine, "WORD", 0) | (_engine.IGNORECASE if nocase else 0)
     try:
         return _engine.compile(pattern, flags)
     except (_engine.error, re.error, ValueError, OverflowError) as e:
