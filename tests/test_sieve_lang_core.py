@@ -325,9 +325,9 @@ def test_rfc5228_2_10_6_run_time_error_keeps():
     assert outcome.errors == ["redirect to an invalid address 'not an address'"]
 
 
-def test_flags_of_duplicate_stores_merge():
+def test_flags_of_duplicate_stores_last_wins():  # RFC 5232 3: "the last flag list value MUST win"
     script = 'require ["fileinto", "imap4flags"]; fileinto :flags "a" "X"; fileinto :flags ["b", "A"] "X";'
-    assert actions(script) == [FileInto("X", ("a", "b"))]
+    assert actions(script) == [FileInto("X", ("b", "A"))]
 
 
 def test_lf_only_script_and_message():

@@ -23,8 +23,10 @@ _HIDDEN = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
 
 
 def body_texts(raw: bytes, transform: str, types: tuple, max_body: int, tick) -> list[str]:
+    head_end, start = header_bounds(raw)
+    if head_end == len(raw):  # RFC 5173 4: a header with no empty line after it: no body at all
+        return []
     if transform == ":raw":  # RFC 5173 5.1: the body as it is, no decoding
-        start = header_bounds(raw)[1]
         return [raw[start:start + max_body].decode("utf-8", "replace")]
     parser = BytesFeedParser(policy=compat32)
     for start in range(0, len(raw), _CHUNK):
@@ -35,9 +37,11 @@ def body_texts(raw: bytes, transform: str, types: tuple, max_body: int, tick) ->
     out = []
     for part in root.walk():
         tick()
-        if part.is_multipart():
-            continue
         ctype = part.get_content_type()
+        if part.is_multipart():  # RFC 5173 5.2: a container's own text, its parts by their types
+            if transform == ":content" and _selected(ctype, wanted):
+                out.extend(_container_texts(part, ctype, max_body))
+            continue
         if not _selected(ctype, wanted):
             continue
         text = _decoded(part, max_body)
@@ -45,6 +49,16 @@ def body_texts(raw: bytes, transform: str, types: tuple, max_body: int, tick) ->
             text = html_text(text)
         out.append(text)
     return out
+
+
+def _container_texts(part, ctype: str, max_body: int) -> list[str]:
+    """A multipart's prologue and epilogue (two strings); a message/rfc822's nested header."""
+    if ctype.startswith("multipart/"):
+        return [(part.preamble or "")[:max_body], (part.epilogue or "")[:max_body]]
+    nested = part.get_payload()
+    if isinstance(nested, list) and nested:
+        return ["".join(f"{name}: {value}\r\n" for name, value in nested[0].items())[:max_body]]
+    return []
 
 
 def html_text(markup: str) -> str:

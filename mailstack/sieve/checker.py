@@ -8,6 +8,7 @@ date parts, regexes and variable names.
 
 from __future__ import annotations
 
+import email.utils
 import re
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from .parser import Arg, Node
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _ENCODED = re.compile(r"\$\{(hex|unicode):([^}$]*)\}", re.IGNORECASE)
 _ZONE = re.compile(r"[+-][0-9]{4}\Z")
+#: variable-ref with a namespace (RFC 5229 3): identifier "." *(variable-name ".") variable-name
+_NAMESPACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\.((?:[A-Za-z0-9_]+\.)*[A-Za-z0-9_]+)\}")
 
 
 class Template(str):
@@ -76,6 +79,8 @@ class Checker:
             if name not in S.CAPABILITIES:
                 raise _fail(f"unsupported extension {name!r} in require", node.args[0])
             self.requires.add(name)
+            if name == "vacation-seconds":  # RFC 6131 2: it implies "vacation"
+                self.requires.add("vacation")
 
     def needs(self, ext, where, what: str) -> None:
         for name in (ext if isinstance(ext, tuple) else (ext,)):
@@ -193,6 +198,12 @@ class Checker:
         if "encoded-character" in self.requires and "${" in text:
             text = _decode_encoded(text, where)
         if "variables" in self.requires and "${" in text:
+            for m in _NAMESPACED.finditer(text):  # RFC 5229 3: a namespace needs its extension
+                namespace, name = m.group(1).lower(), m.group(2)
+                if namespace != "global" or "." in name or not VARIABLE_NAME.match(name):
+                    raise _fail(f"unknown variable namespace in {m.group()!r} (RFC 5229 3)", where)
+                if "include" not in self.requires:
+                    raise _fail('the "global" namespace needs require "include" (RFC 6609 3.4.2)', where)
             return Template(text)
         return text
 
@@ -243,9 +254,16 @@ def _semantic(checker: Checker, cmd: Cmd, node: Node) -> None:
                     compile_regex(pattern, False)
                 except RegexError as e:
                     raise _fail(f"invalid regex {pattern!r}: {e}", node) from None
+    if cmd.name == "set" and "include" not in checker.requires and str(cmd.pos[0]).lower().startswith("global."):
+        raise _fail('the "global" namespace needs require "include" (RFC 6609 3.4.2)', node)
+    if cmd.name in _FLAG_COMMANDS and cmd.pos[0] is not None and "variables" not in checker.requires:
+        raise _fail(f'{cmd.name} with a variable name needs require "variables" (RFC 5232 3)', node)
     extra = _EXTRA.get(cmd.name)
     if extra:
         extra(cmd, node)
+
+
+_FLAG_COMMANDS = frozenset({"setflag", "addflag", "removeflag", "hasflag"})
 
 
 def _names(values, node, what="variable name"):
@@ -256,7 +274,9 @@ def _names(values, node, what="variable name"):
 
 def _check_set(cmd, node):
     name = cmd.pos[0]
-    if not isinstance(name, Template) and name.lower().startswith("global."):
+    if isinstance(name, Template):  # RFC 5229 4: "The name MUST be a constant string"
+        raise _fail(f"set needs a constant variable name, not {name!r}", node)
+    if name.lower().startswith("global."):
         name = name[7:]  # RFC 6609 3.5: the "global" namespace
     _names([name], node)
 
@@ -312,13 +332,40 @@ def _check_envelope(cmd, node):
             raise _fail(f"unknown envelope part {part!r} (RFC 5228 5.4: from, to)", node)
 
 
+_REFERENCE = re.compile(r"\$\{[A-Za-z0-9_.]+\}")
+#: RFC 5804 1.6 (which RFC 6609 3.2 applies to include): no C0/C1 controls, DEL, U+2028, U+2029.
+_BAD_NAME_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def valid_script_name(name: str) -> bool:
+    """RFC 5804 1.6, and no "/" (names are file names in the repository)."""
+    return bool(name) and "/" not in name and not _BAD_NAME_CHAR.search(name)
+
+
 def _check_include(cmd, node):
     name = cmd.pos[0]
-    if not isinstance(name, Template) and ("/" in name or not name):
+    if isinstance(name, Template) and _REFERENCE.search(name):  # RFC 6609 3.2: never expanded
+        raise _fail(f"include needs a constant script name, not {name!r} (RFC 6609 3.2)", node)
+    if not valid_script_name(name):
         raise _fail(f"invalid script name {name!r} (RFC 6609 3.2)", node)
 
 
+def valid_mailbox_list(value: str) -> bool:
+    """RFC 5230 4.3: :from "must specify a valid [RFC2822] mailbox-list"."""
+    found = email.utils.getaddresses([value])
+    return bool(found) and all(valid_address(addr) for _, addr in found)
+
+
+def _check_vacation(cmd, node):
+    value = cmd.targ("from")
+    if value is not None and not isinstance(value, Template) and not valid_mailbox_list(value):
+        raise _fail(f"vacation :from needs a mailbox-list, not {value!r} (RFC 5230 4.3)", node)
+
+
 def _check_global(cmd, node):
+    for name in cmd.pos[0]:
+        if isinstance(name, Template):  # RFC 6609 3.4.1: "Each name MUST be a constant string"
+            raise _fail(f"global needs constant variable names, not {name!r}", node)
     _names(cmd.pos[0], node)
 
 
@@ -343,7 +390,7 @@ _EXTRA = {
     "hasflag": _check_hasflag, "size": _check_size, "date": _check_date_test, "currentdate": _check_date,
     "redirect": _check_redirect, "deleteheader": _check_deleteheader, "addheader": _field_name,
     "include": _check_include, "global": _check_global, "header": _check_header_like,
-    "address": _check_header_like, "envelope": _check_envelope,
+    "address": _check_header_like, "envelope": _check_envelope, "vacation": _check_vacation,
 }
 
 

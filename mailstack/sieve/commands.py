@@ -2,18 +2,19 @@
 5429, 6609, 3894, 5490): each adds to the run's action list or changes its state.
 
 Duplicates collapse (RFC 5228 2.10.3): one store per mailbox (``keep`` is INBOX), one
-redirect per address; ``reject`` excludes keep, fileinto and vacation (RFC 5429 2.2).
+redirect per address; ``reject`` excludes keep, fileinto, redirect and vacation (RFC 5429 2.4).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 
 from .actions import FileInto, Keep, Redirect, Reject, Vacation
-from .checker import valid_address, valid_field_name
+from .checker import valid_address, valid_field_name, valid_mailbox_list
 from .errors import SieveRuntimeError
 from .interp import Return, Stop
-from .matching import quote_regex, quote_wildcard
+from .matching import fold, fold_upper, quote_regex, quote_wildcard
 
 MAX_REDIRECTS = 32
 MAX_ACTIONS = 256
@@ -44,17 +45,17 @@ def _flag_list(values) -> list[str]:
 
 
 def store(run, mailbox: str, flags: tuple, create: bool, copy: bool, implicit: bool = False) -> None:
-    """keep / fileinto: at most one store per mailbox, flags of the duplicates merged.
+    """keep / fileinto: at most one store per mailbox, the last flag list winning (RFC 5232 3).
     ``fileinto "INBOX"`` is a keep (RFC 5228 2.10.3), so delivery sees one form."""
     is_inbox = mailbox.upper() == "INBOX"
     if not implicit and run.state.get("reject"):
-        raise SieveRuntimeError("reject cannot be combined with keep or fileinto (RFC 5429 2.2)")
+        raise SieveRuntimeError("reject cannot be combined with keep or fileinto (RFC 5429 2.4)")
     for i, action in enumerate(run.actions):
         if is_inbox and isinstance(action, Keep):
-            run.actions[i] = Keep(tuple(_flag_list(action.flags + flags)))
+            run.actions[i] = Keep(tuple(flags))
             break
         if not is_inbox and isinstance(action, FileInto) and action.mailbox == mailbox:
-            run.actions[i] = FileInto(mailbox, tuple(_flag_list(action.flags + flags)), action.create or create)
+            run.actions[i] = FileInto(mailbox, tuple(flags), action.create or create)
             break
     else:
         _add(run, Keep(flags) if is_inbox else FileInto(mailbox, flags, create))
@@ -62,9 +63,18 @@ def store(run, mailbox: str, flags: tuple, create: bool, copy: bool, implicit: b
         run.implicit_keep = False
 
 
+#: An IMAP flag (RFC 3501 9): an atom, or "\\" and an atom; ASCII only.
+_FLAG = re.compile(r'\\?[^(){ %*"\\\]\x00-\x1f\x7f-\U0010ffff]+\Z')
+
+
+def _settable(flags: list[str]) -> list[str]:
+    """RFC 5232 2: flags that fail the IMAP syntax, and \\Recent, are ignored, not errors."""
+    return [f for f in flags if _FLAG.match(f) and f.lower() != "\\recent"]
+
+
 def _flags_for(run, cmd) -> tuple:
     if cmd.tag("flags") is not None:
-        return tuple(_flag_list(run.expand_list(cmd.targ("flags"))))
+        return tuple(_settable(_flag_list(run.expand_list(cmd.targ("flags")))))
     return tuple(run.flags)
 
 
@@ -88,6 +98,8 @@ def do_stop(run, cmd) -> None:
 
 
 def do_redirect(run, cmd) -> None:
+    if run.state.get("reject"):
+        raise SieveRuntimeError("reject cannot be combined with redirect (RFC 5429 2.4)")
     address = run.expand(cmd.pos[0]).strip()
     if not valid_address(address):
         raise SieveRuntimeError(f"redirect to an invalid address {address!r}")
@@ -102,9 +114,10 @@ def do_redirect(run, cmd) -> None:
 
 def do_reject(run, cmd) -> None:
     if run.state.get("reject"):
-        raise SieveRuntimeError("only one reject or ereject per run (RFC 5429 2.2)")
-    if any(isinstance(a, (Keep, FileInto, Vacation)) for a in run.actions):
-        raise SieveRuntimeError(f"{cmd.name} cannot be combined with keep, fileinto or vacation (RFC 5429 2.2)")
+        raise SieveRuntimeError("only one reject or ereject per run (RFC 5429 2.4)")
+    if any(isinstance(a, (Keep, FileInto, Redirect, Vacation)) for a in run.actions):
+        raise SieveRuntimeError(f"{cmd.name} cannot be combined with keep, fileinto, redirect or vacation"
+                                " (RFC 5429 2.4)")
     run.state["reject"] = True
     _add(run, Reject(run.expand(cmd.pos[0]), ereject=cmd.name == "ereject"))
     run.implicit_keep = False
@@ -114,18 +127,21 @@ def do_vacation(run, cmd) -> None:
     if run.state.get("vacation"):
         raise SieveRuntimeError("only one vacation per run")
     if run.state.get("reject"):
-        raise SieveRuntimeError("vacation cannot be combined with reject (RFC 5429 2.2)")
+        raise SieveRuntimeError("vacation cannot be combined with reject (RFC 5429 2.4, RFC 5230 4.7)")
     run.state["vacation"] = True
     reason = run.expand(cmd.pos[0])
     subject = cmd.targ("subject")
     from_addr = cmd.targ("from")
     subject = None if subject is None else run.expand(subject)
     from_addr = None if from_addr is None else run.expand(from_addr)
+    if from_addr is not None and not valid_mailbox_list(from_addr):
+        raise SieveRuntimeError(f"vacation :from needs a mailbox-list, not {from_addr!r} (RFC 5230 4.3)")
     mime = bool(cmd.tag("mime"))
     handle = cmd.targ("handle")
-    if handle is None:  # RFC 5230 4.2: derived from the arguments that shape the reply
-        digest = hashlib.sha256("\0".join([reason, subject or "", from_addr or "", str(mime)]).encode("utf-8"))
-        handle = "auto-" + digest.hexdigest()[:32]
+    if handle is None:  # RFC 5230 4.2: from the arguments that shape the reply, as written
+        # (before variable expansion), so ":subject "Re: ${1}"" is one response for all subjects
+        raw = [cmd.pos[0], cmd.targ("subject") or "", cmd.targ("from") or "", str(mime)]
+        handle = "auto-" + hashlib.sha256("\0".join(raw).encode("utf-8")).hexdigest()[:32]
     else:
         handle = run.expand(handle)
     _add(run, Vacation(reason=reason, seconds=_period(cmd), subject=subject, from_addr=from_addr,
@@ -154,12 +170,12 @@ def _flag_store(run, name, flags) -> None:
 
 def do_setflag(run, cmd) -> None:
     name, _, given = _flag_target(run, cmd)
-    _flag_store(run, name, given)
+    _flag_store(run, name, _settable(given))
 
 
 def do_addflag(run, cmd) -> None:
     name, current, given = _flag_target(run, cmd)
-    _flag_store(run, name, _flag_list(current + given))
+    _flag_store(run, name, _flag_list(current + _settable(given)))
 
 
 def do_removeflag(run, cmd) -> None:
@@ -169,18 +185,19 @@ def do_removeflag(run, cmd) -> None:
 
 
 def do_set(run, cmd) -> None:
-    """RFC 5229 4: modifiers applied from the highest precedence (40) down to :length (10)."""
+    """RFC 5229 4: modifiers applied from the highest precedence (40) down to :length (10);
+    the case ones change only US-ASCII letters (4.1.3)."""
     value = run.expand(cmd.pos[1])
     mod = cmd.tag("mod40")
     if mod == ":lower":
-        value = value.lower()
+        value = fold(value)
     elif mod == ":upper":
-        value = value.upper()
+        value = fold_upper(value)
     mod = cmd.tag("mod30")
     if mod == ":lowerfirst":
-        value = value[:1].lower() + value[1:]
+        value = fold(value[:1]) + value[1:]
     elif mod == ":upperfirst":
-        value = value[:1].upper() + value[1:]
+        value = fold_upper(value[:1]) + value[1:]
     mod = cmd.tag("mod20")
     if mod == ":quotewildcard":
         value = quote_wildcard(value)
@@ -193,9 +210,7 @@ def do_set(run, cmd) -> None:
 
 def do_include(run, cmd) -> None:
     location = "global" if cmd.tag("location") == ":global" else "personal"
-    name = run.expand(cmd.pos[0])
-    if not name or "/" in name:
-        raise SieveRuntimeError(f"invalid script name {name!r}")
+    name = str(cmd.pos[0])  # RFC 6609 3.2: a constant string, variables never expanded
     run.include(name, location, bool(cmd.tag("once")), bool(cmd.tag("optional")))
 
 
@@ -204,8 +219,11 @@ def do_return(run, cmd) -> None:
 
 
 def do_global(run, cmd) -> None:
-    for name in run.expand_list(cmd.pos[0]):
-        run.frame.global_names.add(name.lower())
+    for name in cmd.pos[0]:
+        name = name.lower()
+        if name in run.frame.local and name not in run.frame.global_names:  # RFC 6609 3.4.1
+            raise SieveRuntimeError(f"global {name!r}: already set as a local variable in this script")
+        run.frame.global_names.add(name)
 
 
 def do_addheader(run, cmd) -> None:
@@ -215,7 +233,10 @@ def do_addheader(run, cmd) -> None:
     if name.lower() in PROTECTED_FIELDS:
         return
     value = run.expand(cmd.pos[1])
-    run.msg.add(name, value, bool(cmd.tag("last")))
+    try:
+        run.msg.add(name, value, bool(cmd.tag("last")))
+    except ValueError as e:  # RFC 5293 4: fold or "flag an error"
+        raise SieveRuntimeError(f"addheader {name}: {e}") from None
 
 
 def do_deleteheader(run, cmd) -> None:

@@ -19,9 +19,17 @@ def parse_zone(text: str):
 
 
 def header_date(value: str, name: str) -> datetime | None:
-    """An RFC 5322 date-time; for Received, the part after its last ";" (RFC 5260 4)."""
+    """An RFC 5322 date-time: the whole field, or what follows its last ";" (RFC 5260 4: both
+    MUST be supported, whatever the field; Received always uses the latter)."""
     if name.lower() == "received":
-        value = value.rpartition(";")[2]
+        return _parse_date(value.rpartition(";")[2])
+    found = _parse_date(value)
+    if found is None and ";" in value:
+        found = _parse_date(value.rpartition(";")[2])
+    return found
+
+
+def _parse_date(value: str) -> datetime | None:
     try:
         parts = email.utils.parsedate_tz(value)
         if parts is None:
@@ -66,8 +74,9 @@ def date_part(when: datetime, part: str, zone) -> str | None:
         return f"{when.second:02d}"
     if part == "time":
         return f"{when.hour:02d}:{when.minute:02d}:{when.second:02d}"
-    if part == "iso8601":
-        return when.replace(microsecond=0).isoformat()
+    if part == "iso8601":  # RFC 5260 4.2: RFC 3339 date-time, a zero offset written "Z"
+        text = when.replace(microsecond=0).isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
     if part == "std11":
         return email.utils.format_datetime(when.replace(microsecond=0))
     if part == "zone":

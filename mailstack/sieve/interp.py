@@ -156,8 +156,8 @@ class Run:
     # -- include (RFC 6609) ------------------------------------------------------------
     def include(self, name: str, location: str, once: bool, optional: bool) -> None:
         key = (location, name)
-        if once and key in self.included_once:
-            return
+        if once and (key in self.included_once or key in self.include_stack):
+            return  # RFC 6609 3.2: a recursive :once counts as already included, no error
         if key in self.include_stack:
             raise SieveRuntimeError(f"include loop: {location} script {name!r} includes itself")
         if len(self.include_stack) > MAX_INCLUDE_DEPTH:
@@ -168,8 +168,7 @@ class Run:
         script = self.load(key, optional)
         if script is None:
             return
-        if once:
-            self.included_once.add(key)
+        self.included_once.add(key)  # RFC 6609 3.2: :once skips any earlier inclusion, :once or not
         outer = self.frame
         self.frame = Frame(script.requires, name)
         self.include_stack.append(key)

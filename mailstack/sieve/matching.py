@@ -25,6 +25,7 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 _ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _DIGITS = re.compile(r"[0-9]+")
 INFINITY = float("inf")
+_CLASS_ESCAPE = re.compile(r"\\[A-Za-z0-9]")
 
 
 class RegexError(Exception):
@@ -51,9 +52,60 @@ def numeric(text: str) -> float:
     return int(m.group()) if m else INFINITY
 
 
+def not_ere(pattern: str) -> str | None:
+    """Why ``pattern`` is not a POSIX ERE (regex draft 3: backreferences, word boundaries and
+    other non-POSIX syntax SHOULD be syntax errors), or None.  Python would accept them."""
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        nxt = pattern[i + 1] if i + 1 < n else ""
+        if c == "\\":
+            if nxt.isalnum():
+                return f"\\{nxt} is not POSIX ERE syntax"
+            i += 2
+        elif c == "[":
+            start, i = i, _bracket_end(pattern, i)
+            if i < 0:
+                return None  # unterminated: the compiler reports it
+            if _CLASS_ESCAPE.search(pattern, start, i):
+                return "a backslash class inside [ ] is not POSIX ERE syntax"
+        elif c == "(" and nxt == "?":
+            return "(? groups are not POSIX ERE syntax"
+        elif c in "*+?}" and nxt in ("?", "+"):
+            return f"{c}{nxt} is not POSIX ERE syntax"
+        else:
+            i += 1
+    return None
+
+
+def _bracket_end(pattern: str, start: int) -> int:
+    """The index after the bracket expression opening at ``start`` ([:class:] etc. inside), or -1."""
+    i = start + 1
+    if pattern.startswith("^", i):
+        i += 1
+    if pattern.startswith("]", i):
+        i += 1
+    while i < len(pattern):
+        if pattern[i] == "[" and pattern[i + 1:i + 2] in (":", "=", "."):
+            close = pattern.find(pattern[i + 1] + "]", i + 2)
+            if close < 0:
+                return -1
+            i = close + 2
+        elif pattern[i] == "]":
+            return i + 1
+        else:
+            i += 1
+    return -1
+
+
 @functools.lru_cache(maxsize=512)
 def compile_regex(pattern: str, nocase: bool):
-    flags = _engine.DOTALL | (_engine.IGNORECASE if nocase else 0)
+    reason = not_ere(pattern)
+    if reason:
+        raise RegexError(reason)
+    # regex draft 3: "." is any character but a line end, "^" and "$" match at lines too;
+    # the regex module's WORD flag makes CRLF (the message's line end) one line boundary
+    flags = _engine.MULTILINE | getattr(_engine, "WORD", 0) | (_engine.IGNORECASE if nocase else 0)
     try:
         return _engine.compile(pattern, flags)
     except (_engine.error, re.error, ValueError, OverflowError) as e:
@@ -79,6 +131,15 @@ def compile_wildcard(pattern: str):
             out.append(re.escape(ch))
         i += 1
     return _engine.compile("".join(out), _engine.DOTALL)
+
+
+def _octets(text: str) -> str:
+    """The UTF-8 octets of ``text``, one character each (latin-1), for octet-wise matching."""
+    return text.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+def _text(octets: str) -> str:
+    return octets.encode("latin-1").decode("utf-8", "replace")
 
 
 def quote_wildcard(text: str) -> str:
@@ -162,11 +223,15 @@ class Matcher:
                 self.groups = [value]
                 return True
             return False
+        octets = not (value.isascii() and key.isascii())
+        if octets:  # RFC 5228 2.7.1: under these comparators "?" is exactly one octet
+            value, key = _octets(value), _octets(key)
         pattern = compile_wildcard(fold(key) if nocase else key)
         m = self._run(pattern.fullmatch, fold(value) if nocase else value)
         if m is None:
             return False
-        self.groups = [value] + [value[m.start(i):m.end(i)] for i in range(1, pattern.groups + 1)]
+        groups = [value] + [value[m.start(i):m.end(i)] for i in range(1, pattern.groups + 1)]
+        self.groups = [_text(g) for g in groups] if octets else groups
         return True
 
     def regex(self, value: str, key: str) -> bool:

@@ -142,7 +142,10 @@ class Message:
         # every line break becomes a fold: a script cannot start a field of its own (or the body)
         lines = [line.strip(" \t") for line in _LINE_BREAK.split(value)]
         value = "\r\n ".join(line for line in lines if line)
-        field = Field(name, f"{name}: {value}".encode("utf-8"))
+        text = _fold(f"{name}: {value}")
+        if any(len(line) > MAX_LINE for line in text.split("\r\n")):
+            raise ValueError(f"a word longer than {MAX_LINE} characters cannot be folded (RFC 5322 2.1.1)")
+        field = Field(name, text.encode("utf-8"))
         fields = self.fields
         if last:
             fields.append(field)
@@ -159,6 +162,26 @@ class Message:
     def header_bytes(self) -> bytes:
         """The fields, each ending in CRLF (folds too, for an LF-only message), no empty line."""
         return b"".join(_LF.sub(b"\r\n", f.raw) + b"\r\n" for f in self.fields)
+
+
+MAX_LINE = 998  # RFC 5322 2.1.1
+_FOLD_AT = 78
+
+
+def _fold(text: str) -> str:
+    """RFC 5293 4: a field too long for a line is folded at its white space (RFC 5322 2.2.3)."""
+    out = []
+    for line in text.split("\r\n"):
+        while len(line) > _FOLD_AT:
+            cut = line.rfind(" ", 1, _FOLD_AT + 1)
+            if cut <= 0:
+                cut = line.find(" ", _FOLD_AT + 1)
+            if cut <= 0:
+                break
+            out.append(line[:cut])
+            line = line[cut:]
+        out.append(line)
+    return "\r\n".join(out)
 
 
 def address_part(address: str, part: str) -> str | None:

@@ -27,11 +27,12 @@ def _select(run, cmd, name: str):
     return [fields[-index] if cmd.tag("last") else fields[index - 1]]
 
 
-def _compare(run, cmd, values, keys) -> bool:
+def _compare(run, cmd, values, keys, match_variables: bool = True) -> bool:
     matcher = run.matcher(cmd)
     if matcher.kind == ":count":
         return matcher.count(len(values), keys)
-    return run.matched(matcher, matcher.test(values, keys))
+    result = matcher.test(values, keys)
+    return run.matched(matcher, result) if match_variables else result
 
 
 def t_header(run, cmd) -> bool:
@@ -42,17 +43,36 @@ def t_header(run, cmd) -> bool:
     return _compare(run, cmd, values, run.expand_list(cmd.pos[1]))
 
 
+#: RFC 5228 5.1: the address test is restricted to headers that contain addresses: at least
+#: the seven it names, and (SHOULD) the other address-list fields (RFC 5322 3.6, RFC 4021).
+ADDRESS_HEADERS = frozenset({
+    "from", "sender", "reply-to", "to", "cc", "bcc", "resent-from", "resent-sender", "resent-to",
+    "resent-cc", "resent-bcc", "resent-reply-to", "return-path", "delivered-to", "x-original-to",
+    "envelope-to", "x-envelope-to", "x-envelope-from", "errors-to", "mail-followup-to", "mail-reply-to",
+    "disposition-notification-to", "apparently-to", "original-from", "x-sender",
+})
+
+
 def t_address(run, cmd) -> bool:
     part = cmd.tag("part", ":all")
     values = []
     for name in run.expand_list(cmd.pos[0]):
         run.tick()
+        if name.lower() not in ADDRESS_HEADERS:  # e.g. Subject: never parsed as addresses
+            continue
         fields = _select(run, cmd, name) if cmd.targ("index") is not None else None
         for address in run.msg.addresses(name, fields):
+            if part != ":all" and not _valid_address(address):
+                continue  # RFC 5228 2.7.4: an invalid address has no :localpart or :domain
             found = address_part(address, part)
             if found is not None:
                 values.append(found)
     return _compare(run, cmd, values, run.expand_list(cmd.pos[1]))
+
+
+def _valid_address(address: str) -> bool:
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and domain)
 
 
 def t_envelope(run, cmd) -> bool:
@@ -71,8 +91,10 @@ def t_envelope(run, cmd) -> bool:
                 continue
         else:
             raise SieveRuntimeError(f"unknown envelope part {name!r}")
-        if address == "":  # RFC 5228 5.4: the null reverse-path compares as ""
-            if part == ":all" or part in (":localpart", ":domain"):
+        if address.startswith("@") and ":" in address:  # RFC 5228 5.4: source routes dropped
+            address = address.partition(":")[2]
+        if address == "":  # RFC 5228 5.4: "" whatever the address part (:user, :detail too)
+            if cmd.tag("match") != ":count":  # RFC 5231 4.2: but it counts as no address
                 values.append("")
             continue
         found = address_part(address, part)
@@ -109,7 +131,8 @@ def t_body(run, cmd) -> bool:
     texts = run.bodies.get(key)
     if texts is None:
         texts = run.bodies[key] = body_texts(run.msg.raw, transform, types, run.max_body, run.tick)
-    return _compare(run, cmd, texts, run.expand_list(cmd.pos[0]))
+    # RFC 5173 6: body wildcards MUST NOT set match variables
+    return _compare(run, cmd, texts, run.expand_list(cmd.pos[0]), match_variables=False)
 
 
 def t_string(run, cmd) -> bool:
@@ -128,7 +151,8 @@ def t_hasflag(run, cmd) -> bool:
         flags = list(run.flags)
     else:
         flags = _flag_list([run.get_variable(n) for n in run.expand_list(cmd.pos[0])])
-    return _compare(run, cmd, flags, run.expand_list(cmd.pos[1]))
+    # RFC 5232 4: a key such as "b A" is two flags (hasflag :is "b A" is true for "A B")
+    return _compare(run, cmd, flags, _flag_list(run.expand_list(cmd.pos[1])))
 
 
 def _zone(run, cmd):
@@ -148,7 +172,10 @@ def t_date(run, cmd) -> bool:
     part = run.expand(cmd.pos[1]).lower()
     zone = _zone(run, cmd)
     values = []
-    for field in _select(run, cmd, name):
+    fields = _select(run, cmd, name)
+    if cmd.targ("index") is None:  # RFC 5260 4: only the first field (without :index)
+        fields = fields[:1]
+    for field in fields:
         when = header_date(field.value, name)
         if when is not None:
             found = date_part(when, part, zone)
