@@ -258,3 +258,18 @@ def test_concurrent_deliveries_and_expunges_keep_the_count(tmp_path):
     usage = store.quota_usage(USER)
     assert (usage.bytes, usage.messages) == walk(store.mailbox(USER).path) == (12_000, 120)
     assert check_quota(store, USER).problems == []
+
+
+def test_a_delivery_report_reaches_a_full_mailbox(tmp_path):
+    """A DSN about the user's own mail is stored past the quota: refused, it would be lost."""
+    from types import SimpleNamespace
+
+    from mailstack.outbound.bounce import BounceSender
+
+    store = make_store(tmp_path, messages=1)
+    store.deliver_batch([(USER, MSG)])
+    accounts = SimpleNamespace(resolve=lambda address: SimpleNamespace(local=[USER]))
+    bounces = BounceSender("mx.example.test", None, accounts, store)
+    assert bounces.deliver_locally(USER, b"Subject: Undelivered Mail\r\n\r\nreport\r\n")
+    assert store.quota_usage(USER).messages == 2
+    assert isinstance(store.deliver_batch([(USER, MSG)])[0], OverQuota)  # ordinary mail is still refused

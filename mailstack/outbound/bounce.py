@@ -60,15 +60,19 @@ class BounceSender:
         return sender
 
     def deliver_locally(self, address: str, report: bytes) -> bool:
-        """Store the report for a local ``address``; False when the address is not local."""
+        """Store the report for a local ``address``; False when the address is not local.
+        A report is stored past the user's quota (grace): it tells them their own mail did not
+        arrive, and there is no one to tell if it is refused."""
         resolution = self.accounts.resolve(address)
         if resolution is None or not resolution.local:
             return False
         for account in resolution.local:
             if self.local_delivery is not None:
-                self.local_delivery(account, "", report)
+                self.local_delivery(account, "", report, grace=True)
             else:
-                self.store.deliver(account, delivery_fields("", account) + report)
+                errors = self.store.deliver_batch([(account, delivery_fields("", account) + report, "INBOX", (), True)])
+                if errors[0] is not None:
+                    raise errors[0]
         return True
 
 

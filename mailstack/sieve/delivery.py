@@ -198,15 +198,17 @@ class SieveDelivery:
         metrics.sieve_action("error")
         return None
 
-    def deliver_now(self, account: str, sender: str, message: bytes, rcpt: str = "", depth: int = 0) -> None:
-        """Blocking (a worker thread: bounces, local redirects and replies): run, store, send."""
+    def deliver_now(self, account: str, sender: str, message: bytes, rcpt: str = "", depth: int = 0,
+                    grace: bool = False) -> None:
+        """Blocking (a worker thread: bounces, local redirects and replies): run, store, send.
+        ``grace``: stored past the user's quota (a delivery report about their own mail)."""
         incoming = Incoming(sender, message, depth=depth)
         plan = self.plan(incoming, account, rcpt or account) if depth <= MAX_DEPTH else None
         if plan is None:
             plan = Plan(account, message, stores=[("INBOX", ())])
         if plan.reject is not None:  # no SMTP session to answer: a bounce instead
             plan.outgoing.append(self._bounce(incoming, account, rcpt or account, plan.reject))
-        items = [(account, delivery_fields(sender, account) + plan.message, f, flags) for f, flags in plan.stores]
+        items = [(account, delivery_fields(sender, account) + plan.message, f, flags, grace) for f, flags in plan.stores]
         errors = [e for e in self.store.deliver_batch(items) if e is not None] if items else []
         if errors:
             raise errors[0]
