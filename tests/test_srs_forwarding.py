@@ -123,3 +123,31 @@ def test_forged_srs_addresses_are_refused_with_550_511(world):
             assert s.rcpt(forged) == (550, f"5.1.1 <{forged}>: not a valid address here".encode())
         assert s.rcpt(good)[0] == 250
     assert "srs: refused <" in srv.log_text()
+
+
+def test_a_sieve_redirect_leaves_with_srs_and_its_bounce_reaches_the_original_sender(world):
+    """Issue 19's "done when": a message redirected by a user's Sieve script goes out under an
+    SRS0 sender, and the bounce the far end sends to that address reaches the original sender."""
+    srv, fake = world
+    user_dir = srv.store_root / "example.test" / "bob"
+    (user_dir / "sieve").mkdir(parents=True)
+    (user_dir / "sieve" / "away.sieve").write_text('redirect "carol@remote.test";\n')
+    (user_dir / ".dovecot.sieve").symlink_to("sieve/away.sieve")
+    srv.start()
+    srs = SRS(load_keys(str(srv.base / "srs.key")), "example.test")
+    message = b"From: dave@outside.test\r\nTo: bob@example.test\r\nSubject: for bob\r\n\r\nhello\r\n"
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp")) as s:
+        s.sendmail("dave@outside.test", ["bob@example.test"], message)
+    carol = fake("127.0.0.2", "carol")
+    [eml] = wait_files(carol, "*.eml", 1)
+    srs0 = envelope(eml)["sender"]
+    assert srs0 == srs.forward("dave@outside.test") and envelope(eml)["recipients"] == ["carol@remote.test"]
+    assert eml.read_bytes().endswith(message) and b"Delivered-To: bob@example.test\r\n" in eml.read_bytes()
+    assert srv.messages("bob@example.test") == []  # redirect without :copy cancels the implicit keep
+
+    dave = fake("127.0.0.3", "dave")
+    bounce = b"From: MAILER-DAEMON@remote.test\r\nTo: " + srs0.encode() + b"\r\nSubject: Undelivered\r\n\r\nno\r\n"
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp")) as s:
+        s.sendmail("<>", [srs0], bounce)
+    [back] = wait_files(dave, "*.eml", 1)
+    assert envelope(back)["recipients"] == ["dave@outside.test"] and back.read_bytes().endswith(bounce)
