@@ -132,11 +132,11 @@ def mail(queue_id: str, status: str, *, peer=None, reason: str = "", **fields) -
 
 
 def accepted(peer, queue_id: str, message_id: str, sender: str, recipients: list[str], size: int, listener: str,
-             local: list[str], folder: str, queued_as: str | None) -> None:
+             local: list[str], placed: dict[str, str], queued_as: str | None) -> None:
     """SMTP took a message (its 250): the accepted line, then one ``sent relay=local`` line per
-    local account it was stored for."""
+    local account, with the folder(s) its copy went to (``placed``; Sieve may have chosen)."""
     mail(queue_id, "accepted", peer=peer, message_id=message_id, sender=sender, recipient=",".join(recipients),
          size=size, nrcpt=len(recipients), listener=listener, queued_as=queued_as)
     for account in local:
         mail(queue_id, "sent", peer=peer, message_id=message_id, sender=sender, recipient=account, size=size,
-             relay="local", dsn="2.0.0", folder=folder)
+             relay="local", dsn="2.0.0", folder=placed.get(account, "INBOX"))

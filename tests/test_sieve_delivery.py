@@ -182,7 +182,7 @@ def test_discard_stores_nothing(env, monkeypatch):
     store, queued, make = env
     OUTCOMES["s"] = outcome()
     script(store, BOB, "s")
-    assert deliver_sync(monkeypatch, make(), [(BOB, BOB)]) is None
+    assert deliver_sync(monkeypatch, make(), [(BOB, BOB)]) == {BOB: "discarded"}
     assert stored(store, BOB) == [] and queued == []
 
 
@@ -250,7 +250,7 @@ def test_reject_for_one_of_two_recipients_is_a_bounce(env, monkeypatch):
     store, queued, make = env
     OUTCOMES["s"] = outcome(Reject("not for me"))
     script(store, BOB, "s")
-    assert deliver_sync(monkeypatch, make(), [(BOB, BOB), (CAROL, CAROL)]) is None
+    assert deliver_sync(monkeypatch, make(), [(BOB, BOB), (CAROL, CAROL)]) == {BOB: "rejected", CAROL: "INBOX"}
     assert stored(store, BOB) == [] and len(stored(store, CAROL)) == 1
     [(sender, rcpts, report)] = queued
     assert (sender, rcpts) == ("", ["ann@remote.test"])
@@ -664,3 +664,15 @@ def test_a_bounce_to_a_local_sender_runs_her_script(relay_env):
     assert srv.messages(alice) == []
     [name] = os.listdir(srv.maildir(alice, "Bounces") / "cur")
     assert name.endswith(":2,S")
+
+
+def test_the_mail_log_is_told_where_each_copy_went(env, monkeypatch):
+    """The per-account ``folder=`` of the mail log comes from what the scripts decided."""
+    store, _, make = env
+    store.mailbox(BOB).create_folder("Work")
+    OUTCOMES["s"] = outcome(FileInto("Work"), Keep())
+    OUTCOMES["d"] = outcome()
+    script(store, BOB, "s")
+    script(store, "alice@example.test", "d")
+    assert deliver_sync(monkeypatch, make(), [(BOB, BOB), ("alice@example.test", "alice@example.test")]) == \
+        {BOB: "Work,INBOX", "alice@example.test": "discarded"}

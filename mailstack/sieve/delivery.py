@@ -163,8 +163,9 @@ class SieveDelivery:
     def deliver(self, deliveries: list[tuple[str, str]], sender: str, head: bytes, body, folder: str,
                 store_items, auth: str = "", smtp_single: bool = False) -> defer.Deferred:
         """On the reactor: (account, RCPT address) ``deliveries`` of ``head`` + ``body`` (bytes
-        or a spool); ``store_items(items)`` stores (the SMTP batcher).  Fails with MailError
-        550 5.7.1 for a reject at SMTP time."""
+        or a spool); ``store_items(items)`` stores (the SMTP batcher).  Fires with {account:
+        folders} when a script decided (None when no one has one); fails with MailError 550
+        5.7.1 for a reject at SMTP time."""
         d = threads.deferToThread(self._plan_message, deliveries, sender, head, body, folder, auth, smtp_single)
         if self.reactor is not None:
             d.addTimeout(self.settings.max_run_time * (2 + len(self.settings.before) + len(self.settings.after)) + 5,
@@ -186,7 +187,10 @@ class SieveDelivery:
             d2 = store_items(items)
             if outgoing:
                 d2.addCallback(lambda _: threads.deferToThread(self._send_all, outgoing, 0))
-            return d2
+            # where each account's copies went, for the mail log (none stored: "rejected"/"discarded")
+            placed = {p.account: ",".join(dict.fromkeys(f for f, _ in p.stores))
+                      or ("rejected" if any(o[0] == "bounce" for o in p.outgoing) else "discarded") for p in plans}
+            return d2.addCallback(lambda _: placed)
 
         return d.addCallback(execute)
 

@@ -131,7 +131,8 @@ class SMTPSettings:
     def deliver(self, prepared: Prepared, received: bytes, spool: MessageSpool, sender: str,
                 accounts: list[str], remote: list[str], user: str | None = None,
                 forwarded: list[str] = (), recipients=()) -> defer.Deferred:
-        """Store the local copies, then queue for the outside; fires with (queue id or None, folder).
+        """Store the local copies, then queue for the outside; fires with (queue id or None,
+        {account: the folder(s) its copy went to}).
 
         Local copies go first (both read the one spool, in turn): a local failure then answers
         451 before anything is left for elsewhere.  ``user`` (the authenticated sender) goes
@@ -149,11 +150,13 @@ class SMTPSettings:
         folder = "Junk" if prepared.action == "junk" else "INBOX"
         d = self.deliver_local(accounts, sender, head, body, folder, recipients, user or "",
                                not remote and not forwarded)
+        placed = {account: folder for account in accounts}  # Sieve may have filed them elsewhere
+        d.addCallback(lambda where: placed.update(where or {}))
         queued = []
         for envelope_sender, targets in self.outgoing(sender, remote, forwarded):
             d.addCallback(lambda _, s=envelope_sender, t=targets: self.relay.enqueue(s, t, compose(head, body), user or ""))
             d.addCallback(queued.append)
-        return d.addCallback(lambda _: (",".join(queued) or None, folder))
+        return d.addCallback(lambda _: (",".join(queued) or None, placed))
 
     def outgoing(self, sender: str, remote: list[str], forwarded: list[str]) -> list[tuple[str, list[str]]]:
         """(envelope sender, recipients) of each queue entry: one, or two when SRS rewrote the
