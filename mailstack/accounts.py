@@ -168,22 +168,18 @@ class UsersFile(_WatchedFile):
         eighth field on, space-separated; None leaves a limit as it is); KeyError if unknown."""
         user = normalise_address(user)
 
-        def change(lines):
-            out, found = [], False
-            for line in lines:
-                text = _content(line)
-                if text and normalise_address(text.partition(":")[0]) == user:
-                    found = True
-                    fields = (text.partition(":")[2].split(":", 6) + [""] * 6)[:7]
-                    fields[6] = with_rules(fields[6], storage, messages)
-                    line = (f"{user}:" + ":".join(fields)).rstrip(":") if not any(fields[1:6]) and not fields[6] \
-                        else f"{user}:" + ":".join(fields)
-                out.append(line)
+        def edit(text: str) -> str:
+            fields = (text.partition(":")[2].split(":", 6) + [""] * 6)[:7]
+            fields[6] = with_rules(fields[6], storage, messages)
+            line = f"{user}:" + ":".join(fields)
+            return line.rstrip(":") if not any(fields[1:6]) and not fields[6] else line
+
+        def missing(found: bool) -> list[str]:
             if not found:
                 raise KeyError(f"no such user: {user}")
-            return out
+            return []
 
-        self._edit(change)
+        self._edit_user_line(user, edit, missing)
 
     def set(self, user: str, stored: str, must_exist: bool | None, unless_changed_from: str | None = None) -> None:
         """Set (or with ``stored`` empty, delete) a user's hash.  ``unless_changed_from``:
@@ -191,26 +187,37 @@ class UsersFile(_WatchedFile):
         KeyError otherwise."""
         user = normalise_address(user)
 
+        def edit(text: str) -> str | None:
+            if unless_changed_from is not None and text.partition(":")[2].split(":", 1)[0] != unless_changed_from:
+                raise KeyError(f"the password of {user} changed meanwhile")
+            if not stored:
+                return None
+            rest = text.partition(":")[2].split(":", 1)
+            return f"{user}:{stored}" + (":" + rest[1] if len(rest) > 1 else "")
+
+        def missing(found: bool) -> list[str]:
+            if must_exist is True and not found:
+                raise KeyError(f"no such user: {user}")
+            if must_exist is False and found:
+                raise KeyError(f"user exists: {user}")
+            return [f"{user}:{stored}"] if not found and stored else []
+
+        self._edit_user_line(user, edit, missing)
+
+    def _edit_user_line(self, user: str, edit, missing) -> None:
+        """Rewrite the file with ``user``'s line replaced by ``edit(line)`` (None: removed), then
+        the lines ``missing(found)`` returns added (it raises to refuse the change)."""
         def change(lines):
             out, found = [], False
             for line in lines:
                 text = _content(line)
                 if text and normalise_address(text.partition(":")[0]) == user:
                     found = True
-                    if unless_changed_from is not None and text.partition(":")[2].split(":", 1)[0] != unless_changed_from:
-                        raise KeyError(f"the password of {user} changed meanwhile")
-                    if stored:
-                        rest = text.partition(":")[2].split(":", 1)
-                        out.append(f"{user}:{stored}" + (":" + rest[1] if len(rest) > 1 else ""))
-                    continue
+                    line = edit(text)
+                    if line is None:
+                        continue
                 out.append(line)
-            if must_exist is True and not found:
-                raise KeyError(f"no such user: {user}")
-            if must_exist is False and found:
-                raise KeyError(f"user exists: {user}")
-            if not found and stored:
-                out.append(f"{user}:{stored}")
-            return out
+            return out + missing(found)
 
         self._edit(change)
 
