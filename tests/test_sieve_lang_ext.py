@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from mailstack.sieve import Envelope, SieveSyntaxError, compile_script, run
+from support.sieve import sieve_helpers
+
+from mailstack.sieve import Envelope
 from mailstack.sieve.actions import FileInto, Keep, Redirect, Reject
 
 ENV = Envelope(sender="coyote@desert.example.org", recipient="ken+mta-filters@example.org")
@@ -17,20 +19,7 @@ MSG = (b"From: coyote@desert.example.org\r\n"
        b"Look, I'm sorry about the whole anvil thing.\r\n")
 
 
-def outcome(script: str, message: bytes = MSG, envelope: Envelope = ENV, **kw):
-    return run(compile_script(script), message, envelope, **kw)
-
-
-def actions(script: str, message: bytes = MSG, envelope: Envelope = ENV, **kw):
-    result = outcome(script, message, envelope, **kw)
-    assert not result.errors, result.errors
-    return result.actions
-
-
-def syntax_error(script: str) -> str:
-    with pytest.raises(SieveSyntaxError) as info:
-        compile_script(script)
-    return info.value.message
+outcome, actions, syntax_error = sieve_helpers(MSG, ENV)
 
 
 # -- RFC 3894 copy, RFC 5490 mailbox -------------------------------------------------------------

@@ -8,7 +8,9 @@ import calendar
 
 import pytest
 
-from mailstack.sieve import Envelope, SieveSyntaxError, compile_script, run
+from support.sieve import sieve_helpers
+
+from mailstack.sieve import Envelope
 from mailstack.sieve.actions import FileInto, Keep, Redirect, Reject, Vacation
 
 ENV = Envelope(sender="coyote@desert.example.org", recipient="roadrunner@acme.example.com")
@@ -20,20 +22,7 @@ MSG = (b"Date: Tue, 1 Apr 1997 09:06:31 -0800 (PST)\r\n"
        b"Look, I'm sorry about the whole anvil thing.\r\n")
 
 
-def outcome(script: str, message: bytes = MSG, envelope: Envelope = ENV, **kw):
-    return run(compile_script(script), message, envelope, **kw)
-
-
-def actions(script: str, message: bytes = MSG, envelope: Envelope = ENV, **kw):
-    result = outcome(script, message, envelope, **kw)
-    assert not result.errors, result.errors
-    return result.actions
-
-
-def syntax_error(script: str) -> str:
-    with pytest.raises(SieveSyntaxError) as info:
-        compile_script(script)
-    return info.value.message
+outcome, actions, syntax_error = sieve_helpers(MSG, ENV)
 
 
 # -- RFC 5173 body -----------------------------------------------------------------------------
