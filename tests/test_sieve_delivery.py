@@ -676,3 +676,22 @@ def test_the_mail_log_is_told_where_each_copy_went(env, monkeypatch):
     script(store, "alice@example.test", "d")
     assert deliver_sync(monkeypatch, make(), [(BOB, BOB), ("alice@example.test", "alice@example.test")]) == \
         {BOB: "Work,INBOX", "alice@example.test": "discarded"}
+
+
+def test_keywords_past_the_folders_26_still_store_the_message(env, monkeypatch):
+    """A keep with more keywords than a Maildir folder has letters for (26) stores the message
+    with those that fit; it used to fail the delivery (451 at every retry) and leave the quota
+    charged."""
+    from mailstack.store import Limits, QuotaPolicy
+
+    store, _, make = env
+    store.quota = QuotaPolicy(lambda a: Limits(10_000_000, 100), fsync=False)
+    words = tuple(f"$k{i}" for i in range(30))
+    OUTCOMES["s"] = outcome(Keep(flags=("\\Seen",) + words))
+    script(store, BOB, "s")
+    assert deliver_sync(monkeypatch, make(), [(BOB, BOB)]) is None
+    [(_, flags)] = stored(store, BOB)
+    assert "\\Seen" in flags and len(flags - {"\\Seen"}) == 26 and flags <= {"\\Seen", *words}
+    usage = store.quota_usage(BOB)
+    assert (usage.messages, usage.bytes) == (1, os.path.getsize(
+        os.path.join(store.mailbox(BOB).path, "cur", os.listdir(os.path.join(store.mailbox(BOB).path, "cur"))[0])))

@@ -13,7 +13,7 @@ import os
 import time
 from typing import TYPE_CHECKING, BinaryIO, Iterable
 
-from mailstack.errors import MessageGone
+from mailstack.errors import KeywordLimit, MessageGone
 from mailstack.fsutil import fsync_dir
 from mailstack.store.files import arrival_key, base_of, new_base, syncfs, unlink_quietly, write_new_file
 from mailstack.store.quota import charge, file_size, refund
@@ -40,21 +40,24 @@ def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
     staged = []
     for i, item in enumerate(items):
         address, source = item[0], item[1]
-        tmp_path = None
+        tmp_path, charged = None, None
         try:
             folder = store.mailbox(address).folder(item[2] if len(item) > 2 else "INBOX")
             base = new_base(store.hostname)
             tmp_path = os.path.join(folder.path, "tmp", base)
             size, crlf_size = write_new_file(source, tmp_path, fsync=False)
             charge(store, folder.mailbox, size, 1, grace=len(item) > 4 and bool(item[4]))
+            charged = size
             rel = f"new/{base},S={size},W={crlf_size}"
             flags = [f for f in (item[3] if len(item) > 3 and item[3] else ()) if f != "\\Recent"]
             if flags:  # Sieve imap4flags (RFC 5232): into cur/ with the letters, as APPEND does
                 with folder.locked():
-                    rel = f"cur/{base},S={size},W={crlf_size}:2,{folder.keywords.letters(flags)}"
+                    rel = f"cur/{base},S={size},W={crlf_size}:2,{_letters(folder, flags)}"
             staged.append((i, folder, tmp_path, rel, size))
         except Exception as e:
             results[i] = e
+            if charged is not None:
+                refund(store, folder.mailbox, charged, 1)
             if tmp_path:
                 unlink_quietly(tmp_path)
     if store.fsync and len(staged) > 1 and syncfs(store.root):
@@ -90,6 +93,18 @@ def deliver_batch(store, items: list[tuple]) -> list[Exception | None]:
                 results[i] = e
         store.on_change(os.path.dirname(path))
     return results
+
+
+def _letters(folder, flags: list[str]) -> str:
+    """The ``:2,`` letters of a delivery's flags; a keyword the folder has no letter left for
+    (26 at most) is left off rather than the message: a filter's flag is worth less than the mail."""
+    letters = set()
+    for flag in flags:
+        try:
+            letters.update(folder.keywords.letters([flag]))
+        except KeywordLimit:
+            continue
+    return "".join(sorted(letters))
 
 
 class FolderDelivery:
