@@ -273,3 +273,19 @@ def test_a_delivery_report_reaches_a_full_mailbox(tmp_path):
     assert bounces.deliver_locally(USER, b"Subject: Undelivered Mail\r\n\r\nreport\r\n")
     assert store.quota_usage(USER).messages == 2
     assert isinstance(store.deliver_batch([(USER, MSG)])[0], OverQuota)  # ordinary mail is still refused
+
+
+def test_a_negative_total_is_rebuilt_from_a_walk(tmp_path):
+    """Removals counted twice (another process rebuilt the file between an expunge's unlink
+    and its append) or a hostile file can sum below zero: that is no usage (RFC 9208's
+    number64 cannot even say it, and a full mailbox would look empty), so it is recounted."""
+    store = make_store(tmp_path, storage=10_000, messages=5)
+    store.deliver(USER, MSG)
+    with open(size_file(store), "w") as f:
+        f.write("10000S,5C\n100 1\n-100000 -10\n")
+    usage = store.quota_usage(USER)
+    assert (usage.bytes, usage.messages) == (100, 1)
+    with open(size_file(store), "a") as f:  # a tail read incrementally
+        f.write("-100000 -10\n")
+    usage = store.quota_usage(USER)
+    assert (usage.bytes, usage.messages) == (100, 1)

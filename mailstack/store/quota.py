@@ -93,7 +93,7 @@ def parse_definition(line: str) -> Limits | None:
 
 def parse_maildirsize(data: bytes) -> tuple[Limits, int, int] | None:
     """(definition, bytes, messages) from a whole file; None when it must be rebuilt (no
-    definition, a line that is not two numbers, an unfinished last line)."""
+    definition, a line that is not two numbers, an unfinished last line, a sum below zero)."""
     if not data.endswith(b"\n"):
         return None
     lines = data.decode("ascii", "replace").split("\n")[:-1]
@@ -101,7 +101,7 @@ def parse_maildirsize(data: bytes) -> tuple[Limits, int, int] | None:
         return None
     limits = parse_definition(lines[0])
     total = _sum(lines[1:])
-    if limits is None or total is None:
+    if limits is None or total is None or min(total) < 0:  # below zero: removals counted twice
         return None
     return limits, total[0], total[1]
 
@@ -248,7 +248,7 @@ class UserCounter:
             if not tail.endswith(b"\n"):
                 return None
             total = _sum(tail.decode("ascii", "replace").split("\n")[:-1])
-            if total is None:
+            if total is None or known[3] + total[0] < 0 or known[4] + total[1] < 0:
                 return None
             self._known = (st.st_ino, st.st_size, known[2], known[3] + total[0], known[4] + total[1])
             return self._known[2], self._known[3], self._known[4]
