@@ -695,3 +695,37 @@ def test_keywords_past_the_folders_26_still_store_the_message(env, monkeypatch):
     usage = store.quota_usage(BOB)
     assert (usage.messages, usage.bytes) == (1, os.path.getsize(
         os.path.join(store.mailbox(BOB).path, "cur", os.listdir(os.path.join(store.mailbox(BOB).path, "cur"))[0])))
+
+
+def test_a_redirect_to_a_full_local_mailbox_bounces_and_keeps_the_smtp_reply(env, monkeypatch):
+    """bob keeps and redirects to carol, whose mailbox is full: bob's copy is stored, so the
+    SMTP reply must be 250 (a 452 made the sender try again and bob get one more copy each
+    time); carol's refusal goes back to the sender as a report, as a remote host's would."""
+    from mailstack.store import Limits, QuotaPolicy
+
+    store, queued, make = env
+    store.quota = QuotaPolicy(lambda a: Limits(0, 1) if a == CAROL else Limits(), warning_percent=0, fsync=False)
+    store.deliver(CAROL, b"Subject: old\r\n\r\nx\r\n")
+    OUTCOMES["s"] = outcome(Keep(), Redirect(CAROL))
+    script(store, BOB, "s")
+    assert deliver_sync(monkeypatch, make(), [(BOB, BOB)]) is None
+    assert len(stored(store, BOB)) == 1 and len(stored(store, CAROL)) == 1
+    [(sender, rcpts, report)] = queued
+    assert (sender, rcpts) == ("", ["ann@remote.test"])
+    assert b"Final-Recipient: rfc822; carol@example.test\r\nAction: failed\r\nStatus: 5.2.2\r\n" in report
+
+
+def test_a_reject_report_to_a_full_local_sender_is_stored(env, monkeypatch):
+    """A Sieve reject's report to a local sender past her quota is stored (grace), as the
+    relay's delivery reports are; it used to fail the whole delivery with 452."""
+    from mailstack.store import Limits, QuotaPolicy
+
+    store, queued, make = env
+    store.quota = QuotaPolicy(lambda a: Limits(0, 1) if a == CAROL else Limits(), warning_percent=0, fsync=False)
+    store.deliver(CAROL, b"Subject: old\r\n\r\nx\r\n")
+    OUTCOMES["s"] = outcome(Reject("not for me"))
+    script(store, BOB, "s")
+    assert deliver_sync(monkeypatch, make(), [(BOB, BOB)], sender=CAROL) is None  # not single: a bounce
+    assert stored(store, BOB) == [] and queued == []
+    reports = [d for d, _ in stored(store, CAROL) if b"Status: 5.7.1" in d]
+    assert len(reports) == 1

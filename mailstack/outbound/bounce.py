@@ -76,9 +76,10 @@ class BounceSender:
         return True
 
 
-def refusal_report(hostname: str, sender: str, recipient: str, reason: str, original_head: bytes) -> bytes:
+def refusal_report(hostname: str, sender: str, recipient: str, reason: str, original_head: bytes,
+                   status: str = codes.E_NOT_AUTHORIZED, code: int = codes.MAILBOX_UNAVAILABLE) -> bytes:
     """The DSN for a message a recipient's Sieve script rejected after the SMTP session
-    (RFC 5429 2.1: several recipients, or no session to answer): failed, 5.7.1, the reason."""
-    report = dsn.RecipientReport(recipient, "failed", codes.E_NOT_AUTHORIZED,
-                                 f"{codes.MAILBOX_UNAVAILABLE} {codes.E_NOT_AUTHORIZED} {reason}")
+    (RFC 5429 2.1: several recipients, or no session to answer): failed, 5.7.1, the reason;
+    or (``status``, ``code``) for a local redirect target that refused it (a full mailbox)."""
+    report = dsn.RecipientReport(recipient, "failed", status, f"{code} {status} {reason}")
     return dsn.build(hostname, sender, [report], original_head[:QUOTED_HEAD], "sieve", time.time())

@@ -27,7 +27,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from mailstack import metrics
-from mailstack.errors import ConfigError, MailError, StoreError
+from mailstack.errors import ConfigError, MailError, OverQuota, StoreError
 from mailstack.mail import codes
 from mailstack.mail.headers import delivery_fields
 from mailstack.sieve import vacation as vacation_mod
@@ -411,13 +411,27 @@ class SieveDelivery:
             resolution = self.accounts.resolve(recipient) if self.accounts is not None else None
             remote = [recipient] if resolution is None else list(resolution.remote)
             for account in (resolution.local if resolution is not None else []):
-                self.deliver_now(account, sender, message, recipient, depth + 1)
+                try:  # a report to a local sender is stored past her quota, as the relay's are
+                    self.deliver_now(account, sender, message, recipient, depth + 1, grace=kind == "bounce")
+                except OverQuota as e:  # after the SMTP copies were stored: no error reply now
+                    self._full(kind, sender, account, message, e, depth)
             if remote:
                 srs = self.srs() if kind == "redirect" else None
                 envelope_sender = srs.forward(sender) if srs is not None and sender else sender
                 if self.enqueue_now is None:
                     raise MailError(codes.LOCAL_ERROR, codes.E_SYSTEM_TEMPORARY, "Cannot queue a message now; try again later")
                 self.enqueue_now(envelope_sender, remote, message)
+
+
+    def _full(self, kind: str, sender: str, account: str, message: bytes, e: OverQuota, depth: int) -> None:
+        """A local redirect target is full: the sender gets a report, as from a remote host
+        refusing it (RFC 5228 4.2: the redirect was made; its delivery failed); a reply to
+        a full mailbox is dropped."""
+        log.info("sieve: {kind} to {user} not stored: {error}", kind=kind, user=account, error=str(e))
+        if kind == "redirect" and sender and self.refusal is not None:
+            # a report that it failed: 5.2.2 even where SMTP would say 452 (no retry comes)
+            report = self.refusal(sender, account, e.text, _header(message), "5" + e.enhanced[1:], 500 + e.code % 100)
+            self._send_all([("bounce", "", sender, report)], depth + 1)
 
 
 def _warm_up() -> None:
