@@ -729,3 +729,15 @@ def test_a_reject_report_to_a_full_local_sender_is_stored(env, monkeypatch):
     assert stored(store, BOB) == [] and queued == []
     reports = [d for d, _ in stored(store, CAROL) if b"Status: 5.7.1" in d]
     assert len(reports) == 1
+
+
+def test_a_script_deleting_delivered_to_does_not_defeat_loop_detection(env, monkeypatch):
+    """``deleteheader "Delivered-To"`` (editheader) then ``redirect``: the loop check reads the
+    message as it arrived, so a message that was here before is kept, not sent round again
+    (there is no hop limit elsewhere to stop it)."""
+    store, queued, make = env
+    OUTCOMES["s"] = outcome(Redirect("dave@other.test"), header=b"Subject: Hello\r\n")
+    script(store, BOB, "s")
+    came_back = b"Delivered-To: bob@example.test\r\n" + MESSAGE
+    assert deliver_sync(monkeypatch, make(), [(BOB, BOB)], body=came_back) is None
+    assert queued == [] and len(stored(store, BOB)) == 1

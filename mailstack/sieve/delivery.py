@@ -343,8 +343,10 @@ class SieveDelivery:
 
     def _add_redirects(self, plan: Plan, incoming: Incoming, redirects: list[str]) -> bool:
         """Queue the redirects unless the message has been here before (False: keep it instead)."""
-        seen = [v.decode("utf-8", "replace").strip("<>").lower() for v in _DELIVERED_TO.findall(_header(plan.message))]
-        if plan.account.lower() in seen or len(seen) >= MAX_DELIVERED_TO:
+        # as it arrived too: editheader (RFC 5293) may have deleted the fields that show the loop
+        arrived, edited = (_delivered_to(m) for m in (incoming.message, plan.message))
+        seen = arrived if len(arrived) >= len(edited) else edited
+        if plan.account.lower() in arrived + edited or len(seen) >= MAX_DELIVERED_TO:
             log.warn("sieve: {user}: not redirecting to {to}: the message was delivered here before "
                      "({n} Delivered-To fields); kept", user=plan.account, to=redirects, n=len(seen))
             return False
@@ -458,6 +460,10 @@ def _bare(address: str) -> str:
     """The address without a +detail (for comparing with the account)."""
     local, _, domain = address.lower().rpartition("@")
     return f"{local.split('+', 1)[0]}@{domain}"
+
+
+def _delivered_to(message: bytes) -> list[str]:
+    return [v.decode("utf-8", "replace").strip("<>").lower() for v in _DELIVERED_TO.findall(_header(message))]
 
 
 def _header(message: bytes) -> bytes:
