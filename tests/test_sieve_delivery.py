@@ -741,3 +741,19 @@ def test_a_script_deleting_delivered_to_does_not_defeat_loop_detection(env, monk
     came_back = b"Delivered-To: bob@example.test\r\n" + MESSAGE
     assert deliver_sync(monkeypatch, make(), [(BOB, BOB)], body=came_back) is None
     assert queued == [] and len(stored(store, BOB)) == 1
+
+
+def test_a_long_non_ascii_vacation_subject_is_folded_with_crlf():
+    """An encoded subject longer than one encoded word is folded (RFC 2047 2, RFC 5322 2.2.3)
+    with CRLF: a bare LF in the reply's header is refused by many receivers (and is what
+    SMTP smuggling is made of)."""
+    subject = "Vacances d'été " * 8
+    reply = vacation.build_reply(Vacation("x", subject=subject), [], "a@x.test", BOB, HOST, now=0)
+    assert b"\n" not in reply.replace(b"\r\n", b"")
+    head = reply.split(b"\r\n\r\n", 1)[0].decode()
+    field = head.split("\r\nSubject: ", 1)[1].split("\r\nDate: ", 1)[0]
+    assert "\r\n " in field
+    import email.header
+    decoded = "".join(p.decode(c or "ascii") if isinstance(p, bytes) else p
+                      for p, c in email.header.decode_header(field.replace("\r\n", "")))
+    assert decoded == " ".join(subject.split())

@@ -96,9 +96,10 @@ def first_reply(user_dir: str, sender: str, handle: str, seconds: int, now: floa
 
 
 def _encode(text: str) -> str:
-    """A header value: as is in ASCII, else an RFC 2047 encoded word."""
+    """A header value: as is in ASCII, else RFC 2047 encoded words (folded with CRLF: the
+    email package folds with a bare LF)."""
     text = " ".join(text.split())
-    return text if text.isascii() else Header(text, "utf-8").encode()
+    return text if text.isascii() else Header(text, "utf-8").encode(linesep="\r\n")
 
 
 def build_reply(action, fields: list[tuple[str, str]], sender: str, user: str, hostname: str,
