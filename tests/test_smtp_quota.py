@@ -81,3 +81,25 @@ def test_data_that_fits_one_recipient_goes_to_all(inproc_server_factory):
     assert final[0] == 250  # one reply for all: bob gets it past his limit (a grace of one message)
     assert len(server.messages(BOB)) == 1 and len(server.messages(CAROL)) == 1
     assert send(c, [BOB])[0] == [(452, f"4.2.2 <{BOB}>: mailbox is full")]
+
+
+def test_a_full_mailbox_that_also_forwards_does_not_stop_the_forwarded_copy(inproc_server_factory):
+    """RCPT accepts a recipient that also forwards outside although its mailbox is full; the
+    DATA reply must then not refuse the message for everyone (the forwarded copy would wait
+    for bob to make room): 250, queued for carol, bob's copy stored with grace."""
+    from support.servers import free_port
+
+    from mailstack.outbound.queue import OutboundQueue
+
+    extra = (f'[dns]\nnameservers = ["127.0.0.1"]\nport = {free_port()}\ntimeout = 0.5\n'
+             "[relay]\nretry_schedule = [3600]\n")
+    server = inproc_server_factory(listeners=["smtp"], aliases="both@example.test: bob@example.test, carol@remote.test\n",
+                                   extra='[quota]\nstorage = "3k"\nmessages = 2\nwarning_percent = 0\n' + extra).start()
+    c = session(server)
+    for _ in range(2):
+        assert send(c, [BOB])[1][0] == 250
+    replies, final = send(c, ["both@example.test"])
+    assert replies[0][0] == 250 and final[0] == 250
+    queued = [[r.address for r in env.recipients] for env, _ in OutboundQueue(str(server.base / "queue")).all()]
+    assert queued == [["carol@remote.test"]]
+    assert len(server.messages(BOB)) == 3

@@ -177,9 +177,10 @@ class SMTPSettings:
         5228); a reject answers 550 5.7.1 here when the message has one recipient (RFC 5429
         2.1), else it bounces."""
         size = len(head) + (len(body) if isinstance(body, bytes) else body.size)
-        checked = quota.at_data(self.store, accounts, size)
-        if checked is None:
-            return self._store_local(accounts, sender, head, body, folder, recipients, user, only_local, False)
+        checked = quota.at_data(self.store, accounts, size) if only_local else None
+        if checked is None:  # not only local: a copy leaves as well, so no refusal (grace for all)
+            return self._store_local(accounts, sender, head, body, folder, recipients, user, only_local,
+                                     not only_local)
         return checked.addCallback(lambda _: self._store_local(accounts, sender, head, body, folder, recipients,
                                                                user, only_local, True))
 

@@ -6,7 +6,7 @@
   ``552 5.2.2`` with ``[quota] smtp_reply = "permanent"``.  A recipient that also forwards
   outside, or reaches several accounts one of which has room, is accepted.
 * After DATA, RFC 5321 has one reply for the whole message.  If the message fits none of the
-  local mailboxes it is refused with the same code.  Otherwise it is delivered to every
+  local mailboxes, and goes nowhere else, it is refused with the same code.  Otherwise it is delivered to every
   accepted recipient, those it takes past their limit included (a grace of one message, much
   as Dovecot's LDA allows with ``quota_grace``, without its bound): 250 promises delivery to all of them (RFC 5321
   6.1), and a bounce for some would need the outbound queue this package cannot reach.  Their
