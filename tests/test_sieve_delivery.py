@@ -757,3 +757,15 @@ def test_a_long_non_ascii_vacation_subject_is_folded_with_crlf():
     decoded = "".join(p.decode(c or "ascii") if isinstance(p, bytes) else p
                       for p, c in email.header.decode_header(field.replace("\r\n", "")))
     assert decoded == " ".join(subject.split())
+
+
+def test_a_non_ascii_vacation_from_keeps_its_address_readable():
+    """RFC 2047 5: an encoded word may stand for a display name, never for the address; the
+    whole "José <jose@…>" used to become one encoded word, a From with no address in it."""
+    reply = vacation.build_reply(Vacation("x", from_addr="José Müller <jose@example.test>"), [], "a@x.test", BOB,
+                                 HOST, now=0)
+    value = dict(vacation.parse_header(reply))["from"]
+    assert value == "=?utf-8?b?Sm9zw6kgTcO8bGxlcg==?= <jose@example.test>"
+    assert email.utils.getaddresses([value])[0][1] == "jose@example.test"
+    reply = vacation.build_reply(Vacation("x", from_addr="Jörg <jörg@example.test>"), [], "a@x.test", BOB, HOST, now=0)
+    assert dict(vacation.parse_header(reply))["from"] == "=?utf-8?b?SsO2cmc=?= <jörg@example.test>"  # EAI: no error

@@ -102,6 +102,16 @@ def _encode(text: str) -> str:
     return text if text.isascii() else Header(text, "utf-8").encode(linesep="\r\n")
 
 
+def _mailboxes(text: str) -> str:
+    """A mailbox-list for From: as is in ASCII, else each display name encoded and the
+    addresses left readable (RFC 2047 5: no encoded word in an addr-spec)."""
+    text = " ".join(text.split())
+    if text.isascii():
+        return text
+    return ", ".join((email.utils.formataddr((name, "x"), charset="utf-8")[:-3] if name else "") + f"<{addr}>"
+                     for name, addr in email.utils.getaddresses([text]))
+
+
 def build_reply(action, fields: list[tuple[str, str]], sender: str, user: str, hostname: str,
                 now: float | None = None) -> bytes:
     """The reply (RFC 5230 5): From the user or :from, To the sender, "Auto: " and the original
@@ -112,7 +122,7 @@ def build_reply(action, fields: list[tuple[str, str]], sender: str, user: str, h
         get.setdefault(name, value)
     subject = action.subject if action.subject is not None else "Auto: " + get.get("subject", "")
     lines = [
-        f"From: {_encode(action.from_addr or user)}",
+        f"From: {_mailboxes(action.from_addr or user)}",
         f"To: <{sender}>",
         f"Subject: {_encode(subject)}",
         f"Date: {email.utils.formatdate(now, localtime=True)}",
