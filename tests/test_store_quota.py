@@ -289,3 +289,25 @@ def test_a_negative_total_is_rebuilt_from_a_walk(tmp_path):
         f.write("-100000 -10\n")
     usage = store.quota_usage(USER)
     assert (usage.bytes, usage.messages) == (100, 1)
+
+
+def test_a_new_file_on_a_reused_inode_is_read_whole(tmp_path):
+    """ext4 hands a freed inode number straight to the next file, so a maildirsize that
+    another process (or Dovecot) rebuilt twice can have the inode this process remembered,
+    with other content: its remembered offset then pointed into a stranger's lines.  Shown
+    here by rewriting the file in place (same inode): usage must be the new file's sum."""
+    from mailstack.store.quota import UserCounter
+
+    store = make_store(tmp_path, storage=100_000, messages=500)
+    store.deliver(USER, MSG)
+    counter = store.quota.counter(store.mailbox(USER).path)
+    limits = store.limits[USER]
+    for _ in range(10):
+        counter.change(limits, 100, 1)
+    assert counter.usage(limits).messages == 11
+    with open(size_file(store), "r+") as f:  # another writer's rebuild, on the same inode number
+        f.truncate(0)
+        f.write("100000S,500C\n100 1\n" + "7 0\n" * 60)
+    assert isinstance(counter, UserCounter)
+    usage = counter.usage(limits)
+    assert (usage.bytes, usage.messages) == (100 + 7 * 60, 1)

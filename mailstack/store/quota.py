@@ -4,8 +4,8 @@ The file sits in the user's directory, as Courier and Dovecot keep it (Maildir++
 courier-mta.org/imap/README.maildirquota.html), so that either can take the Maildir over: the
 first line is the quota definition (``<bytes>S,<messages>C``), each further line a change,
 ``<bytes> <count>`` (negative for removals), appended with O_APPEND.  Usage is the sum of the
-lines, so a delivery costs reading what was appended since the last one and one small append,
-whatever the size of the Maildir.  The file is rebuilt from a walk (every folder's cur/ and new/,
+lines, so a delivery costs one read of the small file (parsing only what was appended since
+the last one) and one small append, whatever the size of the Maildir.  The file is rebuilt from a walk (every folder's cur/ and new/,
 sizes from the ``,S=`` of the names) when it is missing, unreadable, over 5120 bytes (but a
 file this process walked less than 15 minutes ago is compacted to its own sum instead: a walk
 is O(Maildir), 0.1 s for 50,000 messages), or holds another definition than the limits now
@@ -166,6 +166,7 @@ class UserCounter:
         self.path = os.path.join(user_dir, MAILDIRSIZE)
         self._mutex = threading.Lock()
         self._known: tuple | None = None  # (inode, offset, limits, bytes, messages)
+        self._prefix = b""  # the file's first ``offset`` bytes: an inode number is reused at once
         self._walked_at = -RECALC_AGE  # time.monotonic() of the last walk
 
     def usage(self, limits: Limits) -> QuotaUsage:
@@ -191,10 +192,11 @@ class UserCounter:
                     raise OverQuota("Mailbox is full: over the storage or message limit", permanent,
                                     f"{self.user_dir}: {usage.bytes} bytes, {usage.messages} messages; limits {limits}")
                 if nbytes or count:
-                    os.write(fd, f"{nbytes} {count}\n".encode("ascii"))
+                    line = f"{nbytes} {count}\n".encode("ascii")
+                    os.write(fd, line)
                     ino, offset = self._known[0], self._known[1]
-                    self._known = (ino, offset + len(f"{nbytes} {count}\n"), limits, usage.bytes + nbytes,
-                                   usage.messages + count)
+                    self._known = (ino, offset + len(line), limits, usage.bytes + nbytes, usage.messages + count)
+                    self._prefix += line
                 return QuotaUsage(usage.bytes + nbytes, usage.messages + count, limits)
             finally:
                 if fd >= 0:
@@ -234,15 +236,19 @@ class UserCounter:
                 os.close(fd)
                 fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                self._known = (os.fstat(fd).st_ino, os.fstat(fd).st_size, limits, *totals)
+                self._prefix = os.pread(fd, os.fstat(fd).st_size, 0)
+                self._known = (os.fstat(fd).st_ino, len(self._prefix), limits, *totals)
                 return fd, ("read" if compact else "rebuilt", *totals)  # compacted: changes still due
             return fd, ("rebuilt" if rebuilt else "read", state[1], state[2])
         raise OSError(f"{self.path}: replaced too often while being read")
 
     def _read(self, fd: int, st) -> tuple[Limits, int, int] | None:
         known = self._known
-        if known is not None and known[0] == st.st_ino and known[1] <= st.st_size:
-            tail = os.pread(fd, st.st_size - known[1], known[1]) if st.st_size > known[1] else b""
+        data = os.pread(fd, st.st_size, 0)  # at most ~5 KB (RECALC_SIZE): one read
+        # The same inode and the same first bytes: the file this process read, grown since (a
+        # rebuild elsewhere may have been given the old inode number: then it reads whole).
+        if known is not None and known[0] == st.st_ino and data.startswith(self._prefix) and len(self._prefix) == known[1]:
+            tail = data[known[1]:]
             if not tail:
                 return known[2], known[3], known[4]
             if not tail.endswith(b"\n"):
@@ -250,12 +256,13 @@ class UserCounter:
             total = _sum(tail.decode("ascii", "replace").split("\n")[:-1])
             if total is None or known[3] + total[0] < 0 or known[4] + total[1] < 0:
                 return None
-            self._known = (st.st_ino, st.st_size, known[2], known[3] + total[0], known[4] + total[1])
+            self._known = (st.st_ino, len(data), known[2], known[3] + total[0], known[4] + total[1])
+            self._prefix = data
             return self._known[2], self._known[3], self._known[4]
-        parsed = parse_maildirsize(os.pread(fd, st.st_size, 0))
+        parsed = parse_maildirsize(data)
         if parsed is None:
             return None
-        self._known = (st.st_ino, st.st_size, *parsed)
+        self._known, self._prefix = (st.st_ino, len(data), *parsed), data
         return parsed
 
     def _rebuild(self, limits: Limits, totals: tuple[int, int] | None = None) -> tuple[int, int]:
