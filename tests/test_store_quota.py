@@ -311,3 +311,21 @@ def test_a_new_file_on_a_reused_inode_is_read_whole(tmp_path):
     assert isinstance(counter, UserCounter)
     usage = counter.usage(limits)
     assert (usage.bytes, usage.messages) == (100 + 7 * 60, 1)
+
+
+def test_rcpt_rechecks_an_old_full_file_before_refusing(tmp_path):
+    """Mail removed by a program that does not append to maildirsize (Dovecot without its
+    quota plugin): a refusal from a file older than 15 minutes is checked by a walk first.
+    The SMTP check (RCPT, DATA) skipped that, and as nothing is delivered past a refusal,
+    the user stayed refused for good."""
+    store = make_store(tmp_path, messages=2)
+    store.deliver(USER, MSG)
+    store.deliver(USER, MSG)
+    with pytest.raises(OverQuota):
+        store.check_quota(USER, 100)
+    new = os.path.join(store.mailbox(USER).path, "new")
+    os.unlink(os.path.join(new, sorted(os.listdir(new))[0]))  # removed behind the counter's back
+    old = os.path.getmtime(size_file(store)) - 16 * 60
+    os.utime(size_file(store), (old, old))
+    store.check_quota(USER, 100)  # no OverQuota: one message left
+    assert store.quota_usage(USER).messages == 1

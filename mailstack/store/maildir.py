@@ -138,10 +138,12 @@ class MaildirStore:
     def check_quota(self, address: str, size: int = 0) -> None:
         """Raise OverQuota if the user is full already, or would be with a message of
         ``size`` bytes (SMTP RCPT, with the SIZE of MAIL FROM: RFC 1870)."""
-        usage = self.quota_usage(address)
+        usage = self.quota_usage(address) if not self.exists(address) else None  # no mail yet
         if usage is not None and usage.exceeds(max(size, 1), 1):
             raise OverQuota("Mailbox is full: over the storage or message limit", self.quota.permanent,
                             f"{address}: {usage}")
+        if self.quota is not None and self.exists(address):  # a refusal rechecks an old file (quota.py)
+            quota_mod.check(self, self.mailbox(address, create=False), max(size, 1))
 
     def save_indexes(self) -> int:
         """*Blocking.*  Save the index of every folder this process has open (index.py);

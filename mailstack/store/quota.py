@@ -173,10 +173,10 @@ class UserCounter:
         return self.change(limits, 0, 0)
 
     def change(self, limits: Limits, nbytes: int, count: int, check: bool = False,
-               permanent: bool = False, removed: bool = False) -> QuotaUsage:
+               permanent: bool = False, removed: bool = False, dry: bool = False) -> QuotaUsage:
         """Add a change (and with ``check`` refuse it with OverQuota if it exceeds); return the
         usage after it.  ``removed``: the files are gone already, so a rebuild made now has
-        counted the change (it is then not appended)."""
+        counted the change (it is then not appended).  ``dry``: only the check (SMTP's)."""
         with self._mutex:
             fd, state = self._open(limits)
             try:
@@ -191,7 +191,7 @@ class UserCounter:
                 if check and usage.exceeds(nbytes, count):
                     raise OverQuota("Mailbox is full: over the storage or message limit", permanent,
                                     f"{self.user_dir}: {usage.bytes} bytes, {usage.messages} messages; limits {limits}")
-                if nbytes or count:
+                if (nbytes or count) and not dry:
                     line = f"{nbytes} {count}\n".encode("ascii")
                     os.write(fd, line)
                     ino, offset = self._known[0], self._known[1]
@@ -341,6 +341,15 @@ def refund(store, mailbox, nbytes: int, count: int) -> None:
     usage = policy.counter(mailbox.path).change(limits, -nbytes, -count, removed=True)
     if policy.warning_percent and usage.percent() < policy.warning_percent:
         unlink_quietly(os.path.join(mailbox.path, WARNED))
+
+
+def check(store, mailbox, nbytes: int) -> None:
+    """OverQuota unless one more message of ``nbytes`` fits, with the recount of an old file
+    that a refusal gets (a charge's rules, nothing counted)."""
+    policy = store.quota
+    limits = policy.limits(mailbox.address) if policy is not None else Limits()
+    if not limits.unlimited:
+        policy.counter(mailbox.path).change(limits, nbytes, 1, check=True, permanent=policy.permanent, dry=True)
 
 
 def usage_of(store, mailbox) -> QuotaUsage | None:
