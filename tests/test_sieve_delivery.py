@@ -769,3 +769,19 @@ def test_a_non_ascii_vacation_from_keeps_its_address_readable():
     assert email.utils.getaddresses([value])[0][1] == "jose@example.test"
     reply = vacation.build_reply(Vacation("x", from_addr="Jörg <jörg@example.test>"), [], "a@x.test", BOB, HOST, now=0)
     assert dict(vacation.parse_header(reply))["from"] == "=?utf-8?b?SsO2cmc=?= <jörg@example.test>"  # EAI: no error
+
+
+def test_a_message_with_many_received_fields_is_not_redirected_again(env, monkeypatch):
+    """RFC 5228 4.2: loop control may count Received fields.  A loop through a forwarder that
+    drops Delivered-To came back with only Received fields (which editheader cannot delete)
+    to show for it, and the MX has no hop limit: it went round for ever."""
+    store, queued, make = env
+    OUTCOMES["s"] = outcome(Redirect("dave@other.test"))
+    script(store, BOB, "s")
+    def hops(n):  # MESSAGE has one of its own
+        return b"".join(b"Received: from hop%d by x; Fri, 4 Dec 2026 10:00:00 +0000\r\n" % i for i in range(n - 1))
+
+    assert deliver_sync(monkeypatch, make(), [(BOB, BOB)], body=hops(sd.MAX_RECEIVED) + MESSAGE) is None
+    assert queued == [] and len(stored(store, BOB)) == 1
+    assert deliver_sync(monkeypatch, make(), [(BOB, BOB)], body=hops(sd.MAX_RECEIVED - 1) + MESSAGE) is None
+    assert len(queued) == 1

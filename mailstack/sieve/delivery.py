@@ -37,10 +37,14 @@ log = Logger()
 
 #: A message carrying this many Delivered-To fields has gone round enough: not redirected again.
 MAX_DELIVERED_TO = 10
+#: Received fields past which a message is not redirected again (RFC 5228 4.2's loop control:
+#: a trace editheader may not delete here, sieve.commands.PROTECTED_FIELDS; Postfix's hopcount_limit is 50).
+MAX_RECEIVED = 50
 #: Local redirects and replies delivered from within a delivery, at most this deep.
 MAX_DEPTH = 5
 MAX_SCRIPT_SIZE = 1 << 20  # a script file read for running (ManageSieve bounds uploads itself)
 _DELIVERED_TO = re.compile(rb"^delivered-to[ \t]*:[ \t]*(.*?)[ \t]*\r?$", re.I | re.M)
+_RECEIVED = re.compile(rb"^received[ \t]*:", re.I | re.M)
 
 
 @dataclass(frozen=True)
@@ -346,9 +350,11 @@ class SieveDelivery:
         # as it arrived too: editheader (RFC 5293) may have deleted the fields that show the loop
         arrived, edited = (_delivered_to(m) for m in (incoming.message, plan.message))
         seen = arrived if len(arrived) >= len(edited) else edited
-        if plan.account.lower() in arrived + edited or len(seen) >= MAX_DELIVERED_TO:
+        hops = len(_RECEIVED.findall(_header(incoming.message)))
+        if plan.account.lower() in arrived + edited or len(seen) >= MAX_DELIVERED_TO or hops >= MAX_RECEIVED:
             log.warn("sieve: {user}: not redirecting to {to}: the message was delivered here before "
-                     "({n} Delivered-To fields); kept", user=plan.account, to=redirects, n=len(seen))
+                     "({n} Delivered-To, {hops} Received fields); kept", user=plan.account, to=redirects, n=len(seen),
+                     hops=hops)
             return False
         limit = self.settings.max_redirects
         if len(redirects) > limit:
