@@ -785,3 +785,15 @@ def test_a_message_with_many_received_fields_is_not_redirected_again(env, monkey
     assert queued == [] and len(stored(store, BOB)) == 1
     assert deliver_sync(monkeypatch, make(), [(BOB, BOB)], body=hops(sd.MAX_RECEIVED - 1) + MESSAGE) is None
     assert len(queued) == 1
+
+
+def test_a_vacation_reply_to_a_long_thread_keeps_lines_under_998():
+    """References grows with a thread and is folded over many lines; unfolded into one line
+    it passed RFC 5322 2.1.1's 998 characters (receivers refuse such a message)."""
+    ids = " ".join(f"<{i:04d}.a-rather-long-message-id@mail.example.test>" for i in range(40))
+    fields = [("message-id", "<last@x.test>"), ("references", ids), ("subject", "Re: " + "word " * 250)]
+    reply = vacation.build_reply(Vacation("x"), fields, "a@x.test", BOB, HOST, now=0)
+    assert max(len(line) for line in reply.split(b"\r\n")) <= 78 + 60
+    parsed = dict(vacation.parse_header(reply))
+    assert parsed["references"] == ids + " <last@x.test>"
+    assert parsed["subject"] == "Auto: Re: " + " ".join(["word"] * 250)

@@ -112,6 +112,24 @@ def _mailboxes(text: str) -> str:
                      for name, addr in email.utils.getaddresses([text]))
 
 
+def _fold(field: str, width: int = 78) -> str:
+    """A header field folded at its spaces to lines of about ``width`` (RFC 5322 2.2.3): a
+    long subject or a thread's References, unfolded when read, must not pass 998 (2.1.1)."""
+    out = []
+    for n, physical in enumerate(field.split("\r\n")):
+        words = physical.split(" ")
+        start = 2 if n == 0 else 1  # the name and the first word stay together
+        line = " ".join(words[:start])
+        for word in words[start:]:
+            if len(line) + 1 + len(word) > width and line.strip():
+                out.append(line)
+                line = " " + word
+            else:
+                line += " " + word
+        out.append(line)
+    return "\r\n".join(out)
+
+
 def build_reply(action, fields: list[tuple[str, str]], sender: str, user: str, hostname: str,
                 now: float | None = None) -> bytes:
     """The reply (RFC 5230 5): From the user or :from, To the sender, "Auto: " and the original
@@ -132,7 +150,7 @@ def build_reply(action, fields: list[tuple[str, str]], sender: str, user: str, h
     if original_id:
         lines.append(f"In-Reply-To: {original_id}")
         lines.append(f"References: {(get.get('references', '') + ' ' + original_id).strip()}")
-    lines += ["Auto-Submitted: auto-replied", "MIME-Version: 1.0"]
+    lines = [_fold(line) for line in lines] + ["Auto-Submitted: auto-replied", "MIME-Version: 1.0"]
     reason = action.reason.replace("\r\n", "\n").replace("\r", "\n")
     if action.mime:  # the reason is a MIME entity: its own header fields, then its body
         entity = reason.lstrip("\n")
