@@ -103,3 +103,20 @@ def test_a_full_mailbox_that_also_forwards_does_not_stop_the_forwarded_copy(inpr
     queued = [[r.address for r in env.recipients] for env, _ in OutboundQueue(str(server.base / "queue")).all()]
     assert queued == [["carol@remote.test"]]
     assert len(server.messages(BOB)) == 3
+
+
+def test_a_quota_that_cannot_be_read_answers_rcpt_451(inproc_server_factory):
+    """RFC 5321 4.2: every command gets a reply.  A maildirsize the server cannot use (here a
+    directory in its place) made the RCPT check fail with no MailError, and the errback let
+    it pass unanswered: the client waited for its timeout."""
+    server = start(inproc_server_factory)
+    c = session(server)
+    assert send(c, [BOB])[1][0] == 250
+    size_file = server.maildir(BOB) / "maildirsize"
+    size_file.unlink()
+    size_file.mkdir()
+    c.sock.settimeout(5)
+    assert c.cmd("MAIL FROM:<sender@outside.test>")[0] == 250
+    code, text = c.cmd(f"RCPT TO:<{BOB}>")
+    assert (code, text.split(" ", 1)[0]) == (451, "4.3.0")
+    assert c.cmd("NOOP")[0] == 250

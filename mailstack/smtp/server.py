@@ -385,9 +385,17 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
         if wait is None:
             return self._rcpt_ok(recipient, address)
         self.pause()  # greylisting asks its database in a thread
-        wait.addCallbacks(lambda _: self._rcpt_ok(recipient, address),
-                          lambda f: self.reply_error(f.trap(MailError) and f.value))
+        wait.addCallbacks(lambda _: self._rcpt_ok(recipient, address), self._rcpt_failed)
         wait.addBoth(lambda _: self.resume())
+
+    def _rcpt_failed(self, failure) -> None:
+        """A check in a thread failed: its refusal, or 451 for a broken one (the quota file
+        unreadable, say): RCPT must be answered (RFC 5321 4.2)."""
+        if failure.check(MailError):
+            self.reply_error(failure.value)
+            return
+        log.failure("RCPT check failed", failure, peer=self.peer)
+        self.reply(c.LOCAL_ERROR, c.E_SYSTEM_TEMPORARY, "Local error in processing; try again later")
 
     def _quota_at_rcpt(self, wait, recipient):
         """After greylisting (if any), the recipient's quota (mailstack.smtp.quota; SIZE of
