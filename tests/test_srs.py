@@ -468,3 +468,26 @@ def test_a_rotated_key_applies_on_reload_and_the_old_one_still_verifies(mx):
     assert metrics.REGISTRY.get_sample_value("mailstack_srs_total", {"result": "refused"}) == refused + 1
     assert metrics.REGISTRY.get_sample_value("mailstack_srs_total", {"result": "reversed"}) == reversed_ + 2
     assert metrics.REGISTRY.get_sample_value("mailstack_srs_total", {"result": "forwarded"}) == forwarded + 1
+
+
+def test_a_report_to_an_expired_srs_sender_is_not_taken_by_a_catch_all(tmp_path):
+    """The relay's report for a forwarded copy whose SRS sender no longer reverses (expired,
+    or its key retired) goes to that SRS address, which refuses it, as the MX does: a
+    catch-all alias of the SRS domain must not take it (someone else's delivery report)."""
+    from types import SimpleNamespace
+
+    from mailstack.outbound.bounce import BounceSender
+
+    now = [1_800_000_000.0]
+    srs = SRS(b"secret", "example.test", 21, ["example.test"], clock=lambda: now[0])
+    address = srs.forward("dave@outside.test")
+    now[0] += 30 * 86400
+    taken = []
+    accounts = SimpleNamespace(resolve=lambda a: SimpleNamespace(local=["alice@example.test"], remote=[]))
+    bounces = BounceSender("mx.example.test", None, accounts, SimpleNamespace(
+        deliver_batch=lambda items: taken.extend(items) or [None] * len(items)))
+    bounces.srs = srs
+    assert bounces.report_address(address) == address
+    assert bounces.deliver_locally(address, b"Subject: report\r\n\r\nx\r\n") is False
+    assert taken == []
+    assert bounces.deliver_locally("alice@example.test", b"Subject: report\r\n\r\nx\r\n") is True

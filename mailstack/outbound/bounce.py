@@ -63,6 +63,8 @@ class BounceSender:
         """Store the report for a local ``address``; False when the address is not local.
         A report is stored past the user's quota (grace): it tells them their own mail did not
         arrive, and there is no one to tell if it is refused."""
+        if self.srs is not None and self.srs.is_ours(address):
+            return False  # one report_address could not reverse: not a catch-all's (policy.py)
         resolution = self.accounts.resolve(address)
         if resolution is None or not resolution.local:
             return False
