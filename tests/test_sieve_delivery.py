@@ -89,6 +89,9 @@ class Accounts:
 
 
 class SRS:
+    def is_ours(self, address):
+        return False
+
     def forward(self, sender):
         return f"SRS0=hash=tt={sender.partition('@')[2]}={sender.partition('@')[0]}@example.test"
 
@@ -797,3 +800,27 @@ def test_a_vacation_reply_to_a_long_thread_keeps_lines_under_998():
     parsed = dict(vacation.parse_header(reply))
     assert parsed["references"] == ids + " <last@x.test>"
     assert parsed["subject"] == "Auto: Re: " + " ".join(["word"] * 250)
+
+
+def test_a_reply_to_one_of_our_srs_addresses_goes_to_the_original_sender(env, monkeypatch):
+    """A message whose sender is one of our SRS addresses (a copy we forwarded, sent back
+    here by a forwarder without SRS): bob's vacation reply goes where the MX would send it,
+    the original sender, not to the catch-all of the SRS domain."""
+    from mailstack.srs import SRS as RealSRS
+
+    store, queued, make = env
+    srs = RealSRS(b"k", "example.test", local_domains=["example.test"])
+    ours = srs.forward("dave@outside.test")
+
+    class CatchAll(Accounts):
+        def resolve(self, address):
+            found = super().resolve(address)
+            return found if found or not address.endswith("@example.test") else Resolution(local=[CAROL])
+
+    OUTCOMES["s"] = outcome(Vacation("I am away.", seconds=86400))
+    script(store, BOB, "s")
+    sieve = make(srs=srs)
+    sieve.accounts = CatchAll()
+    deliver_sync(monkeypatch, sieve, [(BOB, BOB)], sender=ours)
+    assert [(s, r) for s, r, _ in queued] == [("", ["dave@outside.test"])]
+    assert stored(store, CAROL) == []

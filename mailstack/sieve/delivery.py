@@ -32,6 +32,7 @@ from mailstack.mail import codes
 from mailstack.mail.headers import delivery_fields
 from mailstack.sieve import vacation as vacation_mod
 from mailstack.sieve.actions import Envelope, FileInto, Keep, Redirect, Reject, Vacation
+from mailstack.srs import SRSError
 
 log = Logger()
 
@@ -416,6 +417,9 @@ class SieveDelivery:
         for kind, sender, recipient, message in outgoing:
             if kind == "none":
                 continue
+            recipient = self._unwrapped(recipient)
+            if not recipient:
+                continue
             resolution = self.accounts.resolve(recipient) if self.accounts is not None else None
             remote = [recipient] if resolution is None else list(resolution.remote)
             for account in (resolution.local if resolution is not None else []):
@@ -430,6 +434,18 @@ class SieveDelivery:
                     raise MailError(codes.LOCAL_ERROR, codes.E_SYSTEM_TEMPORARY, "Cannot queue a message now; try again later")
                 self.enqueue_now(envelope_sender, remote, message)
 
+
+    def _unwrapped(self, recipient: str) -> str:
+        """One of our SRS addresses stands for its original (the MX reverses it before any
+        alias, mailstack.smtp.policy); "" for one that does not reverse (the MX refuses it)."""
+        srs = self.srs()
+        if srs is None or not srs.is_ours(recipient):
+            return recipient
+        try:
+            return srs.reverse(recipient)
+        except SRSError:
+            log.info("sieve: not sending to {to}: an SRS address that does not reverse", to=recipient)
+            return ""
 
     def _full(self, kind: str, sender: str, account: str, message: bytes, e: OverQuota, depth: int) -> None:
         """A local redirect target is full: the sender gets a report, as from a remote host
