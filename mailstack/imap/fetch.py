@@ -298,6 +298,9 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
     # A message needs its bytes unless every item is metadata or cached.
     need = [u for u in uids if structural or not derived.complete(u)] if _needs_content(items) else []
     heads = folder.headers(need) if header_only and need else {}
+    # Whole messages for the rest, read in one store call (all but those streamed).
+    bodies = folder.read_messages([u for u in need if not whole_only or info[u].size <= STREAM_ABOVE]) \
+        if need and not header_only else {}
     need = set(need)
     for seq, uid in batch:
         m = info[uid]
@@ -311,9 +314,9 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
                     entity = msgmod.Entity(heads[uid])
                 elif whole_only:  # BODY[]/RFC822: the bytes as they are, or streamed when large
                     if m.size <= STREAM_ABOVE:
-                        raw = folder.read_message(uid)
+                        raw = _body(bodies, uid)
                 else:
-                    entity = msgmod.Entity(folder.read_message(uid))
+                    entity = msgmod.Entity(_body(bodies, uid))
             segments: list = [b"* %d FETCH (" % seq]
             for n, item in enumerate(items):
                 if n:
@@ -340,6 +343,13 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
         out.append(merged)
     derived.keep(folder)
     return out
+
+
+def _body(bodies: dict[int, bytes], uid: int) -> bytes:
+    data = bodies.get(uid)
+    if data is None:
+        raise MessageGone(uid)
+    return data
 
 
 def _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived, raw=None) -> list:

@@ -162,13 +162,10 @@ class Retriever:
         """*Blocking.*  index -> whole RETR response, for the (index, uid, size) up to the
         first that cannot be read whole (that one's RETR reads it, and says why)."""
         out: dict[int, bytes] = {}
+        read = self.maildrop.read_small([uid for _, uid, _ in wanted])
         for i, uid, size in wanted:
-            try:
-                f, data = self.maildrop.open_start(uid, READ_CHUNK)
-            except (MessageGone, OSError):
-                break
-            if f is not None:
-                f.close()
+            data = read.get(uid)
+            if data is None:
                 break
             encoder = DotStuffer()
             out[i] = b"+OK %d octets\r\n" % size + encoder.feed(data) + encoder.finish()
