@@ -23,6 +23,7 @@ from mailstack.imap.view import format_flags, uid_set
 STREAM_ABOVE = 256 * 1024  # whole messages larger than this are streamed from the file
 READ_CHUNK = 64 * 1024
 FETCH_BATCH = 64  # messages per worker-thread call
+KEEP_WHOLE = 4096  # response pieces at least this long are written as they are, not joined
 
 
 async def fetch(s, tag, ranges, spec, uid=False):
@@ -128,14 +129,18 @@ async def _fetch_batches(s, sel, targets, info, items, flagged_now, want_modseq)
 
 
 async def write_responses(s, responses) -> None:
+    """Runs of bytes in one ``writeSequence`` each; open files streamed between them."""
     pending = [seg for segments in responses for seg in segments]
+    pending.reverse()  # popped from the end
     try:
         while pending and not s.lost:
-            seg = pending.pop(0)
-            if isinstance(seg, bytes):
-                s.transport.write(seg)
+            if isinstance(pending[-1], bytes):
+                run = []
+                while pending and isinstance(pending[-1], bytes):
+                    run.append(pending.pop())
+                s.transport.writeSequence(run)
             else:
-                await stream(s, *seg)  # closes the file
+                await stream(s, *pending.pop())  # closes the file
     finally:
         for seg in pending:  # the connection went away: close what was opened
             if not isinstance(seg, bytes):
@@ -331,15 +336,22 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
         if want_modseq:
             segments.append((b" " if items else b"") + b"MODSEQ (%d)" % flagged_now.get(uid, m.modseq))
         segments.append(b")\r\n")
-        if not files:  # the usual case: nothing to stream, one piece of bytes
-            out.append([b"".join(segments)])
-            continue
+        # Small pieces joined; a large one (a body) kept as it is: the transport joins its
+        # buffer anyway, and a second copy of every body in this thread is time under the GIL.
         merged: list = []
+        small = False  # merged[-1] is bytes that may grow
         for seg in segments:
-            if isinstance(seg, bytes) and merged and isinstance(merged[-1], bytes):
+            if not isinstance(seg, bytes):
+                merged.append(seg)
+                small = False
+            elif len(seg) >= KEEP_WHOLE:
+                merged.append(seg)
+                small = False
+            elif small:
                 merged[-1] += seg
             else:
                 merged.append(seg)
+                small = True
         out.append(merged)
     derived.keep(folder)
     return out
