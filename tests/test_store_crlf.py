@@ -205,3 +205,24 @@ def test_a_cache_from_before_crlf_reading_is_emptied(inbox):
     db.close()
     folder = fresh(inbox)
     assert folder.headers([m.uid]) == {m.uid: b"From: a@example.test\r\nSubject: lf\r\n\r\n"}
+
+
+def test_read_messages_serves_each_in_its_crlf_form_and_skips_the_gone(inbox):
+    """The batch read (POP3 read-ahead, FETCH of bodies) gives what read_message gives."""
+    want = reference(LF_MESSAGE)
+    drop(inbox, f"1700000000.M1P2.host,S={len(LF_MESSAGE)},W={len(want)}:2,S", LF_MESSAGE)
+    drop(inbox, "1700000001.M2P9.procmail", LF_MESSAGE + b"tail\n", "new")  # no sizes in the name
+    drop(inbox, "1700000002.M3P9.procmail", b"Subject: bare cr\r\n\r\na\rb\r\n", "new")
+    inbox.append(b"Subject: ours\r\n\r\nbody\r\n")
+    inbox.append(b"Subject: expunged\r\n\r\nbody\r\n")
+    uids = sorted(m.uid for m in inbox.snapshot().messages)
+    uid = {m.base[:10]: m.uid for m in inbox.snapshot().messages if m.base.startswith("170000000")}
+    (gone,) = [u for u in uids if inbox.read_message(u).startswith(b"Subject: expunged")]
+    inbox.expunge([gone])
+    reader = fresh(inbox)
+    reader.snapshot()
+    inbox.set_flags([uid["1700000001"]], ["\\Flagged"], "add")  # renamed after the reader's listing
+    got = reader.read_messages(uids + [max(uids) + 100])
+    assert got == {u: inbox.read_message(u) for u in uids if u != gone}
+    assert got[uid["1700000000"]] == want and got[uid["1700000001"]] == reference(LF_MESSAGE + b"tail\n")
+    assert got[uid["1700000002"]] == b"Subject: bare cr\r\n\r\na\rb\r\n"

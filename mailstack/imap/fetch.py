@@ -23,6 +23,7 @@ from mailstack.imap.view import format_flags, uid_set
 STREAM_ABOVE = 256 * 1024  # whole messages larger than this are streamed from the file
 READ_CHUNK = 64 * 1024
 FETCH_BATCH = 64  # messages per worker-thread call
+KEEP_WHOLE = 4096  # response pieces at least this long are written as they are, not joined
 
 
 async def fetch(s, tag, ranges, spec, uid=False):
@@ -128,14 +129,18 @@ async def _fetch_batches(s, sel, targets, info, items, flagged_now, want_modseq)
 
 
 async def write_responses(s, responses) -> None:
+    """Runs of bytes in one ``writeSequence`` each; open files streamed between them."""
     pending = [seg for segments in responses for seg in segments]
+    pending.reverse()  # popped from the end
     try:
         while pending and not s.lost:
-            seg = pending.pop(0)
-            if isinstance(seg, bytes):
-                s.transport.write(seg)
+            if isinstance(pending[-1], bytes):
+                run = []
+                while pending and isinstance(pending[-1], bytes):
+                    run.append(pending.pop())
+                s.transport.writeSequence(run)
             else:
-                await stream(s, *seg)  # closes the file
+                await stream(s, *pending.pop())  # closes the file
     finally:
         for seg in pending:  # the connection went away: close what was opened
             if not isinstance(seg, bytes):
@@ -298,6 +303,9 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
     # A message needs its bytes unless every item is metadata or cached.
     need = [u for u in uids if structural or not derived.complete(u)] if _needs_content(items) else []
     heads = folder.headers(need) if header_only and need else {}
+    # Whole messages for the rest, read in one store call (all but those streamed).
+    bodies = folder.read_messages([u for u in need if not whole_only or info[u].size <= STREAM_ABOVE]) \
+        if need and not header_only else {}
     need = set(need)
     for seq, uid in batch:
         m = info[uid]
@@ -311,9 +319,9 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
                     entity = msgmod.Entity(heads[uid])
                 elif whole_only:  # BODY[]/RFC822: the bytes as they are, or streamed when large
                     if m.size <= STREAM_ABOVE:
-                        raw = folder.read_message(uid)
+                        raw = _body(bodies, uid)
                 else:
-                    entity = msgmod.Entity(folder.read_message(uid))
+                    entity = msgmod.Entity(_body(bodies, uid))
             segments: list = [b"* %d FETCH (" % seq]
             for n, item in enumerate(items):
                 if n:
@@ -328,18 +336,32 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
         if want_modseq:
             segments.append((b" " if items else b"") + b"MODSEQ (%d)" % flagged_now.get(uid, m.modseq))
         segments.append(b")\r\n")
-        if not files:  # the usual case: nothing to stream, one piece of bytes
-            out.append([b"".join(segments)])
-            continue
+        # Small pieces joined; a large one (a body) kept as it is: the transport joins its
+        # buffer anyway, and a second copy of every body in this thread is time under the GIL.
         merged: list = []
+        small = False  # merged[-1] is bytes that may grow
         for seg in segments:
-            if isinstance(seg, bytes) and merged and isinstance(merged[-1], bytes):
+            if not isinstance(seg, bytes):
+                merged.append(seg)
+                small = False
+            elif len(seg) >= KEEP_WHOLE:
+                merged.append(seg)
+                small = False
+            elif small:
                 merged[-1] += seg
             else:
                 merged.append(seg)
+                small = True
         out.append(merged)
     derived.keep(folder)
     return out
+
+
+def _body(bodies: dict[int, bytes], uid: int) -> bytes:
+    data = bodies.get(uid)
+    if data is None:
+        raise MessageGone(uid)
+    return data
 
 
 def _fetch_item(folder, uid, m, item, entity, flag_bytes, files, derived, raw=None) -> list:

@@ -103,6 +103,10 @@ class Maildrop:
             return None, data
         return f, data
 
+    def read_small(self, uids: list[int]) -> dict[int, bytes]:
+        """*Blocking.*  uid -> whole message, for small messages (one store call for all)."""
+        return self.folder.read_messages(uids)
+
     def mark_seen(self, uids: list[int]) -> None:
         """*Blocking.*  Messages retrieved are \\Seen for IMAP too (expunged ones are skipped)."""
         self.folder.set_flags(uids, ["\\Seen"], "add")

@@ -17,6 +17,8 @@ from mailstack.pop3.errors import SYS_TEMP, Pop3Error
 log = Logger()
 
 READ_CHUNK = 128 * 1024
+#: What one session reads ahead for its next RETRs, at most: messages, octets.
+AHEAD_COUNT, AHEAD_BYTES = 32, 256 * 1024
 
 
 class DotStuffer:
@@ -102,31 +104,98 @@ class Retriever:
         self.session, self.maildrop = session, maildrop
         self.flow: Flow | None = None
         self.streaming = False  # between a RETR/TOP's "+OK" and its final "."
-        self.prefetched: tuple[int, defer.Deferred] | None = None
+        self.ahead: dict[int, bytes] = {}  # index -> its whole RETR response, read ahead
+        self.reading: tuple[range, defer.Deferred] | None = None  # the read-ahead in flight
+        self.ahead_end = 0  # the index after the last one read ahead (or being read)
 
-    def send(self, i: int, top: int | None) -> defer.Deferred:
-        """RFC 1939 sections 5 (RETR, ``top`` None) and 7 (TOP msg n, ``top`` = n)."""
-        if self.prefetched is not None and self.prefetched[0] == i:
-            d = self.prefetched[1].addCallback(lambda box: box[0])  # a Failure in the box errs
-        else:
+    def send(self, i: int, top: int | None) -> defer.Deferred | None:
+        """RFC 1939 sections 5 (RETR, ``top`` None) and 7 (TOP msg n, ``top`` = n).  None
+        when the response is written already (a message read ahead)."""
+        if top is not None:
             d = threads.deferToThread(self.maildrop.open_start, self.maildrop.messages[i].uid, READ_CHUNK)
-        self.prefetched = None
-        if top is None:
-            self.prefetch(i + 1)
+        else:
+            for j in [j for j in self.ahead if j < i]:  # skipped: not wanted after all
+                del self.ahead[j]
+            response = self.ahead.pop(i, None)
+            if response is not None:
+                self.read_ahead(i + 1)
+                self.write_whole(i, response)
+                return None
+            if self.reading is not None and i in self.reading[0]:
+                d = defer.Deferred()
+                self.reading[1].addBoth(self.ahead_ready, i, d)
+                return d
+            d = threads.deferToThread(self.maildrop.open_start, self.maildrop.messages[i].uid, READ_CHUNK)
+            if self.reading is None:  # out of order (or the first): read ahead from here on
+                self.ahead.clear()
+                self.ahead_end = i + 1
+            self.read_ahead(i + 1)
         d.addCallbacks(lambda opened: defer.ensureDeferred(self.stream(opened, i, top)),
                        self.open_failed, errbackArgs=(i,))
         return d
 
-    def prefetch(self, i: int) -> None:
-        """Clients RETR one message after the other: read the next small one meanwhile, so
-        its RETR is answered without waiting for a thread.  Only messages that fit in one
-        chunk (no open file to keep), and only one at a time."""
-        maildrop = self.maildrop
-        if i >= len(maildrop.messages) or i in maildrop.deleted or maildrop.messages[i].size >= READ_CHUNK:
+    def read_ahead(self, i: int) -> None:
+        """Clients RETR one message after the other: read the next small ones meanwhile, in
+        one thread call for several (each call costs more than reading a small file), so
+        their RETRs are answered without waiting for a thread.  Only messages that fit in
+        one chunk (no open file to keep), at most ``AHEAD_BYTES`` held, one batch at a time,
+        the next once fewer than half of the last are left."""
+        if self.reading is not None or sum(1 for j in self.ahead if j >= i) >= AHEAD_COUNT // 2:
             return
-        d = threads.deferToThread(maildrop.open_start, maildrop.messages[i].uid, READ_CHUNK)
-        d.addBoth(lambda result: [result])  # kept as a value: an unused failure is no error
-        self.prefetched = (i, d)
+        maildrop, start = self.maildrop, max(i, self.ahead_end)
+        end, budget, wanted = start, AHEAD_BYTES, []
+        while end < len(maildrop.messages) and len(wanted) < AHEAD_COUNT:
+            info = maildrop.messages[end]
+            if info.size >= READ_CHUNK or info.size > budget:
+                break
+            if end not in maildrop.deleted:
+                wanted.append((end, info.uid, info.size))
+                budget -= info.size
+            end += 1
+        if not wanted:
+            return
+        d = threads.deferToThread(self.read_batch, wanted)
+        self.reading, self.ahead_end = (range(start, end), d), end
+        d.addBoth(self.batch_read)
+
+    def read_batch(self, wanted: list[tuple[int, int, int]]) -> dict[int, bytes]:
+        """*Blocking.*  index -> whole RETR response, for the (index, uid, size) up to the
+        first that cannot be read whole (that one's RETR reads it, and says why)."""
+        out: dict[int, bytes] = {}
+        read = self.maildrop.read_small([uid for _, uid, _ in wanted])
+        for i, uid, size in wanted:
+            data = read.get(uid)
+            if data is None:
+                break
+            encoder = DotStuffer()
+            out[i] = b"+OK %d octets\r\n" % size + encoder.feed(data) + encoder.finish()
+        return out
+
+    def batch_read(self, result):
+        self.reading = None
+        if isinstance(result, dict):
+            self.ahead.update(result)
+        else:  # each RETR then reads its own message, and answers for it
+            log.failure("pop3 read-ahead failed for {user}", result, user=self.maildrop.address)
+
+    def ahead_ready(self, _, i: int, d: defer.Deferred):
+        """A RETR that waited for the read-ahead holding its message."""
+        response = self.ahead.pop(i, None)
+        if response is None:  # not read ahead after all: read it now
+            self.send(i, None).chainDeferred(d)
+            return
+        self.read_ahead(i + 1)
+        self.write_whole(i, response)
+        d.callback(None)
+
+    def write_whole(self, i: int, response: bytes) -> None:
+        session = self.session
+        if session.lost:
+            return
+        session.transport.write(response)
+        info = self.maildrop.messages[i]
+        if "\\Seen" not in info.flags:
+            session.seen.add(info.uid)
 
     def open_failed(self, failure, i: int):
         if failure.check(MessageGone):

@@ -206,6 +206,14 @@ def open_served(path: str, size: int | None):
     return CrlfReader(f, size, raw_size)
 
 
+def read_served(path: str, size: int | None) -> bytes:
+    """*Blocking.*  A whole (small) message file in its CRLF form, read in one call; ``size``
+    as for :func:`open_served`.  Raises FileNotFoundError."""
+    with open(path, "rb", buffering=0) as f:
+        data = f.readall()
+    return data if len(data) == size else to_crlf(data, False)
+
+
 def resolve_sizes(folder_path: str, cache, pending: Iterable[tuple[str, str]]) -> dict[str, int]:
     """*Blocking.*  base -> CRLF size for (base, relative filename) pairs whose names do not
     say it: from the cache, else by reading the file once (then cached).  A file gone

@@ -46,6 +46,10 @@ class FolderAPI(Protocol):
     def read_message(self, uid: int) -> bytes:
         """The whole message in its CRLF form; raises MessageGone."""
 
+    def read_messages(self, uids: Iterable[int]) -> dict[int, bytes]:
+        """uid -> the whole message in its CRLF form, for those not expunged: many small
+        messages in one call (never a large one: each is read whole)."""
+
     def headers(self, uids: Iterable[int]) -> dict[int, bytes]:
         """uid -> header section (blank line included), cached."""
 
