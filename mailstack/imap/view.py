@@ -10,14 +10,12 @@ so each is right when the client applies it.
 from __future__ import annotations
 
 import bisect
-from operator import attrgetter
 from dataclasses import dataclass, field
 
 from mailstack.imap import search as searchmod
 from mailstack.imap.errors import Bad
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-_UID, _FLAGS = attrgetter("uid"), attrgetter("flags")
 MAX_UID_SET = 10_000_000  # UIDs a QRESYNC known-uids or VANISHED range may expand to
 
 
@@ -73,7 +71,7 @@ def uid_list(text: bytes, top: int | None = None) -> list[int]:
 def keywords_of(snap) -> frozenset:
     # Messages share their flag sets (the store decodes each distinct one once): look at each
     # distinct set once, not at every message's (a 100,000-message SELECT spent its time here).
-    distinct = set(map(_FLAGS, snap.messages))
+    distinct = set(snap.uids_and_flags()[1])
     return frozenset(f for flags in distinct for f in flags if not f.startswith("\\"))
 
 
@@ -99,8 +97,8 @@ class Selected:
         """The view right after SELECT (``taken_recent``: the UIDs it claimed as \\Recent)
         or EXAMINE (which reports what is still in new/ without claiming it)."""
         sel = cls(folder, readonly, snap.uidvalidity)
-        sel.uids = list(map(_UID, snap.messages))  # map: no Python loop per message
-        sel.flags = dict(zip(sel.uids, map(_FLAGS, snap.messages)))
+        sel.uids, flags = snap.uids_and_flags()  # without making each message (see FolderSnapshot)
+        sel.flags = dict(zip(sel.uids, flags))
         sel.recent = {m.uid for m in snap.messages if snap.is_recent(m)} if readonly else set(taken_recent)
         sel.keywords = keywords_of(snap)
         sel.synced = snap
@@ -125,7 +123,7 @@ class Selected:
         permanent = b"()" if self.readonly else b"(" + flags + b" \\*)"
         lines = [b"FLAGS (" + flags + b")", b"OK [PERMANENTFLAGS " + permanent + b"] flags permitted",
                  b"%d EXISTS" % len(self.uids)] + ([] if self.rev2 else [b"%d RECENT" % self.recent_count()])
-        unseen = next((i + 1 for i, m in enumerate(snap.messages) if "\\Seen" not in m.flags), None)
+        unseen = next((i + 1 for i, f in enumerate(snap.uids_and_flags()[1]) if "\\Seen" not in f), None)
         if unseen is not None and not self.rev2:  # RFC 9051 has no UNSEEN response code
             lines.append(b"OK [UNSEEN %d] first unseen message" % unseen)
         lines.append(b"OK [UIDVALIDITY %d] UIDs valid" % snap.uidvalidity)

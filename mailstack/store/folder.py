@@ -312,10 +312,10 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
             # flags are decoded once per distinct ":2," suffix: both dominate at 100,000.
             restored, self._restored = self._restored, None
             if self._snapshot is None and restored is not None and restored[:2] == key[:2]:
-                messages = self._restored_messages(restored[2], keywords)
-                if messages is not None:
+                lazy = self._restored_messages(restored[2], keywords)
+                if lazy is not None:
                     snapshot = FolderSnapshot(self.name, state.uidvalidity, state.uidnext, state.highestmodseq,
-                                              messages, marked)
+                                              None, marked, lazy)
                     self._snapshot = (key, snapshot)
                     return snapshot
             previous = {} if self._snapshot is None or self._snapshot[0][3] != key[3] else self._snapshot[1].by_uid()
@@ -356,18 +356,22 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
     @staticmethod
     def _restored_messages(columns: dict, keywords: list[str]) -> tuple | None:
         """The first snapshot after a restart, straight from the saved index's columns (which
-        describe exactly the listing and UID log in use): tuples made in C, flags decoded once
-        per distinct suffix; None when a size is missing there (built the usual way)."""
+        describe exactly the listing and UID log in use), as FolderSnapshot's ``lazy``: flags
+        decoded once per distinct suffix, the messages made in C when first asked for; None
+        when a size is missing there (built the usual way)."""
         sizes = columns["sizes"]
         if -1 in sizes:
             return None
-        suffixes = columns["suffixes"]
+        suffixes, uids = columns["suffixes"], columns["uids"]
         decoded = {s: frozenset() if s == folder_index.NO_SUFFIX else flags_of(":2," + s, keywords)
                    for s in set(suffixes)}
-        flags = map(decoded.__getitem__, suffixes)
-        rows = zip(columns["uids"], columns["bases"], columns["rels"], flags, sizes, columns["dates"],
-                   columns["modseqs"])
-        return tuple(map(tuple.__new__, repeat(MessageInfo), rows))
+        flags = list(map(decoded.__getitem__, suffixes))
+
+        def make() -> tuple:
+            rows = zip(uids, columns["bases"], columns["rels"], flags, sizes, columns["dates"], columns["modseqs"])
+            return tuple(map(tuple.__new__, repeat(MessageInfo), rows))
+
+        return uids, flags, make
 
     def _sized(self, messages: list, unsized: list[tuple[int, str, str]]) -> list:
         """``messages`` with the CRLF sizes the names did not give (RFC 3501 2.3.4): cached,
