@@ -140,7 +140,7 @@ def _check_index(folder: MaildirFolder, state: UidState, files: dict[str, list[s
     listed = sorted(doc["rels"])
     suffixes = [folder_index.NO_SUFFIX if (i := r.find(":2,")) < 0 else r[i + 3:] for r in doc["rels"]]
     named = map(crlf.size_from_name, doc["bases"])
-    if suffixes != doc["suffixes"] or any(n is not None and n != size for n, size in zip(named, doc["sizes"])):
+    if suffixes != doc["flag_letters"] or any(n is not None and n != size for n, size in zip(named, doc["sizes"])):
         return ["the folder index disagrees with the UID log or the files"]
     if saved != {(uid, e.base) for uid, e in state.entries.items()} or listed != sorted(
             r for rels in files.values() for r in rels):

@@ -362,7 +362,7 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
         sizes = columns["sizes"]
         if -1 in sizes:
             return None
-        suffixes, uids = columns["suffixes"], columns["uids"]
+        suffixes, uids = columns["flag_letters"], columns["uids"]
         decoded = {s: frozenset() if s == folder_index.NO_SUFFIX else flags_of(":2," + s, keywords)
                    for s in set(suffixes)}
         flags = list(map(decoded.__getitem__, suffixes))

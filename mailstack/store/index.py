@@ -12,10 +12,10 @@ without fsync, by rename, never trusted over the files, and rebuilt whenever it 
 
 Layout (version 2): a magic line, one line of JSON (the stamps and counts), then columns in
 UID order, so that a restart reads 100,000 messages with one read and a few C-level splits
-rather than a loop in Python per message: four arrays of signed 64-bit integers (UID, MODSEQ,
-internal date, CRLF size or -1) and three NUL-separated strings (base names, file names
-relative to the folder, each file's ``:2,`` flag letters or ``\\x01`` for a name without).
-NUL cannot occur in a file name, so the columns cannot run into each other.
+rather than a loop in Python per message: five arrays of signed 64-bit integers (UID, MODSEQ,
+internal date, CRLF size or -1, and which of the header's distinct ``:2,`` flag-letter strings
+the file has, null for a name without) and two NUL-separated strings (base names, file names
+relative to the folder).  NUL cannot occur in a file name, so the names cannot run together.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 from array import array
-from itertools import repeat
 from typing import NamedTuple
 
 from mailstack.fsutil import atomic_write
@@ -34,8 +33,8 @@ MAGIC = b"mailstack-index 2\n"
 VERSION = 2
 STABLE_NS = 2_000_000_000  # see MaildirFolder._scan
 NO_SUFFIX = "\x01"  # the suffix column's value for a name without ":2,"
-_INTS = ("uids", "modseqs", "dates", "sizes")
-_TEXTS = ("bases", "rels", "suffixes")
+_INTS = ("uids", "modseqs", "dates", "sizes", "suffix_of")
+_TEXTS = ("bases", "rels")
 
 
 def _stat_key(path: str) -> list | None:
@@ -56,7 +55,7 @@ def mtime_ns(path: str) -> int | None:
 def write(folder_path: str, document: dict) -> None:
     """Save ``document`` (from :func:`document`) by rename."""
     n = len(document["uids"])
-    head = {k: v for k, v in document.items() if k not in _INTS + _TEXTS}
+    head = {k: v for k, v in document.items() if k not in _INTS + _TEXTS + ("flag_letters",)}
     head["n"] = n
     texts = ["\0".join(document[k]).encode("utf-8", "surrogateescape") for k in _TEXTS]
     head["lengths"] = [len(t) for t in texts]
@@ -67,8 +66,9 @@ def write(folder_path: str, document: dict) -> None:
 
 def read(folder_path: str) -> dict | None:
     """The saved document, if it is whole and of this version: the stamps, plus its columns
-    (``uids``, ``modseqs``, ``dates``, ``sizes`` as arrays, ``bases``, ``rels``, ``suffixes``
-    as lists of str, all of length ``n``)."""
+    (``uids``, ``modseqs``, ``dates``, ``sizes``, ``suffix_of`` as arrays, ``bases``, ``rels`` and
+    ``flag_letters``, each file's ``:2,`` letters or :data:`NO_SUFFIX`, as lists of str, all of
+    length ``n``)."""
     try:
         with open(os.path.join(folder_path, INDEX_FILE), "rb") as f:
             data = f.read()
@@ -93,6 +93,14 @@ def read(folder_path: str) -> dict | None:
             document[key], pos = (blob.split("\0") if n else []), pos + length
         if pos != len(data) or any(len(document[k]) != n for k in _INTS + _TEXTS):
             return None
+        # Every file name under new/ or cur/, counted in the joined text (blob: the names).
+        if n and blob.count("\0new/") + blob.count("\0cur/") + blob.startswith(("new/", "cur/")) != n:
+            return None
+        table = [NO_SUFFIX if x is None else x for x in document["suffixes"]]
+        if not all(type(x) is str for x in table) or (n and not 0 <= min(document["suffix_of"]) <= max(
+                document["suffix_of"]) < len(table)):
+            return None
+        document["flag_letters"] = list(map(table.__getitem__, document["suffix_of"]))
     except (FileNotFoundError, ValueError, OSError, KeyError, TypeError):
         return None
     return document
@@ -156,8 +164,7 @@ def restore(folder_path: str, uidlist_path: str, keywords_path: str) -> Restored
         return None
     try:
         # One pass each, in C: no Python loop per message (see the module docstring).
-        for key in _INTS:
-            doc[key] = doc[key].tolist()  # one int object per value, shared by what is made below
+        doc["uids"] = doc["uids"].tolist()  # one int object per UID, shared by what is made below
         uids, bases, rels = doc["uids"], doc["bases"], doc["rels"]
         state = RestoredState((uids, bases, doc["modseqs"], doc["dates"]),
                               uidvalidity=int(doc["uidvalidity"]), uidnext=int(doc["uidnext"]),
@@ -165,8 +172,6 @@ def restore(folder_path: str, uidlist_path: str, keywords_path: str) -> Restored
                               header_uidnext=int(doc["header_uidnext"]), header_modseq=int(doc["header_modseq"]))
         state.by_base = dict(zip(bases, uids))
         state.expunged = {int(u): int(m) for u, m in doc["expunged"]}
-        if not all(map(str.startswith, rels, repeat(("new/", "cur/")))):
-            raise ValueError("malformed file name")
         files = dict(zip(bases, rels))
         dev, ino, size, _mtime = doc["uidlist"]
         mtimes = (int(doc["new"]), int(doc["cur"]))
@@ -178,7 +183,7 @@ def restore(folder_path: str, uidlist_path: str, keywords_path: str) -> Restored
     if (state.uidvalidity < 1 or len(state.by_base) != n or len(files) != n
             or (n and (uids[0] < 1 or uids != sorted(uids) or len(set(uids)) != n))):
         return None
-    columns = {k: doc[k] for k in _INTS + _TEXTS}
+    columns = {k: doc[k] for k in _INTS + _TEXTS + ("flag_letters",)}
     return Restored(state, (dev, ino), size, files, mtimes, listed_at, columns)
 
 
@@ -188,10 +193,11 @@ def document(state: UidState, messages: tuple, uidlist: list, mtimes: tuple[int,
     :func:`uidlist_key`) was read to its end and whose snapshot is ``messages`` (one for every
     UID, ascending: the caller checks)."""
     rels = [m.filename for m in messages]
-    suffixes = []
+    table: dict[str | None, int] = {}
+    suffix_of = []
     for rel in rels:
         i = rel.find(":2,")
-        suffixes.append(NO_SUFFIX if i < 0 else rel[i + 3:])
+        suffix_of.append(table.setdefault(None if i < 0 else rel[i + 3:], len(table)))
     return {
         "v": VERSION, "uidlist": uidlist, "new": mtimes[0], "cur": mtimes[1],
         "listed_at": listed_at, "keywords": keywords_mtime,
@@ -200,5 +206,5 @@ def document(state: UidState, messages: tuple, uidlist: list, mtimes: tuple[int,
         "expunged": list(state.expunged.items()),
         "uids": [m.uid for m in messages], "modseqs": [m.modseq for m in messages],
         "dates": [m.internaldate for m in messages], "sizes": [m.size for m in messages],
-        "bases": [m.base for m in messages], "rels": rels, "suffixes": suffixes,
+        "bases": [m.base for m in messages], "rels": rels, "suffixes": list(table), "suffix_of": suffix_of,
     }
