@@ -47,6 +47,7 @@ def rss_kb():
                 return int(line.split()[1])
 
 root, address, fsync = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+save = len(sys.argv) > 4 and sys.argv[4] == "save"
 rss0 = rss_kb()
 t0 = time.perf_counter()
 store = MaildirStore(root, fsync=fsync)
@@ -57,6 +58,8 @@ rss1 = rss_kb()
 snap2 = folder.snapshot()
 t2 = time.perf_counter()
 assert len(snap2.messages) == len(snap.messages)
+if save:  # as the server does at shutdown (and every few minutes)
+    assert folder.save_index(), "mailstack-index not written"
 print(json.dumps({"open": t1 - t0, "warm": t2 - t1, "rss_mb": (rss1 - rss0) / 1024,
                   "messages": len(snap.messages), "uidnext": snap.uidnext}))
 """
@@ -91,8 +94,8 @@ def build(root: str, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def child(root: str, fsync: bool = True, strace: str | None = None) -> dict:
-    cmd = [sys.executable, "-c", CHILD, root, ADDRESS, "1" if fsync else "0"]
+def child(root: str, fsync: bool = True, strace: str | None = None, save: bool = False) -> dict:
+    cmd = [sys.executable, "-c", CHILD, root, ADDRESS, "1" if fsync else "0"] + (["save"] if save else [])
     if strace:
         cmd = ["strace", "-f", "-qq", "-e", "trace=open,openat", "-o", strace] + cmd
     out = subprocess.run(cmd, env=env(), check=True, capture_output=True, text=True).stdout
@@ -145,12 +148,15 @@ def main() -> None:
             assert first["messages"] == n, first
             wait_until_listing_cacheable(folder_path)
             colds = [child(root) for _ in range(args.repeat)]
+            child(root, save=True)  # write mailstack-index, as a server does at shutdown
+            indexed = [child(root) for _ in range(args.repeat)]
             row = {
                 "n": n,
                 "build": built,
                 "first": first["open"],
                 "cold": statistics.median(c["open"] for c in colds),
                 "warm": statistics.median(c["warm"] for c in colds),
+                "indexed": statistics.median(c["open"] for c in indexed),
                 "rss": statistics.median(c["rss_mb"] for c in colds),
             }
             if args.strace:
@@ -164,13 +170,13 @@ def main() -> None:
         if not args.dir and not args.keep:
             shutil.rmtree(base, ignore_errors=True)
 
-    head = f"{'messages':>9} {'build s':>8} {'first open (assign UIDs) s':>27} {'cold open s':>12} {'warm re-open s':>15} {'RSS MB':>8} {'bytes/msg':>10}"
+    head = f"{'messages':>9} {'build s':>8} {'first open (assign UIDs) s':>27} {'cold open s':>12} {'from index s':>13} {'warm re-open s':>15} {'RSS MB':>8} {'bytes/msg':>10}"
     if args.strace:
         head += f" {'msg files opened':>17}"
     print(head)
     for r in rows:
         line = (
-            f"{r['n']:>9} {r['build']:>8.2f} {r['first']:>27.3f} {r['cold']:>12.3f} {r['warm']:>15.4f}"
+            f"{r['n']:>9} {r['build']:>8.2f} {r['first']:>27.3f} {r['cold']:>12.3f} {r['indexed']:>13.3f} {r['warm']:>15.4f}"
             f" {r['rss']:>8.1f} {r['rss'] * 1024 * 1024 / r['n']:>10.0f}"
         )
         if args.strace:

@@ -98,3 +98,21 @@ def test_any_bytes_give_an_envelope_bodystructure_and_sections(pieces):
         assert isinstance(part.body, bytes)
     msg.sent_date(entity)
     msg.decoded_header(entity, "subject")
+
+
+_HEADER_PARTS = [b"Subject", b"subject", b"SUBJECT ", b"X-Subject", b":", b": ", b"\r\n", b"\n", b"\r", b"\r\n ",
+                 b"\r\n\t", b"\r\n\r\n", b" ", b"quarterly", b"Quarterly", b"quar", b"terly", b"=?", b"x", b"To: a@b"]
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.sampled_from(_HEADER_PARTS), max_size=40), st.sampled_from(["subject", "to", "x-subject"]),
+       st.sampled_from(["quarterly", "", "a@b", "terly"]))
+def test_header_search_without_the_entity_agrees_with_the_decoded_values(pieces, name, needle):
+    """search._plain_field_contains (an ASCII header without encoded words) gives what the
+    entity path gives: the field is present and the needle is in its decoded value."""
+    header = b"".join(pieces)
+    entity = msg.Entity(header)
+    expected = (any(n.lower() == name for n, _ in entity.fields)
+                and needle in msg.decoded_header(entity, name).casefold())
+    c = search.Candidate(None, 1, 1, None, frozenset(), False, header=header)
+    assert search.matches(("header", name, needle), c, 1, 1) == expected

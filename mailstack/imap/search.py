@@ -241,6 +241,19 @@ def _cannot_contain(header: bytes, needle: str) -> bool:
     return plain is not None and header.isascii() and b"=?" not in header and plain not in header.lower()
 
 
+def _plain_field_contains(header: bytes, name: bytes, needle: bytes) -> bool:
+    """HEADER ``name`` ``needle`` (RFC 3501 6.4.4) for an ASCII header without encoded words,
+    without building the message entity: each such field value decodes to itself, and a needle
+    with no white space cannot span a fold (unfolding removes only a line break before white
+    space), so it is in the decoded value exactly when it is in the raw one.  The same fields
+    as :func:`mailstack.imap.message.parse_fields` sees; ``name`` lower case."""
+    for line in msgmod.raw_field_lines(header.lower()):
+        field, sep, value = line.partition(b":")
+        if sep and needle in value and field.strip() == name:
+            return True
+    return False
+
+
 def _in_ranges(value: int, ranges, last: int) -> bool:
     for lo, hi in ranges:
         lo = last if lo is None else lo
@@ -299,7 +312,11 @@ def matches(node, c: Candidate, last_seq: int, last_uid: int) -> bool:
         day = datetime.fromtimestamp(saved, timezone.utc).date()
         return day < node[2] if node[1] == "BEFORE" else (day == node[2] if node[1] == "ON" else day >= node[2])
     if kind == "header":
-        if _cannot_contain(c.header(), node[2]):
+        header = c.header()
+        plain = _plain_needle(node[2])
+        if plain is not None and node[1].isascii() and header.isascii() and b"=?" not in header:
+            return _plain_field_contains(header, node[1].encode("ascii"), plain)
+        if _cannot_contain(header, node[2]):
             return False
         entity = c.head()
         if not any(n.lower() == node[1] for n, _ in entity.fields):

@@ -136,11 +136,12 @@ def _check_index(folder: MaildirFolder, state: UidState, files: dict[str, list[s
     doc = folder_index.read(folder.path)
     if doc is None or not folder_index.still_valid(folder.path, doc, folder.uidlist.path, folder.keywords.path):
         return []  # absent, or stale and so ignored: nothing wrong
-    try:
-        saved = {(e[0], e[3]) for e in doc["entries"]}
-        listed = sorted(doc["files"])
-    except (KeyError, TypeError, IndexError):
-        return ["the folder index is malformed"]
+    saved = set(zip(doc["uids"], doc["bases"]))
+    listed = sorted(doc["rels"])
+    suffixes = [folder_index.NO_SUFFIX if (i := r.find(":2,")) < 0 else r[i + 3:] for r in doc["rels"]]
+    named = map(crlf.size_from_name, doc["bases"])
+    if suffixes != doc["flag_letters"] or any(n is not None and n != size for n, size in zip(named, doc["sizes"])):
+        return ["the folder index disagrees with the UID log or the files"]
     if saved != {(uid, e.base) for uid, e in state.entries.items()} or listed != sorted(
             r for rels in files.values() for r in rels):
         return ["the folder index disagrees with the UID log or the files"]

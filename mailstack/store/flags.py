@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from itertools import repeat
 from typing import Iterable
 
 from mailstack.errors import KeywordLimit
@@ -219,7 +220,7 @@ class FlagChanges:
     def _take_recent(self) -> tuple[dict[str, str], list[int]]:
         taken: list[int] = []
         files = self._sync()
-        if not self.recent_marks.load() and not any(rel.startswith("new/") for rel in files.values()):
+        if not self.recent_marks.load() and not any(map(str.startswith, files.values(), repeat("new/"))):
             return files, taken  # the usual case: no lock, no rename, and the snapshot stays valid
         with self.locked():
             files = self._sync()

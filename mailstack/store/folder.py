@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from itertools import repeat
 from typing import TYPE_CHECKING, BinaryIO, Iterable
 
 from twisted.logger import Logger
@@ -69,6 +70,7 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
         self.cache = MessageCache(path)
         self._index_tried = False  # mailstack-index looked at (once, at the first sync)
         self._index_saved: tuple | None = None  # the state last written to it
+        self._restored: tuple | None = None  # (listing gen, log position, columns) it gave
 
     @contextlib.contextmanager
     def locked(self):
@@ -193,15 +195,13 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
             # crash before the first save) such changes keep their MODSEQs: a second process
             # cannot tell them from this one's own, which the log already numbered.
             doc = folder_index.read(self.path)
-            try:
-                self._files = {base_of(rel.split("/", 1)[1]): rel for rel in doc["files"]} if doc else {}
-                self._baseline_modseqs = {e[3]: int(e[1]) for e in doc["entries"]} if doc else {}
-            except (KeyError, TypeError, AttributeError, IndexError, ValueError):
-                self._files, self._baseline_modseqs = {}, {}
+            self._files = dict(zip(doc["bases"], doc["rels"])) if doc else {}
+            self._baseline_modseqs = dict(zip(doc["bases"], doc["modseqs"])) if doc else {}
             return
         self.uidlist.adopt(saved.state, saved.uidlist_inode, saved.uidlist_size)
         self._files, self._scan_mtimes, self._listed_at = saved.files, saved.mtimes, saved.listed_at
         self._files_gen += 1
+        self._restored = (self._files_gen, self.uidlist.position, saved.columns)
 
     def save_index(self) -> bool:
         """*Blocking.*  Write ``mailstack-index`` for the folder as it is now, when the
@@ -221,7 +221,10 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
             saved = (self._files_gen, tuple(key), keywords_mtime)
             if saved == self._index_saved:
                 return False
-            document = folder_index.document(state, files, key, self._scan_mtimes, self._listed_at, keywords_mtime)
+            messages = self._build_snapshot(files).messages
+            if len(messages) != len(state.entries) or len(files) != len(messages):
+                return False  # a file went while the sizes were read: next time
+            document = folder_index.document(state, messages, key, self._scan_mtimes, self._listed_at, keywords_mtime)
         folder_index.write(self.path, document)
         self._index_saved = saved
         return True
@@ -241,7 +244,7 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
             if verified == self._verified:
                 return files
             if (not self._renamed and state.uidvalidity >= 1 and len(state.by_base) == len(files)
-                    and all(b in state.by_base for b in files)):
+                    and state.by_base.keys() == files.keys()):
                 self._verified = verified
                 return files
             with self.locked():
@@ -307,6 +310,14 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
                 return self._snapshot[1]
             # Rebuilding after a change reuses each unchanged message's MessageInfo, and
             # flags are decoded once per distinct ":2," suffix: both dominate at 100,000.
+            restored, self._restored = self._restored, None
+            if self._snapshot is None and restored is not None and restored[:2] == key[:2]:
+                lazy = self._restored_messages(restored[2], keywords)
+                if lazy is not None:
+                    snapshot = FolderSnapshot(self.name, state.uidvalidity, state.uidnext, state.highestmodseq,
+                                              None, marked, lazy)
+                    self._snapshot = (key, snapshot)
+                    return snapshot
             previous = {} if self._snapshot is None or self._snapshot[0][3] != key[3] else self._snapshot[1].by_uid()
             decoded: dict[str | None, frozenset] = {}
             messages = []
@@ -341,6 +352,26 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
             self._snapshot = (key, snapshot)
             return snapshot
 
+
+    @staticmethod
+    def _restored_messages(columns: dict, keywords: list[str]) -> tuple | None:
+        """The first snapshot after a restart, straight from the saved index's columns (which
+        describe exactly the listing and UID log in use), as FolderSnapshot's ``lazy``: flags
+        decoded once per distinct suffix, the messages made in C when first asked for; None
+        when a size is missing there (built the usual way)."""
+        sizes = columns["sizes"]
+        if -1 in sizes:
+            return None
+        suffixes, uids = columns["flag_letters"], columns["uids"]
+        decoded = {s: frozenset() if s == folder_index.NO_SUFFIX else flags_of(":2," + s, keywords)
+                   for s in set(suffixes)}
+        flags = list(map(decoded.__getitem__, suffixes))
+
+        def make() -> tuple:
+            rows = zip(uids, columns["bases"], columns["rels"], flags, sizes, columns["dates"], columns["modseqs"])
+            return tuple(map(tuple.__new__, repeat(MessageInfo), rows))
+
+        return uids, flags, make
 
     def _sized(self, messages: list, unsized: list[tuple[int, str, str]]) -> list:
         """``messages`` with the CRLF sizes the names did not give (RFC 3501 2.3.4): cached,

@@ -37,16 +37,36 @@ class MessageInfo(NamedTuple):
 
 class FolderSnapshot:
     """A folder at one moment: immutable, shared by every session that asks while nothing
-    changes, so what is derived from it (the UID index) is computed once."""
+    changes, so what is derived from it (the UID index) is computed once.
 
-    __slots__ = ("name", "uidvalidity", "uidnext", "highestmodseq", "messages", "marked_recent", "_by_uid")
+    ``messages`` may be made at first use (``lazy``: the UIDs and flag sets, and a function
+    making the messages): a SELECT right after a restart needs only :meth:`uids_and_flags`."""
 
-    def __init__(self, name: str, uidvalidity: int, uidnext: int, highestmodseq: int, messages: tuple,
-                 marked_recent: frozenset = frozenset()):
+    __slots__ = ("name", "uidvalidity", "uidnext", "highestmodseq", "_messages", "_lazy", "marked_recent", "_by_uid")
+
+    def __init__(self, name: str, uidvalidity: int, uidnext: int, highestmodseq: int, messages: tuple | None,
+                 marked_recent: frozenset = frozenset(), lazy: tuple | None = None):
         self.name, self.uidvalidity, self.uidnext = name, uidvalidity, uidnext
-        self.highestmodseq, self.messages = highestmodseq, messages  # of MessageInfo, ascending UID
+        self.highestmodseq = highestmodseq
+        self._messages, self._lazy = messages, lazy  # of MessageInfo, ascending UID
         self.marked_recent = marked_recent  # unclaimed UIDs in cur/ (mailstack.store.recent)
         self._by_uid: dict[int, MessageInfo] | None = None
+
+    @property
+    def messages(self) -> tuple:
+        """MessageInfo for each message, ascending UID."""
+        if self._messages is None:  # two threads may both make it: the same value, one kept
+            self._messages = self._lazy[2]()
+            self._lazy = None
+        return self._messages
+
+    def uids_and_flags(self) -> tuple[list[int], list[frozenset]]:
+        """(UIDs, flag sets) in the order of ``messages`` (fresh lists: the caller may keep them)."""
+        lazy = self._lazy
+        if lazy is not None:
+            return list(lazy[0]), list(lazy[1])
+        messages = self.messages
+        return [m.uid for m in messages], [m.flags for m in messages]
 
     def is_recent(self, m: MessageInfo) -> bool:
         """No session has claimed ``m`` yet (IMAP \\Recent, RFC 3501 2.3.2)."""
