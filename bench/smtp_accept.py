@@ -231,6 +231,42 @@ def run_load(port: int, clients: int, message: bytes, seconds: float) -> tuple[i
     return result
 
 
+async def _scan_client(port: int, request: bytes, stop_at: float, counts: list, idx: int) -> None:
+    while time.monotonic() < stop_at:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        answer = await reader.read()
+        writer.close()
+        if not answer.startswith(b"HTTP/1.") or b" 200 " not in answer.split(b"\r\n", 1)[0]:
+            raise RuntimeError(f"rspamd answered {answer[:200]!r}")
+        counts[idx] += 1
+
+
+def _scan_load(port: int, clients: int, message: bytes, seconds: float, out) -> None:
+    async def main():
+        counts = [0] * clients
+        request = (b"POST /checkv2 HTTP/1.0\r\nHost: 127.0.0.1\r\nIP: 127.0.0.1\r\nHelo: load.example\r\n"
+                   b"From: load@remote.test\r\nRcpt: bob@example.test\r\nContent-Length: "
+                   + str(len(message)).encode() + b"\r\n\r\n" + message)
+        t0 = time.monotonic()
+        await asyncio.gather(*[_scan_client(port, request, t0 + seconds, counts, i) for i in range(clients)])
+        out.put((sum(counts), time.monotonic() - t0))
+
+    asyncio.run(main())
+
+
+def rspamd_alone(port: int, clients: int, message: bytes, seconds: float) -> float:
+    """Scans a second rspamd manages on its own, ``clients`` at once, the way mailstack sends
+    them (one HTTP/1.0 connection a scan, the envelope as headers): the ceiling no MTA in
+    front of this rspamd can pass on this machine."""
+    q = multiprocessing.Queue()
+    p = multiprocessing.Process(target=_scan_load, args=(port, clients, message, seconds, q))
+    p.start()
+    n, elapsed = q.get(timeout=seconds + 120)
+    p.join()
+    return n / elapsed
+
+
 def run_smtp_source(port: int, clients: int, message_file: Path, messages: int) -> tuple[int, float, float, float]:
     """Drive the server with Postfix's smtp-source (C; costs the machine far less than Python),
     sending the (signed) message of ``message_file`` (its -F)."""
@@ -355,6 +391,7 @@ def main() -> None:
     print(f"{'clients':>7} {'size':>7} | {'mailstack msg/s':>15} {'p50':>6} {'p99':>6} {'cpu':>5} | "
           f"{'aiosmtpd msg/s':>14} {'p50':>6} {'p99':>6} {'cpu':>5} | {'ratio':>5}"
           + (f" | {'+rspamd msg/s':>13} {'p50':>6} {'p99':>6} {'cpu':>5} {'rspamd':>6} | {'vs without':>10}"
+             f" | {'rspamd alone':>12} {'of alone':>8}"
              if scanned else "")
           + (f" | {'+sieve msg/s':>12} {'p50':>6} {'p99':>6} {'cpu':>5} | {'vs without':>10}" if sieved else ""))
     ref_cpu = cpu_seconds(ref.pid)
@@ -388,6 +425,8 @@ def main() -> None:
                     with_rspamd = (f" | {n_s / t_s:>13.1f} {p50_s * 1000:>6.1f} {p99_s * 1000:>6.1f} {cpu_s:>5.2f} "
                                    f"{cpu_rs:>6.2f} | "
                                    f"{(n_s / t_s) / (n_m / t_m):>10.2f}")
+                    alone = rspamd_alone(rspamd.normal_port, clients, message, args.seconds)
+                    with_rspamd += f" | {alone:>12.1f} {(n_s / t_s) / alone:>8.2f}"
                 with_sieve = ""
                 if sieved is not None:
                     before_v = count_files(sieved.store_root)
