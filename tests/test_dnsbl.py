@@ -262,6 +262,21 @@ def test_iprev_recorded_in_authentication_results(inproc_server_factory, dns_por
     assert b"\r\nAuthentication-Results: mail.example.test; iprev=pass policy.iprev=127.0.0.1 (client.good.test)\r\n" in stored
 
 
+def received_field(stored: bytes) -> bytes:
+    [field] = [f for f in stored.split(b"\r\n\r\n")[0].replace(b"\r\n\t", b" ").split(b"\r\n")
+               if f.startswith(b"Received:")]
+    return field
+
+
+def test_received_names_the_client_whose_reverse_dns_leads_back(inproc_server_factory, dns_port):
+    # RFC 5321 4.4: TCP-info = address-literal / ( Domain FWS address-literal ), the name verified.
+    srv = inproc_server_factory(listeners=["smtp"], extra=antispam(dns_port, iprev="record")).start()
+    assert deliver(mx(srv))[0] == 250
+    [stored] = srv.wait_for_messages(BOB, 1)
+    assert received_field(stored).startswith(b"Received: from ")
+    assert b" (client.good.test [127.0.0.1]) by mail.example.test (mailstack) with " in received_field(stored)
+
+
 def test_iprev_with_the_other_checks_in_one_field(inproc_server_factory, dns_port):
     srv = inproc_server_factory(listeners=["smtp"], extra=antispam(dns_port, iprev="record"), checks=True).start()
     assert deliver(mx(srv))[0] == 250
@@ -285,6 +300,7 @@ def test_iprev_failures_recorded_or_refused(inproc_server_factory, tmp_path, zon
         assert deliver(mx(srv))[0] == 250
         [stored] = srv.wait_for_messages(BOB, 1)
         assert b"\r\nAuthentication-Results: mail.example.test; " + result + b" policy.iprev=127.0.0.1\r\n" in stored
+        assert b" ([127.0.0.1]) by mail.example.test " in received_field(stored)  # no unverified name
         srv.stop()
         srv = inproc_server_factory(listeners=["smtp"], extra=antispam(port, iprev="require")).start()
         assert send(mx(srv)) == (550, "5.7.25 Reverse DNS validation failed for [127.0.0.1]")

@@ -174,3 +174,17 @@ def test_auth_exchange_replies(srv):
     assert c.cmd(f"MAIL FROM:<{BOB}>") == (553, "5.7.1 Sender address <bob@example.test> is not owned by alice@example.test")
     assert c.cmd(f"MAIL FROM:<{ALICE}>")[0] == 250
     assert c.cmd("RCPT TO:<someone@remote.test>") == (250, "2.1.5 Recipient <someone@remote.test> OK")
+
+
+def test_received_address_literals_rfc5321_4_1_3():
+    """An IPv6 client is written as the tagged literal [IPv6:...], IPv4 bare (RFC 5321 4.1.3, 4.4)."""
+    from mailstack.smtp import accept
+
+    def received(peer, name=""):
+        facts = accept.TraceFacts(hostname="mx.example.test", session_id="abc", helo="client.example", peer=peer,
+                                  esmtp=True, smtputf8=False, tls=None, user=None, peer_name=name)
+        return accept.trace_fields(facts, [], None, submission=False)[0].split(b"\r\n")[0]
+
+    assert received("2001:db8::1") == b"Received: from client.example ([IPv6:2001:db8::1])"
+    assert received("192.0.2.1") == b"Received: from client.example ([192.0.2.1])"
+    assert received("192.0.2.1", "c.example") == b"Received: from client.example (c.example [192.0.2.1])"

@@ -222,6 +222,7 @@ class TraceFacts:
     smtputf8: bool
     tls: tuple | None  # (protocol version, cipher) under TLS
     user: str | None  # the authenticated account
+    peer_name: str = ""  # the client's reverse DNS name, only when iprev passed
 
 
 def trace_fields(t: TraceFacts, recipients, spool: MessageSpool, submission: bool) -> tuple[bytes, bytes]:
@@ -229,7 +230,10 @@ def trace_fields(t: TraceFacts, recipients, spool: MessageSpool, submission: boo
     proto = ("ESMTP" if t.esmtp else "SMTP") + ("S" if t.tls else "") + ("A" if t.user else "")
     if t.smtputf8 and t.esmtp:
         proto = "UTF8" + proto
-    lines = [f"Received: from {t.helo} ([{t.peer}])",
+    # RFC 5321 4.4 TCP-info: the verified name, then the address literal (IPv6 with its tag).
+    literal = f"[IPv6:{t.peer}]" if ":" in t.peer else f"[{t.peer}]"
+    tcp_info = f"{t.peer_name} {literal}" if t.peer_name else literal
+    lines = [f"Received: from {t.helo} ({tcp_info})",
              f"\tby {t.hostname} (mailstack) with {proto} id {t.session_id}"]
     if t.tls:
         lines.append(f"\t(using {t.tls[0]} with cipher {t.tls[1]})")

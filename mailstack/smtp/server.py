@@ -551,7 +551,12 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
         return accept.TraceFacts(
             hostname=self.settings.hostname, session_id=self.session_id, helo=self.helo, peer=self.peer,
             esmtp=self.esmtp, smtputf8="SMTPUTF8" in self.mail_params, user=self.facts.user,
-            tls=tls_info(self.transport) if self.facts.tls else None)
+            tls=tls_info(self.transport) if self.facts.tls else None, peer_name=self._verified_name())
+
+    def _verified_name(self) -> str:
+        """The client's reverse DNS name when it leads back to its address (iprev pass)."""
+        found = getattr(self.facts.client, "iprev", None)
+        return found.name if found is not None and found.result == "pass" else ""
 
 
 class SMTPFactory(protocol.ServerFactory):
