@@ -4,6 +4,7 @@ moves; the SMTP replies are checked byte-exact through real sockets (in-process 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -336,3 +337,29 @@ def test_greylisting_fails_open(inproc_server_factory):
         assert reply == (250, f"2.1.5 Recipient <{ALICE}> OK")
     assert srv.log_text().count("checks waiting; letting mail through unchecked") == 1
     greylist.pending = 0
+
+
+def test_counts_survive_a_restart_through_the_journal(tmp_path):
+    # A restart must not give a stolen password a fresh allowance.
+    clock, path = Clock(), str(tmp_path / "outbound-usage.log")
+    lim = OutboundLimits(_limits(recipients_per_day=5), clock=clock)
+    lim.open_journal(path)
+    lim.record(ALICE, 3)
+    clock.now += 3600
+    lim.record(ALICE, 2)
+    again = OutboundLimits(_limits(recipients_per_day=5), clock=clock)
+    with open(path, "a") as f:
+        f.write("17")  # a line torn by a crash is skipped
+    again.open_journal(path)
+    with pytest.raises(MailError) as e:
+        again.check_recipient(ALICE, 0)
+    assert "at most 5 recipients per day" in e.value.text
+    again.check_recipient(BOB, 0)
+    # A day after the first message, it is out of the count and out of the rewritten journal.
+    clock.now += DAY - 3600 + 1
+    later = OutboundLimits(_limits(recipients_per_day=5), clock=clock)
+    later.open_journal(path)
+    later.check_recipient(ALICE, 2)
+    with open(path) as f:
+        assert [line.split()[1:] for line in f] == [["2", ALICE]]
+    assert os.stat(path).st_mode & 0o077 == 0

@@ -9,14 +9,17 @@ every limit again) logs one line at warning level, the alert an administrator wa
 Only accepted messages count.  Every recipient of a submitted message counts, local ones too
 (spam to the server's own users is abuse as well).
 
-SIGHUP applies changed limits and keeps the counts.  The counters are in memory: a restart
-resets them, so a compromised account gets a fresh allowance at each restart (a weakness,
-bounded by the daily limit times the restarts; 'mailstack queue hold' survives restarts).
+SIGHUP applies changed limits and keeps the counts.  The counts also survive a restart: each
+accepted message is appended to a journal beside the store (``outbound-usage.log``, one line
+"time recipients user"), read back at start-up and rewritten then with only the last day's
+lines, so a compromised account gets no fresh allowance from a restart.  The journal is not
+fsynced: a crash may forget the last few messages, which a limit can afford.
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import time
 
 from twisted.logger import Logger
@@ -29,6 +32,9 @@ log = Logger()
 
 KEYS = ("messages_per_hour", "messages_per_day", "recipients_per_hour", "recipients_per_day")
 HOUR, DAY = 3600, 86400
+JOURNAL = "outbound-usage.log"
+#: Lines appended since the journal was last rewritten before it is rewritten again.
+COMPACT_AFTER = 50_000
 
 
 def parse_override(text: str) -> tuple[str, dict[str, int]]:
@@ -56,6 +62,8 @@ class OutboundLimits:
         self.clock = clock
         self.sent: dict[str, collections.deque] = {}  # user -> (time, recipients) of accepted messages, oldest first
         self.alerted: set[str] = set()  # users refused since they were last under every limit
+        self.journal: str | None = None  # see :meth:`open_journal`
+        self.appended = 0
 
     def limits_of(self, user: str) -> dict[str, int]:
         return {**self.defaults, **self.overrides.get(user.lower(), {})}
@@ -100,7 +108,49 @@ class OutboundLimits:
 
     def record(self, user: str, recipients: int) -> None:
         """A message from ``user`` to ``recipients`` was accepted."""
-        self.sent.setdefault(user.lower(), collections.deque()).append((self.clock(), recipients))
+        now = self.clock()
+        self.sent.setdefault(user.lower(), collections.deque()).append((now, recipients))
+        if self.journal is None:
+            return
+        try:
+            with open(self.journal, "a") as f:
+                f.write(f"{now:.0f} {recipients} {user.lower()}\n")
+        except OSError as e:
+            log.warn("outbound limits: cannot append to {path}: {error}", path=self.journal, error=e)
+        self.appended += 1
+        if self.appended >= COMPACT_AFTER:
+            self._rewrite_journal()
+
+    def open_journal(self, path: str) -> None:
+        """Take the counts of the last day from ``path`` (lines torn by a crash are skipped),
+        rewrite it with only those, and append to it from now on."""
+        self.journal, cutoff = path, self.clock() - DAY
+        entries = []
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and int(parts[0]) > cutoff:
+                        entries.append((int(parts[0]), int(parts[1]), parts[2]))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warn("outbound limits: cannot read {path}: {error}; counting from zero", path=path, error=e)
+        for when, recipients, user in sorted(entries):
+            self.sent.setdefault(user, collections.deque()).append((when, recipients))
+        self._rewrite_journal()
+
+    def _rewrite_journal(self) -> None:
+        """The journal with only the entries still counted (atomically: tmp, rename)."""
+        self.appended, cutoff = 0, self.clock() - DAY
+        tmp = self.journal + ".tmp"
+        try:
+            with open(tmp, "w", opener=lambda name, flags: os.open(name, flags, 0o600)) as f:
+                for user, sent in self.sent.items():
+                    f.writelines(f"{t:.0f} {n} {user}\n" for t, n in sent if t > cutoff)
+            os.replace(tmp, self.journal)
+        except OSError as e:
+            log.warn("outbound limits: cannot rewrite {path}: {error}", path=self.journal, error=e)
 
 
 
@@ -110,7 +160,9 @@ def build(cfg, clock=time.time) -> OutboundLimits | None:
     if not section.get("enabled"):
         return None
     overrides = dict(parse_override(text) for text in section["users"])
-    return OutboundLimits(section, overrides, clock)
+    limits = OutboundLimits(section, overrides, clock)
+    limits.open_journal(os.path.join(os.path.dirname(os.path.abspath(cfg.store_root)), JOURNAL))
+    return limits
 
 
 def rebuild(old: OutboundLimits | None, cfg) -> OutboundLimits | None:
