@@ -252,6 +252,17 @@ class MailstackService(service.MultiService):
                                                 cfg.rspamd["learn_retry_delay"], cfg.rspamd["max_size"])
             self.context.filed = self.learner.filed
 
+    def rebuild_content_filter(self, cfg: config_mod.Config) -> None:
+        """SIGHUP changed ``[rspamd]`` (or ``[checks]``, whose checks rspamd is told to skip):
+        new sessions scan with the new filter.  Learns still waiting for a retry are dropped."""
+        old_filter, old_learner = self.context.rspamd, getattr(self, "learner", None)
+        self.learner, self.context.filed = None, None
+        self._build_antispam(cfg)
+        if old_learner is not None:
+            old_learner.stop()
+        if old_filter is not None:
+            old_filter.client.close()
+
     def _build_sieve(self, cfg: config_mod.Config, reactor) -> None:
         """[sieve]: the Sieve step of local delivery, for SMTP and for bounces to local senders;
         the outbound side (queue, DSN, SRS) handed in, since the sieve package imports none."""

@@ -408,3 +408,20 @@ def test_what_the_checks_refuse_is_refused_for_their_reason_whatever_rspamd_said
     failed = []
     f.finish(Prepared(), defer.succeed([Failure(ConnectionError("down"))]), "q").addErrback(failed.append)
     assert failed and failed[0].value.code == 451
+
+
+@pytest.mark.slow
+def test_sighup_applies_a_changed_rspamd_section(rspamd, server_factory):
+    # Started pointing at nothing (451); after SIGHUP pointing at the real rspamd: scanned.
+    import signal
+
+    from support.waiting import wait_for
+
+    down = f"http://127.0.0.1:{free_port()}"
+    srv = server_factory(listeners=["smtp"], extra=rspamd_config(down)).start()
+    assert mx_send(srv, message()) == (451, b"4.7.1 Content filter unavailable; try again later")
+    srv.config_path.write_text(srv.config_path.read_text().replace(down, rspamd.url))
+    srv.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "reload: applied [rspamd] url" in srv.log_text(), timeout=20), srv.log_text()[-2000:]
+    assert mx_send(srv, message(body=GTUBE)) == (550, b"5.7.1 Message refused: it looks like spam")
+    assert mx_send(srv, message())[0] == 250
