@@ -188,3 +188,22 @@ def test_received_address_literals_rfc5321_4_1_3():
     assert received("2001:db8::1") == b"Received: from client.example ([IPv6:2001:db8::1])"
     assert received("192.0.2.1") == b"Received: from client.example ([192.0.2.1])"
     assert received("192.0.2.1", "c.example") == b"Received: from client.example (c.example [192.0.2.1])"
+
+
+@pytest.mark.parametrize("hops, reply", [
+    (99, 250),
+    (100, (554, "5.4.6 Too many hops: the message is in a mail loop")),
+], ids=["99-passes", "100-refused"])
+def test_a_looping_message_is_refused_by_its_received_count_rfc5321_6_3(srv, hops, reply):
+    # RFC 5321 6.3: count Received fields, with a large threshold, "normally at least 100".
+    c = mx(srv)
+    c.cmd("MAIL FROM:<x@remote.test>")
+    c.cmd("RCPT TO:<bob@example.test>")
+    assert c.cmd("DATA")[0] == 354
+    trace = b"".join(b"Received: from h%d.example by mx%d.example; Fri, 4 Dec 2026 10:00:00 +0000\r\n" % (i, i)
+                     for i in range(hops))
+    c.send(trace + b"Subject: loop\r\n\r\nround and round\r\n.\r\n")
+    answer = c.read()
+    assert (answer[0] if reply == 250 else answer) == reply
+    c.cmd("RSET")
+    assert c.cmd("NOOP")[0] == 250  # the session goes on

@@ -59,6 +59,7 @@ E_NO_SUCH_MAILBOX = "5.1.1"  # X.1.1 bad destination mailbox address
 E_NO_SUCH_DOMAIN = "5.1.2"  # X.1.2 bad destination system address
 E_ADDRESS_SYNTAX = "5.1.3"  # X.1.3 bad destination mailbox address syntax
 E_NULL_MX = "5.1.10"  # RFC 7505 4.2: recipient address has null MX
+E_ROUTING_LOOP = "5.4.6"  # X.4.6 routing loop detected (too many Received fields)
 E_TOO_BIG = "5.3.4"  # X.3.4 message too big for system
 E_INVALID_COMMAND = "5.5.1"  # X.5.1 invalid command
 E_SYNTAX = "5.5.2"  # X.5.2 syntax error

@@ -25,6 +25,10 @@ from mailstack.smtp.delivery import DeliveryBatcher
 from mailstack.smtp.message import MessageSpool
 from mailstack.smtp.policy import SessionFacts, SmtpPolicy
 
+#: Received fields at which a message is refused as looping: RFC 5321 6.3 asks for a large
+#: threshold, "normally at least 100".
+MAX_HOPS = 100
+
 
 @dataclass
 class Prepared:
@@ -77,6 +81,11 @@ class SMTPSettings:
                 recipients: list[str] = (), queue_id: str = "") -> defer.Deferred:
         """Submission: check From/Sender, DKIM-sign if the domain has a key; MX: check; then
         the content filter when there is one; fires with :class:`Prepared` (or fails with MailError)."""
+        hops = spool.received_count()
+        if hops >= MAX_HOPS:  # RFC 5321 6.3: a loop, counted by Received fields
+            return defer.fail(MailError(codes.TRANSACTION_FAILED, codes.E_ROUTING_LOOP,
+                                        "Too many hops: the message is in a mail loop",
+                                        cause=f"{hops} Received fields, the limit is {MAX_HOPS}"))
         early = None
         if self.content_filter is not None:  # before the checks, which then run while rspamd scans
             early = self.content_filter.begin(spool, facts, helo, sender, list(recipients), queue_id)

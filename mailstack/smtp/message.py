@@ -16,6 +16,7 @@ from typing import Iterator
 
 _CHUNK = 256 * 1024
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
+_RECEIVED = re.compile(rb"\nreceived[ \t]*:", re.I)
 
 
 class DotDecoder:
@@ -118,6 +119,12 @@ class MessageSpool:
         if block.startswith(b"\r\n"):
             return set()
         return {m.group(1).decode("ascii", "replace").lower() for m in _HEADER_NAME.finditer(block)}
+
+    def received_count(self) -> int:
+        """Received fields in the first 64 KiB of the header: the newest hops, prepended."""
+        end = self.head.find(b"\r\n\r\n")
+        block = self.head if end < 0 else self.head[: end + 2]
+        return len(_RECEIVED.findall(b"\n" + block))
 
     def header_block(self) -> bytes:
         """The header section, up to and including the CRLF before the blank line.  Within
