@@ -3,8 +3,9 @@ what could not be applied.
 
 Applied at once, without dropping a session (:data:`LIVE`): ``[server] domains``,
 ``[tls] certificate``/``key`` (while TLS stays on), ``[accounts] recipient_delimiter``, every key
-of ``[auth]``, ``[limits]``, ``[smtp]``, ``[imap]``, ``[checks]``, ``[mta_sts]``, ``[antispam]`` and
-``[outbound_limits]`` and ``[rspamd]``, ``[dkim] selector`` and the script limits of ``[sieve]``.
+of ``[auth]``, ``[limits]``, ``[smtp]``, ``[imap]``, ``[checks]``, ``[mta_sts]``, ``[antispam]``,
+``[outbound_limits]``, ``[greylisting]``, ``[rspamd]``, ``[dkim] selector`` and the script
+limits of ``[sieve]``.
 Everything else (the listeners, the host name, the store, the queue and relay, DNS, the
 account files' paths) needs a restart: such a change is logged by its key and the running
 value is kept, so the running server never mixes the two files.  A file with an error is
@@ -37,6 +38,7 @@ LIVE: dict[str, set[str] | str] = {
     "mta_sts": "*",  # the policy is made from the running configuration at each request
     "antispam": "*",  # the MX listener's client checks are made again (new sessions see them)
     "outbound_limits": "*",  # the counts so far are kept (mailstack.antispam.outlimits.rebuild)
+    "greylisting": "*",  # a new Greylist on the same triplets (MailstackService.rebuild_greylist)
     "rspamd": "*",  # a new filter and learner for new messages (MailstackService.rebuild_content_filter)
     "sieve": {"max_script_size", "max_scripts"},  # ManageSieve sessions started after the reload
 }
@@ -133,6 +135,8 @@ def apply(service, new: config_mod.Config) -> tuple[list[str], list[str]]:
         from mailstack.antispam import outlimits
 
         context.outbound_limits = outlimits.rebuild(context.outbound_limits, running)
+    if "greylisting" in sections and hasattr(service, "rebuild_greylist"):
+        service.rebuild_greylist(running)
     if sections & {"rspamd", "checks"} and hasattr(service, "rebuild_content_filter"):
         service.rebuild_content_filter(running)
     if "tls" in sections and context.acme is None and context.tls is not None:

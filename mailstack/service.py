@@ -252,6 +252,17 @@ class MailstackService(service.MultiService):
                                                 cfg.rspamd["learn_retry_delay"], cfg.rspamd["max_size"])
             self.context.filed = self.learner.filed
 
+    def rebuild_greylist(self, cfg: config_mod.Config) -> None:
+        """SIGHUP changed ``[greylisting]``: the new settings for the checks after it (the
+        triplets stay in the database)."""
+        from mailstack.antispam import greylist
+
+        old, self.context.greylist = self.context.greylist, greylist.build(cfg)
+        if self.context.greylist is not None:
+            self.context.greylist.setServiceParent(self)
+        if old is not None:
+            old.disownServiceParent()  # stops it: its database is closed after the checks queued
+
     def rebuild_content_filter(self, cfg: config_mod.Config) -> None:
         """SIGHUP changed ``[rspamd]`` (or ``[checks]``, whose checks rspamd is told to skip):
         new sessions scan with the new filter.  Learns still waiting for a retry are dropped."""

@@ -363,3 +363,20 @@ def test_counts_survive_a_restart_through_the_journal(tmp_path):
     with open(path) as f:
         assert [line.split()[1:] for line in f] == [["2", ALICE]]
     assert os.stat(path).st_mode & 0o077 == 0
+
+
+def test_sighup_turns_greylisting_on(server_factory):
+    import signal
+
+    from support.waiting import wait_for
+
+    srv = server_factory(listeners=["smtp"], extra="[greylisting]\nenabled = false\n").start()
+    c, reply = _mx_transaction(srv)
+    assert reply == (250, f"2.1.5 Recipient <{BOB}> OK")
+    c.close()
+    srv.config_path.write_text(srv.config_path.read_text().replace("enabled = false", "enabled = true"))
+    srv.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "reload: applied [greylisting] enabled" in srv.log_text(), timeout=20), srv.log_text()[-2000:]
+    c, reply = _mx_transaction(srv, sender="new@outside.test")
+    assert reply == (GREY_451[0], GREY_451[1].format(300))
+    c.close()

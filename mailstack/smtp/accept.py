@@ -55,8 +55,6 @@ class SMTPSettings:
             context.delivery_batcher = DeliveryBatcher(context.store)
         self.batcher = context.delivery_batcher
         self.sieve = getattr(context, "sieve", None)  # mailstack.sieve.delivery.SieveDelivery; None: off
-        # antispam: greylisting on the MX port, outbound limits per user on submission (None: off)
-        self.greylist = getattr(context, "greylist", None) if listener.protocol == "smtp" else None
         self.configure(context)
 
     def configure(self, context) -> None:
@@ -74,6 +72,8 @@ class SMTPSettings:
         from mailstack.antispam.screen import ClientScreen
 
         self.screen = ClientScreen.build(context, self.listener, self.policy)
+        # antispam: greylisting on the MX port, outbound limits per user on submission (None: off)
+        self.greylist = getattr(context, "greylist", None) if self.listener.protocol == "smtp" else None
         self.limits = getattr(context, "outbound_limits", None) if self.listener.protocol == "submission" else None
         self.content_filter = context.rspamd  # mailstack.antispam.rspamd, beside the checks
 
