@@ -986,3 +986,20 @@ def test_clearing_tmp_skips_the_files_beside_the_folders(tmp_path):
     os.symlink("sieve/main.sieve", os.path.join(path, ".dovecot.sieve"))
     open(os.path.join(path, ".mailstack-vacation"), "w").close()
     assert store.clear_tmp() == 0
+
+
+def test_a_keyword_letter_another_server_just_gave_survives_our_flag_change(inbox):
+    # Dovecot writes dovecot-keywords, then renames the message with the new letter; if our
+    # listing shows the letter before we read the file, the letter must not be dropped.
+    a = inbox.append(message(1))
+    inbox.set_flags([a], ["mine"])  # letter a
+    path = inbox.path
+    (name,) = os.listdir(os.path.join(path, "cur"))
+    os.rename(os.path.join(path, "cur", name), os.path.join(path, "cur", name.replace(":2,a", ":2,ab")))
+    inbox.set_flags([a], ["\\Flagged"], mode="add")  # b means nothing here yet
+    (name,) = os.listdir(os.path.join(path, "cur"))
+    assert name.endswith(":2,Fab"), name
+    with open(os.path.join(path, "dovecot-keywords"), "a") as f:
+        f.write("1 theirs\n")  # now it does
+    os.utime(os.path.join(path, "dovecot-keywords"), (time.time() + 5, time.time() + 5))
+    assert inbox.snapshot().by_uid()[a].flags == {"\\Flagged", "mine", "theirs"}

@@ -74,8 +74,12 @@ class FolderKeywords:
 
     def letters(self, flags: Iterable[str], keep_unknown: str = "") -> str:
         """Caller holds the folder lock.  The ``:2,`` letters for ``flags`` (sorted, as
-        Maildir wants); upper-case letters of ``keep_unknown`` that mean nothing here stay."""
-        letters = set(c for c in keep_unknown if c.isupper() and c not in LETTER_SYSTEM_FLAGS)
+        Maildir wants); letters of ``keep_unknown`` that mean nothing here stay: upper-case ones
+        no system flag has, and keyword letters ``dovecot-keywords`` does not name (yet: another
+        server may have given one a meaning an instant ago)."""
+        words = self.words or []
+        letters = set(c for c in keep_unknown if (c.isupper() and c not in LETTER_SYSTEM_FLAGS)
+                      or ("a" <= c <= "z" and not (ord(c) - 97 < len(words) and words[ord(c) - 97])))
         for flag in flags:
             if flag in SYSTEM_FLAG_LETTERS:
                 letters.add(SYSTEM_FLAG_LETTERS[flag])
@@ -184,6 +188,9 @@ class FlagChanges:
                         # (RFC 7162 3.1.3), its new MODSEQ given at the next listing.
                         self._invalidate_listing()
                         files = self._scan()
+                        # Its new name may hold a keyword that server has just added to
+                        # dovecot-keywords (it writes the file first, then renames).
+                        keywords = self.keywords.load()
                         rel = files.get(entry.base)
                         if rel is None:
                             break
