@@ -365,6 +365,36 @@ def test_counts_survive_a_restart_through_the_journal(tmp_path):
     assert os.stat(path).st_mode & 0o077 == 0
 
 
+def test_processes_sharing_the_journal_share_the_counts(tmp_path, monkeypatch):
+    # [server] workers: the client may reach any process; the limit is one limit all the same.
+    from mailstack.antispam import outlimits
+
+    clock, path = Clock(), str(tmp_path / "outbound-usage.log")
+    first = OutboundLimits(_limits(messages_per_hour=3), clock=clock)
+    first.open_journal(path)
+    second = OutboundLimits(_limits(messages_per_hour=3), clock=clock)
+    second.open_journal(path)
+    first.record(ALICE, 1)
+    second.record(ALICE, 1)
+    first.check_message(ALICE)  # two of three so far
+    second.record(ALICE, 1)
+    for process in (first, second):
+        with pytest.raises(MailError) as e:
+            process.check_message(ALICE)
+        assert "at most 3 messages per hour" in e.value.text
+    # One process rewrites the journal (another file): the other reads the new one from its
+    # start and counts the same, and lines appended after the rewrite count too.
+    monkeypatch.setattr(outlimits, "COMPACT_AFTER", 1)
+    clock.now += 3601
+    second.record(BOB, 1)
+    with open(path) as f:
+        assert [line.split()[2] for line in f] == [ALICE, ALICE, ALICE, BOB]
+    first.check_message(ALICE)  # the hour is over
+    assert first._usage(BOB)["messages_per_hour"] == 1
+    first.record(BOB, 1)
+    assert second._usage(BOB)["messages_per_hour"] == 2
+
+
 def test_sighup_turns_greylisting_on(server_factory):
     import signal
 
