@@ -11,10 +11,20 @@ between guesses at another's and never be locked out (issue 14).  Right password
 elsewhere is not slowed by an attack on their account; accounts are never locked, since
 that would hand attackers a way to lock users out.  Each failure is logged with the address
 and the account, never the password.
+
+With a ``journal`` (the service gives ``auth-failures.log`` beside the store) the counts are
+shared by every process of ``[server] workers`` and survive a restart: each failure, and each
+success that clears an account's count, is appended as one line ("F time address account",
+"S time account") and every login first reads what any process appended since; an attacker
+gains nothing by reaching another process, or by waiting for a restart.  The file is
+rewritten, under an exclusive ``flock``, with only the lines that still count once it holds
+:data:`COMPACT_AFTER` more.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 from dataclasses import dataclass
 
 from twisted.cred import error as cred_error
@@ -24,6 +34,9 @@ from twisted.logger import Logger
 from mailstack import metrics
 
 log = Logger()
+
+
+COMPACT_AFTER = 20_000  # journal lines appended by this process before it rewrites the file
 
 
 class LoginThrottled(Exception):
@@ -45,7 +58,7 @@ class LoginGate:
     MAX_ENTRIES = 100_000  # bound on remembered addresses and accounts (memory under a spray)
 
     def __init__(self, portal, reactor=None, max_failures: int = 10, lockout: float = 900.0, delay: float = 0.5,
-                 max_delay: float = 8.0, window: float = 900.0):
+                 max_delay: float = 8.0, window: float = 900.0, journal: str | None = None):
         if reactor is None:
             from twisted.internet import reactor
         self.portal, self.reactor = portal, reactor
@@ -53,6 +66,11 @@ class LoginGate:
         self.delay, self.max_delay, self.window = delay, max_delay, window
         self.by_address: dict[str, _Record] = {}
         self.by_account: dict[str, _Record] = {}
+        self.journal = journal
+        self.position = (None, 0)  # ((st_dev, st_ino), offset) read so far
+        self.appended = 0
+        if journal is not None:
+            self._compact()
 
     def _record(self, table: dict, key: str, now: float) -> _Record:
         rec = table.get(key)
@@ -71,17 +89,22 @@ class LoginGate:
     def login(self, creds, peer: str, protocol: str, *interfaces) -> defer.Deferred:
         """Like ``Portal.login``; fails with :class:`LoginThrottled` for a locked-out address."""
         now = self.reactor.seconds()
-        account = _name(creds.username)
-        rec = self.by_address.get(peer)
+        named = _name(creds.username)  # as logged (mailstack.logfilter escapes it)
+        account, address = _word(named), _word(peer)  # the keys, as the journal writes them
+        self._follow()
+        rec = self.by_address.get(address)
         if rec is not None and rec.locked_until > now:
             log.warn("auth refused {protocol} from {peer} for {user}: address locked out", protocol=protocol,
-                     peer=peer, user=account)
+                     peer=peer, user=named)
             metrics.auth(protocol, "locked_out")
             return defer.fail(LoginThrottled(rec.locked_until - now))
         d = self.portal.login(creds, None, *interfaces)
 
         def succeeded(result):
-            self.by_account.pop(account, None)
+            self._follow()
+            if account in self.by_account:
+                self._append(f"S {self.reactor.seconds():.3f} {account}")
+                self.by_account.pop(account, None)
             metrics.auth(protocol, "success")
             return result
 
@@ -89,23 +112,146 @@ class LoginGate:
             if not failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
                 return failure
             now = self.reactor.seconds()
-            a = self._record(self.by_address, peer, now)
-            u = self._record(self.by_account, account, now)
-            a.failures += 1
-            u.failures += 1
+            self._append(f"F {now:.3f} {address} {account}")  # reads the others' lines first
+            was_locked = (self.by_address.get(address) or _Record()).locked_until > now
+            self._failure(address, account, now)
+            a, u = self.by_address[address], self.by_account[account]
             n = max(a.failures, u.failures)
             delay = min(self.max_delay, self.delay * 2 ** (n - 1))
             metrics.auth(protocol, "failure")
-            if a.failures >= self.max_failures:
-                if a.locked_until <= now:  # newly locked (not already)
-                    metrics.auth_lockout(protocol)
-                a.locked_until = now + self.lockout
+            if a.locked_until > now and not was_locked:
+                metrics.auth_lockout(protocol)
             log.warn("auth failed {protocol} from {peer} for {user} (failure {n}; answering in {delay:.2f} s{locked})",
-                     protocol=protocol, peer=peer, user=account, n=n, delay=delay,
+                     protocol=protocol, peer=peer, user=named, n=n, delay=delay,
                      locked="; address locked out" if a.locked_until > now else "")
             return task.deferLater(self.reactor, delay, lambda: failure)
 
         return d.addCallbacks(succeeded, failed)
+
+    def _failure(self, peer: str, account: str, when: float) -> None:
+        a = self._record(self.by_address, peer, when)
+        u = self._record(self.by_account, account, when)
+        a.failures += 1
+        u.failures += 1
+        if a.failures >= self.max_failures:
+            a.locked_until = when + self.lockout
+
+    # -- the journal shared by processes ------------------------------------------------------
+
+    def _append(self, line: str) -> None:
+        """One event to the journal (read back by :meth:`_follow` of every process, this one
+        included: the in-memory state is updated by the caller and the offset moved past it)."""
+        if self.journal is None:
+            return
+        try:
+            # Exclusive (failures are rare): nobody writes between the reading and our line, so
+            # the offset can move past our line, which the caller applies itself.
+            with _Locked(self.journal + ".lock", fcntl.LOCK_EX):
+                self._follow()
+                fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    data = (line + "\n").encode()
+                    os.write(fd, data)
+                    st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+            identity, offset = self.position
+            if identity == (st.st_dev, st.st_ino) and st.st_size == offset + len(data):
+                self.position = (identity, st.st_size)  # nobody wrote in between: ours is the last line
+        except OSError as e:
+            log.warn("auth: cannot append to {path}: {error}", path=self.journal, error=e)
+            return
+        self.appended += 1
+        if self.appended >= COMPACT_AFTER:
+            self._compact()
+
+    def _follow(self) -> None:
+        """Apply what the journal gained since it was last read (other processes' failures)."""
+        if self.journal is None:
+            return
+        try:
+            st = os.stat(self.journal)
+        except OSError:
+            return
+        identity, offset = self.position
+        if identity != (st.st_dev, st.st_ino) or st.st_size < offset:
+            # rewritten by another process: what it kept is what counts (ours included)
+            self.by_address, self.by_account, identity, offset = {}, {}, (st.st_dev, st.st_ino), 0
+        if st.st_size <= offset:
+            self.position = (identity, offset)
+            return
+        try:
+            with open(self.journal, "rb") as f:
+                f.seek(offset)
+                data = f.read(st.st_size - offset)
+        except OSError:
+            return
+        end = data.rfind(b"\n")
+        if end >= 0:
+            for line in data[:end].decode("utf-8", "replace").split("\n"):
+                self._apply(line.split())
+            offset += end + 1
+        self.position = (identity, offset)
+
+    def _apply(self, parts: list[str]) -> None:
+        try:
+            if len(parts) == 4 and parts[0] == "F":
+                self._failure(parts[2], parts[3], float(parts[1]))
+            elif len(parts) == 3 and parts[0] == "S":
+                self.by_account.pop(parts[2], None)
+            elif len(parts) == 5 and parts[0] in ("A", "U"):  # a record as a rewrite kept it
+                table = self.by_address if parts[0] == "A" else self.by_account
+                table[parts[4]] = _Record(int(parts[2]), float(parts[1]), float(parts[3]))
+        except ValueError:  # a line torn by a crash
+            pass
+
+    def _compact(self) -> None:
+        """Rewrite the journal with what still counts (start-up, and every COMPACT_AFTER lines)."""
+        self.appended = 0
+        try:
+            with _Locked(self.journal + ".lock", fcntl.LOCK_EX):
+                self.position = (None, 0)
+                self.by_address, self.by_account = {}, {}
+                self._follow()
+                now = self.reactor.seconds()
+                lines = []
+                for table, kind in ((self.by_address, "A"), (self.by_account, "U")):
+                    for key, rec in table.items():
+                        if now - rec.first <= self.window or rec.locked_until > now:
+                            lines.append(f"{kind} {rec.first:.3f} {rec.failures} {rec.locked_until:.3f} {key}\n")
+                tmp = f"{self.journal}.{os.getpid()}.tmp"
+                with open(tmp, "w", opener=lambda name, flags: os.open(name, flags, 0o600)) as f:
+                    f.writelines(lines)
+                os.replace(tmp, self.journal)
+                self.position = (None, 0)
+                self.by_address, self.by_account = {}, {}
+                self._follow()
+        except OSError as e:
+            log.warn("auth: cannot rewrite {path}: {error}", path=self.journal, error=e)
+
+
+class _Locked:
+    """``flock`` of ``path`` (made if absent) for the ``with`` block."""
+
+    def __init__(self, path: str, how: int):
+        self.path, self.how = path, how
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self.fd, self.how)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+def _word(text: str) -> str:
+    """A journal field: no blanks or line breaks (a client's account name may hold them)."""
+    return "".join(c if c.isprintable() and not c.isspace() else "?" for c in text) or "-"
 
 
 def _name(username) -> str:

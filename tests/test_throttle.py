@@ -56,3 +56,49 @@ def test_two_hundred_wrong_guesses(inproc_server_factory):
     assert "auth failed submission from 127.0.0.1 for alice@example.test (failure 1;" in log
     assert "address locked out" in log
     assert "guess-" not in log  # never the password
+
+
+def test_gates_sharing_a_journal_share_failures_lockouts_and_restarts(tmp_path):
+    # [server] workers: each process has its own LoginGate; the attacker gains nothing by
+    # reaching another one, nor from a restart.
+    from twisted.cred import credentials, error
+    from twisted.internet import defer, task
+
+    from mailstack.throttle import LoginGate, LoginThrottled
+
+    class Portal:
+        def login(self, creds, mind, *interfaces):
+            if creds.password == b"right":
+                return defer.succeed("avatar")
+            return defer.fail(error.UnauthorizedLogin())
+
+    clock, journal = task.Clock(), str(tmp_path / "auth-failures.log")
+    clock.advance(1_000_000)
+
+    def gate():
+        return LoginGate(Portal(), clock, max_failures=4, lockout=60, delay=0.1, max_delay=0.1, window=900,
+                         journal=journal)
+
+    def attempt(g, password=b"wrong", peer="192.0.2.7", user="alice@example.test"):
+        results = []
+        g.login(credentials.UsernamePassword(user.encode(), password), peer, "imap").addBoth(results.append)
+        clock.advance(1)
+        return results[0]
+
+    first, second = gate(), gate()
+    for g in (first, second, first):  # failures 1 to 3, from two processes
+        assert attempt(g).check(error.UnauthorizedLogin)
+    second._follow()
+    assert second.by_address["192.0.2.7"].failures == 3 and second.by_account["alice@example.test"].failures == 3
+    failure = attempt(second)  # the fourth, from any process, locks the address out everywhere
+    assert failure.check(error.UnauthorizedLogin)
+    for g in (first, second, gate()):  # the third: a process started later (a restart)
+        assert attempt(g, b"right").check(LoginThrottled)
+    assert attempt(first, b"right", peer="192.0.2.8") == "avatar"  # another address is not locked
+    # A rewrite by one process (start-up, here) keeps what counts; the others read it again.
+    clock.advance(61)
+    third = gate()
+    assert third.by_address["192.0.2.7"].failures == 4
+    assert attempt(first, b"right") == "avatar"  # the lockout is over everywhere
+    with open(journal) as f:
+        assert all(len(line.split()) in (3, 4, 5) for line in f)
