@@ -19,6 +19,7 @@ SEEN_DELAY = 1.0  # seconds a RETRieved message may wait for its \Seen flag (see
 
 #: Maildrops with a POP3 session in this process: (store root, address).  RFC 1939 section 8
 #: lets a server lock the maildrop for the session; a second login gets [IN-USE] (RFC 2449 8.1.2).
+#: Across processes ([server] workers) the store's lock (``MailboxAPI.exclusive``) says it.
 LOCKED: set[tuple[str, str]] = set()
 
 
@@ -41,12 +42,21 @@ class Maildrop:
         self.substituted = False  # a UIDL was not valid as RFC 1939 7 has it (logged once)
         self.deleted: set[int] = set()
         self.locked = False
+        self.held = None  # the store's lock while this session has the maildrop
 
     def lock(self) -> bool:
-        """Take the maildrop for this session; False if another session has it."""
+        """Take the maildrop for this session; False if another session has it, in this
+        process or another."""
         key = (self.store.root, self.address)
         if key in LOCKED:
             return False
+        try:
+            self.held = self.store.mailbox(self.address).exclusive("pop3")
+        except OSError as e:  # this process's own lock still holds
+            log.warn("pop3: cannot lock the maildrop of {user} across processes: {error}", user=self.address, error=e)
+        else:
+            if self.held is None:
+                return False
         LOCKED.add(key)
         self.locked = True
         return True
@@ -55,6 +65,9 @@ class Maildrop:
         if self.locked:
             LOCKED.discard((self.store.root, self.address))
             self.locked = False
+            if self.held is not None:
+                self.held.release()
+                self.held = None
 
     def load(self) -> None:
         """*Blocking.*  Take the snapshot the session works on."""

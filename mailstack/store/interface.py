@@ -126,6 +126,10 @@ class MailboxAPI(Protocol):
 
     def unsubscribe(self, name: str) -> None: ...
 
+    def exclusive(self, name: str):
+        """A lock one holder has at a time, across processes (an object with ``release()``), or
+        None while another holds it.  ``name`` is a word (POP3 uses ``pop3``)."""
+
 
 @runtime_checkable
 class StoreAPI(Protocol):

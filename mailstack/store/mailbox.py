@@ -45,6 +45,25 @@ class Mailbox:
                     pass  # another process initialising the same mailbox made it first
             self.subscribe(name)
 
+    def exclusive(self, name: str):
+        """A lock on this mailbox that one holder at a time has, across sessions and processes
+        (``flock`` of ``mailstack-NAME.lock`` in the user's directory; the kernel drops it if
+        the process dies): an object with ``release()``, or None while another holds it."""
+        import fcntl
+
+        if not name.isalnum():
+            raise ValueError(f"lock name {name!r}")
+        fd = os.open(os.path.join(self.path, f"mailstack-{name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return _HeldLock(fd)
+
     def _path_of(self, name: str) -> str:
         return os.path.join(self.path, names.to_dirname(name))
 
@@ -251,3 +270,15 @@ def read_subscriptions(data: bytes) -> list[str]:
 def write_subscriptions(subs: list[str]) -> bytes:
     lines = ["\t".join(_tab_escape(names.encode_mutf7(p)) for p in name.split(names.SEPARATOR)) for name in subs]
     return V2_HEADER + "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+class _HeldLock:
+    """What :meth:`Mailbox.exclusive` hands out: the open, locked file."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
