@@ -463,6 +463,26 @@ class AcmeService(service.Service):
                  "open sessions keep the one they began with",
                  names=", ".join(result["names"]), serial=result["serial"], until=_utc(result["not_after"]))
 
+    def follow(self) -> None:
+        """In a worker process (mailstack.workers), which never orders: serve the certificate
+        the main process installed, once it has installed one.  Called before each TLS
+        connection (``ReloadableTLS.before_connection``), so it costs one ``readlink``: the
+        ``current`` link names the installed certificate (AcmeState.install)."""
+        try:
+            installed = os.readlink(self.state.current)
+        except OSError:
+            return
+        if installed == getattr(self, "_followed", None):
+            return
+        self._followed = installed
+        old_paths = self.tls.cert_path, self.tls.key_path
+        self.tls.cert_path, self.tls.key_path = self.state.cert, self.state.key
+        try:
+            self.tls.reload()
+        except ConfigError as e:
+            self.tls.cert_path, self.tls.key_path = old_paths
+            log.error("acme: the certificate the main process installed cannot be loaded: {error}", error=str(e))
+
     def _failed(self, failure) -> None:
         error, failures, next_attempt = failure.value.args
         log.error("acme: ordering a certificate for {names} failed ({n} in a row): {error}; next try at {when}",

@@ -39,6 +39,7 @@ class Config:
     listeners: list[Listener]
     user: str  # [server] user: who the service runs as (mailstack.privileges)
     group: str
+    workers: int  # [server] workers, resolved: how many reactor processes serve (mailstack.workers)
     tls_certificate: str
     tls_key: str
     users_file: str
@@ -496,8 +497,7 @@ def from_dict(raw: dict, path: str) -> Config:
         domains=domains,
         ports_file=server["ports_file"],
         listeners=listeners,
-        user=server["user"],
-        group=server["group"],
+        user=server["user"], group=server["group"], workers=_check_workers(server, path),
         tls_certificate=cert,
         tls_key=key,
         users_file=values["accounts"]["users"],
@@ -533,6 +533,18 @@ def from_dict(raw: dict, path: str) -> Config:
         rspamd=_check_rspamd(values, path), srs=check_srs_config(values, domains, root, path),
         quota=_check_quota(values, path), sieve=_check_sieve(values, path),
     )
+
+
+def _check_workers(server: dict, path: str) -> int:
+    """``[server] workers``: 0 (the default) is one per CPU, at most :data:`MAX_WORKERS`."""
+    workers = server["workers"]
+    if workers < 0 or workers > MAX_WORKERS:
+        raise ConfigError(path, "[server] workers", f"must be 0 (one per CPU) or from 1 to {MAX_WORKERS}")
+    return workers or min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else os.cpu_count() or 1)
+
+
+MAX_WORKERS = 64
 
 
 def is_loopback(host: str) -> bool:

@@ -41,6 +41,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "ports_file": ("path", ""),
         "user": (str, "mailstack"),  # started as root: bind the ports, then become this user ("": stay)
         "group": (str, ""),  # default: the user's own group
+        "workers": (int, 0),  # reactor processes sharing the listeners (mailstack.workers); 0: one per CPU
     },
     "listeners": {key: ("endpoint", "") for key in LISTENERS},
     "tls": {

@@ -117,21 +117,37 @@ class ListenerFactory(policies.WrappingFactory):
         self.max_total, self.max_per_address = max_total, max_per_address
         self.per_address: Counter = Counter()
         self.sessions = 0
+        #: With [server] workers: the counts of every process (mailstack.connectioncounts), so
+        #: that the limits hold for the listener, not for each process.
+        self.shared = None
         metrics.listener_ready(key)
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None)
-        if len(self.protocols) >= self.max_total or (host and self.per_address[host] >= self.max_per_address):
+        shared = self.shared
+        if shared is not None:
+            over = (shared.sessions(self.key) >= self.max_total
+                    or bool(host) and shared.of_address(self.key, host) >= self.max_per_address)
+        else:
+            over = len(self.protocols) >= self.max_total or bool(host) and self.per_address[host] >= self.max_per_address
+        if over:
             log.warn("refused {listener} connection from {peer}: connection limit", listener=self.key, peer=host)
             return _Refuse(self.busy_message)
         p = super().buildProtocol(addr)
         p.peer_host = logcontext.new_session(self.key, host or str(addr))  # its lines carry the session id
         if host:
             self.per_address[host] += 1
+        if shared is not None:
+            shared.add(self.key, host, 1)
+            p.shared_count = (shared, host)
         return p
 
     def unregisterProtocol(self, p):
         super().unregisterProtocol(p)
+        counted = getattr(p, "shared_count", None)
+        if counted is not None:
+            p.shared_count = None
+            counted[0].add(self.key, counted[1], -1)
         host = getattr(p, "peer_host", None)
         if host and self.per_address[host] > 0:
             self.per_address[host] -= 1

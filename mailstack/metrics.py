@@ -48,14 +48,15 @@ What is counted (names as exposed; counters end in ``_total``):
 from __future__ import annotations
 
 import os
+import signal
 import time
 from bisect import bisect_left
 from time import perf_counter
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client import disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
-from twisted.internet import defer, threads
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.web import resource, server
 
@@ -367,8 +368,119 @@ class MetricsPage(resource.Resource):
                 request.setResponseCode(500)
                 request.finish()
 
-        threads.deferToThread(generate_latest, REGISTRY).addCallbacks(send, failed)
+        threads.deferToThread(render).addCallbacks(send, failed)
         return server.NOT_DONE_YET
+
+
+# -- several processes ([server] workers, mailstack.workers) -----------------------------------------
+
+WORKER_EXPORT_INTERVAL = 5.0  # seconds between a worker's writes of its metrics (0.25 ms of CPU each) ...
+EXPORT_NOW = signal.SIGUSR2  # ... and at once when the main process is scraped
+EXPORT_WAIT = 2.0  # seconds a scrape waits for the workers' fresh files
+_worker_dir: list = []  # in the main process: [directory of the workers' files, () -> {index: pid}]
+_MAIN_ONLY = ("mailstack_queue_",)  # read from the shared queue by the main process alone
+
+
+def collect_workers(directory: str, pids) -> None:
+    """In the main process: ``/metrics`` also serves the workers' counters, every sample with a
+    ``worker`` label (the main process's own are ``worker="0"``).  ``pids()`` names the
+    running workers: each is asked (SIGUSR2) to write its file now, so a scrape counts
+    everything done before it."""
+    _worker_dir[:] = [directory, pids]
+
+
+def _fresh_worker_files(directory: str, pids) -> None:
+    """Ask every running worker for its counters now; wait (a while) until each has written."""
+    asked = time.time_ns()
+    waiting = {}
+    for index, pid in pids().items():
+        try:
+            os.kill(pid, EXPORT_NOW)
+            waiting[index] = os.path.join(directory, f"worker-{index}.prom")
+        except OSError:
+            pass
+    deadline = time.monotonic() + EXPORT_WAIT
+    while waiting and time.monotonic() < deadline:
+        for index, path in list(waiting.items()):
+            try:
+                if os.stat(path).st_mtime_ns >= asked:
+                    del waiting[index]
+            except FileNotFoundError:
+                pass
+        if waiting:
+            time.sleep(0.005)
+
+
+def render() -> bytes:
+    """The exposition: this process's metrics, and the workers' when there are workers."""
+    if not _worker_dir:
+        return generate_latest(REGISTRY)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _fresh_worker_files(*_worker_dir)
+
+    merged: dict[str, object] = {}
+
+    def add(family, worker: str) -> None:
+        into = merged.get(family.name)
+        if into is None:
+            into = merged[family.name] = Metric(family.name, family.documentation, family.type)
+        for sample in family.samples:
+            labels = dict(sample.labels)
+            if not family.name.startswith(_MAIN_ONLY):
+                labels["worker"] = worker
+            into.samples.append(sample._replace(labels=labels))
+
+    for family in REGISTRY.collect():
+        add(family, "0")
+    try:
+        names = sorted(os.listdir(_worker_dir[0]))
+    except OSError:
+        names = []
+    for name in names:
+        if not (name.startswith("worker-") and name.endswith(".prom")):
+            continue
+        try:
+            with open(os.path.join(_worker_dir[0], name), encoding="utf-8") as f:
+                text = f.read()
+            for family in text_string_to_metric_families(text):
+                if not family.name.startswith(_MAIN_ONLY):
+                    add(family, name[len("worker-"):-len(".prom")])
+        except (OSError, ValueError) as e:
+            log.warn("metrics: cannot read {name}: {error}", name=name, error=e)
+
+    class Merged:
+        def collect(self):
+            return list(merged.values())
+
+    return generate_latest(Merged())
+
+
+def start_worker_export(reactor, directory: str, index: int) -> task.LoopingCall:
+    """In a worker: write this process's metrics to ``directory/worker-N.prom`` now and then
+    (in a thread; atomically), for the main process's ``metrics`` listener."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, f"worker-{index}.prom")
+
+    def write() -> None:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(generate_latest(REGISTRY))
+        os.rename(tmp, path)
+
+    def tick():
+        d = threads.deferToThread(write)
+        d.addErrback(lambda f: log.failure("metrics: writing this worker's metrics failed", f))
+        return d
+
+    try:
+        signal.signal(EXPORT_NOW, lambda *_: reactor.callFromThread(tick))
+    except ValueError:  # not the main thread
+        pass
+    loop = task.LoopingCall(tick)
+    loop.clock = reactor
+    loop.start(WORKER_EXPORT_INTERVAL, now=True)
+    return loop
 
 
 def build_factory(context, listener):

@@ -139,6 +139,8 @@ def production_config(hostname: str, domains: list[str], config_dir: str, data_d
         f"ports_file = {_q(os.path.join(data_dir, 'ports.json'))}",
         "# The service user: started as root, mailstack binds its ports and then becomes it (\"\": stay).",
         f"user = {_q(user)}",
+        "# Processes serving the mail protocols: 0 is one per CPU core (README, Administration).",
+        "# workers = 0",
         "",
         "[listeners]",
         "# Remove a line to turn that service off (e.g. autoconfig when a web server has port 80).",

@@ -81,9 +81,12 @@ class ServerContext:
 
 
 class MailstackService(service.MultiService):
-    def __init__(self, cfg: config_mod.Config, reactor=None, prebound: dict | None = None):
+    def __init__(self, cfg: config_mod.Config, reactor=None, prebound: dict | None = None, worker: int = 0):
         super().__init__()
         self.prebound = prebound
+        #: 0 in the process twistd started; 1.. in the extra processes of ``[server] workers``
+        #: (mailstack.workers), which serve only the mail protocols' listeners.
+        self.worker = worker
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -111,10 +114,15 @@ class MailstackService(service.MultiService):
         self.context = ServerContext(cfg, store, None, accounts, portal, realm, tls)
         if acme is not None:
             self.context.acme = acme
-            acme.setServiceParent(self)
+            if worker == 0:  # renewals are the main process's ...
+                acme.setServiceParent(self)
+            else:  # ... a worker serves what it installed
+                acme.follow()
+                tls.before_connection = acme.follow
         a = cfg.auth
         self.context.login_gate = LoginGate(portal, reactor, a["max_failures"], a["lockout"], a["failure_delay"],
-                                            a["max_failure_delay"], a["failure_window"])
+                                            a["max_failure_delay"], a["failure_window"],
+                                            journal=os.path.join(os.path.dirname(os.path.abspath(cfg.store_root)), "auth-failures.log"))
         from mailstack.smtp import authentication
 
         resolver = authentication.set_default_resolver(cfg.dns["nameservers"], cfg.dns["port"], cfg.dns["timeout"],
@@ -132,9 +140,28 @@ class MailstackService(service.MultiService):
         self.context.greylist, self.context.outbound_limits = greylist.build(cfg), outlimits.build(cfg)
         if self.context.greylist is not None:
             self.context.greylist.setServiceParent(self)
+        self._build_listeners(cfg, tls)
+        self.ports: list = []
+        self.bound: dict[str, dict] = {}
+        self.log_output = logoutput.build(cfg)  # [log] file / format; None: twistd's own log
+
+    def _build_listeners(self, cfg: config_mod.Config, tls) -> None:
+        """Each listener's factory (a worker process: the mail protocols' only)."""
+        self.connection_counts = None
+        if cfg.workers > 1:  # the connection limits count every process's sessions
+            from mailstack.connectioncounts import SharedConnectionCounts
+            from mailstack.workers import run_dir
+
+            self.connection_counts = SharedConnectionCounts(os.path.join(run_dir(cfg), "connections"), cfg.workers,
+                                                            self.worker, [lst.key for lst in cfg.listeners])
         self.factories = []  # (listener, the factory listened with)
         self.protocol_factories = []  # (listener, the protocol's own factory inside it)
-        for lst in cfg.listeners:
+        listeners = cfg.listeners
+        if self.worker:
+            from mailstack.workers import shared_listeners
+
+            listeners = shared_listeners(cfg)
+        for lst in listeners:
             module_name = PROTOCOLS.get(lst.protocol)
             if module_name is None:
                 raise ConfigError(cfg.path, f"[listeners] {lst.key}", f"the {lst.protocol} server is not part of this build yet")
@@ -142,11 +169,9 @@ class MailstackService(service.MultiService):
             factory = module.build_factory(self.context, lst)
             wrapped = listener_mod.wrap(lst.key, factory, lst.tls, tls, module.BUSY,
                                         cfg.max_connections, cfg.max_connections_per_address)
+            wrapped.shared = self.connection_counts
             self.factories.append((lst, wrapped))
             self.protocol_factories.append((lst, factory))
-        self.ports: list = []
-        self.bound: dict[str, dict] = {}
-        self.log_output = logoutput.build(cfg)  # [log] file / format; None: twistd's own log
 
     def setServiceParent(self, parent):
         logoutput.attach(self.log_output, parent, self.reactor)  # before twistd starts logging
@@ -174,6 +199,9 @@ class MailstackService(service.MultiService):
         accounts = self.context.accounts
         for watched in accounts.files():
             self.context.watcher.watch_file(watched)
+        if self.worker:
+            self._start_worker()
+            return
         if self.config.ports_file:
             os.makedirs(os.path.dirname(self.config.ports_file), exist_ok=True)
             tmp = self.config.ports_file + ".tmp"
@@ -207,6 +235,20 @@ class MailstackService(service.MultiService):
         d.addCallback(lambda n: n and log.info("store: cleared {n} leftover files from tmp/ directories", n=n))
         d.addErrback(lambda f: log.failure("store: clearing tmp/ directories failed", f))
 
+    def _start_worker(self) -> None:
+        """What a worker process starts besides its listeners (mailstack.workers)."""
+        try:
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        except ValueError:
+            pass
+        self._index_saver = task.LoopingCall(self._save_indexes)
+        self._index_saver.clock = self.reactor
+        self._index_saver.start(INDEX_SAVE_INTERVAL, now=False)
+        from mailstack import metrics, workers
+
+        self._metrics_writer = metrics.start_worker_export(self.reactor, workers.metrics_dir(self.config), self.worker)
+        log.info("worker {index} serving {keys}", index=self.worker, keys=", ".join(sorted(self.bound)))
+
     def _save_indexes(self):
         d = threads.deferToThread(self.context.store.save_indexes)
         d.addErrback(lambda f: log.failure("saving folder indexes failed", f))
@@ -227,7 +269,10 @@ class MailstackService(service.MultiService):
             self.context.watcher.stop()
         if getattr(self, "learner", None) is not None:
             self.learner.stop()
-        if self.config.ports_file:
+        writer = getattr(self, "_metrics_writer", None)
+        if writer is not None and writer.running:
+            writer.stop()
+        if self.config.ports_file and not self.worker:
             try:
                 os.unlink(self.config.ports_file)
             except FileNotFoundError:
@@ -305,6 +350,8 @@ class MailstackService(service.MultiService):
         change while running (mailstack.reconfigure), then users, aliases and certificate.  A
         file with an error changes nothing; the old certificate stays if the new one is bad."""
         self._reloads = getattr(self, "_reloads", 0) + 1
+        if getattr(self, "workers", None) is not None:
+            self.workers.signal_all(signal.SIGHUP)  # each worker reads the file itself
         generation = self._reloads
         d = threads.deferToThread(config_mod.load, self.config.path)
         # Two quick SIGHUPs read the file twice; only the newer reading is applied.
@@ -345,7 +392,7 @@ class MailstackService(service.MultiService):
             except ConfigError as e:
                 log.error("reload: {error}; the SRS keys are kept as they were", error=str(e))
         log.info("reloaded users, aliases and certificate")
-        if self.context.acme is not None:
+        if self.context.acme is not None and not self.worker:
             self.context.acme.check()  # a renewal asked for with 'mailstack acme renew' starts now
 
 
@@ -468,12 +515,38 @@ def make_service(config_path: str, reactor=None) -> MailstackService:
     sys.setswitchinterval(SWITCH_INTERVAL)
     cfg = config_mod.load(config_path)
     user = privileges.service_user(cfg)
-    if user is None:
+    if user is None and cfg.workers <= 1:
         return MailstackService(cfg, reactor)
+    if user is None:
+        if reactor is None:
+            from twisted.internet import reactor
+        return with_workers(MailstackService(cfg, reactor, prebound=bind_listeners(cfg, reactor)))
     if reactor is None:
         from twisted.internet import reactor
     prebound = bind_listeners(cfg, reactor)
     privileges.drop_to(user)
     cfg = config_mod.load(config_path)
     log.info("bound {n} listeners as root, now running as user {user}", n=len(prebound), user=user.name)
-    return MailstackService(cfg, reactor, prebound=prebound)
+    return with_workers(MailstackService(cfg, reactor, prebound=prebound))
+
+
+def with_workers(main: MailstackService) -> MailstackService:
+    """``[server] workers`` above 1: the main service also starts the other processes, on its
+    sockets, once it has bound them (mailstack.workers)."""
+    if main.config.workers > 1 and any(True for _ in _shared(main.config)):
+        from mailstack.workers import WorkerPool
+
+        from mailstack import metrics
+
+        main.workers = WorkerPool(main.config, main.prebound, main.config.workers - 1, main.reactor)
+        main.workers.setServiceParent(main)
+        metrics.collect_workers(main.workers.metrics_dir, main.workers.pids)
+        if main.connection_counts is not None:  # a dead worker's sessions died with it
+            main.workers.on_ended.append(main.connection_counts.clear)
+    return main
+
+
+def _shared(cfg):
+    from mailstack.workers import shared_listeners
+
+    return shared_listeners(cfg)

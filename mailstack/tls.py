@@ -86,15 +86,20 @@ class ReloadableTLS:
     def __init__(self, cert_path: str, key_path: str, config_path: str = ""):
         self.cert_path, self.key_path, self.config_path = cert_path, key_path, config_path
         self.options = load_context_factory(cert_path, key_path, config_path)
+        self.before_connection = None  # called before each connection's TLS (a worker follows ACME)
 
     def reload(self) -> None:
         """Re-read the files; on error keep the old certificate and raise ConfigError."""
         self.options = load_context_factory(self.cert_path, self.key_path, self.config_path)
 
     def getContext(self) -> SSL.Context:
+        if self.before_connection is not None:
+            self.before_connection()
         return self.options.getContext()
 
     def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+        if self.before_connection is not None:
+            self.before_connection()
         connection = SSL.Connection(self.options.getContext(), None)
         # Twisted's ALPN callback finds the listener's protocols through the connection's app
         # data: without it, every client that offers ALPN (curl, browsers, MTA-STS fetchers,

@@ -71,6 +71,12 @@ class Conversation:
         return first
 
 
+#: The server's own state files beside the store (README, "Where things are"): the outbound-limit
+#: and login-failure journals, shared by the processes of [server] workers, with their locks.
+STATE_BESIDE_THE_STORE = ("outbound-usage.log", "outbound-usage.log.lock", "auth-failures.log",
+                          "auth-failures.log.lock")
+
+
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
     from support.servers import MailServer
@@ -83,8 +89,8 @@ def fuzz_server(tmp_path_factory):
     srv.stop()
     assert "Traceback" not in srv.log_text()
     created = {p for p in base.rglob("*")} - before
-    outside = [p for p in created if not any(str(p).startswith(str(base / d)) for d in ("mail", "queue", "dkim"))
-               and p.name not in ("server.log", "ports.json")]
+    outside = [p for p in created if not any(str(p).startswith(str(base / d)) for d in ("mail", "queue", "dkim", "run"))
+               and p.name not in ("server.log", "ports.json") + STATE_BESIDE_THE_STORE]
     assert not outside, f"files written outside the store: {outside[:5]}"
 
 
@@ -223,8 +229,9 @@ def imap_fuzz_server(tmp_path_factory):
     store_root = str(base / "mail")
     outside = [p for p in base.rglob("*") if not str(p).startswith(store_root)
                and p.name not in ("server.log", "ports.json", "mailstack.toml", "users", "aliases", "srs.key")
-               and "tls" not in p.parts and p.name not in ("mail", "queue", "dkim")
-               and not str(p).startswith(str(base / "queue"))]
+               and p.name not in STATE_BESIDE_THE_STORE
+               and "tls" not in p.parts and p.name not in ("mail", "queue", "dkim", "run")
+               and not str(p).startswith(str(base / "queue")) and not str(p).startswith(str(base / "run"))]
     assert not outside, f"files written outside the store: {outside[:5]}"
 
 

@@ -24,7 +24,8 @@ MESSAGE = b"From: someone@outside.test\r\nTo: bob@example.test\r\nSubject: metri
 
 
 def scrape(srv: MailServer) -> dict[tuple, float]:
-    """{(sample name, sorted label pairs): value} from GET /metrics."""
+    """{(sample name, sorted label pairs): value} from GET /metrics, summed over the ``worker``
+    label of [server] workers (what ``sum without (worker)`` gives)."""
     conn = http.client.HTTPConnection("127.0.0.1", srv.port("metrics"), timeout=10)
     conn.request("GET", "/metrics")
     response = conn.getresponse()
@@ -32,8 +33,12 @@ def scrape(srv: MailServer) -> dict[tuple, float]:
     assert response.getheader("Content-Type").startswith("text/plain")
     text = response.read().decode()
     conn.close()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    totals: dict[tuple, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            k = (s.name, tuple(sorted((n, v) for n, v in s.labels.items() if n != "worker")))
+            totals[k] = totals.get(k, 0) + s.value
+    return totals
 
 
 def moved(before: dict, after: dict, name: str | None = None) -> dict[tuple, float]:

@@ -136,6 +136,8 @@ def _ssha512(password: str) -> str:
 class InProcessServer(MailServer):
     """The mail service of ``base`` (as MailServer configures it), run inside this process."""
 
+    workers = 1  # this process is the server: no worker processes beside it
+
     def __init__(self, *args, **kwargs):
         self.service = None
         self._log: _LogCapture | None = None

@@ -84,11 +84,16 @@ def _write_private(path: Path, text: str) -> None:
 class MailServer:
     """A mailstack process under test."""
 
+    #: ``[server] workers`` to write; None: the default (one process per CPU).
+    workers: int | None = None
+
     def __init__(self, base: Path, listeners=None, extra: str = "", aliases: str = "", checks: bool = False,
-                 endpoints: dict[str, str] | None = None):
+                 endpoints: dict[str, str] | None = None, workers: int | None = None):
         """``endpoints``: listener key -> endpoint, for a listener that needs a known port
         (the default is port 0 on 127.0.0.1)."""
         self.base = base
+        if workers is not None:
+            self.workers = workers
         self.config_path = base / "mailstack.toml"
         self.ports_file = base / "ports.json"
         self.log_path = base / "server.log"
@@ -106,6 +111,7 @@ class MailServer:
         body = [
             "[server]", 'hostname = "mail.example.test"', f'domains = ["{DOMAIN}"]', f'ports_file = "{self.ports_file}"',
             'user = ""',  # stay whoever runs the tests (root on CI): tests/test_service_user.py drops
+            *([f"workers = {self.workers}"] if self.workers else []),
             "[listeners]", *[f'{k} = "{(endpoints or {}).get(k, "tcp:0:interface=127.0.0.1")}"' for k in listeners],
             "[tls]", 'certificate = "tls/server.pem"', 'key = "tls/server-key.pem"',
             "[accounts]", 'users = "users"', 'aliases = "aliases"',
