@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from twisted.cred import credentials, error, portal
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
@@ -372,23 +372,32 @@ class Accounts:
         if stored is None:
             burn_time(password)
             return None
-        tag = hmac.new(self._cache_key, "\0".join((user, stored, password)).encode("utf-8", "surrogatepass"),
-                       hashlib.sha256).digest()
-        now = time.monotonic()
-        hit = self._auth_cache.get(user)
-        if hit is not None and hmac.compare_digest(hit[0], tag) and now < hit[1]:
+        if self.cached(username, password) is not None:
             return user
         if not verify_password(stored, password):
             return None
         if self.rehash and needs_rehash(stored) and self._users_file_writable():
             stored = self._rehash(user, stored, password)
-            tag = hmac.new(self._cache_key, "\0".join((user, stored, password)).encode("utf-8", "surrogatepass"),
-                           hashlib.sha256).digest()
         if self.auth_cache_ttl > 0:
             if len(self._auth_cache) > 100_000:  # bound the memory a spray of accounts could take
                 self._auth_cache.clear()
-            self._auth_cache[user] = (tag, now + self.auth_cache_ttl)
+            self._auth_cache[user] = (self._cache_tag(user, stored, password), time.monotonic() + self.auth_cache_ttl)
         return user
+
+    def _cache_tag(self, user: str, stored: str, password: str) -> bytes:
+        return hmac.new(self._cache_key, "\0".join((user, stored, password)).encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).digest()
+
+    def cached(self, username: str, password: str) -> str | None:
+        """The account address if this user name and password are in the authentication cache
+        (see :meth:`authenticate`), else None: no hashing, so the reactor thread may ask, and a
+        LOGIN that hits does not wait behind the store's work in the thread pool."""
+        user = self.canonical_login(username)
+        stored = self.users.get(user)
+        hit = self._auth_cache.get(user) if stored is not None else None
+        if hit is None or time.monotonic() >= hit[1]:
+            return None
+        return user if hmac.compare_digest(hit[0], self._cache_tag(user, stored, password)) else None
 
     #: Make Argon2 hashes with old parameters again at login (``[auth] rehash_on_login``).
     rehash = True
@@ -515,6 +524,9 @@ class AccountsChecker:
                 raise error.UnauthorizedLogin("authentication failed")
             return address
 
+        hit = self.accounts.cached(username, password)
+        if hit is not None:
+            return defer.succeed(hit)
         return threads.deferToThread(self.accounts.authenticate, username, password).addCallback(done)
 
 

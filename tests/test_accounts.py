@@ -182,6 +182,20 @@ def test_a_verified_password_is_remembered_not_a_wrong_one_and_not_past_a_change
     assert calls.count("new") == 2  # with the cache off every login verifies
 
 
+def test_the_cache_answers_without_hashing_so_the_reactor_may_ask(tmp_path, monkeypatch):
+    import mailstack.accounts as accounts_mod
+
+    acc = make_accounts(tmp_path, f"alice@example.test:{H}\n")
+    assert acc.cached("alice@example.test", "pw") is None  # never verified: the thread pool's work
+    assert acc.authenticate("alice@example.test", "pw") == "alice@example.test"
+    monkeypatch.setattr(accounts_mod, "verify_password", lambda *a: pytest.fail("hashed"))
+    assert acc.cached("ALICE@example.test", "pw") == "alice@example.test"
+    assert acc.cached("alice@example.test", "wrong") is None
+    assert acc.cached("bob@example.test", "pw") is None
+    acc._auth_cache["alice@example.test"] = (acc._auth_cache["alice@example.test"][0], 0.0)  # expired
+    assert acc.cached("alice@example.test", "pw") is None
+
+
 @pytest.fixture
 def small_argon2():
     """New hashes cheap for the test (t=1, 64 KiB, p=1); the defaults come back after."""

@@ -80,7 +80,9 @@ async def check_password(s, user: bytes, password: bytes, method: str):
         raise No("authentication is unavailable, try again later", "UNAVAILABLE") from None
     account = result.avatar
     try:
-        mailbox = await threads.deferToThread(account.mailbox)
+        # Not through the thread pool when there is nothing to make: a LOGIN then does not wait
+        # behind the other sessions' store work (the authentication cache hit did not either).
+        mailbox = account.existing_mailbox() or await threads.deferToThread(account.mailbox)
     except UnknownUser as e:
         result.logout()
         log.warn("imap mailbox unusable for {user} from {peer}: {error}", user=account.address,

@@ -27,6 +27,12 @@ class Account:
         """*Blocking.*  The user's mailbox, made with its special folders on first use."""
         return self.store.mailbox(self.address)
 
+    def existing_mailbox(self):
+        """The user's mailbox if it exists already (one ``stat``: the reactor may ask), else None."""
+        if not self.store.exists(self.address):
+            return None
+        return self.store.mailbox(self.address, create=False)
+
 
 class IMAPFactory(protocol.ServerFactory):
     noisy = False
