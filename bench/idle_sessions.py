@@ -125,7 +125,7 @@ def main() -> int:
         body = b"x" * 2000
         MaildirStore(str(srv.store_root), fsync=False).deliver_batch(
             [(USER, f"Subject: m{n} {rnd.random()}\r\nFrom: a@b.test\r\n\r\n".encode() + body) for n in range(args.messages)])
-        srv.start()
+        srv.start(all_workers=True)
         try:
             before = rss_kib(srv.proc.pid)
             mine, theirs = multiprocessing.Pipe()

@@ -84,7 +84,7 @@ def main() -> int:
         (work / "mailstack").mkdir()
         extra = f'[quota]\nstorage = "{args.quota}"\nwarning_percent = 0\n' if args.quota else ""
         srv = MailServer(work / "mailstack", listeners=["imap"], extra=extra)
-        srv.start()
+        srv.start(all_workers=True)
         try:
             ms = fill(srv.port("imap"), password, args.messages, args.block)
         finally:

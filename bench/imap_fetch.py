@@ -82,7 +82,7 @@ def main() -> None:
         store.deliver(USER, large)
         store.mailbox(USER).folder("INBOX").snapshot()  # UIDs assigned before the clock starts
         print(f"built {args.messages} messages + one of {len(large) / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s")
-        srv.start()
+        srv.start(all_workers=True)
         m = imaplib.IMAP4_SSL("127.0.0.1", srv.port("imaps"), ssl_context=srv.ssl_context(), timeout=600)
         m.login(USER, PASSWORDS[USER])
         timed("SELECT INBOX", lambda: m.select("INBOX"))

@@ -212,7 +212,7 @@ def main() -> int:
             inbox = fill(srv, args.messages)
             maildir = run / "dovecot" / "Maildir"
             shutil.copytree(inbox, maildir, ignore=shutil.ignore_patterns("mailstack-*", "*.lock", "dovecot*"))
-            srv.start()
+            srv.start(all_workers=True)
             try:
                 ms = run_load(srv.port("imap"), password, clients, args.seconds)
             finally:

@@ -385,12 +385,12 @@ def main() -> int:
             time.sleep(2.1)  # let new/ and cur/ age past mailstack's listing-reuse window, as in use
 
             srv = MailServer(ms_base, listeners=["imap"])
-            srv.start()
+            srv.start(all_workers=True)
             try:
                 ms = measure(srv.port("imap"), password)
             finally:
                 srv.stop()
-            srv.start()
+            srv.start(all_workers=True)
             try:
                 measure_restarted(srv.port("imap"), password, ms)
             finally:

@@ -129,7 +129,7 @@ def main() -> int:
                         ignore=shutil.ignore_patterns("mailstack-uidlist*", "*.lock"))
 
         srv = MailServer(ms_base, listeners=["pop3"])
-        srv.start()
+        srv.start(all_workers=True)
         try:
             ms = retr_all("127.0.0.1", srv.port("pop3"), USER, password)
         finally:

@@ -72,7 +72,7 @@ def main() -> None:
             build(base, args.messages)
             time.sleep(2.2)  # past the listing-reuse window (see store_open.py's notes)
         srv = MailServer(base, listeners=["imap"])
-        srv.start()
+        srv.start(all_workers=True)
         try:
             first, exists = select(srv)
             time.sleep(2.5)  # new/ was moved to cur/: let the listing age so the index is saved
@@ -81,7 +81,7 @@ def main() -> None:
             srv.stop()
         print(f"{exists} messages; first SELECT ever (gives UIDs, moves new/): {first:.3f} s")
         for _ in range(args.repeat):
-            srv.start()
+            srv.start(all_workers=True)
             try:
                 cold, _ = select(srv)
                 warm, _ = select(srv)

@@ -361,7 +361,7 @@ def main() -> None:
                      workers=args.workers)
     if args.no_fsync:  # only to see where the time goes; the reference still fsyncs
         srv.config_path.write_text(srv.config_path.read_text().replace('root = "mail"', 'root = "mail"\nfsync = false'))
-    srv.start()
+    srv.start(all_workers=True)
     scanned, rspamd = None, None
     if args.rspamd:
         from support import rspamd as rspamd_support
@@ -372,7 +372,7 @@ def main() -> None:
             sys.exit(f"--rspamd: {why}")
         (work / "mailstack-rspamd").mkdir()
         scanned = MailServer(work / "mailstack-rspamd", listeners=["smtp"], checks=args.checks == "on",
-                             extra=extra + f'[rspamd]\nurl = "{rspamd.url}"\n', workers=args.workers).start()
+                             extra=extra + f'[rspamd]\nurl = "{rspamd.url}"\n', workers=args.workers).start(all_workers=True)
     sieved = None
     if args.sieve:
         (work / "mailstack-sieve").mkdir()
@@ -381,7 +381,7 @@ def main() -> None:
         if args.no_fsync:
             sieved.config_path.write_text(sieved.config_path.read_text().replace('root = "mail"', 'root = "mail"\nfsync = false'))
         install_sieve(sieved.store_root, "bob@example.test", SIEVE_SCRIPT)
-        sieved.start()
+        sieved.start(all_workers=True)
     ref_dir = work / "aiosmtpd" / "Maildir"
     ref_port = free_port()
     ref = subprocess.Popen([sys.executable, "-c", REFERENCE, str(ref_dir), str(ref_port)], stdin=subprocess.PIPE,

@@ -202,6 +202,9 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
         self._files, self._scan_mtimes, self._listed_at = saved.files, saved.mtimes, saved.listed_at
         self._files_gen += 1
         self._restored = (self._files_gen, self.uidlist.position, saved.columns)
+        # The index holds the listing and the UIDs of the same names (restore checked): no
+        # comparison of the two until either changes.
+        self._verified = (self._files_gen, self.uidlist.position)
 
     def save_index(self) -> bool:
         """*Blocking.*  Write ``mailstack-index`` for the folder as it is now, when the

@@ -126,7 +126,20 @@ class MailServer:
         """The users file entry for ``password``: what ``mailstack user add`` writes."""
         return _hash(password)
 
-    def start(self, timeout: float = 30.0) -> "MailServer":
+    def start(self, timeout: float = 30.0, all_workers: bool = False) -> "MailServer":
+        """Start and wait for the ports file; with ``all_workers`` also until every process of
+        [server] workers serves (the benchmarks: a worker still starting competes for the CPU)."""
+        self._start(timeout)
+        if all_workers:
+            count = self.workers or len(os.sched_getaffinity(0))
+            deadline = time.monotonic() + timeout
+            while self.log_text().count(" serving ") < count - 1:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"the workers did not start in {timeout}s:\n{self.log_text()}")
+                time.sleep(0.05)
+        return self
+
+    def _start(self, timeout: float) -> "MailServer":
         if self.ports_file.exists():
             self.ports_file.unlink()
         self.log = open(self.log_path, "ab")
