@@ -192,3 +192,24 @@ def test_an_adopted_uid_state_reads_only_what_was_appended_after_it(tmp_path, mo
     reader.refresh()
     assert consumed == [records[0].encode() + b"\n"]
     assert sorted(reader.state.by_base) == ["first", "second"] and reader.position == writer.position
+
+
+def test_after_a_restart_select_claims_what_the_index_lists_in_new(root, monkeypatch):
+    # The index says how many of its files are in new/: none, and SELECT looks no further;
+    # some, and SELECT claims them as \Recent, as without an index.
+    inbox = seeded(root)  # message 100 waits in new/
+    in_new = [m.uid for m in inbox.snapshot().messages if m.filename.startswith("new/")]
+    assert len(in_new) == 1
+    assert inbox.save_index() is True
+    snap, taken = open_inbox(root).select(take_recent=True)
+    assert in_new[0] in taken and not any(m.filename.startswith("new/") for m in snap.messages)  # the APPENDed too
+    again = open_inbox(root)  # the index describes new/ no more: read the directories again
+    snap, taken = again.select(take_recent=True)
+    assert taken == [] and len(snap.messages) == 21
+    age(again)
+    assert again.save_index() is True
+    import mailstack.store.flags as flags_mod
+
+    monkeypatch.setattr(flags_mod, "repeat", lambda *a: (_ for _ in ()).throw(AssertionError("looked in new/")))
+    snap, taken = open_inbox(root).select(take_recent=True)
+    assert taken == [] and len(snap.messages) == 21

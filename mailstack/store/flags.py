@@ -227,7 +227,8 @@ class FlagChanges:
     def _take_recent(self) -> tuple[dict[str, str], list[int]]:
         taken: list[int] = []
         files = self._sync()
-        if not self.recent_marks.load() and not any(map(str.startswith, files.values(), repeat("new/"))):
+        if not self.recent_marks.load() and (self._nothing_new == self._files_gen
+                                             or not any(map(str.startswith, files.values(), repeat("new/")))):
             return files, taken  # the usual case: no lock, no rename, and the snapshot stays valid
         with self.locked():
             files = self._sync()

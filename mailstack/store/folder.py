@@ -59,6 +59,9 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
         self._renamed: dict[str, float] = {}
         self._baseline_modseqs: dict[str, int] = {}  # from a stale saved index (see _restore_index)
         self._files: dict[str, str] = {}  # base -> "new/name" | "cur/name"
+        #: The listing generation known to have nothing in new/ (a restored index says so;
+        #: this process only ever moves files out of new/ in a listing it keeps).
+        self._nothing_new: int | None = None
         self._scan_mtimes: tuple[int, int] | None = None
         self._listed_at = 0  # time.time_ns() when the listing in _files was started
         self.keywords = FolderKeywords(path, store.fsync)
@@ -205,6 +208,7 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
         # The index holds the listing and the UIDs of the same names (restore checked): no
         # comparison of the two until either changes.
         self._verified = (self._files_gen, self.uidlist.position)
+        self._nothing_new = self._files_gen if saved.in_new == 0 else None  # see _take_recent
 
     def save_index(self) -> bool:
         """*Blocking.*  Write ``mailstack-index`` for the folder as it is now, when the

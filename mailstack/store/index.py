@@ -20,6 +20,7 @@ relative to the folder).  NUL cannot occur in a file name, so the names cannot r
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import json
 import operator
@@ -90,14 +91,17 @@ def read(folder_path: str) -> dict | None:
                 return None
             column.frombytes(data[pos:pos + 8 * n])
             document[key], pos = column, pos + 8 * n
+        view = memoryview(data)  # decoded in place: no copy of the megabytes of names
         for key, length in zip(_TEXTS, lengths):
-            blob = data[pos:pos + length].decode("utf-8", "surrogateescape")
+            blob = codecs.utf_8_decode(view[pos:pos + length], "surrogateescape", True)[0]
             document[key], pos = (blob.split("\0") if n else []), pos + length
         if pos != len(data) or any(len(document[k]) != n for k in _INTS + _TEXTS):
             return None
         # Every file name under new/ or cur/, counted in the joined text (blob: the names).
-        if n and blob.count("\0new/") + blob.count("\0cur/") + blob.startswith(("new/", "cur/")) != n:
+        in_new = blob.count("\0new/") + blob.startswith("new/")
+        if n and in_new + blob.count("\0cur/") + blob.startswith("cur/") != n:
             return None
+        document["in_new"] = in_new
         table = [NO_SUFFIX if x is None else x for x in document["suffixes"]]
         if not all(type(x) is str for x in table) or (n and not 0 <= min(document["suffix_of"]) <= max(
                 document["suffix_of"]) < len(table)):
@@ -170,6 +174,7 @@ class Restored(NamedTuple):
     mtimes: tuple[int, int]  # of new/ and cur/
     listed_at: int
     columns: dict  # the document's columns, for the first snapshot (MaildirFolder._build_snapshot)
+    in_new: int = 0  # files of the listing in new/
 
 
 def restore(folder_path: str, uidlist_path: str, keywords_path: str) -> Restored | None:
@@ -198,7 +203,7 @@ def restore(folder_path: str, uidlist_path: str, keywords_path: str) -> Restored
             or (n and (uids[0] < 1 or not all(map(operator.lt, uids, itertools.islice(uids, 1, None)))))):
         return None
     columns = {k: doc[k] for k in _INTS + _TEXTS + ("flag_letters",)}
-    return Restored(state, (dev, ino), size, files, mtimes, listed_at, columns)
+    return Restored(state, (dev, ino), size, files, mtimes, listed_at, columns, doc["in_new"])
 
 
 def document(state: UidState, messages: tuple, uidlist: list, mtimes: tuple[int, int], listed_at: int,
