@@ -23,8 +23,6 @@ rewritten, under an exclusive ``flock``, with only the lines that still count on
 
 from __future__ import annotations
 
-import fcntl
-import os
 from dataclasses import dataclass
 
 from twisted.cred import error as cred_error
@@ -32,6 +30,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from mailstack import metrics
+from mailstack.journal import SharedJournal
 
 log = Logger()
 
@@ -66,10 +65,9 @@ class LoginGate:
         self.delay, self.max_delay, self.window = delay, max_delay, window
         self.by_address: dict[str, _Record] = {}
         self.by_account: dict[str, _Record] = {}
-        self.journal = journal
-        self.position = (None, 0)  # ((st_dev, st_ino), offset) read so far
+        self.journal = SharedJournal(journal) if journal is not None else None
         self.appended = 0
-        if journal is not None:
+        if self.journal is not None:
             self._compact()
 
     def _record(self, table: dict, key: str, now: float) -> _Record:
@@ -104,7 +102,6 @@ class LoginGate:
             self._follow()
             if account in self.by_account:
                 self._append(f"S {self.reactor.seconds():.3f} {account}")
-                self.by_account.pop(account, None)
             metrics.auth(protocol, "success")
             return result
 
@@ -112,9 +109,9 @@ class LoginGate:
             if not failure.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
                 return failure
             now = self.reactor.seconds()
-            self._append(f"F {now:.3f} {address} {account}")  # reads the others' lines first
+            self._follow()
             was_locked = (self.by_address.get(address) or _Record()).locked_until > now
-            self._failure(address, account, now)
+            self._append(f"F {now:.3f} {address} {account}")
             a, u = self.by_address[address], self.by_account[account]
             n = max(a.failures, u.failures)
             delay = min(self.max_delay, self.delay * 2 ** (n - 1))
@@ -136,31 +133,21 @@ class LoginGate:
         if a.failures >= self.max_failures:
             a.locked_until = when + self.lockout
 
-    # -- the journal shared by processes ------------------------------------------------------
+    # -- the journal shared by processes (mailstack.journal) ------------------------------------
 
     def _append(self, line: str) -> None:
-        """One event to the journal (read back by :meth:`_follow` of every process, this one
-        included: the in-memory state is updated by the caller and the offset moved past it)."""
+        """One event to the journal, then what it holds since this process last read it
+        (this line included: every process applies the lines the same way)."""
         if self.journal is None:
+            self._apply(line.split())
             return
         try:
-            # Exclusive (failures are rare): nobody writes between the reading and our line, so
-            # the offset can move past our line, which the caller applies itself.
-            with _Locked(self.journal + ".lock", fcntl.LOCK_EX):
-                self._follow()
-                fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    data = (line + "\n").encode()
-                    os.write(fd, data)
-                    st = os.fstat(fd)
-                finally:
-                    os.close(fd)
-            identity, offset = self.position
-            if identity == (st.st_dev, st.st_ino) and st.st_size == offset + len(data):
-                self.position = (identity, st.st_size)  # nobody wrote in between: ours is the last line
+            self.journal.append(line)
         except OSError as e:
-            log.warn("auth: cannot append to {path}: {error}", path=self.journal, error=e)
+            log.warn("auth: cannot append to {path}: {error}", path=self.journal.path, error=e)
+            self._apply(line.split())
             return
+        self._follow()
         self.appended += 1
         if self.appended >= COMPACT_AFTER:
             self._compact()
@@ -169,29 +156,11 @@ class LoginGate:
         """Apply what the journal gained since it was last read (other processes' failures)."""
         if self.journal is None:
             return
-        try:
-            st = os.stat(self.journal)
-        except OSError:
-            return
-        identity, offset = self.position
-        if identity != (st.st_dev, st.st_ino) or st.st_size < offset:
-            # rewritten by another process: what it kept is what counts (ours included)
-            self.by_address, self.by_account, identity, offset = {}, {}, (st.st_dev, st.st_ino), 0
-        if st.st_size <= offset:
-            self.position = (identity, offset)
-            return
-        try:
-            with open(self.journal, "rb") as f:
-                f.seek(offset)
-                data = f.read(st.st_size - offset)
-        except OSError:
-            return
-        end = data.rfind(b"\n")
-        if end >= 0:
-            for line in data[:end].decode("utf-8", "replace").split("\n"):
-                self._apply(line.split())
-            offset += end + 1
-        self.position = (identity, offset)
+        restarted, lines = self.journal.new_lines()
+        if restarted:  # rewritten by another process: what it kept is what counts (ours included)
+            self.by_address, self.by_account = {}, {}
+        for line in lines:
+            self._apply(line.split())
 
     def _apply(self, parts: list[str]) -> None:
         try:
@@ -208,45 +177,24 @@ class LoginGate:
     def _compact(self) -> None:
         """Rewrite the journal with what still counts (start-up, and every COMPACT_AFTER lines)."""
         self.appended = 0
+
+        def keep(lines: list[str]) -> list[str]:
+            self.by_address, self.by_account = {}, {}
+            for line in lines:
+                self._apply(line.split())
+            now = self.reactor.seconds()
+            return [f"{kind} {rec.first:.3f} {rec.failures} {rec.locked_until:.3f} {key}"
+                    for table, kind in ((self.by_address, "A"), (self.by_account, "U"))
+                    for key, rec in table.items() if now - rec.first <= self.window or rec.locked_until > now]
+
         try:
-            with _Locked(self.journal + ".lock", fcntl.LOCK_EX):
-                self.position = (None, 0)
-                self.by_address, self.by_account = {}, {}
-                self._follow()
-                now = self.reactor.seconds()
-                lines = []
-                for table, kind in ((self.by_address, "A"), (self.by_account, "U")):
-                    for key, rec in table.items():
-                        if now - rec.first <= self.window or rec.locked_until > now:
-                            lines.append(f"{kind} {rec.first:.3f} {rec.failures} {rec.locked_until:.3f} {key}\n")
-                tmp = f"{self.journal}.{os.getpid()}.tmp"
-                with open(tmp, "w", opener=lambda name, flags: os.open(name, flags, 0o600)) as f:
-                    f.writelines(lines)
-                os.replace(tmp, self.journal)
-                self.position = (None, 0)
-                self.by_address, self.by_account = {}, {}
-                self._follow()
+            kept = self.journal.rewrite(keep)
         except OSError as e:
-            log.warn("auth: cannot rewrite {path}: {error}", path=self.journal, error=e)
-
-
-class _Locked:
-    """``flock`` of ``path`` (made if absent) for the ``with`` block."""
-
-    def __init__(self, path: str, how: int):
-        self.path, self.how = path, how
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self.fd, self.how)
-        except BaseException:
-            os.close(self.fd)
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
+            log.warn("auth: cannot rewrite {path}: {error}", path=self.journal.path, error=e)
+            return
+        self.by_address, self.by_account = {}, {}
+        for line in kept:
+            self._apply(line.split())
 
 
 def _word(text: str) -> str:

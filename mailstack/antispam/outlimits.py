@@ -15,18 +15,14 @@ accepted message is appended to a journal beside the store (``outbound-usage.log
 lines, so a compromised account gets no fresh allowance from a restart.  The journal is not
 fsynced: a crash may forget the last few messages, which a limit can afford.
 
-The journal is also how the processes of ``[server] workers`` share the counts: each appends
-its own messages (one ``write`` with ``O_APPEND``, under a shared ``flock`` of
-``outbound-usage.log.lock``) and, before each check, reads what was appended since it last
-looked; a rewrite happens under the exclusive lock, and a process that finds a new file
-(another inode) reads it from the start.  So a user's limit is one limit, whichever process
-the client reached.
+The journal (mailstack.journal) is also how the processes of ``[server] workers`` share the
+counts: each appends its own messages and, before each check, reads what any process appended
+since it last looked, so a user's limit is one limit, whichever process the client reached.
 """
 
 from __future__ import annotations
 
 import collections
-import fcntl
 import os
 import time
 
@@ -34,6 +30,7 @@ from twisted.logger import Logger
 
 from mailstack import metrics
 from mailstack.errors import MailError
+from mailstack.journal import SharedJournal
 from mailstack.mail import codes
 
 log = Logger()
@@ -70,9 +67,8 @@ class OutboundLimits:
         self.clock = clock
         self.sent: dict[str, collections.deque] = {}  # user -> (time, recipients) of accepted messages, oldest first
         self.alerted: set[str] = set()  # users refused since they were last under every limit
-        self.journal: str | None = None  # see :meth:`open_journal`
+        self.journal: SharedJournal | None = None  # see :meth:`open_journal`
         self.appended = 0
-        self.position = (None, 0)  # ((st_dev, st_ino), offset): how far the journal has been read
 
     def limits_of(self, user: str) -> dict[str, int]:
         return {**self.defaults, **self.overrides.get(user.lower(), {})}
@@ -119,107 +115,52 @@ class OutboundLimits:
     def record(self, user: str, recipients: int) -> None:
         """A message from ``user`` to ``recipients`` was accepted."""
         now = self.clock()
-        if self.journal is None:
-            self.sent.setdefault(user.lower(), collections.deque()).append((now, recipients))
-            return
-        line = f"{now:.0f} {recipients} {user.lower()}\n".encode()
-        try:
-            with self._locked(fcntl.LOCK_SH):
-                fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    os.write(fd, line)
-                finally:
-                    os.close(fd)
-        except OSError as e:
-            log.warn("outbound limits: cannot append to {path}: {error}", path=self.journal, error=e)
-            self.sent.setdefault(user.lower(), collections.deque()).append((now, recipients))
-            return
-        self._follow()  # reads our line back, with any other process's before it
-        self.appended += 1
-        if self.appended >= COMPACT_AFTER:
-            self._rewrite_journal()
-
-    def _locked(self, how: int):
-        """The journal's lock file, flock'ed ``how`` (a context manager)."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def held():
-            fd = os.open(self.journal + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        if self.journal is not None:
             try:
-                fcntl.flock(fd, how)
-                yield
-            finally:
-                os.close(fd)  # releases the lock
-
-        return held()
+                self.journal.append(f"{now:.0f} {recipients} {user.lower()}")
+            except OSError as e:
+                log.warn("outbound limits: cannot append to {path}: {error}", path=self.journal.path, error=e)
+            else:
+                self._follow()  # reads our line back, with any other process's before it
+                self.appended += 1
+                if self.appended >= COMPACT_AFTER:
+                    self._rewrite_journal()
+                return
+        self.sent.setdefault(user.lower(), collections.deque()).append((now, recipients))
 
     def _follow(self) -> None:
         """Take in the lines appended to the journal (by any process) since it was last read."""
         if self.journal is None:
             return
-        try:
-            st = os.stat(self.journal)
-        except OSError:
-            return
-        identity, offset = self.position
-        if identity != (st.st_dev, st.st_ino) or st.st_size < offset:  # rewritten: read it all again
-            self.sent, identity, offset = {}, (st.st_dev, st.st_ino), 0
-        if st.st_size > offset:
-            try:
-                with open(self.journal, "rb") as f:
-                    f.seek(offset)
-                    data = f.read(st.st_size - offset)
-            except OSError:
-                return
-            end = data.rfind(b"\n")  # a line being written is read next time
-            if end >= 0:
-                offset += end + 1
-                cutoff = self.clock() - DAY
-                for entry in _entries(data[:end].decode("utf-8", "replace").split("\n"), cutoff):
-                    self.sent.setdefault(entry[2], collections.deque()).append(entry[:2])
-        self.position = (identity, offset)
+        restarted, lines = self.journal.new_lines()
+        if restarted:
+            self.sent = {}
+        self._take(lines)
+
+    def _take(self, lines: list[str]) -> None:
+        for when, recipients, user in _entries(lines, self.clock() - DAY):
+            self.sent.setdefault(user, collections.deque()).append((when, recipients))
 
     def open_journal(self, path: str) -> None:
         """Take the counts of the last day from ``path`` (lines torn by a crash are skipped),
         rewrite it with only those, and append to it from now on."""
-        self.journal = path
+        self.journal = SharedJournal(path)
         self._rewrite_journal()
 
     def _rewrite_journal(self) -> None:
-        """The journal with only the entries still counted (atomically: tmp, rename), under the
-        exclusive lock, so no other process's line is lost in between."""
+        """The journal with only the entries still counted, oldest first."""
         self.appended = 0
-        try:
-            with self._locked(fcntl.LOCK_EX):
-                self._read_whole()
-                cutoff = self.clock() - DAY
-                tmp = f"{self.journal}.{os.getpid()}.tmp"
-                entries = sorted((t, n, user) for user, sent in self.sent.items() for t, n in sent if t > cutoff)
-                with open(tmp, "w", opener=lambda name, flags: os.open(name, flags, 0o600)) as f:
-                    f.writelines(f"{t:.0f} {n} {user}\n" for t, n, user in entries)
-                os.replace(tmp, self.journal)
-                self.sent = {}
-                for t, n, user in entries:
-                    self.sent.setdefault(user, collections.deque()).append((t, n))
-                st = os.stat(self.journal)
-                self.position = ((st.st_dev, st.st_ino), st.st_size)
-        except OSError as e:
-            log.warn("outbound limits: cannot rewrite {path}: {error}", path=self.journal, error=e)
 
-    def _read_whole(self) -> None:
-        """The journal's last day, from its start (lines torn by a crash are skipped)."""
-        self.sent, self.position = {}, (None, 0)
+        def keep(lines: list[str]) -> list[str]:
+            return [f"{t:.0f} {n} {user}" for t, n, user in sorted(_entries(lines, self.clock() - DAY))]
+
         try:
-            with open(self.journal, encoding="utf-8", errors="replace") as f:
-                entries = sorted(_entries(f, self.clock() - DAY))
-        except FileNotFoundError:
-            return
+            kept = self.journal.rewrite(keep)
         except OSError as e:
-            log.warn("outbound limits: cannot read {path}: {error}; counting from zero", path=self.journal, error=e)
+            log.warn("outbound limits: cannot rewrite {path}: {error}", path=self.journal.path, error=e)
             return
-        for when, recipients, user in entries:
-            self.sent.setdefault(user, collections.deque()).append((when, recipients))
+        self.sent = {}
+        self._take(kept)
 
 
 def _entries(lines, cutoff: float):
@@ -246,5 +187,7 @@ def rebuild(old: OutboundLimits | None, cfg) -> OutboundLimits | None:
     """SIGHUP changed ``[outbound_limits]``: the new limits, with the counts so far."""
     new = build(cfg, old.clock if old is not None else time.time)
     if new is not None and old is not None:
-        new.sent, new.alerted, new.position = old.sent, old.alerted, old.position
+        new.alerted = old.alerted
+        if new.journal is None:  # else the new one has read the counts from the journal
+            new.sent = old.sent
     return new
