@@ -195,8 +195,8 @@ def needs_header(node) -> bool:
 
 def required_header_text(node) -> list[str]:
     """Needles every matching message's header must contain: those of the header keys that
-    the query ANDs together (not under NOT or OR).  A caller holding the headers rules out,
-    with :func:`header_prefilter`, the messages lacking one before building anything for them."""
+    the query ANDs together (not under NOT or OR).  :func:`prefiltered` rules out the messages
+    lacking one before building anything for them."""
     kind = node[0]
     if kind == "and":
         return [n for child in node[1] for n in required_header_text(child)]
@@ -205,24 +205,17 @@ def required_header_text(node) -> list[str]:
     return []
 
 
-def header_prefilter(needles: list[str]):
-    """A test ``header -> bool`` that is False only for headers that cannot match (see
-    :func:`_cannot_contain`), or None when no needle allows one.  Built once per SEARCH: it
-    runs for every message of the folder."""
-    plains = [p for p in (_plain_needle(n) for n in needles) if p is not None]
-    if not plains:
-        return None
+def prefiltered(folder, uidvalidity: int, uids: list[int], tree) -> tuple[dict[int, bytes], set[int] | None]:
+    """*Blocking.*  For a query over ``uids``: their header sections when it reads headers
+    (uid -> bytes), and the UIDs that may match (None: any may), from the folder's
+    :class:`~mailstack.imap.headerscan.HeaderCorpus` when the query has plain needles."""
+    if not needs_header(tree):
+        return {}, None
+    from mailstack.imap import headerscan
 
-    def may_match(header: bytes) -> bool:
-        if not header.isascii() or b"=?" in header:
-            return True
-        low = header.lower()
-        for plain in plains:
-            if plain not in low:
-                return False
-        return True
-
-    return may_match
+    found = headerscan.corpus(folder, uidvalidity, uids)
+    plains = [p for p in map(_plain_needle, required_header_text(tree)) if p]  # "" rules nothing out
+    return found.heads, (found.may_match([p.lower() for p in plains]) if plains else None)
 
 
 @functools.lru_cache(maxsize=256)

@@ -172,12 +172,12 @@ def _finder(s, tree):
     uids, flags, recent, folder = list(sel.uids), dict(sel.flags), set(sel.recent), sel.folder
 
     def find():
-        info = folder.snapshot().by_uid()
-        heads = folder.headers([u for u in uids if u in info]) if searchmod.needs_header(tree) else {}
-        may_match = searchmod.header_prefilter(searchmod.required_header_text(tree))
+        snap = folder.snapshot()
+        info = snap.by_uid()
+        heads, allowed = searchmod.prefiltered(folder, snap.uidvalidity, [u for u in uids if u in info], tree)
         candidates = [searchmod.Candidate(folder, seq, u, info[u], flags.get(u, frozenset()), u in recent,
                                           heads.get(u)) for seq, u in enumerate(uids, 1) if u in info
-                      and (may_match is None or u not in heads or may_match(heads[u]))]
+                      and (allowed is None or u in allowed)]
         return searchmod.run(tree, candidates, len(uids), uids[-1] if uids else 0)
 
     return find
