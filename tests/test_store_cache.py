@@ -102,6 +102,9 @@ def test_corrupt_cache_is_set_aside_and_rebuilt(inbox):
             pass
     with open(os.path.join(inbox.path, CACHE_FILE), "wb") as f:
         f.write(b"this is not a database" * 100)
+    import mailstack.store.cache as cache_mod
+
+    cache_mod._memory = cache_mod._HeaderMemory()  # another process: nothing in its memory yet
     fresh = MaildirStore(inbox.store.root, fsync=False).mailbox(ADDR).folder("INBOX")
     assert fresh.headers(all_uids) == expected
     assert len(rows(fresh)) == 5
@@ -129,3 +132,23 @@ def test_checker_reports_stale_and_wrong_entries_and_repairs(inbox):
     assert again.problems == [] and again.stale_cache == 0
     left = uids(inbox)
     assert inbox.headers(left)[left[0]] == header_section(inbox.open_message(left[0]))
+
+
+def test_headers_are_read_from_sqlite_once_then_from_memory(inbox, monkeypatch):
+    import mailstack.store.cache as cache_mod
+
+    all_uids = uids(inbox)
+    expected = inbox.headers(all_uids)
+    cache_mod._memory = cache_mod._HeaderMemory()
+    queries = []
+    real = cache_mod.MessageCache._get_many
+    monkeypatch.setattr(cache_mod.MessageCache, "_get_many", lambda self, bases, kind: queries.append(len(bases))
+                        or real(self, bases, kind))
+    assert inbox.headers(all_uids) == expected and queries == [5]
+    assert inbox.headers(all_uids) == expected and queries == [5]  # from memory
+    inbox.cache.forget([inbox.snapshot().messages[0].base])
+    assert len(inbox.headers(all_uids)) == 5 and queries == [5, 1]  # forgotten: asked again
+    monkeypatch.setattr(cache_mod, "HEADER_MEMORY", 10)  # a bound below one header: nothing stays
+    cache_mod._memory = cache_mod._HeaderMemory()
+    inbox.headers(all_uids)
+    assert cache_mod._memory.held <= 10

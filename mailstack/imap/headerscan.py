@@ -14,12 +14,14 @@ Corpora are kept per process, the least recently used dropped past :data:`MAX_BY
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 import re
 import threading
 from collections import OrderedDict
 
-MAX_BYTES = 64 * 1024 * 1024  # header text held for searches, per process (twice: as is, lower-cased)
-_UNPLAIN = re.compile(rb"[\x80-\xff]|=\?")  # bytes that may decode to something else
+MAX_BYTES = 32 * 1024 * 1024  # header text held for searches, per process (twice: as is, lower-cased)
+_EIGHT_BIT = re.compile(rb"[\x80-\xff]+")
 
 _lock = threading.Lock()
 _corpora: OrderedDict = OrderedDict()  # folder path -> HeaderCorpus
@@ -31,16 +33,16 @@ class HeaderCorpus:
 
     def __init__(self, uids: list[int], heads: dict[int, bytes]):
         self.uids, self.heads = list(uids), heads
-        present = [u for u in self.uids if u in heads]
+        present = [u for u in self.uids if u in heads] if len(heads) < len(self.uids) else self.uids
         self.present = present
-        parts = [heads[u] for u in present]
-        self.starts, pos = [], 0
-        for part in parts:
-            self.starts.append(pos)
-            pos += len(part) + 1
+        parts = list(map(heads.__getitem__, present))
+        # Where each header starts in the text: the lengths summed, a separator after each.
+        self.starts = [0, *itertools.accumulate(map(operator.add, map(len, parts), itertools.repeat(1)))][:-1]
         self.text = b"\n".join(parts).lower()
         self.size = 2 * len(self.text)
-        self.unplain = {present[self._at(m.start())] for m in _UNPLAIN.finditer(self.text)}
+        self.unplain = self._holding(b"=?")  # encoded words (RFC 2047)
+        if not self.text.isascii():  # one pass in C; then the 8-bit ones, which may be anything
+            self.unplain |= {present[self._at(m.start())] for m in _EIGHT_BIT.finditer(self.text)}
         self.missing = set(self.uids) - set(present)  # no header at hand: the match reads the file
 
     def _at(self, offset: int) -> int:

@@ -12,6 +12,11 @@ it consistent).  It holds nothing that cannot be rebuilt from the mail files: wh
 missing, unreadable or corrupt it is set aside and made again, and every failure to read or
 write it falls back to reading the mail file.  Nothing here is fsynced; losing the last
 entries in a power cut costs one re-read of those messages.
+
+Header sections are also kept in this process's memory (:class:`_HeaderMemory`, the least
+recently used dropped past :data:`HEADER_MEMORY` bytes): a client that fetches every header
+and then searches or sorts reads them from SQLite once, not at each command.  Being immutable,
+they need no invalidation either.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import re
 import sqlite3
 import threading
+from collections import OrderedDict
 from typing import Iterable
 
 CACHE_FILE = "mailstack-cache.sqlite"
@@ -28,6 +34,57 @@ MAX_VALUE = 256 * 1024  # a header section (or derived value) larger than this i
 #: What the entries were derived from; older caches are emptied (1: the CRLF form of every file).
 FORMAT = 1
 _IN_CHUNK = 500  # bases per SELECT ... IN (...): below SQLite's default variable limit
+HEADER_MEMORY = 32 * 1024 * 1024  # octets of header sections kept in memory, per process
+
+
+class _HeaderMemory:
+    """cache file -> {base: header section}, for every folder of the process; whole folders
+    are dropped, least recently used first, past :data:`HEADER_MEMORY` octets."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.folders: OrderedDict = OrderedDict()  # path -> (dict base -> bytes, [octets])
+        self.held = 0
+
+    def get_many(self, path: str, bases: list[str], out: dict[str, bytes]) -> list[str]:
+        """Fill ``out`` with what is held; return the bases that are not."""
+        with self.lock:
+            kept = self.folders.get(path)
+            if kept is None:
+                return bases
+            self.folders.move_to_end(path)
+            values = kept[0]
+        found = list(map(values.get, bases))
+        out.update((b, v) for b, v in zip(bases, found) if v is not None)
+        return [b for b, v in zip(bases, found) if v is None]
+
+    def put_many(self, path: str, values: dict[str, bytes]) -> None:
+        with self.lock:
+            kept = self.folders.get(path)
+            if kept is None:
+                kept = self.folders[path] = ({}, [0])
+            held, size = kept
+            for base, value in values.items():
+                if len(value) <= MAX_VALUE and base not in held:
+                    held[base] = value
+                    size[0] += len(value)
+                    self.held += len(value)
+            while self.held > HEADER_MEMORY and self.folders:
+                self.held -= self.folders.popitem(last=False)[1][1][0]
+
+    def forget(self, path: str, bases) -> None:
+        with self.lock:
+            kept = self.folders.get(path)
+            if kept is None:
+                return
+            for base in bases:
+                value = kept[0].pop(base, None)
+                if value is not None:
+                    kept[1][0] -= len(value)
+                    self.held -= len(value)
+
+
+_memory = _HeaderMemory()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -96,6 +153,18 @@ class MessageCache:
         """base -> value for the bases that have a ``kind`` entry."""
         bases = list(bases)
         out: dict[str, bytes] = {}
+        if kind == HEADER:
+            bases = _memory.get_many(self.path, bases, out)
+            if not bases:
+                return out
+            found = self._get_many(bases, kind)
+            _memory.put_many(self.path, found)
+            out.update(found)
+            return out
+        return self._get_many(bases, kind)
+
+    def _get_many(self, bases: list[str], kind: str) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
         with self._lock:
             db = self._connect()
             if db is None or not bases:
@@ -120,6 +189,8 @@ class MessageCache:
 
     def put_many(self, kind: str, values: dict[str, bytes]) -> None:
         rows = [(base, kind, value) for base, value in values.items() if len(value) <= MAX_VALUE]
+        if kind == HEADER:
+            _memory.put_many(self.path, values)
         if rows:
             self._write("INSERT OR REPLACE INTO entries (base, kind, value) VALUES (?, ?, ?)", rows)
 
@@ -144,6 +215,7 @@ class MessageCache:
     def forget(self, bases: Iterable[str]) -> None:
         """Drop every entry of these (expunged) messages."""
         rows = [(b,) for b in bases]
+        _memory.forget(self.path, [b for b, in rows])
         if rows and os.path.exists(self.path):
             self._write("DELETE FROM entries WHERE base = ?", rows)
 
