@@ -213,3 +213,28 @@ def test_after_a_restart_select_claims_what_the_index_lists_in_new(root, monkeyp
     monkeypatch.setattr(flags_mod, "repeat", lambda *a: (_ for _ in ()).throw(AssertionError("looked in new/")))
     snap, taken = open_inbox(root).select(take_recent=True)
     assert taken == [] and len(snap.messages) == 21
+
+
+def test_a_listing_is_trusted_sooner_where_the_file_system_keeps_nanoseconds():
+    from mailstack.store.index import settled
+
+    second = 1_700_000_000 * 10**9
+    assert not settled(second + 10**9, second)  # whole seconds: a change may hide for a second
+    assert settled(second + 2 * 10**9 + 1, second)
+    assert not settled(second + 50_000_000 + 7, second + 7)  # nanoseconds: the tick is milliseconds
+    assert settled(second + 100_000_001 + 7, second + 7)
+    assert not settled(second + 10**9, second, second)  # one nanosecond time is enough, none here
+
+
+def test_a_folder_changed_by_us_is_not_listed_again_once_the_tick_has_passed(root, monkeypatch):
+    inbox = open_inbox(root)
+    for i in range(3):
+        inbox.append(message(i))
+    inbox.snapshot()
+    mtimes = [os.stat(os.path.join(inbox.path, d)).st_mtime_ns for d in ("new", "cur")]
+    if not any(m % 10**9 for m in mtimes):
+        pytest.skip("this file system keeps whole seconds")
+    time.sleep(0.15)
+    inbox.snapshot()  # listed once more: the last listing was taken within the tick
+    monkeypatch.setattr(os, "listdir", lambda *a: (_ for _ in ()).throw(AssertionError("listed")))
+    assert len(inbox.snapshot().messages) == 3

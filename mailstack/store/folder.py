@@ -111,10 +111,8 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
             st_cur = os.stat(os.path.join(self.path, "cur")).st_mtime_ns
         except FileNotFoundError:
             raise FolderNotFound(f"folder {self.name!r} vanished") from None
-        # Reuse is safe only for a listing *taken* well after the last change: a change in
-        # the same timestamp tick as an earlier one leaves the mtime as it was (2 s covers
-        # the coarsest file systems; ext4 with small inodes has 1 s).
-        if self._scan_mtimes == (st_new, st_cur) and self._listed_at - max(st_new, st_cur) > 2_000_000_000:
+        # Reuse is safe only for a listing *taken* well after the last change (index.settled).
+        if self._scan_mtimes == (st_new, st_cur) and folder_index.settled(self._listed_at, st_new, st_cur):
             return self._files
         files: dict[str, str] = {}
         for sub in ("new", "cur"):
@@ -218,7 +216,7 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
         with ul.mutex:
             files = self._sync()
             state = ul.state
-            if self._scan_mtimes is None or self._listed_at - max(self._scan_mtimes) <= folder_index.STABLE_NS:
+            if self._scan_mtimes is None or not folder_index.settled(self._listed_at, *self._scan_mtimes):
                 return False
             key = folder_index.uidlist_key(ul.path)
             inode, offset = ul.position

@@ -34,7 +34,20 @@ from mailstack.store.uidlist import UidEntry, UidState
 INDEX_FILE = "mailstack-index"
 MAGIC = b"mailstack-index 2\n"
 VERSION = 2
-STABLE_NS = 2_000_000_000  # see MaildirFolder._scan
+STABLE_NS = 2_000_000_000  # a listing taken this long after a change is complete (see settled)
+FINE_STABLE_NS = 100_000_000  # the same where the file system keeps sub-second times
+
+
+def settled(listed_at: int, *mtimes: int) -> bool:
+    """True when a listing started at ``listed_at`` (time.time_ns()) cannot have missed a change
+    of directories last changed at ``mtimes``: a change in the same timestamp tick as an earlier
+    one leaves the mtime as it was, so the listing must start well after the tick.  A file
+    system with whole-second times (ext4 with small inodes, some network ones) needs
+    :data:`STABLE_NS`; where an mtime shows nanoseconds the tick is the kernel's coarse clock
+    (a few milliseconds), and :data:`FINE_STABLE_NS` is ample.  A nanosecond time that happens
+    to fall on a whole second only makes the wait the long one."""
+    fine = any(m % 1_000_000_000 for m in mtimes)
+    return listed_at - max(mtimes) > (FINE_STABLE_NS if fine else STABLE_NS)
 NO_SUFFIX = "\x01"  # the suffix column's value for a name without ":2,"
 _INTS = ("uids", "modseqs", "dates", "sizes", "suffix_of")
 _TEXTS = ("bases", "rels")
@@ -116,7 +129,7 @@ def still_valid(folder_path: str, document: dict, uidlist_path: str, keywords_pa
     """True when nothing the document was taken from has changed since."""
     try:
         new_mtime, cur_mtime = document["new"], document["cur"]
-        if document["listed_at"] - max(new_mtime, cur_mtime) <= STABLE_NS:
+        if not settled(document["listed_at"], new_mtime, cur_mtime):
             return False
         return (mtime_ns(os.path.join(folder_path, "new")) == new_mtime
                 and mtime_ns(os.path.join(folder_path, "cur")) == cur_mtime
