@@ -152,3 +152,17 @@ def test_headers_are_read_from_sqlite_once_then_from_memory(inbox, monkeypatch):
     cache_mod._memory = cache_mod._HeaderMemory()
     inbox.headers(all_uids)
     assert cache_mod._memory.held <= 10
+
+
+def test_the_blank_line_is_found_where_the_regular_expression_finds_it():
+    import itertools
+    import re
+
+    from mailstack.store.cache import _blank_line_end
+
+    pattern = re.compile(rb"\r?\n\r?\n")  # RFC 5322 2.1's empty line, a bare LF counting too
+    for n in range(1, 8):
+        for parts in itertools.product((b"a", b"\r", b"\n"), repeat=n):
+            data = b"".join(parts)
+            m = pattern.search(data)
+            assert _blank_line_end(data) == (m.end() if m else 0), data

