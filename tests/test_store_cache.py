@@ -158,7 +158,7 @@ def test_the_blank_line_is_found_where_the_regular_expression_finds_it():
     import itertools
     import re
 
-    from mailstack.store.cache import _blank_line_end
+    from mailstack.mail.headers import header_end as _blank_line_end
 
     pattern = re.compile(rb"\r?\n\r?\n")  # RFC 5322 2.1's empty line, a bare LF counting too
     for n in range(1, 8):

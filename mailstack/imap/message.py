@@ -20,7 +20,8 @@ import email.utils
 import re
 from datetime import date, datetime, timezone
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
+from mailstack.mail.headers import header_end
+
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
 
@@ -32,11 +33,11 @@ class Entity:
             split = 2 if raw.startswith(b"\r\n") else 1
             self.header, self.body = raw[:split], raw[split:]
         else:
-            m = _HEADER_END.search(raw)
-            if m is None:  # header only (or no blank line): RFC 3501 treats it all as header
+            end = header_end(raw)
+            if not end:  # header only (or no blank line): RFC 3501 treats it all as header
                 self.header, self.body = raw, b""
             else:
-                self.header, self.body = raw[: m.end()], raw[m.end() :]
+                self.header, self.body = raw[:end], raw[end:]
         self.default_type = default_type
 
     # Parsed only when asked for: a FETCH of header fields needs none of this.

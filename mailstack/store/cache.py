@@ -27,6 +27,8 @@ import threading
 from collections import OrderedDict
 from typing import Iterable
 
+from mailstack.mail.headers import header_end
+
 CACHE_FILE = "mailstack-cache.sqlite"
 HEADER = "header"
 MAX_VALUE = 256 * 1024  # a header section (or derived value) larger than this is not kept
@@ -264,15 +266,6 @@ class MessageCache:
                 self._db = None
 
 
-def _blank_line_end(data: bytes) -> int:
-    """Where the first blank line (CRLF or bare LF, as ``\r?\n\r?\n`` finds it) ends, or 0:
-    two ``find`` calls where the regular expression cost five times as much."""
-    lf = data.find(b"\n\n")
-    crlf = data.find(b"\n\r\n")
-    ends = [p + n for p, n in ((lf, 2), (crlf, 3)) if p >= 0]
-    return min(ends) if ends else 0
-
-
 def header_section(f, chunk: int = 16384, limit: int = 1 << 20) -> bytes:
     """The header section of an open message file, up to and including the blank line that
     ends it (RFC 5322 2.1; a bare LF counts too), without reading the body.  A file with no
@@ -286,7 +279,7 @@ def header_section(f, chunk: int = 16384, limit: int = 1 << 20) -> bytes:
             return data[:2]
         if data.startswith(b"\n"):
             return data[:1]
-        end = _blank_line_end(data)
+        end = header_end(data)
         if end:
             return data[:end]
         if not more or len(data) >= limit:
