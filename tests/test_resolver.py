@@ -35,3 +35,29 @@ def test_cache_size_zero_asks_every_time(dns_port):
     resolver = make_resolver(["127.0.0.1"], dns_port, 5.0, 0)
     assert resolver.cache is None
     assert txt_record(resolver, "sender.test") == [b"v=spf1 -all"]
+
+
+def test_the_answer_cache_keeps_answers_for_their_ttl_and_stays_bounded(monkeypatch):
+    import time as time_mod
+
+    from mailstack.resolver import AnswerCache
+
+    class Answer:
+        def __init__(self, expiration):
+            self.expiration = expiration
+
+    now = [1000.0]
+    monkeypatch.setattr(time_mod, "time", lambda: now[0])
+    cache = AnswerCache(2)
+    cache.put("a", Answer(1010))
+    cache.put("b", Answer(1005))
+    assert cache.get("a").expiration == 1010 and cache.hits() == 1
+    now[0] = 1006
+    assert cache.get("b") is None and "b" not in cache.data  # expired: gone
+    cache.put("c", Answer(2000))
+    cache.put("d", Answer(2000))  # full: the oldest ("a") goes
+    assert sorted(cache.data) == ["c", "d"]
+    cache.flush("c")
+    assert sorted(cache.data) == ["d"]
+    cache.flush()
+    assert cache.data == {}
