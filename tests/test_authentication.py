@@ -232,3 +232,27 @@ def test_the_public_suffix_list_is_parsed_once_per_process(monkeypatch):
     answers = [dmarc_lookup.get_org_domain(d) for d in domains * 20]
     assert answers[:4] == ["sendercorp.co.uk", "example.com", "x.github.io", "localhost"]
     assert len(built) <= 1  # parsed at most once (not at all if an earlier test parsed it)
+
+
+def test_dkim_integers_convert_in_c_to_what_dkimpy_gives():
+    from dkim import crypto
+
+    original_int2str, original_str2int = crypto.int2str, crypto.str2int
+    from mailstack.smtp.authentication import convert_dkim_integers_in_c
+
+    if getattr(original_int2str, "in_c", False):  # already replaced in this process: use dkimpy's source
+        import importlib.util
+
+        spec = importlib.util.find_spec("dkim.crypto")
+        fresh = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fresh)
+        original_int2str, original_str2int = fresh.int2str, fresh.str2int
+    convert_dkim_integers_in_c()
+    assert crypto.int2str.in_c
+    for n in (0, 1, 255, 256, 65535, 2**2047 + 12345, 2**2048 - 1):
+        for length in (-1, 1, 2, 256, 257):
+            assert crypto.int2str(n, length) == original_int2str(n, length), (n, length)
+            assert type(crypto.int2str(n, length)) is bytearray
+        data = original_int2str(n)
+        assert crypto.str2int(data) == original_str2int(data) == n
+    assert crypto.str2int(b"") == original_str2int(b"") == 0
