@@ -331,7 +331,11 @@ class AcmeService(service.Service):
 
     name = "acme"
 
-    def __init__(self, cfg, reactor):
+    def __init__(self, cfg, reactor, follower: bool = False):
+        #: ``follower``: a worker process (mailstack.workers), which serves what the main
+        #: process made and installed and writes nothing (two writers could pair one's key
+        #: with the other's certificate).
+        self.follower = follower
         self.cfg, self.settings, self.reactor = cfg, cfg.acme, reactor
         self.state = AcmeState(self.settings["state"])
         self.challenges: dict[str, str] = {}  # token -> key authorization, while an order is open
@@ -349,11 +353,14 @@ class AcmeService(service.Service):
                 return self.state.cert, self.state.key
             except ConfigError as e:
                 log.error("acme: the stored certificate is unusable ({error}); ordering a new one", error=str(e))
-                status = self.state.status()
-                status["issued"] = None
-                self.state.write_status(status)
+                if not self.follower:  # the main process orders, and says so in the status
+                    status = self.state.status()
+                    status["issued"] = None
+                    self.state.write_status(status)
         if self.cfg.tls_certificate:
             return self.cfg.tls_certificate, self.cfg.tls_key
+        if self.follower and os.path.exists(self.state.placeholder_cert):
+            return self.state.placeholder_cert, self.state.placeholder_key
         self.state.make_placeholder(self.settings["names"])
         log.info("acme: serving a self-signed placeholder certificate until the CA issues one")
         return self.state.placeholder_cert, self.state.placeholder_key

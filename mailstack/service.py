@@ -107,7 +107,7 @@ class MailstackService(service.MultiService):
         if cfg.acme["enabled"]:  # the ACME service owns the certificate (mailstack.acmecert)
             from mailstack.acmecert import AcmeService
 
-            acme = AcmeService(cfg, reactor)
+            acme = AcmeService(cfg, reactor, follower=worker > 0)
             tls = acme.tls
         else:
             tls = ReloadableTLS(cfg.tls_certificate, cfg.tls_key, cfg.path) if cfg.has_tls else None
