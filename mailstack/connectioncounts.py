@@ -34,12 +34,15 @@ class SharedConnectionCounts:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             if os.fstat(fd).st_size != size:
+                if index:  # only the main process sizes it: a mapping past a file's end faults
+                    raise ValueError(f"{path} is not the size {processes} processes need")
                 os.ftruncate(fd, size)
             self.map = mmap.mmap(fd, size)
         finally:
             os.close(fd)
         self.counts = memoryview(self.map).cast("i")
-        self.clear(index)
+        for row in range(processes) if index == 0 else (index,):  # the main process: what a crash left, too
+            self.clear(row)
 
     def clear(self, index: int) -> None:
         """Row ``index`` to zero: that process's connections are gone (it ended, or starts)."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 
 from twisted.logger import Logger
 
@@ -64,6 +66,16 @@ FIELDS = {
 #: Sections kept as dicts in Config: a live key is copied into the running copy of the dict.
 DICT_SECTIONS = {"auth": "auth", "checks": "checks", "dkim": "dkim", "mta_sts": "mta_sts", "antispam": "antispam",
                  "sieve": "sieve_limits"}
+
+
+def restart_digest(cfg: config_mod.Config) -> str:
+    """A digest of the keys only a restart applies (all but :data:`LIVE`): a worker process
+    (mailstack.workers) whose file differs there from what the main process runs must not
+    serve, or one server would run two stores, two sets of listeners..."""
+    restart_only = {section: {k: v for k, v in keys.items() if not (LIVE.get(section) == "*" or k in LIVE.get(section, ()))}
+                    for section, keys in cfg.values.items()}
+    text = json.dumps(restart_only, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def changed_keys(old: config_mod.Config, new: config_mod.Config) -> list[tuple[str, str]]:

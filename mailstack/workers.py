@@ -108,8 +108,11 @@ class WorkerPool(service.Service):
     def spawn(self, index: int) -> None:
         if not self.running:
             return
+        from mailstack.reconfigure import restart_digest
+
         argv = [self.executable, "-m", "mailstack.workers", "--config", self.cfg.path, "--index", str(index),
-                "--parent", str(os.getpid())] + [f"{key}={fd}" for key, fd in sorted(self.fds.items())]
+                "--parent", str(os.getpid()), "--processes", str(self.count + 1), "--digest", restart_digest(self.cfg)]
+        argv += [f"{key}={fd}" for key, fd in sorted(self.fds.items())]
         child_fds = {0: "w", 1: "r", 2: 2}
         child_fds.update({fd: fd for fd in self.fds.values()})
         worker = WorkerProcess(self, index)
@@ -243,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--processes", type=int, required=True, help="the main process's [server] workers")
+    parser.add_argument("--digest", required=True, help="of the main process's restart-only configuration")
     parser.add_argument("sockets", nargs="*", help="KEY=FD: a listening socket inherited from the main process")
     args = parser.parse_args(argv)
     for signum in (signal.SIGHUP, signal.SIGUSR2):  # until their handlers are in place, not fatal
@@ -265,6 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         log.error("worker {index}: {error}", index=args.index, error=str(e))
         return 2
+    from mailstack.reconfigure import restart_digest
+
+    if restart_digest(cfg) != args.digest:
+        log.error("worker {index}: {path} has changed in keys that only a restart applies since the service "
+                  "started; this process does not serve until the service is restarted", index=args.index,
+                  path=args.config)
+        return 2
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, workers=args.processes)  # the main process's count, whatever CPUs say now
     from twisted.internet import reactor
 
     adopted = {}

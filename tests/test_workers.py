@@ -165,3 +165,15 @@ def test_connection_limits_count_the_sessions_of_every_process(server_factory):
     with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as a, \
             smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as b:
         assert a.noop()[0] == 250 and b.noop()[0] == 250
+
+
+def test_a_worker_started_from_a_file_changed_where_only_a_restart_applies_does_not_serve(server_factory):
+    # Otherwise a worker restarted after such an edit would serve, say, another store.
+    srv = start(server_factory, listeners=("smtp",))
+    (worker,) = worker_pids(srv)
+    srv.config_path.write_text(srv.config_path.read_text() + "[dns]\ntimeout = 7.0\n")
+    os.kill(worker, signal.SIGKILL)
+    assert wait_for(lambda: "has changed in keys that only a restart applies" in srv.log_text(), timeout=20), \
+        srv.log_text()[-2000:]
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as s:  # the main process serves on
+        assert s.noop()[0] == 250
