@@ -462,7 +462,8 @@ def _raise_file_limit(wanted: int) -> None:
 
 def banner(cfg: config_mod.Config, bound: dict[str, dict]) -> str:
     mode = {"implicit": "TLS", "starttls": "STARTTLS", "optional": "STARTTLS optional", "none": "HTTP"}
-    lines = ["", "mailstack is running", f"  hostname {cfg.hostname}, domains {', '.join(cfg.domains)}", "  listeners:"]
+    lines = ["", "mailstack is running", f"  hostname {cfg.hostname}, domains {', '.join(cfg.domains)}",
+             f"  processes: {cfg.workers} ([server] workers; the mail listeners are served by each)", "  listeners:"]
     for key, b in bound.items():
         tls = "STLS" if b["tls"] == "starttls" and b["protocol"] == "pop3" else mode[b["tls"]]
         lines.append(f"    {key:<12} {b['host']}:{b['port']:<6} {tls}")
