@@ -143,7 +143,9 @@ class MailstackService(service.MultiService):
         self._build_listeners(cfg, tls)
         self.ports: list = []
         self.bound: dict[str, dict] = {}
-        self.log_output = logoutput.build(cfg)  # [log] file / format; None: twistd's own log
+        # [log] file / format; None: twistd's own log.  A worker logs through the main process
+        # (mailstack.workers), and must not hold the file open past a rotation.
+        self.log_output = logoutput.build(cfg) if not worker else None
 
     def _build_listeners(self, cfg: config_mod.Config, tls) -> None:
         """Each listener's factory (a worker process: the mail protocols' only)."""

@@ -252,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for signum in (signal.SIGHUP, signal.SIGUSR2):  # until their handlers are in place, not fatal
         signal.signal(signum, signal.SIG_IGN)
+    # Log rotation's "reopen" is the main process's (the log is its); 'systemctl kill -s USR1'
+    # reaches every process of the unit, and must not end this one.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     _die_with_parent(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the terminal goes to the main process
     from mailstack import config as config_mod

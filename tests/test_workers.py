@@ -177,3 +177,17 @@ def test_a_worker_started_from_a_file_changed_where_only_a_restart_applies_does_
         srv.log_text()[-2000:]
     with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as s:  # the main process serves on
         assert s.noop()[0] == 250
+
+
+def test_a_worker_holds_no_log_file_and_outlives_sigusr1(server_factory, tmp_path):
+    # logrotate renames the file and signals the unit: a worker holding the old file would
+    # keep its disk space, and USR1's default action would end it.
+    log_file = tmp_path / "mail.log"
+    srv = server_factory(listeners=["smtp"], workers=2, extra=f'[log]\nfile = "{log_file}"\n').start()
+    assert wait_for(lambda: len(worker_pids(srv)) == 1 and "worker 1 serving" in log_file.read_text(), timeout=20)
+    (worker,) = worker_pids(srv)
+    open_files = [os.readlink(f"/proc/{worker}/fd/{fd}") for fd in os.listdir(f"/proc/{worker}/fd")]
+    assert str(log_file) not in open_files
+    os.kill(worker, signal.SIGUSR1)
+    time.sleep(1)
+    assert worker_pids(srv) == [worker]
