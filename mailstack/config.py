@@ -395,7 +395,7 @@ def _check_greylisting_limits(values: dict, path: str) -> None:
         except ValueError as e:
             raise ConfigError(path, "[outbound_limits] users", str(e)) from None
 def _check_rspamd(values: dict, path: str) -> dict:
-    """[rspamd]: http(s) URLs, a known on_failure, positive limits; the password from its file."""
+    """[rspamd]: http(s) URLs, a known on_failure and checks, positive limits; the password from its file."""
     section = values["rspamd"]
     for key in ("url", "controller_url"):
         url = section[key]
@@ -403,6 +403,8 @@ def _check_rspamd(values: dict, path: str) -> dict:
             raise ConfigError(path, f"[rspamd] {key}", f"must be an http:// or https:// URL such as http://127.0.0.1:11333, not {url!r}")
     if section["on_failure"] not in ("tempfail", "accept"):
         raise ConfigError(path, "[rspamd] on_failure", f'must be "tempfail" or "accept", not {section["on_failure"]!r}')
+    if section["checks"] not in ("rspamd", "mailstack"):
+        raise ConfigError(path, "[rspamd] checks", f'must be "rspamd" or "mailstack", not {section["checks"]!r}')
     for key in ("timeout", "learn_retry_delay", "max_size", "pool_size"):
         if section[key] <= 0:
             raise ConfigError(path, f"[rspamd] {key}", "must be above 0")

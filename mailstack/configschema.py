@@ -189,6 +189,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]]] = {
         "url": (str, ""),  # "": no content filter
         "timeout": (float, 10.0),
         "on_failure": (str, "tempfail"),  # "tempfail" | "accept"
+        "checks": (str, "rspamd"),  # who checks SPF/DKIM/DMARC on the MX port: "rspamd" | "mailstack"
         "junk": (bool, True),
         "scan_outbound": (bool, True),
         "max_size": (int, 20 * 1024 * 1024),

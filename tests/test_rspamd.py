@@ -287,6 +287,7 @@ def test_result_headers():
 @pytest.mark.parametrize("options, key, problem", [
     ('url = "127.0.0.1:11333"', "[rspamd] url", "must be an http:// or https:// URL"),
     ('url = "http://127.0.0.1:11333"\non_failure = "drop"', "[rspamd] on_failure", 'must be "tempfail" or "accept"'),
+    ('url = "http://127.0.0.1:11333"\nchecks = "both"', "[rspamd] checks", 'must be "rspamd" or "mailstack"'),
     ("timeout = 0", "[rspamd] timeout", "must be above 0"),
     ("learn_retries = -1", "[rspamd] learn_retries", "must be 0 or more"),
     ('controller_url = "ftp://x"', "[rspamd] controller_url", "must be an http:// or https:// URL"),
@@ -303,27 +304,35 @@ def test_rspamd_is_off_by_default_and_reads_its_password_file(tmp_path):
     base = MailServer(tmp_path, listeners=["smtp"])
     cfg = load(str(base.config_path))
     assert cfg.rspamd["url"] == "" and cfg.rspamd["on_failure"] == "tempfail" and cfg.rspamd["junk"] is True
+    assert cfg.rspamd["checks"] == "rspamd"
     (tmp_path / "rspamd-password").write_text("s3cret\n")
     base = MailServer(tmp_path, listeners=["smtp"], extra='[rspamd]\npassword_file = "rspamd-password"\n')
     assert load(str(base.config_path)).rspamd["password"] == "s3cret"
 
 
-def _filter(checks: dict):
+def _filter(checks: dict, who: str = "rspamd"):
     from mailstack.antispam.rspamd import RspamdFilter
 
-    settings = {"on_failure": "tempfail", "junk": True, "scan_outbound": True, "max_size": 1000}
+    settings = {"on_failure": "tempfail", "junk": True, "scan_outbound": True, "max_size": 1000, "checks": who}
     return RspamdFilter(None, settings, checks)
 
 
 def test_the_envelope_and_what_rspamd_is_told_to_skip():
-    f = _filter({"spf": True, "dkim": True, "dmarc": False})
+    # [rspamd] checks = "mailstack": rspamd skips what mailstack checks
+    f = _filter({"spf": True, "dkim": True, "dmarc": False}, "mailstack")
     env = f.envelope("192.0.2.7", "mx.sender.example", "a@sender.example", ["b@example.test", "c@example.test"],
                      "abc.1", None)
     assert env == {"IP": "192.0.2.7", "Helo": "mx.sender.example", "From": b"a@sender.example",
                    "Rcpt": [b"b@example.test", b"c@example.test"], "Queue-Id": "abc.1",
                    "Settings": '{"groups_disabled": ["spf", "dkim"]}'}
-    user = _filter({"spf": False, "dkim": False, "dmarc": False}).envelope("::1", "", "", ["x@y.test"], "q", "alice@example.test")
+    user = _filter({"spf": False, "dkim": False, "dmarc": False}, "mailstack").envelope(
+        "::1", "", "", ["x@y.test"], "q", "alice@example.test")
     assert user["User"] == b"alice@example.test" and "Settings" not in user and user["Helo"] == "unknown"
+    # checks = "rspamd" (the default): rspamd checks for mailstack, and skips only what [checks] turns off
+    both = _filter({"spf": True, "dkim": True, "dmarc": False})
+    assert both.authenticates and both.envelope("192.0.2.7", "h", "", ["b@example.test"], "q", None)["Settings"] == (
+        '{"groups_disabled": ["dmarc"]}')
+    assert "Settings" not in _filter({"spf": True, "dkim": True, "dmarc": True}).envelope("::1", "", "", [], "q", None)
 
 
 def test_what_is_not_sent_to_rspamd():

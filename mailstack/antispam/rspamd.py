@@ -18,13 +18,19 @@ rspamd's answer is mapped to what the session replies:
 * no answer within ``[rspamd] timeout``, or an error -> ``[rspamd] on_failure``:
   ``"tempfail"`` (``451 4.7.1``, the sender retries) or ``"accept"``.
 
-SPF, DKIM and DMARC are not done twice: mailstack's own checks (:mod:`mailstack.smtp.
-authentication`) run first, as without rspamd, since they own the Authentication-Results
-header (RFC 8601) and DMARC's reject/quarantine; for each of them that ``[checks]`` leaves
-on, rspamd is told to skip its own (the request's ``Settings`` header disables that symbol
-group).  On the MX port the scan starts when the data is in, beside those checks (a
-message they refuse is refused for their reason, whatever rspamd said), so their latencies
-overlap; submission is scanned after signing, as signed.
+SPF, DKIM and DMARC are not done twice.  With ``[rspamd] checks = "rspamd"`` (the default)
+rspamd does them, in C and with its own caches, and mailstack takes its results from the
+symbols of its answer (R_SPF_*, R_DKIM_*, DMARC_*: :func:`authentication_of`): mailstack
+still writes the Authentication-Results header (RFC 8601) under its own authserv-id, removes
+forged ones, and acts on DMARC's reject/quarantine and on DNS failures exactly as its own
+checks would (mailstack.smtp.accept).  A message rspamd did not check (rspamd skips its
+``local_addrs``; an answer without those symbols), or got no answer for with ``on_failure =
+"accept"``, is checked by mailstack itself.  With ``checks = "mailstack"`` mailstack's checks
+run and rspamd is told to skip its own (the request's ``Settings`` header disables those
+symbol groups); the scan then starts when the data is in, beside those checks (a message
+they refuse is refused for their reason, whatever rspamd said), so their latencies overlap.
+With ``checks = "rspamd"`` a check ``[checks]`` turns off is skipped by rspamd too.  Submission is scanned after
+signing, as signed.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class Result:
     score: float = 0.0
     required: float = 0.0
     symbols: dict = field(default_factory=dict)  # name -> score
+    options: dict = field(default_factory=dict)  # name -> [option, ...] (what a symbol says it found)
 
     def headers(self) -> bytes:
         """X-Spam, X-Spamd-Result (the symbols, highest score first, folded), X-Spam-Score."""
@@ -84,8 +91,87 @@ def parse_result(body: bytes) -> Result:
     data = json.loads(body)
     if not isinstance(data, dict) or not isinstance(data.get("action"), str):
         raise ValueError(f"no action in rspamd's answer: {body[:200]!r}")
-    symbols = {str(k): float(v.get("score", 0)) for k, v in (data.get("symbols") or {}).items() if isinstance(v, dict)}
-    return Result(data["action"], float(data.get("score", 0)), float(data.get("required_score", 0)), symbols)
+    found = {str(k): v for k, v in (data.get("symbols") or {}).items() if isinstance(v, dict)}
+    symbols = {k: float(v.get("score", 0)) for k, v in found.items()}
+    options = {k: [str(o) for o in v["options"]] for k, v in found.items() if isinstance(v.get("options"), list)}
+    return Result(data["action"], float(data.get("score", 0)), float(data.get("required_score", 0)), symbols, options)
+
+
+#: rspamd's symbols for the results (RFC 8601 2.7) of SPF, DKIM and DMARC.
+SPF_SYMBOLS = {"R_SPF_ALLOW": "pass", "R_SPF_FAIL": "fail", "R_SPF_SOFTFAIL": "softfail",
+               "R_SPF_NEUTRAL": "neutral", "R_SPF_NA": "none", "R_SPF_DNSFAIL": "temperror",
+               "R_SPF_PERMFAIL": "permerror"}
+DKIM_SYMBOLS = {"R_DKIM_ALLOW": "pass", "R_DKIM_REJECT": "fail", "R_DKIM_TEMPFAIL": "temperror",
+                "R_DKIM_PERMFAIL": "permerror", "R_DKIM_NA": "none"}
+#: DMARC: (result, the policy a failure met); p=none's failure is rspamd's SOFTFAIL.
+DMARC_SYMBOLS = {"DMARC_POLICY_ALLOW": ("pass", ""), "DMARC_POLICY_REJECT": ("fail", "reject"),
+                 "DMARC_POLICY_QUARANTINE": ("fail", "quarantine"), "DMARC_POLICY_SOFTFAIL": ("fail", "none"),
+                 "DMARC_NA": ("none", ""), "DMARC_BAD_POLICY": ("permerror", ""), "DMARC_DNSFAIL": ("temperror", "")}
+
+
+@dataclass
+class Authentication:
+    """SPF, DKIM and DMARC as rspamd found them, as authres results for the header."""
+
+    results: list  # authres results: SPF, DKIM (one per signature), DMARC; those [checks] leaves on
+    temporary: list  # "SPF", "DKIM", "DMARC": a DNS failure, so no verdict (451)
+    dmarc: object = None  # the DMARC result (.result, .policy, .header_from), if checked
+
+
+def authentication_of(result: Result, spf: bool, dkim: bool, dmarc: bool, sender: str,
+                      helo: str) -> Authentication | None:
+    """The results of the checks asked for, from rspamd's symbols; None when one of them has
+    no symbol in the answer (rspamd did not run it: the caller checks the message itself)."""
+    from authres import DKIMAuthenticationResult, SPFAuthenticationResult
+    from authres.dmarc import DMARCAuthenticationResult
+
+    found = Authentication([], [])
+    if spf:
+        spf_results = [r for name, r in SPF_SYMBOLS.items() if name in result.symbols]
+        if not spf_results:
+            return None
+        domain = (sender.rpartition("@")[2] if sender else "") or helo
+        found.results.append(SPFAuthenticationResult(result=spf_results[0], smtp_helo=helo or None,
+                                                     smtp_mailfrom=_property(domain) or None))
+        if spf_results[0] == "temperror":
+            found.temporary.append("SPF")
+    if dkim:
+        signatures = []
+        for name, outcome in DKIM_SYMBOLS.items():  # pass first
+            if name not in result.symbols:
+                continue
+            for option in result.options.get(name) or [""]:
+                domain, _, selector = option.partition(":")
+                signatures.append(DKIMAuthenticationResult(
+                    result=outcome, header_d=_property(domain) or None,
+                    header_s=_property(selector[2:] if selector.startswith("s=") else "") or None))
+        if not signatures:
+            return None
+        found.results.extend(signatures)
+        if signatures[0].result == "temperror":  # no signature passed, and one could not be checked
+            found.temporary.append("DKIM")
+    if dmarc:
+        named = [name for name in DMARC_SYMBOLS if name in result.symbols]
+        if not named:
+            return None
+        outcome, policy = DMARC_SYMBOLS[named[0]]
+        options = result.options.get(named[0]) or []
+        domain = _property(options[0].split(" : ", 1)[0].strip()) if options else ""
+        if outcome == "pass" and len(options) > 1:
+            policy = options[1]
+        found.dmarc = DMARCAuthenticationResult(result=outcome, header_from=domain or "none",
+                                                policy=_property(policy) or None)
+        found.results.append(found.dmarc)
+        if outcome == "temperror":
+            found.temporary.append("DMARC")
+    return found
+
+
+def _property(value: str) -> str:
+    """A value for a header property (RFC 8601 2.2 pvalue): a domain, a selector or a policy
+    word as rspamd wrote it, anything else dropped (it came over the wire from a stranger)."""
+    value = value.strip()
+    return value if value and len(value) <= 255 and all(ch.isalnum() or ch in "-._" for ch in value) else ""
 
 
 class _Body(Protocol):
@@ -354,7 +440,10 @@ class RspamdFilter:
         self.junk = settings["junk"]
         self.outbound = settings["scan_outbound"]
         self.max_size = settings["max_size"]
-        skipped = [group for key, group in GROUPS.items() if checks.get(key)]
+        #: rspamd does SPF/DKIM/DMARC for mailstack (mailstack.smtp.accept), else mailstack does
+        self.authenticates = settings.get("checks", "rspamd") == "rspamd"
+        # rspamd skips what [checks] turns off when it checks for mailstack, else what mailstack checks
+        skipped = [group for key, group in GROUPS.items() if bool(checks.get(key)) != self.authenticates]
         self.settings_header = json.dumps({"groups_disabled": skipped}) if skipped else ""
 
     def envelope(self, peer: str, helo: str, sender: str, recipients: list[str], queue_id: str,
@@ -385,7 +474,7 @@ class RspamdFilter:
         else:
             d = threads.deferToThread(spool.read_all)
         d.addCallback(lambda message: self.client.check(prepared.header + message, envelope))
-        return d.addCallbacks(self._verdict, self._failed, callbackArgs=(prepared, facts.submission),
+        return d.addCallbacks(self.verdict, self.failed, callbackArgs=(prepared, facts.submission),
                               errbackArgs=(prepared, queue_id))
 
     def begin(self, spool, facts, helo: str, sender: str, recipients: list[str], queue_id: str):
@@ -411,11 +500,23 @@ class RspamdFilter:
 
         def arrived(outcome):
             if isinstance(outcome, Result):
-                return self._verdict(outcome, prepared, False)
-            return self._failed(outcome[0], prepared, queue_id)
+                return self.verdict(outcome, prepared, False)
+            return self.failed(outcome[0], prepared, queue_id)
         return started.addCallback(arrived)
 
-    def _verdict(self, result: Result, prepared, submission: bool):
+    def examine(self, spool, facts, helo: str, sender: str, recipients: list[str], queue_id: str) -> defer.Deferred:
+        """``checks = "rspamd"``: scan an MX message for its spam verdict and its SPF, DKIM and
+        DMARC at once; fires with (the message, a Result or the Failure of the scan)."""
+        envelope = self.envelope(facts.peer, helo, sender, recipients, queue_id, facts.user)
+        if spool.size <= spool.MEMORY:  # still in memory: no I/O, no thread
+            d = defer.succeed(spool.read_all())
+        else:
+            d = threads.deferToThread(spool.read_all)
+        return d.addCallback(lambda message: self.client.check(message, envelope).addBoth(
+            lambda outcome: (message, outcome)))
+
+    def verdict(self, result: Result, prepared, submission: bool):
+        """Apply rspamd's action to ``prepared``: raise MailError, or return it, marked as spam."""
         metrics.rspamd_scan(result.action)
         why = f"rspamd: {result.action} (score {result.score:.2f}/{result.required:.2f})"
         if result.action == "reject":
@@ -433,7 +534,8 @@ class RspamdFilter:
                 prepared.action = "junk"
         return prepared
 
-    def _failed(self, failure, prepared, queue_id: str):
+    def failed(self, failure, prepared, queue_id: str):
+        """No verdict: log and count it, then raise MailError (tempfail) or return ``prepared``."""
         metrics.rspamd_scan("error")
         log.warn("rspamd scan of {id} failed ({on_failure}): {error}", id=queue_id, on_failure=self.on_failure,
                  error=failure.getErrorMessage() or failure.type.__name__)

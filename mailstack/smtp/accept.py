@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from twisted.internet import defer, threads
+from twisted.logger import Logger
 
 from mailstack import config as config_mod
 from mailstack import metrics
@@ -24,6 +25,8 @@ from mailstack.smtp import authentication, quota
 from mailstack.smtp.delivery import DeliveryBatcher
 from mailstack.smtp.message import MessageSpool
 from mailstack.smtp.policy import SessionFacts, SmtpPolicy
+
+log = Logger()
 
 #: Received fields at which a message is refused as looping: RFC 5321 6.3 asks for a large
 #: threshold, "normally at least 100".
@@ -86,6 +89,11 @@ class SMTPSettings:
             return defer.fail(MailError(codes.TRANSACTION_FAILED, codes.E_ROUTING_LOOP,
                                         "Too many hops: the message is in a mail loop",
                                         cause=f"{hops} Received fields, the limit is {MAX_HOPS}"))
+        cf = self.content_filter
+        if (cf is not None and cf.authenticates and self.checker is not None and not facts.submission
+                and cf.wanted(Prepared(), False, spool.size)):
+            return cf.examine(spool, facts, helo, sender, list(recipients), queue_id).addCallback(
+                self._checked_by_rspamd, spool, added, facts, sender, helo, queue_id)
         early = None
         if self.content_filter is not None:  # before the checks, which then run while rspamd scans
             early = self.content_filter.begin(spool, facts, helo, sender, list(recipients), queue_id)
@@ -97,6 +105,37 @@ class SMTPSettings:
         if self.content_filter is not None:
             d.addCallback(self.content_filter.scan, spool, facts, helo, sender, list(recipients), queue_id)
         return d
+
+    def _checked_by_rspamd(self, scanned, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str,
+                           helo: str, queue_id: str):
+        """MX with ``[rspamd] checks = "rspamd"``: SPF, DKIM and DMARC from rspamd's answer
+        (mailstack.antispam.rspamd.authentication_of), judged as our own checks' results are
+        (authentication.decide), then rspamd's spam verdict.  Without an answer (``on_failure =
+        "accept"``), or when rspamd did not run a check, our own checks run instead."""
+        from mailstack.antispam.rspamd import Result, authentication_of
+
+        message, outcome = scanned
+        cf, checker = self.content_filter, self.checker
+        if not isinstance(outcome, Result):
+            cf.failed(outcome, None, queue_id)  # raises MailError unless on_failure is "accept"
+            return self._prepare(spool, added, facts, sender, helo)
+        found = authentication_of(outcome, checker.do_spf, checker.do_dkim, checker.do_dmarc, sender, helo)
+        if found is None:
+            log.debug("rspamd did not check SPF/DKIM/DMARC of {id}: checking it here", id=queue_id)
+            d = self._prepare(spool, added, facts, sender, helo)
+            return d.addCallback(lambda prepared: prepared if prepared.action in ("reject", "tempfail")
+                                 else cf.verdict(outcome, prepared, False))
+        extra = facts.client.auth_results() if facts.client is not None else []  # iprev
+        verdict = authentication.decide(self.hostname, list(extra) + found.results, found.temporary, found.dmarc,
+                                        checker.enforce)
+        prepared = Prepared(header=verdict.header, action=verdict.action, reason=verdict.reason)
+        if authentication.may_have_own_results(message):  # a forged header claiming to be ours (RFC 8601 5)
+            d = threads.deferToThread(authentication.strip_own_results, message, self.hostname)
+            d.addCallback(lambda stripped: setattr(prepared, "body", stripped if stripped != message else None))
+            d.addCallback(lambda _: prepared)
+        else:
+            d = defer.succeed(prepared)
+        return d.addCallback(lambda p: p if p.action in ("reject", "tempfail") else cf.verdict(outcome, p, False))
 
     def _prepare(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str,
                  helo: str) -> defer.Deferred:

@@ -308,7 +308,6 @@ class InboundChecker:
     def check(self, message: bytes, ip: str, mail_from: str, helo: str, extra=()) -> Verdict:
         """``extra``: results found before the message (iprev, mailstack.antispam), put first."""
         import authheaders
-        from authres import AuthenticationResultsHeader
         from authres.dmarc import DMARCAuthenticationResult
 
         results, temporary = list(extra), []
@@ -342,13 +341,26 @@ class InboundChecker:
             except Exception:  # no or broken From field: authheaders cannot evaluate (RFC 7489 6.6.1)
                 dmarc_result = DMARCAuthenticationResult(result="permerror", header_from="none")
             results.append(dmarc_result)
-        header = (str(AuthenticationResultsHeader(authserv_id=self.hostname, results=results)) + "\r\n").encode()
-        if temporary:
-            return Verdict("tempfail", header, f"DNS failure during {', '.join(temporary)} checks")
-        if dmarc_result is not None and dmarc_result.result == "fail" and self.enforce:
-            policy = (getattr(dmarc_result, "policy", "") or "").lower()
-            if policy == "reject":
-                return Verdict("reject", header, f"DMARC policy of {dmarc_result.header_from} says reject")
-            if policy == "quarantine":
-                return Verdict("junk", header, f"DMARC policy of {dmarc_result.header_from} says quarantine")
-        return Verdict("deliver", header)
+        return decide(self.hostname, results, temporary, dmarc_result, self.enforce)
+
+
+def decide(hostname: str, results: list, temporary: list[str], dmarc_result, enforce: bool) -> Verdict:
+    """The header of ``results`` and what they mean for delivery (the module docstring); the
+    same for our own checks and for rspamd's (mailstack.antispam.rspamd.authentication_of)."""
+    header = results_header(hostname, results)
+    if temporary:
+        return Verdict("tempfail", header, f"DNS failure during {', '.join(temporary)} checks")
+    if dmarc_result is not None and dmarc_result.result == "fail" and enforce:
+        policy = (getattr(dmarc_result, "policy", "") or "").lower()
+        if policy == "reject":
+            return Verdict("reject", header, f"DMARC policy of {dmarc_result.header_from} says reject")
+        if policy == "quarantine":
+            return Verdict("junk", header, f"DMARC policy of {dmarc_result.header_from} says quarantine")
+    return Verdict("deliver", header)
+
+
+def may_have_own_results(message: bytes) -> bool:
+    """Whether the header has any Authentication-Results field (a cheap test before
+    :func:`strip_own_results`)."""
+    end = message.find(b"\r\n\r\n")
+    return b"authentication-results" in (message if end < 0 else message[:end]).lower()

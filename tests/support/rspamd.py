@@ -4,7 +4,7 @@ loopback ports, for the anti-spam tests and bench/smtp_accept.py --rspamd.
 Debian's own configuration (/etc/rspamd) is used, with a local directory of our own given by
 ``--var LOCAL_CONFDIR=``: our workers' ports and password, and every module that would query
 the internet turned off (RBLs, URL lists, fuzzy storage, DNS-based checks), so a run needs no
-network.  One test rule, ``MAILSTACK_TEST_ADD_HEADER`` (a Subject containing
+network; given a tests' DNS server, SPF, DKIM and DMARC are on and ask it.  One test rule, ``MAILSTACK_TEST_ADD_HEADER`` (a Subject containing
 ``mailstack-test-add-header``), scores 8: past rspamd's "add header" threshold (6) and under
 "reject" (15), so a test can ask for that action.
 """
@@ -70,7 +70,12 @@ def installed() -> str:
     return ""
 
 
-def _write_config(local: Path, normal: int, controller: int, redis_port: int, workers: int) -> None:
+#: What rspamd checks for mailstack (``[rspamd] checks = "rspamd"``) when start() is given a DNS server.
+AUTHENTICATION = ["spf", "dkim", "dmarc"]
+
+
+def _write_config(local: Path, normal: int, controller: int, redis_port: int, workers: int,
+                  dns_port: int | None = None) -> None:
     d = local / "local.d"
     o = local / "override.d"
     d.mkdir(parents=True)
@@ -82,9 +87,11 @@ def _write_config(local: Path, normal: int, controller: int, redis_port: int, wo
     (o / "worker-proxy.inc").write_text("enabled = false;\n")
     (o / "worker-fuzzy.inc").write_text("enabled = false;\ncount = 0;\n")
     (o / "logging.inc").write_text(f'type = "file";\nfilename = "{local}/rspamd.log";\nlevel = "warning";\n')
-    # A resolver that answers nothing quickly: nothing should ask, and nothing may reach out.
+    # Without dns_port, a resolver that answers nothing quickly: nothing should ask, and
+    # nothing may reach out.  With it, the tests' DNS server, for SPF, DKIM and DMARC.
+    nameserver = dns_port or free_port()
     (o / "options.inc").write_text(
-        f'pidfile = "{local}/rspamd.pid";\ndns {{ nameserver = ["127.0.0.1:{free_port()}"]; timeout = 0.2s; '
+        f'pidfile = "{local}/rspamd.pid";\ndns {{ nameserver = ["127.0.0.1:{nameserver}"]; timeout = 0.2s; '
         'retransmits = 1; }\nlocal_addrs = [];\n')
     (d / "redis.conf").write_text(f'servers = "127.0.0.1:{redis_port}";\n')
     (o / "classifier-bayes.conf").write_text(
@@ -92,15 +99,19 @@ def _write_config(local: Path, normal: int, controller: int, redis_port: int, wo
         'new_schema = true;\nstatfile { symbol = "BAYES_HAM"; spam = false; }\n'
         'statfile { symbol = "BAYES_SPAM"; spam = true; }\n')
     for module in OFF:
-        (o / f"{module}.conf").write_text("enabled = false;\n")
+        if dns_port and module in AUTHENTICATION:  # on, for mail from loopback too (rspamd skips
+            (d / f"{module}.conf").write_text("check_local = true;\n")  # loopback otherwise)
+        else:
+            (o / f"{module}.conf").write_text("enabled = false;\n")
     (local / "subjects.map").write_text(f"/{ADD_HEADER_SUBJECT}/i\n")
     (d / "multimap.conf").write_text(
         'MAILSTACK_TEST_ADD_HEADER { type = "header"; header = "Subject"; regexp = true; '
         f'map = "{local}/subjects.map"; score = 8.0; description = "mailstack test: add header"; }}\n')
 
 
-def start(base: Path, workers: int = 1) -> tuple[Rspamd | None, str]:
-    """rspamd (normal and controller workers) and redis on free loopback ports; (Rspamd, why-not)."""
+def start(base: Path, workers: int = 1, dns_port: int | None = None) -> tuple[Rspamd | None, str]:
+    """rspamd (normal and controller workers) and redis on free loopback ports; (Rspamd, why-not).
+    With ``dns_port`` (a tests' DNS server on 127.0.0.1) rspamd checks SPF, DKIM and DMARC too."""
     why = installed()
     if why:
         return None, why
@@ -113,7 +124,7 @@ def start(base: Path, workers: int = 1) -> tuple[Rspamd | None, str]:
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     normal, controller = free_port(), free_port()
     local = base / "local"
-    _write_config(local, normal, controller, redis_port, workers)
+    _write_config(local, normal, controller, redis_port, workers, dns_port)
     as_root = ["-u", "root", "-g", "root"] if os.geteuid() == 0 else []  # else: as whoever runs the tests
     args = ["rspamd", "-f", "-i", "-c", "/etc/rspamd/rspamd.conf", *as_root,
             "--var", f"LOCAL_CONFDIR={local}", "--var", f"DBDIR={base / 'db'}", "--var", f"RUNDIR={base / 'run'}",
@@ -130,13 +141,13 @@ def start(base: Path, workers: int = 1) -> tuple[Rspamd | None, str]:
     return server, ""
 
 
-def start_or_skip(base: Path, workers: int = 1) -> Rspamd:
+def start_or_skip(base: Path, workers: int = 1, dns_port: int | None = None) -> Rspamd:
     """start(), or skip the test without rspamd (fail on CI, tests/support/ci.py)."""
     import pytest
 
     from support.ci import on_ci
 
-    server, why = start(base, workers)
+    server, why = start(base, workers, dns_port)
     if server is None:
         if on_ci():
             pytest.fail(why, pytrace=False)
