@@ -18,6 +18,7 @@ from support.inprocess import InProcessServer
 from support.servers import free_port
 from test_authentication import SENDER_KEY, SENDER_TXT, txt
 
+from mailstack import metrics
 from mailstack.antispam.rspamd import Result, authentication_of
 from mailstack.smtp import authentication
 
@@ -99,9 +100,16 @@ def test_rspamd_checks_and_mailstack_writes_the_header(checking_rspamd, make_ser
 def test_dmarc_reject_from_rspamd_is_refused_for_its_reason(checking_rspamd, make_server):
     srv = make_server(checking_rspamd.url)
     spoof = b"From: boss@sendercorp.com\r\nTo: bob@example.test\r\nSubject: pay this invoice\r\n\r\nurgent\r\n"
+    before = scans()
     code, text = mx_send(srv, "evil@evilcorp.net", spoof)
     assert code == 550 and text.startswith(b"5.7.1 Message refused: DMARC policy of sendercorp.com says reject"), text
     assert srv.messages(BOB) == []
+    assert scans() == before + 1  # the scan is counted, though DMARC's refusal came first
+
+
+def scans() -> float:
+    """mailstack_rspamd_scans_total over every action (the in-process server's registry)."""
+    return sum(s.value for m in metrics.RSPAMD_SCANS.collect() for s in m.samples if s.name.endswith("_total"))
 
 
 @pytest.mark.slow

@@ -122,9 +122,7 @@ class SMTPSettings:
         found = authentication_of(outcome, checker.do_spf, checker.do_dkim, checker.do_dmarc, sender, helo)
         if found is None:
             log.debug("rspamd did not check SPF/DKIM/DMARC of {id}: checking it here", id=queue_id)
-            d = self._prepare(spool, added, facts, sender, helo)
-            return d.addCallback(lambda prepared: prepared if prepared.action in ("reject", "tempfail")
-                                 else cf.verdict(outcome, prepared, False))
+            return self._prepare(spool, added, facts, sender, helo).addCallback(self._then_spam_verdict, outcome)
         extra = facts.client.auth_results() if facts.client is not None else []  # iprev
         verdict = authentication.decide(self.hostname, list(extra) + found.results, found.temporary, found.dmarc,
                                         checker.enforce)
@@ -135,7 +133,15 @@ class SMTPSettings:
             d.addCallback(lambda _: prepared)
         else:
             d = defer.succeed(prepared)
-        return d.addCallback(lambda p: p if p.action in ("reject", "tempfail") else cf.verdict(outcome, p, False))
+        return d.addCallback(self._then_spam_verdict, outcome)
+
+    def _then_spam_verdict(self, prepared: Prepared, result) -> Prepared:
+        """rspamd's verdict on what the checks let through; what they refuse is refused for
+        their reason (the scan still counted in the metrics)."""
+        if prepared.action in ("reject", "tempfail"):
+            metrics.rspamd_scan(result.action)
+            return prepared
+        return self.content_filter.verdict(result, prepared, False)
 
     def _prepare(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str,
                  helo: str) -> defer.Deferred:
