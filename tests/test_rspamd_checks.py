@@ -221,4 +221,5 @@ def test_what_a_stranger_wrote_in_an_option_does_not_reach_the_header():
                "DMARC_POLICY_ALLOW": ["a.example; spf=pass", "reject"]}
     header = _header(symbols, sender="")[1]
     assert "evil" not in header and "a.example; spf" not in header
+    assert "smtp.helo" not in _header({"R_SPF_ALLOW": None}, dkim_=False, dmarc=False, helo="x; dkim=pass")[1]
     assert "smtp.mailfrom=mx.sender.example" in header  # the null sender: the HELO's domain (RFC 7208 2.4)

@@ -29,8 +29,8 @@ checks would (mailstack.smtp.accept).  A message rspamd did not check (rspamd sk
 run and rspamd is told to skip its own (the request's ``Settings`` header disables those
 symbol groups); the scan then starts when the data is in, beside those checks (a message
 they refuse is refused for their reason, whatever rspamd said), so their latencies overlap.
-With ``checks = "rspamd"`` a check ``[checks]`` turns off is skipped by rspamd too.  Submission is scanned after
-signing, as signed.
+With ``checks = "rspamd"`` a check ``[checks]`` turns off is skipped by rspamd too.
+Submission is scanned after signing, as signed.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def authentication_of(result: Result, spf: bool, dkim: bool, dmarc: bool, sender
         if not spf_results:
             return None
         domain = (sender.rpartition("@")[2] if sender else "") or helo
-        found.results.append(SPFAuthenticationResult(result=spf_results[0], smtp_helo=helo or None,
+        found.results.append(SPFAuthenticationResult(result=spf_results[0], smtp_helo=_property(helo) or None,
                                                      smtp_mailfrom=_property(domain) or None))
         if spf_results[0] == "temperror":
             found.temporary.append("SPF")
@@ -467,12 +467,7 @@ class RspamdFilter:
         if not self.wanted(prepared, facts.submission, spool.size):
             return defer.succeed(prepared)
         envelope = self.envelope(facts.peer, helo, sender, recipients, queue_id, facts.user)
-        if prepared.body is not None:
-            d = defer.succeed(prepared.body)
-        elif spool.size <= spool.MEMORY:  # still in memory (SpooledTemporaryFile): no I/O, no thread
-            d = defer.succeed(spool.read_all())
-        else:
-            d = threads.deferToThread(spool.read_all)
+        d = defer.succeed(prepared.body) if prepared.body is not None else _read(spool)
         d.addCallback(lambda message: self.client.check(prepared.header + message, envelope))
         return d.addCallbacks(self.verdict, self.failed, callbackArgs=(prepared, facts.submission),
                               errbackArgs=(prepared, queue_id))
@@ -508,11 +503,7 @@ class RspamdFilter:
         """``checks = "rspamd"``: scan an MX message for its spam verdict and its SPF, DKIM and
         DMARC at once; fires with (the message, a Result or the Failure of the scan)."""
         envelope = self.envelope(facts.peer, helo, sender, recipients, queue_id, facts.user)
-        if spool.size <= spool.MEMORY:  # still in memory: no I/O, no thread
-            d = defer.succeed(spool.read_all())
-        else:
-            d = threads.deferToThread(spool.read_all)
-        return d.addCallback(lambda message: self.client.check(message, envelope).addBoth(
+        return _read(spool).addCallback(lambda message: self.client.check(message, envelope).addBoth(
             lambda outcome: (message, outcome)))
 
     def verdict(self, result: Result, prepared, submission: bool):
@@ -543,6 +534,14 @@ class RspamdFilter:
             return prepared
         raise MailError(codes.LOCAL_ERROR, codes.E_NOT_AUTHORIZED_TEMPORARY,
                         "Content filter unavailable; try again later", f"rspamd: {failure.getErrorMessage()}")
+
+
+def _read(spool) -> defer.Deferred:
+    """The whole message: at once while it is still in memory (SpooledTemporaryFile: no I/O,
+    no thread), else read in a thread."""
+    if spool.size <= spool.MEMORY:
+        return defer.succeed(spool.read_all())
+    return threads.deferToThread(spool.read_all)
 
 
 def build(reactor, cfg) -> tuple[RspamdFilter | None, RspamdClient | None]:
