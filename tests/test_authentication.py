@@ -122,15 +122,22 @@ def test_pass_fail_and_our_header_stripped(checked):
     assert stored.endswith(body)
 
 
-def test_a_header_dkim_cannot_parse_is_a_permerror_not_a_temporary_failure(checked):
-    # dkimpy raises on obsolete header syntax; that answered 451 for ever (the sender retries).
+def test_obsolete_header_syntax_is_read_and_a_broken_signature_is_a_permerror(checked):
+    # dkimpy raised on obsolete header syntax, which answered 451 for ever (the sender retries);
+    # RFC 5322 4.5.3 lets a reader take blanks before the colon, so the signature verifies.
     body = (b"From: Boss <boss@sendercorp.com>\r\nTo: bob@example.test\r\nSubject: signed\r\n"
             b"Message-ID: <s2@sendercorp.com>\r\n\r\nAll good.\r\n")
     sig = dkim.sign(body, b"sel", b"sendercorp.com", SENDER_KEY, include_headers=[b"from", b"to", b"subject"])
     assert mx_send(checked, "boss@sendercorp.com", OBSOLETE_FORM + sig + body)[0] == 250
     [stored] = checked.wait_for_messages(BOB, 1)
     head = stored.split(b"\r\n\r\n")[0]
-    assert b"dkim=permerror" in head and b"forged" not in head
+    assert b"dkim=pass header.d=sendercorp.com" in head and b"forged" not in head
+    # A signature whose tag list cannot be read is a permanent error, not a temporary one.
+    broken = b"DKIM-Signature: v=1; a=rsa-sha256; d=sendercorp.com; s=sel; h=from; bh; b=AAAA\r\n"
+    assert mx_send(checked, "boss@sendercorp.com", broken + body.replace(b"<s2@", b"<s3@"))[0] == 250
+    [_, stored] = checked.wait_for_messages(BOB, 2)
+    head = stored.split(b"\r\n\r\n")[0]
+    assert b"dkim=permerror (a tag without a value);" in head, head
 
 
 def test_spoofed_from_with_dmarc_reject_is_refused(checked):

@@ -1,7 +1,7 @@
 """Message authentication: DKIM signing of what our users send, and SPF, DKIM and DMARC
 checks of what arrives on the MX port, recorded in one Authentication-Results header.
 
-dkimpy signs and verifies, pyspf evaluates SPF, authheaders evaluates DMARC and formats the
+dkimpy signs, :mod:`mailstack.smtp.dkimverify` verifies, pyspf evaluates SPF, authheaders evaluates DMARC and formats the
 header (RFC 8601); this module decides what the results mean for delivery:
 
 * any DNS failure (a ``temperror``) -> ``451 4.7.0``: a verdict on missing data could be
@@ -290,15 +290,34 @@ class InboundChecker:
                  dmarc: bool = True, enforce: bool = True):
         if dmarc:
             parse_public_suffix_list_once()
-        if dkim:
-            convert_dkim_integers_in_c()
+        from mailstack.smtp.dkimverify import Verifier
+
+        self.dkim_verifier = Verifier(self._dkim_txt, temporary=DnsTemporaryError)
         self.hostname, self.resolver = hostname, resolver
         self.do_spf, self.do_dkim, self.do_dmarc, self.enforce = spf, dkim, dmarc, enforce
 
-    def _dkim_txt(self, name, timeout=5):
-        name = name.decode() if isinstance(name, bytes) else name
+    def _dkim_txt(self, name: str) -> bytes | None:
         records = txt_record(self.resolver, name.rstrip("."))
         return records[0] if records else None
+
+    @staticmethod
+    def _for_dmarc(dkim_results: list, head: bytes):
+        """The one DKIM result authheaders' DMARC evaluation reads: a passing signature of the
+        From domain's organisation if there is one (RFC 7489 3.1.1: any aligned pass counts),
+        else any pass, else the first."""
+        passed = [r for r in dkim_results if r.result == "pass"]
+        if len(passed) > 1:
+            from authheaders import get_org_domain
+
+            author = header_from(head).rpartition("@")[2].lower()
+            try:
+                organisation = get_org_domain(author) if author else None
+                for r in passed:
+                    if organisation and get_org_domain(r.header_d) == organisation:
+                        return r
+            except Exception:  # an odd domain the suffix list cannot place: no alignment
+                pass
+        return passed[0] if passed else dkim_results[0]
 
     def _dmarc_txt(self, name, timeout=5):
         records = [r.decode("utf-8", "replace") for r in txt_record(self.resolver, name.rstrip("."))]
@@ -317,24 +336,26 @@ class InboundChecker:
             results.append(spf_result)
             if spf_result.result == "temperror":
                 temporary.append("SPF")
+        end = message.find(b"\r\n\r\n")
+        head = message if end < 0 else message[: end + 4]
         if self.do_dkim:
             from authres import DKIMAuthenticationResult
 
-            if re.search(rb"^DKIM-Signature:", message.split(b"\r\n\r\n", 1)[0], re.I | re.M):
-                try:
-                    dkim_result = authheaders.check_dkim(message, dnsfunc=self._dkim_txt)
-                except Exception as e:  # authheaders fails outright on a header dkimpy cannot parse
-                    log.info("DKIM check of a malformed message: {e!r}", e=e)
-                    dkim_result = DKIMAuthenticationResult(result="permerror")
-            else:
-                dkim_result = DKIMAuthenticationResult(result="none")
-            results.append(dkim_result)
-            if dkim_result.result == "temperror":
+            signatures = self.dkim_verifier.verify(message)
+            if not signatures:
+                results.append(DKIMAuthenticationResult(result="none"))
+            for s in signatures:
+                results.append(DKIMAuthenticationResult(
+                    result=s.result, result_comment=None if s.result == "pass" else s.reason,
+                    header_d=s.domain or None, header_i=s.identity or None, header_s=s.selector or None))
+            if signatures and not any(s.result == "pass" for s in signatures) and any(
+                    s.result == "temperror" for s in signatures):
                 temporary.append("DKIM")
+            dkim_result = self._for_dmarc(results[len(results) - max(1, len(signatures)):], head)
         dmarc_result = None
         if self.do_dmarc:
-            try:
-                dmarc_result = authheaders.check_dmarc(message, spf_result, dkim_result, dnsfunc=self._dmarc_txt)
+            try:  # authheaders parses what it is given: the header block is all DMARC reads
+                dmarc_result = authheaders.check_dmarc(head, spf_result, dkim_result, dnsfunc=self._dmarc_txt)
             except DnsTemporaryError:
                 dmarc_result = DMARCAuthenticationResult(result="temperror", header_from=header_from(message).rpartition("@")[2])
                 temporary.append("DMARC")
