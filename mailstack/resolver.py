@@ -58,13 +58,42 @@ class AnswerCache(dns.resolver.CacheBase):
                 self.data.pop(key, None)
 
 
+class Resolver(dns.resolver.Resolver):
+    """dnspython's resolver with a look-up in front of its cache: a cached answer is found
+    by the name as the caller wrote it, without building a ``dns.name.Name`` and the query
+    plan first (70 us of CPU per look-up, three look-ups for every message the MX checks).
+    Only plain look-ups that found records are kept there, each until its TTL ends, as in
+    the cache behind it; anything else takes dnspython's path."""
+
+    def __init__(self, *args, front_size: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.front: dict = {}
+        self.front_size = front_size
+
+    def resolve(self, qname, rdtype=dns.rdatatype.A, rdclass=dns.rdataclass.IN, tcp=False, source=None,
+                raise_on_no_answer=True, source_port=0, lifetime=None, search=None):
+        key = None
+        if self.front_size and isinstance(qname, str) and not tcp and source is None and not source_port:
+            key = (qname, rdtype, rdclass, search, raise_on_no_answer)
+            answer = self.front.get(key)
+            if answer is not None and answer.expiration > time.time():
+                return answer
+        answer = super().resolve(qname, rdtype, rdclass, tcp, source, raise_on_no_answer, source_port, lifetime,
+                                 search)
+        if key is not None and answer.rrset is not None:
+            if len(self.front) >= self.front_size:
+                self.front.clear()  # the cache behind keeps the rest
+            self.front[key] = answer
+        return answer
+
+
 def make_resolver(nameservers: list[str], port: int, timeout: float, cache_size: int) -> dns.resolver.Resolver:
     """``nameservers`` empty: the system's (/etc/resolv.conf); ``cache_size`` 0: no cache."""
     if nameservers:
-        resolver = dns.resolver.Resolver(configure=False)
+        resolver = Resolver(configure=False, front_size=cache_size)
         resolver.nameservers = list(nameservers)
     else:
-        resolver = dns.resolver.Resolver()
+        resolver = Resolver(front_size=cache_size)
     resolver.port = port
     resolver.timeout = resolver.lifetime = timeout
     if cache_size > 0:
