@@ -61,3 +61,18 @@ def test_the_answer_cache_keeps_answers_for_their_ttl_and_stays_bounded(monkeypa
     assert sorted(cache.data) == ["d"]
     cache.flush()
     assert cache.data == {}
+
+
+def test_the_front_lookup_ends_with_the_ttl_too(dns_port):
+    import time
+
+    resolver = make_resolver(["127.0.0.1"], dns_port, 5.0, 100)
+    assert txt_record(resolver, "sender.test") == [b"v=spf1 -all"]
+    assert ("sender.test", "TXT", dns.rdataclass.IN, False, True) in resolver.front
+    resolver.port = 9  # nothing answers any more
+    resolver.timeout = resolver.lifetime = 0.5
+    assert txt_record(resolver, "sender.test") == [b"v=spf1 -all"]  # from the front, within the TTL
+    answer = resolver.front[("sender.test", "TXT", dns.rdataclass.IN, False, True)]
+    answer.expiration = time.time() - 1  # its TTL is over (the cache behind holds the same answer)
+    with pytest.raises(dns.exception.DNSException):  # asked again, and nobody answers
+        txt_record(resolver, "sender.test")
