@@ -102,3 +102,34 @@ def test_uid_sets_round_trip(uids):
 def test_uid_list_refuses_sets_too_large_to_expand():
     with pytest.raises(Bad):
         uid_list(b"1:4294967295")
+
+
+def test_reported_flags_read_the_shared_columns_and_keep_changes_apart():
+    from mailstack.imap.view import ReportedFlags
+
+    seen, none = frozenset({"\\Seen"}), frozenset()
+    uids, flags = [2, 5, 9], [seen, none, seen]
+    reported = ReportedFlags(uids, flags)
+    assert [reported.get(u) for u in (1, 2, 5, 9, 10)] == [None, seen, none, seen, None]
+    assert 5 in reported and 6 not in reported and reported.get(6, "x") == "x"
+    reported[5] = seen
+    reported[12] = none  # a new message
+    assert reported.pop(9) == seen and 9 not in reported and reported.pop(9, "gone") == "gone"
+    copy = reported.copy()
+    copy[2] = none
+    assert (reported.get(5), reported.get(12), reported.get(2), copy.get(2)) == (seen, none, seen, none)
+    assert (uids, flags) == ([2, 5, 9], [seen, none, seen])  # the snapshot's columns are never changed
+
+
+def test_first_unseen_and_keywords_from_the_distinct_flag_sets():
+    from mailstack.imap.view import first_unseen, keywords_of
+    from mailstack.store.snapshot import FolderSnapshot, MessageInfo
+
+    def snap(*flag_sets):
+        return FolderSnapshot("INBOX", 1, len(flag_sets) + 1, 1, tuple(
+            MessageInfo(i, f"b{i}", f"cur/b{i}", frozenset(f), 10, 0, 1) for i, f in enumerate(flag_sets, 1)))
+
+    assert first_unseen(snap({"\\Seen"}, {"\\Seen", "$Work"}, set(), {"\\Seen"}, set())) == 3
+    assert first_unseen(snap({"\\Seen"}, {"\\Seen"})) is None and first_unseen(snap()) is None
+    assert first_unseen(snap({"$Later"})) == 1
+    assert keywords_of(snap({"\\Seen"}, {"\\Seen", "$Work"}, {"$Later", "\\Flagged"})) == {"$Work", "$Later"}

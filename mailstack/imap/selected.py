@@ -169,7 +169,7 @@ def _finder(s, tree):
     """A blocking function returning the search candidates that match ``tree`` (for a
     worker thread: it works on a copy of the view, taken now)."""
     sel = s.sel
-    uids, flags, recent, folder = list(sel.uids), dict(sel.flags), set(sel.recent), sel.folder
+    uids, flags, recent, folder = list(sel.uids), sel.flags.copy(), set(sel.recent), sel.folder
 
     def find():
         snap = folder.snapshot()

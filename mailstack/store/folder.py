@@ -376,7 +376,7 @@ class MaildirFolder(FolderDelivery, FlagChanges, UidNumbering):
             rows = zip(uids, columns["bases"], columns["rels"], flags, sizes, columns["dates"], columns["modseqs"])
             return tuple(map(tuple.__new__, repeat(MessageInfo), rows))
 
-        return uids, flags, make
+        return uids, flags, make, decoded.values()
 
     def _sized(self, messages: list, unsized: list[tuple[int, str, str]]) -> list:
         """``messages`` with the CRLF sizes the names did not give (RFC 3501 2.3.4): cached,

@@ -39,10 +39,11 @@ class FolderSnapshot:
     """A folder at one moment: immutable, shared by every session that asks while nothing
     changes, so what is derived from it (the UID index) is computed once.
 
-    ``messages`` may be made at first use (``lazy``: the UIDs and flag sets, and a function
-    making the messages): a SELECT right after a restart needs only :meth:`uids_and_flags`."""
+    ``messages`` may be made at first use (``lazy``: the UIDs and flag sets, a function
+    making the messages, and optionally the distinct flag sets): a SELECT right after a restart needs only :meth:`uids_and_flags`."""
 
-    __slots__ = ("name", "uidvalidity", "uidnext", "highestmodseq", "_messages", "_lazy", "marked_recent", "_by_uid")
+    __slots__ = ("name", "uidvalidity", "uidnext", "highestmodseq", "_messages", "_lazy", "marked_recent", "_by_uid",
+                 "_columns", "_distinct")
 
     def __init__(self, name: str, uidvalidity: int, uidnext: int, highestmodseq: int, messages: tuple | None,
                  marked_recent: frozenset = frozenset(), lazy: tuple | None = None):
@@ -51,6 +52,8 @@ class FolderSnapshot:
         self._messages, self._lazy = messages, lazy  # of MessageInfo, ascending UID
         self.marked_recent = marked_recent  # unclaimed UIDs in cur/ (mailstack.store.recent)
         self._by_uid: dict[int, MessageInfo] | None = None
+        self._columns: tuple[list[int], list[frozenset]] | None = None if lazy is None else (lazy[0], lazy[1])
+        self._distinct: frozenset | None = frozenset(lazy[3]) if lazy is not None and len(lazy) > 3 else None
 
     @property
     def messages(self) -> tuple:
@@ -61,12 +64,19 @@ class FolderSnapshot:
         return self._messages
 
     def uids_and_flags(self) -> tuple[list[int], list[frozenset]]:
-        """(UIDs, flag sets) in the order of ``messages`` (fresh lists: the caller may keep them)."""
-        lazy = self._lazy
-        if lazy is not None:
-            return list(lazy[0]), list(lazy[1])
-        messages = self.messages
-        return [m.uid for m in messages], [m.flags for m in messages]
+        """(UIDs, flag sets) in the order of ``messages``, made once and shared by every
+        session that SELECTs while the snapshot is current: do not change them (copy first)."""
+        if self._columns is None:
+            messages = self.messages
+            self._columns = ([m.uid for m in messages], [m.flags for m in messages])
+        return self._columns
+
+    def distinct_flag_sets(self) -> frozenset:
+        """Every flag set some message has: messages share their sets (the store decodes each
+        distinct ``:2,`` suffix once), so this is a handful even at 100,000 messages."""
+        if self._distinct is None:
+            self._distinct = frozenset(self.uids_and_flags()[1])
+        return self._distinct
 
     def is_recent(self, m: MessageInfo) -> bool:
         """No session has claimed ``m`` yet (IMAP \\Recent, RFC 3501 2.3.2)."""
