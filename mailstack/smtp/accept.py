@@ -178,7 +178,8 @@ class SMTPSettings:
         """MX (worker thread): SPF, DKIM, DMARC; our own Authentication-Results header on top."""
         message = spool.read_all()
         verdict = self.checker.check(message, peer, sender, helo, extra)
-        stripped = authentication.strip_own_results(message, self.hostname)
+        stripped = (authentication.strip_own_results(message, self.hostname)
+                    if authentication.may_have_own_results(message) else message)
         return Prepared(header=verdict.header, body=stripped if stripped != message else None,
                         action=verdict.action, reason=verdict.reason)
 
