@@ -1,8 +1,8 @@
 """Message authentication: DKIM signing of what our users send, and SPF, DKIM and DMARC
 checks of what arrives on the MX port, recorded in one Authentication-Results header.
 
-dkimpy signs, :mod:`mailstack.smtp.dkimverify` verifies, pyspf evaluates SPF, authheaders evaluates DMARC and formats the
-header (RFC 8601); this module decides what the results mean for delivery:
+dkimpy signs, :mod:`mailstack.smtp.dkimverify` verifies, pyspf evaluates SPF, authheaders
+evaluates DMARC and formats the header (RFC 8601); this module decides what the results mean for delivery:
 
 * any DNS failure (a ``temperror``) -> ``451 4.7.0``: a verdict on missing data could be
   wrong, and the sender will simply try again;
@@ -342,16 +342,15 @@ class InboundChecker:
             from authres import DKIMAuthenticationResult
 
             signatures = self.dkim_verifier.verify(message)
-            if not signatures:
-                results.append(DKIMAuthenticationResult(result="none"))
-            for s in signatures:
-                results.append(DKIMAuthenticationResult(
-                    result=s.result, result_comment=None if s.result == "pass" else s.reason,
-                    header_d=s.domain or None, header_i=s.identity or None, header_s=s.selector or None))
+            dkim_results = [DKIMAuthenticationResult(
+                result=s.result, result_comment=None if s.result == "pass" else s.reason,
+                header_d=s.domain or None, header_i=s.identity or None, header_s=s.selector or None)
+                for s in signatures] or [DKIMAuthenticationResult(result="none")]
+            results.extend(dkim_results)
             if signatures and not any(s.result == "pass" for s in signatures) and any(
                     s.result == "temperror" for s in signatures):
                 temporary.append("DKIM")
-            dkim_result = self._for_dmarc(results[len(results) - max(1, len(signatures)):], head)
+            dkim_result = self._for_dmarc(dkim_results, head)
         dmarc_result = None
         if self.do_dmarc:
             try:  # authheaders parses what it is given: the header block is all DMARC reads

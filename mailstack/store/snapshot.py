@@ -40,7 +40,8 @@ class FolderSnapshot:
     changes, so what is derived from it (the UID index) is computed once.
 
     ``messages`` may be made at first use (``lazy``: the UIDs and flag sets, a function
-    making the messages, and optionally the distinct flag sets): a SELECT right after a restart needs only :meth:`uids_and_flags`."""
+    making the messages, and optionally the distinct flag sets): a SELECT right after a
+    restart needs only :meth:`uids_and_flags`."""
 
     __slots__ = ("name", "uidvalidity", "uidnext", "highestmodseq", "_messages", "_lazy", "marked_recent", "_by_uid",
                  "_columns", "_distinct")
