@@ -508,29 +508,39 @@ def banner(cfg: config_mod.Config, bound: dict[str, dict]) -> str:
 SWITCH_INTERVAL = 0.0005
 
 
-def make_service(config_path: str, reactor=None) -> MailstackService:
+def make_service(config_path: str, reactor=None, twistd_options=None) -> MailstackService:
     """The service for ``twistd``.  Started as root with a ``[server] user``: bind the listeners,
     become that user for good, and only then load the configuration again and build the
     service, so that every file is opened, and every start-up check made, as the service user
-    (mailstack.privileges)."""
+    (mailstack.privileges).  ``twistd_options``: twistd's own (where its log would go; see
+    mailstack.logoutput)."""
     logfilter.install()
     logcontext.install()
     sys.setswitchinterval(SWITCH_INTERVAL)
     cfg = config_mod.load(config_path)
     user = privileges.service_user(cfg)
     if user is None and cfg.workers <= 1:
-        return MailstackService(cfg, reactor)
+        return _logging(MailstackService(cfg, reactor), twistd_options)
     if user is None:
         if reactor is None:
             from twisted.internet import reactor
-        return with_workers(MailstackService(cfg, reactor, prebound=bind_listeners(cfg, reactor)))
+        return _logging(with_workers(MailstackService(cfg, reactor, prebound=bind_listeners(cfg, reactor))),
+                        twistd_options)
     if reactor is None:
         from twisted.internet import reactor
     prebound = bind_listeners(cfg, reactor)
     privileges.drop_to(user)
     cfg = config_mod.load(config_path)
     log.info("bound {n} listeners as root, now running as user {user}", n=len(prebound), user=user.name)
-    return with_workers(MailstackService(cfg, reactor, prebound=prebound))
+    return _logging(with_workers(MailstackService(cfg, reactor, prebound=prebound)), twistd_options)
+
+
+def _logging(main: MailstackService, twistd_options) -> MailstackService:
+    """Where twistd would write text to standard output, write it there ourselves: the same
+    lines, formatted faster (mailstack.logoutput)."""
+    if main.log_output is None and not main.worker:
+        main.log_output = logoutput.build(main.config, stdout=logoutput.twistd_writes_stdout(twistd_options))
+    return main
 
 
 def with_workers(main: MailstackService) -> MailstackService:

@@ -40,8 +40,9 @@ import time
 
 from twisted.application import service
 from twisted.internet import defer, protocol, task
-from twisted.logger import (InvalidLogLevelError, Logger, LogLevel, formatEvent, globalLogBeginner,
-                            globalLogPublisher)
+from twisted.logger import InvalidLogLevelError, Logger, LogLevel, globalLogBeginner, globalLogPublisher
+
+from mailstack import logoutput
 
 log = Logger()
 
@@ -198,7 +199,7 @@ class _LogPipe:
         self.fd = fd
 
     def __call__(self, event: dict) -> None:
-        text = formatEvent(event)
+        text = logoutput.message_text(event)
         failure = event.get("log_failure")
         if failure is not None:
             try:

@@ -259,3 +259,86 @@ def test_a_message_id_cannot_add_fields_to_a_message_line():
     forged = b"Message-ID: <a@b> status=sent to=<ceo@corp> relay=local\r\n\r\nbody\r\n"
     assert message_id(forged) == "<a@b>"
     assert message_id(b"Message-ID: no-brackets status=sent\r\n\r\n") == "no-brackets"
+
+
+def _events():
+    """Events of the kinds the server logs, and the odd ones Twisted's formatter handles."""
+    from twisted.logger import LogLevel
+
+    peer = new_session("smtp", "192.0.2.1")
+    yield {"log_format": "{queue_id}: status={status} from=<{sender}> size={size}", "queue_id": "k3.1",
+           "status": "sent", "sender": "a@b", "size": 12, "log_namespace": "mailstack.mail",
+           "log_level": LogLevel.info, "log_time": 1_700_000_000.25}
+    yield {"log_format": "x {peer} {n:>5} {n!r} {f:.2f} {{literal}} {s!s} {s!a}", "peer": peer, "n": 7,
+           "f": 2.0 / 3, "s": "é", "log_system": "sys", "log_time": 1_700_000_000.999}
+    yield {"log_format": "line one\nline two {v}", "v": "a\nb", "log_time": 1_700_000_001.0}
+    yield {"log_format": "missing {nothere}", "log_time": 5.5}  # Twisted's "Unable to format" text
+    yield {"log_format": "call {f()} dotted {o.real} index {l[0]}", "f": lambda: "called", "o": 3,
+           "l": ["first"], "log_time": 5.5}
+    yield {"log_format": "positional {}", "log_time": 5.5}
+    yield {"log_format": b"bytes {v}", "v": 1, "log_time": 5.5}
+    yield {"log_format": "nested {v:{w}}", "v": 1, "w": 4, "log_time": 5.5}
+    yield {"log_format": "bad conversion {v!x}", "v": 1, "log_time": 5.5}
+    yield {"log_format": "unclosed {v", "v": 1, "log_time": 5.5}
+    yield {"log_format": "", "log_time": 5.5}
+    yield {"log_time": 5.5}
+    yield {"log_format": "no time"}
+    yield {"log_format": "{log_text}", "log_text": "from a worker", "log_system": 42, "log_time": 9.0}
+    yield {"log_format": "{v}", "v": object.__new__(type("Odd", (), {"__format__": lambda s, spec: 1 / 0})),
+           "log_time": 9.0}
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        from twisted.python.failure import Failure
+
+        yield {"log_format": "it failed: {why}", "why": "because", "log_failure": Failure(), "log_time": 9.0}
+
+
+def test_log_lines_are_twisteds_own():
+    """Where twistd would write text, mailstack writes it (faster): the very same lines."""
+    from twisted.logger import formatEvent, formatEventAsClassicLogText
+
+    for event in _events():
+        assert logoutput.message_text(dict(event)) == formatEvent(dict(event)), event
+        assert logoutput.classic_line(dict(event)) == formatEventAsClassicLogText(dict(event)), event
+    for when in (0.0, 1_700_000_000.0, 1_700_000_000.4, 1_700_000_000.9999999, 1_700_000_001.0, 86399.5):
+        event = {"log_format": "t", "log_time": when}
+        assert logoutput.classic_line(dict(event)) == formatEventAsClassicLogText(dict(event)), when
+
+
+@pytest.mark.parametrize("options, ours", [
+    ({"nodaemon": True, "logfile": None, "syslog": False, "logger": None}, True),
+    ({"nodaemon": True, "logfile": "-", "syslog": False, "logger": None}, True),
+    ({"nodaemon": True, "logfile": "/var/log/x.log", "syslog": False, "logger": None}, False),
+    ({"nodaemon": True, "logfile": None, "syslog": True, "logger": None}, False),
+    ({"nodaemon": True, "logfile": None, "syslog": False, "logger": "my.observer"}, False),
+    ({"nodaemon": False, "logfile": None, "syslog": False, "logger": None}, False),
+    (None, False),
+])
+def test_the_text_log_is_ours_only_where_twistd_would_write_standard_output(tmp_path, options, ours):
+    cfg = config.load(str(MailServer(tmp_path, listeners=["smtp"]).config_path))
+    out = logoutput.build(cfg, stdout=logoutput.twistd_writes_stdout(options))
+    assert (out is not None and out.format is logoutput.text_line and out.path == "") is ours
+
+
+def test_a_signal_handler_logging_during_a_write_neither_hangs_nor_loses_its_line(tmp_path):
+    """Twisted's SIGTERM handler logs; it may run inside the write of another line."""
+    class Interrupting:
+        def __init__(self):
+            self.lines, self.inside = [], False
+
+        def write(self, line):
+            if not self.inside and line.endswith("first\n"):
+                self.inside = True
+                out({"log_format": "from the handler", "log_time": 0.0})  # as a handler would, here
+            self.lines.append(line)
+
+        def flush(self):
+            pass
+
+    stream = Interrupting()
+    out = logoutput.LogOutput("text", "", stream)
+    done = threading.Event()
+    threading.Thread(target=lambda: (out({"log_format": "first", "log_time": 0.0}), done.set()), daemon=True).start()
+    assert done.wait(5), "the log output waited for itself"
+    assert [line.rsplit("] ", 1)[1] for line in stream.lines] == ["first\n", "from the handler\n"]

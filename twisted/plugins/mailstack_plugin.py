@@ -28,7 +28,7 @@ class MailstackServiceMaker:
 
         path = options["config"] or default_path()
         try:
-            return make_service(path)
+            return make_service(path, twistd_options=getattr(options, "parent", None))
         except ConfigError as e:
             sys.stderr.write(f"mailstack: {e}\n")
             sys.stderr.flush()
