@@ -34,7 +34,10 @@ def test_banner_ports_file_and_session_log(server_factory):
     assert wait_for(lambda: "session end smtp from 127.0.0.1" in srv.log_text())
     log = srv.log_text()
     assert "session start smtp from 127.0.0.1" in log
-    assert re.search(r"delivered [\w.]+ from <x@remote.test> to \['bob@example.test'\]", log)
+    assert re.search(r"[\w.]+: status=accepted from=<x@remote.test> to=<bob@example.test> size=\d+ nrcpt=1 "
+                     r"listener=smtp\n", log)
+    assert re.search(r"[\w.]+: status=sent from=<x@remote.test> to=<bob@example.test> size=\d+ relay=local "
+                     r"dsn=2.0.0 folder=INBOX\n", log)
     srv.stop()
     assert not srv.ports_file.exists()
 

@@ -518,12 +518,7 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
                                     recipients=recipients, forwarded=forwarded)
 
         def delivered(result):
-            qid, placed = result
-            elsewhere = sorted({f for f in placed.values() if f != "INBOX"})
-            log.info("delivered {id} from <{sender}> to {accounts}{where} ({size} bytes) via {listener}{queued}",
-                     id=message_id, sender=sender, accounts=accounts, size=spool.size, listener=self.listener.key,
-                     peer=self.peer, where=f" ({', '.join(elsewhere)})" if elsewhere else "",
-                     queued=f", queued {qid} for {remote + [a for a in forwarded if a not in remote]}" if qid else "")
+            qid, placed = result  # logged as the message's accepted and sent lines, nothing more
             logcontext.accepted(self.peer, message_id, headers.message_id(added + spool.head), sender,
                                 [r.address for r in recipients], spool.size, self.listener.key, accounts, placed, qid)
             smtp_hooks.accepted(settings, self.facts, recipients)
