@@ -17,7 +17,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from mailstack import config as config_mod
-from mailstack import metrics
+from mailstack import metrics, workpool
 from mailstack.errors import MailError
 from mailstack.mail import codes
 from mailstack.mail.headers import delivery_fields
@@ -152,7 +152,7 @@ class SMTPSettings:
             return d.addCallback(lambda header: self.submit(spool, added, facts, sender, header))
         extra = facts.client.auth_results() if facts.client is not None else []  # iprev
         if self.checker is not None:
-            return threads.deferToThread(self.check, spool, facts.peer, sender, helo, extra)
+            return workpool.defer_to_thread(self.check, spool, facts.peer, sender, helo, extra)
         return defer.succeed(Prepared(header=authentication.results_header(self.hostname, extra) if extra else b""))
 
     def submit(self, spool: MessageSpool, added: bytes, facts: SessionFacts, sender: str, header: bytes):

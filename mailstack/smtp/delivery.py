@@ -8,10 +8,10 @@ Each session's Deferred fires (and its ``250`` is sent) only after its own items
 
 from __future__ import annotations
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailstack import metrics
+from mailstack import metrics, workpool
 
 log = Logger()
 
@@ -43,7 +43,7 @@ class DeliveryBatcher:
                 count += len(items)
             self._running += 1
             flat = [item for items, _ in batch for item in items]
-            threads.deferToThread(self.store.deliver_batch, flat).addBoth(self._finished, batch)
+            workpool.defer_to_thread(self.store.deliver_batch, flat).addBoth(self._finished, batch)
 
     def _finished(self, results, batch) -> None:
         self._running -= 1
