@@ -171,12 +171,6 @@ class SieveDelivery:
         or a spool); ``store_items(items)`` stores (the SMTP batcher).  Fires with {account:
         folders} when a script decided (None when no one has one); fails with MailError 550
         5.7.1 for a reject at SMTP time."""
-        d = threads.deferToThread(self._plan_message, deliveries, sender, head, body, folder, auth, smtp_single)
-        if self.reactor is not None:
-            d.addTimeout(self.settings.max_run_time * (2 + len(self.settings.before) + len(self.settings.after)) + 5,
-                         self.reactor)
-        d.addErrback(self._fallback, deliveries)
-
         def execute(plans):
             if plans is None:  # no script for anyone: stored as without Sieve
                 return store_items([(a, _compose(delivery_fields(sender, a) + head, body), folder)
@@ -197,7 +191,20 @@ class SieveDelivery:
                       or ("rejected" if any(o[0] == "bounce" for o in p.outgoing) else "discarded") for p in plans}
             return d2.addCallback(lambda _: placed)
 
+        if not self._any_script(deliveries):  # stored as without Sieve, with no hand-off to a thread
+            return defer.maybeDeferred(execute, None)
+        d = threads.deferToThread(self._plan_message, deliveries, sender, head, body, folder, auth, smtp_single)
+        if self.reactor is not None:
+            d.addTimeout(self.settings.max_run_time * (2 + len(self.settings.before) + len(self.settings.after)) + 5,
+                         self.reactor)
+        d.addErrback(self._fallback, deliveries)
         return d.addCallback(execute)
+
+    def _any_script(self, deliveries) -> bool:
+        """Is there a script to run for any of these accounts?  A stat of each account's
+        ``.dovecot.sieve`` (the dentry is cached: microseconds, less than a thread hand-off)."""
+        return bool(self.settings.before or self.settings.after) or any(
+            self._user_script_exists(a) for a, _ in deliveries)
 
     def _fallback(self, failure, deliveries):
         """A run that overran its hard limit or broke: implicit keep for every account."""
@@ -226,9 +233,8 @@ class SieveDelivery:
     # -- deciding (worker thread) --------------------------------------------------------------
 
     def _plan_message(self, deliveries, sender, head, body, folder, auth, smtp_single):
-        if not self.settings.before and not self.settings.after:
-            if not any(self._user_script_exists(a) for a, _ in deliveries):
-                return None
+        if not self._any_script(deliveries):  # removed since deliver() looked
+            return None
         message = head + (body if isinstance(body, bytes) else body.read_all())
         incoming = Incoming(sender, message, folder, auth, smtp_single)
         plans = []
@@ -241,7 +247,7 @@ class SieveDelivery:
         return plans
 
     def _user_script_exists(self, account: str) -> bool:
-        return os.path.exists(os.path.join(self.store.mailbox(account).path, ".dovecot.sieve"))
+        return os.path.exists(os.path.join(self.store.user_path(account), ".dovecot.sieve"))  # makes nothing
 
     def plan(self, incoming: Incoming, account: str, rcpt: str) -> Plan:
         """Run the script sequence for ``account`` and turn its actions into a :class:`Plan`."""
