@@ -10,13 +10,21 @@ under 50 concurrent messages a third of the pool threads' samples were waiting o
 holder loses the GIL at its switch interval), which left fewer threads for other work,
 though the MX rate did not change measurably.  :class:`AnswerCache` reads without a lock,
 since one dict look-up is atomic under the GIL.
+
+:meth:`Resolver.from_cache_only` runs a function whose look-ups may use the cache and nothing
+else, and says whether one of them needed the network: the MX checks a small message on the
+reactor that way, and in a thread only when an answer is not in the cache.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 import dns.resolver
+
+#: Per thread: are look-ups limited to the cache now, and did one need more?
+_mode = threading.local()
 
 
 class AnswerCache(dns.resolver.CacheBase):
@@ -78,13 +86,39 @@ class Resolver(dns.resolver.Resolver):
             answer = self.front.get(key)
             if answer is not None and answer.expiration > time.time():
                 return answer
-        answer = super().resolve(qname, rdtype, rdclass, tcp, source, raise_on_no_answer, source_port, lifetime,
-                                 search)
+        if getattr(_mode, "cache_only", False):
+            try:  # a lifetime of 0 ends the look-up before its first query: the cache answers, or nothing
+                answer = super().resolve(qname, rdtype, rdclass, tcp, source, raise_on_no_answer, source_port, 0,
+                                         search)
+            except dns.resolver.LifetimeTimeout:
+                _mode.missed = True
+                raise
+        else:
+            answer = super().resolve(qname, rdtype, rdclass, tcp, source, raise_on_no_answer, source_port,
+                                     lifetime, search)
         if key is not None and answer.rrset is not None:
             if len(self.front) >= self.front_size:
                 self.front.clear()  # the cache behind keeps the rest
             self.front[key] = answer
         return answer
+
+
+def from_cache_only(fn, *args, **kwargs) -> tuple[bool, object]:
+    """``fn(*args, **kwargs)`` with this thread's look-ups (through :class:`Resolver`) answered
+    from the cache alone, positive and negative answers alike.  (True, its result) when every
+    look-up was answered there; (False, None) when one was not, whatever ``fn`` made of the
+    failure (libraries turn a DNS error into a result of their own), so that the caller runs
+    it again where it may wait for the network."""
+    _mode.cache_only, _mode.missed = True, False
+    try:
+        result = fn(*args, **kwargs)
+    except Exception:
+        if _mode.missed:
+            return False, None
+        raise
+    finally:
+        _mode.cache_only = False
+    return (False, None) if _mode.missed else (True, result)
 
 
 def make_resolver(nameservers: list[str], port: int, timeout: float, cache_size: int) -> dns.resolver.Resolver:

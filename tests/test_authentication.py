@@ -155,6 +155,40 @@ def test_dmarc_quarantine_goes_to_junk(checked):
     assert checked.messages(BOB) == []  # not in the INBOX
 
 
+def test_checks_answered_from_the_dns_cache_give_the_same_results(checked):
+    """The first message of a domain is checked in a thread (the DNS answers are not cached
+    yet); the next ones on the reactor, from the cache (accept.INLINE_CHECK_SIZE); one larger
+    than that in a thread again.  Every one gets the same results, and refusals stay."""
+    def ours(stored: bytes) -> str:
+        head = stored.split(b"\r\n\r\n")[0].decode().replace("\r\n\t", " ").replace("\r\n ", " ")
+        [line] = [h for h in head.split("\r\n") if h.startswith("Authentication-Results: mail.example.test")]
+        return line
+
+    def signed(n: int, filler: int = 0) -> bytes:
+        body = (b"From: Boss <boss@sendercorp.com>\r\nTo: bob@example.test\r\nSubject: again %d\r\n"
+                b"Message-ID: <again%d@sendercorp.com>\r\n\r\nSame sender.\r\n" % (n, n))
+        body += (b"y" * 998 + b"\r\n") * filler
+        return dkim.sign(body, b"sel", b"sendercorp.com", SENDER_KEY,
+                         include_headers=[b"from", b"to", b"subject", b"message-id"]) + body
+
+    for n in range(3):
+        assert mx_send(checked, "boss@sendercorp.com", signed(n))[0] == 250
+    assert mx_send(checked, "boss@sendercorp.com", signed(3, filler=70))[0] == 250  # over 64 KiB
+    stored = checked.wait_for_messages(BOB, 4)
+    results = {ours(m) for m in stored}
+    assert len(results) == 1, results
+    [line] = results
+    assert "spf=pass" in line and "dkim=pass header.d=sendercorp.com" in line and "dmarc=pass" in line
+    for _ in range(2):  # refused the first time (thread) and the second (from the cache) alike
+        spoof = b"From: boss@sendercorp.com\r\nTo: bob@example.test\r\nSubject: pay\r\n\r\nurgent\r\n"
+        code, text = mx_send(checked, "evil@evilcorp.net", spoof)
+        assert code == 550 and text.startswith(b"5.7.1 Message refused: DMARC policy of sendercorp.com says reject")
+        msg = b"From: news@quarantinenews.org\r\nTo: bob@example.test\r\nSubject: maybe spam\r\n\r\nhello\r\n"
+        assert mx_send(checked, "news@quarantinenews.org", msg)[0] == 250
+    junk = checked.wait_for_messages(BOB, 2, folder="Junk")
+    assert len({ours(m) for m in junk}) == 1 and b"dmarc=fail" in junk[0]
+
+
 def test_dns_failure_gives_451_and_temperror(server_factory):
     dead = free_port()
     srv = server_factory(listeners=["smtp"], extra=f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dead}\ntimeout = 1\n',

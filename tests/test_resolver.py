@@ -76,3 +76,37 @@ def test_the_front_lookup_ends_with_the_ttl_too(dns_port):
     answer.expiration = time.time() - 1  # its TTL is over (the cache behind holds the same answer)
     with pytest.raises(dns.exception.DNSException):  # asked again, and nobody answers
         txt_record(resolver, "sender.test")
+
+
+def test_from_cache_only_answers_from_the_cache_and_says_when_it_could_not(dns_port):
+    from mailstack.resolver import from_cache_only
+
+    resolver = make_resolver(["127.0.0.1"], dns_port, 5.0, 100)
+
+    def lookups(*names):
+        return [txt_record(resolver, name) for name in names]
+
+    assert from_cache_only(lookups, "sender.test") == (False, None)  # not asked yet: the network
+    assert lookups("sender.test", "_dmarc.sender.test") == [[b"v=spf1 -all"], []]  # now cached, NXDOMAIN too
+    assert from_cache_only(lookups, "sender.test", "_dmarc.sender.test") == (True, [[b"v=spf1 -all"], []])
+
+    def swallowing():  # a library that makes its own result of a DNS failure
+        try:
+            txt_record(resolver, "other.sender.test")
+        except Exception:
+            return "temperror"
+
+    assert from_cache_only(swallowing) == (False, None)
+    assert swallowing() is None  # outside, the look-up goes to the network (NXDOMAIN: [] and no error)
+    assert from_cache_only(swallowing) == (True, None)  # and is cached now
+    with pytest.raises(ZeroDivisionError):  # an error of fn's own is fn's
+        from_cache_only(lambda: 1 / 0)
+    assert txt_record(resolver, "sender.test") == [b"v=spf1 -all"]  # the mode ended with the call
+
+
+def test_from_cache_only_without_a_cache_never_answers(dns_port):
+    from mailstack.resolver import from_cache_only
+
+    resolver = make_resolver(["127.0.0.1"], dns_port, 5.0, 0)
+    assert txt_record(resolver, "sender.test") == [b"v=spf1 -all"]
+    assert from_cache_only(txt_record, resolver, "sender.test") == (False, None)

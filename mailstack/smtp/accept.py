@@ -17,7 +17,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from mailstack import config as config_mod
-from mailstack import metrics, workpool
+from mailstack import metrics, resolver, workpool
 from mailstack.errors import MailError
 from mailstack.mail import codes
 from mailstack.mail.headers import delivery_fields
@@ -27,6 +27,12 @@ from mailstack.smtp.message import MessageSpool
 from mailstack.smtp.policy import SessionFacts, SmtpPolicy
 
 log = Logger()
+
+#: Messages up to this size (all in memory) are checked on the reactor when every DNS answer
+#: the checks need is in the resolver's cache (mailstack.resolver.from_cache_only): 0.2 to
+#: 0.4 ms of CPU for 4 KB, about what the two thread hand-offs would cost, and the message's
+#: latency without them.  Larger ones, and any whose answers are not cached, go to a thread.
+INLINE_CHECK_SIZE = MessageSpool.HEAD
 
 #: Received fields at which a message is refused as looping: RFC 5321 6.3 asks for a large
 #: threshold, "normally at least 100".
@@ -152,6 +158,10 @@ class SMTPSettings:
             return d.addCallback(lambda header: self.submit(spool, added, facts, sender, header))
         extra = facts.client.auth_results() if facts.client is not None else []  # iprev
         if self.checker is not None:
+            if spool.size <= INLINE_CHECK_SIZE:  # in memory; checked here if the DNS cache has every answer
+                done, prepared = resolver.from_cache_only(self.check, spool, facts.peer, sender, helo, extra)
+                if done:
+                    return defer.succeed(prepared)
             return workpool.defer_to_thread(self.check, spool, facts.peer, sender, helo, extra)
         return defer.succeed(Prepared(header=authentication.results_header(self.hostname, extra) if extra else b""))
 
