@@ -111,6 +111,7 @@ def install() -> None:
 #: Field -> its key in the human line (Postfix's words where it has one).
 _LABELS = {"message_id": "message-id", "sender": "from", "recipient": "to"}
 _BRACKETED = {"sender", "recipient"}
+_FORMATS: dict[tuple, str] = {}  # (field names, with a reason?) -> the line's format
 
 
 def mail(queue_id: str, status: str, *, peer=None, reason: str = "", **fields) -> None:
@@ -119,12 +120,18 @@ def mail(queue_id: str, status: str, *, peer=None, reason: str = "", **fields) -
     ``dsn`` (a delivery status report was made for it).  Empty fields are left out; ``reason``
     goes last, in parentheses, as Postfix writes it."""
     shown = {k: v for k, v in fields.items() if v is not None and v != ""}
-    fmt = "{queue_id}: status={status}"
-    for k in shown:
-        label = _LABELS.get(k, k)
-        fmt += f" {label}=<{{{k}}}>" if k in _BRACKETED else f" {label}={{{k}}}"
+    keys = (tuple(shown), bool(reason))
+    fmt = _FORMATS.get(keys)
+    if fmt is None:
+        fmt = "{queue_id}: status={status}"
+        for k in shown:
+            label = _LABELS.get(k, k)
+            fmt += f" {label}=<{{{k}}}>" if k in _BRACKETED else f" {label}={{{k}}}"
+        if reason:
+            fmt += " ({reason})"
+        if len(_FORMATS) < 256:  # the callers pass a few dozen sets of fields
+            _FORMATS[keys] = fmt
     if reason:
-        fmt += " ({reason})"
         shown["reason"] = reason
     if peer is not None:
         shown["peer"] = peer

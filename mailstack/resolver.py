@@ -85,7 +85,14 @@ class Resolver(dns.resolver.Resolver):
             key = (qname, rdtype, rdclass, search, raise_on_no_answer)
             answer = self.front.get(key)
             if answer is not None and answer.expiration > time.time():
+                expiries = getattr(_mode, "expiries", None)
+                if expiries is not None:
+                    expiries.append(answer.expiration)
                 return answer
+        expiries = getattr(_mode, "expiries", None)
+        if expiries is not None:
+            slot = len(expiries)
+            expiries.append(0.0)  # until this look-up gives an answer to time: not to be kept
         if getattr(_mode, "cache_only", False):
             try:  # a lifetime of 0 ends the look-up before its first query: the cache answers, or nothing
                 answer = super().resolve(qname, rdtype, rdclass, tcp, source, raise_on_no_answer, source_port, 0,
@@ -96,6 +103,8 @@ class Resolver(dns.resolver.Resolver):
         else:
             answer = super().resolve(qname, rdtype, rdclass, tcp, source, raise_on_no_answer, source_port,
                                      lifetime, search)
+        if expiries is not None and answer.rrset is not None:
+            expiries[slot] = answer.expiration
         if key is not None and answer.rrset is not None:
             if len(self.front) >= self.front_size:
                 self.front.clear()  # the cache behind keeps the rest
@@ -119,6 +128,22 @@ def from_cache_only(fn, *args, **kwargs) -> tuple[bool, object]:
     finally:
         _mode.cache_only = False
     return (False, None) if _mode.missed else (True, result)
+
+
+def with_expiry(fn, *args, **kwargs) -> tuple[object, float]:
+    """``fn(*args, **kwargs)`` and the time until which what it computed from DNS holds: the
+    earliest end of the TTLs of the answers its look-ups (through :class:`Resolver`) got; 0
+    when one got no answer with a TTL (a negative answer or an error: not to be kept)."""
+    outer = getattr(_mode, "expiries", None)
+    _mode.expiries = []
+    try:
+        result = fn(*args, **kwargs)
+        expiries = _mode.expiries
+    finally:
+        _mode.expiries = outer
+    if outer is not None:
+        outer.extend(expiries)
+    return result, min(expiries, default=float("inf"))
 
 
 def make_resolver(nameservers: list[str], port: int, timeout: float, cache_size: int) -> dns.resolver.Resolver:

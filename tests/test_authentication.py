@@ -3,6 +3,7 @@ server on loopback serving the records."""
 
 from __future__ import annotations
 
+import time
 import base64
 import smtplib
 import subprocess
@@ -297,3 +298,29 @@ def test_dkim_integers_convert_in_c_to_what_dkimpy_gives():
         data = original_int2str(n)
         assert crypto.str2int(data) == original_str2int(data) == n
     assert crypto.str2int(b"") == original_str2int(b"") == 0
+
+
+def test_spf_verdicts_are_kept_while_their_dns_answers_are(dns_port, monkeypatch):
+    import spf
+
+    from mailstack.smtp.authentication import InboundChecker, set_default_resolver
+
+    resolver = set_default_resolver(["127.0.0.1"], dns_port, 3, 100)  # pyspf uses the default resolver
+    checker = InboundChecker("mail.example.test", resolver)
+    calls = []
+    real = spf.check2
+    monkeypatch.setattr(spf, "check2", lambda *a, **k: calls.append(a) or real(*a, **k))
+    first = checker._spf("127.0.0.1", "boss@sendercorp.com", "client.sendercorp.com")
+    second = checker._spf("127.0.0.1", "boss@sendercorp.com", "client.sendercorp.com")
+    assert first.result == second.result == "pass" and first is not second and len(calls) == 1
+    assert checker._spf("127.0.0.2", "boss@sendercorp.com", "client.sendercorp.com").result == "fail"
+    assert len(calls) == 2  # another client: evaluated
+    [key] = [k for k in checker._spf_verdicts if k[0] == "127.0.0.1"]
+    until = checker._spf_verdicts[key][0]
+    assert time.time() < until <= time.time() + 3600  # the record's TTL, at most an hour
+    checker._spf_verdicts[key] = (time.time() - 1,) + checker._spf_verdicts[key][1:]  # its TTL ended
+    checker._spf("127.0.0.1", "boss@sendercorp.com", "client.sendercorp.com")
+    assert len(calls) == 3
+    for _ in range(2):  # no SPF record (a negative answer): evaluated each time
+        assert checker._spf("127.0.0.1", "x@nospf.example.test", "client").result == "none"
+    assert len(calls) == 5

@@ -22,13 +22,14 @@ import functools
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 
 import dns.exception
 import dns.resolver
 from twisted.logger import Logger
 
-from mailstack.resolver import make_resolver
+from mailstack.resolver import make_resolver, with_expiry
 
 log = Logger()
 
@@ -295,6 +296,33 @@ class InboundChecker:
         self.dkim_verifier = Verifier(self._dkim_txt, temporary=DnsTemporaryError)
         self.hostname, self.resolver = hostname, resolver
         self.do_spf, self.do_dkim, self.do_dmarc, self.enforce = spf, dkim, dmarc, enforce
+        self._spf_verdicts: dict = {}
+
+    #: SPF verdicts kept: (client IP, MAIL FROM, HELO) -> (until, result, reason).
+    SPF_KEPT = 4096
+    SPF_MAX_AGE = 3600.0
+
+    def _spf(self, ip: str, mail_from: str, helo: str):
+        """authheaders.check_spf, remembered while every DNS answer it used is (the earliest
+        TTL, at most an hour; nothing kept after a negative answer or an error): a sender's
+        next messages from the same client need no evaluation.  A new result object each time,
+        since the DMARC step changes the one it is given."""
+        import spf
+        from authres import SPFAuthenticationResult
+
+        key = (ip, mail_from, helo)
+        now = time.time()
+        hit = self._spf_verdicts.get(key)
+        if hit is not None and hit[0] > now:
+            res, reason = hit[1], hit[2]
+        else:
+            (res, reason), until = with_expiry(spf.check2, ip, mail_from, helo)
+            if until > now and res not in ("temperror", None):
+                if len(self._spf_verdicts) >= self.SPF_KEPT:
+                    self._spf_verdicts.clear()
+                self._spf_verdicts[key] = (min(until, now + self.SPF_MAX_AGE), res, reason)
+        return SPFAuthenticationResult(result=res, reason=reason if res is not None else None,
+                                       smtp_mailfrom=mail_from, smtp_helo=helo)
 
     def _dkim_txt(self, name: str) -> bytes | None:
         records = txt_record(self.resolver, name.rstrip("."))
@@ -332,7 +360,7 @@ class InboundChecker:
         results, temporary = list(extra), []
         spf_result = dkim_result = None
         if self.do_spf:
-            spf_result = authheaders.check_spf(ip, mail_from or f"postmaster@{helo}", helo)
+            spf_result = self._spf(ip, mail_from or f"postmaster@{helo}", helo)
             results.append(spf_result)
             if spf_result.result == "temperror":
                 temporary.append("SPF")
