@@ -11,7 +11,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from mailstack.errors import MessageGone
-from mailstack.flow import Flow
+from mailstack.flow import Flow, send_now
 from mailstack.pop3.errors import SYS_TEMP, Pop3Error
 
 log = Logger()
@@ -31,7 +31,8 @@ class DotStuffer:
     section 7) the output stops after the header, the blank line and ``top`` body lines.
     """
 
-    def __init__(self, top: int | None = None):
+    def __init__(self, top: int | None = None, crlf: bool = False):
+        self._crlf = crlf  # the input is known to have no bare LF (the store's CRLF form)
         self._carry = b""
         self._bol = True
         self._top = top
@@ -58,7 +59,7 @@ class DotStuffer:
     def _emit(self, data: bytes) -> bytes:
         if not data:
             return b""
-        if data.count(b"\n") != data.count(b"\r\n"):  # some bare LF (counting allocates nothing)
+        if not self._crlf and data.count(b"\n") != data.count(b"\r\n"):  # some bare LF (counting allocates nothing)
             data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         if self._top is not None:
             data = self._cut(data)
@@ -167,8 +168,8 @@ class Retriever:
             data = read.get(uid)
             if data is None:
                 break
-            encoder = DotStuffer()
-            out[i] = b"+OK %d octets\r\n" % size + encoder.feed(data) + encoder.finish()
+            encoder = DotStuffer(crlf=True)  # read_small gives the CRLF form
+            out[i] = b"".join((b"+OK %d octets\r\n" % size, encoder.feed(data), encoder.finish()))
         return out
 
     def batch_read(self, result):
@@ -193,6 +194,7 @@ class Retriever:
         if session.lost:
             return
         session.transport.write(response)
+        send_now(session.transport)  # the client waits for all of it
         info = self.maildrop.messages[i]
         if "\\Seen" not in info.flags:
             session.seen.add(info.uid)

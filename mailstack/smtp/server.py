@@ -36,6 +36,7 @@ from mailstack import logcontext
 from mailstack import metrics, sasl
 from mailstack.antispam import smtp_hooks
 from mailstack.errors import MailError
+from mailstack.flow import send_now
 from mailstack.mail import codes as c
 from mailstack.mail import headers
 from mailstack.pacing import CommandPacer
@@ -185,7 +186,9 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
                 return
             data, self._discard_line = data[end + 1 :], False
         # LineReceiver buffers what arrives while paused and goes on from there on resume.
-        return basic.LineReceiver.dataReceived(self, data)
+        why = basic.LineReceiver.dataReceived(self, data)
+        send_now(self.transport)  # the replies to all of it (RFC 2920: together), now
+        return why
 
     def lineLengthExceeded(self, line):
         self._sasl = None  # an AUTH exchange in progress ends here
