@@ -105,9 +105,12 @@ async def _fetch_batches(s, sel, targets, info, items, flagged_now, want_modseq)
     s.transport.registerProducer(flow, True)
     size = HEADER_BATCH if _header_only(items) or not _needs_content(items) else FETCH_BATCH
 
+    wants_flags = any(i.type == "flags" for i in items)
+
     def build(start: int) -> defer.Deferred:
         batch = targets[start : start + size]
-        flag_bytes = {u: sel.flag_bytes(u) for _, u in batch}
+        # FLAGS where asked for, or where this FETCH set \Seen (RFC 3501 6.4.5): nowhere else
+        flag_bytes = {u: sel.flag_bytes(u) for _, u in batch if wants_flags or u in flagged_now}
         return defer.ensureDeferred(s.store_call(build_fetch, folder, batch, info, items, flag_bytes,
                                                  flagged_now, want_modseq))
 

@@ -29,6 +29,7 @@ from twisted.protocols.policies import TimeoutMixin
 from mailstack import logcontext
 from mailstack import metrics, sasl
 from mailstack.errors import StoreError
+from mailstack.flow import send_now
 from mailstack.imap import catenate, fetch, login, mailboxes, parser, quota, results, selected
 from mailstack.imap.capabilities import SessionView, capability_names
 from mailstack.imap.errors import NO_REPLY, Bad, Disconnect, ImapError, No, os_error, store_error
@@ -450,6 +451,8 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         if self.busy:
             self.busy = False
             reactor.callLater(0, self.process)
+        if not self.framing.pending():  # the client waits for this response: send it now
+            send_now(self.transport)
 
     # -- the selected mailbox --------------------------------------------------------------------
 
