@@ -8,6 +8,7 @@ run in worker threads; local delivery goes through the shared :class:`DeliveryBa
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import secrets
 import time
@@ -266,6 +267,18 @@ class SMTPSettings:
         return store_items([(account, compose(delivery_fields(sender, account) + head, body), folder)
                             for account in accounts])
 
+_date_text = (0, "")  # (whole second, its RFC 5322 date): one formatting a second
+
+
+def date_now() -> str:
+    """The current time as an RFC 5322 3.3 date-time in local time (Received, Date)."""
+    global _date_text
+    second = int(time.time())
+    if _date_text[0] != second:
+        _date_text = (second, email.utils.format_datetime(email.utils.localtime(datetime.datetime.fromtimestamp(second))))
+    return _date_text[1]
+
+
 def compose(head: bytes, body):
     """Header lines, then the message (the spool, read in the worker thread, or bytes)."""
     yield head
@@ -306,14 +319,14 @@ def trace_fields(t: TraceFacts, recipients, spool: MessageSpool, submission: boo
         lines.append(f"\t(authenticated as {t.user})")
     if len(recipients) == 1:
         lines.append(f"\tfor <{recipients[0].address}>")
-    lines[-1] += f"; {email.utils.format_datetime(email.utils.localtime())}"
+    lines[-1] += f"; {date_now()}"
     added = []
     if submission:
         present = spool.header_names()
         if "message-id" not in present:
             added.append(f"Message-ID: <{time.strftime('%Y%m%d%H%M%S')}.{secrets.token_hex(8)}@{t.hostname}>")
         if "date" not in present:
-            added.append(f"Date: {email.utils.format_datetime(email.utils.localtime())}")
+            added.append(f"Date: {date_now()}")
     return _encode(lines), _encode(added)
 
 
