@@ -91,10 +91,15 @@ class FolderWatcher:
 
     def _watch(self, path: str) -> None:
         if self._notifier is not None:
-            mask = inotify.IN_CREATE | inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM | inotify.IN_DELETE | inotify.IN_MODIFY
+            # new/ and cur/: entries come, go and are renamed (flags); a message file is never
+            # written in place, so no IN_MODIFY there, which would make the kernel mark every
+            # cached entry of a 100,000-message cur/ (14 ms a SELECT).  The folder itself:
+            # its UID log and keywords file are appended to.
+            entries = inotify.IN_CREATE | inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM | inotify.IN_DELETE
             try:
                 for sub in ("new", "cur", ""):
                     target = filepath.FilePath(os.path.join(path, sub) if sub else path)
+                    mask = entries if sub else entries | inotify.IN_MODIFY
                     self._notifier.watch(target, mask=mask, callbacks=[lambda _w, _p, _m, path=path: self.changed(path)])
                 return
             except Exception as e:
