@@ -8,8 +8,8 @@ in memory.
 
 from __future__ import annotations
 
-from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer, IWriteDescriptor
+from twisted.internet import abstract, defer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from zope.interface import implementer
 
 
@@ -51,21 +51,24 @@ def send_now(transport) -> None:
     is writable; a client waiting for the end of a response then waits for one more turn of
     the reactor (an ``epoll_wait`` and its dispatch, tens of microseconds per reply, the
     better part of a small RETR's or SMTP reply's cost).  Where a protocol has written a whole
-    response and waits for the client, this writes it at once through the descriptor at the
-    bottom of the transport's wrappers (listener, TLS): its ``doWrite``
-    (``IWriteDescriptor``), which the reactor would call next.  Left to the reactor, as
-    before: a descriptor with a producer (a streamed message under flow control), one being
-    closed, and whatever a call leaves unwritten (a full socket buffer) or an error it
-    meets, which the reactor's own next ``doWrite`` finds again and handles.
+    response and waits for the client, this writes it at once: ``doWrite``
+    (``IWriteDescriptor``), which the reactor would call next, of the socket's own descriptor
+    under the session's wrappers (listener).  Left to the reactor, as before: TLS (its layer
+    holds the bytes until the reactor's next turn anyway), a descriptor with a producer (a
+    streamed message under flow control), one closing or closed, and whatever a call leaves
+    unwritten (a full socket buffer); an error the call meets is the reactor's too, at its
+    next turn, as if it had met it.
     """
     t = transport
-    for _ in range(6):
-        if t is None:
+    for _ in range(6):  # the wrappers copy the interfaces of what they wrap: find the socket's own
+        if t is None or ISSLTransport.providedBy(t):
             return
-        if IWriteDescriptor.providedBy(t):
+        if isinstance(t, abstract.FileDescriptor):
             break
         t = getattr(t, "transport", None)
     else:
         return
-    if getattr(t, "producer", True) is None and not getattr(t, "disconnecting", True) and getattr(t, "connected", False):
-        t.doWrite()
+    if t.producer is not None or t.disconnecting or t.disconnected or not t.connected:
+        return
+    if t.doWrite() is not None:  # lost meanwhile: the reactor finds it at its next doWrite
+        t.startWriting()

@@ -198,6 +198,8 @@ class LogOutput:
                 return
             self._writing = True
             try:
+                while self._pending:  # a handler's line left by a signal at the very end of a call
+                    self._write(self._pending.pop(0))
                 self._write(line)
                 while self._pending:
                     self._write(self._pending.pop(0))

@@ -8,8 +8,9 @@ arguments and gives the same Deferred, through ``queue.SimpleQueue`` (written in
 ``reactor.callFromThread`` for the result.
 
 Threads are started on demand up to :data:`MAX_THREADS` (what Twisted's pool allows by
-default) and stop when the reactor stops, after their current call; a call made when none
-is free waits in the queue, as with Twisted's pool.  Exceptions come back as the Deferred's failure, with their
+default); a call made when none is free waits in the queue, as with Twisted's pool.  When
+the reactor stops, the calls already queued still run, then the threads end, and the
+shutdown waits for them.  Exceptions come back as the Deferred's failure, with their
 traceback.
 """
 
@@ -78,8 +79,9 @@ class WorkPool:
             item = d = f = args = kwargs = result = None  # hold no message while waiting
 
     def stop(self) -> None:
-        """Reactor shutdown: every thread ends after its current call, which is waited for
-        (as Twisted's pool does): a message being stored is stored before the process ends."""
+        """Reactor shutdown: the calls queued before it run, then every thread ends, and is
+        waited for (as Twisted's pool does): a message being stored is stored before the
+        process ends."""
         with self._lock:
             self._stopping = True
             running = list(self._all)

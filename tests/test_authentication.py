@@ -324,3 +324,24 @@ def test_spf_verdicts_are_kept_while_their_dns_answers_are(dns_port, monkeypatch
     for _ in range(2):  # no SPF record (a negative answer): evaluated each time
         assert checker._spf("127.0.0.1", "x@nospf.example.test", "client").result == "none"
     assert len(calls) == 5
+
+
+def test_a_check_that_breaks_on_the_reactor_answers_451_as_in_a_thread(inproc_server_factory, dns_port):
+    """The inline path (answers cached) and the thread path fail alike: 451, session goes on."""
+    extra = f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns_port}\ntimeout = 3\n'
+    srv = inproc_server_factory(listeners=["smtp"], extra=extra, checks=True).start()
+    msg = b"From: boss@sendercorp.com\r\nTo: bob@example.test\r\nSubject: x\r\n\r\nx\r\n"
+    assert mx_send(srv, "boss@sendercorp.com", msg)[0] == 250  # the thread path; the answers are cached now
+    checker = srv.service.context.inbound_checker
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in a check")
+
+    checker.check = broken
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=30) as s:
+        s.ehlo("client.sendercorp.com")
+        s.mail("boss@sendercorp.com")
+        s.rcpt(BOB)
+        code, _ = s.data(msg)
+        assert code == 451
+        assert s.noop()[0] == 250  # the session is still there

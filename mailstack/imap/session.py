@@ -451,7 +451,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         if self.busy:
             self.busy = False
             reactor.callLater(0, self.process)
-        if not self.framing.pending():  # the client waits for this response: send it now
+        if not self.lost and not self.framing.pending():  # the client waits for this response: now
             send_now(self.transport)
 
     # -- the selected mailbox --------------------------------------------------------------------

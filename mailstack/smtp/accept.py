@@ -159,8 +159,11 @@ class SMTPSettings:
             return d.addCallback(lambda header: self.submit(spool, added, facts, sender, header))
         extra = facts.client.auth_results() if facts.client is not None else []  # iprev
         if self.checker is not None:
-            if spool.size <= INLINE_CHECK_SIZE:  # in memory; checked here if the DNS cache has every answer
-                done, prepared = resolver.from_cache_only(self.check, spool, facts.peer, sender, helo, extra)
+            if spool.size <= INLINE_CHECK_SIZE and self.checker.has_cache:  # checked here if the cache has every answer
+                try:
+                    done, prepared = resolver.from_cache_only(self.check, spool, facts.peer, sender, helo, extra)
+                except Exception:
+                    return defer.fail()  # the session answers 451, as for a failure in the thread
                 if done:
                     return defer.succeed(prepared)
             return workpool.defer_to_thread(self.check, spool, facts.peer, sender, helo, extra)

@@ -297,6 +297,8 @@ class InboundChecker:
         self.hostname, self.resolver = hostname, resolver
         self.do_spf, self.do_dkim, self.do_dmarc, self.enforce = spf, dkim, dmarc, enforce
         self._spf_verdicts: dict = {}
+        #: Is there a DNS cache to answer from (mailstack.resolver.from_cache_only)?
+        self.has_cache = getattr(resolver, "cache", None) is not None
 
     #: SPF verdicts kept: (client IP, MAIL FROM, HELO) -> (until, result, reason).
     SPF_KEPT = 4096

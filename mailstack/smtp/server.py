@@ -106,6 +106,7 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
         self._raw_handler = None
         self._discard_line = False
         self._lost = False
+        self._unsent = False  # replies written since the last send_now
         self._held = 0  # bytes received while paused
         self._transport_paused = False
         self._messages = 0
@@ -145,6 +146,7 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
         for i, line in enumerate(lines):
             sep = " " if i == len(lines) - 1 else "-"
             self.transport.write(f"{code}{sep}{prefix}{line}\r\n".encode("utf-8"))
+        self._unsent = True
 
     def reply_error(self, e: MailError) -> None:
         """Reply with ``e``'s text; its cause, if any, goes to the log only."""
@@ -187,7 +189,9 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
             data, self._discard_line = data[end + 1 :], False
         # LineReceiver buffers what arrives while paused and goes on from there on resume.
         why = basic.LineReceiver.dataReceived(self, data)
-        send_now(self.transport)  # the replies to all of it (RFC 2920: together), now
+        if self._unsent:  # the replies to all of it (RFC 2920: together), now
+            self._unsent = False
+            send_now(self.transport)
         return why
 
     def lineLengthExceeded(self, line):
