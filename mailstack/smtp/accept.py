@@ -3,7 +3,8 @@
 
 :class:`SMTPSettings` is what every session of one listener shares; its methods run the
 steps, the session orders them and replies.  Signing and checking read the whole message and
-run in worker threads; local delivery goes through the shared :class:`DeliveryBatcher`.
+run in worker threads (checking a small message whose DNS answers are all cached runs at once,
+:data:`INLINE_CHECK_SIZE`); local delivery goes through the shared :class:`DeliveryBatcher`.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ class SMTPSettings:
             return d.addCallback(lambda header: self.submit(spool, added, facts, sender, header))
         extra = facts.client.auth_results() if facts.client is not None else []  # iprev
         if self.checker is not None:
-            if spool.size <= INLINE_CHECK_SIZE and self.checker.has_cache:  # checked here if the cache has every answer
+            if spool.size <= INLINE_CHECK_SIZE and self.checker.has_cache:  # here, if the cache has every answer
                 try:
                     done, prepared = resolver.from_cache_only(self.check, spool, facts.peer, sender, helo, extra)
                 except Exception:
@@ -278,7 +279,8 @@ def date_now() -> str:
     global _date_text
     second = int(time.time())
     if _date_text[0] != second:
-        _date_text = (second, email.utils.format_datetime(email.utils.localtime(datetime.datetime.fromtimestamp(second))))
+        local = email.utils.localtime(datetime.datetime.fromtimestamp(second))
+        _date_text = (second, email.utils.format_datetime(local))
     return _date_text[1]
 
 
