@@ -64,6 +64,7 @@ def refused(s, user: bytes, method: str, why: str):
              user=sasl.shown(user), peer=s.peer, method=method, why=why)
     if s.failures.failed():
         s.untagged(b"BYE Too many authentication failures")
+        s.closing = True  # a command sent after the BYE is not acted on (it would count again)
         reactor.callLater(0, s.transport.loseConnection)
     raise No("Authentication failed", "AUTHENTICATIONFAILED")
 

@@ -186,6 +186,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
         self.mailbox = None  # the store's mailbox of the logged-in user
         self.sel: Selected | None = None
         self.lost = False
+        self.closing = False  # a last response is out and the connection closes: read no more commands
         self.busy = False  # a command runs: input waits
         self.commands = 0
         self.pacer = CommandPacer(context.config.command_rate, context.config.command_burst, reactor)
@@ -274,7 +275,7 @@ class ImapSession(protocol.Protocol, TimeoutMixin):
     def process(self) -> None:
         """Act on what has arrived, as far as the running command allows."""
         try:
-            while not self.lost:
+            while not self.lost and not self.closing:
                 if self.line_waiter is not None:
                     line = self.framing.line()
                     if line is None:
