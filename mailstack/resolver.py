@@ -11,7 +11,7 @@ holder loses the GIL at its switch interval), which left fewer threads for other
 though the MX rate did not change measurably.  :class:`AnswerCache` reads without a lock,
 since one dict look-up is atomic under the GIL.
 
-:meth:`Resolver.from_cache_only` runs a function whose look-ups may use the cache and nothing
+:func:`from_cache_only` runs a function whose look-ups may use the cache and nothing
 else, and says whether one of them needed the network: the MX checks a small message on the
 reactor that way, and in a thread only when an answer is not in the cache.
 """
