@@ -1,8 +1,9 @@
 """Message authentication: DKIM signing of what our users send, and SPF, DKIM and DMARC
 checks of what arrives on the MX port, recorded in one Authentication-Results header.
 
-dkimpy signs, :mod:`mailstack.smtp.dkimverify` verifies, pyspf evaluates SPF, authheaders
-evaluates DMARC and formats the header (RFC 8601); this module decides what the results mean for delivery:
+dkimpy signs, :mod:`mailstack.smtp.dkimverify` verifies, pyspf evaluates SPF,
+:mod:`mailstack.smtp.dmarc` evaluates DMARC and authres formats the header (RFC 8601); this
+module decides what the results mean for delivery:
 
 * any DNS failure (a ``temperror``) -> ``451 4.7.0``: a verdict on missing data could be
   wrong, and the sender will simply try again;
@@ -18,10 +19,8 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import functools
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ import dns.resolver
 from twisted.logger import Logger
 
 from mailstack.resolver import make_resolver, with_expiry
+from mailstack.smtp import dmarc as dmarc_evaluation
 
 log = Logger()
 
@@ -245,52 +245,56 @@ def convert_dkim_integers_in_c() -> None:
     crypto.int2str, crypto.str2int = int2str, str2int
 
 
-def parse_public_suffix_list_once() -> None:
-    """authheaders reads and parses the whole public suffix list (about 10,000 rules) on each
-    organisational-domain lookup, up to five a message: 60 ms of CPU each under the GIL,
-    0.01x aiosmtpd's rate with the checks on (issue 16).  Its lookup function, which every
-    DMARC and alignment path calls through its module, is replaced by one that parses each
-    list file once per process; the answers are the same (tests/test_authentication.py)."""
-    from authheaders import dmarc_lookup
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+\Z")  # RFC 2045 token
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+_ADDRESS = re.compile(r'[^\s;()"\\@]*@[^\s;()"\\@]+\Z')  # [local-part] "@" domain-name
 
-    if getattr(dmarc_lookup.get_org_domain_from_suffix_list, "parses_once", False):
-        return
-    parsed: dict[str, object] = {}
-    parsing = threading.Lock()
 
-    def org_domain(location, domain):
-        psl = parsed.get(str(location))
-        if psl is None:
-            with parsing:  # one parse, not one a session when a burst of mail comes at start-up
-                psl = parsed.get(str(location))
-                if psl is None:
-                    with open(location) as f:
-                        psl = parsed[str(location)] = dmarc_lookup.PublicSuffixList(f)
-        return psl.get_public_suffix(domain)
+def _value(value: str) -> str:
+    """A property or reason value as authres writes it (RFC 8601 2.2 ``pvalue``, RFC 2045
+    ``value``): as it is when it is an address or a token, else a quoted-string."""
+    value = _UNPRINTABLE.sub("?", value)
+    if _TOKEN.match(value) or _ADDRESS.match(value):
+        return value
+    return '"' + re.sub(r'(["\\])', r"\\\1", value) + '"'
 
-    org_domain.parses_once = True
-    dmarc_lookup.get_org_domain_from_suffix_list = org_domain
-    # Its get_org_domain also looks for an optional module on each call (a failed import,
-    # 0.1 ms) before it reaches the list: the answer for a domain does not change, keep it.
-    import authheaders
 
-    remembered = functools.lru_cache(maxsize=10_000)(dmarc_lookup.get_org_domain)
-    dmarc_lookup.get_org_domain = authheaders.get_org_domain = remembered
-    remembered("example.com")  # parse now, at start-up, not in the first message's check
+def result_clause(method: str, result: str, comment: str | None = None, reason: str | None = None,
+                  properties=()) -> str:
+    """One ``resinfo`` of an Authentication-Results field (RFC 8601 2.2), as authres's
+    result objects write it: ``method=result (comment) reason=... ptype.property=value``,
+    properties without a value left out.  A comment's parentheses and backslashes are
+    escaped (RFC 5322 3.2.2 quoted-pair) and anything unprintable becomes "?", so a reason
+    taken from a message cannot end the comment or the field."""
+    parts = [method, "=", result]
+    if comment:
+        parts.append(" (" + re.sub(r"([()\\])", r"\\\1", _UNPRINTABLE.sub("?", comment)) + ")")
+    if reason:
+        parts.append(" reason=" + _value(reason))
+    for name, value in properties:
+        if value:
+            parts.append(f" {name}={_value(value)}")
+    return "".join(parts)
 
 
 def results_header(hostname: str, results: list) -> bytes:
-    """An Authentication-Results field (RFC 8601) of ``results`` (authres objects), CRLF-terminated."""
-    from authres import AuthenticationResultsHeader
+    """An Authentication-Results field (RFC 8601) of ``results`` (clauses of
+    :func:`result_clause`, or authres objects), CRLF-terminated; ``none`` when empty."""
+    clauses = "; ".join(str(r) for r in results) or "none"
+    return f"Authentication-Results: {hostname}; {clauses}\r\n".encode()
 
-    return (str(AuthenticationResultsHeader(authserv_id=hostname, results=results)) + "\r\n").encode()
+
+@dataclass(frozen=True)
+class SpfVerdict:
+    result: str  # RFC 7208 2.6: pass, fail, softfail, neutral, none, temperror, permerror
+    reason: str = ""
 
 
 class InboundChecker:
     def __init__(self, hostname: str, resolver: dns.resolver.Resolver, spf: bool = True, dkim: bool = True,
                  dmarc: bool = True, enforce: bool = True):
         if dmarc:
-            parse_public_suffix_list_once()
+            dmarc_evaluation.suffix_list()  # parse now, at start-up, not in the first message's check
         from mailstack.smtp.dkimverify import Verifier
 
         self.dkim_verifier = Verifier(self._dkim_txt, temporary=DnsTemporaryError)
@@ -300,98 +304,75 @@ class InboundChecker:
         #: Is there a DNS cache to answer from (mailstack.resolver.from_cache_only)?
         self.has_cache = getattr(resolver, "cache", None) is not None
 
-    #: SPF verdicts kept: (client IP, MAIL FROM, HELO) -> (until, result, reason).
+    #: SPF verdicts kept: (client IP, MAIL FROM, HELO) -> (until, SpfVerdict).
     SPF_KEPT = 4096
     SPF_MAX_AGE = 3600.0
 
-    def _spf(self, ip: str, mail_from: str, helo: str):
-        """authheaders.check_spf, remembered while every DNS answer it used is (the earliest
-        TTL, at most an hour; nothing kept after a negative answer or an error): a sender's
-        next messages from the same client need no evaluation.  A new result object each time,
-        since the DMARC step changes the one it is given."""
+    def _spf(self, ip: str, mail_from: str, helo: str) -> SpfVerdict:
+        """pyspf's verdict, remembered while every DNS answer it used is (the earliest TTL, at
+        most an hour; nothing kept after a negative answer or an error): a sender's next
+        messages from the same client need no evaluation."""
         import spf
-        from authres import SPFAuthenticationResult
 
         key = (ip, mail_from, helo)
         now = time.time()
         hit = self._spf_verdicts.get(key)
         if hit is not None and hit[0] > now:
-            res, reason = hit[1], hit[2]
-        else:
-            (res, reason), until = with_expiry(spf.check2, ip, mail_from, helo)
-            if until > now and res not in ("temperror", None):
-                if len(self._spf_verdicts) >= self.SPF_KEPT:
-                    self._spf_verdicts.clear()
-                self._spf_verdicts[key] = (min(until, now + self.SPF_MAX_AGE), res, reason)
-        return SPFAuthenticationResult(result=res, reason=reason if res is not None else None,
-                                       smtp_mailfrom=mail_from, smtp_helo=helo)
+            return hit[1]
+        (res, reason), until = with_expiry(spf.check2, ip, mail_from, helo)
+        verdict = SpfVerdict(res or "none", reason if res else "")
+        if until > now and res not in ("temperror", None):
+            if len(self._spf_verdicts) >= self.SPF_KEPT:
+                self._spf_verdicts.clear()
+            self._spf_verdicts[key] = (min(until, now + self.SPF_MAX_AGE), verdict)
+        return verdict
 
     def _dkim_txt(self, name: str) -> bytes | None:
         records = txt_record(self.resolver, name.rstrip("."))
         return records[0] if records else None
 
-    @staticmethod
-    def _for_dmarc(dkim_results: list, head: bytes):
-        """The one DKIM result authheaders' DMARC evaluation reads: a passing signature of the
-        From domain's organisation if there is one (RFC 7489 3.1.1: any aligned pass counts),
-        else any pass, else the first."""
-        passed = [r for r in dkim_results if r.result == "pass"]
-        if len(passed) > 1:
-            from authheaders import get_org_domain
-
-            author = header_from(head).rpartition("@")[2].lower()
-            try:
-                organisation = get_org_domain(author) if author else None
-                for r in passed:
-                    if organisation and get_org_domain(r.header_d) == organisation:
-                        return r
-            except Exception:  # an odd domain the suffix list cannot place: no alignment
-                pass
-        return passed[0] if passed else dkim_results[0]
-
-    def _dmarc_txt(self, name, timeout=5):
-        records = [r.decode("utf-8", "replace") for r in txt_record(self.resolver, name.rstrip("."))]
-        dmarc = [r for r in records if r.startswith("v=DMARC1")]
-        return dmarc[0] if len(dmarc) == 1 else None
+    def _txt_records(self, name: str) -> list[bytes]:
+        return txt_record(self.resolver, name)
 
     def check(self, message: bytes, ip: str, mail_from: str, helo: str, extra=()) -> Verdict:
         """``extra``: results found before the message (iprev, mailstack.antispam), put first."""
-        import authheaders
-        from authres.dmarc import DMARCAuthenticationResult
-
         results, temporary = list(extra), []
-        spf_result = dkim_result = None
+        spf_domain, dkim_domains = None, []
         if self.do_spf:
-            spf_result = self._spf(ip, mail_from or f"postmaster@{helo}", helo)
-            results.append(spf_result)
-            if spf_result.result == "temperror":
+            identity = mail_from or f"postmaster@{helo}"
+            spf_verdict = self._spf(ip, identity, helo)
+            domain = identity.rpartition("@")[2]
+            # RFC 8601 2.7.2: smtp.mailfrom is the domain alone (the local part SHOULD be left out)
+            results.append(result_clause("spf", spf_verdict.result, reason=spf_verdict.reason,
+                                         properties=(("smtp.helo", helo), ("smtp.mailfrom", domain))))
+            if spf_verdict.result == "temperror":
                 temporary.append("SPF")
+            elif spf_verdict.result == "pass":
+                spf_domain = domain
         end = message.find(b"\r\n\r\n")
         head = message if end < 0 else message[: end + 4]
         if self.do_dkim:
-            from authres import DKIMAuthenticationResult
-
             signatures = self.dkim_verifier.verify(message)
-            dkim_results = [DKIMAuthenticationResult(
-                result=s.result, result_comment=None if s.result == "pass" else s.reason,
-                header_d=s.domain or None, header_i=s.identity or None, header_s=s.selector or None)
-                for s in signatures] or [DKIMAuthenticationResult(result="none")]
-            results.extend(dkim_results)
+            results.extend([result_clause(
+                "dkim", s.result, comment=None if s.result == "pass" else s.reason,
+                properties=(("header.d", s.domain), ("header.i", s.identity), ("header.s", s.selector)))
+                for s in signatures] or ["dkim=none"])
             if signatures and not any(s.result == "pass" for s in signatures) and any(
                     s.result == "temperror" for s in signatures):
                 temporary.append("DKIM")
-            dkim_result = self._for_dmarc(dkim_results, head)
-        dmarc_result = None
+            dkim_domains = [s.domain for s in signatures if s.result == "pass"]
+        outcome = None
         if self.do_dmarc:
-            try:  # authheaders parses what it is given: the header block is all DMARC reads
-                dmarc_result = authheaders.check_dmarc(head, spf_result, dkim_result, dnsfunc=self._dmarc_txt)
+            from_values = dmarc_evaluation.from_field_values(head)
+            try:
+                outcome = dmarc_evaluation.evaluate(from_values, spf_domain, dkim_domains, self._txt_records)
             except DnsTemporaryError:
-                dmarc_result = DMARCAuthenticationResult(result="temperror", header_from=header_from(message).rpartition("@")[2])
+                domains = dmarc_evaluation.from_domains(from_values) or ["none"]
+                outcome = dmarc_evaluation.Outcome("temperror", domains[0])
                 temporary.append("DMARC")
-            except Exception:  # no or broken From field: authheaders cannot evaluate (RFC 7489 6.6.1)
-                dmarc_result = DMARCAuthenticationResult(result="permerror", header_from="none")
-            results.append(dmarc_result)
-        return decide(self.hostname, results, temporary, dmarc_result, self.enforce)
+            results.append(result_clause("dmarc", outcome.result, comment=outcome.comment, properties=(
+                ("header.from", outcome.header_from), ("policy.dmarc", outcome.policy))))
+        return decide(self.hostname, results, temporary, outcome, self.enforce)
 
 
 def decide(hostname: str, results: list, temporary: list[str], dmarc_result, enforce: bool) -> Verdict:
