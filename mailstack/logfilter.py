@@ -30,6 +30,16 @@ def escape(text: str) -> str:
 
 def escape_event(event: dict) -> None:
     """Escape, in place, the control characters of the event's string and bytes fields."""
+    texts = []
+    for key, value in event.items():
+        if isinstance(value, str):
+            if type(value) is not Trusted and not key.startswith("log_"):
+                texts.append(value)
+        elif isinstance(value, (bytes, BaseException)) and not key.startswith("log_"):
+            break
+    else:
+        if not _CONTROL.search("".join(texts)):
+            return  # the common case: one search over all the strings finds nothing to escape
     for key, value in list(event.items()):
         if key.startswith("log_") or isinstance(value, Trusted):
             continue

@@ -342,3 +342,36 @@ def test_a_signal_handler_logging_during_a_write_neither_hangs_nor_loses_its_lin
     threading.Thread(target=lambda: (out({"log_format": "first", "log_time": 0.0}), done.set()), daemon=True).start()
     assert done.wait(5), "the log output waited for itself"
     assert [line.rsplit("] ", 1)[1] for line in stream.lines] == ["first\n", "from the handler\n"]
+
+
+def test_escape_event_escapes_every_kind_of_field_and_leaves_clean_events_alone():
+    from mailstack.logfilter import Trusted, escape_event
+
+    clean = {"log_format": "{a} {n}", "log_level": object(), "a": "plain", "n": 3, "peer": object()}
+    before = dict(clean)
+    escape_event(clean)
+    assert clean == before
+    event = {"log_format": "x\n", "a": "ok", "b": "evil\r\nstatus=sent", "c": b"by\ntes", "d": ValueError("bad\x00"),
+             "banner": Trusted("line 1\nline 2"), "n": 3}
+    escape_event(event)
+    assert event["log_format"] == "x\n" and event["a"] == "ok" and event["n"] == 3  # ours, and clean values: as they are
+    assert event["b"] == "evil\\r\\nstatus=sent" and event["c"] == "by\\ntes" and event["d"] == "bad\\x00"
+    assert event["banner"] == "line 1\nline 2"
+    event = {"a": "clean", "c": b"bytes without breaks"}
+    escape_event(event)
+    assert event["c"] == b"bytes without breaks"
+
+
+def test_a_mail_line_is_the_event_logger_info_would_make(monkeypatch):
+    from twisted.logger import LogLevel
+
+    from mailstack import logcontext
+
+    seen = []
+    monkeypatch.setattr(logcontext.log, "observer", seen.append)
+    logcontext.mail("q1.1", "accepted", message_id="<m@x>", sender="a@x", size=10, relay="")
+    logcontext.log.info("{queue_id}: status={status} message-id={message_id} from=<{sender}> size={size}",
+                        queue_id="q1.1", status="accepted", message_id="<m@x>", sender="a@x", size=10)
+    ours, twisted = seen
+    assert abs(ours.pop("log_time") - twisted.pop("log_time")) < 5
+    assert ours == twisted and ours["log_level"] is LogLevel.info and ours["log_namespace"] == "mailstack.mail"

@@ -31,6 +31,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
 MAX_SIGNATURES = 5
 MIN_RSA_BITS = 1024  # RFC 8301 3.2
 _KEY_CACHE_SIZE = 1000
@@ -294,10 +298,6 @@ class Verifier:
 
     @staticmethod
     def _check_signature(key_type: str, key, signature: bytes, data: bytes) -> None:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import padding
-
         try:
             if key_type == "rsa":
                 key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())

@@ -189,10 +189,13 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
             data, self._discard_line = data[end + 1 :], False
         # LineReceiver buffers what arrives while paused and goes on from there on resume.
         why = basic.LineReceiver.dataReceived(self, data)
-        if self._unsent:  # the replies to all of it (RFC 2920: together), now
+        self._send_replies()  # the replies to all of it (RFC 2920: together), now
+        return why
+
+    def _send_replies(self) -> None:
+        if self._unsent:
             self._unsent = False
             send_now(self.transport)
-        return why
 
     def lineLengthExceeded(self, line):
         self._sasl = None  # an AUTH exchange in progress ends here
@@ -526,10 +529,11 @@ class SMTPSession(AuthCommands, basic.LineReceiver, policies.TimeoutMixin):
 
         def delivered(result):
             qid, placed = result  # logged as the message's accepted and sent lines, nothing more
+            self.reply(c.OK, c.E_OK, f"OK id={message_id}")
+            self._send_replies()  # the client's 250 first: what follows need not delay it
             logcontext.accepted(self.peer, message_id, headers.message_id(added + spool.head), sender,
                                 [r.address for r in recipients], spool.size, self.listener.key, accounts, placed, qid)
             smtp_hooks.accepted(settings, self.facts, recipients)
-            self.reply(c.OK, c.E_OK, f"OK id={message_id}")
 
         def failed(failure):
             if failure.check(MailError):
