@@ -12,6 +12,7 @@ table :data:`PROTOCOLS` says where.  Protocol packages never import each other.
 from __future__ import annotations
 
 import importlib
+import gc
 import json
 import os
 import signal
@@ -197,6 +198,7 @@ class MailstackService(service.MultiService):
 
     def startService(self):
         super().startService()
+        self.reactor.callWhenRunning(_freeze_startup_objects)
         self.context.watcher = FolderWatcher(self.context.store, self.reactor, self.config.poll_interval)
         accounts = self.context.accounts
         for watched in accounts.files():
@@ -499,6 +501,15 @@ def banner(cfg: config_mod.Config, bound: dict[str, dict]) -> str:
         if cfg.has_tls and os.path.exists(ca):
             lines.append(f"    the certificate is signed by the dev CA {ca}: import it, or accept the exception")
     return "\n".join(lines)
+
+
+def _freeze_startup_objects() -> None:
+    """What start-up made (modules, the configuration, the public suffix list: hundreds of
+    thousands of objects that live as long as the process) is moved out of the collector's
+    reach (``gc.freeze``): otherwise every full collection, which the allocations of ordinary
+    work trigger, walks all of them again."""
+    gc.collect()
+    gc.freeze()
 
 
 #: Seconds a thread may hold the GIL while another waits (CPython's default is 5 ms).  A worker
