@@ -363,6 +363,9 @@ def build_fetch(folder, batch, info, items, flag_bytes, flagged_now, want_modseq
         if want_modseq:
             segments.append((b" " if items else b"") + b"MODSEQ (%d)" % flagged_now.get(uid, m.modseq))
         segments.append(b")\r\n")
+        if not files and max(map(len, segments)) < KEEP_WHOLE:  # all small bytes: one join
+            out.append([b"".join(segments)])
+            continue
         # Small pieces joined; a large one (a body) kept as it is: the transport joins its
         # buffer anyway, and a second copy of every body in this thread is time under the GIL.
         merged: list = []

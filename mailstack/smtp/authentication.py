@@ -42,7 +42,7 @@ class DnsTemporaryError(dns.exception.DNSException):
 
 
 def set_default_resolver(nameservers: list[str], port: int, timeout: float, cache_size: int = 0) -> dns.resolver.Resolver:
-    """pyspf, dkimpy and authheaders use dnspython's default resolver: make it ours (with
+    """pyspf and dkimpy use dnspython's default resolver: make it ours (with
     its cache, :mod:`mailstack.resolver`)."""
     resolver = make_resolver(nameservers, port, timeout, cache_size)
     dns.resolver.default_resolver = resolver
