@@ -70,3 +70,16 @@ def test_whole_message_fetch_exact_bytes(srv):
     assert answer.startswith(b"* 2 FETCH (BODY[] {%d}\r\n" % len(MEDIUM) + MEDIUM + b" UID 2)\r\nB OK ")
     answer = raw_answer(c, b"C", b"FETCH 3 RFC822")  # EXAMINE: RFC822 sets no \Seen (RFC 3501 6.3.2)
     assert answer.startswith(b"* 3 FETCH (RFC822 {%d}\r\n" % len(LARGE) + LARGE + b")\r\nC OK ")
+
+
+def test_flag_lists_are_formatted_once_per_set_and_alike_for_every_kind_of_set():
+    from mailstack.imap.view import _format_flags, format_flags
+
+    for flags in (frozenset(), frozenset({"\\Seen"}), frozenset({"\\Seen", "\\Flagged", "$Label1"})):
+        for recent in (False, True):
+            expected = _format_flags(flags, recent)
+            assert format_flags(flags, recent) == format_flags(set(flags), recent) == format_flags(sorted(flags), recent) \
+                == format_flags(tuple(flags), recent) == expected
+            assert format_flags(flags, recent) is format_flags(frozenset(flags), recent)  # the one kept
+    assert format_flags(frozenset({"\\Seen", "\\Answered"}), True) == b"(\\Answered \\Seen \\Recent)"
+    assert format_flags((), False) == b"()"

@@ -26,7 +26,25 @@ class SavedResult(list):
 SAVED = SavedResult()
 
 
+_FORMATTED: dict = {}  # (flags, recent) -> the list's bytes; a folder's messages share a few sets
+
+
 def format_flags(flags, recent: bool) -> bytes:
+    """A FLAGS list (RFC 3501 7.4.2), formatted once per distinct set of flags: a FETCH of
+    FLAGS for a whole folder asks for the same few thousands of times."""
+    try:
+        key = (flags, recent)
+        known = _FORMATTED.get(key)
+    except TypeError:  # a mutable set: not kept
+        return _format_flags(flags, recent)
+    if known is None:
+        known = _format_flags(flags, recent)
+        if len(_FORMATTED) < 4096:
+            _FORMATTED[key] = known
+    return known
+
+
+def _format_flags(flags, recent: bool) -> bytes:
     out = sorted(flags)
     if recent:
         out.append("\\Recent")
