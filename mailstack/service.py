@@ -196,9 +196,14 @@ class MailstackService(service.MultiService):
         self.context.bound = self.bound  # what autoconfiguration tells clients
         super().privilegedStartService()
 
+    #: gc.freeze() once running (see _freeze_startup_objects); off where the service runs
+    #: inside another program (tests/support/inprocess.py), whose objects are not ours to freeze.
+    freeze_at_start = True
+
     def startService(self):
         super().startService()
-        self.reactor.callWhenRunning(_freeze_startup_objects)
+        if self.freeze_at_start:
+            self.reactor.callWhenRunning(_freeze_startup_objects)
         self.context.watcher = FolderWatcher(self.context.store, self.reactor, self.config.poll_interval)
         accounts = self.context.accounts
         for watched in accounts.files():
@@ -507,7 +512,8 @@ def _freeze_startup_objects() -> None:
     """What start-up made (modules, the configuration, the public suffix list: hundreds of
     thousands of objects that live as long as the process) is moved out of the collector's
     reach (``gc.freeze``): otherwise every full collection, which the allocations of ordinary
-    work trigger, walks all of them again."""
+    work trigger, walks all of them again.  The price: a frozen object that later becomes
+    part of a reference cycle is never freed (a few per configuration reload)."""
     gc.collect()
     gc.freeze()
 

@@ -75,6 +75,10 @@ def test_the_suffix_list_is_parsed_once_and_prefers_the_system_copy(monkeypatch)
     ('"odd local"@example.com', ["example.com"]),
     ("=?utf-8?q?J=C3=B6rg?= <j@example.com>", ["example.com"]),
     ("Jörg <j@bücher.example>", ["xn--bcher-kva.example"]),  # RFC 6532 mail: the A-label is looked up
+    ("faß@faß.de", ["xn--fa-hia.de"]),  # IDNA 2008: not fass.de, another domain with its own policy
+    ("u@paypal.com, junk", ["paypal.com"]),  # a junk address beside a real one does not switch DMARC off
+    ("u@paypal.com, a@[192.0.2.1]", ["paypal.com"]),
+    ("a@" + "x" * 64 + ".example", None),  # a label DNS cannot hold (RFC 1035 2.3.4)
     ("no address here", None),
     ("a@[192.0.2.1]", None),  # a domain literal has no DMARC record
     ("", None),
@@ -304,3 +308,36 @@ def test_a_reason_from_a_message_cannot_end_the_comment_or_the_field():
     clause = result_clause("dkim", "permerror", comment="bad tag b'x)' (\\)\r\nX-Injected: 1",
                            properties=(("header.d", 'a"b'), ("header.s", "s;1\r\n")))
     assert clause == 'dkim=permerror (bad tag b\'x\\)\' \\(\\\\\\)??X-Injected: 1) header.d="a\\"b" header.s="s;1??"'
+
+
+def test_a_junk_address_beside_a_real_one_leaves_its_policy_in_force():
+    outcome = evaluate({"_dmarc.paypal.com": ["v=DMARC1; p=reject"]}, from_value="u@paypal.com, junk")
+    assert (outcome.result, outcome.header_from, outcome.policy) == ("fail", "paypal.com", "reject")
+
+
+def test_a_name_dns_cannot_hold_has_no_record_rather_than_a_temporary_failure():
+    import dns.resolver
+
+    from mailstack.smtp.authentication import txt_record
+
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port, resolver.lifetime = ["127.0.0.1"], 9, 0.5
+    assert txt_record(resolver, "_dmarc." + "x" * 64 + ".example") == []
+    assert txt_record(resolver, "sel._domainkey." + "a." * 130 + "example") == []
+
+
+def test_a_flaw_in_the_evaluation_is_a_permerror_not_a_451_for_ever(monkeypatch):
+    from mailstack.smtp import authentication
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(authentication.dmarc_evaluation, "evaluate", broken)
+    checker = authentication.InboundChecker("mx.example.test", None, spf=False, dkim=False)
+    verdict = checker.check(b"From: a@example.com\r\n\r\nbody\r\n", "192.0.2.1", "a@example.com", "mx.example.com")
+    assert verdict.action == "deliver" and b"dmarc=permerror" in verdict.header
+
+
+def test_a_value_with_an_at_sign_is_bare_only_when_it_is_an_address():
+    assert result_clause("dkim", "pass", properties=(("header.i", "user@example.com"),)) == "dkim=pass header.i=user@example.com"
+    assert result_clause("dkim", "pass", properties=(("header.i", "a,b<c>@example.com"),)) == 'dkim=pass header.i="a,b<c>@example.com"'

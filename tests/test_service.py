@@ -166,11 +166,14 @@ def test_a_login_makes_an_old_hash_again_with_the_configured_argon2_parameters(s
     m.logout()
 
 
-def test_objects_made_at_start_up_are_out_of_the_collectors_reach(inproc_server_factory):
+def test_objects_made_at_start_up_are_out_of_the_collectors_reach(inproc_server_factory, monkeypatch):
     # Issue 16: every full collection walked the start-up objects (modules, configuration, the
     # public suffix list) again; gc.freeze() once the reactor runs keeps them out of it.
     import gc
 
+    from mailstack.service import MailstackService
+
+    monkeypatch.setattr(MailstackService, "freeze_at_start", True)  # as twistd runs it
     gc.unfreeze()
     srv = inproc_server_factory(listeners=["imap"]).start()
     assert wait_for(lambda: gc.get_freeze_count() > 10_000), gc.get_freeze_count()

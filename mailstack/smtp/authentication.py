@@ -2,8 +2,8 @@
 checks of what arrives on the MX port, recorded in one Authentication-Results header.
 
 dkimpy signs, :mod:`mailstack.smtp.dkimverify` verifies, pyspf evaluates SPF,
-:mod:`mailstack.smtp.dmarc` evaluates DMARC and authres formats the header (RFC 8601); this
-module decides what the results mean for delivery:
+:mod:`mailstack.smtp.dmarc` evaluates DMARC, and :func:`results_header` writes the header
+(RFC 8601) as authres would; this module decides what the results mean for delivery:
 
 * any DNS failure (a ``temperror``) -> ``451 4.7.0``: a verdict on missing data could be
   wrong, and the sender will simply try again;
@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 import dns.exception
+import dns.name
 import dns.resolver
 from twisted.logger import Logger
 
@@ -55,6 +56,8 @@ def txt_record(resolver: dns.resolver.Resolver, name: str) -> list[bytes]:
         answer = resolver.resolve(name, "TXT", search=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
+    except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel):
+        return []  # a name DNS cannot hold has no record (not a failure to retry: a 451 for ever)
     except dns.exception.DNSException as e:
         raise DnsTemporaryError(f"DNS lookup of {name} TXT failed: {e}") from None
     return [b"".join(r.strings) for r in answer]
@@ -247,7 +250,7 @@ def convert_dkim_integers_in_c() -> None:
 
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+\Z")  # RFC 2045 token
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
-_ADDRESS = re.compile(r'[^\s;()"\\@]*@[^\s;()"\\@]+\Z')  # [local-part] "@" domain-name
+_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]*@[A-Za-z0-9.-]+\Z")  # [dot-atom local-part] "@" domain-name
 
 
 def _value(value: str) -> str:
@@ -281,7 +284,7 @@ def results_header(hostname: str, results: list) -> bytes:
     """An Authentication-Results field (RFC 8601) of ``results`` (clauses of
     :func:`result_clause`, or authres objects), CRLF-terminated; ``none`` when empty."""
     clauses = "; ".join(str(r) for r in results) or "none"
-    return f"Authentication-Results: {hostname}; {clauses}\r\n".encode()
+    return f"Authentication-Results: {hostname.lower()}; {clauses}\r\n".encode()
 
 
 @dataclass(frozen=True)
@@ -342,7 +345,7 @@ class InboundChecker:
             identity = mail_from or f"postmaster@{helo}"
             spf_verdict = self._spf(ip, identity, helo)
             domain = identity.rpartition("@")[2]
-            # RFC 8601 2.7.2: smtp.mailfrom is the domain alone (the local part SHOULD be left out)
+            # smtp.mailfrom: the domain alone, as authheaders wrote it before (RFC 7601 2.7.2)
             results.append(result_clause("spf", spf_verdict.result, reason=spf_verdict.reason,
                                          properties=(("smtp.helo", helo), ("smtp.mailfrom", domain))))
             if spf_verdict.result == "temperror":
@@ -370,6 +373,9 @@ class InboundChecker:
                 domains = dmarc_evaluation.from_domains(from_values) or ["none"]
                 outcome = dmarc_evaluation.Outcome("temperror", domains[0])
                 temporary.append("DMARC")
+            except Exception:  # a flaw of ours must not make every such message wait (451) for ever
+                log.failure("DMARC evaluation failed; recorded as permerror")
+                outcome = dmarc_evaluation.Outcome("permerror", "none", "none", "evaluation failed")
             results.append(result_clause("dmarc", outcome.result, comment=outcome.comment, properties=(
                 ("header.from", outcome.header_from), ("policy.dmarc", outcome.policy))))
         return decide(self.hostname, results, temporary, outcome, self.enforce)

@@ -36,8 +36,8 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-#: Where the public suffix list is read from, the first that exists: Debian's ``publicsuffix``
-#: package (kept current by apt), then the copy authheaders ships, then publicsuffix2's.
+#: Where the public suffix list may be read from: Debian's ``publicsuffix`` package (kept
+#: current by apt), the copy authheaders ships, publicsuffix2's; the newest of those present.
 PUBLIC_SUFFIX_LISTS = ("/usr/share/publicsuffix/public_suffix_list.dat",)
 
 POLICIES = ("none", "quarantine", "reject")
@@ -82,11 +82,10 @@ def suffix_list():
             if _suffix_list is None:
                 from publicsuffix2 import PublicSuffixList
 
-                for path in _list_paths():
-                    if os.path.exists(path):
-                        with open(path, encoding="utf-8") as f:
-                            _suffix_list = PublicSuffixList(f)
-                        break
+                present = [p for p in _list_paths() if os.path.exists(p)]
+                if present:  # the newest copy: Debian's is kept current, but may be older on an old release
+                    with open(max(present, key=os.path.getmtime), encoding="utf-8") as f:
+                        _suffix_list = PublicSuffixList(f)
                 else:
                     _suffix_list = PublicSuffixList()
     return _suffix_list
@@ -113,31 +112,39 @@ _SIMPLE_BARE = re.compile(r'\s*([^<>()\[\]\s,;:"\\@]+)@([A-Za-z0-9.-]+)\s*\Z')
 
 def from_domains(values: Iterable[str]) -> list[str] | None:
     """The distinct domains of the addresses in the From field values (unfolded text), in
-    order, lower-case, without a final dot; None when an address has no usable domain (no
-    "@", a domain literal, nothing at all).  Non-ASCII domains come back as A-labels."""
+    order, lower-case, without a final dot; an address without a usable domain (no "@", a
+    domain literal, a name DNS cannot hold) is passed over, so that a junk address beside a
+    real one cannot switch DMARC off; None when no address has one.  Non-ASCII domains come
+    back as A-labels (IDNA 2008, UTS 46: ``faß.de`` is not ``fass.de``)."""
     domains: list[str] = []
     for value in values:
         m = _SIMPLE_ANGLE.match(value) or _SIMPLE_BARE.match(value)
         addresses = [m.group(1) + "@" + m.group(2)] if m else [a for _, a in email.utils.getaddresses([value]) if a]
-        if not addresses:
-            return None
         for address in addresses:
-            local, at, domain = address.rpartition("@")
-            domain = domain.strip().rstrip(".")
-            if not at or not domain or domain.startswith("["):
-                return None
-            try:
-                domain = domain.encode("ascii").decode().lower()
-            except UnicodeEncodeError:
-                try:
-                    domain = domain.encode("idna").decode().lower()
-                except UnicodeError:
-                    return None
-            if not re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", domain):
-                return None
-            if domain not in domains:
+            domain = _usable_domain(address)
+            if domain is not None and domain not in domains:
                 domains.append(domain)
     return domains or None
+
+
+_DOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\Z")
+
+
+def _usable_domain(address: str) -> str | None:
+    _, at, domain = address.rpartition("@")
+    domain = domain.strip().rstrip(".")
+    if not at or not domain or domain.startswith("["):
+        return None
+    if domain.isascii():
+        domain = domain.lower()
+    else:
+        try:
+            import idna
+
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except (UnicodeError, ValueError):  # idna.IDNAError is a UnicodeError
+            return None
+    return domain if _DOMAIN.match(domain) else None
 
 
 # -- records ---------------------------------------------------------------------------------------

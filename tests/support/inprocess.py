@@ -133,6 +133,16 @@ def _ssha512(password: str) -> str:
     return "{SSHA512}" + base64.b64encode(digest + salt).decode()
 
 
+def _no_freeze() -> None:
+    """The service's gc.freeze() would freeze the whole test process (every test's objects)."""
+    from mailstack.service import MailstackService
+
+    MailstackService.freeze_at_start = False
+
+
+_no_freeze()
+
+
 class InProcessServer(MailServer):
     """The mail service of ``base`` (as MailServer configures it), run inside this process."""
 
