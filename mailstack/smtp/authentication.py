@@ -146,12 +146,9 @@ class DkimSigner:
 
 
 def header_from(head: bytes) -> str:
-    """The address in the From header of a header block ("" if none)."""
-    m = re.search(rb"^From:[ \t]*(.*(?:\r?\n[ \t].*)*)", head, re.I | re.M)
-    if not m:
-        return ""
-    value = re.sub(rb"\r?\n[ \t]", b" ", m.group(1)).decode("utf-8", "replace")
-    return email.utils.parseaddr(value)[1]
+    """The address in the (first) From field of a header block ("" if none)."""
+    values = dmarc_evaluation.from_field_values(head)
+    return email.utils.parseaddr(values[0])[1] if values else ""
 
 
 # -- inbound checks -----------------------------------------------------------------------------------
